@@ -1,0 +1,5 @@
+/* distml: the whole public API. Include this, or the one layer header you need. */
+#ifndef DISTML_H
+#define DISTML_H
+#include "distml/core.h"
+#endif

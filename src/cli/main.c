@@ -1,0 +1,3 @@
+#include "distml.h"
+#include <stdio.h>
+int main(void) { printf("distml %s\n", dml_version()); return 0; }
