@@ -2,4 +2,5 @@
 #ifndef DISTML_H
 #define DISTML_H
 #include "distml/core.h"
+#include "distml/comm.h"
 #endif

@@ -1,0 +1,98 @@
+/* distml communicator: rank, size and tagged point-to-point messages between the processes of
+ * one job, over a backend chosen at run time ("tcp" by default, "mpi" under mpirun/srun).
+ * It moves bytes only: collectives are built on it in coll.h, and it knows nothing of models.
+ *
+ * Ownership: the caller owns every buffer passed in; a buffer given to a non-blocking call must
+ * stay valid and untouched until that request completes (wait/test reports done) or fails.
+ * Errors are sticky per peer: once a peer has failed, every later call involving it returns the
+ * same error, and dml_comm_errmsg() names the peer rank and host, the operation and its
+ * sequence number. The library never exits on a dead peer or bad input. */
+#ifndef DISTML_COMM_H
+#define DISTML_COMM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "distml/core.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct dml_comm dml_comm;
+typedef struct dml_comm_req dml_comm_req;
+
+/* For dml_comm_recv_alloc: accept a message from any rank. */
+#define DML_ANY_SOURCE (-1)
+/* Tags at or above this value are reserved for distml's own layers (coll, ps, task farm). */
+#define DML_TAG_RESERVED 0x40000000
+
+typedef struct dml_comm_opts {
+  const char *backend;      /* "tcp" (default) or "mpi"; NULL: DISTML_BACKEND or "tcp" */
+  int rank;                 /* -1: from the environment (DISTML_RANK, RANK, OMPI_COMM_WORLD_RANK,
+                               PMI_RANK, SLURM_PROCID); no variables at all: rank 0 of 1 */
+  int world_size;           /* -1: from the environment likewise */
+  const char *master_addr;  /* coordinator host; NULL: MASTER_ADDR or 127.0.0.1 */
+  int master_port;          /* coordinator port; 0: MASTER_PORT (required when world_size > 1) */
+  const char *bind_addr;    /* address rank 0 listens on; NULL: loopback unless master_addr is
+                               not a loopback address */
+  const char *token;        /* shared secret for joining; NULL: DISTML_TOKEN (unset: no auth) */
+  int timeout_ms;           /* limit for each blocking operation and for joining;
+                               0: DISTML_TIMEOUT_MS or 60000 */
+  uint64_t max_message_bytes; /* a frame longer than this is a protocol error; 0: 1 GiB */
+} dml_comm_opts;
+
+/* Defaults: every field "from the environment". */
+void dml_comm_opts_default(dml_comm_opts *opts);
+
+/* Join the job: rendezvous, authenticate, connect to every peer. Blocks up to timeout_ms.
+ * On failure *out is NULL and err says which peer or address and why. */
+int dml_comm_init(dml_comm **out, const dml_comm_opts *opts, dml_err *err);
+/* Leave the job and free everything. Accepts NULL. Outstanding requests are cancelled. */
+void dml_comm_free(dml_comm *c);
+
+int dml_comm_rank(const dml_comm *c);
+int dml_comm_size(const dml_comm *c);
+const char *dml_comm_backend(const dml_comm *c);
+/* The operation timeout in effect (ms). */
+int dml_comm_timeout_ms(const dml_comm *c);
+/* "rank 3 (127.0.0.1:40213)": for error messages. */
+const char *dml_comm_peer_name(const dml_comm *c, int peer);
+/* The last error message on this communicator ("" if none). */
+const char *dml_comm_errmsg(const dml_comm *c);
+
+/* Blocking send of bytes to peer with tag. Returns when buf may be reused. */
+int dml_comm_send(dml_comm *c, int peer, int tag, const void *buf, size_t bytes);
+/* Blocking receive of exactly bytes from peer with tag; a message of another length is
+ * DML_EPROTO. Messages between one pair with one tag arrive in the order they were sent. */
+int dml_comm_recv(dml_comm *c, int peer, int tag, void *buf, size_t bytes);
+/* Send to one peer and receive from another at once (ring steps). */
+int dml_comm_sendrecv(dml_comm *c, int dst, int send_tag, const void *sendbuf, size_t send_bytes,
+                      int src, int recv_tag, void *recvbuf, size_t recv_bytes);
+/* Blocking receive of a message of any length up to the communicator's maximum from peer (or
+ * DML_ANY_SOURCE) with tag; *buf is allocated by the library and freed by the caller with
+ * dml_comm_buf_free. *src gets the sender. */
+int dml_comm_recv_alloc(dml_comm *c, int peer, int tag, void **buf, size_t *bytes, int *src);
+void dml_comm_buf_free(void *buf);
+
+/* Non-blocking forms: progress happens in the background while the caller computes.
+ * *req is owned by the library; it is released by a wait or test that reports completion or
+ * failure, and must not be used after that. */
+int dml_comm_isend(dml_comm *c, int peer, int tag, const void *buf, size_t bytes, dml_comm_req **req);
+int dml_comm_irecv(dml_comm *c, int peer, int tag, void *buf, size_t bytes, dml_comm_req **req);
+/* Wait up to timeout_ms (-1: the communicator's timeout). DML_ETIMEDOUT leaves req valid. */
+int dml_comm_wait(dml_comm *c, dml_comm_req *req, int timeout_ms);
+/* *done = 1 when complete (then req is released; the return value is the request's status). */
+int dml_comm_test(dml_comm *c, dml_comm_req *req, int *done);
+
+/* Mark the communicator failed with reason: every pending and later call returns DML_EABORTED,
+ * and peers see the connection close. */
+void dml_comm_abort(dml_comm *c, const char *reason);
+
+/* Bytes this process has sent through c so far (payload, not headers). */
+uint64_t dml_comm_bytes_sent(const dml_comm *c);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
