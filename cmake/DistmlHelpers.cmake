@@ -5,7 +5,19 @@
 #    DISTML_SRC and DISTML_BUILD in its environment.
 #  - fuzz/fuzz_<name>.c : a libFuzzer target (with DISTML_FUZZ=ON, clang), also registered as a
 #    short bounded CTest run on its corpus in fuzz/corpus/<name>/.
-# Tests labelled "mpi" need mpirun; "slow" ones train on Fashion-MNIST.
+# A test file may carry a line "test-labels: a b c" (in a comment) to give its CTest labels:
+#   slow  trains on real data (skipped under the sanitizers), mpi  runs under mpirun,
+#   tsan  threaded: also run in the ThreadSanitizer build.
+
+function(distml_labels name src)
+  file(STRINGS ${src} line REGEX "test-labels:" LIMIT_COUNT 1)
+  if(line)
+    string(REGEX REPLACE ".*test-labels:[ ]*([a-z ]*).*" "\\1" labels "${line}")
+    string(STRIP "${labels}" labels)
+    string(REPLACE " " ";" labels "${labels}")
+    set_tests_properties(${name} PROPERTIES LABELS "${labels}")
+  endif()
+endfunction()
 
 # lib: the library the test links (dml_<layer> for a unit test, distml_static for tests/).
 function(distml_add_c_test name src lib)
@@ -18,6 +30,7 @@ function(distml_add_c_test name src lib)
   add_test(NAME ${name} COMMAND ${name})
   set_tests_properties(${name} PROPERTIES TIMEOUT 600
     ENVIRONMENT "DISTML=$<TARGET_FILE:distml_cli>;DISTML_SRC=${CMAKE_SOURCE_DIR};DISTML_BUILD=${CMAKE_BINARY_DIR}")
+  distml_labels(${name} ${src})
 endfunction()
 
 function(distml_register_tests)
@@ -43,6 +56,7 @@ function(distml_register_tests)
     add_test(NAME ${name} COMMAND bash ${src})
     set_tests_properties(${name} PROPERTIES TIMEOUT 900
       ENVIRONMENT "DISTML=$<TARGET_FILE:distml_cli>;DISTML_SRC=${CMAKE_SOURCE_DIR};DISTML_BUILD=${CMAKE_BINARY_DIR}")
+    distml_labels(${name} ${src})
   endforeach()
 endfunction()
 
