@@ -1,0 +1,1115 @@
+/* The tcp backend: bootstrap through the coordinator's store, one authenticated TCP connection per
+ * pair of ranks, and a progress engine (one epoll thread) that moves frames while the caller
+ * computes. Receives match on (source, tag) in posting order; messages that arrive first wait in
+ * an unexpected-message queue; a posted receive gets the payload straight into its buffer.
+ * It is not a collective library (coll/ builds on it) and does not use shared memory. */
+#include "comm/internal.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <linux/sockios.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#define RBUF_BYTES (256 * 1024)
+/* A payload at least this long is read straight into its destination, bypassing the staging
+ * buffer (the zero-copy path of a posted receive). */
+#define DIRECT_MIN (32 * 1024)
+/* Bytes one peer may move per turn of the progress loop, so one busy link cannot starve another. */
+#define TURN_BUDGET (8u << 20)
+#define EV_WAKE UINT32_MAX
+
+enum { REQ_SEND = 1, REQ_RECV = 2 };
+enum { ST_PENDING = 0, ST_ACTIVE = 1, ST_DONE = 2 };
+
+typedef struct umsg umsg;
+
+struct dml_comm_req {
+  int kind;
+  int peer; /* DML_ANY_SOURCE for an any-source receive */
+  int tag;
+  uint32_t seq; /* operation number per peer and direction (any-source receives: their own count) */
+  const uint8_t *sbuf;
+  uint8_t *rbuf;
+  size_t bytes;
+  int alloc;
+  uint8_t *abuf; /* alloc receive: the message */
+  size_t alen;
+  int src;
+  int state;
+  int status;
+  char msg[400];
+  uint8_t hdr[DML__FRAME_HDR];
+  size_t off;      /* send: bytes of hdr+payload written */
+  umsg *claimed;   /* receive matched to an unexpected message still arriving */
+  dml_comm_req *next;                /* in a send queue or the posted list */
+  dml_comm_req *all_prev, *all_next; /* every live request, for cleanup */
+};
+
+struct umsg {
+  int src;
+  int tag;
+  uint8_t *data;
+  size_t len;
+  int complete;
+  dml_comm_req *claim;
+  umsg *next;
+};
+
+typedef struct peer {
+  int fd;
+  char host[64];
+  int port;
+  char name[96];
+  int err;
+  char errmsg[400];
+  dml_comm_req *sq_head, *sq_tail;
+  int want_out;
+  uint32_t wire_send_seq, wire_recv_seq;
+  uint32_t send_ops, recv_ops;
+  /* receive state */
+  int in_payload;
+  uint8_t hdr[DML__FRAME_HDR];
+  size_t hgot;
+  dml__frame cur;
+  uint8_t *dst; /* payload destination; NULL: discard */
+  uint64_t pgot;
+  dml_comm_req *rreq; /* posted receive being filled */
+  umsg *rmsg;         /* unexpected message being filled */
+  uint8_t ctrl[DML__CTRL_MAX + 1];
+  uint8_t *rbuf;
+  size_t rpos, rlen;
+} peer;
+
+typedef struct tcp {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  dml_comm *c;
+  peer *peers;
+  int n, me;
+  int epfd, evfd;
+  pthread_t thread;
+  int thread_started;
+  int stop;
+  int aborted;
+  char abort_msg[300];
+  dml_comm_req *posted_head, *posted_tail;
+  umsg *uq_head, *uq_tail;
+  dml_comm_req *all;
+  uint32_t any_ops;
+  int listen_fd;
+} tcp;
+
+static tcp *T(const dml_comm *c) { return (tcp *)c->impl; }
+
+/* ---------------------------------------------------------------------------------------------
+ * Requests and lists (all under t->mu). */
+
+static dml_comm_req *req_new(tcp *t, int kind, int peer_rank, int tag) {
+  dml_comm_req *r = dml__calloc(1, sizeof(*r));
+  if (r == NULL) return NULL;
+  r->kind = kind;
+  r->peer = peer_rank;
+  r->tag = tag;
+  r->src = -1;
+  r->all_next = t->all;
+  if (t->all) t->all->all_prev = r;
+  t->all = r;
+  return r;
+}
+
+static void req_release(tcp *t, dml_comm_req *r) {
+  if (r->all_prev)
+    r->all_prev->all_next = r->all_next;
+  else
+    t->all = r->all_next;
+  if (r->all_next) r->all_next->all_prev = r->all_prev;
+  dml__free(r->abuf);
+  dml__free(r);
+}
+
+static const char *peer_label(tcp *t, int rank) {
+  static const char *any = "any rank";
+  return rank == DML_ANY_SOURCE ? any : t->peers[rank].name;
+}
+
+static void req_done(tcp *t, dml_comm_req *r, int status, const char *detail) {
+  r->state = ST_DONE;
+  r->status = status;
+  if (status != 0)
+    snprintf(r->msg, sizeof(r->msg), "%s %s %s tag %d seq %u: %s", r->kind == REQ_SEND ? "send" : "recv",
+             r->kind == REQ_SEND ? "to" : "from", peer_label(t, r->peer), r->tag, (unsigned)r->seq,
+             detail ? detail : dml_strerror(status));
+  pthread_cond_broadcast(&t->cv);
+}
+
+static void posted_remove(tcp *t, dml_comm_req *r) {
+  dml_comm_req **pp = &t->posted_head, *prev = NULL;
+  while (*pp && *pp != r) {
+    prev = *pp;
+    pp = &(*pp)->next;
+  }
+  if (*pp == NULL) return;
+  *pp = r->next;
+  if (t->posted_tail == r) t->posted_tail = prev;
+  r->next = NULL;
+}
+
+static void sendq_remove(peer *p, dml_comm_req *r) {
+  dml_comm_req **pp = &p->sq_head, *prev = NULL;
+  while (*pp && *pp != r) {
+    prev = *pp;
+    pp = &(*pp)->next;
+  }
+  if (*pp == NULL) return;
+  *pp = r->next;
+  if (p->sq_tail == r) p->sq_tail = prev;
+  r->next = NULL;
+}
+
+static void umsg_remove(tcp *t, umsg *m) {
+  umsg **pp = &t->uq_head, *prev = NULL;
+  while (*pp && *pp != m) {
+    prev = *pp;
+    pp = &(*pp)->next;
+  }
+  if (*pp == NULL) return;
+  *pp = m->next;
+  if (t->uq_tail == m) t->uq_tail = prev;
+}
+
+static void umsg_append(tcp *t, umsg *m) {
+  m->next = NULL;
+  if (t->uq_tail)
+    t->uq_tail->next = m;
+  else
+    t->uq_head = m;
+  t->uq_tail = m;
+}
+
+/* Hand a complete message (data of len bytes from src) to receive r: copy, or give data away for
+ * an alloc receive when give != 0 (then *data is set to NULL). */
+static void deliver(tcp *t, dml_comm_req *r, int src, uint8_t **data, size_t len, int give) {
+  r->src = src;
+  if (r->alloc) {
+    if (give) {
+      r->abuf = *data;
+      *data = NULL;
+    } else {
+      r->abuf = dml__malloc(len ? len : 1);
+      if (r->abuf == NULL) {
+        req_done(t, r, DML_ENOMEM, "out of memory for the message");
+        return;
+      }
+      if (len) memcpy(r->abuf, *data, len);
+    }
+    r->alen = len;
+    req_done(t, r, 0, NULL);
+    return;
+  }
+  if (len != r->bytes) {
+    char d[160];
+    snprintf(d, sizeof(d), "message of %zu bytes, the receive expects %zu", len, r->bytes);
+    req_done(t, r, DML_EPROTO, d);
+    return;
+  }
+  if (len) memcpy(r->rbuf, *data, len);
+  req_done(t, r, 0, NULL);
+}
+
+static dml_comm_req *match_posted(tcp *t, int src, int tag) {
+  for (dml_comm_req *r = t->posted_head; r; r = r->next)
+    if ((r->peer == src || r->peer == DML_ANY_SOURCE) && r->tag == tag) return r;
+  return NULL;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Peer failure: sticky; fails everything pending on the peer. */
+
+static void fail_peer(tcp *t, peer *p, int code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static void fail_peer(tcp *t, peer *p, int code, const char *fmt, ...) {
+  if (p->err) return;
+  char why[240];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(why, sizeof(why), fmt, ap);
+  va_end(ap);
+  p->err = code;
+  snprintf(p->errmsg, sizeof(p->errmsg), "%s: %s", p->name, why);
+  int rank = (int)(p - t->peers);
+  int busy = p->sq_head != NULL || p->rreq != NULL || p->in_payload || p->hgot > 0;
+  for (dml_comm_req *r = t->posted_head; r && !busy; r = r->next) busy = r->peer == rank;
+  /* A peer that leaves between messages with nothing pending on it may simply be done. */
+  if (!t->aborted) dml_log(busy || code != DML_ECLOSED ? DML_LOG_WARN : DML_LOG_DEBUG, "peer failed: %s", p->errmsg);
+  if (p->fd >= 0) {
+    epoll_ctl(t->epfd, EPOLL_CTL_DEL, p->fd, NULL);
+    shutdown(p->fd, SHUT_RDWR);
+  }
+  while (p->sq_head) {
+    dml_comm_req *r = p->sq_head;
+    sendq_remove(p, r);
+    req_done(t, r, code, why);
+  }
+  if (p->rreq) {
+    req_done(t, p->rreq, code, why);
+    p->rreq = NULL;
+  }
+  for (dml_comm_req *r = t->posted_head, *nx; r; r = nx) {
+    nx = r->next;
+    if (r->peer == rank) {
+      posted_remove(t, r);
+      req_done(t, r, code, why);
+    }
+  }
+  for (umsg *m = t->uq_head, *nx; m; m = nx) {
+    nx = m->next;
+    if (m->src == rank && !m->complete) {
+      if (m->claim) req_done(t, m->claim, code, why);
+      umsg_remove(t, m);
+      dml__free(m->data);
+      dml__free(m);
+    }
+  }
+  p->rmsg = NULL;
+  p->dst = NULL;
+  pthread_cond_broadcast(&t->cv);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Receiving. */
+
+static void payload_done(tcp *t, peer *p) {
+  int rank = (int)(p - t->peers);
+  p->in_payload = 0;
+  p->hgot = 0;
+  if (p->cur.kind == DML__F_ABORT) {
+    p->ctrl[p->cur.length] = 0;
+    for (uint64_t i = 0; i < p->cur.length; i++)
+      if (p->ctrl[i] < 0x20 || p->ctrl[i] > 0x7e) p->ctrl[i] = '?';
+    fail_peer(t, p, DML_EPEER, "aborted: %s", (char *)p->ctrl);
+    return;
+  }
+  if (p->rreq) {
+    dml_comm_req *r = p->rreq;
+    p->rreq = NULL;
+    if (r->state != ST_DONE) { /* not already failed for a length mismatch */
+      r->src = rank;
+      if (r->alloc) r->alen = (size_t)p->cur.length;
+      req_done(t, r, 0, NULL);
+    }
+  } else if (p->rmsg) {
+    umsg *m = p->rmsg;
+    p->rmsg = NULL;
+    m->complete = 1;
+    if (m->claim) {
+      dml_comm_req *r = m->claim;
+      umsg_remove(t, m);
+      deliver(t, r, m->src, &m->data, m->len, 1);
+      dml__free(m->data);
+      dml__free(m);
+    }
+  }
+  p->dst = NULL;
+}
+
+/* A whole header is in p->hdr: decide where the payload goes. */
+static void on_header(tcp *t, peer *p) {
+  int rank = (int)(p - t->peers);
+  char why[200];
+  int rc = dml__frame_decode(p->hdr, DML__FRAME_HDR, t->c->cfg.max_message_bytes, &p->cur, why, sizeof(why));
+  if (rc) {
+    fail_peer(t, p, DML_EPROTO, "protocol error: %s", why);
+    return;
+  }
+  p->in_payload = 1;
+  p->pgot = 0;
+  p->dst = NULL;
+  if (p->cur.kind == DML__F_ABORT) {
+    p->dst = p->ctrl;
+  } else if (p->cur.kind != DML__F_DATA) {
+    fail_peer(t, p, DML_EPROTO, "protocol error: unexpected frame kind %d on a data link", p->cur.kind);
+    return;
+  } else {
+    if (p->cur.seq != p->wire_recv_seq) {
+      fail_peer(t, p, DML_EPROTO, "protocol error: frame sequence %u, expected %u (lost or corrupt stream)",
+                (unsigned)p->cur.seq, (unsigned)p->wire_recv_seq);
+      return;
+    }
+    p->wire_recv_seq++;
+    if (p->cur.tag > INT_MAX) {
+      fail_peer(t, p, DML_EPROTO, "protocol error: tag %u out of range", (unsigned)p->cur.tag);
+      return;
+    }
+    int tag = (int)p->cur.tag;
+    size_t len = (size_t)p->cur.length;
+    dml_comm_req *r = match_posted(t, rank, tag);
+    if (r != NULL) {
+      posted_remove(t, r);
+      r->state = ST_ACTIVE;
+      p->rreq = r;
+      if (r->alloc) {
+        r->abuf = dml__malloc(len ? len : 1);
+        if (r->abuf == NULL) {
+          req_done(t, r, DML_ENOMEM, "out of memory for the message");
+        } else {
+          p->dst = r->abuf;
+        }
+      } else if (len != r->bytes) {
+        snprintf(why, sizeof(why), "message of %zu bytes, the receive expects %zu", len, r->bytes);
+        req_done(t, r, DML_EPROTO, why);
+      } else {
+        p->dst = r->rbuf;
+      }
+    } else {
+      umsg *m = dml__calloc(1, sizeof(*m));
+      uint8_t *data = m ? dml__malloc(len ? len : 1) : NULL;
+      if (data == NULL) {
+        dml__free(m);
+        fail_peer(t, p, DML_ENOMEM, "out of memory buffering an unexpected message of %zu bytes", len);
+        return;
+      }
+      m->src = rank;
+      m->tag = tag;
+      m->data = data;
+      m->len = len;
+      umsg_append(t, m);
+      p->rmsg = m;
+      p->dst = data;
+    }
+  }
+  if (p->cur.length == 0) payload_done(t, p);
+}
+
+static void rx(tcp *t, peer *p) {
+  size_t budget = TURN_BUDGET;
+  while (p->err == 0) {
+    while (p->rpos < p->rlen && p->err == 0) {
+      size_t avail = p->rlen - p->rpos;
+      if (!p->in_payload) {
+        size_t take = DML__MIN(DML__FRAME_HDR - p->hgot, avail);
+        memcpy(p->hdr + p->hgot, p->rbuf + p->rpos, take);
+        p->hgot += take;
+        p->rpos += take;
+        if (p->hgot == DML__FRAME_HDR) on_header(t, p);
+      } else {
+        size_t take = (size_t)DML__MIN((uint64_t)avail, p->cur.length - p->pgot);
+        if (p->dst) memcpy(p->dst + p->pgot, p->rbuf + p->rpos, take);
+        p->pgot += take;
+        p->rpos += take;
+        if (p->pgot == p->cur.length) payload_done(t, p);
+      }
+    }
+    if (p->err) return;
+    p->rpos = p->rlen = 0;
+    if (budget == 0) return; /* level-triggered epoll brings us back */
+    ssize_t r;
+    uint64_t left = p->in_payload ? p->cur.length - p->pgot : 0;
+    if (p->in_payload && p->dst && left >= DIRECT_MIN) {
+      r = recv(p->fd, p->dst + p->pgot, (size_t)left, 0);
+      if (r > 0) {
+        p->pgot += (uint64_t)r;
+        if (p->pgot == p->cur.length) payload_done(t, p);
+      }
+    } else {
+      r = recv(p->fd, p->rbuf, RBUF_BYTES, 0);
+      if (r > 0) p->rlen = (size_t)r;
+    }
+    if (r > 0) {
+      budget = (size_t)r >= budget ? 0 : budget - (size_t)r;
+      continue;
+    }
+    if (r == 0) {
+      fail_peer(t, p, DML_ECLOSED, "connection closed by the peer (process exited or was killed?)");
+      return;
+    }
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+    if (errno == EINTR) continue;
+    fail_peer(t, p, errno == ECONNRESET ? DML_ECLOSED : DML_ESYS, "receive failed: %s", strerror(errno));
+    return;
+  }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Sending. */
+
+static void set_want_out(tcp *t, peer *p, int on) {
+  if (p->want_out == on || p->fd < 0 || p->err) return;
+  struct epoll_event ev = {.events = EPOLLIN | (on ? EPOLLOUT : 0)};
+  ev.data.u32 = (uint32_t)(p - t->peers);
+  epoll_ctl(t->epfd, EPOLL_CTL_MOD, p->fd, &ev);
+  p->want_out = on;
+}
+
+static void tx(tcp *t, peer *p) {
+  size_t budget = TURN_BUDGET;
+  while (p->sq_head && p->err == 0) {
+    dml_comm_req *r = p->sq_head;
+    size_t total = DML__FRAME_HDR + r->bytes;
+    struct iovec iov[2];
+    int niov = 0;
+    if (r->off < DML__FRAME_HDR) {
+      iov[niov++] = (struct iovec){r->hdr + r->off, DML__FRAME_HDR - r->off};
+      if (r->bytes) iov[niov++] = (struct iovec){(void *)r->sbuf, r->bytes};
+    } else {
+      iov[niov++] = (struct iovec){(void *)(r->sbuf + (r->off - DML__FRAME_HDR)), total - r->off};
+    }
+    struct msghdr mh;
+    memset(&mh, 0, sizeof(mh));
+    mh.msg_iov = iov;
+    mh.msg_iovlen = (size_t)niov;
+    ssize_t w = sendmsg(p->fd, &mh, MSG_NOSIGNAL);
+    if (w > 0) {
+      r->off += (size_t)w;
+      r->state = ST_ACTIVE;
+      if (r->off == total) {
+        sendq_remove(p, r);
+        atomic_fetch_add(&t->c->bytes_sent, r->bytes);
+        req_done(t, r, 0, NULL);
+      }
+      budget = (size_t)w >= budget ? 0 : budget - (size_t)w;
+      if (budget == 0) break;
+      continue;
+    }
+    if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+    if (w < 0 && errno == EINTR) continue;
+    int e = errno;
+    fail_peer(t, p, (e == EPIPE || e == ECONNRESET) ? DML_ECLOSED : DML_ESYS, "send failed: %s", strerror(e));
+    return;
+  }
+  set_want_out(t, p, p->sq_head != NULL);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The progress thread. */
+
+static void *progress_main(void *arg) {
+  tcp *t = arg;
+  struct epoll_event evs[64];
+  for (;;) {
+    int n = epoll_wait(t->epfd, evs, 64, -1);
+    if (n < 0 && errno != EINTR) break;
+    pthread_mutex_lock(&t->mu);
+    if (t->stop) {
+      pthread_mutex_unlock(&t->mu);
+      break;
+    }
+    for (int i = 0; i < n; i++) {
+      if (evs[i].data.u32 == EV_WAKE) {
+        uint64_t v;
+        if (read(t->evfd, &v, sizeof(v)) < 0) {
+          /* nothing to drain */
+        }
+        continue;
+      }
+      peer *p = &t->peers[evs[i].data.u32];
+      if (p->err) continue;
+      if (evs[i].events & EPOLLOUT) tx(t, p);
+      if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) rx(t, p);
+    }
+    pthread_mutex_unlock(&t->mu);
+  }
+  return NULL;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The backend slots. */
+
+static int check_state(tcp *t, int peer_rank, const char *op, int tag) {
+  if (t->aborted)
+    return dml__comm_fail(t->c, DML_EABORTED, "%s %s tag %d: communicator aborted: %s", op,
+                          peer_label(t, peer_rank), tag, t->abort_msg);
+  if (peer_rank >= 0 && t->peers[peer_rank].err) {
+    peer *p = &t->peers[peer_rank];
+    return dml__comm_fail(t->c, p->err, "%s %s tag %d: peer failed earlier: %s", op, p->name, tag, p->errmsg);
+  }
+  return 0;
+}
+
+static void deliver_local(tcp *t, int tag, const void *buf, size_t bytes, int *status) {
+  dml_comm_req *r = match_posted(t, t->me, tag);
+  uint8_t *copy = dml__malloc(bytes ? bytes : 1);
+  if (copy == NULL) {
+    *status = DML_ENOMEM;
+    return;
+  }
+  if (bytes) memcpy(copy, buf, bytes);
+  if (r != NULL) {
+    posted_remove(t, r);
+    deliver(t, r, t->me, &copy, bytes, 1);
+    dml__free(copy);
+  } else {
+    umsg *m = dml__calloc(1, sizeof(*m));
+    if (m == NULL) {
+      dml__free(copy);
+      *status = DML_ENOMEM;
+      return;
+    }
+    *m = (umsg){.src = t->me, .tag = tag, .data = copy, .len = bytes, .complete = 1};
+    umsg_append(t, m);
+  }
+  *status = 0;
+}
+
+static int tcp_isend(dml_comm *c, int peer_rank, int tag, const void *buf, size_t bytes, dml_comm_req **out) {
+  tcp *t = T(c);
+  pthread_mutex_lock(&t->mu);
+  int rc = check_state(t, peer_rank, "send to", tag);
+  if (rc) {
+    pthread_mutex_unlock(&t->mu);
+    return rc;
+  }
+  dml_comm_req *r = req_new(t, REQ_SEND, peer_rank, tag);
+  if (r == NULL) {
+    pthread_mutex_unlock(&t->mu);
+    return dml__comm_fail(c, DML_ENOMEM, "send: out of memory");
+  }
+  peer *p = &t->peers[peer_rank];
+  r->seq = p->send_ops++;
+  r->sbuf = buf;
+  r->bytes = bytes;
+  if (peer_rank == t->me) {
+    int st;
+    deliver_local(t, tag, buf, bytes, &st);
+    req_done(t, r, st, st ? "out of memory" : NULL);
+  } else {
+    dml__frame_encode(r->hdr, DML__F_DATA, (uint32_t)tag, p->wire_send_seq++, bytes);
+    if (p->sq_tail)
+      p->sq_tail->next = r;
+    else
+      p->sq_head = r;
+    p->sq_tail = r;
+    if (p->sq_head == r) tx(t, p); /* eager: small messages leave from the caller's thread */
+  }
+  *out = r;
+  pthread_mutex_unlock(&t->mu);
+  return 0;
+}
+
+static int tcp_irecv(dml_comm *c, int peer_rank, int tag, void *buf, size_t bytes, int alloc, dml_comm_req **out) {
+  tcp *t = T(c);
+  pthread_mutex_lock(&t->mu);
+  int rc = check_state(t, peer_rank, "recv from", tag);
+  if (rc == DML_EABORTED) {
+    pthread_mutex_unlock(&t->mu);
+    return rc;
+  }
+  umsg *m = t->uq_head;
+  for (; m; m = m->next)
+    if (!m->claim && (peer_rank == DML_ANY_SOURCE || m->src == peer_rank) && m->tag == tag) break;
+  /* A message that arrived whole before its sender failed is still delivered. */
+  if (rc && (m == NULL || !m->complete)) {
+    pthread_mutex_unlock(&t->mu);
+    return rc;
+  }
+  dml_comm_req *r = req_new(t, REQ_RECV, peer_rank, tag);
+  if (r == NULL) {
+    pthread_mutex_unlock(&t->mu);
+    return dml__comm_fail(c, DML_ENOMEM, "recv: out of memory");
+  }
+  r->seq = peer_rank == DML_ANY_SOURCE ? t->any_ops++ : t->peers[peer_rank].recv_ops++;
+  r->rbuf = buf;
+  r->bytes = bytes;
+  r->alloc = alloc;
+  if (m != NULL) {
+    if (m->complete) {
+      umsg_remove(t, m);
+      deliver(t, r, m->src, &m->data, m->len, 1);
+      dml__free(m->data);
+      dml__free(m);
+    } else {
+      m->claim = r;
+      r->claimed = m;
+      r->state = ST_ACTIVE;
+    }
+  } else {
+    if (t->posted_tail)
+      t->posted_tail->next = r;
+    else
+      t->posted_head = r;
+    t->posted_tail = r;
+  }
+  *out = r;
+  pthread_mutex_unlock(&t->mu);
+  return 0;
+}
+
+static int finish(tcp *t, dml_comm_req *r, int keep) {
+  int rc = r->status;
+  if (rc) dml__comm_fail(t->c, rc, "%s", r->msg);
+  if (!keep || rc) req_release(t, r);
+  return rc;
+}
+
+static int tcp_wait(dml_comm *c, dml_comm_req *r, int timeout_ms, int keep) {
+  tcp *t = T(c);
+  pthread_mutex_lock(&t->mu);
+  if (r->state != ST_DONE) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += timeout_ms / 1000;
+    ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+      ts.tv_sec++;
+      ts.tv_nsec -= 1000000000L;
+    }
+    while (r->state != ST_DONE) {
+      if (pthread_cond_timedwait(&t->cv, &t->mu, &ts) == ETIMEDOUT && r->state != ST_DONE) {
+        pthread_mutex_unlock(&t->mu);
+        return DML_ETIMEDOUT;
+      }
+    }
+  }
+  int rc = finish(t, r, keep);
+  pthread_mutex_unlock(&t->mu);
+  return rc;
+}
+
+static int tcp_test(dml_comm *c, dml_comm_req *r, int *done) {
+  tcp *t = T(c);
+  pthread_mutex_lock(&t->mu);
+  *done = r->state == ST_DONE;
+  int rc = *done ? finish(t, r, 0) : 0;
+  pthread_mutex_unlock(&t->mu);
+  return rc;
+}
+
+static int tcp_cancel(dml_comm *c, dml_comm_req *r, int code) {
+  tcp *t = T(c);
+  pthread_mutex_lock(&t->mu);
+  if (r->state != ST_DONE) {
+    char why[160];
+    if (code == DML_ETIMEDOUT)
+      snprintf(why, sizeof(why), "timed out after %d ms", c->cfg.timeout_ms);
+    else
+      snprintf(why, sizeof(why), "canceled (%s) in the middle of a transfer", dml_strerror(code));
+    int rank = r->peer;
+    if (r->claimed) rank = r->claimed->src;
+    if (r->kind == REQ_RECV && r->state == ST_ACTIVE && !r->claimed) {
+      for (int i = 0; i < t->n; i++)
+        if (t->peers[i].rreq == r) rank = i;
+    }
+    int started = r->state == ST_ACTIVE;
+    if (rank == DML_ANY_SOURCE || (!started && code != DML_ETIMEDOUT) || rank == t->me) {
+      /* Nothing of it is on the wire: withdraw it quietly. */
+      if (r->kind == REQ_SEND)
+        sendq_remove(&t->peers[r->peer], r);
+      else
+        posted_remove(t, r);
+      if (r->claimed) r->claimed->claim = NULL;
+      req_done(t, r, code, why);
+    } else {
+      fail_peer(t, &t->peers[rank], code, "%s %s tag %d seq %u %s", r->kind == REQ_SEND ? "send" : "recv",
+                r->kind == REQ_SEND ? "to it" : "from it", r->tag, (unsigned)r->seq, why);
+      if (r->state != ST_DONE) req_done(t, r, code, why);
+    }
+  }
+  int rc = finish(t, r, 0);
+  pthread_mutex_unlock(&t->mu);
+  return rc;
+}
+
+static void tcp_recv_take(dml_comm *c, dml_comm_req *r, void **buf, size_t *bytes, int *src) {
+  tcp *t = T(c);
+  pthread_mutex_lock(&t->mu);
+  *buf = r->abuf;
+  *bytes = r->alen;
+  *src = r->src;
+  r->abuf = NULL;
+  req_release(t, r);
+  pthread_mutex_unlock(&t->mu);
+}
+
+static void tcp_abort(dml_comm *c, const char *reason) {
+  tcp *t = T(c);
+  pthread_mutex_lock(&t->mu);
+  if (t->aborted) {
+    pthread_mutex_unlock(&t->mu);
+    return;
+  }
+  t->aborted = 1;
+  snprintf(t->abort_msg, sizeof(t->abort_msg), "%s", reason);
+  char why[340];
+  snprintf(why, sizeof(why), "communicator aborted: %s", reason);
+  for (int i = 0; i < t->n; i++) {
+    peer *p = &t->peers[i];
+    if (i == t->me || p->err || p->fd < 0) continue;
+    /* Tell the peer why, unless a frame is half-written (then the close alone must do). */
+    if (p->sq_head == NULL || p->sq_head->off == 0) {
+      uint8_t buf[DML__FRAME_HDR + 256];
+      size_t n = DML__MIN(strlen(reason), (size_t)256);
+      dml__frame_encode(buf, DML__F_ABORT, 0, 0, n);
+      memcpy(buf + DML__FRAME_HDR, reason, n);
+      if (send(p->fd, buf, DML__FRAME_HDR + n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
+        /* best effort: the close below tells the peer anyway */
+      }
+    }
+    fail_peer(t, p, DML_EABORTED, "%s", why);
+  }
+  for (dml_comm_req *r = t->posted_head, *nx; r; r = nx) {
+    nx = r->next;
+    posted_remove(t, r);
+    req_done(t, r, DML_EABORTED, why);
+  }
+  for (umsg *m = t->uq_head; m; m = m->next)
+    if (m->claim && m->claim->state != ST_DONE) req_done(t, m->claim, DML_EABORTED, why);
+  pthread_cond_broadcast(&t->cv);
+  pthread_mutex_unlock(&t->mu);
+}
+
+static const char *tcp_peer_name(const dml_comm *c, int peer_rank) { return T(c)->peers[peer_rank].name; }
+
+/* ---------------------------------------------------------------------------------------------
+ * Setup and teardown. */
+
+static void tcp_fini(dml_comm *c) {
+  tcp *t = T(c);
+  if (t == NULL) return;
+  if (t->thread_started) {
+    pthread_mutex_lock(&t->mu);
+    t->stop = 1;
+    pthread_mutex_unlock(&t->mu);
+    uint64_t one = 1;
+    if (write(t->evfd, &one, sizeof(one)) < 0) {
+      /* cannot happen with an eventfd below its maximum */
+    }
+    pthread_join(t->thread, NULL);
+  }
+  /* Linger until what we sent is acknowledged (so that closing cannot turn into a reset that
+   * loses it), then close. */
+  uint64_t deadline = dml_now_ns() + (uint64_t)DML__MIN(c->cfg.timeout_ms, 10000) * 1000000ull;
+  for (int i = 0; t->peers && i < t->n; i++) {
+    peer *p = &t->peers[i];
+    if (p->fd >= 0 && !p->err) shutdown(p->fd, SHUT_WR);
+  }
+  for (int i = 0; t->peers && i < t->n; i++) {
+    peer *p = &t->peers[i];
+    if (p->fd < 0) continue;
+    while (!p->err && dml_now_ns() < deadline) {
+      int outq = 0;
+      if (ioctl(p->fd, SIOCOUTQ, &outq) != 0 || outq == 0) break;
+      struct pollfd pfd = {.fd = p->fd, .events = POLLIN};
+      if (poll(&pfd, 1, 1) > 0) {
+        char sink[4096];
+        if (recv(p->fd, sink, sizeof(sink), MSG_DONTWAIT) == 0) break;
+      }
+    }
+    close(p->fd);
+    p->fd = -1;
+  }
+  while (t->all) req_release(t, t->all);
+  for (umsg *m = t->uq_head, *nx; m; m = nx) {
+    nx = m->next;
+    dml__free(m->data);
+    dml__free(m);
+  }
+  for (int i = 0; t->peers && i < t->n; i++) dml__free(t->peers[i].rbuf);
+  dml__free(t->peers);
+  if (t->epfd >= 0) close(t->epfd);
+  if (t->evfd >= 0) close(t->evfd);
+  if (t->listen_fd >= 0) close(t->listen_fd);
+  pthread_mutex_destroy(&t->mu);
+  pthread_cond_destroy(&t->cv);
+  dml__free(t);
+  c->impl = NULL;
+}
+
+typedef struct pending_accept {
+  dml__hs_conn hs;
+  int authed;
+} pending_accept;
+
+/* Accept the connections of the ranks above us until all have said HELLO or the deadline. */
+static int accept_peers(tcp *t, uint64_t job, uint64_t deadline, dml_err *err) {
+  const dml__comm_cfg *cfg = &t->c->cfg;
+  int missing = t->n - 1 - t->me;
+  enum { MAXP = 256 };
+  pending_accept *pend = dml__calloc(MAXP, sizeof(*pend));
+  struct pollfd *pfd = dml__calloc(MAXP + 1, sizeof(*pfd));
+  int np = 0, rc = 0;
+  if (pend == NULL || pfd == NULL) {
+    rc = dml_err_set(err, DML_ENOMEM, "out of memory accepting peers");
+    goto out;
+  }
+  while (missing > 0) {
+    int left = dml__ms_left(deadline);
+    if (left == 0) {
+      char list[256] = "";
+      size_t off = 0;
+      for (int j = t->me + 1; j < t->n && off < sizeof(list) - 16; j++)
+        if (t->peers[j].fd < 0) off += (size_t)snprintf(list + off, sizeof(list) - off, " %d", j);
+      rc = dml_err_set(err, DML_ETIMEDOUT, "rank %d: ranks%s did not connect within %d ms", t->me, list,
+                       cfg->timeout_ms);
+      goto out;
+    }
+    pfd[0] = (struct pollfd){.fd = t->listen_fd, .events = POLLIN};
+    for (int i = 0; i < np; i++)
+      pfd[1 + i] = (struct pollfd){.fd = pend[i].hs.fd, .events = (short)(POLLIN | (pend[i].hs.out_len ? POLLOUT : 0))};
+    int n = poll(pfd, (nfds_t)(np + 1), left > 100 ? 100 : left);
+    if (n < 0 && errno != EINTR) {
+      rc = dml_err_set(err, DML_ESYS, "poll: %s", strerror(errno));
+      goto out;
+    }
+    uint64_t now = dml_now_ns();
+    for (int i = np - 1; i >= 0; i--) {
+      pending_accept *pa = &pend[i];
+      char why[300] = "";
+      int drop = 0, keep_fd = 0;
+      if (n > 0 && pfd[1 + i].revents) {
+        if (!pa->authed) {
+          int s = dml__hs_accept_step(&pa->hs, cfg->token, why, sizeof(why));
+          if (s == 0)
+            pa->authed = 1;
+          else if (s != DML_EAGAIN)
+            drop = 1;
+        }
+        if (pa->authed && !drop) {
+          dml__frame f;
+          uint8_t pay[DML__CTRL_MAX];
+          int s = dml__hs_next_frame(&pa->hs, &f, pay, why, sizeof(why));
+          if (s == 0) {
+            dml__hello h;
+            if (f.kind != DML__F_HELLO) {
+              snprintf(why, sizeof(why), "expected HELLO, got frame kind %d", f.kind);
+              drop = 1;
+            } else if (dml__hello_decode(pay, (size_t)f.length, &h, why, sizeof(why)) != 0) {
+              drop = 1;
+            } else if (h.job != job || (int)h.world_size != t->n) {
+              snprintf(why, sizeof(why), "HELLO from another job (world size %u)", (unsigned)h.world_size);
+              drop = 1;
+            } else if ((int)h.rank <= t->me || t->peers[h.rank].fd >= 0) {
+              snprintf(why, sizeof(why), "HELLO from rank %u, which should not connect here (or already did)",
+                       (unsigned)h.rank);
+              drop = 1;
+            } else {
+              t->peers[h.rank].fd = pa->hs.fd;
+              keep_fd = 1;
+              missing--;
+            }
+          } else if (s != DML_EAGAIN) {
+            drop = 1;
+          }
+        }
+      } else if (now > pa->hs.deadline_ns) {
+        snprintf(why, sizeof(why), "no handshake within the timeout (silent client)");
+        drop = 1;
+      }
+      if (drop || keep_fd) {
+        if (drop) {
+          dml_log(DML_LOG_WARN, "rank %d: dropped connection from %s: %s%s", t->me, pa->hs.addr,
+                  strstr(why, "token") ? "authentication failed: " : "", why);
+          close(pa->hs.fd);
+        }
+        pend[i] = pend[--np];
+      }
+    }
+    if (n > 0 && (pfd[0].revents & POLLIN)) {
+      for (;;) {
+        int fd = accept4(t->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) break;
+        if (np >= MAXP) {
+          close(fd);
+          continue;
+        }
+        dml__net_tune(fd);
+        memset(&pend[np], 0, sizeof(pend[np]));
+        dml__hs_accept_start(&pend[np].hs, fd, cfg->token, deadline);
+        np++;
+      }
+    }
+  }
+out:
+  for (int i = 0; pend && i < np; i++) close(pend[i].hs.fd);
+  dml__free(pend);
+  dml__free(pfd);
+  return rc;
+}
+
+static int parse_addr(const char *v, int *world, char *host, size_t host_len, int *port) {
+  char h[64];
+  if (sscanf(v, "%d %63s %d", world, h, port) != 3 || *port <= 0 || *port > 65535) return -1;
+  snprintf(host, host_len, "%s", h);
+  return 0;
+}
+
+static int bootstrap(tcp *t, dml_err *err) {
+  dml_comm *c = t->c;
+  const dml__comm_cfg *cfg = &c->cfg;
+  uint64_t deadline = dml_now_ns() + (uint64_t)cfg->timeout_ms * 1000000ull;
+  dml__store *st = NULL;
+  char *val = NULL;
+  size_t vn;
+  int rc;
+  uint64_t job = 0;
+  if (t->me == 0) {
+    rc = dml__store_serve(&st, cfg, err);
+    if (rc) return rc;
+    dml__random_bytes(&job, sizeof(job));
+    char jb[32];
+    snprintf(jb, sizeof(jb), "%016llx", (unsigned long long)job);
+    rc = dml__store_set(st, "job", jb, strlen(jb), err);
+    if (rc) goto out;
+  } else {
+    rc = dml__store_connect(&st, cfg, err);
+    if (rc) goto out;
+  }
+  char host[64];
+  dml__store_local_host(st, cfg, host, sizeof(host));
+  int port = 0;
+  rc = dml__net_listen(host, 0, &t->listen_fd, &port, err);
+  if (rc) goto out;
+  char key[32], av[128];
+  snprintf(key, sizeof(key), "addr/%d", t->me);
+  snprintf(av, sizeof(av), "%d %s %d", t->n, host, port);
+  rc = dml__store_set(st, key, av, strlen(av), err);
+  if (rc) goto out;
+  snprintf(t->peers[t->me].host, sizeof(t->peers[t->me].host), "%s", host);
+  t->peers[t->me].port = port;
+  if (t->me != 0) {
+    rc = dml__store_get(st, "job", deadline, &val, &vn, err);
+    if (rc) goto out;
+    unsigned long long j;
+    if (sscanf(val, "%16llx", &j) != 1) {
+      rc = dml_err_set(err, DML_EPROTO, "bad job id from the coordinator");
+      goto out;
+    }
+    job = j;
+    dml__free(val);
+    val = NULL;
+  }
+  for (int j = 0; j < t->n; j++) {
+    if (j == t->me) continue;
+    snprintf(key, sizeof(key), "addr/%d", j);
+    rc = dml__store_get(st, key, deadline, &val, &vn, err);
+    if (rc) {
+      if (rc == DML_ETIMEDOUT)
+        dml_err_set(err, rc, "rank %d: rank %d did not join within %d ms (coordinator %s:%d)", t->me, j,
+                    cfg->timeout_ms, cfg->master_addr, cfg->master_port);
+      goto out;
+    }
+    int w;
+    peer *p = &t->peers[j];
+    if (parse_addr(val, &w, p->host, sizeof(p->host), &p->port) != 0) {
+      rc = dml_err_set(err, DML_EPROTO, "bad address '%s' for rank %d from the coordinator", val, j);
+      goto out;
+    }
+    if (w != t->n) {
+      rc = dml_err_set(err, DML_EMISMATCH, "rank %d says world size %d, we have %d", j, w, t->n);
+      goto out;
+    }
+    snprintf(p->name, sizeof(p->name), "rank %d (%s:%d)", j, p->host, p->port);
+    dml__free(val);
+    val = NULL;
+  }
+  /* Lower ranks listen, higher ranks connect. */
+  for (int j = 0; j < t->me; j++) {
+    peer *p = &t->peers[j];
+    dml_err e2 = {0};
+    rc = dml__net_connect(p->host, p->port, deadline, &p->fd, &e2);
+    if (rc == 0) rc = dml__hs_connect(p->fd, cfg->token, p->name, deadline, &e2);
+    if (rc == 0) {
+      dml__hello h = {.rank = (uint32_t)t->me, .world_size = (uint32_t)t->n, .job = job};
+      uint8_t pay[32];
+      size_t pn = dml__hello_encode(pay, &h);
+      rc = dml__net_send_frame(p->fd, DML__F_HELLO, pay, pn, deadline, &e2);
+    }
+    if (rc) {
+      dml_err_set(err, rc, "rank %d connecting to %s: %s", t->me, p->name, e2.msg);
+      goto out;
+    }
+  }
+  rc = accept_peers(t, job, deadline, err);
+out:
+  dml__free(val);
+  dml__store_close(st);
+  return rc;
+}
+
+static int tcp_init(dml_comm *c, dml_err *err) {
+  tcp *t = dml__calloc(1, sizeof(*t));
+  if (t == NULL) return dml_err_set(err, DML_ENOMEM, "out of memory");
+  c->impl = t;
+  t->c = c;
+  t->n = c->cfg.world_size;
+  t->me = c->cfg.rank;
+  t->epfd = t->evfd = t->listen_fd = -1;
+  pthread_mutex_init(&t->mu, NULL);
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_cond_init(&t->cv, &ca);
+  pthread_condattr_destroy(&ca);
+  int rc = 0;
+  t->peers = dml__calloc((size_t)t->n, sizeof(*t->peers));
+  if (t->peers == NULL) {
+    rc = dml_err_set(err, DML_ENOMEM, "out of memory for %d peers", t->n);
+    goto fail;
+  }
+  for (int i = 0; i < t->n; i++) {
+    t->peers[i].fd = -1;
+    snprintf(t->peers[i].name, sizeof(t->peers[i].name), "rank %d", i);
+  }
+  snprintf(t->peers[t->me].name, sizeof(t->peers[t->me].name), "rank %d (self)", t->me);
+  dml_log_set_rank(t->me);
+  if (t->n == 1) return 0; /* alone: no network at all */
+  rc = bootstrap(t, err);
+  if (rc) goto fail;
+  snprintf(t->peers[t->me].name, sizeof(t->peers[t->me].name), "rank %d (self, %s:%d)", t->me,
+           t->peers[t->me].host, t->peers[t->me].port);
+  close(t->listen_fd);
+  t->listen_fd = -1;
+  t->epfd = epoll_create1(EPOLL_CLOEXEC);
+  t->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (t->epfd < 0 || t->evfd < 0) {
+    rc = dml_err_set(err, DML_ESYS, "epoll/eventfd: %s", strerror(errno));
+    goto fail;
+  }
+  struct epoll_event ev = {.events = EPOLLIN};
+  ev.data.u32 = EV_WAKE;
+  epoll_ctl(t->epfd, EPOLL_CTL_ADD, t->evfd, &ev);
+  for (int i = 0; i < t->n; i++) {
+    if (i == t->me) continue;
+    t->peers[i].rbuf = dml__malloc(RBUF_BYTES);
+    if (t->peers[i].rbuf == NULL) {
+      rc = dml_err_set(err, DML_ENOMEM, "out of memory for receive buffers");
+      goto fail;
+    }
+    ev.events = EPOLLIN;
+    ev.data.u32 = (uint32_t)i;
+    if (epoll_ctl(t->epfd, EPOLL_CTL_ADD, t->peers[i].fd, &ev) != 0) {
+      rc = dml_err_set(err, DML_ESYS, "epoll_ctl: %s", strerror(errno));
+      goto fail;
+    }
+  }
+  if (pthread_create(&t->thread, NULL, progress_main, t) != 0) {
+    rc = dml_err_set(err, DML_ESYS, "cannot start the progress thread");
+    goto fail;
+  }
+  t->thread_started = 1;
+  return 0;
+fail:
+  for (int i = 0; t->peers && i < t->n; i++) t->peers[i].err = rc; /* no linger on a failed join */
+  tcp_fini(c);
+  return rc;
+}
+
+const dml__comm_backend dml__comm_tcp = {
+    .name = "tcp",
+    .init = tcp_init,
+    .fini = tcp_fini,
+    .isend = tcp_isend,
+    .irecv = tcp_irecv,
+    .wait = tcp_wait,
+    .test = tcp_test,
+    .cancel = tcp_cancel,
+    .recv_take = tcp_recv_take,
+    .abort = tcp_abort,
+    .peer_name = tcp_peer_name,
+};
