@@ -1,0 +1,232 @@
+/* distml task layer: a work-stealing thread pool (one Chase-Lev deque per worker, a shared
+ * injection queue for work submitted from other threads), task groups with first-error reporting
+ * and cancellation, futures with dependencies, parallel-for, and the input pipeline that feeds
+ * training (source -> map -> shuffle -> batch -> prefetch). It runs work inside one process; the
+ * distributed task farm across processes is not here (yet).
+ *
+ * Ownership:
+ *  - dml_pool: created by dml_pool_create, freed by dml_pool_destroy. Every task group must have
+ *    been waited before the pool is destroyed; outstanding futures are finished by destroy.
+ *  - dml_task_group: caller-owned storage (stack is fine), initialised with dml_task_group_init,
+ *    must be waited (dml_task_group_wait) before it goes out of scope. One thread waits a group.
+ *  - Task arguments (void *arg) stay owned by the caller and must stay valid until the task ran.
+ *  - dml_future: created by dml_future_async with one reference for the caller, released with
+ *    dml_future_release; the pool keeps its own reference while the task is pending or running.
+ *  - dml_pipe: created by dml_pipe_create, freed by dml_pipe_destroy; a batch returned by
+ *    dml_pipe_next belongs to the caller until it gives it back with dml_pipe_release.
+ *
+ * Threads: every function may be called from any thread, inside or outside the pool, except
+ * where noted. Waiting inside a pool worker runs other tasks instead of blocking. */
+#ifndef DISTML_TASK_H
+#define DISTML_TASK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "distml/core.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* =============================================================================================
+ * Pool */
+
+typedef struct dml_pool dml_pool;
+
+typedef struct dml_pool_opts {
+  unsigned nthreads;   /* worker threads; 0: DISTML_THREADS or the number of online CPUs */
+  unsigned spin_us;    /* how long an idle worker looks for work before it sleeps; 0: 50 us */
+  unsigned deque_log2; /* initial per-worker deque capacity (2^n tasks, grows); 0: 10 */
+  const char *name;    /* thread names "<name>-<i>" (for perf/gdb), at most 10 chars; NULL: "dml" */
+} dml_pool_opts;
+
+/* Defaults: every field 0/NULL. */
+void dml_pool_opts_default(dml_pool_opts *opts);
+
+/* Start the worker threads. opts may be NULL (defaults). On failure *out is NULL and err says
+ * why (DML_ENOMEM, DML_ESYS when a thread cannot be started, DML_EINVAL for bad options). */
+int dml_pool_create(const dml_pool_opts *opts, dml_pool **out, dml_err *err);
+/* Finish outstanding futures, stop and join the workers, free everything. Accepts NULL.
+ * Must not be called from a worker of this pool. */
+void dml_pool_destroy(dml_pool *pool);
+/* Number of worker threads. */
+unsigned dml_pool_nthreads(const dml_pool *pool);
+/* Index of the calling thread among the pool's workers (0..nthreads-1), or -1 when the calling
+ * thread is not a worker of this pool. Useful for per-worker scratch buffers. */
+int dml_pool_worker_index(const dml_pool *pool);
+
+/* Counters, summed over the workers (each worker counts in its own cache line; the sum is read
+ * without stopping the pool, so it is a snapshot, exact once the pool is quiet). */
+typedef struct dml_pool_stats {
+  uint64_t spawned;       /* tasks pushed by workers onto their own deques */
+  uint64_t injected;      /* tasks submitted from threads outside the pool */
+  uint64_t executed;      /* tasks run (or skipped because their group was cancelled) */
+  uint64_t stolen;        /* tasks taken from another worker's deque */
+  uint64_t steal_fails;   /* steal attempts that found nothing or lost a race */
+  uint64_t sleeps;        /* times a worker went to sleep after spinning */
+  unsigned sleeping;      /* workers asleep right now */
+  uint64_t idle_ns;       /* time workers spent looking for work or asleep (all workers) */
+} dml_pool_stats;
+void dml_pool_get_stats(const dml_pool *pool, dml_pool_stats *stats);
+
+/* =============================================================================================
+ * Tasks and task groups */
+
+/* A task: returns 0, or a negative DML_E... code (any non-zero value is an error) which becomes
+ * the group's error and cancels the group. */
+typedef int (*dml_task_fn)(void *arg);
+
+/* Caller-owned storage for a group; the fields are private to the pool. */
+typedef struct dml_task_group {
+  uint64_t opaque[6];
+} dml_task_group;
+
+/* Prepare g for tasks on pool. */
+void dml_task_group_init(dml_task_group *g, dml_pool *pool);
+/* Like dml_task_group_init, and cancelling parent (or its parent...) also cancels g. parent must
+ * outlive g. */
+void dml_task_group_init_child(dml_task_group *g, dml_task_group *parent);
+
+/* Run fn(arg) on the pool as part of g. From a worker the task goes onto the worker's own deque
+ * (no lock, no allocation once warm); from any other thread through the injection queue.
+ * Returns 0, DML_ECANCELED if g is already cancelled (the task is not run), DML_ENOMEM. */
+int dml_task_spawn(dml_task_group *g, dml_task_fn fn, void *arg);
+/* Wait until every task of g has finished, running other tasks meanwhile. Returns 0, the first
+ * error a task returned, or DML_ECANCELED if g was cancelled without an error. After the wait g
+ * may be reused (it is reset: no error, not cancelled). */
+int dml_task_group_wait(dml_task_group *g);
+/* Tasks of g that have not started yet are skipped; running ones may poll
+ * dml_task_group_is_canceled. Thread-safe, idempotent. */
+void dml_task_group_cancel(dml_task_group *g);
+/* 1 if g or one of its ancestors was cancelled (or a task failed), else 0. */
+int dml_task_group_is_canceled(const dml_task_group *g);
+
+/* Run body over [lo, hi) cut into pieces of at most grain indices (grain 0: about 8 pieces per
+ * worker), by recursive halving so idle workers steal the biggest pieces. body returns 0 or an
+ * error; the first error stops pieces not yet started and is returned. */
+typedef int (*dml_range_fn)(int64_t lo, int64_t hi, void *ctx);
+int dml_parallel_for(dml_pool *pool, int64_t lo, int64_t hi, int64_t grain, dml_range_fn body,
+                     void *ctx);
+
+/* =============================================================================================
+ * Futures: a task that runs once all its input futures are done, and whose status and value can
+ * be waited on. If an input failed (or was cancelled), the task is not run and its future fails
+ * with the input's error. Futures allocate (one block each); use groups for fine-grained work. */
+
+typedef struct dml_future dml_future;
+/* Compute and store a value in *value (initially NULL; owned by whoever reads it). */
+typedef int (*dml_future_fn)(void *arg, void **value);
+
+/* Schedule fn(arg) to run when all ndeps futures in deps are done (deps may be NULL when ndeps
+ * is 0; the same future may appear twice). *out gets a reference. Returns 0 or DML_ENOMEM. */
+int dml_future_async(dml_pool *pool, dml_future_fn fn, void *arg, dml_future *const *deps,
+                     size_t ndeps, dml_future **out);
+/* Wait (running other tasks meanwhile) until f is done; returns its status (0 or the error of
+ * fn or of a failed input) and stores its value in *value if value is non-NULL. Several threads
+ * may wait on the same future. */
+int dml_future_wait(dml_future *f, void **value);
+/* 1 when f has finished (successfully or not), else 0. Does not block. */
+int dml_future_is_done(const dml_future *f);
+/* Drop the caller's reference. Accepts NULL. The task still runs if it has not yet. */
+void dml_future_release(dml_future *f);
+
+/* =============================================================================================
+ * Input pipeline: elements are indices 0..n-1 of an epoch (e.g. dataset rows); stages
+ *   source (epoch order, shuffled or not) -> map (parallel on the pool, ordered or unordered)
+ *   -> shuffle buffer -> batch -> prefetch (k batches ready ahead)
+ * with a byte budget bounding the memory of elements and batches in flight. The pipeline knows
+ * nothing about the element type: map fills an element buffer of elem_bytes, collate gathers
+ * batch_size elements into a batch buffer of batch_bytes. Results depend only on (seed, epoch),
+ * never on thread timing: map gets a generator seeded from (seed, epoch, element index). */
+
+typedef struct dml_pipe dml_pipe;
+
+/* Produce element number index of the epoch into out (elem_bytes bytes). rng is seeded from
+ * (seed, epoch, index) so augmentation is reproducible. Runs on pool workers, concurrently. */
+typedef int (*dml_pipe_map_fn)(void *ctx, uint64_t epoch, uint64_t index, dml_rng *rng, void *out);
+/* Gather count elements (pointers to their buffers, in batch order) into batch (batch_bytes).
+ * idx[i] is the index of element i. count < batch_size only for a last partial batch. */
+typedef int (*dml_pipe_collate_fn)(void *ctx, void *const *elems, const uint64_t *idx,
+                                   size_t count, void *batch);
+
+typedef struct dml_pipe_opts {
+  uint64_t n;               /* elements per epoch */
+  size_t elem_bytes;        /* size of one mapped element */
+  size_t batch_size;        /* elements per batch */
+  size_t batch_bytes;       /* size of one collated batch */
+  int drop_last;            /* 1: drop a last partial batch */
+  int shuffle_order;        /* 1: the source visits 0..n-1 in a random order per (seed, epoch) */
+  size_t shuffle_buffer;    /* elements in the shuffle buffer after map; 0 or 1: no buffer */
+  int unordered;            /* 1: map results are taken as they finish (non-deterministic) */
+  size_t prefetch;          /* batches prepared ahead of the consumer; 0: 2 */
+  size_t max_inflight;      /* map tasks running or done but not yet consumed; 0: 4 x threads */
+  uint64_t byte_budget;     /* cap on bytes of elements + batches held; 0: 256 MiB. Must hold
+                               at least one batch and its elements. */
+  uint64_t seed;
+  dml_pipe_map_fn map;
+  dml_pipe_collate_fn collate;
+  void *ctx;                /* passed to map and collate */
+} dml_pipe_opts;
+
+/* One batch handed to the consumer. */
+typedef struct dml_pipe_batch {
+  void *data;        /* batch_bytes bytes filled by collate; owned by the pipeline */
+  size_t count;      /* elements in it (batch_size, or fewer for a last partial batch) */
+  uint64_t epoch;
+  uint64_t number;   /* batch number within the epoch */
+  const uint64_t *idx; /* the element indices, count of them, in batch order */
+} dml_pipe_batch;
+
+/* Per-stage times in ns, summed over threads: busy = doing the stage's work; wait = the stage
+ * blocked for want of input or of room (budget, prefetch). consumer_wait is the time
+ * dml_pipe_next blocked: the input stall a trainer sees. */
+typedef struct dml_pipe_stats {
+  uint64_t map_busy_ns, map_wait_ns;
+  uint64_t shuffle_busy_ns;
+  uint64_t batch_busy_ns, batch_wait_ns;
+  uint64_t consumer_wait_ns;
+  uint64_t batches, elements;
+  uint64_t bytes_live, bytes_peak; /* element + batch bytes held now, and the most at once */
+} dml_pipe_stats;
+
+void dml_pipe_opts_default(dml_pipe_opts *opts);
+/* Validate opts and allocate the pipeline's buffers. Nothing runs until dml_pipe_start. */
+int dml_pipe_create(dml_pool *pool, const dml_pipe_opts *opts, dml_pipe **out, dml_err *err);
+/* Begin epoch (stops any epoch in progress). */
+int dml_pipe_start(dml_pipe *p, uint64_t epoch);
+/* Next batch of the epoch in *out (blocking; the calling thread must not be a pool worker).
+ * Returns 0, DML_ECLOSED at the end of the epoch, or the error of a map/collate callback
+ * (with the element index in dml_pipe_errmsg). The batch must be given back with
+ * dml_pipe_release before it counts as free memory. */
+int dml_pipe_next(dml_pipe *p, dml_pipe_batch *out);
+void dml_pipe_release(dml_pipe *p, dml_pipe_batch *b);
+void dml_pipe_get_stats(const dml_pipe *p, dml_pipe_stats *stats);
+const char *dml_pipe_errmsg(const dml_pipe *p);
+/* Stop (waits for running map tasks) and free. Accepts NULL. */
+void dml_pipe_destroy(dml_pipe *p);
+
+/* Random image augmentation, in place, over one float image of h rows by w columns (c channels
+ * interleaved: pixel (y, x, k) at img[(y * w + x) * c + k]). Which changes apply is a bit mask. */
+enum {
+  DML_AUG_SHIFT = 1, /* shift by up to max_shift pixels in each direction, zero fill */
+  DML_AUG_FLIP = 2,  /* mirror left-right with probability 1/2 */
+  DML_AUG_NOISE = 4  /* add Gaussian noise with standard deviation noise_std */
+};
+typedef struct dml_augment {
+  unsigned flags;   /* DML_AUG_... */
+  int max_shift;    /* pixels; 0: 2 */
+  float noise_std;  /* 0: 0.05 */
+} dml_augment;
+/* Parse "shift,flip,noise" (any subset; "all"; "none") into a->flags with default amounts.
+ * On error err names the unknown word. */
+int dml_augment_parse(const char *spec, dml_augment *a, dml_err *err);
+/* Apply a to img using rng (from dml_pipe's map callback for reproducibility). scratch must
+ * hold h * w * c floats (or be NULL: then DML_AUG_SHIFT allocates temporarily). */
+int dml_augment_image(const dml_augment *a, dml_rng *rng, float *img, size_t h, size_t w, size_t c,
+                      float *scratch);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
