@@ -2,7 +2,7 @@
  * message names the killed rank, within the communicator's timeout (no hang), for both all-reduce
  * algorithms, and later collectives on that communicator must fail the same way. Also the
  * environment checks of the collectives (a bad DISTML_ALLREDUCE_ALGO). tcp backend, forked ranks.
- * test-labels: coll */
+ * test-labels: coll tsan */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -126,8 +126,59 @@ static void test_bad_env(void) {
   T_ASSERT(waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 
+/* A rank that is late but alive: after DISTML_STALL_S the waiting rank logs a WARN naming it,
+ * and the collective still succeeds once it arrives. */
+static void test_stall_warning(void) {
+  int port = free_port();
+  char logpath[64];
+  snprintf(logpath, sizeof(logpath), "/tmp/distml-test-stall-%d.log", (int)getpid());
+  pid_t pids[2];
+  for (int r = 0; r < 2; r++) {
+    pids[r] = fork();
+    T_ASSERT(pids[r] >= 0);
+    if (pids[r] == 0) {
+      char b[32];
+      snprintf(b, sizeof(b), "%d", r);
+      setenv("DISTML_RANK", b, 1);
+      setenv("DISTML_WORLD_SIZE", "2", 1);
+      setenv("MASTER_ADDR", "127.0.0.1", 1);
+      snprintf(b, sizeof(b), "%d", port);
+      setenv("MASTER_PORT", b, 1);
+      setenv("DISTML_BACKEND", "tcp", 1);
+      setenv("DISTML_STALL_S", "1", 1);
+      alarm(60);
+      if (r == 0) T_ASSERT(freopen(logpath, "w", stderr) != NULL);
+      dml_comm *c = join();
+      if (r == 1) sleep(2);
+      float x = (float)(r + 1);
+      T_OK(dml_allreduce(c, &x, 1, DML_F32, DML_SUM));
+      T_ASSERT(x == 3.0f);
+      dml_coll_detach(c);
+      dml_comm_free(c);
+      fflush(stderr); /* a file after freopen: buffered */
+      _exit(0);
+    }
+  }
+  for (int r = 0; r < 2; r++) {
+    int st;
+    T_ASSERT(waitpid(pids[r], &st, 0) == pids[r] && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  }
+  FILE *f = fopen(logpath, "r");
+  T_ASSERT(f != NULL);
+  char log[4096];
+  size_t n = fread(log, 1, sizeof(log) - 1, f);
+  log[n] = '\0';
+  fclose(f);
+  unlink(logpath);
+  T_CONTAINS(log, "WARN");
+  T_CONTAINS(log, "no progress for");
+  T_CONTAINS(log, "waiting for rank 1");
+  printf("stall warning: ok\n");
+}
+
 int main(void) {
   test_bad_env();
+  test_stall_warning();
   run_world(4, 2, (size_t)1 << 18, DML_ALGO_RING);
   run_world(5, 1, 16, DML_ALGO_RD);
   run_world(3, 0, (size_t)1 << 16, DML_ALGO_RING);

@@ -3,7 +3,7 @@
  * reduce-scatter, all-gather, broadcast, barrier, the compressed all-reduce, and non-blocking
  * forms overlapping with compute. Without a launcher's environment it forks the ranks itself
  * (tcp backend); started by mpirun (tests/test_coll_mpi.sh) or `distml launch`, it is one rank.
- * test-labels: coll */
+ * test-labels: coll tsan */
 #include <arpa/inet.h>
 #include <math.h>
 #include <netinet/in.h>

@@ -68,8 +68,9 @@ const char *dml_allreduce_algo_name(dml_allreduce_algo a);
 int dml_dtype_parse(const char *s, dml_dtype *out);
 int dml_redop_parse(const char *s, dml_redop *out);
 int dml_allreduce_algo_parse(const char *s, dml_allreduce_algo *out);
-/* Size in bytes at and below which AUTO uses RD (env DISTML_ALLREDUCE_RD_MAX_BYTES overrides). */
-size_t dml_allreduce_threshold_bytes(void);
+/* Size in bytes at and below which AUTO uses RD for world_size ranks (measured here: 256 KiB for
+ * 2 ranks, 32 KiB for more); env DISTML_ALLREDUCE_RD_MAX_BYTES overrides. */
+size_t dml_allreduce_threshold_bytes(int world_size);
 
 /* ---------------------------------------------------------------------------------------------
  * Blocking collectives. count is in elements. Every rank passes the same count, dtype, op, root.

@@ -243,15 +243,16 @@ static int fit_alpha_beta(dml_comm *c, int print, double *alpha, double *beta) {
   return rc;
 }
 
-static const char *algo_used(const bench_cfg *cfg, size_t bytes) {
+static const char *algo_used(const bench_cfg *cfg, size_t bytes, int p) {
   switch (cfg->kind) {
     case B_ALLREDUCE: {
       dml_allreduce_algo a = cfg->algo;
+      if (cfg->compress != DML_F32) bytes /= 2; /* the size rule looks at the wire bytes */
       if (a == DML_ALGO_AUTO) {
         const char *e = getenv("DISTML_ALLREDUCE_ALGO");
         if (e && dml_allreduce_algo_parse(e, &a) != 0) a = DML_ALGO_AUTO;
       }
-      if (a == DML_ALGO_AUTO) a = bytes <= dml_allreduce_threshold_bytes() ? DML_ALGO_RD : DML_ALGO_RING;
+      if (a == DML_ALGO_AUTO) a = bytes <= dml_allreduce_threshold_bytes(p) ? DML_ALGO_RD : DML_ALGO_RING;
       return dml_allreduce_algo_name(a);
     }
     case B_BROADCAST: return "tree";
@@ -337,7 +338,7 @@ static int run_rank(const bench_cfg *cfg) {
       double algbw = real_bytes / tmax / 1e9;
       double busbw = algbw * busbw_factor(cfg->kind, p);
       double model = 2.0 * (p - 1) * alpha + 2.0 * (p - 1) / p * (double)real_bytes * beta;
-      const char *an = algo_used(cfg, real_bytes);
+      const char *an = algo_used(cfg, real_bytes, p);
       if (cfg->json) {
         dml_jsonl_begin(&jl);
         dml_jsonl_add_int(&jl, "bytes", (int64_t)real_bytes);

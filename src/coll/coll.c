@@ -142,16 +142,18 @@ int dml_allreduce_algo_parse(const char *s, dml_allreduce_algo *out) {
   return rc;
 }
 
-/* Measured on this machine (docs/collectives.md): 2..8 ranks over tcp loopback, RD wins up to
- * about this size, the ring above. */
-#define DEFAULT_RD_MAX_BYTES ((size_t)64 * 1024)
+/* Measured on this machine (docs/collectives.md), tcp loopback: with 2 ranks recursive doubling
+ * (one exchange of the whole buffer) beats the ring (two exchanges of half) up to about 256 KiB;
+ * with 3..8 ranks the ring wins from about 32 KiB. */
+#define DEFAULT_RD_MAX_BYTES ((size_t)32 * 1024)
+#define DEFAULT_RD_MAX_BYTES_2 ((size_t)256 * 1024)
 #define DEFAULT_CHUNK_BYTES ((size_t)512 * 1024)
 
-size_t dml_allreduce_threshold_bytes(void) {
+size_t dml_allreduce_threshold_bytes(int world_size) {
+  size_t def = world_size <= 2 ? DEFAULT_RD_MAX_BYTES_2 : DEFAULT_RD_MAX_BYTES;
   int64_t v;
-  if (dml_env_i64("DISTML_ALLREDUCE_RD_MAX_BYTES", (int64_t)DEFAULT_RD_MAX_BYTES, 0, INT64_MAX, &v,
-                  NULL) != 0)
-    return DEFAULT_RD_MAX_BYTES;
+  if (dml_env_i64("DISTML_ALLREDUCE_RD_MAX_BYTES", (int64_t)def, 0, INT64_MAX, &v, NULL) != 0)
+    return def;
   return (size_t)v;
 }
 
@@ -169,9 +171,8 @@ static void read_env(dml__coll_state *st) {
              "environment variable DISTML_ALLREDUCE_ALGO: '%s' is not one of ring, rd, auto", a);
     return;
   }
-  if (dml_env_i64("DISTML_ALLREDUCE_RD_MAX_BYTES", (int64_t)DEFAULT_RD_MAX_BYTES, 0, INT64_MAX, &v,
-                  &e) != 0)
-    goto bad;
+  size_t def = st->size <= 2 ? DEFAULT_RD_MAX_BYTES_2 : DEFAULT_RD_MAX_BYTES;
+  if (dml_env_i64("DISTML_ALLREDUCE_RD_MAX_BYTES", (int64_t)def, 0, INT64_MAX, &v, &e) != 0) goto bad;
   st->rd_max_bytes = (size_t)v;
   if (dml_env_i64("DISTML_RING_CHUNK_BYTES", (int64_t)DEFAULT_CHUNK_BYTES, 64, (int64_t)1 << 30, &v,
                   &e) != 0)
