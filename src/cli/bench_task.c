@@ -1,0 +1,283 @@
+/* `distml bench task [--threads T] [--fib N] [--reps R] [--only NAME] [--json]`: measures the
+ * task pool. spawn: N empty tasks spawned and joined from inside a worker, N swept, ns per task =
+ * slope of a least-squares line through (N, best time); fib: fib(N) with one task per call and no
+ * cutoff; unbalanced: a parallel loop whose per-index cost grows linearly (grain 1); tiny: 10^6
+ * empty independent tasks. Best of R runs each. It does not compare with other runtimes (see
+ * bench/task_vs_tbb_omp.sh) and does not cover the distributed farm (not written yet). */
+#include "cli/bench_task.h"
+
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "distml/core.h"
+#include "distml/task.h"
+
+static const char *CMD = "bench task";
+
+typedef struct bench_ctx {
+  dml_pool *pool;
+  int reps;
+} bench_ctx;
+
+static dml_pool *g_pool;
+
+/* ---- fib */
+typedef struct fibarg {
+  int n;
+  long r;
+} fibarg;
+
+static int fib_task(void *arg) {
+  fibarg *a = arg;
+  if (a->n < 2) {
+    a->r = a->n;
+    return 0;
+  }
+  fibarg x = {a->n - 1, 0}, y = {a->n - 2, 0};
+  dml_task_group g;
+  dml_task_group_init(&g, g_pool);
+  int rc = dml_task_spawn(&g, fib_task, &x);
+  if (rc != 0) return rc;
+  rc = fib_task(&y);
+  int rc2 = dml_task_group_wait(&g);
+  a->r = x.r + y.r;
+  return rc != 0 ? rc : rc2;
+}
+
+static long fib_serial(int n) {
+  long a = 0, b = 1;
+  for (int i = 0; i < n; i++) {
+    long t = a + b;
+    a = b;
+    b = t;
+  }
+  return a;
+}
+
+/* Run fn(arg) as one task inside the pool and wait for it from here. */
+static int run_in_pool(dml_task_fn fn, void *arg) {
+  dml_task_group g;
+  dml_task_group_init(&g, g_pool);
+  int rc = dml_task_spawn(&g, fn, arg);
+  if (rc != 0) return rc;
+  return dml_task_group_wait(&g);
+}
+
+/* ---- empty tasks: n of them spawned into one group by one task, then joined. */
+typedef struct flat {
+  long n;
+  _Atomic long ran;
+} flat;
+
+static int empty_task(void *arg) {
+  (void)arg;
+  return 0;
+}
+
+static int counted_task(void *arg) {
+  flat *f = arg;
+  atomic_fetch_add_explicit(&f->ran, 1, memory_order_relaxed);
+  return 0;
+}
+
+static int flat_root(void *arg) {
+  flat *f = arg;
+  dml_task_group g;
+  dml_task_group_init(&g, g_pool);
+  for (long i = 0; i < f->n; i++) {
+    int rc = dml_task_spawn(&g, f->ran >= 0 ? counted_task : empty_task, f);
+    if (rc != 0) {
+      dml_task_group_wait(&g);
+      return rc;
+    }
+  }
+  return dml_task_group_wait(&g);
+}
+
+/* ---- unbalanced loop: index i costs about i units of work. */
+typedef struct unbal {
+  _Atomic uint64_t sink;
+  int64_t unit;
+} unbal;
+
+static int unbal_body(int64_t lo, int64_t hi, void *ctx) {
+  unbal *u = ctx;
+  uint64_t acc = 0;
+  for (int64_t i = lo; i < hi; i++) {
+    uint64_t x = (uint64_t)i + 1;
+    for (int64_t k = 0; k < i * u->unit; k++) x = x * 6364136223846793005ull + 1442695040888963407ull;
+    acc += x;
+  }
+  atomic_fetch_add_explicit(&u->sink, acc, memory_order_relaxed);
+  return 0;
+}
+
+static void report(int json, const char *bench, unsigned threads, uint64_t tasks, double best_s,
+                   double ns_per_task, const char *note) {
+  double tps = ns_per_task > 0 ? 1e9 / ns_per_task : 0;
+  if (json) {
+    dml_jsonl j;
+    dml_jsonl_init_stream(&j, stdout);
+    dml_jsonl_begin(&j);
+    dml_jsonl_add_str(&j, "bench", bench);
+    dml_jsonl_add_int(&j, "threads", threads);
+    dml_jsonl_add_int(&j, "tasks", (int64_t)tasks);
+    dml_jsonl_add_double(&j, "best_s", best_s);
+    dml_jsonl_add_double(&j, "tasks_per_s", tps);
+    dml_jsonl_add_double(&j, "ns_per_task", ns_per_task);
+    dml_jsonl_end(&j);
+  } else {
+    printf("%-11s %7u %10llu %11.6f %13.0f %11.1f  %s\n", bench, threads, (unsigned long long)tasks,
+           best_s, tps, ns_per_task, note);
+  }
+}
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: distml bench task [--threads T] [--fib N] [--reps R] [--only NAME] [--json]\n"
+          "  --threads T   worker threads (default: online CPUs)\n"
+          "  --fib N       fib(N) with one task per call, no cutoff (default 30)\n"
+          "  --reps R      runs of each measurement; the best is reported (default 5)\n"
+          "  --only NAME   run one of: spawn fib unbalanced tiny\n"
+          "  --json        one JSON object per measurement: bench, threads, tasks, best_s,\n"
+          "                tasks_per_s, ns_per_task\n");
+}
+
+int dml_cli_bench_task_main(int argc, char **argv) {
+  unsigned threads = 0;
+  int fib_n = 30, reps = 5, json = 0;
+  const char *only = NULL;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    const char *v = (i + 1 < argc) ? argv[i + 1] : NULL;
+    if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+      usage(stdout);
+      return 0;
+    } else if (strcmp(a, "--json") == 0) {
+      json = 1;
+    } else if (strcmp(a, "--threads") == 0 || strcmp(a, "--fib") == 0 || strcmp(a, "--reps") == 0 ||
+               strcmp(a, "--only") == 0) {
+      if (v == NULL) dml_cli_usage_error(CMD, "%s needs a value", a);
+      if (strcmp(a, "--threads") == 0) threads = (unsigned)dml_cli_int(CMD, a, v, 1, 1024);
+      if (strcmp(a, "--fib") == 0) fib_n = (int)dml_cli_int(CMD, a, v, 1, 45);
+      if (strcmp(a, "--reps") == 0) reps = (int)dml_cli_int(CMD, a, v, 1, 1000);
+      if (strcmp(a, "--only") == 0) {
+        if (strcmp(v, "spawn") != 0 && strcmp(v, "fib") != 0 && strcmp(v, "unbalanced") != 0 &&
+            strcmp(v, "tiny") != 0)
+          dml_cli_usage_error(CMD, "--only: unknown measurement '%s' (spawn, fib, unbalanced, tiny)", v);
+        only = v;
+      }
+      i++;
+    } else {
+      dml_cli_usage_error(CMD, "unknown flag '%s'", a);
+    }
+  }
+
+  dml_pool_opts o;
+  dml_pool_opts_default(&o);
+  o.nthreads = threads;
+  o.name = "bench";
+  dml_err err = {0};
+  if (dml_pool_create(&o, &g_pool, &err) != 0) dml_cli_fail(CMD, "%s", dml_err_msg(&err));
+  threads = dml_pool_nthreads(g_pool);
+  if (!json)
+    printf("%-11s %7s %10s %11s %13s %11s\n", "bench", "threads", "tasks", "best_s", "tasks/s",
+           "ns/task");
+  int rc = 0;
+
+  if (only == NULL || strcmp(only, "spawn") == 0) {
+    /* Spawn+join of N empty tasks from one worker, N = 2^13 .. 2^17; the slope of the best times
+     * is the cost per task, with the fixed costs (waking workers, the root task) in the offset. */
+    enum { NPTS = 5 };
+    double xs[NPTS], ys[NPTS];
+    for (int k = 0; k < NPTS && rc == 0; k++) {
+      flat f = {8192L << k, -1};
+      double best = 1e30;
+      for (int r = 0; r < reps && rc == 0; r++) {
+        double t0 = dml_now_s();
+        rc = run_in_pool(flat_root, &f);
+        double t = dml_now_s() - t0;
+        if (t < best) best = t;
+      }
+      xs[k] = (double)f.n;
+      ys[k] = best;
+    }
+    if (rc == 0) {
+      double mx = 0, my = 0, sxx = 0, sxy = 0;
+      for (int k = 0; k < NPTS; k++) {
+        mx += xs[k] / NPTS;
+        my += ys[k] / NPTS;
+      }
+      for (int k = 0; k < NPTS; k++) {
+        sxx += (xs[k] - mx) * (xs[k] - mx);
+        sxy += (xs[k] - mx) * (ys[k] - my);
+      }
+      double slope_ns = sxy / sxx * 1e9;
+      report(json, "spawn", threads, (uint64_t)xs[NPTS - 1], ys[NPTS - 1], slope_ns,
+             "slope over N = 8192..131072");
+    }
+  }
+
+  if (rc == 0 && (only == NULL || strcmp(only, "fib") == 0)) {
+    long want = fib_serial(fib_n);
+    uint64_t tasks = (uint64_t)fib_serial(fib_n + 1); /* one per inner call, plus the root */
+    double best = 1e30;
+    for (int r = 0; r < reps && rc == 0; r++) {
+      fibarg a = {fib_n, 0};
+      double t0 = dml_now_s();
+      rc = run_in_pool(fib_task, &a);
+      double t = dml_now_s() - t0;
+      if (rc == 0 && a.r != want) dml_cli_fail(CMD, "fib(%d) = %ld, expected %ld", fib_n, a.r, want);
+      if (t < best) best = t;
+    }
+    char note[64];
+    snprintf(note, sizeof note, "fib(%d) = %ld", fib_n, want);
+    if (rc == 0) report(json, "fib", threads, tasks, best, best * 1e9 / (double)tasks, note);
+  }
+
+  if (rc == 0 && (only == NULL || strcmp(only, "unbalanced") == 0)) {
+    const int64_t n = 4096;
+    unbal u = {0, 8};
+    double best = 1e30;
+    for (int r = 0; r < reps && rc == 0; r++) {
+      double t0 = dml_now_s();
+      rc = dml_parallel_for(g_pool, 0, n, 1, unbal_body, &u);
+      double t = dml_now_s() - t0;
+      if (t < best) best = t;
+    }
+    if (rc == 0)
+      report(json, "unbalanced", threads, (uint64_t)n, best, best * 1e9 / (double)n,
+             "index i costs 8i LCG steps, grain 1");
+  }
+
+  if (rc == 0 && (only == NULL || strcmp(only, "tiny") == 0)) {
+    const long n = 1000000;
+    double best = 1e30;
+    for (int r = 0; r < reps && rc == 0; r++) {
+      flat f = {n, 0};
+      double t0 = dml_now_s();
+      rc = run_in_pool(flat_root, &f);
+      double t = dml_now_s() - t0;
+      if (rc == 0 && atomic_load(&f.ran) != n)
+        dml_cli_fail(CMD, "tiny: %ld of %ld tasks ran", atomic_load(&f.ran), n);
+      if (t < best) best = t;
+    }
+    if (rc == 0)
+      report(json, "tiny", threads, (uint64_t)n, best, best * 1e9 / (double)n,
+             "independent tasks, each one atomic increment");
+  }
+  if (!json && rc == 0) {
+    dml_pool_stats st;
+    dml_pool_get_stats(g_pool, &st);
+    printf("pool: %llu tasks run, %llu stolen, %llu failed steals, %llu sleeps\n",
+           (unsigned long long)st.executed, (unsigned long long)st.stolen,
+           (unsigned long long)st.steal_fails, (unsigned long long)st.sleeps);
+  }
+  dml_pool_destroy(g_pool);
+  g_pool = NULL;
+  if (rc != 0) dml_cli_fail(CMD, "%s", dml_strerror(rc));
+  return 0;
+}
