@@ -3,6 +3,7 @@
  * byte offset), the load dispatcher, sharding, epoch order, gathering, the LIBSVM writer and the
  * generators (round trips, determinism, planted signal), out-of-memory paths, and the real
  * Fashion-MNIST files. Inputs are written to a fresh temporary directory. */
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -79,7 +80,8 @@ static size_t make_labels(unsigned char *buf, uint32_t n, int k) {
   return h + n;
 }
 
-/* rc must be code, and the message must contain every given fragment (NULL-terminated list). */
+/* rc must be code, and the message must contain every given fragment (list ended by T_END). */
+#define T_END ((const char *)NULL)
 static void expect_fail(int rc, int code, const dml_err *err, const dml_dataset *ds, ...) {
   if (rc != code)
     T_FAIL("expected %s, got %s: %s", dml_err_name(code), dml_err_name(rc), dml_err_msg(err));
@@ -152,54 +154,54 @@ static void test_idx_bad(void) {
   buf[0] = 0x1a;
   write_bytes(tpath("magic"), buf, il);
   rc = dml_read_idx(tpath("magic"), L, NULL, &ds, &err);
-  expect_fail(rc, DML_EFORMAT, &err, &ds, tpath("magic"), "wrong IDX magic", "byte offset 0", NULL);
+  expect_fail(rc, DML_EFORMAT, &err, &ds, tpath("magic"), "wrong IDX magic", "byte offset 0", T_END);
 
   /* unsupported dtype (float) */
   memcpy(buf, img, il);
   buf[2] = 0x0D;
   write_bytes(tpath("dtype"), buf, il);
   rc = dml_read_idx(tpath("dtype"), L, NULL, &ds, &err);
-  expect_fail(rc, DML_EUNSUPPORTED, &err, &ds, tpath("dtype"), "byte offset 2", "float", NULL);
+  expect_fail(rc, DML_EUNSUPPORTED, &err, &ds, tpath("dtype"), "byte offset 2", "float", T_END);
 
   /* wrong number of dimensions: a labels file with 3 */
   rc = dml_read_idx(tpath("ok-labels-idx1-ubyte"), tpath("ok-labels-idx1-ubyte"), NULL, &ds, &err);
-  expect_fail(rc, DML_EFORMAT, &err, &ds, "byte offset 3", "1 dimensions, expected 2 to 4", NULL);
+  expect_fail(rc, DML_EFORMAT, &err, &ds, "byte offset 3", "1 dimensions, expected 2 to 4", T_END);
   write_bytes(tpath("img3"), img, il);
   rc = dml_read_idx(tpath("img3"), tpath("img3"), NULL, &ds, &err);
   expect_fail(rc, DML_EFORMAT, &err, &ds, tpath("img3"), "byte offset 3", "3 dimensions, expected 1",
-              NULL);
+              T_END);
 
   /* a zero dimension */
   uint32_t d0[3] = {6, 0, 2};
   size_t h = idx_header(buf, 8, 3, d0);
   write_bytes(tpath("zerodim"), buf, h);
   rc = dml_read_idx(tpath("zerodim"), L, NULL, &ds, &err);
-  expect_fail(rc, DML_EFORMAT, &err, &ds, tpath("zerodim"), "byte offset 8", "dimension 1 is 0", NULL);
+  expect_fail(rc, DML_EFORMAT, &err, &ds, tpath("zerodim"), "byte offset 8", "dimension 1 is 0", T_END);
 
   /* absurd dimensions: product overflow / too large */
   uint32_t dbig[3] = {6, 0xffffffffu, 0xffffffffu};
   h = idx_header(buf, 8, 3, dbig);
   write_bytes(tpath("huge"), buf, h + 10);
   rc = dml_read_idx(tpath("huge"), L, NULL, &ds, &err);
-  expect_fail(rc, DML_EOVERFLOW, &err, &ds, tpath("huge"), "byte offset 8", NULL);
+  expect_fail(rc, DML_EOVERFLOW, &err, &ds, tpath("huge"), "byte offset 8", T_END);
 
   /* header cut short */
   write_bytes(tpath("shorthdr"), img, 10);
   rc = dml_read_idx(tpath("shorthdr"), L, NULL, &ds, &err);
   expect_fail(rc, DML_EFORMAT, &err, &ds, tpath("shorthdr"), "truncated IDX header", "byte offset 10",
-              NULL);
+              T_END);
 
   /* declared size vs file length (plain): truncated, and trailing bytes */
   write_bytes(tpath("trunc"), img, il - 3);
   rc = dml_read_idx(tpath("trunc"), L, NULL, &ds, &err);
   snprintf(off, sizeof(off), "byte offset %zu", il - 3);
-  expect_fail(rc, DML_EFORMAT, &err, &ds, tpath("trunc"), "truncated", off, NULL);
+  expect_fail(rc, DML_EFORMAT, &err, &ds, tpath("trunc"), "truncated", off, T_END);
   memcpy(buf, img, il);
   buf[il] = 1;
   write_bytes(tpath("trail"), buf, il + 1);
   rc = dml_read_idx(tpath("trail"), L, NULL, &ds, &err);
   snprintf(off, sizeof(off), "byte offset %zu", il);
-  expect_fail(rc, DML_EFORMAT, &err, &ds, tpath("trail"), "unexpected bytes", off, NULL);
+  expect_fail(rc, DML_EFORMAT, &err, &ds, tpath("trail"), "unexpected bytes", off, T_END);
 
   /* image/label count mismatch */
   static unsigned char lab5[8 + 5];
@@ -208,14 +210,14 @@ static void test_idx_bad(void) {
   write_bytes(tpath("six-images"), img, il);
   rc = dml_read_idx(tpath("six-images"), tpath("five-labels"), NULL, &ds, &err);
   expect_fail(rc, DML_EFORMAT, &err, &ds, tpath("six-images"), tpath("five-labels"), "6 images",
-              "5 labels", "count mismatch", NULL);
+              "5 labels", "count mismatch", T_END);
 
   /* label out of range for a declared class count */
   dml_data_opts o;
   dml_data_opts_init(&o);
   o.num_classes = 4;
   rc = dml_read_idx(tpath("six-images"), L, &o, &ds, &err);
-  expect_fail(rc, DML_ERANGE, &err, &ds, L, "byte offset 12", "label 4 out of range for 4 classes", NULL);
+  expect_fail(rc, DML_ERANGE, &err, &ds, L, "byte offset 12", "label 4 out of range for 4 classes", T_END);
 
   /* gzip: truncated, corrupt CRC, corrupt deflate block, garbage after the stream, and a gzipped
    * file whose decompressed data is shorter than its header declares */
@@ -224,29 +226,29 @@ static void test_idx_bad(void) {
   write_bytes(tpath("gztrunc"), gz, gl / 2);
   rc = dml_read_idx(tpath("gztrunc"), L, NULL, &ds, &err);
   snprintf(off, sizeof(off), "byte offset %zu", gl / 2);
-  expect_fail(rc, DML_EFORMAT, &err, &ds, tpath("gztrunc"), "truncated gzip", off, NULL);
+  expect_fail(rc, DML_EFORMAT, &err, &ds, tpath("gztrunc"), "truncated gzip", off, T_END);
   memcpy(buf, gz, gl);
   buf[gl - 8] ^= 0x55; /* CRC32 of the trailer */
   write_bytes(tpath("gzcrc"), buf, gl);
   rc = dml_read_idx(tpath("gzcrc"), L, NULL, &ds, &err);
-  expect_fail(rc, DML_EFORMAT, &err, &ds, tpath("gzcrc"), "corrupt gzip", "byte offset", NULL);
+  expect_fail(rc, DML_EFORMAT, &err, &ds, tpath("gzcrc"), "corrupt gzip", "byte offset", T_END);
   memcpy(buf, gz, gl);
   buf[10] = 0xff; /* first deflate block: reserved block type */
   write_bytes(tpath("gzblock"), buf, gl);
   rc = dml_read_idx(tpath("gzblock"), L, NULL, &ds, &err);
-  expect_fail(rc, DML_EFORMAT, &err, &ds, tpath("gzblock"), "corrupt gzip", "byte offset 10", NULL);
+  expect_fail(rc, DML_EFORMAT, &err, &ds, tpath("gzblock"), "corrupt gzip", "byte offset 10", T_END);
   memcpy(buf, gz, gl);
   memcpy(buf + gl, "junk", 4);
   write_bytes(tpath("gzjunk"), buf, gl + 4);
   rc = dml_read_idx(tpath("gzjunk"), L, NULL, &ds, &err);
   snprintf(off, sizeof(off), "byte offset %zu", gl);
-  expect_fail(rc, DML_EFORMAT, &err, &ds, tpath("gzjunk"), "after the end of the gzip stream", off, NULL);
+  expect_fail(rc, DML_EFORMAT, &err, &ds, tpath("gzjunk"), "after the end of the gzip stream", off, T_END);
   free(gz);
   gz = gzip_bytes(img, il - 5, &gl);
   write_bytes(tpath("gzshort"), gz, gl);
   rc = dml_read_idx(tpath("gzshort"), L, NULL, &ds, &err);
   snprintf(off, sizeof(off), "byte offset %zu (decompressed)", il - 5);
-  expect_fail(rc, DML_EFORMAT, &err, &ds, tpath("gzshort"), "truncated", off, NULL);
+  expect_fail(rc, DML_EFORMAT, &err, &ds, tpath("gzshort"), "truncated", off, T_END);
   free(gz);
   /* a small gzip claiming a huge body: refused before allocating it */
   uint32_t dlie[3] = {60000, 1000, 1000};
@@ -255,17 +257,17 @@ static void test_idx_bad(void) {
   write_bytes(tpath("gzlie"), gz, gl);
   free(gz);
   rc = dml_read_idx(tpath("gzlie"), L, NULL, &ds, &err);
-  expect_fail(rc, DML_EFORMAT, &err, &ds, tpath("gzlie"), "more than", NULL);
+  expect_fail(rc, DML_EFORMAT, &err, &ds, tpath("gzlie"), "more than", T_END);
 
   /* empty file, labels path that cannot be derived, missing labels file */
   write_bytes(tpath("empty-images-idx3"), "", 0);
   rc = dml_read_idx(tpath("empty-images-idx3"), L, NULL, &ds, &err);
-  expect_fail(rc, DML_EFORMAT, &err, &ds, tpath("empty-images-idx3"), "empty file", NULL);
+  expect_fail(rc, DML_EFORMAT, &err, &ds, tpath("empty-images-idx3"), "empty file", T_END);
   rc = dml_read_idx(tpath("six-images"), NULL, NULL, &ds, &err);
-  expect_fail(rc, DML_EINVAL, &err, &ds, tpath("six-images"), "images-idx3", NULL);
+  expect_fail(rc, DML_EINVAL, &err, &ds, tpath("six-images"), "images-idx3", T_END);
   write_bytes(tpath("lonely-images-idx3-ubyte"), img, il);
   rc = dml_dataset_load(tpath("lonely-images-idx3-ubyte"), "auto", NULL, &ds, &err);
-  expect_fail(rc, DML_ENOENT, &err, &ds, tpath("lonely-labels-idx1-ubyte"), "no such file", NULL);
+  expect_fail(rc, DML_ENOENT, &err, &ds, tpath("lonely-labels-idx1-ubyte"), "no such file", T_END);
 }
 
 /* ------------------------------------------------------------------------------------------- */
@@ -374,7 +376,7 @@ static void test_libsvm_bad(void) {
     int rc = dml_read_libsvm(tpath(c->file), NULL, &ds, &err);
     char where[600];
     snprintf(where, sizeof(where), "%s%s", tpath(c->file), c->where[0] == ':' ? c->where : "");
-    expect_fail(rc, c->code, &err, &ds, where, c->what, NULL);
+    expect_fail(rc, c->code, &err, &ds, where, c->what, T_END);
   }
   /* index beyond a declared feature count */
   write_text(tpath("beyond.svm"), "1 1:1 4:1\n0 2:1 5:1\n");
@@ -387,29 +389,29 @@ static void test_libsvm_bad(void) {
   char where[600];
   snprintf(where, sizeof(where), "%s:2:7:", tpath("beyond.svm"));
   expect_fail(rc, DML_ERANGE, &err, &ds, where, "feature index 5 beyond the declared feature count 4",
-              NULL);
+              T_END);
   /* label beyond a declared class count */
   o.num_features = 0;
   o.num_classes = 3;
   write_text(tpath("classes.svm"), "0 1:1\n3 1:1\n");
   rc = dml_read_libsvm(tpath("classes.svm"), &o, &ds, &err);
   snprintf(where, sizeof(where), "%s:2:1:", tpath("classes.svm"));
-  expect_fail(rc, DML_ERANGE, &err, &ds, where, "label 3 out of range for 3 classes", NULL);
+  expect_fail(rc, DML_ERANGE, &err, &ds, where, "label 3 out of range for 3 classes", T_END);
   /* directory and missing file, through the reader and through the dispatcher */
   rc = dml_read_libsvm(g_dir, NULL, &ds, &err);
-  expect_fail(rc, DML_EISDIR, &err, &ds, g_dir, "is a directory", NULL);
+  expect_fail(rc, DML_EISDIR, &err, &ds, g_dir, "is a directory", T_END);
   rc = dml_dataset_load(g_dir, "auto", NULL, &ds, &err);
-  expect_fail(rc, DML_EISDIR, &err, &ds, g_dir, "is a directory", NULL);
+  expect_fail(rc, DML_EISDIR, &err, &ds, g_dir, "is a directory", T_END);
   rc = dml_read_libsvm(tpath("nope.svm"), NULL, &ds, &err);
-  expect_fail(rc, DML_ENOENT, &err, &ds, tpath("nope.svm"), "no such file", NULL);
+  expect_fail(rc, DML_ENOENT, &err, &ds, tpath("nope.svm"), "no such file", T_END);
   rc = dml_dataset_load(tpath("nope.svm"), "libsvm", NULL, &ds, &err);
-  expect_fail(rc, DML_ENOENT, &err, &ds, tpath("nope.svm"), "no such file", NULL);
+  expect_fail(rc, DML_ENOENT, &err, &ds, tpath("nope.svm"), "no such file", T_END);
   rc = dml_dataset_load(tpath("good.svm"), "parquet", NULL, &ds, &err);
-  expect_fail(rc, DML_EINVAL, &err, &ds, "parquet", NULL);
+  expect_fail(rc, DML_EINVAL, &err, &ds, "parquet", T_END);
   /* corrupt gzip text */
   write_bytes(tpath("bad.svm.gz"), "\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03\xff\xff", 12);
   rc = dml_read_libsvm(tpath("bad.svm.gz"), NULL, &ds, &err);
-  expect_fail(rc, DML_EFORMAT, &err, &ds, tpath("bad.svm.gz"), "corrupt gzip", "byte offset 10", NULL);
+  expect_fail(rc, DML_EFORMAT, &err, &ds, tpath("bad.svm.gz"), "corrupt gzip", "byte offset 10", T_END);
 }
 
 /* ------------------------------------------------------------------------------------------- */
@@ -450,7 +452,7 @@ static void test_csv(void) {
   int rc = dml_read_csv(tpath("h.csv"), &o, &ds, &err);
   char where[600];
   snprintf(where, sizeof(where), "%s:1:1:", tpath("h.csv"));
-  expect_fail(rc, DML_EFORMAT, &err, &ds, where, "label 'label' is not a number", NULL);
+  expect_fail(rc, DML_EFORMAT, &err, &ds, where, "label 'label' is not a number", T_END);
   dml_data_opts_init(&o);
   /* detection through the dispatcher */
   T_OK(dml_dataset_load(tpath("h.csv"), "auto", NULL, &ds, &err));
@@ -478,13 +480,13 @@ static void test_csv(void) {
     write_text(tpath(c->file), c->text);
     rc = dml_read_csv(tpath(c->file), NULL, &ds, &err);
     snprintf(where, sizeof(where), "%s%s", tpath(c->file), c->where[0] == ':' ? c->where : "");
-    expect_fail(rc, c->code, &err, &ds, where, c->what, NULL);
+    expect_fail(rc, c->code, &err, &ds, where, c->what, T_END);
   }
   o.csv_label_col = 5;
   rc = dml_read_csv(tpath("n.csv"), &o, &ds, &err);
-  expect_fail(rc, DML_EINVAL, &err, &ds, tpath("n.csv"), "label column 5 out of range for 3 columns", NULL);
+  expect_fail(rc, DML_EINVAL, &err, &ds, tpath("n.csv"), "label column 5 out of range for 3 columns", T_END);
   rc = dml_dataset_load(g_dir, "csv", NULL, &ds, &err);
-  expect_fail(rc, DML_EISDIR, &err, &ds, g_dir, NULL);
+  expect_fail(rc, DML_EISDIR, &err, &ds, g_dir, T_END);
 }
 
 /* ------------------------------------------------------------------------------------------- */
@@ -788,11 +790,11 @@ static void test_named(void) {
   dml_err err;
   setenv("DISTML_DATA_DIR", g_dir, 1);
   int rc = dml_dataset_load("fashion-mnist", "auto", NULL, &ds, &err);
-  expect_fail(rc, DML_ENOENT, &err, &ds, "apt-get install dataset-fashion-mnist", g_dir, NULL);
+  expect_fail(rc, DML_ENOENT, &err, &ds, "apt-get install dataset-fashion-mnist", g_dir, T_END);
   rc = dml_dataset_load("fashion-mnist:validation", "auto", NULL, &ds, &err);
-  expect_fail(rc, DML_EINVAL, &err, &ds, "unknown split 'validation'", NULL);
+  expect_fail(rc, DML_EINVAL, &err, &ds, "unknown split 'validation'", T_END);
   rc = dml_dataset_load("fashion-mnist", "csv", NULL, &ds, &err);
-  expect_fail(rc, DML_EINVAL, &err, &ds, "fashion-mnist", NULL);
+  expect_fail(rc, DML_EINVAL, &err, &ds, "fashion-mnist", T_END);
   /* a fake data dir with small files in the Debian layout */
   char d[600];
   snprintf(d, sizeof(d), "%s/fashion-mnist", g_dir);

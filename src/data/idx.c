@@ -167,7 +167,7 @@ int dml_parse_idx_mem(const void *images, size_t images_len, const char *images_
   dml__bytesrc si, sl;
   dml__bytesrc_init(&si, images, images_len, images_name);
   dml__bytesrc_init(&sl, labels, labels_len, labels_name);
-  idx_header hi, hl;
+  idx_header hi = {0}, hl = {0};
   unsigned char *lab = NULL;
   int rc = read_header(&si, 2, 4, "images", &hi, err);
   if (rc != 0) goto fail;
