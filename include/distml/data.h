@@ -131,8 +131,9 @@ int dml_libsvm_write(FILE *f, const char *name, const dml_dataset *ds, dml_err *
 int dml_libsvm_write_file(const char *path, const dml_dataset *ds, dml_err *err);
 
 /* Sparse binary classification with a planted weight vector w ~ N(0, (3/sqrt(nnz))^2) per
- * feature: each row has nnz_per_row distinct features with value 1, drawn with a skew towards
- * low indices (frequent features, as in click logs), and label ~ Bernoulli(sigmoid(w.x)).
+ * feature: each row has nnz_per_row distinct features with value 1, drawn with a skew
+ * towards low indices (id = features * u^5: frequent features, as in click logs), and
+ * label ~ Bernoulli(sigmoid(w.x)).
  * Streams row by row (memory O(features)). w_out (features floats) receives w if non-NULL. */
 int dml_gen_sparse_binary(FILE *f, int64_t rows, int64_t features, int nnz_per_row, uint64_t seed,
                           float *w_out, dml_err *err);

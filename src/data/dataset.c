@@ -85,16 +85,25 @@ static int ends_with(const char *s, const char *suffix) {
 
 /* Picks "idx", "csv" or "libsvm" for path by its first bytes (decompressed), then its name. */
 static int sniff_format(const char *path, const char **fmt, dml_err *err) {
-  unsigned char *raw;
-  size_t raw_len;
-  int rc = dml__read_whole_file(path, &raw, &raw_len, err);
-  if (rc != 0) return rc;
+  /* The first 64 KiB are enough to decompress the first 4 KiB of any sane gzip file. */
+  enum { PREFIX = 1 << 16 };
+  unsigned char *raw = dml__malloc(PREFIX);
+  if (raw == NULL) return dml_err_set(err, DML_ENOMEM, "%s: out of memory", path);
+  FILE *f = fopen(path, "rb");
+  if (f == NULL) {
+    dml__free(raw);
+    return dml_err_set(err, errno == ENOENT ? DML_ENOENT : DML_EIO, "%s: cannot open: %s", path,
+                       strerror(errno));
+  }
+  size_t raw_len = fread(raw, 1, PREFIX, f);
+  fclose(f);
   unsigned char head[4096];
   size_t n = 0;
   dml__bytesrc s;
   dml__bytesrc_init(&s, raw, raw_len, path);
   dml_err ignored;
-  if (dml__bytesrc_read(&s, head, sizeof(head) - 1, &n, &ignored) != 0) n = 0;
+  /* A prefix of a gzip stream reads as truncated: keep what was decompressed before that. */
+  if (dml__bytesrc_read(&s, head, sizeof(head) - 1, &n, &ignored) != 0 && !s.gz) n = 0;
   dml__bytesrc_close(&s);
   dml__free(raw);
   head[n] = '\0';
