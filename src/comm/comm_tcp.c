@@ -528,7 +528,9 @@ static int check_state(tcp *t, int peer_rank, const char *op, int tag) {
                           peer_label(t, peer_rank), tag, t->abort_msg);
   if (peer_rank >= 0 && t->peers[peer_rank].err) {
     peer *p = &t->peers[peer_rank];
-    return dml__comm_fail(t->c, p->err, "%s %s tag %d: peer failed earlier: %s", op, p->name, tag, p->errmsg);
+    uint32_t seq = strcmp(op, "send to") == 0 ? p->send_ops : p->recv_ops;
+    return dml__comm_fail(t->c, p->err, "%s %s tag %d seq %u: peer failed earlier: %s", op, p->name, tag,
+                          (unsigned)seq, p->errmsg);
   }
   return 0;
 }
@@ -706,8 +708,8 @@ static int tcp_cancel(dml_comm *c, dml_comm_req *r, int code) {
       if (r->claimed) r->claimed->claim = NULL;
       req_done(t, r, code, why);
     } else {
-      fail_peer(t, &t->peers[rank], code, "%s %s tag %d seq %u %s", r->kind == REQ_SEND ? "send" : "recv",
-                r->kind == REQ_SEND ? "to it" : "from it", r->tag, (unsigned)r->seq, why);
+      fail_peer(t, &t->peers[rank], code, "%s (%s tag %d seq %u)", why, r->kind == REQ_SEND ? "send" : "recv",
+                r->tag, (unsigned)r->seq);
       if (r->state != ST_DONE) req_done(t, r, code, why);
     }
   }

@@ -79,10 +79,13 @@ void dml__net_tune(int fd) {
   set_nonblock(fd);
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  /* Large buffers keep a 64 MiB message streaming; the kernel caps them at wmem_max/rmem_max. */
-  int sz = 8 << 20;
-  setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
-  setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &sz, sizeof(sz));
+  /* Large buffers keep a 64 MiB message streaming. As root the FORCE variants pass the
+   * rmem_max/wmem_max caps; otherwise the kernel caps the plain request. */
+  int sz = 16 << 20;
+  if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &sz, sizeof(sz)) != 0)
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
+  if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &sz, sizeof(sz)) != 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &sz, sizeof(sz));
 }
 
 int dml__net_connect(const char *host, int port, uint64_t deadline_ns, int *fd_out, dml_err *err) {

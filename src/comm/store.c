@@ -253,7 +253,7 @@ static void *server_main(void *arg) {
     }
   }
   for (int i = s->nconns - 1; i >= 0; i--)
-    drop_conn(s, i, DML_LOG_DEBUG, s->conns[i]->authed ? NULL : "coordinator closing");
+    drop_conn(s, i, DML_LOG_WARN, s->conns[i]->authed ? NULL : "silent client (no handshake) when the coordinator closed");
   return NULL;
 }
 
