@@ -298,9 +298,8 @@ const dml_st_meta *dml_safetensors_meta_get(const dml_safetensors *st, int i);
 /* ---------------------------------------------------------------------------------------------
  * Model files: the model's tensors plus __metadata__ "distml.format" = "1", "distml.model" =
  * kind name, "distml.in_dim", "distml.num_classes", "distml.hidden" ("256,128", "" when none),
- * "distml.seed". A checkpoint is the same file with extra tensors (e.g. optimizer state from
- * dml_optim_state_tensors) and extra metadata (step, epoch, ...); keys may not start with
- * "distml.model", "distml.in_dim", "distml.num_classes" or "distml.hidden". */
+ * "distml.seed". extra tensors and metadata are written after the model's (names must not clash
+ * with the model's tensors or metadata keys); dml_checkpoint_save uses this. */
 int dml_model_save(const dml_model *m, const char *path, const dml_st_tensor *extra, int nextra,
                    const dml_st_meta *extra_meta, int nextra_meta, dml_err *err);
 /* Loads a model file: config from the metadata, every tensor the config needs present with the
@@ -309,15 +308,19 @@ int dml_model_load(const char *path, int max_batch, dml_model **out, dml_err *er
 /* Same from an already-read file (so a checkpoint reader can then restore other tensors). */
 int dml_model_from_safetensors(const dml_safetensors *st, int max_batch, dml_model **out,
                                dml_err *err);
-/* Fills out[0..] with the optimizer's state tensors named "<prefix><state name>" (prefix e.g.
- * "optim."; names are written into name_buf, caller-provided, 64 bytes per tensor) and returns
- * how many (at most max). Pointers go into o. */
-int dml_optim_state_tensors(const dml_optim *o, const char *prefix, dml_st_tensor *out, int max,
-                            char (*name_buf)[DML_TENSOR_NAME_MAX]);
-/* Restores the optimizer state from tensors "<prefix><state name>" of st (each must be present
- * with shape (n)) and the step count from metadata "<prefix>step" if present. */
-int dml_optim_load_state(dml_optim *o, const dml_safetensors *st, const char *prefix,
-                         dml_err *err);
+
+/* Checkpoints: one safetensors file holding the model (as dml_model_save), the optimizer state as
+ * tensors "optim.<state name>" (e.g. "optim.adam.m"), metadata "distml.optim" (kind name) and
+ * "distml.optim.step", plus the caller's metadata (e.g. "train.epoch", "train.step"). */
+int dml_checkpoint_save(const char *path, const dml_model *m, const dml_optim *o,
+                        const dml_st_meta *meta, int nmeta, dml_err *err);
+/* Restores parameters, optimizer state and step count into existing objects, after checking that
+ * the file's model config (kind, in_dim, num_classes, hidden) and optimizer kind match them and
+ * every tensor is present with the right shape. Nothing is modified unless everything checks out.
+ * If st_out is non-NULL it receives the open file (for the caller's metadata; free it with
+ * dml_safetensors_free). o may be NULL to restore only the model. */
+int dml_checkpoint_restore(const char *path, dml_model *m, dml_optim *o, dml_safetensors **st_out,
+                           dml_err *err);
 
 #ifdef __cplusplus
 }
