@@ -1,7 +1,7 @@
 /* distml task layer: a work-stealing thread pool (one Chase-Lev deque per worker, a shared
  * injection queue for work submitted from other threads), task groups with first-error reporting
  * and cancellation, futures with dependencies, parallel-for, and the input pipeline that feeds
- * training (source -> map -> shuffle -> batch -> prefetch). It runs work inside one process; the
+ * training (source -> shuffle -> batch -> map -> prefetch). It runs work inside one process; the
  * distributed task farm across processes is not here (yet).
  *
  * Ownership:
@@ -133,36 +133,43 @@ void dml_future_release(dml_future *f);
 
 /* =============================================================================================
  * Input pipeline: elements are indices 0..n-1 of an epoch (e.g. dataset rows); stages
- *   source (epoch order, shuffled or not) -> map (parallel on the pool, ordered or unordered)
- *   -> shuffle buffer -> batch -> prefetch (k batches ready ahead)
- * with a byte budget bounding the memory of elements and batches in flight. The pipeline knows
- * nothing about the element type: map fills an element buffer of elem_bytes, collate gathers
- * batch_size elements into a batch buffer of batch_bytes. Results depend only on (seed, epoch),
- * never on thread timing: map gets a generator seeded from (seed, epoch, element index). */
+ *   source (epoch order, shuffled or not) -> shuffle buffer -> batch -> map (parallel on the
+ *   pool) -> collate -> prefetch (k batches prepared ahead of the consumer)
+ * with a byte budget bounding the memory of elements and batches in flight. The shuffle buffer
+ * and the batching work on indices (a buffer of shuffle_buffer indices gives the same order as
+ * tf.data's buffer of elements would, without holding elements), so which elements make up a
+ * batch is fixed by (seed, epoch) before any element is mapped; map then runs in parallel on the
+ * pool and a batch is collated by whichever task maps its last piece. Results depend only on
+ * (seed, epoch), never on thread timing: map gets a generator seeded from (seed, epoch, element
+ * index). The pipeline knows nothing of the element type: map fills an element buffer of
+ * elem_bytes, collate gathers the elements of a batch into a buffer of batch_bytes. */
 
 typedef struct dml_pipe dml_pipe;
 
-/* Produce element number index of the epoch into out (elem_bytes bytes). rng is seeded from
- * (seed, epoch, index) so augmentation is reproducible. Runs on pool workers, concurrently. */
+/* Produce element number index of the epoch into out (elem_bytes bytes, uninitialised). rng is
+ * seeded from (seed, epoch, index) so augmentation is reproducible. Runs on pool workers,
+ * concurrently with other calls. Returns 0 or an error (which fails the batch). */
 typedef int (*dml_pipe_map_fn)(void *ctx, uint64_t epoch, uint64_t index, dml_rng *rng, void *out);
 /* Gather count elements (pointers to their buffers, in batch order) into batch (batch_bytes).
- * idx[i] is the index of element i. count < batch_size only for a last partial batch. */
+ * idx[i] is the index of element i. count < batch_size only for a last partial batch. Runs on
+ * a pool worker, concurrently with other batches' collates. */
 typedef int (*dml_pipe_collate_fn)(void *ctx, void *const *elems, const uint64_t *idx,
                                    size_t count, void *batch);
 
 typedef struct dml_pipe_opts {
   uint64_t n;               /* elements per epoch */
-  size_t elem_bytes;        /* size of one mapped element */
-  size_t batch_size;        /* elements per batch */
-  size_t batch_bytes;       /* size of one collated batch */
+  size_t elem_bytes;        /* size of one mapped element (> 0) */
+  size_t batch_size;        /* elements per batch (> 0) */
+  size_t batch_bytes;       /* size of one collated batch (> 0) */
   int drop_last;            /* 1: drop a last partial batch */
   int shuffle_order;        /* 1: the source visits 0..n-1 in a random order per (seed, epoch) */
-  size_t shuffle_buffer;    /* elements in the shuffle buffer after map; 0 or 1: no buffer */
-  int unordered;            /* 1: map results are taken as they finish (non-deterministic) */
-  size_t prefetch;          /* batches prepared ahead of the consumer; 0: 2 */
-  size_t max_inflight;      /* map tasks running or done but not yet consumed; 0: 4 x threads */
-  uint64_t byte_budget;     /* cap on bytes of elements + batches held; 0: 256 MiB. Must hold
-                               at least one batch and its elements. */
+  size_t shuffle_buffer;    /* shuffle buffer (indices) after the source; 0 or 1: none */
+  int unordered;            /* 1: hand out whichever batch is ready first (a slow batch does not
+                               hold up the others); batch contents stay deterministic */
+  size_t prefetch;          /* batches prepared ahead of the one the consumer holds; 0: 2 */
+  size_t map_chunk;         /* elements per map task; 0: batch_size / (2 x threads), at least 1 */
+  uint64_t byte_budget;     /* cap on bytes of batch slots (elements + batch); 0: 256 MiB. The
+                               number of slots (prefetch + 1) is cut to fit; one must fit. */
   uint64_t seed;
   dml_pipe_map_fn map;
   dml_pipe_collate_fn collate;
@@ -171,39 +178,45 @@ typedef struct dml_pipe_opts {
 
 /* One batch handed to the consumer. */
 typedef struct dml_pipe_batch {
-  void *data;        /* batch_bytes bytes filled by collate; owned by the pipeline */
-  size_t count;      /* elements in it (batch_size, or fewer for a last partial batch) */
+  void *data;          /* batch_bytes bytes filled by collate; owned by the pipeline */
+  size_t count;        /* elements in it (batch_size, or fewer for a last partial batch) */
   uint64_t epoch;
-  uint64_t number;   /* batch number within the epoch */
+  uint64_t number;     /* batch number within the epoch */
   const uint64_t *idx; /* the element indices, count of them, in batch order */
 } dml_pipe_batch;
 
-/* Per-stage times in ns, summed over threads: busy = doing the stage's work; wait = the stage
- * blocked for want of input or of room (budget, prefetch). consumer_wait is the time
- * dml_pipe_next blocked: the input stall a trainer sees. */
+/* Per-stage times in ns, summed over threads. map_busy: inside map callbacks; map_wait: from a
+ * batch being scheduled to its first map task starting (queueing in the pool); shuffle_busy:
+ * source order + shuffle buffer + batching of indices; batch_busy: inside collate; batch_wait:
+ * ready batches waiting for the consumer (how far the pipeline is ahead); consumer_wait: time
+ * dml_pipe_next blocked, the input stall a trainer sees. */
 typedef struct dml_pipe_stats {
   uint64_t map_busy_ns, map_wait_ns;
   uint64_t shuffle_busy_ns;
   uint64_t batch_busy_ns, batch_wait_ns;
   uint64_t consumer_wait_ns;
-  uint64_t batches, elements;
-  uint64_t bytes_live, bytes_peak; /* element + batch bytes held now, and the most at once */
+  uint64_t batches, elements;      /* delivered */
+  uint64_t bytes_live, bytes_peak; /* bytes of slots in use now, and the most at once */
+  size_t slots;                    /* batch slots the budget allowed */
 } dml_pipe_stats;
 
 void dml_pipe_opts_default(dml_pipe_opts *opts);
-/* Validate opts and allocate the pipeline's buffers. Nothing runs until dml_pipe_start. */
+/* Validate opts and allocate the pipeline's buffers. Nothing runs until dml_pipe_start.
+ * On failure *out is NULL and err says which option is wrong (DML_EINVAL) or DML_ENOMEM. */
 int dml_pipe_create(dml_pool *pool, const dml_pipe_opts *opts, dml_pipe **out, dml_err *err);
-/* Begin epoch (stops any epoch in progress). */
+/* Begin epoch: waits for the batches of a previous epoch still being prepared and takes back
+ * any the consumer still holds (their data becomes invalid). */
 int dml_pipe_start(dml_pipe *p, uint64_t epoch);
-/* Next batch of the epoch in *out (blocking; the calling thread must not be a pool worker).
- * Returns 0, DML_ECLOSED at the end of the epoch, or the error of a map/collate callback
- * (with the element index in dml_pipe_errmsg). The batch must be given back with
- * dml_pipe_release before it counts as free memory. */
+/* Next batch of the epoch in *out (blocking). Must be called from a thread outside the pool.
+ * Returns 0, DML_ECLOSED at the end of the epoch, DML_ESTATE when the consumer holds every slot,
+ * or the error of a map/collate callback (dml_pipe_errmsg names the element index); after a
+ * callback error the epoch is over (later calls return the same error until dml_pipe_start).
+ * A batch must be given back with dml_pipe_release for its slot to be reused. */
 int dml_pipe_next(dml_pipe *p, dml_pipe_batch *out);
 void dml_pipe_release(dml_pipe *p, dml_pipe_batch *b);
 void dml_pipe_get_stats(const dml_pipe *p, dml_pipe_stats *stats);
 const char *dml_pipe_errmsg(const dml_pipe *p);
-/* Stop (waits for running map tasks) and free. Accepts NULL. */
+/* Wait for running map tasks and free. Accepts NULL. */
 void dml_pipe_destroy(dml_pipe *p);
 
 /* Random image augmentation, in place, over one float image of h rows by w columns (c channels
