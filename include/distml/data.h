@@ -54,6 +54,9 @@ typedef struct dml_data_opts {
                                 0 (default) = the largest index seen */
   int num_classes;           /* expected classes (a label >= it is an error); 0 (default) = inferred
                                 as max(2, largest label + 1) */
+  int drop_extra_features;   /* LIBSVM with num_features set: entries with a larger index are
+                                dropped (and counted in an info log line) instead of failing; for a
+                                test set read against a training set's feature count. Default 0 */
 } dml_data_opts;
 void dml_data_opts_init(dml_data_opts *opts);
 

@@ -390,6 +390,18 @@ static void test_libsvm_bad(void) {
   snprintf(where, sizeof(where), "%s:2:7:", tpath("beyond.svm"));
   expect_fail(rc, DML_ERANGE, &err, &ds, where, "feature index 5 beyond the declared feature count 4",
               T_END);
+  /* ... or dropped on request (a test set read against a training set's feature count) */
+  o.drop_extra_features = 1;
+  T_OK(dml_read_libsvm(tpath("beyond.svm"), &o, &ds, &err));
+  T_EQ_INT(ds.dim, 4);
+  T_EQ_INT(ds.indptr[1], 2);
+  T_EQ_INT(ds.indptr[2], 3);
+  T_EQ_INT(ds.indices[2], 1);
+  dml_dataset_free(&ds);
+  write_text(tpath("beyond2.svm"), "1 1:1 5:nan\n");
+  rc = dml_read_libsvm(tpath("beyond2.svm"), &o, &ds, &err); /* still checked */
+  expect_fail(rc, DML_EFORMAT, &err, &ds, "beyond2.svm:1:9:", "not finite", T_END);
+  o.drop_extra_features = 0;
   /* label beyond a declared class count */
   o.num_features = 0;
   o.num_classes = 3;

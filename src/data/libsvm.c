@@ -43,7 +43,7 @@ int dml_parse_libsvm_mem(const char *text, size_t len, const char *name, const d
   int rc = 0;
   char tb[48];
   size_t nrows = 0;
-  uint64_t maxidx = 0;
+  uint64_t maxidx = 0, dropped = 0;
   long line = 0;
   const char *p = text, *end = text + len;
   int grc;
@@ -110,13 +110,18 @@ int dml_parse_libsvm_mem(const char *text, size_t len, const char *name, const d
                          idx == prev ? "repeats" : "is less than", (unsigned long long)prev);
         goto fail;
       }
+      int drop = 0;
       if (declared > 0 && idx > (uint64_t)declared) {
-        rc = dml_err_set(err, DML_ERANGE,
-                         "%s:%ld:%ld: feature index %llu beyond the declared feature count %lld", name,
-                         line, col, (unsigned long long)idx, (long long)declared);
-        goto fail;
+        if (opts != NULL && opts->drop_extra_features) {
+          drop = 1;
+        } else {
+          rc = dml_err_set(err, DML_ERANGE,
+                           "%s:%ld:%ld: feature index %llu beyond the declared feature count %lld",
+                           name, line, col, (unsigned long long)idx, (long long)declared);
+          goto fail;
+        }
       }
-      if (idx > INT32_MAX) {
+      if (idx > INT32_MAX && !drop) {
         rc = dml_err_set(err, DML_EOVERFLOW, "%s:%ld:%ld: feature index %llu is larger than %d", name,
                          line, col, (unsigned long long)idx, INT32_MAX);
         goto fail;
@@ -132,6 +137,11 @@ int dml_parse_libsvm_mem(const char *text, size_t len, const char *name, const d
                          (unsigned long long)idx, why[prc]);
         goto fail;
       }
+      prev = idx;
+      if (drop) {
+        dropped++;
+        continue;
+      }
       if (b.nnz == b.nnz_cap && csr_reserve(&b, b.nnz + 1) != 0) {
         rc = dml_err_set(err, DML_ENOMEM, "%s:%ld: out of memory", name, line);
         goto fail;
@@ -139,7 +149,6 @@ int dml_parse_libsvm_mem(const char *text, size_t len, const char *name, const d
       b.indices[b.nnz] = (uint32_t)(idx - 1);
       b.values[b.nnz] = v;
       b.nnz++;
-      prev = idx;
     }
     if (prev > maxidx) maxidx = prev;
     if (nrows + 1 > INT32_MAX - 1) {
@@ -172,6 +181,9 @@ int dml_parse_libsvm_mem(const char *text, size_t len, const char *name, const d
     goto fail;
   }
   dml__labels_finish(&lab, name, opts, ds, err);
+  if (dropped > 0)
+    dml_log(DML_LOG_INFO, "%s: dropped %llu entries with a feature index beyond %lld", name,
+            (unsigned long long)dropped, (long long)declared);
   return 0;
 fail:
   dml__labels_free(&lab);
