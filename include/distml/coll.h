@@ -19,8 +19,9 @@
  * longer agree on which messages are in flight; later collectives on it return the same error.
  * After DISTML_STALL_S seconds (default 10) without progress a WARN log lists the peers awaited.
  *
- * Call dml_coll_detach(comm) before dml_comm_free(comm), once every request on it has been
- * waited for: it stops the background thread and frees the state kept for that communicator. */
+ * Call dml_coll_detach(comm) on every rank before dml_comm_free(comm), once every request on it
+ * has been waited for: it stops the background thread, says goodbye to the other ranks (so a
+ * clean exit is not mistaken for a failure) and frees the state kept for that communicator. */
 #ifndef DISTML_COLL_H
 #define DISTML_COLL_H
 
@@ -129,9 +130,10 @@ int dml_coll_test(dml_coll_req *req, int *done);
 /* The message of the last failed collective on c ("" if none): names the operation, its
  * sequence number and the peer. Valid until the next collective on c fails or detach. */
 const char *dml_coll_errmsg(dml_comm *c);
-/* Stop the background thread (after the queued collectives finish or fail) and free the state
- * kept for c. Call before dml_comm_free(c), after waiting for every request on c. Accepts NULL
- * and a communicator never used here. */
+/* Stop the background thread (after the queued collectives finish or fail), exchange a goodbye
+ * with the other ranks (collective: every rank calls it; waits at most min(timeout, 10 s) for a
+ * rank that does not) and free the state kept for c. Call before dml_comm_free(c), after waiting
+ * for every request on c. Accepts NULL and a communicator never used here. */
 void dml_coll_detach(dml_comm *c);
 
 #ifdef __cplusplus

@@ -19,6 +19,8 @@
 /* A peer whose connection closed is blamed once our wait has made no progress for this long
  * (it may have closed legitimately after sending everything we still have to read). */
 #define CLOSED_GRACE_S 1.0
+/* Blamed rank of a notice that says "this rank has detached" (not a failure). */
+#define NOTICE_BYE (-2)
 
 typedef enum {
   OP_ALLREDUCE,
@@ -275,6 +277,65 @@ static int get_state(dml_comm *c, dml__coll_state **out) {
   return 0;
 }
 
+/* Detach is collective: every rank sends each peer a "bye" notice and waits (a bounded time)
+ * for theirs, so that no notice receive is left posted when the communicator closes (a posted
+ * receive on a connection that closes looks like a failure to the backend). After a failure the
+ * communicator is aborted: the receives have completed, only collect them. */
+static void say_goodbye(dml__coll_state *st) {
+  if (st->notice_req == NULL || st->size < 2) return;
+  int p = st->size;
+  if (st->failed) {
+    for (int i = 0; i < p; i++) {
+      int done = 0;
+      if (st->notice_req[i] && (dml_comm_test(st->comm, st->notice_req[i], &done), done))
+        st->notice_req[i] = NULL;
+    }
+    return;
+  }
+  char *bye = dml__calloc(1, NOTICE_BYTES);
+  dml_comm_req **sreq = dml__calloc((size_t)p, sizeof(*sreq));
+  if (bye == NULL || sreq == NULL) {
+    dml__free(bye);
+    dml__free(sreq);
+    return;
+  }
+  int32_t b = NOTICE_BYE;
+  memcpy(bye, &b, sizeof(b));
+  snprintf(bye + 4, NOTICE_TEXT, "detached");
+  for (int i = 0; i < p; i++)
+    if (i != st->rank && !st->gone[i] &&
+        dml_comm_isend(st->comm, i, DML__COLL_TAG_NOTICE, bye, NOTICE_BYTES, &sreq[i]) != 0)
+      sreq[i] = NULL;
+  int timeout_ms = dml_comm_timeout_ms(st->comm);
+  double deadline = dml_now_s() + DML__MIN(timeout_ms > 0 ? timeout_ms : 60000, 10000) / 1e3;
+  for (int i = 0; i < p; i++) {
+    while (st->notice_req[i] != NULL) {
+      int left = (int)((deadline - dml_now_s()) * 1e3);
+      if (left <= 0) break;
+      if (dml_comm_wait(st->comm, st->notice_req[i], left) != DML_ETIMEDOUT) st->notice_req[i] = NULL;
+    }
+  }
+  int pending = 0;
+  for (int i = 0; i < p; i++) {
+    if (sreq[i] == NULL) continue;
+    int left = (int)((deadline - dml_now_s()) * 1e3);
+    if (dml_comm_wait(st->comm, sreq[i], left > 0 ? left : 0) == DML_ETIMEDOUT) pending = 1;
+  }
+  dml__free(sreq);
+  if (pending) {
+    parked *pk = calloc(1, sizeof(*pk)); /* a send may still read bye: keep it */
+    if (pk) {
+      pk->buf = bye;
+      pthread_mutex_lock(&g_reg_mu);
+      pk->next = g_parked;
+      g_parked = pk;
+      pthread_mutex_unlock(&g_reg_mu);
+    }
+  } else {
+    dml__free(bye);
+  }
+}
+
 void dml_coll_detach(dml_comm *c) {
   if (c == NULL) return;
   pthread_mutex_lock(&g_reg_mu);
@@ -292,6 +353,7 @@ void dml_coll_detach(dml_comm *c) {
   pthread_cond_broadcast(&st->cv);
   pthread_mutex_unlock(&st->mu);
   if (st->thread_started) pthread_join(st->thread, NULL);
+  say_goodbye(st);
   free_state(st);
 }
 
@@ -407,6 +469,10 @@ static int check_notices(dml__coll_ctx *ctx, int closed_ok) {
       const char *nb = st->notice_buf + (size_t)i * NOTICE_BYTES;
       int32_t blamed;
       memcpy(&blamed, nb, sizeof(blamed));
+      if (blamed == NOTICE_BYE) {
+        st->gone[i] = 0; /* done with its collectives: not a failure, and not to be waited on */
+        continue;
+      }
       char text[NOTICE_TEXT + 1];
       notice_text(nb + 4, text, sizeof(text));
       if (blamed >= 0 && blamed < st->size && blamed != st->rank)
