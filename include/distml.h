@@ -3,4 +3,9 @@
 #define DISTML_H
 #include "distml/core.h"
 #include "distml/comm.h"
+#include "distml/coll.h"
+#include "distml/task.h"
+#include "distml/ml.h"
+#include "distml/data.h"
+#include "distml/train.h"
 #endif

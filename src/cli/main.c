@@ -1,3 +1,48 @@
-#include "distml.h"
+/* The distml command: dispatches to the subcommands (train, eval, gen, launch, bench). */
 #include <stdio.h>
-int main(void) { printf("distml %s\n", dml_version()); return 0; }
+#include <string.h>
+
+#include "cli/bench_coll.h"
+#include "cli/cli.h"
+#include "cli/launch.h"
+#include "distml.h"
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: distml <command> [flags]\n"
+          "\n"
+          "commands:\n"
+          "  train    train a model (local, or -n N workers with all-reduce)\n"
+          "  eval     evaluate a saved model on a data set\n"
+          "  gen      write a synthetic data set (LIBSVM text)\n"
+          "  launch   start N processes of a program on this machine, wired together\n"
+          "  bench    benchmarks: allreduce, reducescatter, allgather, broadcast\n"
+          "\n"
+          "  distml <command> --help   flags of a command\n"
+          "  distml --version          version and BLAS in use\n");
+}
+
+int main(int argc, char **argv) {
+  dml_cli_select_blas(argv);
+  if (argc < 2) {
+    usage(stderr);
+    return 2;
+  }
+  const char *cmd = argv[1];
+  if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
+    usage(stdout);
+    return 0;
+  }
+  if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "version") == 0) {
+    printf("distml %s\nBLAS: %s\n", dml_version(), dml_cli_blas_info());
+    return 0;
+  }
+  if (strcmp(cmd, "train") == 0) return dml_cli_train_main(argc - 1, argv + 1);
+  if (strcmp(cmd, "eval") == 0) return dml_cli_eval_main(argc - 1, argv + 1);
+  if (strcmp(cmd, "gen") == 0) return dml_cli_gen_main(argc - 1, argv + 1);
+  if (strcmp(cmd, "launch") == 0) return dml_cli_launch_main(argc - 1, argv + 1);
+  if (strcmp(cmd, "bench") == 0) return dml_cli_bench_main(argc - 1, argv + 1);
+  fprintf(stderr, "distml: error: unknown command '%s'\n", cmd);
+  usage(stderr);
+  return 2;
+}

@@ -1,0 +1,626 @@
+/* The training drivers: local (one process) and allreduce (data-parallel replicas). Both run the
+ * same loop -- epochs, this rank's shard in a seeded order, micro-batches, optimizer steps,
+ * evaluation, metrics, checkpoints; the allreduce strategy adds the gradient exchange: one
+ * contiguous gradient buffer cut into buckets in reverse layer order, each bucket's all-reduce
+ * started from the backward callback as soon as its layers are done (so it overlaps the rest of
+ * backward), then waited for in the same fixed order before the optimizer step. */
+#include "distml/train.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "core/internal.h"
+#include "train/trace.h"
+
+#define CHECK_TAG (DML_TAG_RESERVED + 0x7200)
+
+void dml_train_config_init(dml_train_config *cfg) {
+  memset(cfg, 0, sizeof(*cfg));
+  cfg->strategy = DML_STRATEGY_LOCAL;
+  dml_model_config_init(&cfg->model, DML_MODEL_MLP, 0, 0);
+  cfg->model.num_hidden = 1;
+  cfg->model.hidden[0] = 256;
+  dml_optim_config_init(&cfg->optim, DML_OPT_MOMENTUM);
+  cfg->epochs = 10;
+  cfg->batch = 64;
+  cfg->seed = 1;
+  cfg->checkpoint_every = 1;
+  cfg->bucket_mb = 1.0;
+  cfg->accumulate = 1;
+  cfg->wire_dtype = DML_F32;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Gradient buckets. */
+
+typedef struct bucket {
+  size_t offset, count;  /* floats of the gradient buffer */
+  int first_layer;       /* the lowest layer index in the bucket: its completion launches it */
+  dml_coll_req *req;     /* in flight, or NULL */
+  uint64_t start_ns;
+} bucket;
+
+typedef struct trainer {
+  const dml_train_config *cfg;
+  dml_comm *comm;
+  int rank, world;
+  dml_model *m;
+  dml_optim *o;
+  size_t n;              /* parameters */
+  bucket *buckets;
+  int nbuckets;
+  int next_bucket;       /* next bucket to launch in this step */
+  int layers_done;       /* callbacks seen in this backward */
+  int nlayers;
+  int sync_now;          /* this backward ends a step whose gradients are all-reduced */
+  float grad_scale;      /* local rows / global rows of the step */
+  int failed;            /* an all-reduce could not be started */
+  dml__trace trace;
+  uint64_t comm_ns, wait_ns;
+  dml_err *err;
+} trainer;
+
+/* Reverse layer order, a small first bucket (cap/8) so that communication starts early, then
+ * buckets of at most cap bytes (a layer larger than the cap is a bucket of its own). The plan
+ * depends only on the model and the cap, so it is the same on every rank. */
+static int plan_buckets(trainer *t) {
+  size_t cap = (size_t)(t->cfg->bucket_mb * 1048576.0 / sizeof(float));
+  if (cap < 1) cap = 1;
+  size_t first_cap = cap / 8 ? cap / 8 : 1;
+  t->nlayers = dml_model_num_layers(t->m);
+  t->buckets = dml__calloc((size_t)t->nlayers, sizeof(bucket));
+  if (t->buckets == NULL) return DML_ENOMEM;
+  t->nbuckets = 0;
+  bucket *b = NULL;
+  for (int l = t->nlayers - 1; l >= 0; l--) {
+    size_t off, cnt;
+    dml_model_layer_range(t->m, l, &off, &cnt);
+    size_t limit = t->nbuckets == 1 ? first_cap : cap;
+    if (b == NULL || b->count + cnt > limit) {
+      b = &t->buckets[t->nbuckets++];
+      b->offset = off;
+      b->count = 0;
+    }
+    b->offset = off;
+    b->count += cnt;
+    b->first_layer = l;
+  }
+  return 0;
+}
+
+static uint64_t fnv1a(uint64_t h, const void *data, size_t n) {
+  const unsigned char *p = data;
+  for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ull;
+  return h;
+}
+
+/* One hash of everything the ranks must agree on: model shape, bucket plan, wire type, batch. */
+static uint64_t config_hash(const trainer *t) {
+  const dml_train_config *c = t->cfg;
+  const dml_model_config *mc = dml_model_get_config(t->m);
+  uint64_t h = 0xcbf29ce484222325ull;
+  int v[] = {(int)mc->kind, mc->in_dim, mc->num_classes, mc->num_hidden, c->batch, c->accumulate,
+             c->sync_every, (int)c->wire_dtype, c->epochs, (int)c->strategy, (int)c->optim.kind};
+  h = fnv1a(h, v, sizeof(v));
+  h = fnv1a(h, mc->hidden, sizeof(int) * (size_t)mc->num_hidden);
+  h = fnv1a(h, &t->n, sizeof(t->n));
+  for (int i = 0; i < t->nbuckets; i++) {
+    uint64_t b[2] = {t->buckets[i].offset, t->buckets[i].count};
+    h = fnv1a(h, b, sizeof(b));
+  }
+  h = fnv1a(h, &c->seed, sizeof(c->seed));
+  return h;
+}
+
+/* Every rank's value of h; a rank that differs from rank 0 is named. */
+static int check_agreement(trainer *t, uint64_t h, const char *what) {
+  uint64_t *all = dml__calloc((size_t)t->world, sizeof(uint64_t));
+  if (all == NULL) return dml_err_set(t->err, DML_ENOMEM, "out of memory");
+  int rc = dml_allgather(t->comm, &h, all, 1, DML_I64);
+  if (rc != 0) {
+    dml__free(all);
+    return dml_err_set(t->err, rc, "checking %s across ranks: %s", what, dml_coll_errmsg(t->comm));
+  }
+  for (int r = 1; r < t->world; r++) {
+    if (all[r] != all[0]) {
+      dml__free(all);
+      return dml_err_set(t->err, DML_EMISMATCH,
+                         "%s of rank %d differs from rank 0 (hash %016llx vs %016llx): every rank "
+                         "must run the same model, flags and bucket plan",
+                         what, r, (unsigned long long)all[r], (unsigned long long)all[0]);
+    }
+  }
+  dml__free(all);
+  return 0;
+}
+
+static int launch_bucket(trainer *t, bucket *b) {
+  float *g = dml_model_grads(t->m) + b->offset;
+  if (t->grad_scale != 1.0f)
+    for (size_t i = 0; i < b->count; i++) g[i] *= t->grad_scale;
+  b->start_ns = dml_now_ns();
+  int rc = t->cfg->wire_dtype == DML_F32
+               ? dml_iallreduce(t->comm, g, b->count, DML_F32, DML_SUM, &b->req)
+               : dml_iallreduce_f32_compressed(t->comm, g, b->count, t->cfg->wire_dtype, DML_SUM,
+                                               &b->req);
+  if (rc != 0) {
+    b->req = NULL;
+    t->failed = 1;
+    return dml_err_set(t->err, rc, "starting the all-reduce of gradient bucket %d: %s",
+                       (int)(b - t->buckets), dml_coll_errmsg(t->comm));
+  }
+  return 0;
+}
+
+static int on_grad_ready(void *ctx, size_t offset, size_t count) {
+  (void)offset;
+  (void)count;
+  trainer *t = ctx;
+  int layer = t->nlayers - 1 - t->layers_done++;
+  if (!t->sync_now) return 0;
+  while (t->next_bucket < t->nbuckets && t->buckets[t->next_bucket].first_layer == layer) {
+    int rc = launch_bucket(t, &t->buckets[t->next_bucket++]);
+    if (rc != 0) return rc;
+  }
+  return 0;
+}
+
+/* Waits for every launched bucket, in launch order. */
+static int wait_buckets(trainer *t) {
+  int rc = 0;
+  for (int i = 0; i < t->next_bucket; i++) {
+    bucket *b = &t->buckets[i];
+    if (b->req == NULL) continue;
+    uint64_t w0 = dml_now_ns();
+    int r = dml_coll_wait(b->req, -1);
+    uint64_t w1 = dml_now_ns();
+    b->req = NULL;
+    t->wait_ns += w1 - w0;
+    t->comm_ns += w1 - b->start_ns;
+    if (t->trace.enabled) {
+      char name[24];
+      snprintf(name, sizeof(name), "allreduce b%d", i);
+      dml__trace_add(&t->trace, name, "allreduce", 1, b->start_ns);
+      dml__trace_add(&t->trace, "wait", "wait", 0, w0);
+    }
+    if (r != 0 && rc == 0)
+      rc = dml_err_set(t->err, r, "all-reduce of gradient bucket %d: %s", i, dml_coll_errmsg(t->comm));
+  }
+  t->next_bucket = 0;
+  return rc;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Evaluation. */
+
+int dml_evaluate(dml_model *m, const dml_dataset *ds, dml_comm *comm, double *accuracy,
+                 double *loss, double *auc, dml_err *err) {
+  int rank = comm ? dml_comm_rank(comm) : 0, world = comm ? dml_comm_size(comm) : 1;
+  int64_t begin, end;
+  int rc = dml_shard_range(ds->n, rank, world, &begin, &end);
+  if (rc != 0) return dml_err_set(err, rc, "evaluation: bad shard");
+  int binary = dml_model_get_config(m)->num_classes == 2;
+  int64_t per_rank = (ds->n + world - 1) / world;
+  float *scores = NULL;
+  int32_t *labels = NULL;
+  if (binary && auc != NULL) {
+    scores = dml__calloc((size_t)per_rank * (size_t)world + 1, sizeof(float));
+    labels = dml__calloc((size_t)per_rank * (size_t)world + 1, sizeof(int32_t));
+    if (scores == NULL || labels == NULL) {
+      rc = dml_err_set(err, DML_ENOMEM, "evaluation: out of memory");
+      goto out;
+    }
+    for (int64_t i = 0; i < per_rank * world; i++) labels[i] = -1;
+  }
+  double sums[3] = {0, 0, 0}; /* loss, correct, rows */
+  dml_batch_buf buf = {0};
+  const int chunk = 4096;
+  for (int64_t r = begin; r < end; r += chunk) {
+    int cnt = (int)DML__MIN((int64_t)chunk, end - r);
+    dml_batch b;
+    if ((rc = dml_dataset_slice(ds, (int)r, cnt, &buf, &b, err)) != 0) break;
+    double ls = 0;
+    int correct = 0;
+    float *sc = scores ? scores + (r - begin) : NULL;
+    if ((rc = dml_model_evaluate(m, &b, &ls, &correct, sc, err)) != 0) break;
+    if (labels) memcpy(labels + (r - begin), b.y, sizeof(int32_t) * (size_t)cnt);
+    sums[0] += ls;
+    sums[1] += correct;
+    sums[2] += cnt;
+  }
+  dml_batch_buf_free(&buf);
+  if (rc != 0) goto out;
+  if (comm != NULL && world > 1) {
+    if ((rc = dml_allreduce(comm, sums, 3, DML_F64, DML_SUM)) != 0) {
+      dml_err_set(err, rc, "evaluation: reducing metrics: %s", dml_coll_errmsg(comm));
+      goto out;
+    }
+    if (scores != NULL) {
+      /* Gather every rank's (padded) scores and labels into place; labels -1 mark padding. */
+      float *s_all = dml__calloc((size_t)per_rank * (size_t)world, sizeof(float));
+      int32_t *l_all = dml__calloc((size_t)per_rank * (size_t)world, sizeof(int32_t));
+      if (s_all == NULL || l_all == NULL) {
+        dml__free(s_all);
+        dml__free(l_all);
+        rc = dml_err_set(err, DML_ENOMEM, "evaluation: out of memory");
+        goto out;
+      }
+      rc = dml_allgather(comm, scores, s_all, (size_t)per_rank, DML_F32);
+      if (rc == 0) rc = dml_allgather(comm, labels, l_all, (size_t)per_rank, DML_I32);
+      dml__free(scores);
+      dml__free(labels);
+      scores = s_all;
+      labels = l_all;
+      if (rc != 0) {
+        dml_err_set(err, rc, "evaluation: gathering scores: %s", dml_coll_errmsg(comm));
+        goto out;
+      }
+    }
+  }
+  if (accuracy) *accuracy = sums[2] > 0 ? sums[1] / sums[2] : 0;
+  if (loss) *loss = sums[2] > 0 ? sums[0] / sums[2] : 0;
+  if (auc) {
+    *auc = NAN;
+    if (scores != NULL) {
+      size_t k = 0, total = (size_t)per_rank * (size_t)world;
+      for (size_t i = 0; i < total; i++) /* compact away the padding */
+        if (labels[i] >= 0) {
+          scores[k] = scores[i];
+          labels[k++] = labels[i];
+        }
+      double a;
+      if (dml_metric_auc(scores, labels, k, &a, NULL) == 0) *auc = a;
+    }
+  }
+out:
+  dml__free(scores);
+  dml__free(labels);
+  return rc;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Checkpoints: DIR/ckpt-epoch-NNNNNN.safetensors, the model plus the optimizer state, written
+ * atomically by rank 0; every rank restores from the newest. */
+
+static int checkpoint_path(char *out, size_t cap, const char *dir, int epoch) {
+  return snprintf(out, cap, "%s/ckpt-epoch-%06d.safetensors", dir, epoch) < (int)cap ? 0 : DML_EINVAL;
+}
+
+static int latest_checkpoint(const char *dir, int *epoch_out, dml_err *err) {
+  DIR *d = opendir(dir);
+  if (d == NULL) {
+    if (errno == ENOENT) {
+      *epoch_out = 0;
+      return 0;
+    }
+    return dml_err_set(err, DML_EIO, "%s: cannot open checkpoint directory: %s", dir, strerror(errno));
+  }
+  int best = 0;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    int ep;
+    char tail[32];
+    /* Only complete files: temporaries are "....safetensors.tmp.<pid>". */
+    if (sscanf(e->d_name, "ckpt-epoch-%d.%31s", &ep, tail) == 2 && strcmp(tail, "safetensors") == 0 &&
+        ep > best)
+      best = ep;
+  }
+  closedir(d);
+  *epoch_out = best;
+  return 0;
+}
+
+static int save_checkpoint(trainer *t, int epoch, uint64_t step) {
+  const char *dir = t->cfg->checkpoint_dir;
+  if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+    return dml_err_set(t->err, DML_EIO, "%s: cannot create checkpoint directory: %s", dir, strerror(errno));
+  char path[4096];
+  if (checkpoint_path(path, sizeof(path), dir, epoch) != 0)
+    return dml_err_set(t->err, DML_EINVAL, "%s: checkpoint path too long", dir);
+  char ep[32], st[32];
+  snprintf(ep, sizeof(ep), "%d", epoch);
+  snprintf(st, sizeof(st), "%llu", (unsigned long long)step);
+  dml_st_meta meta[] = {{"train.epoch", ep}, {"train.step", st}};
+  return dml_checkpoint_save(path, t->m, t->o, meta, (int)DML__ARRAY_LEN(meta), t->err);
+}
+
+static int load_checkpoint(trainer *t, int epoch, uint64_t *step) {
+  char path[4096];
+  if (checkpoint_path(path, sizeof(path), t->cfg->checkpoint_dir, epoch) != 0)
+    return dml_err_set(t->err, DML_EINVAL, "checkpoint path too long");
+  dml_safetensors *st = NULL;
+  int rc = dml_checkpoint_restore(path, t->m, t->o, &st, t->err);
+  if (rc != 0) return rc;
+  const char *s = dml_safetensors_meta(st, "train.step");
+  *step = s ? strtoull(s, NULL, 10) : 0;
+  dml_safetensors_free(st);
+  return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The loop. */
+
+static uint64_t params_hash(trainer *t) {
+  return fnv1a(0xcbf29ce484222325ull, dml_model_params(t->m), t->n * sizeof(float));
+}
+
+static void metrics_line(dml_jsonl *j, int epoch, uint64_t step, double train_loss, double train_acc,
+                         double test_loss, double test_acc, double test_auc, double sps, double epoch_s,
+                         const dml_train_result *r, uint64_t bytes) {
+  dml_jsonl_begin(j);
+  dml_jsonl_add_int(j, "epoch", epoch);
+  dml_jsonl_add_int(j, "step", (int64_t)step);
+  dml_jsonl_add_double(j, "loss", train_loss);
+  dml_jsonl_add_double(j, "accuracy", train_acc);
+  dml_jsonl_add_double(j, "test_loss", test_loss);
+  dml_jsonl_add_double(j, "test_accuracy", test_acc);
+  if (!isnan(test_auc)) dml_jsonl_add_double(j, "test_auc", test_auc);
+  dml_jsonl_add_double(j, "samples_per_s", sps);
+  dml_jsonl_add_double(j, "epoch_s", epoch_s);
+  dml_jsonl_add_int(j, "bytes_sent", (int64_t)bytes);
+  if (r->ring_bytes_per_step > 0) {
+    dml_jsonl_add_double(j, "bytes_per_step", r->bytes_per_step);
+    dml_jsonl_add_double(j, "ring_bytes_per_step", r->ring_bytes_per_step);
+    dml_jsonl_add_double(j, "comm_ms_per_step", r->comm_s * 1e3);
+    dml_jsonl_add_double(j, "wait_ms_per_step", r->wait_s * 1e3);
+    dml_jsonl_add_double(j, "overlap_pct", r->overlap_pct);
+  }
+  dml_jsonl_end(j);
+}
+
+int dml_train_run(const dml_train_config *cfg_in, const dml_dataset *train, const dml_dataset *test,
+                  dml_comm *comm, dml_train_result *res, dml_err *err) {
+  double t_start = dml_now_s();
+  dml_train_config cfgv = *cfg_in;
+  const dml_train_config *cfg = &cfgv;
+  memset(res, 0, sizeof(*res));
+  res->test_auc = NAN;
+  trainer t = {0};
+  t.cfg = cfg;
+  t.err = err;
+  t.comm = comm;
+  t.rank = comm ? dml_comm_rank(comm) : 0;
+  t.world = comm ? dml_comm_size(comm) : 1;
+  int dp = cfg->strategy == DML_STRATEGY_ALLREDUCE && t.world > 1;
+  if (cfg->strategy == DML_STRATEGY_ALLREDUCE && comm == NULL)
+    return dml_err_set(err, DML_EINVAL, "the allreduce strategy needs a communicator");
+  if (cfg->epochs < 1 || cfg->batch < 1 || cfg->accumulate < 1 || cfg->checkpoint_every < 1)
+    return dml_err_set(err, DML_EINVAL, "epochs, batch, accumulate and checkpoint-every must be >= 1");
+  if (cfg->batch < t.world)
+    return dml_err_set(err, DML_EINVAL, "--batch %d is smaller than the %d workers: every worker needs rows",
+                       cfg->batch, t.world);
+  if (cfgv.model.in_dim == 0) cfgv.model.in_dim = train->dim;
+  if (cfgv.model.num_classes == 0) cfgv.model.num_classes = train->num_classes;
+  if (cfgv.model.in_dim != train->dim)
+    return dml_err_set(err, DML_EINVAL, "%s has %d features, the model expects %d", train->name,
+                       train->dim, cfgv.model.in_dim);
+  if (test != NULL && test->dim > cfgv.model.in_dim && test->x != NULL)
+    return dml_err_set(err, DML_EINVAL, "test set %s has %d features, the training set %d", test->name,
+                       test->dim, cfgv.model.in_dim);
+
+  /* Rows of this rank per micro-batch: the global batch split as evenly as possible. */
+  int local_batch = cfg->batch / t.world + (t.rank < cfg->batch % t.world);
+  int max_local = (cfg->batch + t.world - 1) / t.world;
+  cfgv.model.max_batch = max_local;
+  cfgv.model.seed = cfg->seed;
+  int64_t shard_begin, shard_end;
+  int rc = dml_shard_range(train->n, t.rank, t.world, &shard_begin, &shard_end);
+  if (rc != 0) return dml_err_set(err, rc, "bad shard");
+  int64_t min_shard = train->n / t.world;
+  int64_t steps_per_epoch = min_shard / max_local / cfg->accumulate;
+  if (steps_per_epoch < 1)
+    return dml_err_set(err, DML_EINVAL, "%s has %d rows: too few for a global batch of %d x %d micro-batches on %d workers",
+                       train->name, train->n, cfg->batch, cfg->accumulate, t.world);
+  int64_t shard_n = shard_end - shard_begin;
+
+  uint32_t *order = NULL, *rows = NULL;
+  dml_batch_buf bbuf = {0};
+  dml_jsonl metrics = {0};
+  int metrics_open = 0;
+  dml__trace_init(&t.trace, cfg->trace_path != NULL);
+  if ((rc = dml_model_create(&t.m, &cfgv.model, err)) != 0) goto out;
+  t.n = dml_model_num_params(t.m);
+  if ((rc = dml_optim_create(&t.o, &cfg->optim, t.n, err)) != 0) goto out;
+  if ((rc = plan_buckets(&t)) != 0) {
+    dml_err_set(err, rc, "out of memory");
+    goto out;
+  }
+  order = dml__malloc(sizeof(uint32_t) * (size_t)(shard_n ? shard_n : 1));
+  rows = dml__malloc(sizeof(uint32_t) * (size_t)max_local);
+  if (order == NULL || rows == NULL) {
+    rc = dml_err_set(err, DML_ENOMEM, "out of memory");
+    goto out;
+  }
+  if (dp) {
+    if ((rc = check_agreement(&t, config_hash(&t), "the model shape, bucket plan and flags")) != 0) goto out;
+    /* Rank 0's initial parameters for everybody. */
+    if ((rc = dml_broadcast(comm, dml_model_params(t.m), t.n, DML_F32, 0)) != 0) {
+      dml_err_set(err, rc, "broadcasting the initial parameters: %s", dml_coll_errmsg(comm));
+      goto out;
+    }
+  }
+  int start_epoch = 0;
+  uint64_t step = 0;
+  if (cfg->resume) {
+    int last = 0;
+    if ((rc = latest_checkpoint(cfg->checkpoint_dir, &last, err)) != 0) goto out;
+    if (last > 0) {
+      if ((rc = load_checkpoint(&t, last, &step)) != 0) goto out;
+      if (cfg->optim.kind == DML_OPT_FTRL) dml_optim_ftrl_weights(t.o, dml_model_params(t.m));
+      start_epoch = last;
+      res->resumed_from_epoch = last;
+      if (t.rank == 0)
+        dml_log(DML_LOG_INFO, "resuming from %s/ckpt-epoch-%06d.safetensors (epoch %d, step %llu)",
+                cfg->checkpoint_dir, last, last, (unsigned long long)step);
+    } else if (t.rank == 0) {
+      dml_log(DML_LOG_INFO, "no checkpoint in %s: starting from scratch", cfg->checkpoint_dir);
+    }
+  }
+  if (cfg->metrics_path != NULL && t.rank == 0) {
+    if ((rc = dml_jsonl_open(&metrics, cfg->metrics_path, err)) != 0) goto out;
+    metrics_open = 1;
+  }
+  const char *check_env = getenv("DISTML_CHECK_REPLICAS");
+  int check_replicas = dp && check_env != NULL && strcmp(check_env, "1") == 0;
+  int global_rows_per_step = cfg->batch * cfg->accumulate;
+  int sync_grads = dp && cfg->sync_every == 0;
+  t.grad_scale = sync_grads ? (float)local_batch / (float)global_rows_per_step
+                            : 1.0f / (float)cfg->accumulate;
+  dml_model_set_accumulate(t.m, cfg->accumulate > 1);
+  uint64_t bytes0 = comm ? dml_comm_bytes_sent(comm) : 0;
+  double train_s = 0;
+
+  for (int epoch = start_epoch; epoch < cfg->epochs; epoch++) {
+    double e0 = dml_now_s();
+    uint64_t e_bytes0 = comm ? dml_comm_bytes_sent(comm) : 0;
+    t.comm_ns = t.wait_ns = 0;
+    dml_epoch_order(order, (size_t)shard_n, cfg->seed * 1000003ull + (uint64_t)t.rank, (uint64_t)epoch);
+    dml_progress prog;
+    char label[32];
+    snprintf(label, sizeof(label), "epoch %d/%d", epoch + 1, cfg->epochs);
+    int show = cfg->progress && t.rank == 0;
+    if (show) dml_progress_begin(&prog, stderr, label, (uint64_t)steps_per_epoch);
+    double loss_sum = 0, correct_sum = 0, rows_sum = 0;
+    int64_t pos = 0;
+    for (int64_t s = 0; s < steps_per_epoch; s++) {
+      if (cfg->accumulate > 1) dml_model_zero_grads(t.m);
+      for (int k = 0; k < cfg->accumulate; k++) {
+        for (int i = 0; i < local_batch; i++) rows[i] = (uint32_t)shard_begin + order[pos + i];
+        pos += max_local; /* every rank advances alike; the extra row of short ranks is unused */
+        dml_batch b;
+        uint64_t c0 = dml_now_ns();
+        if ((rc = dml_dataset_gather(train, rows, local_batch, &bbuf, &b, err)) != 0) goto out;
+        float loss;
+        int correct;
+        t.sync_now = sync_grads && k == cfg->accumulate - 1;
+        t.layers_done = 0;
+        t.next_bucket = 0;
+        rc = dml_model_forward_backward(t.m, &b, &loss, &correct, on_grad_ready, &t, err);
+        dml__trace_add(&t.trace, "forward+backward", "compute", 0, c0);
+        if (rc != 0) {
+          if (t.failed) /* err already names the bucket and the peer */
+            (void)wait_buckets(&t);
+          goto out;
+        }
+        loss_sum += (double)loss * local_batch;
+        correct_sum += correct;
+        rows_sum += local_batch;
+      }
+      if (sync_grads && (rc = wait_buckets(&t)) != 0) goto out;
+      if (!sync_grads && t.grad_scale != 1.0f) { /* accumulate without sync: mean of the means */
+        float *g = dml_model_grads(t.m);
+        for (size_t i = 0; i < t.n; i++) g[i] *= t.grad_scale;
+      }
+      uint64_t o0 = dml_now_ns();
+      dml_optim_step(t.o, dml_model_params(t.m), dml_model_grads(t.m));
+      dml__trace_add(&t.trace, "optimizer", "compute", 0, o0);
+      step++;
+      if (dp && cfg->sync_every > 0 &&
+          ((s + 1) % cfg->sync_every == 0 || s + 1 == steps_per_epoch)) {
+        uint64_t a0 = dml_now_ns();
+        rc = cfg->wire_dtype == DML_F32
+                 ? dml_allreduce(comm, dml_model_params(t.m), t.n, DML_F32, DML_AVG)
+                 : dml_allreduce_f32_compressed(comm, dml_model_params(t.m), t.n, cfg->wire_dtype, DML_AVG);
+        t.comm_ns += dml_now_ns() - a0;
+        t.wait_ns += dml_now_ns() - a0;
+        dml__trace_add(&t.trace, "model average", "allreduce", 0, a0);
+        if (rc != 0) {
+          dml_err_set(err, rc, "averaging the models: %s", dml_coll_errmsg(comm));
+          goto out;
+        }
+      }
+      if (check_replicas && (rc = check_agreement(&t, params_hash(&t), "the parameters after a step")) != 0)
+        goto out;
+      if (show) {
+        char st[96];
+        double el = dml_now_s() - e0;
+        snprintf(st, sizeof(st), "loss %.4f  %.0f samples/s", loss_sum / rows_sum,
+                 el > 0 ? (double)(s + 1) * global_rows_per_step / el : 0.0);
+        dml_progress_update(&prog, (uint64_t)s + 1, st);
+      }
+    }
+    double epoch_train_s = dml_now_s() - e0;
+    train_s += epoch_train_s;
+    /* Training loss and accuracy over all ranks. */
+    double sums[3] = {loss_sum, correct_sum, rows_sum};
+    if (dp && (rc = dml_allreduce(comm, sums, 3, DML_F64, DML_SUM)) != 0) {
+      dml_err_set(err, rc, "reducing the training loss: %s", dml_coll_errmsg(comm));
+      goto out;
+    }
+    res->train_loss = sums[0] / sums[2];
+    res->train_accuracy = sums[1] / sums[2];
+    double sps = (double)steps_per_epoch * global_rows_per_step / epoch_train_s;
+    res->epochs_done = epoch + 1;
+    if (dp) {
+      uint64_t sent = dml_comm_bytes_sent(comm) - e_bytes0;
+      res->bytes_per_step = (double)sent / (double)steps_per_epoch;
+      res->ring_bytes_per_step = cfg->sync_every > 0
+                                     ? 2.0 * (t.world - 1) / t.world * (double)t.n * 4.0 / cfg->sync_every
+                                     : 2.0 * (t.world - 1) / t.world * (double)t.n *
+                                           (cfg->wire_dtype == DML_F32 ? 4.0 : 2.0);
+      res->comm_s = (double)t.comm_ns * 1e-9 / (double)steps_per_epoch;
+      res->wait_s = (double)t.wait_ns * 1e-9 / (double)steps_per_epoch;
+      res->overlap_pct = t.comm_ns > 0 ? 100.0 * (1.0 - (double)t.wait_ns / (double)t.comm_ns) : 0.0;
+    }
+    double tacc = NAN, tloss = NAN, tauc = NAN;
+    if (test != NULL) {
+      uint64_t v0 = dml_now_ns();
+      if ((rc = dml_evaluate(t.m, test, dp ? comm : NULL, &tacc, &tloss, &tauc, err)) != 0) goto out;
+      dml__trace_add(&t.trace, "evaluate", "eval", 0, v0);
+      res->test_accuracy = tacc;
+      res->test_loss = tloss;
+      res->test_auc = tauc;
+    }
+    if (show) {
+      char st[192];
+      int k = snprintf(st, sizeof(st), "loss %.4f acc %.4f | test loss %.4f acc %.4f", res->train_loss,
+                       res->train_accuracy, tloss, tacc);
+      if (!isnan(tauc)) k += snprintf(st + k, sizeof(st) - (size_t)k, " auc %.4f", tauc);
+      snprintf(st + k, sizeof(st) - (size_t)k, " | %.0f samples/s", sps);
+      dml_progress_end(&prog, st);
+    }
+    if (metrics_open)
+      metrics_line(&metrics, epoch + 1, step, res->train_loss, res->train_accuracy, tloss, tacc, tauc,
+                   sps, epoch_train_s, res, comm ? dml_comm_bytes_sent(comm) - bytes0 : 0);
+    if (cfg->checkpoint_dir != NULL && t.rank == 0 &&
+        ((epoch + 1) % cfg->checkpoint_every == 0 || epoch + 1 == cfg->epochs)) {
+      if ((rc = save_checkpoint(&t, epoch + 1, step)) != 0) goto out;
+    }
+    if (cfg->stop_after_epoch > 0 && epoch + 1 == cfg->stop_after_epoch && epoch + 1 < cfg->epochs) {
+      rc = dml_err_set(err, DML_ECANCELED, "stopped after epoch %d as asked", epoch + 1);
+      goto out;
+    }
+  }
+  res->steps = step;
+  res->train_s = train_s;
+  res->samples_per_s = train_s > 0 ? (double)(res->epochs_done - start_epoch) * (double)steps_per_epoch *
+                                         global_rows_per_step / train_s
+                                   : 0;
+  if (cfg->save_path != NULL && t.rank == 0) {
+    char st[32];
+    snprintf(st, sizeof(st), "%llu", (unsigned long long)step);
+    dml_st_meta meta[] = {{"distml.steps", st}};
+    if ((rc = dml_model_save(t.m, cfg->save_path, NULL, 0, meta, 1, err)) != 0) goto out;
+  }
+  if (cfg->trace_path != NULL && (rc = dml__trace_write(&t.trace, dp ? comm : NULL, cfg->trace_path, err)) != 0)
+    goto out;
+  res->wall_s = dml_now_s() - t_start;
+out:
+  if (t.buckets != NULL)
+    for (int i = 0; i < t.nbuckets; i++)
+      if (t.buckets[i].req != NULL) (void)dml_coll_wait(t.buckets[i].req, 1000);
+  if (metrics_open) dml_jsonl_close(&metrics);
+  dml_batch_buf_free(&bbuf);
+  dml__free(order);
+  dml__free(rows);
+  dml__free(t.buckets);
+  dml_optim_free(t.o);
+  dml_model_free(t.m);
+  dml__trace_free(&t.trace);
+  return rc;
+}

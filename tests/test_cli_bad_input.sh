@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Every bad-input case of the readers and the CLI flags, through the distml command: exit status,
+# and an error that names the file and the line (as FILE:LINE:COL) or byte offset and what was wrong.
+source "$(dirname "$0")/lib.sh"
+D=$TMP
+
+# --- LIBSVM
+printf '1 1:0.5 3:1\n0 2:abc\n' >"$D/nonnum.svm"
+expect_fail 1 "nonnum.svm" ":2:" -- "$DISTML" train --model logreg --data "$D/nonnum.svm" --epochs 1
+printf '1 0:0.5\n' >"$D/idx0.svm"
+expect_fail 1 "idx0.svm" ":1:" "index" -- "$DISTML" train --model logreg --data "$D/idx0.svm" --epochs 1
+printf '1 1:1 5:1\n0 4:1 2:1\n' >"$D/decr.svm"
+expect_fail 1 "decr.svm" ":2:" "increasing" -- "$DISTML" train --model logreg --data "$D/decr.svm" --epochs 1
+printf '1 1:1 2:nan\n' >"$D/nan.svm"
+expect_fail 1 "nan.svm" ":1:" -- "$DISTML" train --model logreg --data "$D/nan.svm" --epochs 1
+printf '1 1:1 2:inf\n' >"$D/inf.svm"
+expect_fail 1 "inf.svm" ":1:" -- "$DISTML" train --model logreg --data "$D/inf.svm" --epochs 1
+printf '1 1:1 9:1\n' >"$D/beyond.svm"
+expect_fail 1 "beyond.svm" ":1:" "9" -- "$DISTML" train --model logreg --data "$D/beyond.svm" --features 5 --epochs 1
+: >"$D/empty.svm"
+expect_fail 1 "empty.svm" "empty" -- "$DISTML" train --model logreg --data "$D/empty.svm" --format libsvm --epochs 1
+mkdir "$D/adir"
+expect_fail 1 "adir" "directory" -- "$DISTML" train --data "$D/adir" --epochs 1
+expect_fail 1 "missing.svm" -- "$DISTML" train --data "$D/missing.svm" --epochs 1
+
+# --- CSV
+printf '1,0.5,0.25\n0,0.1\n' >"$D/ragged.csv"
+expect_fail 1 "ragged.csv" ":2:" -- "$DISTML" train --model softmax --data "$D/ragged.csv" --epochs 1
+printf '1,0.5\n0,x\n' >"$D/nonnum.csv"
+expect_fail 1 "nonnum.csv" ":2:" -- "$DISTML" train --model softmax --data "$D/nonnum.csv" --epochs 1
+printf '1,0.5\n0,nan\n' >"$D/nan.csv"
+expect_fail 1 "nan.csv" ":2:" -- "$DISTML" train --model softmax --data "$D/nan.csv" --epochs 1
+: >"$D/empty.csv"
+expect_fail 1 "empty.csv" "empty" -- "$DISTML" train --model softmax --data "$D/empty.csv" --epochs 1
+
+# --- IDX: a valid tiny pair, then broken variants
+python3 - "$D" <<'PY'
+import gzip, struct, sys
+d = sys.argv[1]
+n, r, c = 4, 2, 2
+img = struct.pack(">IIII", 0x00000803, n, r, c) + bytes(range(n * r * c))
+lab = struct.pack(">II", 0x00000801, n) + bytes([0, 1, 2, 1])
+open(f"{d}/ok-images-idx3-ubyte", "wb").write(img)
+open(f"{d}/ok-labels-idx1-ubyte", "wb").write(lab)
+open(f"{d}/magic-images-idx3-ubyte", "wb").write(struct.pack(">I", 0x00000903) + img[4:])
+open(f"{d}/magic-labels-idx1-ubyte", "wb").write(lab)
+open(f"{d}/dims-images-idx3-ubyte", "wb").write(struct.pack(">IIII", 0x00000803, n, 0, c) + img[16:])
+open(f"{d}/dims-labels-idx1-ubyte", "wb").write(lab)
+open(f"{d}/count-images-idx3-ubyte", "wb").write(img)
+open(f"{d}/count-labels-idx1-ubyte", "wb").write(struct.pack(">II", 0x00000801, 3) + bytes([0, 1, 2]))
+open(f"{d}/short-images-idx3-ubyte", "wb").write(img[:-5])
+open(f"{d}/short-labels-idx1-ubyte", "wb").write(lab)
+gz = gzip.compress(img)
+open(f"{d}/trunc-images-idx3-ubyte.gz", "wb").write(gz[: len(gz) // 2])
+open(f"{d}/trunc-labels-idx1-ubyte.gz", "wb").write(gzip.compress(lab))
+bad = bytearray(gz); bad[len(bad) // 2] ^= 0xFF; bad[len(bad) // 2 + 1] ^= 0x55
+open(f"{d}/corrupt-images-idx3-ubyte.gz", "wb").write(bytes(bad))
+open(f"{d}/corrupt-labels-idx1-ubyte.gz", "wb").write(gzip.compress(lab))
+PY
+expect_fail 1 "magic-images-idx3-ubyte" "magic" -- "$DISTML" train --model softmax --data "$D/magic-images-idx3-ubyte" --format idx --epochs 1
+expect_fail 1 "dims-images-idx3-ubyte" -- "$DISTML" train --model softmax --data "$D/dims-images-idx3-ubyte" --format idx --epochs 1
+expect_fail 1 "count-labels-idx1-ubyte" "4" "3" -- "$DISTML" train --model softmax --data "$D/count-images-idx3-ubyte" --format idx --epochs 1
+expect_fail 1 "short-images-idx3-ubyte" "truncated" -- "$DISTML" train --model softmax --data "$D/short-images-idx3-ubyte" --format idx --epochs 1
+expect_fail 1 "trunc-images-idx3-ubyte.gz" -- "$DISTML" train --model softmax --data "$D/trunc-images-idx3-ubyte.gz" --format idx --epochs 1
+expect_fail 1 "corrupt-images-idx3-ubyte.gz" -- "$DISTML" train --model softmax --data "$D/corrupt-images-idx3-ubyte.gz" --format idx --epochs 1
+
+# --- flags
+expect_fail 2 "unknown flag" "--bogus" -- "$DISTML" train --data fashion-mnist --bogus
+expect_fail 2 "--epochs" "not an integer" -- "$DISTML" train --data fashion-mnist --epochs ten
+expect_fail 2 "--lr" "out of range" -- "$DISTML" train --data fashion-mnist --lr -1
+expect_fail 2 "--model" "not one of" -- "$DISTML" train --data fashion-mnist --model cnn
+expect_fail 2 "--data is required" -- "$DISTML" train
+expect_fail 2 "needs a value" -- "$DISTML" train --data
+expect_fail 2 "unknown command" -- "$DISTML" frobnicate
+expect_fail 2 "--rows" -- "$DISTML" gen sparse --features 10 --out "$D/x.svm"
+expect_fail 2 "--model FILE is required" -- "$DISTML" eval --data fashion-mnist:test
+
+# --- a model file that is not one
+printf 'not a safetensors file at all' >"$D/bad.safetensors"
+expect_fail 1 "bad.safetensors" -- "$DISTML" eval --model "$D/bad.safetensors" --data "$D/ok-images-idx3-ubyte"
+
+finish
