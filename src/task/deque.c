@@ -54,9 +54,10 @@ static dml__deque_array *grow(dml__deque *q, dml__deque_array *a, int64_t t, int
   return na;
 }
 
-int dml__deque_push(dml__deque *q, void *item) {
+int dml__deque_push(dml__deque *q, void *item, int *was_empty) {
   int64_t b = atomic_load_explicit(&q->bottom, memory_order_relaxed);
   int64_t t = atomic_load_explicit(&q->top, memory_order_acquire);
+  if (was_empty != NULL) *was_empty = b <= t;
   dml__deque_array *a = atomic_load_explicit(&q->array, memory_order_relaxed);
   if (b - t > a->cap - 1) {
     a = grow(q, a, t, b);

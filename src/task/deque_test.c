@@ -19,7 +19,11 @@ static void test_sequential(void) {
   dml__deque q;
   T_OK(dml__deque_init(&q, 1)); /* capacity 2: pushing 100 forces several growths */
   static int vals[100];
-  for (int i = 0; i < 100; i++) T_OK(dml__deque_push(&q, &vals[i]));
+  for (int i = 0; i < 100; i++) {
+    int was_empty = -1;
+    T_OK(dml__deque_push(&q, &vals[i], &was_empty));
+    T_EQ_INT(was_empty, i == 0);
+  }
   T_EQ_INT(dml__deque_size(&q), 100);
   int lost = 0;
   T_ASSERT(dml__deque_steal(&q, &lost) == &vals[0]); /* oldest */
@@ -60,7 +64,7 @@ static void test_race(void) {
   long owner_got = 0;
   /* Bursts of pushes with some takes in between, so the deque grows and shrinks. */
   for (uintptr_t i = 1; i <= NITEMS; i++) {
-    T_OK(dml__deque_push(&g_q, &g_items[i]));
+    T_OK(dml__deque_push(&g_q, &g_items[i], NULL));
     if (i % 3 == 0) {
       void *x = dml__deque_take(&g_q);
       if (x != NULL) {

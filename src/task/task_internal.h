@@ -30,8 +30,9 @@ typedef struct dml__deque {
 /* Capacity 2^log2 to start with. Returns 0 or DML_ENOMEM. */
 int dml__deque_init(dml__deque *q, unsigned log2);
 void dml__deque_free(dml__deque *q);
-/* Owner only. Returns 0, or DML_ENOMEM when the deque is full and cannot grow. */
-int dml__deque_push(dml__deque *q, void *item);
+/* Owner only. Returns 0, or DML_ENOMEM when the deque is full and cannot grow. *was_empty (if
+ * not NULL) tells whether the owner saw the deque empty just before this push. */
+int dml__deque_push(dml__deque *q, void *item, int *was_empty);
 /* Owner only. The most recently pushed item, or NULL when empty. */
 void *dml__deque_take(dml__deque *q);
 /* Any thread. The oldest item, or NULL when empty or when another thread won the race for it
