@@ -56,6 +56,7 @@ int dml_parse_csv_mem(const char *text, size_t len, const char *name, const dml_
   int header_seen = 0, rc = 0;
   char tb[48];
   const char *p = text, *end = text + len;
+  if (len >= 3 && memcmp(p, "\xEF\xBB\xBF", 3) == 0) p += 3; /* UTF-8 byte order mark */
   while (p < end) {
     line++;
     const char *ls = p;

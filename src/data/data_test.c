@@ -444,6 +444,12 @@ static void test_csv(void) {
   T_EQ_INT(ds.y[0], 1);
   T_EQ_INT(ds.y[2], 2);
   dml_dataset_free(&ds);
+  /* a UTF-8 byte order mark (spreadsheet exports) is skipped */
+  write_text(tpath("bom.csv"), "\xEF\xBB\xBF" "1,2\n0,3\n");
+  T_OK(dml_read_csv(tpath("bom.csv"), NULL, &ds, &err));
+  T_EQ_INT(ds.n, 2);
+  T_EQ_INT(ds.y[0], 1);
+  dml_dataset_free(&ds);
   /* no header, label last (negative column) */
   write_text(tpath("n.csv"), "0.5,2,1\n-1,3,0\n");
   o.csv_label_col = -1;

@@ -46,6 +46,7 @@ int dml_parse_libsvm_mem(const char *text, size_t len, const char *name, const d
   uint64_t maxidx = 0, dropped = 0;
   long line = 0;
   const char *p = text, *end = text + len;
+  if (len >= 3 && memcmp(p, "\xEF\xBB\xBF", 3) == 0) p += 3; /* UTF-8 byte order mark */
   int grc;
   DML__GROW(grc, b.indptr, &b.rows_cap, 1024);
   if (grc != 0 || csr_reserve(&b, DML__MAX(len / 8, (size_t)1024)) != 0) {
