@@ -1,0 +1,43 @@
+#!/bin/bash
+# The communicator's point-to-point tests on the mpi backend: test_comm_p2p (every size, tags out
+# of order, recv_alloc from any source, wrong lengths) and test_comm_pingpong run as ranks of
+# `mpirun -np 1/2/3` with DISTML_BACKEND=mpi. Skipped (exit 0, saying so) when mpirun is missing
+# or distml was built without MPI.
+# test-labels: mpi
+set -euo pipefail
+build=${DISTML_BUILD:?DISTML_BUILD must point at the build directory}
+p2p=$build/test_comm_p2p
+pp=$build/test_comm_pingpong
+if ! command -v mpirun >/dev/null; then
+  echo "SKIP: mpirun not found"
+  exit 0
+fi
+for b in "$p2p" "$pp"; do
+  [ -x "$b" ] || { echo "FAIL: $b not built"; exit 1; }
+done
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# Loopback only, and no network probing of other interfaces.
+mpiopts=(--oversubscribe --mca btl_tcp_if_include lo --mca oob_tcp_if_include lo -x DISTML_BACKEND=mpi
+         -x DISTML_TIMEOUT_MS=30000)
+if ! out=$(timeout 60 mpirun -np 1 "${mpiopts[@]}" "$p2p" 2>&1); then
+  if grep -q "built without MPI" <<<"$out"; then
+    echo "SKIP: distml was built without MPI"
+    exit 0
+  fi
+  echo "$out"
+  echo "FAIL: mpirun -np 1 test_comm_p2p"
+  exit 1
+fi
+grep -q "rank 0: mpi p2p ok" <<<"$out"
+for np in 2 3; do
+  out=$(timeout 300 mpirun -np $np "${mpiopts[@]}" "$p2p" 2>&1) || { echo "$out"; echo "FAIL: np $np"; exit 1; }
+  n=$(grep -c "mpi p2p ok" <<<"$out" || true)
+  if [ "$n" != "$np" ]; then
+    echo "$out"
+    echo "FAIL: $n of $np ranks reported ok"
+    exit 1
+  fi
+  echo "mpi p2p with $np ranks: ok"
+done
+timeout 120 mpirun -np 2 "${mpiopts[@]}" "$pp" || { echo "FAIL: mpi pingpong"; exit 1; }
+echo "mpi pingpong: ok"
