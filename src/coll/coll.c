@@ -63,6 +63,7 @@ struct dml__coll_state {
   size_t rd_max_bytes;
   size_t chunk_bytes;
   double stall_s;
+  int spin_us;
   /* sticky failure */
   int failed;
   char errmsg[512];
@@ -182,6 +183,8 @@ static void read_env(dml__coll_state *st) {
   st->chunk_bytes = (size_t)v;
   if (dml_env_i64("DISTML_STALL_S", 10, 1, 86400, &v, &e) != 0) goto bad;
   st->stall_s = (double)v;
+  if (dml_env_i64("DISTML_COLL_SPIN_US", 0, 0, 1000000, &v, &e) != 0) goto bad;
+  st->spin_us = (int)v;
   return;
 bad:
   st->env_code = e.code ? e.code : DML_EINVAL;
@@ -517,6 +520,18 @@ int dml__coll_wait(dml__coll_ctx *ctx, dml_comm_req *req) {
   int peer = idx < ctx->npend ? ctx->pend_peer[idx] : -1;
   double t0 = dml_now_s();
   int warned = 0;
+  if (ctx->spin_us > 0) {
+    /* Poll briefly before sleeping: a small message's answer often arrives within microseconds,
+     * sooner than a sleeping thread is woken. */
+    int done = 0;
+    while (dml_now_s() - t0 < ctx->spin_us * 1e-6) {
+      int rc = dml_comm_test(ctx->comm, req, &done);
+      if (done) {
+        if (idx < ctx->npend) untrack(ctx, idx);
+        return rc == 0 ? 0 : comm_error(ctx, rc, "waiting for", peer);
+      }
+    }
+  }
   for (;;) {
     double waited = dml_now_s() - t0;
     double left_ms = ctx->timeout_ms - waited * 1e3;
@@ -695,6 +710,7 @@ static int run(dml__coll_state *st, dml_coll_req *r, uint32_t seq) {
   if (ctx.timeout_ms <= 0) ctx.timeout_ms = 60000;
   ctx.stall_s = st->stall_s;
   ctx.chunk_bytes = st->chunk_bytes;
+  ctx.spin_us = st->spin_us;
   ctx.pend = st->pend;
   ctx.pend_peer = st->pend_peer;
   ctx.cappend = st->cappend;
