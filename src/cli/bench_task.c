@@ -2,7 +2,8 @@
  * task pool. spawn: N empty tasks spawned and joined from inside a worker, N swept, ns per task =
  * slope of a least-squares line through (N, best time); fib: fib(N) with one task per call and no
  * cutoff; unbalanced: a parallel loop whose per-index cost grows linearly (grain 1); tiny: 10^6
- * empty independent tasks. Best of R runs each. It does not compare with other runtimes (see
+ * empty independent tasks; pipeline: an epoch of 60000 augmented 28x28 images through the input
+ * pipeline, drained by a consumer that does nothing else. Best of R runs each. It does not compare with other runtimes (see
  * bench/task_vs_tbb_omp.sh) and does not cover the distributed farm (not written yet). */
 #include "cli/bench_task.h"
 
@@ -115,6 +116,71 @@ static int unbal_body(int64_t lo, int64_t hi, void *ctx) {
   return 0;
 }
 
+/* ---- pipeline: 28x28 float images (Fashion-MNIST sized) with shift+flip+noise, batches of 64. */
+enum { PIPE_H = 28, PIPE_W = 28, PIPE_BS = 64 };
+
+typedef struct pipe_ctx {
+  dml_augment aug;
+} pipe_ctx;
+
+static int pipe_map(void *vctx, uint64_t epoch, uint64_t index, dml_rng *rng, void *out) {
+  pipe_ctx *c = vctx;
+  float *img = out;
+  (void)epoch;
+  for (int p = 0; p < PIPE_H * PIPE_W; p++) img[p] = (float)((index * 131 + (uint64_t)p * 7) & 255) / 255.0f;
+  float scratch[PIPE_H * PIPE_W];
+  return dml_augment_image(&c->aug, rng, img, PIPE_H, PIPE_W, 1, scratch);
+}
+
+static int pipe_collate(void *ctx, void *const *elems, const uint64_t *idx, size_t count, void *batch) {
+  (void)ctx;
+  (void)idx;
+  float *b = batch;
+  for (size_t i = 0; i < count; i++) memcpy(b + i * PIPE_H * PIPE_W, elems[i], sizeof(float) * PIPE_H * PIPE_W);
+  return 0;
+}
+
+/* One epoch of n elements drained as fast as the consumer can release batches; best of reps. */
+static int bench_pipeline(int reps, uint64_t n, double *best_s, dml_pipe_stats *st) {
+  pipe_ctx c;
+  dml_err err = {0};
+  int rc = dml_augment_parse("shift=2,flip,noise=0.05", &c.aug, &err);
+  if (rc != 0) return rc;
+  dml_pipe_opts o;
+  dml_pipe_opts_default(&o);
+  o.n = n;
+  o.elem_bytes = sizeof(float) * PIPE_H * PIPE_W;
+  o.batch_size = PIPE_BS;
+  o.batch_bytes = o.elem_bytes * PIPE_BS;
+  o.shuffle_order = 1;
+  o.shuffle_buffer = 10000;
+  o.prefetch = 4;
+  o.seed = 1;
+  o.map = pipe_map;
+  o.collate = pipe_collate;
+  o.ctx = &c;
+  dml_pipe *p = NULL;
+  rc = dml_pipe_create(g_pool, &o, &p, &err);
+  if (rc != 0) {
+    fprintf(stderr, "distml bench task: %s\n", dml_err_msg(&err));
+    return rc;
+  }
+  *best_s = 1e30;
+  for (int r = 0; r < reps && rc == 0; r++) {
+    double t0 = dml_now_s();
+    rc = dml_pipe_start(p, (uint64_t)r);
+    dml_pipe_batch b;
+    while (rc == 0 && (rc = dml_pipe_next(p, &b)) == 0) dml_pipe_release(p, &b);
+    if (rc == DML_ECLOSED) rc = 0;
+    double t = dml_now_s() - t0;
+    if (t < *best_s) *best_s = t;
+  }
+  if (rc != 0) fprintf(stderr, "distml bench task: pipeline: %s\n", dml_pipe_errmsg(p));
+  dml_pipe_get_stats(p, st);
+  dml_pipe_destroy(p);
+  return rc;
+}
+
 static void report(int json, const char *bench, unsigned threads, uint64_t tasks, double best_s,
                    double ns_per_task, const char *note) {
   double tps = ns_per_task > 0 ? 1e9 / ns_per_task : 0;
@@ -141,7 +207,7 @@ static void usage(FILE *f) {
           "  --threads T   worker threads (default: online CPUs)\n"
           "  --fib N       fib(N) with one task per call, no cutoff (default 30)\n"
           "  --reps R      runs of each measurement; the best is reported (default 5)\n"
-          "  --only NAME   run one of: spawn fib unbalanced tiny\n"
+          "  --only NAME   run one of: spawn fib unbalanced tiny pipeline\n"
           "  --json        one JSON object per measurement: bench, threads, tasks, best_s,\n"
           "                tasks_per_s, ns_per_task\n");
 }
@@ -166,8 +232,8 @@ int dml_cli_bench_task_main(int argc, char **argv) {
       if (strcmp(a, "--reps") == 0) reps = (int)dml_cli_int(CMD, a, v, 1, 1000);
       if (strcmp(a, "--only") == 0) {
         if (strcmp(v, "spawn") != 0 && strcmp(v, "fib") != 0 && strcmp(v, "unbalanced") != 0 &&
-            strcmp(v, "tiny") != 0)
-          dml_cli_usage_error(CMD, "--only: unknown measurement '%s' (spawn, fib, unbalanced, tiny)", v);
+            strcmp(v, "tiny") != 0 && strcmp(v, "pipeline") != 0)
+          dml_cli_usage_error(CMD, "--only: unknown measurement '%s' (spawn, fib, unbalanced, tiny, pipeline)", v);
         only = v;
       }
       i++;
@@ -268,6 +334,18 @@ int dml_cli_bench_task_main(int argc, char **argv) {
     if (rc == 0)
       report(json, "tiny", threads, (uint64_t)n, best, best * 1e9 / (double)n,
              "independent tasks, each one atomic increment");
+  }
+  if (rc == 0 && (only == NULL || strcmp(only, "pipeline") == 0)) {
+    const uint64_t n = 60000;
+    double best = 0;
+    dml_pipe_stats ps;
+    rc = bench_pipeline(reps, n, &best, &ps);
+    if (rc == 0) {
+      char note[160];
+      snprintf(note, sizeof note, "28x28 shift+flip+noise, batch 64; map %.2f s, consumer wait %.2f s (all runs)",
+               (double)ps.map_busy_ns * 1e-9, (double)ps.consumer_wait_ns * 1e-9);
+      report(json, "pipeline", threads, n, best, best * 1e9 / (double)n, note);
+    }
   }
   if (!json && rc == 0) {
     dml_pool_stats st;

@@ -104,8 +104,16 @@ int dml_augment_image(const dml_augment *a, dml_rng *rng, float *img, size_t h, 
     }
   }
   if (a->flags & DML_AUG_NOISE) {
-    float sd = a->noise_std;
-    for (size_t i = 0; i < n; i++) img[i] += sd * dml_rng_normal(rng);
+    /* Approximately Gaussian: the sum of four 16-bit uniforms from one 64-bit draw, centred and
+     * scaled to unit variance (Irwin-Hall, bounded at +-3.46 sd). Ten times cheaper than
+     * Box-Muller per pixel, which matters at 784 pixels per image. */
+    const float scale = a->noise_std * 1.7320508f / 65536.0f; /* sqrt(12 / 4) per unit of sum */
+    for (size_t i = 0; i < n; i++) {
+      uint64_t r = dml_rng_next(rng);
+      float sum = (float)(r & 0xffff) + (float)((r >> 16) & 0xffff) + (float)((r >> 32) & 0xffff) +
+                  (float)(r >> 48);
+      img[i] += (sum - 2.0f * 65535.0f) * scale;
+    }
   }
   return 0;
 }
