@@ -284,6 +284,10 @@ static int run_rank(void) {
   if (rc) T_FAIL("dml_comm_init: %s", dml_err_msg(&e));
   g_rank = dml_comm_rank(c);
   g_size = dml_comm_size(c);
+  if (g_rank == 0) {
+    printf("%d ranks on the %s backend\n", g_size, dml_comm_backend(c));
+    fflush(stdout);
+  }
   run_grid(c);
   dml_coll_detach(c);
   dml_comm_free(c);
