@@ -6,8 +6,58 @@
  * test-labels: tsan */
 #include "test_comm_harness.h"
 
+#include <pthread.h>
+
 static const size_t g_sizes[] = {0, 1, 7, 1023, (1u << 20) + 3};
 #define NSIZES (sizeof(g_sizes) / sizeof(g_sizes[0]))
+
+/* Several threads of one rank use the communicator at once, each on its own tag around the ring
+ * (the collectives run on a background thread while the main thread also sends). */
+#define NTHREADS 3
+typedef struct thr_arg {
+  dml_comm *c;
+  int tid;
+  int failed;
+} thr_arg;
+
+static void *thread_ring(void *p) {
+  thr_arg *a = p;
+  dml_comm *c = a->c;
+  int rank = dml_comm_rank(c), n = dml_comm_size(c);
+  int dst = (rank + 1) % n, src = (rank + n - 1) % n, tag = 200 + a->tid;
+  size_t len = 65536 + (size_t)a->tid;
+  uint8_t *sb = malloc(len), *rb = malloc(len);
+  for (int it = 0; it < 20 && sb && rb; it++) {
+    th_fill(sb, rank, dst, tag + it, len);
+    dml_comm_req *r, *s;
+    if (dml_comm_irecv(c, src, tag, rb, len, &r) || dml_comm_isend(c, dst, tag, sb, len, &s) ||
+        dml_comm_wait(c, s, -1) || dml_comm_wait(c, r, -1) || th_check(rb, src, rank, tag + it, len) != -1) {
+      a->failed = 1;
+      break;
+    }
+  }
+  if (!sb || !rb) a->failed = 1;
+  free(sb);
+  free(rb);
+  return NULL;
+}
+
+static int threaded(dml_comm *c) {
+  int rank = dml_comm_rank(c);
+  pthread_t th[NTHREADS];
+  thr_arg a[NTHREADS];
+  for (int i = 0; i < NTHREADS; i++) {
+    a[i] = (thr_arg){c, i, 0};
+    R_ASSERT(pthread_create(&th[i], NULL, thread_ring, &a[i]) == 0);
+  }
+  int bad = 0;
+  for (int i = 0; i < NTHREADS; i++) {
+    pthread_join(th[i], NULL);
+    bad |= a[i].failed;
+  }
+  R_ASSERT(!bad);
+  return 0;
+}
 
 /* Every check, on an initialised communicator. */
 static int exercise(dml_comm *c) {
@@ -179,6 +229,9 @@ static int exercise(dml_comm *c) {
   R_ASSERT(dml_comm_send(c, n, 1, sb, 1) == DML_EINVAL);
   R_ASSERT(dml_comm_send(c, 0, -1, sb, 1) == DML_EINVAL);
   R_ASSERT(dml_comm_recv(c, DML_ANY_SOURCE, 1, rb, 1) == DML_EINVAL);
+
+  /* 10. Concurrent use from several threads. */
+  if (threaded(c)) return 1;
 
   /* Everyone done before anyone leaves (a final exchange on a fresh tag). */
   for (int j = 0; j < n; j++)
