@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """The PyTorch peer for bench/train_vs_pytorch.sh: the same MLP (784-H-10, ReLU), the same optimizer
-(SGD with momentum), the same batch, one thread, data already in memory. Prints one JSON line with
+(Adam by default, or SGD with momentum), the same batch, one thread, data already in memory. Prints one JSON line with
 samples_per_s of the training loop (evaluation excluded) and the test accuracy."""
 import argparse, gzip, json, struct, time
 
@@ -23,7 +23,8 @@ def main():
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--optimizer", choices=["adam", "momentum"], default="adam")
+    ap.add_argument("--lr", type=float, default=0.001)
     ap.add_argument("--momentum", type=float, default=0.9)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=1)
@@ -35,7 +36,10 @@ def main():
     tx = torch.from_numpy(idx(f"{a.data}/t10k-images-idx3-ubyte.gz").reshape(-1, 784).astype(np.float32) / 255)
     ty = torch.from_numpy(idx(f"{a.data}/t10k-labels-idx1-ubyte.gz").astype(np.int64))
     model = torch.nn.Sequential(torch.nn.Linear(784, a.hidden), torch.nn.ReLU(), torch.nn.Linear(a.hidden, 10))
-    opt = torch.optim.SGD(model.parameters(), lr=a.lr, momentum=a.momentum)
+    if a.optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=a.lr)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=a.lr, momentum=a.momentum)
     lossf = torch.nn.CrossEntropyLoss()
     n = x.shape[0]
     train_s = 0.0

@@ -21,8 +21,10 @@ static int launched_env(void) {
   return 0;
 }
 
+/* drop_extra: a sparse test set read against the training set's inferred feature count drops the
+ * features the model has no weight for (they carry no information for it). */
 static void load_data(const char *cmd, const char *spec, const dml_cli_train_flags *f, dml_dataset *ds,
-                      int num_classes) {
+                      int num_classes, int drop_extra) {
   dml_data_opts o;
   dml_data_opts_init(&o);
   o.csv_label_col = f->label_col;
@@ -31,6 +33,7 @@ static void load_data(const char *cmd, const char *spec, const dml_cli_train_fla
                                                 : DML_CSV_HEADER_AUTO;
   o.num_features = f->features;
   o.num_classes = num_classes;
+  o.drop_extra_features = drop_extra;
   dml_err e = {0};
   if (dml_dataset_load(spec, f->format, &o, ds, &e) != 0) dml_cli_fail(cmd, "%s", dml_err_msg(&e));
 }
@@ -171,13 +174,13 @@ int dml_cli_train_main(int argc, char **argv) {
 
   dml_dataset train = {0}, test = {0};
   double l0 = dml_now_s();
-  load_data("train", f.data, &f, &train, 0);
+  load_data("train", f.data, &f, &train, 0, 0);
   if (f.test != NULL) {
     /* A sparse test set is read against the training set's feature count, so an index the model
      * has no weight for is an error that names the file and line. */
     dml_cli_train_flags ft = f;
     if (train.x == NULL && ft.features == 0) ft.features = train.dim;
-    load_data("train", f.test, &ft, &test, train.num_classes);
+    load_data("train", f.test, &ft, &test, train.num_classes, train.x == NULL && f.features == 0);
   }
   if (rank == 0 && !f.quiet)
     dml_log(DML_LOG_INFO, "%s: %d rows x %d features, %d classes%s%s (%.1fs); %d worker%s, BLAS %s",
@@ -262,9 +265,10 @@ int dml_cli_eval_main(int argc, char **argv) {
   dml_model *m = NULL;
   if (dml_model_load(model_path, 1024, &m, &e) != 0) dml_cli_fail("eval", "%s", dml_err_msg(&e));
   const dml_model_config *mc = dml_model_get_config(m);
-  if (f.features == 0 && mc->kind == DML_MODEL_LOGREG) f.features = mc->in_dim;
+  int inferred_features = f.features == 0;
+  if (inferred_features && mc->kind == DML_MODEL_LOGREG) f.features = mc->in_dim;
   dml_dataset ds = {0};
-  load_data("eval", f.data, &f, &ds, mc->num_classes);
+  load_data("eval", f.data, &f, &ds, mc->num_classes, mc->kind == DML_MODEL_LOGREG && inferred_features);
   if (ds.dim != mc->in_dim && !(ds.x == NULL && ds.dim < mc->in_dim))
     dml_cli_fail("eval", "%s has %d features, the model %s expects %d", ds.name, ds.dim, model_path, mc->in_dim);
   ds.dim = mc->in_dim;

@@ -76,7 +76,7 @@ static void usage(void) {
       "  --hidden H[,H...]    MLP hidden layer sizes (default 256)\n"
       "  --epochs N           (default 10)\n"
       "  --batch B            global batch size, split across workers (default 64)\n"
-      "  --optimizer O        sgd|momentum|adam|adagrad|ftrl (default momentum; ftrl for logreg)\n"
+      "  --optimizer O        sgd|momentum|adam|adagrad|ftrl (default adam; ftrl for logreg)\n"
       "  --lr X               learning rate (default: 0.05 sgd/momentum, 0.001 adam, 0.1 adagrad/ftrl)\n"
       "  --momentum X         (default 0.9)   --weight-decay X (default 0)\n"
       "  --l1 X --l2 X        FTRL regularisation (default 1e-6, 1e-4)\n"
@@ -201,7 +201,7 @@ int dml_cli_train_flags_parse(dml_cli_train_flags *f, int argc, char **argv) {
   }
   if (optind < argc) dml_cli_usage_error("train", "unexpected argument '%s'", argv[optind]);
   if (f->data == NULL) dml_cli_usage_error("train", "--data is required (e.g. --data fashion-mnist)");
-  if (!explicit_optimizer) f->optimizer = strcmp(f->model, "logreg") == 0 ? "ftrl" : "momentum";
+  if (!explicit_optimizer) f->optimizer = strcmp(f->model, "logreg") == 0 ? "ftrl" : "adam";
   if (f->lr <= 0) {
     if (strcmp(f->optimizer, "adam") == 0) f->lr = 0.001;
     else if (strcmp(f->optimizer, "adagrad") == 0 || strcmp(f->optimizer, "ftrl") == 0) f->lr = 0.1;
