@@ -6,7 +6,11 @@
  * stay valid and untouched until that request completes (wait/test reports done) or fails.
  * Errors are sticky per peer: once a peer has failed, every later call involving it returns the
  * same error, and dml_comm_errmsg() names the peer rank and host, the operation and its
- * sequence number. The library never exits on a dead peer or bad input. */
+ * sequence number. The library never exits on a dead peer or bad input.
+ * Threads: every function may be called from several threads at once on one communicator
+ * (except dml_comm_free, which must be the last call). A blocking call that passes the timeout
+ * marks its peer failed (a half-moved message cannot be resumed); a non-blocking wait that runs
+ * out does not. Wire format, bootstrap, authentication and variables: docs/comm.md. */
 #ifndef DISTML_COMM_H
 #define DISTML_COMM_H
 
@@ -34,8 +38,8 @@ typedef struct dml_comm_opts {
   int world_size;           /* -1: from the environment likewise */
   const char *master_addr;  /* coordinator host; NULL: MASTER_ADDR or 127.0.0.1 */
   int master_port;          /* coordinator port; 0: MASTER_PORT (required when world_size > 1) */
-  const char *bind_addr;    /* address rank 0 listens on; NULL: loopback unless master_addr is
-                               not a loopback address */
+  const char *bind_addr;    /* address rank 0 listens on; NULL: DISTML_BIND_ADDR, else loopback
+                               unless master_addr is not a loopback address (then master_addr) */
   const char *token;        /* shared secret for joining; NULL: DISTML_TOKEN (unset: no auth) */
   int timeout_ms;           /* limit for each blocking operation and for joining;
                                0: DISTML_TIMEOUT_MS or 60000 */
@@ -46,7 +50,10 @@ typedef struct dml_comm_opts {
 void dml_comm_opts_default(dml_comm_opts *opts);
 
 /* Join the job: rendezvous, authenticate, connect to every peer. Blocks up to timeout_ms.
- * On failure *out is NULL and err says which peer or address and why. */
+ * opts NULL: all defaults. World size 1 opens no socket and starts no thread.
+ * On failure *out is NULL and err says which peer or address and why (DML_EAUTH: refused for a
+ * wrong or missing token; DML_ETIMEDOUT: a rank did not join; DML_EINVAL: bad options or
+ * environment, naming the variable; DML_EUNSUPPORTED: mpi requested but not built). */
 int dml_comm_init(dml_comm **out, const dml_comm_opts *opts, dml_err *err);
 /* Leave the job and free everything. Accepts NULL. Outstanding requests are cancelled. */
 void dml_comm_free(dml_comm *c);
@@ -71,7 +78,8 @@ int dml_comm_sendrecv(dml_comm *c, int dst, int send_tag, const void *sendbuf, s
                       int src, int recv_tag, void *recvbuf, size_t recv_bytes);
 /* Blocking receive of a message of any length up to the communicator's maximum from peer (or
  * DML_ANY_SOURCE) with tag; *buf is allocated by the library and freed by the caller with
- * dml_comm_buf_free. *src gets the sender. */
+ * dml_comm_buf_free (also for 0 bytes). *src (may be NULL) gets the sender. On failure *buf is
+ * NULL. */
 int dml_comm_recv_alloc(dml_comm *c, int peer, int tag, void **buf, size_t *bytes, int *src);
 void dml_comm_buf_free(void *buf);
 
@@ -80,7 +88,8 @@ void dml_comm_buf_free(void *buf);
  * failure, and must not be used after that. */
 int dml_comm_isend(dml_comm *c, int peer, int tag, const void *buf, size_t bytes, dml_comm_req **req);
 int dml_comm_irecv(dml_comm *c, int peer, int tag, void *buf, size_t bytes, dml_comm_req **req);
-/* Wait up to timeout_ms (-1: the communicator's timeout). DML_ETIMEDOUT leaves req valid. */
+/* Wait up to timeout_ms (-1: the communicator's timeout). Returns the request's status (the
+ * message in dml_comm_errmsg) and releases req; DML_ETIMEDOUT leaves req valid and pending. */
 int dml_comm_wait(dml_comm *c, dml_comm_req *req, int timeout_ms);
 /* *done = 1 when complete (then req is released; the return value is the request's status). */
 int dml_comm_test(dml_comm *c, dml_comm_req *req, int *done);
