@@ -211,7 +211,7 @@ typedef struct dml_optim_config {
   float ftrl_l2;       /* FTRL L2 (0) */
 } dml_optim_config;
 
-/* Defaults for kind (lr: sgd 0.1, momentum 0.05, adam 1e-3, adagrad 0.05, ftrl 0.1). */
+/* Defaults for kind (lr: sgd 0.1, momentum 0.05, adam 1e-3, adagrad 0.05, ftrl alpha 0.5). */
 void dml_optim_config_init(dml_optim_config *cfg, dml_optim_kind kind);
 /* "sgd", "momentum", "adam", "adagrad", "ftrl"; NULL for an unknown kind. */
 const char *dml_optim_kind_name(dml_optim_kind kind);

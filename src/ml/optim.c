@@ -35,7 +35,7 @@ void dml_optim_config_init(dml_optim_config *cfg, dml_optim_kind kind) {
   case DML_OPT_MOMENTUM: cfg->lr = 0.05f; break;
   case DML_OPT_ADAM: cfg->lr = 1e-3f; cfg->eps = 1e-8f; break;
   case DML_OPT_ADAGRAD: cfg->lr = 0.05f; cfg->eps = 1e-10f; break;
-  case DML_OPT_FTRL: cfg->lr = 0.1f; break;
+  case DML_OPT_FTRL: cfg->lr = 0.5f; break; /* alpha for batch-mean gradients (measured) */
   }
 }
 
