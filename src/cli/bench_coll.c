@@ -448,6 +448,7 @@ int dml_cli_bench_main(int argc, char **argv) {
     dml_cli_usage_error("bench", "--compress works with allreduce of f32 only");
   if (in_launcher()) return run_rank(&cfg);
   int n = cfg.n > 0 ? cfg.n : 2;
+  if (cfg.kind == B_PINGPONG && n < 2) dml_cli_usage_error("bench", "pingpong needs -n 2 or more");
   if (cfg.backend && strcmp(cfg.backend, "mpi") == 0)
     dml_cli_usage_error("bench", "--backend mpi: start it under mpirun (mpirun -n %d distml bench ...)", n);
   if (n == 1 && cfg.kind != B_PINGPONG) return run_rank(&cfg);
