@@ -106,6 +106,7 @@ typedef struct tcp {
   dml_comm_req *all;
   uint32_t any_ops;
   int listen_fd;
+  int nwaiters; /* threads asleep in wait: completions wake them only when there are some */
 } tcp;
 
 static tcp *T(const dml_comm *c) { return (tcp *)c->impl; }
@@ -148,7 +149,7 @@ static void req_done(tcp *t, dml_comm_req *r, int status, const char *detail) {
     snprintf(r->msg, sizeof(r->msg), "%s %s %s tag %d seq %u: %s", r->kind == REQ_SEND ? "send" : "recv",
              r->kind == REQ_SEND ? "to" : "from", peer_label(t, r->peer), r->tag, (unsigned)r->seq,
              detail ? detail : dml_strerror(status));
-  pthread_cond_broadcast(&t->cv);
+  if (t->nwaiters > 0) pthread_cond_broadcast(&t->cv);
 }
 
 static void posted_remove(tcp *t, dml_comm_req *r) {
@@ -300,11 +301,9 @@ static void payload_done(tcp *t, peer *p) {
   if (p->rreq) {
     dml_comm_req *r = p->rreq;
     p->rreq = NULL;
-    if (r->state != ST_DONE) { /* not already failed for a length mismatch */
-      r->src = rank;
-      if (r->alloc) r->alen = (size_t)p->cur.length;
-      req_done(t, r, 0, NULL);
-    }
+    r->src = rank;
+    if (r->alloc) r->alen = (size_t)p->cur.length;
+    req_done(t, r, 0, NULL);
   } else if (p->rmsg) {
     umsg *m = p->rmsg;
     p->rmsg = NULL;
@@ -354,19 +353,22 @@ static void on_header(tcp *t, peer *p) {
     if (r != NULL) {
       posted_remove(t, r);
       r->state = ST_ACTIVE;
-      p->rreq = r;
+      /* A request that fails here is completed at once (the caller may release it right away):
+       * p->rreq only ever holds one whose payload is still to come; the payload is discarded. */
       if (r->alloc) {
         r->abuf = dml__malloc(len ? len : 1);
         if (r->abuf == NULL) {
           req_done(t, r, DML_ENOMEM, "out of memory for the message");
         } else {
           p->dst = r->abuf;
+          p->rreq = r;
         }
       } else if (len != r->bytes) {
         snprintf(why, sizeof(why), "message of %zu bytes, the receive expects %zu", len, r->bytes);
         req_done(t, r, DML_EPROTO, why);
       } else {
         p->dst = r->rbuf;
+        p->rreq = r;
       }
     } else {
       umsg *m = dml__calloc(1, sizeof(*m));
@@ -663,7 +665,10 @@ static int tcp_wait(dml_comm *c, dml_comm_req *r, int timeout_ms, int keep) {
       ts.tv_nsec -= 1000000000L;
     }
     while (r->state != ST_DONE) {
-      if (pthread_cond_timedwait(&t->cv, &t->mu, &ts) == ETIMEDOUT && r->state != ST_DONE) {
+      t->nwaiters++;
+      int w = pthread_cond_timedwait(&t->cv, &t->mu, &ts);
+      t->nwaiters--;
+      if (w == ETIMEDOUT && r->state != ST_DONE) {
         pthread_mutex_unlock(&t->mu);
         return DML_ETIMEDOUT;
       }
