@@ -153,6 +153,7 @@ int dml_cli_train_main(int argc, char **argv) {
     cfg.optim.ftrl_l1 = (float)f.l1;
     cfg.optim.ftrl_l2 = (float)f.l2;
   }
+  cfg.lr_cosine = strcmp(f.lr_schedule, "cosine") == 0;
   cfg.epochs = f.epochs;
   cfg.batch = f.batch;
   cfg.seed = f.seed;

@@ -15,7 +15,7 @@ enum {
   OPT_HIDDEN, OPT_EPOCHS, OPT_BATCH, OPT_LR, OPT_OPTIMIZER, OPT_MOMENTUM, OPT_WD, OPT_L1, OPT_L2,
   OPT_FTRL_ALPHA, OPT_FTRL_BETA, OPT_SEED, OPT_SAVE, OPT_METRICS, OPT_JSON, OPT_QUIET, OPT_THREADS,
   OPT_STRATEGY, OPT_BACKEND, OPT_BUCKET_MB, OPT_ACCUMULATE, OPT_SYNC_EVERY, OPT_GRAD_COMPRESS,
-  OPT_TRACE, OPT_CHECKPOINT, OPT_CHECKPOINT_EVERY, OPT_RESUME, OPT_HELP
+  OPT_LR_SCHEDULE, OPT_TRACE, OPT_CHECKPOINT, OPT_CHECKPOINT_EVERY, OPT_RESUME, OPT_HELP
 };
 
 static const struct option long_opts[] = {
@@ -31,6 +31,7 @@ static const struct option long_opts[] = {
     {"batch", required_argument, 0, OPT_BATCH},
     {"lr", required_argument, 0, OPT_LR},
     {"optimizer", required_argument, 0, OPT_OPTIMIZER},
+    {"lr-schedule", required_argument, 0, OPT_LR_SCHEDULE},
     {"momentum", required_argument, 0, OPT_MOMENTUM},
     {"weight-decay", required_argument, 0, OPT_WD},
     {"l1", required_argument, 0, OPT_L1},
@@ -78,6 +79,7 @@ static void usage(void) {
       "  --batch B            global batch size, split across workers (default 64)\n"
       "  --optimizer O        sgd|momentum|adam|adagrad|ftrl (default adam; ftrl for logreg)\n"
       "  --lr X               learning rate (default: 0.05 sgd/momentum, 0.001 adam, 0.1 adagrad/ftrl)\n"
+      "  --lr-schedule S      cosine|constant: cosine decays the rate to 0 over the run (default cosine)\n"
       "  --momentum X         (default 0.9)   --weight-decay X (default 0)\n"
       "  --l1 X --l2 X        FTRL regularisation (default 1e-6, 1e-4)\n"
       "  --ftrl-alpha X --ftrl-beta X   FTRL learning-rate parameters (default lr, 1)\n"
@@ -135,6 +137,7 @@ int dml_cli_train_flags_parse(dml_cli_train_flags *f, int argc, char **argv) {
   static const char *const strategies[] = {"local", "allreduce", NULL};
   static const char *const backends[] = {"tcp", "mpi", NULL};
   static const char *const compress[] = {"none", "fp16", "bf16", NULL};
+  static const char *const schedules[] = {"cosine", "constant", NULL};
   memset(f, 0, sizeof(*f));
   f->format = "auto";
   f->header = "auto";
@@ -152,6 +155,7 @@ int dml_cli_train_flags_parse(dml_cli_train_flags *f, int argc, char **argv) {
   f->bucket_mb = 1.0;
   f->accumulate = 1;
   f->grad_compress = "none";
+  f->lr_schedule = "cosine";
   f->checkpoint_every = 1;
   int explicit_optimizer = 0;
   optind = 1;
@@ -171,6 +175,7 @@ int dml_cli_train_flags_parse(dml_cli_train_flags *f, int argc, char **argv) {
       case OPT_BATCH: f->batch = (int)dml_cli_int("train", "--batch", optarg, 1, 1 << 20); break;
       case OPT_LR: f->lr = dml_cli_double("train", "--lr", optarg, 1e-12, 1e6); break;
       case OPT_OPTIMIZER: f->optimizer = one_of("--optimizer", optarg, optimizers); explicit_optimizer = 1; break;
+      case OPT_LR_SCHEDULE: f->lr_schedule = one_of("--lr-schedule", optarg, schedules); break;
       case OPT_MOMENTUM: f->momentum = dml_cli_double("train", "--momentum", optarg, 0, 0.999999); break;
       case OPT_WD: f->weight_decay = dml_cli_double("train", "--weight-decay", optarg, 0, 1e3); break;
       case OPT_L1: f->l1 = dml_cli_double("train", "--l1", optarg, 0, 1e6); break;

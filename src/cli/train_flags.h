@@ -18,6 +18,7 @@ typedef struct dml_cli_train_flags {
   int epochs, batch;
   double lr;              /* <= 0: the optimizer's default */
   const char *optimizer;  /* sgd|momentum|adam|adagrad|ftrl */
+  const char *lr_schedule; /* cosine|constant */
   double momentum, weight_decay, l1, l2, ftrl_alpha, ftrl_beta;
   uint64_t seed;
   const char *save, *metrics;

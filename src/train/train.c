@@ -516,6 +516,10 @@ int dml_train_run(const dml_train_config *cfg_in, const dml_dataset *train, cons
         float *g = dml_model_grads(t.m);
         for (size_t i = 0; i < t.n; i++) g[i] *= t.grad_scale;
       }
+      if (cfg->lr_cosine) {
+        double total = (double)steps_per_epoch * cfg->epochs;
+        dml_optim_set_lr(t.o, (float)(cfg->optim.lr * 0.5 * (1.0 + cos(M_PI * (double)step / total))));
+      }
       uint64_t o0 = dml_now_ns();
       dml_optim_step(t.o, dml_model_params(t.m), dml_model_grads(t.m));
       dml__trace_add(&t.trace, "optimizer", "compute", 0, o0);
