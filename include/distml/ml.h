@@ -8,7 +8,10 @@
  * Pointers returned by accessors (parameters, gradients, tensor tables, touched indices, metadata
  * strings) point into the object: they stay valid until the object is freed, and the parameter and
  * gradient buffers never move. A dml_batch is borrowed for the duration of one call only.
- * No function here keeps a pointer to the caller's memory after it returns. */
+ * No function here keeps a pointer to the caller's memory after it returns.
+ * Threads: objects are not thread-safe; use one model (and its optimizer) per thread, or serialise.
+ * The gradient-ready callback runs on the calling thread; another thread may read and overwrite
+ * (all-reduce in place) a reported gradient range while backward continues on the others. */
 #ifndef DISTML_ML_H
 #define DISTML_ML_H
 
@@ -143,6 +146,14 @@ void dml_model_zero_grads(dml_model *m);
  * (index in_dim) last. Dense input touches every feature. For softmax/mlp this is NULL and 0.
  * The array belongs to m and changes at the next forward_backward. */
 int dml_model_touched(const dml_model *m, const uint32_t **indices, size_t *count);
+
+/* logreg: the parameter indices a batch will read and write, computed before forward_backward (a
+ * parameter-server worker pulls exactly these): the batch's distinct features ascending, then the
+ * bias (in_dim); after forward_backward on the same batch in overwrite mode dml_model_touched is
+ * the same list. The array belongs to m and changes at the next call. DML_EUNSUPPORTED for
+ * softmax/mlp. */
+int dml_model_batch_keys(dml_model *m, const dml_batch *batch, const uint32_t **indices,
+                         size_t *count, dml_err *err);
 
 /* Forward only, for any number of rows (done in chunks of max_batch): *loss_sum = sum (not mean)
  * of the per-row losses (double), *correct as above. scores_out, if non-NULL, receives n floats:
@@ -282,8 +293,13 @@ typedef struct dml_safetensors dml_safetensors;
  * and DML_SAFETENSORS_MAX_HEADER, JSON syntax, dtype F32, shapes (no overflow), data_offsets in
  * range, non-overlapping and covering the data exactly, byte count == 4 * product(shape),
  * metadata values strings. Every failure names the file and what was wrong (DML_EFORMAT, DML_EIO,
- * DML_ENOENT, DML_EISDIR, DML_EUNSUPPORTED for other dtypes). Memory is bounded by the file size. */
+ * DML_ENOENT, DML_EISDIR, DML_EUNSUPPORTED for other dtypes). Memory is bounded by the file size
+ * (plus jansson's parse tree of the header). */
 int dml_safetensors_read(const char *path, dml_safetensors **out, dml_err *err);
+/* The same checks on a file already in memory (received over the network, fuzzing); name is used
+ * in messages. The data is copied: the caller's buffer may be reused after the call. */
+int dml_safetensors_read_mem(const void *data, size_t len, const char *name, dml_safetensors **out,
+                             dml_err *err);
 void dml_safetensors_free(dml_safetensors *st);
 const char *dml_safetensors_path(const dml_safetensors *st);
 /* Tensors in file order (by data offset). */

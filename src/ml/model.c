@@ -45,6 +45,8 @@ struct dml_model {
   uint32_t epoch;
   uint32_t *touched;  /* (in_dim+1) */
   size_t ntouched;
+  uint32_t *key_stamp, *keys; /* dml_model_batch_keys: (in_dim+1) each, allocated on first use */
+  uint32_t key_epoch;
 };
 
 static int fbuf_alloc(fbuf *b, size_t nfloats, int zero) {
@@ -265,8 +267,8 @@ int dml_model_create(dml_model **out, const dml_model_config *cfg_in, dml_err *e
         snprintf(wname, sizeof(wname), "fc%d.weight", l + 1);
         snprintf(bname, sizeof(bname), "fc%d.bias", l + 1);
       }
-      set_tensor(&m->tensors[2 * l], wname, 2, L->out, L->in, L->w_off);
-      set_tensor(&m->tensors[2 * l + 1], bname, 1, L->out, 0, L->b_off);
+      set_tensor(&m->tensors[(size_t)2 * (size_t)l], wname, 2, L->out, L->in, L->w_off);
+      set_tensor(&m->tensors[(size_t)2 * (size_t)l + 1], bname, 1, L->out, 0, L->b_off);
     }
   }
   m->nparams = off;
@@ -323,6 +325,8 @@ void dml_model_free(dml_model *m) {
   dml__free(m->act);
   dml__free(m->stamp);
   dml__free(m->touched);
+  dml__free(m->key_stamp);
+  dml__free(m->keys);
   dml__free(m);
 }
 
@@ -472,7 +476,7 @@ static void dense_forward(dml_model *m, const float *x, int n) {
 static int dense_forward_backward(dml_model *m, const dml_batch *b, float *loss, int *correct,
                                   dml_grad_ready_fn cb, void *ctx, dml_err *err) {
   int n = b->n, K = m->cfg.num_classes;
-  const float *x;
+  const float *x = NULL;
   int rc = dense_rows(m, b, 0, n, &x, err);
   if (rc) return rc;
   dense_forward(m, x, n);
@@ -608,6 +612,48 @@ int dml_model_forward_backward(dml_model *m, const dml_batch *b, float *loss, in
   return dense_forward_backward(m, b, loss, correct, cb, ctx, err);
 }
 
+int dml_model_batch_keys(dml_model *m, const dml_batch *b, const uint32_t **indices, size_t *count,
+                         dml_err *err) {
+  *indices = NULL;
+  *count = 0;
+  if (m->cfg.kind != DML_MODEL_LOGREG)
+    return dml_err_set(err, DML_EUNSUPPORTED, "batch keys: only for the logreg model");
+  int rc = check_batch(m, b, 0, err);
+  if (rc) return rc;
+  size_t nk = (size_t)m->cfg.in_dim + 1;
+  if (m->key_stamp == NULL) {
+    m->key_stamp = dml__calloc(nk, sizeof(uint32_t));
+    m->keys = dml__malloc(nk * sizeof(uint32_t));
+    if (m->key_stamp == NULL || m->keys == NULL) {
+      dml__free(m->key_stamp);
+      dml__free(m->keys);
+      m->key_stamp = m->keys = NULL;
+      return dml_err_set(err, DML_ENOMEM, "batch keys: out of memory for %d features", m->cfg.in_dim);
+    }
+  }
+  if (++m->key_epoch == 0) {
+    memset(m->key_stamp, 0, nk * sizeof(uint32_t));
+    m->key_epoch = 1;
+  }
+  size_t n = 0;
+  if (b->x != NULL || b->n == 0) {
+    for (uint32_t j = 0; j < (uint32_t)nk && b->n > 0; j++) m->keys[n++] = j;
+  } else {
+    for (uint64_t k = 0; k < b->indptr[b->n]; k++) {
+      uint32_t j = b->indices[k];
+      if (m->key_stamp[j] != m->key_epoch) {
+        m->key_stamp[j] = m->key_epoch;
+        m->keys[n++] = j;
+      }
+    }
+    qsort(m->keys, n, sizeof(uint32_t), cmp_u32);
+    m->keys[n++] = (uint32_t)m->cfg.in_dim;
+  }
+  *indices = m->keys;
+  *count = n;
+  return 0;
+}
+
 /* ---------------------------------------------------------------------------------------------
  * Evaluation. */
 
@@ -635,7 +681,7 @@ static int eval_chunks(dml_model *m, const dml_batch *b, double *loss_sum, int *
       }
       continue;
     }
-    const float *x;
+    const float *x = NULL;
     int rc = dense_rows(m, b, r0, n, &x, err);
     if (rc) return rc;
     dense_forward(m, x, n);

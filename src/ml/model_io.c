@@ -228,7 +228,7 @@ int dml_checkpoint_restore(const char *path, dml_model *m, dml_optim *o, dml_saf
   dml_safetensors *st = NULL;
   int rc = dml_safetensors_read(path, &st, err);
   if (rc) return rc;
-  dml_model_config cfg;
+  dml_model_config cfg = {0};
   const dml_model_config *mc = dml_model_get_config(m);
   if ((rc = config_from_file(st, mc->max_batch, &cfg, err)) != 0) goto done;
   int same = cfg.kind == mc->kind && cfg.in_dim == mc->in_dim && cfg.num_classes == mc->num_classes &&

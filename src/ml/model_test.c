@@ -250,10 +250,16 @@ static void test_touched(void) {
   T_EQ_INT(t[2], 7);
   T_EQ_INT(t[3], 10); /* the bias, last */
   T_ASSERT(g[5] != 0.0f);
+  /* The keys a parameter-server worker would pull, known before the step, are the touched set. */
+  const uint32_t *keys;
+  size_t nkeys;
+  T_OK(dml_model_batch_keys(m, &b2, &keys, &nkeys, NULL));
+  T_EQ_INT(nkeys, 4);
+  uint32_t want[4] = {2, 3, 9, 10};
+  for (int i = 0; i < 4; i++) T_EQ_INT(keys[i], want[i]);
   T_OK(dml_model_forward_backward(m, &b2, NULL, NULL, NULL, NULL, NULL));
   T_OK(dml_model_touched(m, &t, &nt));
   T_EQ_INT(nt, 4);
-  uint32_t want[4] = {2, 3, 9, 10};
   for (int i = 0; i < 4; i++) T_EQ_INT(t[i], want[i]);
   for (uint32_t j = 0; j < 10; j++) {
     int in2 = j == 2 || j == 3 || j == 9;
@@ -269,6 +275,15 @@ static void test_touched(void) {
   T_OK(dml_model_touched(m, &t, &nt));
   T_EQ_INT(nt, 7);
   for (size_t i = 1; i < nt; i++) T_ASSERT(t[i - 1] < t[i]);
+  /* A feature in several rows appears once; rows given out of feature order come back sorted. */
+  uint64_t ip3[4] = {0, 2, 4, 5};
+  uint32_t ix3[5] = {4, 8, 0, 4, 8};
+  float v3[5] = {1, 1, 1, 1, 1};
+  dml_batch b3 = {.n = 3, .dim = 10, .indptr = ip3, .indices = ix3, .values = v3, .y = y1};
+  T_OK(dml_model_batch_keys(m, &b3, &keys, &nkeys, NULL));
+  T_EQ_INT(nkeys, 4);
+  uint32_t want3[4] = {0, 4, 8, 10};
+  for (int i = 0; i < 4; i++) T_EQ_INT(keys[i], want3[i]);
   dml_model_zero_grads(m);
   T_OK(dml_model_touched(m, &t, &nt));
   T_EQ_INT(nt, 0);

@@ -261,33 +261,66 @@ static int parse_entry(const char *path, const char *name, json_t *v, uint64_t d
   return 0;
 }
 
+/* Where the bytes come from: an open file read sequentially, or a memory buffer. */
+typedef struct source {
+  FILE *f;
+  const uint8_t *mem;
+  uint64_t size; /* total bytes */
+  uint64_t pos;
+} source;
+
+static int source_read(source *s, void *dst, size_t n) {
+  if (n > s->size - s->pos) return -1;
+  if (s->f != NULL) {
+    if (fread(dst, 1, n, s->f) != n) return -1;
+  } else if (n > 0) {
+    memcpy(dst, s->mem + s->pos, n);
+  }
+  s->pos += n;
+  return 0;
+}
+
+static int read_source(source *src, const char *path, dml_safetensors **out, dml_err *err);
+
 int dml_safetensors_read(const char *path, dml_safetensors **out, dml_err *err) {
   *out = NULL;
-  int rc = 0;
-  FILE *f = NULL;
-  char *hbuf = NULL;
-  json_t *root = NULL;
-  entry *ents = NULL;
-  dml_safetensors *st = NULL;
-
-  f = fopen(path, "rb");
+  FILE *f = fopen(path, "rb");
   if (f == NULL) {
     int e = errno;
     return dml_err_set(err, e == ENOENT ? DML_ENOENT : DML_EIO, "%s: cannot open: %s", path,
                        strerror(e));
   }
+  int rc;
   struct stat sb;
   if (fstat(fileno(f), &sb) != 0) {
     rc = dml_err_set(err, DML_EIO, "%s: cannot stat: %s", path, strerror(errno));
-    goto done;
-  }
-  if (S_ISDIR(sb.st_mode)) {
+  } else if (S_ISDIR(sb.st_mode)) {
     rc = dml_err_set(err, DML_EISDIR, "%s: is a directory, not a safetensors file", path);
-    goto done;
+  } else {
+    source src = {.f = f, .size = (uint64_t)sb.st_size};
+    rc = read_source(&src, path, out, err);
   }
-  uint64_t fsize = (uint64_t)sb.st_size;
+  fclose(f);
+  return rc;
+}
+
+int dml_safetensors_read_mem(const void *data, size_t len, const char *name, dml_safetensors **out,
+                             dml_err *err) {
+  *out = NULL;
+  if (data == NULL && len > 0) return dml_err_set(err, DML_EINVAL, "%s: no data", name);
+  source src = {.mem = data, .size = len};
+  return read_source(&src, name, out, err);
+}
+
+static int read_source(source *src, const char *path, dml_safetensors **out, dml_err *err) {
+  int rc = 0;
+  char *hbuf = NULL;
+  json_t *root = NULL;
+  entry *ents = NULL;
+  dml_safetensors *st = NULL;
+  uint64_t fsize = src->size;
   uint8_t lb[8];
-  if (fsize < 8 || fread(lb, 1, 8, f) != 8) {
+  if (fsize < 8 || source_read(src, lb, 8) != 0) {
     rc = dml_err_set(err, DML_EFORMAT, "%s: %llu bytes: too short for the 8-byte header length", path,
                      (unsigned long long)fsize);
     goto done;
@@ -317,7 +350,7 @@ int dml_safetensors_read(const char *path, dml_safetensors **out, dml_err *err) 
                      (unsigned long long)hlen);
     goto done;
   }
-  if (fread(hbuf, 1, (size_t)hlen, f) != (size_t)hlen) {
+  if (source_read(src, hbuf, (size_t)hlen) != 0) {
     rc = dml_err_set(err, DML_EIO, "%s: read failed in the header", path);
     goto done;
   }
@@ -414,7 +447,7 @@ int dml_safetensors_read(const char *path, dml_safetensors **out, dml_err *err) 
                      (unsigned long long)data_len);
     goto done;
   }
-  if (data_len > 0 && fread(st->data_raw, 1, (size_t)data_len, f) != (size_t)data_len) {
+  if (source_read(src, st->data_raw, (size_t)data_len) != 0) {
     rc = dml_err_set(err, DML_EIO, "%s: read failed in the data section", path);
     goto done;
   }
@@ -436,7 +469,6 @@ int dml_safetensors_read(const char *path, dml_safetensors **out, dml_err *err) 
     t->data = (const float *)((const char *)st->data_raw + ents[i].begin);
   }
 done:
-  if (f) fclose(f);
   dml__free(hbuf);
   dml__free(ents);
   json_decref(root);
