@@ -298,6 +298,77 @@ static void test_checkpoint(void) {
   dml_optim_free(ob);
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * Out of memory at every allocation in turn: each call fails cleanly with DML_ENOMEM (the
+ * ASan build also checks that nothing leaks), and once enough allocations succeed, it works. */
+static long g_fail_at = -1, g_allocs;
+
+static int should_fail(void) { return g_fail_at >= 0 && g_allocs++ == g_fail_at; }
+static void *oom_malloc(size_t n) { return should_fail() ? NULL : malloc(n); }
+static void *oom_realloc(void *p, size_t n) { return should_fail() ? NULL : realloc(p, n); }
+static void *oom_calloc(size_t c, size_t n) { return should_fail() ? NULL : calloc(c, n); }
+
+enum { OP_LOAD, OP_SAVE, OP_CREATE, OP_OPTIM, OP_RESTORE, OP_COUNT };
+
+static int run_op(int op, const char *model_path, const char *ckpt_path, dml_model *ref,
+                  dml_optim *ref_o, dml_err *err) {
+  dml_model *m = NULL;
+  dml_optim *o = NULL;
+  int rc = 0;
+  switch (op) {
+  case OP_LOAD: rc = dml_model_load(model_path, 0, &m, err); break;
+  case OP_SAVE: rc = dml_model_save(ref, tmp_path("oom_save.safetensors"), NULL, 0, NULL, 0, err); break;
+  case OP_CREATE: rc = dml_model_create(&m, dml_model_get_config(ref), err); break;
+  case OP_OPTIM: {
+    dml_optim_config oc;
+    dml_optim_config_init(&oc, DML_OPT_ADAM);
+    rc = dml_optim_create(&o, &oc, 1000, err);
+    break;
+  }
+  case OP_RESTORE: rc = dml_checkpoint_restore(ckpt_path, ref, ref_o, NULL, err); break;
+  }
+  dml_model_free(m);
+  dml_optim_free(o);
+  return rc;
+}
+
+static void test_out_of_memory(void) {
+  dml_model *ref = make_mlp(12, "9,7", 4, 1);
+  dml_optim_config oc;
+  dml_optim_config_init(&oc, DML_OPT_MOMENTUM);
+  dml_optim *ref_o;
+  T_OK(dml_optim_create(&ref_o, &oc, dml_model_num_params(ref), NULL));
+  char mp[256], cp[256]; /* tmp_path's buffers rotate: keep copies */
+  snprintf(mp, sizeof(mp), "%s", tmp_path("oom.safetensors"));
+  snprintf(cp, sizeof(cp), "%s", tmp_path("oom_ckpt.safetensors"));
+  T_OK(dml_model_save(ref, mp, NULL, 0, NULL, 0, NULL));
+  T_OK(dml_checkpoint_save(cp, ref, ref_o, NULL, 0, NULL));
+  T_OK(dml_replace_allocator(oom_malloc, oom_realloc, oom_calloc, free));
+  for (int op = 0; op < OP_COUNT; op++) {
+    long k;
+    for (k = 0; k < 1000; k++) {
+      dml_err err = {0};
+      g_allocs = 0;
+      g_fail_at = k;
+      int rc = run_op(op, mp, cp, ref, ref_o, &err);
+      int failed_alloc = g_allocs > k;
+      g_fail_at = -1;
+      if (!failed_alloc) {
+        if (rc != 0) T_FAIL("op %d with no allocation failing: %s", op, err.msg);
+        break;
+      }
+      /* rc 0 is allowed: core's atomic commit skips the directory fsync if its strdup fails. */
+      if (rc != DML_ENOMEM && rc != 0)
+        T_FAIL("op %d, allocation %ld failing: rc %d (%s)", op, k, rc, err.msg);
+    }
+    T_ASSERT(k > 0 && k < 1000);
+  }
+  g_fail_at = -1;
+  T_OK(dml_replace_allocator(malloc, realloc, calloc, free));
+  dml_model_free(ref);
+  dml_optim_free(ref_o);
+}
+
 static void cleanup(void) {
   char cmd[300];
   snprintf(cmd, sizeof(cmd), "rm -rf %s", g_dir);
@@ -349,6 +420,7 @@ int main(int argc, char **argv) {
   test_corrupt();
   test_model_files();
   test_checkpoint();
+  test_out_of_memory();
   cleanup();
   printf("safetensors_test: ok\n");
   return 0;
