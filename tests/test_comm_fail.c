@@ -217,6 +217,29 @@ static void test_auth(void) {
   unlink(log1);
 }
 
+/* ---- ranks that never join ---------------------------------------------------------------- */
+static int missing_main(int rank, int n, int port, void *arg) {
+  fail_arg *a = arg;
+  dml_comm_opts o;
+  th_opts(&o, rank, n, port, a->timeout_ms);
+  dml_comm *c;
+  dml_err err = {0};
+  int rc = dml_comm_init(&c, &o, &err);
+  fprintf(stderr, "rank %d: init: %s\n", rank, err.msg);
+  R_ASSERT(rc == DML_ETIMEDOUT && c == NULL);
+  if (rank == 0) R_ASSERT(strstr(err.msg, "ranks 1 3 did not join within 1500 ms") != NULL);
+  return 0;
+}
+
+static void test_missing_ranks(void) {
+  fail_arg a = {.timeout_ms = 1500};
+  int port = th_free_port();
+  pid_t p0 = th_spawn(0, 4, port, missing_main, &a, NULL);
+  pid_t p2 = th_spawn(2, 4, port, missing_main, &a, NULL);
+  T_EQ_INT(th_wait_pid(p0, 60), 0);
+  T_EQ_INT(th_wait_pid(p2, 60), 0);
+}
+
 /* ---- hostile clients on the coordinator port --------------------------------------------- */
 static int connect_port(int port) {
   for (int i = 0; i < 500; i++) {
@@ -289,6 +312,8 @@ int main(void) {
   printf("abort: ok\n");
   test_auth();
   printf("auth: ok\n");
+  test_missing_ranks();
+  printf("ranks that never join: ok\n");
   test_hostile();
   printf("hostile clients: ok\n");
   return 0;

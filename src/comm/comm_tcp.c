@@ -991,6 +991,44 @@ static int bootstrap(tcp *t, dml_err *err) {
     dml__free(val);
     val = NULL;
   }
+  if (t->me == 0) {
+    /* The coordinator sees who is missing: say so once after a while, and list them all if the
+     * timeout comes. */
+    uint64_t stall_at = dml_now_ns() + (uint64_t)DML__MIN(cfg->timeout_ms / 2, 10000) * 1000000ull;
+    int warned = 0;
+    for (;;) {
+      char missing[200] = "";
+      size_t off = 0;
+      int nmiss = 0, first = -1;
+      for (int j = 1; j < t->n; j++) {
+        snprintf(key, sizeof(key), "addr/%d", j);
+        if (dml__store_has(st, key)) continue;
+        if (first < 0) first = j;
+        nmiss++;
+        if (off < sizeof(missing) - 16) off += (size_t)snprintf(missing + off, sizeof(missing) - off, " %d", j);
+        else if (off < sizeof(missing) - 4) off += (size_t)snprintf(missing + off, sizeof(missing) - off, " ...");
+      }
+      if (nmiss == 0) break;
+      uint64_t now = dml_now_ns();
+      if (now >= deadline) {
+        rc = dml_err_set(err, DML_ETIMEDOUT, "rank 0: %s%s did not join within %d ms (coordinator %s:%d)",
+                         nmiss == 1 ? "rank" : "ranks", missing, cfg->timeout_ms, cfg->master_addr, cfg->master_port);
+        goto out;
+      }
+      if (!warned && now >= stall_at) {
+        dml_log(DML_LOG_WARN, "rank 0: still waiting for %s%s to join (coordinator %s:%d)",
+                nmiss == 1 ? "rank" : "ranks", missing, cfg->master_addr, cfg->master_port);
+        warned = 1;
+      }
+      snprintf(key, sizeof(key), "addr/%d", first);
+      dml_err ignore = {0};
+      uint64_t slice = now + 200 * 1000000ull;
+      if (dml__store_get(st, key, slice < deadline ? slice : deadline, &val, &vn, &ignore) == 0) {
+        dml__free(val);
+        val = NULL;
+      }
+    }
+  }
   for (int j = 0; j < t->n; j++) {
     if (j == t->me) continue;
     snprintf(key, sizeof(key), "addr/%d", j);

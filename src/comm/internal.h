@@ -233,6 +233,8 @@ int dml__store_set(dml__store *s, const char *key, const void *value, size_t n, 
 /* Wait for key until deadline; *value is allocated (dml__free), NUL-terminated. */
 int dml__store_get(dml__store *s, const char *key, uint64_t deadline_ns, char **value, size_t *n,
                    dml_err *err);
+/* Server side only: 1 if key is set (no waiting), 0 otherwise (and always 0 on a client). */
+int dml__store_has(dml__store *s, const char *key);
 /* The local IP address this process uses towards the coordinator (rank 0: the bind address, or
  * the master address when binding all interfaces): what the other ranks should connect to. */
 void dml__store_local_host(dml__store *s, const dml__comm_cfg *cfg, char *out, size_t out_len);

@@ -406,6 +406,14 @@ int dml__store_get(dml__store *s, const char *key, uint64_t deadline_ns, char **
   return 0;
 }
 
+int dml__store_has(dml__store *s, const char *key) {
+  if (!s->is_server) return 0;
+  pthread_mutex_lock(&s->mu);
+  int has = find_key(s, key, strlen(key)) != NULL;
+  pthread_mutex_unlock(&s->mu);
+  return has;
+}
+
 void dml__store_local_host(dml__store *s, const dml__comm_cfg *cfg, char *out, size_t out_len) {
   if (s->is_server || s->fd < 0) {
     snprintf(out, out_len, "%s", strcmp(cfg->bind_addr, "0.0.0.0") == 0 ? cfg->master_addr : cfg->bind_addr);
