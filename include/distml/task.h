@@ -1,8 +1,8 @@
 /* distml task layer: a work-stealing thread pool (one Chase-Lev deque per worker, a shared
  * injection queue for work submitted from other threads), task groups with first-error reporting
  * and cancellation, futures with dependencies, parallel-for, and the input pipeline that feeds
- * training (source -> shuffle -> batch -> map -> prefetch). It runs work inside one process; the
- * distributed task farm across processes is not here (yet).
+ * training (source -> shuffle -> batch -> map -> prefetch), and a task farm that hands tasks to
+ * worker processes over a communicator (comm.h). It moves no model data and knows no models.
  *
  * Ownership:
  *  - dml_pool: created by dml_pool_create, freed by dml_pool_destroy. Every task group must have
@@ -23,6 +23,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "distml/comm.h"
 #include "distml/core.h"
 
 #ifdef __cplusplus
@@ -239,6 +240,74 @@ int dml_augment_parse(const char *spec, dml_augment *a, dml_err *err);
  * hold h * w * c floats (or be NULL: then DML_AUG_SHIFT allocates temporarily). */
 int dml_augment_image(const dml_augment *a, dml_rng *rng, float *img, size_t h, size_t w, size_t c,
                       float *scratch);
+
+/* =============================================================================================
+ * Task farm across processes (on a dml_comm): rank 0 is the master, every other rank a worker.
+ * The master hands each worker a task as it finishes its last (one running plus `prefetch`
+ * queued per worker, so no worker idles for a round trip); a worker that dies (connection lost)
+ * or falls silent (no heartbeat for lease_ms) loses its tasks, which go back to the front of the
+ * queue; a task that was running on max_kills workers when they died fails with an error naming
+ * it; results are kept once per task (the first wins, later duplicates are counted and dropped).
+ * Execution is at-least-once, so handlers must be idempotent. Tasks name a registered handler
+ * and carry a byte payload; payloads and results have a fixed maximum size (frames are padded
+ * to it). Needs the tcp backend's thread-safe sends (the worker's heartbeat thread sends while
+ * its main thread runs tasks).
+ *
+ * Ownership: the master's task payloads stay owned by the caller; result data is allocated by
+ * the library (dml__malloc) and freed with dml_farm_results_free. */
+
+/* Run one task: read in (in_bytes), write up to out_cap bytes of result to out and set
+ * *out_bytes. Returns 0 or an error code (which becomes the task's status; it is not retried). */
+typedef int (*dml_farm_fn)(void *user, const void *in, size_t in_bytes, void *out, size_t out_cap,
+                           size_t *out_bytes);
+
+typedef struct dml_farm_handler {
+  const char *name; /* at most 31 bytes */
+  dml_farm_fn fn;
+  void *user;
+} dml_farm_handler;
+
+typedef struct dml_farm_opts {
+  int hb_ms;                /* worker heartbeat interval; 0: 100 */
+  int lease_ms;             /* a worker silent this long is presumed dead; 0: 20 x hb_ms */
+  int max_kills;            /* a task that was running on this many dying workers fails; 0: 3 */
+  int prefetch;             /* tasks queued at a worker beyond the running one; 0: 1 */
+  size_t max_payload_bytes; /* largest task payload; 0: 4096 */
+  size_t max_result_bytes;  /* largest result; 0: 4096 */
+  int progress;             /* 1: progress bar (done / total / ETA) on stderr */
+} dml_farm_opts;
+
+typedef struct dml_farm_task {
+  const char *handler; /* name of a handler the workers registered */
+  const void *payload;
+  size_t bytes;
+} dml_farm_task;
+
+typedef struct dml_farm_result {
+  int status;      /* 0, the handler's error, DML_EPEER (killed max_kills workers), DML_EINVAL */
+  void *data;      /* result bytes (NULL if none); freed by dml_farm_results_free */
+  size_t bytes;
+  int worker;      /* rank that produced it (-1: none) */
+  int attempts;    /* times it was handed out */
+} dml_farm_result;
+
+typedef struct dml_farm_stats {
+  uint64_t done, failed, reissued, duplicates;
+  int workers_lost;
+  double wall_s;
+} dml_farm_stats;
+
+void dml_farm_opts_default(dml_farm_opts *opts);
+/* Master (rank 0): run ntasks tasks on the workers and fill results[ntasks]. Returns 0 when every
+ * task has a result (check each status), DML_EPEER when no worker is left (err names the last),
+ * or another error; tells every worker still alive to stop before returning. */
+int dml_farm_run(dml_comm *c, const dml_farm_opts *opts, const dml_farm_task *tasks, size_t ntasks,
+                 dml_farm_result *results, dml_farm_stats *stats, dml_err *err);
+void dml_farm_results_free(dml_farm_result *results, size_t ntasks);
+/* Worker (rank > 0): serve tasks with these handlers until the master says stop (returns 0) or
+ * is lost (returns the error, err says why). */
+int dml_farm_serve(dml_comm *c, const dml_farm_opts *opts, const dml_farm_handler *handlers,
+                   size_t nhandlers, dml_err *err);
 
 #ifdef __cplusplus
 }
