@@ -102,6 +102,10 @@ int dml_shard_range(int64_t n, int rank, int world, int64_t *begin, int64_t *end
  * call with its size and add its begin. */
 void dml_epoch_order(uint32_t *idx, size_t n, uint64_t seed, uint64_t epoch);
 
+/* Keeps only rows [begin, end) of ds (a rank's shard), releasing the rest; dim, num_classes and
+ * name are unchanged. On failure ds is untouched. */
+int dml_dataset_keep_range(dml_dataset *ds, int begin, int end, dml_err *err);
+
 /* Reusable buffers for gathered batches; zero-initialise, then gather into it as often as needed;
  * it grows to the largest batch seen. Free with dml_batch_buf_free. */
 typedef struct dml_batch_buf {

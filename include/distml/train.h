@@ -48,6 +48,9 @@ typedef struct dml_train_config {
   int sync_every;            /* local SGD: 0 = all-reduce gradients every step; H > 0 = every
                                 rank steps on its own gradients and the parameters are averaged
                                 every H steps (and at the end of each epoch) */
+  int64_t shard_of_rows;     /* 0: train is the whole training set (each rank uses its shard of
+                                it); N > 0: train already is this rank's dml_shard_range shard of
+                                a set of N rows (the other rows were never kept) */
   int lr_cosine;             /* 1: the learning rate follows a cosine from optim.lr at the first
                                 step to 0 after the last (per optimizer step); 0: constant */
   int stop_after_epoch;      /* testing: return DML_ECANCELED after this epoch (0: never) */

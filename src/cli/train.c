@@ -189,6 +189,12 @@ int dml_cli_train_main(int argc, char **argv) {
             f.test ? test.name : "", dml_now_s() - l0, world, world > 1 ? "s" : "", dml_cli_blas_info());
   if (f.test != NULL && test.dim != train.dim)
     dml_cli_fail("train", "%s has %d features but %s has %d", test.name, test.dim, train.name, train.dim);
+  if (cfg.strategy == DML_STRATEGY_ALLREDUCE) { /* keep only this rank's shard in memory */
+    int64_t b, en;
+    cfg.shard_of_rows = train.n;
+    if (dml_shard_range(train.n, rank, world, &b, &en) != 0 || dml_dataset_keep_range(&train, (int)b, (int)en, &e) != 0)
+      dml_cli_fail("train", "keeping rank %d's shard: %s", rank, dml_err_msg(&e));
+  }
   dml_train_result res;
   int rc = dml_train_run(&cfg, &train, f.test ? &test : NULL, comm, &res, &e);
   if (rc != 0) {

@@ -299,3 +299,52 @@ int dml_dataset_slice(const dml_dataset *ds, int begin, int count, dml_batch_buf
   out->values = ds->values + base;
   return 0;
 }
+
+int dml_dataset_keep_range(dml_dataset *ds, int begin, int end, dml_err *err) {
+  if (begin < 0 || end < begin || end > ds->n)
+    return dml_err_set(err, DML_ERANGE, "rows [%d, %d) out of range (%s has %d rows)", begin, end,
+                       ds->name ? ds->name : "data set", ds->n);
+  int n = end - begin;
+  int32_t *y = dml__malloc(sizeof(int32_t) * (size_t)(n ? n : 1));
+  float *x = NULL, *values = NULL;
+  uint64_t *indptr = NULL;
+  uint32_t *indices = NULL;
+  int ok = y != NULL;
+  if (ok && ds->x != NULL) {
+    x = dml__malloc(sizeof(float) * (size_t)(n ? n : 1) * (size_t)ds->dim);
+    ok = x != NULL;
+    if (ok) memcpy(x, ds->x + (size_t)begin * (size_t)ds->dim, sizeof(float) * (size_t)n * (size_t)ds->dim);
+  } else if (ok) {
+    uint64_t base = ds->indptr[begin], nnz = ds->indptr[end] - base;
+    indptr = dml__malloc(sizeof(uint64_t) * ((size_t)n + 1));
+    indices = dml__malloc(sizeof(uint32_t) * (size_t)(nnz ? nnz : 1));
+    values = dml__malloc(sizeof(float) * (size_t)(nnz ? nnz : 1));
+    ok = indptr != NULL && indices != NULL && values != NULL;
+    if (ok) {
+      for (int i = 0; i <= n; i++) indptr[i] = ds->indptr[begin + i] - base;
+      memcpy(indices, ds->indices + base, sizeof(uint32_t) * nnz);
+      memcpy(values, ds->values + base, sizeof(float) * nnz);
+    }
+  }
+  if (!ok) {
+    dml__free(y);
+    dml__free(x);
+    dml__free(indptr);
+    dml__free(indices);
+    dml__free(values);
+    return dml_err_set(err, DML_ENOMEM, "%s: out of memory keeping rows [%d, %d)", ds->name, begin, end);
+  }
+  memcpy(y, ds->y + begin, sizeof(int32_t) * (size_t)n);
+  dml__free(ds->y);
+  dml__free(ds->x);
+  dml__free(ds->indptr);
+  dml__free(ds->indices);
+  dml__free(ds->values);
+  ds->y = y;
+  ds->x = x;
+  ds->indptr = indptr;
+  ds->indices = indices;
+  ds->values = values;
+  ds->n = n;
+  return 0;
+}

@@ -408,14 +408,23 @@ int dml_train_run(const dml_train_config *cfg_in, const dml_dataset *train, cons
   int max_local = (cfg->batch + t.world - 1) / t.world;
   cfgv.model.max_batch = max_local;
   cfgv.model.seed = cfg->seed;
+  int64_t total_rows = cfg->shard_of_rows > 0 ? cfg->shard_of_rows : train->n;
   int64_t shard_begin, shard_end;
-  int rc = dml_shard_range(train->n, t.rank, t.world, &shard_begin, &shard_end);
+  int rc = dml_shard_range(total_rows, t.rank, t.world, &shard_begin, &shard_end);
   if (rc != 0) return dml_err_set(err, rc, "bad shard");
-  int64_t min_shard = train->n / t.world;
+  if (cfg->shard_of_rows > 0) { /* the data set holds only this rank's rows */
+    if (train->n != shard_end - shard_begin)
+      return dml_err_set(err, DML_EINVAL, "%s: %d rows kept, but rank %d's shard of %lld rows has %lld",
+                         train->name, train->n, t.rank, (long long)total_rows,
+                         (long long)(shard_end - shard_begin));
+    shard_end -= shard_begin;
+    shard_begin = 0;
+  }
+  int64_t min_shard = total_rows / t.world;
   int64_t steps_per_epoch = min_shard / max_local / cfg->accumulate;
   if (steps_per_epoch < 1)
-    return dml_err_set(err, DML_EINVAL, "%s has %d rows: too few for a global batch of %d x %d micro-batches on %d workers",
-                       train->name, train->n, cfg->batch, cfg->accumulate, t.world);
+    return dml_err_set(err, DML_EINVAL, "%s has %lld rows: too few for a global batch of %d x %d micro-batches on %d workers",
+                       train->name, (long long)total_rows, cfg->batch, cfg->accumulate, t.world);
   int64_t shard_n = shard_end - shard_begin;
 
   uint32_t *order = NULL, *rows = NULL;
