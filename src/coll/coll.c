@@ -151,6 +151,7 @@ int dml_allreduce_algo_parse(const char *s, dml_allreduce_algo *out) {
 #define DEFAULT_RD_MAX_BYTES ((size_t)32 * 1024)
 #define DEFAULT_RD_MAX_BYTES_2 ((size_t)256 * 1024)
 #define DEFAULT_CHUNK_BYTES ((size_t)512 * 1024)
+#define DEFAULT_CHUNK_BYTES_MPI ((size_t)4 * 1024 * 1024)
 
 size_t dml_allreduce_threshold_bytes(int world_size) {
   size_t def = world_size <= 2 ? DEFAULT_RD_MAX_BYTES_2 : DEFAULT_RD_MAX_BYTES;
@@ -177,8 +178,10 @@ static void read_env(dml__coll_state *st) {
   size_t def = st->size <= 2 ? DEFAULT_RD_MAX_BYTES_2 : DEFAULT_RD_MAX_BYTES;
   if (dml_env_i64("DISTML_ALLREDUCE_RD_MAX_BYTES", (int64_t)def, 0, INT64_MAX, &v, &e) != 0) goto bad;
   st->rd_max_bytes = (size_t)v;
-  if (dml_env_i64("DISTML_RING_CHUNK_BYTES", (int64_t)DEFAULT_CHUNK_BYTES, 64, (int64_t)1 << 30, &v,
-                  &e) != 0)
+  /* MPI pipelines large messages itself; small chunks only add waits there. */
+  const char *be = dml_comm_backend(st->comm);
+  size_t chunk = be && strcmp(be, "mpi") == 0 ? DEFAULT_CHUNK_BYTES_MPI : DEFAULT_CHUNK_BYTES;
+  if (dml_env_i64("DISTML_RING_CHUNK_BYTES", (int64_t)chunk, 64, (int64_t)1 << 30, &v, &e) != 0)
     goto bad;
   st->chunk_bytes = (size_t)v;
   if (dml_env_i64("DISTML_STALL_S", 10, 1, 86400, &v, &e) != 0) goto bad;
