@@ -27,6 +27,7 @@ int main(void) {
     printf("rank %d of %d: sum %.0f, %d wrong\n", rank, n, v[0], wrong);
     rc = wrong ? 1 : 0;
   }
+  dml_coll_detach(comm);
   dml_comm_free(comm);
   return rc == 0 ? 0 : 1;
 }

@@ -215,6 +215,7 @@ int dml_cli_train_main(int argc, char **argv) {
     }
     if (f.json) print_json(&res, &f, world);
   }
+  dml_coll_detach(comm);
   dml_comm_free(comm);
   dml_dataset_free(&train);
   dml_dataset_free(&test);
