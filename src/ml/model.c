@@ -587,8 +587,7 @@ static int logreg_forward_backward(dml_model *m, const dml_batch *b, float *loss
   g[in] += db;
   touch(m, (uint32_t)in);
   if (m->ntouched > before) {
-    /* Keep the set sorted: new entries are sorted and merged via a full sort (cheap: the set is
-     * the batch's distinct features). */
+    /* Keep the set sorted (a full sort; the set is only the batch's distinct features). */
     qsort(m->touched, m->ntouched, sizeof(uint32_t), cmp_u32);
   }
   if (cb != NULL) {
