@@ -206,7 +206,9 @@ typedef enum {
   DML_OPT_MOMENTUM = 2, /* v = mu v + g; w -= lr v   (PyTorch SGD(momentum=mu) convention) */
   DML_OPT_ADAM = 3,     /* Kingma & Ba with bias correction; PyTorch Adam convention */
   DML_OPT_ADAGRAD = 4,  /* s += g^2; w -= lr g / (sqrt(s) + eps) */
-  DML_OPT_FTRL = 5      /* FTRL-Proximal (McMahan et al. 2013), per-coordinate z, n */
+  DML_OPT_FTRL = 5      /* FTRL-Proximal (McMahan et al. 2013), per-coordinate z, n. For linear
+                           models: the weights are a function of (z, n), so an update overwrites
+                           any initialisation (logreg starts at zero, which is consistent) */
 } dml_optim_kind;
 
 typedef struct dml_optim_config {
