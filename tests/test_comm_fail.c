@@ -48,10 +48,11 @@ static int killed_main(int rank, int n, int port, void *arg) {
     for (;;) pause(); /* the parent kills us */
   }
   uint8_t buf[64];
-  /* A pending receive from the dead rank fails with "closed", not a timeout. */
+  /* A receive from the dead rank fails with "closed", not a timeout: while pending, or at once
+   * when the death was already seen. */
   dml_comm_req *req;
-  RK_OK(dml_comm_irecv(c, 2, 5, buf, sizeof(buf), &req));
-  int rc = dml_comm_wait(c, req, -1);
+  int rc = dml_comm_irecv(c, 2, 5, buf, sizeof(buf), &req);
+  if (rc == 0) rc = dml_comm_wait(c, req, -1);
   fprintf(stderr, "rank %d saw: %s\n", rank, dml_comm_errmsg(c));
   R_ASSERT(rc == DML_ECLOSED);
   R_ASSERT(strstr(dml_comm_errmsg(c), "rank 2 (127.0.0.1:") != NULL);
@@ -226,7 +227,8 @@ static int missing_main(int rank, int n, int port, void *arg) {
   dml_err err = {0};
   int rc = dml_comm_init(&c, &o, &err);
   fprintf(stderr, "rank %d: init: %s\n", rank, err.msg);
-  R_ASSERT(rc == DML_ETIMEDOUT && c == NULL);
+  /* Rank 2 may instead see the coordinator close when rank 0 gives up first. */
+  R_ASSERT((rc == DML_ETIMEDOUT || (rank != 0 && rc == DML_ECLOSED)) && c == NULL);
   if (rank == 0) R_ASSERT(strstr(err.msg, "ranks 1 3 did not join within 1500 ms") != NULL);
   return 0;
 }

@@ -281,6 +281,18 @@ static void fail_peer(tcp *t, peer *p, int code, const char *fmt, ...) {
   }
   p->rmsg = NULL;
   p->dst = NULL;
+  /* Any-source receives wait on everyone: when no other rank is left, they cannot complete. */
+  int alive = 0;
+  for (int i = 0; i < t->n; i++) alive += i != t->me && t->peers[i].err == 0;
+  if (alive == 0) {
+    for (dml_comm_req *r = t->posted_head, *nx; r; r = nx) {
+      nx = r->next;
+      if (r->peer == DML_ANY_SOURCE) {
+        posted_remove(t, r);
+        req_done(t, r, code, "every other rank has failed");
+      }
+    }
+  }
   pthread_cond_broadcast(&t->cv);
 }
 
