@@ -70,7 +70,7 @@ int dml_dtype_parse(const char *s, dml_dtype *out);
 int dml_redop_parse(const char *s, dml_redop *out);
 int dml_allreduce_algo_parse(const char *s, dml_allreduce_algo *out);
 /* Size in bytes at and below which AUTO uses RD for world_size ranks (measured here: 256 KiB for
- * 2 ranks, 32 KiB for more); env DISTML_ALLREDUCE_RD_MAX_BYTES overrides. */
+ * 2 ranks, 64 KiB for more); env DISTML_ALLREDUCE_RD_MAX_BYTES overrides. */
 size_t dml_allreduce_threshold_bytes(int world_size);
 
 /* ---------------------------------------------------------------------------------------------

@@ -145,10 +145,10 @@ int dml_allreduce_algo_parse(const char *s, dml_allreduce_algo *out) {
   return rc;
 }
 
-/* Measured on this machine (docs/collectives.md), tcp loopback: with 2 ranks recursive doubling
- * (one exchange of the whole buffer) beats the ring (two exchanges of half) up to about 256 KiB;
- * with 3..8 ranks the ring wins from about 32 KiB. */
-#define DEFAULT_RD_MAX_BYTES ((size_t)32 * 1024)
+/* Measured on this machine (docs/collectives.md), tcp loopback, best of 9: with 2 ranks recursive
+ * doubling (one exchange of the whole buffer) matches or beats the ring (two exchanges of half)
+ * up to 256-512 KiB; with 3..8 ranks the ring wins from 128 KiB. */
+#define DEFAULT_RD_MAX_BYTES ((size_t)64 * 1024)
 #define DEFAULT_RD_MAX_BYTES_2 ((size_t)256 * 1024)
 #define DEFAULT_CHUNK_BYTES ((size_t)512 * 1024)
 #define DEFAULT_CHUNK_BYTES_MPI ((size_t)4 * 1024 * 1024)
