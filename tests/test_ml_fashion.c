@@ -11,6 +11,7 @@
 #include "distml/ml.h"
 #include "testutil.h"
 
+#include <cblas.h>
 #include <unistd.h>
 
 typedef struct run_result {
@@ -186,6 +187,9 @@ static void test_sparse_logreg(void) {
 
 int main(void) {
   setvbuf(stdout, NULL, _IOLBF, 0);
+  /* One BLAS thread, as the benchmark runs: on this shared 2-core machine more threads only spin. */
+  openblas_set_num_threads(1);
+  printf("OpenBLAS core: %s\n", openblas_get_corename());
   test_sparse_logreg();
   if (getenv("DISTML_ML_ONLY_SPARSE")) return 0;
   test_fashion();
