@@ -60,8 +60,13 @@ static run_result train(const dml_dataset *tr, const dml_dataset *te, dml_model_
       loss_sum += loss;
       steps++;
     }
-    dml_batch tb = {.n = te->n, .dim = te->dim, .x = te->x, .indptr = te->indptr,
-                    .indices = te->indices, .values = te->values, .y = te->y};
+    dml_batch tb = {.n = te->n,
+                    .dim = te->dim,
+                    .x = te->x,
+                    .indptr = te->indptr,
+                    .indices = te->indices,
+                    .values = te->values,
+                    .y = te->y};
     double tl;
     int tc;
     if (dml_model_evaluate(m, &tb, &tl, &tc, NULL, &err)) T_FAIL("%s", err.msg);
@@ -73,8 +78,12 @@ static run_result train(const dml_dataset *tr, const dml_dataset *te, dml_model_
   r.samples_per_s = samples / compute_s;
   if (mc->kind == DML_MODEL_LOGREG) {
     float *scores = malloc((size_t)te->n * sizeof(float));
-    dml_batch tb = {.n = te->n, .dim = te->dim, .indptr = te->indptr, .indices = te->indices,
-                    .values = te->values, .y = te->y};
+    dml_batch tb = {.n = te->n,
+                    .dim = te->dim,
+                    .indptr = te->indptr,
+                    .indices = te->indices,
+                    .values = te->values,
+                    .y = te->y};
     double auc;
     T_OK(dml_model_evaluate(m, &tb, NULL, NULL, scores, NULL));
     T_OK(dml_metric_auc(scores, te->y, (size_t)te->n, &auc, NULL));
@@ -170,13 +179,16 @@ static void test_sparse_logreg(void) {
   float *oracle = malloc((size_t)te.n * sizeof(float));
   for (int i = 0; i < te.n; i++) {
     double z = 0;
-    for (uint64_t k = te.indptr[i]; k < te.indptr[i + 1]; k++) z += planted[te.indices[k]] * te.values[k];
+    for (uint64_t k = te.indptr[i]; k < te.indptr[i + 1]; k++)
+      z += planted[te.indices[k]] * te.values[k];
     oracle[i] = (float)z;
   }
   double oracle_auc;
   T_OK(dml_metric_auc(oracle, te.y, (size_t)te.n, &oracle_auc, NULL));
-  printf("sparse logreg (ftrl): test acc %.4f, AUC %.4f (planted weights: %.4f), %.0f samples/s "
-         "(compute only)\n", r.test_acc, r.test_loss, oracle_auc, r.samples_per_s);
+  printf(
+      "sparse logreg (ftrl): test acc %.4f, AUC %.4f (planted weights: %.4f), %.0f samples/s "
+      "(compute only)\n",
+      r.test_acc, r.test_loss, oracle_auc, r.samples_per_s);
   T_ASSERT(r.test_loss > 0.6);
   T_ASSERT(r.test_loss >= oracle_auc - 0.05);
   free(oracle);
@@ -187,7 +199,8 @@ static void test_sparse_logreg(void) {
 
 int main(void) {
   setvbuf(stdout, NULL, _IOLBF, 0);
-  /* One BLAS thread, as the benchmark runs: on this shared 2-core machine more threads only spin. */
+  /* One BLAS thread, as the benchmark runs: on this shared 2-core machine more threads only spin.
+   */
   openblas_set_num_threads(1);
   printf("OpenBLAS core: %s\n", openblas_get_corename());
   test_sparse_logreg();

@@ -24,6 +24,7 @@
 extern "C" {
 #endif
 
+/* clang-format off */
 typedef struct dml_batch {
   int n;                    /* rows in the batch */
   int dim;                  /* features per row */
@@ -33,6 +34,7 @@ typedef struct dml_batch {
   const float *values;      /* CSR values */
   const int32_t *y;         /* labels (n): class ids 0..K-1 (binary: 0/1) */
 } dml_batch;
+/* clang-format on */
 
 /* ---------------------------------------------------------------------------------------------
  * Named tensors. A tensor is a window of floats in a flat buffer (parameters, gradients, optimizer
@@ -41,11 +43,11 @@ typedef struct dml_batch {
 #define DML_TENSOR_MAX_DIMS 4
 
 typedef struct dml_tensor_info {
-  char name[DML_TENSOR_NAME_MAX]; /* "fc1.weight", "fc1.bias", "weight", ... */
-  int ndim;                       /* 1 or 2 for model tensors */
+  char name[DML_TENSOR_NAME_MAX];     /* "fc1.weight", "fc1.bias", "weight", ... */
+  int ndim;                           /* 1 or 2 for model tensors */
   int64_t shape[DML_TENSOR_MAX_DIMS]; /* row-major; weights are (out, in) as in PyTorch */
-  size_t offset;                  /* first float of the tensor in the flat buffer */
-  size_t count;                   /* floats: product of shape */
+  size_t offset;                      /* first float of the tensor in the flat buffer */
+  size_t count;                       /* floats: product of shape */
 } dml_tensor_info;
 
 /* ---------------------------------------------------------------------------------------------
@@ -77,13 +79,13 @@ typedef enum {
 
 typedef struct dml_model_config {
   dml_model_kind kind;
-  int in_dim;                        /* input features */
-  int num_classes;                   /* K >= 2 (softmax, mlp); logreg: 2 (0 is taken as 2) */
-  int num_hidden;                    /* mlp: hidden layers, 1..DML_MODEL_MAX_HIDDEN; else 0 */
-  int hidden[DML_MODEL_MAX_HIDDEN];  /* mlp: width of each hidden layer */
-  int max_batch;                     /* rows per forward_backward call; workspaces are sized for
-                                        it at create time (0: 256). evaluate takes any n. */
-  uint64_t seed;                     /* initialisation seed */
+  int in_dim;                       /* input features */
+  int num_classes;                  /* K >= 2 (softmax, mlp); logreg: 2 (0 is taken as 2) */
+  int num_hidden;                   /* mlp: hidden layers, 1..DML_MODEL_MAX_HIDDEN; else 0 */
+  int hidden[DML_MODEL_MAX_HIDDEN]; /* mlp: width of each hidden layer */
+  int max_batch;                    /* rows per forward_backward call; workspaces are sized for
+                                       it at create time (0: 256). evaluate takes any n. */
+  uint64_t seed;                    /* initialisation seed */
 } dml_model_config;
 
 /* Fills a config with defaults (max_batch 256, seed 1) for kind. */
@@ -106,9 +108,9 @@ void dml_model_free(dml_model *m);
 void dml_model_init_params(dml_model *m, uint64_t seed);
 
 const dml_model_config *dml_model_get_config(const dml_model *m);
-size_t dml_model_num_params(const dml_model *m);    /* floats in the params/grads buffers */
-float *dml_model_params(dml_model *m);              /* (num_params), owned by m */
-float *dml_model_grads(dml_model *m);               /* (num_params), same layout */
+size_t dml_model_num_params(const dml_model *m); /* floats in the params/grads buffers */
+float *dml_model_params(dml_model *m);           /* (num_params), owned by m */
+float *dml_model_grads(dml_model *m);            /* (num_params), same layout */
 int dml_model_num_tensors(const dml_model *m);
 const dml_tensor_info *dml_model_tensor(const dml_model *m, int i); /* NULL if out of range */
 const dml_tensor_info *dml_model_find_tensor(const dml_model *m, const char *name);
@@ -213,15 +215,15 @@ typedef enum {
 
 typedef struct dml_optim_config {
   dml_optim_kind kind;
-  float lr;            /* learning rate; FTRL: alpha */
-  float momentum;      /* momentum: mu (default 0.9) */
-  float beta1, beta2;  /* adam (0.9, 0.999) */
-  float eps;           /* adam 1e-8, adagrad 1e-10 */
-  float weight_decay;  /* L2 coefficient added to the gradient (0) */
-  float adagrad_init;  /* initial accumulator value (0) */
-  float ftrl_beta;     /* FTRL beta (1) */
-  float ftrl_l1;       /* FTRL L1 (0) */
-  float ftrl_l2;       /* FTRL L2 (0) */
+  float lr;           /* learning rate; FTRL: alpha */
+  float momentum;     /* momentum: mu (default 0.9) */
+  float beta1, beta2; /* adam (0.9, 0.999) */
+  float eps;          /* adam 1e-8, adagrad 1e-10 */
+  float weight_decay; /* L2 coefficient added to the gradient (0) */
+  float adagrad_init; /* initial accumulator value (0) */
+  float ftrl_beta;    /* FTRL beta (1) */
+  float ftrl_l1;      /* FTRL L1 (0) */
+  float ftrl_l2;      /* FTRL L2 (0) */
 } dml_optim_config;
 
 /* Defaults for kind (lr: sgd 0.1, momentum 0.05, adam 1e-3, adagrad 0.05, ftrl alpha 0.5). */
@@ -271,9 +273,9 @@ float *dml_optim_state_data(dml_optim *o); /* the one state allocation (NULL for
 
 typedef struct dml_st_tensor {
   const char *name;
-  int ndim;                           /* 0 (scalar) .. DML_TENSOR_MAX_DIMS */
+  int ndim; /* 0 (scalar) .. DML_TENSOR_MAX_DIMS */
   int64_t shape[DML_TENSOR_MAX_DIMS];
-  const float *data;                  /* product(shape) floats */
+  const float *data; /* product(shape) floats */
 } dml_st_tensor;
 
 typedef struct dml_st_meta {
@@ -321,7 +323,8 @@ const dml_st_meta *dml_safetensors_meta_get(const dml_safetensors *st, int i);
 int dml_model_save(const dml_model *m, const char *path, const dml_st_tensor *extra, int nextra,
                    const dml_st_meta *extra_meta, int nextra_meta, dml_err *err);
 /* Loads a model file: config from the metadata, every tensor the config needs present with the
- * exact shape and finite values (other tensors are ignored). max_batch as in the config (0: 256). */
+ * exact shape and finite values (other tensors are ignored). max_batch as in the config (0: 256).
+ */
 int dml_model_load(const char *path, int max_batch, dml_model **out, dml_err *err);
 /* Same from an already-read file (so a checkpoint reader can then restore other tensors). */
 int dml_model_from_safetensors(const dml_safetensors *st, int max_batch, dml_model **out,

@@ -14,9 +14,9 @@
 #define ALIGN_BYTES 64
 
 typedef struct layer {
-  int in, out;      /* weight is (out, in) */
-  size_t w_off;     /* float offset of the weight */
-  size_t b_off;     /* float offset of the bias (w_off + in*out) */
+  int in, out;       /* weight is (out, in) */
+  size_t w_off;      /* float offset of the weight */
+  size_t b_off;      /* float offset of the bias (w_off + in*out) */
   size_t off, count; /* the whole layer: weight then bias */
 } layer;
 
@@ -34,16 +34,16 @@ struct dml_model {
   dml_tensor_info *tensors;
   int nlayers;
   layer *layers;
-  fbuf work;       /* all activation workspaces, one allocation */
-  float **act;     /* act[l]: (max_batch, layers[l].out) layer outputs (post-ReLU for hidden) */
-  float *dbuf[2];  /* (max_batch, max width) ping-pong buffers for backward */
-  fbuf xdense;     /* (max_batch, in_dim): CSR rows densified for softmax/mlp; lazy */
-  float *probs;    /* (max_batch, K) for predict/evaluate scores (inside work) */
+  fbuf work;      /* all activation workspaces, one allocation */
+  float **act;    /* act[l]: (max_batch, layers[l].out) layer outputs (post-ReLU for hidden) */
+  float *dbuf[2]; /* (max_batch, max width) ping-pong buffers for backward */
+  fbuf xdense;    /* (max_batch, in_dim): CSR rows densified for softmax/mlp; lazy */
+  float *probs;   /* (max_batch, K) for predict/evaluate scores (inside work) */
   int accumulate;
   /* logreg */
-  uint32_t *stamp;    /* (in_dim+1): == epoch when the coordinate is in the touched set */
+  uint32_t *stamp; /* (in_dim+1): == epoch when the coordinate is in the touched set */
   uint32_t epoch;
-  uint32_t *touched;  /* (in_dim+1) */
+  uint32_t *touched; /* (in_dim+1) */
   size_t ntouched;
   uint32_t *key_stamp, *keys; /* dml_model_batch_keys: (in_dim+1) each, allocated on first use */
   uint32_t key_epoch;
@@ -69,7 +69,8 @@ static void fbuf_free(fbuf *b) {
 /* ---------------------------------------------------------------------------------------------
  * Configuration helpers. */
 
-void dml_model_config_init(dml_model_config *cfg, dml_model_kind kind, int in_dim, int num_classes) {
+void dml_model_config_init(dml_model_config *cfg, dml_model_kind kind, int in_dim,
+                           int num_classes) {
   memset(cfg, 0, sizeof(*cfg));
   cfg->kind = kind;
   cfg->in_dim = in_dim;
@@ -95,10 +96,11 @@ int dml_model_config_set_hidden(dml_model_config *cfg, const char *list, dml_err
       digits++;
     }
     if (digits == 0 || (*p != ',' && *p != '\0'))
-      return dml_err_set(err, DML_EINVAL, "hidden sizes '%s': bad token at '%s' (want e.g. 256,128)",
-                         list, start);
+      return dml_err_set(err, DML_EINVAL,
+                         "hidden sizes '%s': bad token at '%s' (want e.g. 256,128)", list, start);
     if (v < 1 || v > 1000000)
-      return dml_err_set(err, DML_ERANGE, "hidden sizes '%s': width %ld not in 1..1000000", list, v);
+      return dml_err_set(err, DML_ERANGE, "hidden sizes '%s': width %ld not in 1..1000000", list,
+                         v);
     if (n == DML_MODEL_MAX_HIDDEN)
       return dml_err_set(err, DML_ERANGE, "hidden sizes '%s': more than %d layers", list,
                          DML_MODEL_MAX_HIDDEN);
@@ -201,8 +203,7 @@ void dml_model_init_params(dml_model *m, uint64_t seed) {
       double limit = last ? sqrt(6.0 / (L->in + L->out)) : sqrt(6.0 / L->in);
       float *w = m->params.p + L->w_off;
       size_t cnt = (size_t)L->in * (size_t)L->out;
-      for (size_t i = 0; i < cnt; i++)
-        w[i] = (float)((2.0 * dml_rng_uniform(&rng) - 1.0) * limit);
+      for (size_t i = 0; i < cnt; i++) w[i] = (float)((2.0 * dml_rng_uniform(&rng) - 1.0) * limit);
     }
   }
   memset(m->grads.p, 0, m->nparams * sizeof(float));
@@ -607,7 +608,8 @@ int dml_model_forward_backward(dml_model *m, const dml_batch *b, float *loss, in
   if (b->n > m->cfg.max_batch)
     return dml_err_set(err, DML_EINVAL, "batch: %d rows exceed the model's max_batch %d", b->n,
                        m->cfg.max_batch);
-  if (m->cfg.kind == DML_MODEL_LOGREG) return logreg_forward_backward(m, b, loss, correct, cb, ctx, err);
+  if (m->cfg.kind == DML_MODEL_LOGREG)
+    return logreg_forward_backward(m, b, loss, correct, cb, ctx, err);
   return dense_forward_backward(m, b, loss, correct, cb, ctx, err);
 }
 
@@ -627,7 +629,8 @@ int dml_model_batch_keys(dml_model *m, const dml_batch *b, const uint32_t **indi
       dml__free(m->key_stamp);
       dml__free(m->keys);
       m->key_stamp = m->keys = NULL;
-      return dml_err_set(err, DML_ENOMEM, "batch keys: out of memory for %d features", m->cfg.in_dim);
+      return dml_err_set(err, DML_ENOMEM, "batch keys: out of memory for %d features",
+                         m->cfg.in_dim);
     }
   }
   if (++m->key_epoch == 0) {
@@ -696,7 +699,8 @@ static int eval_chunks(dml_model *m, const dml_batch *b, double *loss_sum, int *
         if (scores) scores[r0 + i] = (float)(exp((double)l[1] - mx) / s);
         if (probs_out)
           for (int k = 0; k < K; k++)
-            probs_out[(size_t)(r0 + i) * (size_t)K + (size_t)k] = (float)(exp((double)l[k] - mx) / s);
+            probs_out[(size_t)(r0 + i) * (size_t)K + (size_t)k] =
+                (float)(exp((double)l[k] - mx) / s);
       }
     }
   }

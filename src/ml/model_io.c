@@ -13,7 +13,8 @@
 /* "mlp 784-256-10" */
 static const char *describe(const dml_model_config *c, char *buf, size_t n) {
   size_t k = (size_t)snprintf(buf, n, "%s %d", dml_model_kind_name(c->kind), c->in_dim);
-  for (int i = 0; i < c->num_hidden && k < n; i++) k += (size_t)snprintf(buf + k, n - k, "-%d", c->hidden[i]);
+  for (int i = 0; i < c->num_hidden && k < n; i++)
+    k += (size_t)snprintf(buf + k, n - k, "-%d", c->hidden[i]);
   if (k < n) snprintf(buf + k, n - k, "-%d", c->kind == DML_MODEL_LOGREG ? 1 : c->num_classes);
   return buf;
 }
@@ -26,7 +27,7 @@ static void hidden_str(const dml_model_config *c, char *buf, size_t n) {
 }
 
 static int is_model_key(const char *key) {
-  static const char *keys[] = {"distml.format", "distml.model", "distml.in_dim",
+  static const char *keys[] = {"distml.format",      "distml.model",  "distml.in_dim",
                                "distml.num_classes", "distml.hidden", "distml.seed"};
   for (size_t i = 0; i < DML__ARRAY_LEN(keys); i++)
     if (strcmp(key, keys[i]) == 0) return 1;
@@ -45,17 +46,14 @@ int dml_model_save(const dml_model *m, const char *path, const dml_st_tensor *ex
   snprintf(ncls, sizeof(ncls), "%d", c->num_classes);
   snprintf(seed, sizeof(seed), "%llu", (unsigned long long)c->seed);
   hidden_str(c, hidden, sizeof(hidden));
-  dml_st_meta base[] = {{"distml.format", "1"},
-                        {"distml.model", dml_model_kind_name(c->kind)},
-                        {"distml.in_dim", in_dim},
-                        {"distml.num_classes", ncls},
-                        {"distml.hidden", hidden},
-                        {"distml.seed", seed}};
+  dml_st_meta base[] = {{"distml.format", "1"},    {"distml.model", dml_model_kind_name(c->kind)},
+                        {"distml.in_dim", in_dim}, {"distml.num_classes", ncls},
+                        {"distml.hidden", hidden}, {"distml.seed", seed}};
   int nbase = (int)DML__ARRAY_LEN(base);
   for (int i = 0; i < nextra_meta; i++)
     if (extra_meta[i].key != NULL && is_model_key(extra_meta[i].key))
-      return dml_err_set(err, DML_EINVAL, "%s: metadata key '%s' is written by the model itself", path,
-                         extra_meta[i].key);
+      return dml_err_set(err, DML_EINVAL, "%s: metadata key '%s' is written by the model itself",
+                         path, extra_meta[i].key);
   dml_st_tensor *ts = dml__calloc((size_t)(nt + nextra), sizeof(dml_st_tensor));
   dml_st_meta *ms = dml__calloc((size_t)(nbase + nextra_meta), sizeof(dml_st_meta));
   int rc;
@@ -91,11 +89,11 @@ static int config_from_file(const dml_safetensors *st, int max_batch, dml_model_
   const char *hidden = dml_safetensors_meta(st, "distml.hidden");
   const char *seed = dml_safetensors_meta(st, "distml.seed");
   if (kind == NULL)
-    return dml_err_set(err, DML_EFORMAT, "%s: no distml.model in __metadata__ (not a distml model file)",
-                       path);
+    return dml_err_set(err, DML_EFORMAT,
+                       "%s: no distml.model in __metadata__ (not a distml model file)", path);
   if (in_dim == NULL || ncls == NULL)
-    return dml_err_set(err, DML_EFORMAT, "%s: __metadata__ lacks distml.in_dim or distml.num_classes",
-                       path);
+    return dml_err_set(err, DML_EFORMAT,
+                       "%s: __metadata__ lacks distml.in_dim or distml.num_classes", path);
   dml_err e = {0};
   dml_model_kind k;
   int64_t d, nc, sd = 1;
@@ -125,8 +123,8 @@ static int check_model_tensors(const dml_safetensors *st, const dml_model *m, dm
     const dml_tensor_info *t = dml_model_tensor(m, i);
     const dml_st_tensor *f = dml_safetensors_find(st, t->name);
     if (f == NULL)
-      return dml_err_set(err, DML_EFORMAT, "%s: tensor '%s' missing (model %s needs it)", path, t->name,
-                         desc);
+      return dml_err_set(err, DML_EFORMAT, "%s: tensor '%s' missing (model %s needs it)", path,
+                         t->name, desc);
     int same = f->ndim == t->ndim;
     for (int dim = 0; same && dim < t->ndim; dim++) same = f->shape[dim] == t->shape[dim];
     if (!same) {
@@ -134,17 +132,19 @@ static int check_model_tensors(const dml_safetensors *st, const dml_model *m, dm
       size_t k = 0;
       a[0] = b[0] = '\0';
       for (int dim = 0; dim < f->ndim && k < sizeof(a); dim++)
-        k += (size_t)snprintf(a + k, sizeof(a) - k, "%s%lld", dim ? ", " : "", (long long)f->shape[dim]);
+        k += (size_t)snprintf(a + k, sizeof(a) - k, "%s%lld", dim ? ", " : "",
+                              (long long)f->shape[dim]);
       k = 0;
       for (int dim = 0; dim < t->ndim && k < sizeof(b); dim++)
-        k += (size_t)snprintf(b + k, sizeof(b) - k, "%s%lld", dim ? ", " : "", (long long)t->shape[dim]);
-      return dml_err_set(err, DML_EFORMAT, "%s: tensor '%s' has shape [%s], model %s needs [%s]", path,
-                         t->name, a, desc, b);
+        k += (size_t)snprintf(b + k, sizeof(b) - k, "%s%lld", dim ? ", " : "",
+                              (long long)t->shape[dim]);
+      return dml_err_set(err, DML_EFORMAT, "%s: tensor '%s' has shape [%s], model %s needs [%s]",
+                         path, t->name, a, desc, b);
     }
     for (size_t j = 0; j < t->count; j++)
       if (!isfinite(f->data[j]))
-        return dml_err_set(err, DML_EFORMAT, "%s: tensor '%s' element %zu is not finite", path, t->name,
-                           j);
+        return dml_err_set(err, DML_EFORMAT, "%s: tensor '%s' element %zu is not finite", path,
+                           t->name, j);
   }
   return 0;
 }
@@ -231,8 +231,8 @@ int dml_checkpoint_restore(const char *path, dml_model *m, dml_optim *o, dml_saf
   dml_model_config cfg = {0};
   const dml_model_config *mc = dml_model_get_config(m);
   if ((rc = config_from_file(st, mc->max_batch, &cfg, err)) != 0) goto done;
-  int same = cfg.kind == mc->kind && cfg.in_dim == mc->in_dim && cfg.num_classes == mc->num_classes &&
-             cfg.num_hidden == mc->num_hidden;
+  int same = cfg.kind == mc->kind && cfg.in_dim == mc->in_dim &&
+             cfg.num_classes == mc->num_classes && cfg.num_hidden == mc->num_hidden;
   for (int i = 0; same && i < cfg.num_hidden; i++) same = cfg.hidden[i] == mc->hidden[i];
   if (!same) {
     char a[256], b[256];
@@ -264,8 +264,9 @@ int dml_checkpoint_restore(const char *path, dml_model *m, dml_optim *o, dml_saf
       snprintf(name, sizeof(name), OPTIM_PREFIX "%s", t->name);
       const dml_st_tensor *f = dml_safetensors_find(st, name);
       if (f == NULL || f->ndim != 1 || f->shape[0] != t->shape[0]) {
-        rc = dml_err_set(err, DML_EFORMAT, "%s: optimizer state '%s' missing or not of shape [%lld]", path,
-                         name, (long long)t->shape[0]);
+        rc =
+            dml_err_set(err, DML_EFORMAT, "%s: optimizer state '%s' missing or not of shape [%lld]",
+                        path, name, (long long)t->shape[0]);
         goto done;
       }
     }
@@ -284,7 +285,9 @@ int dml_checkpoint_restore(const char *path, dml_model *m, dml_optim *o, dml_saf
     dml_optim_set_step_count(o, step);
   }
 done:
-  if (rc == 0 && st_out) *st_out = st;
-  else dml_safetensors_free(st);
+  if (rc == 0 && st_out)
+    *st_out = st;
+  else
+    dml_safetensors_free(st);
   return rc;
 }

@@ -44,12 +44,17 @@ static dml_batch dense_batch(const test_data *d) {
 }
 
 static dml_batch csr_batch(const test_data *d) {
-  dml_batch b = {.n = d->n, .dim = d->dim, .indptr = d->indptr, .indices = d->indices,
-                 .values = d->values, .y = d->y};
+  dml_batch b = {.n = d->n,
+                 .dim = d->dim,
+                 .indptr = d->indptr,
+                 .indices = d->indices,
+                 .values = d->values,
+                 .y = d->y};
   return b;
 }
 
-static dml_model *make_model(dml_model_kind kind, int in, int k, const char *hidden, uint64_t seed) {
+static dml_model *make_model(dml_model_kind kind, int in, int k, const char *hidden,
+                             uint64_t seed) {
   dml_model_config cfg;
   dml_model_config_init(&cfg, kind, in, k);
   cfg.max_batch = 16;
@@ -93,8 +98,10 @@ static void gradcheck(dml_model *m, const dml_batch *b, const char *what) {
     double lm = mean_loss(m, b);
     w[i] = w0;
     double num = (lp - lm) / (2.0 * (double)eps);
-    if (fabs(num - ga[i]) > 2e-3 + 2e-2 * fabs(num))
-      { fprintf(stderr, "%s: param %zu: analytic %.7g numeric %.7g\n", what, i, (double)ga[i], num); bad++; }
+    if (fabs(num - ga[i]) > 2e-3 + 2e-2 * fabs(num)) {
+      fprintf(stderr, "%s: param %zu: analytic %.7g numeric %.7g\n", what, i, (double)ga[i], num);
+      bad++;
+    }
     nonzero += ga[i] != 0.0f;
   }
   T_EQ_INT(bad, 0);
@@ -263,8 +270,10 @@ static void test_touched(void) {
   for (int i = 0; i < 4; i++) T_EQ_INT(t[i], want[i]);
   for (uint32_t j = 0; j < 10; j++) {
     int in2 = j == 2 || j == 3 || j == 9;
-    if (!in2) T_EQ_INT(g[j] == 0.0f, 1);
-    else T_ASSERT(g[j] != 0.0f);
+    if (!in2)
+      T_EQ_INT(g[j] == 0.0f, 1);
+    else
+      T_ASSERT(g[j] != 0.0f);
   }
   /* With all weights zero, P = 0.5: g[bias] = mean(0.5 - y) = 0. g[9] = (0.5-1)*2/2 = -0.5. */
   T_NEAR(g[9], -0.5, 1e-6);

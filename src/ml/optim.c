@@ -33,8 +33,14 @@ void dml_optim_config_init(dml_optim_config *cfg, dml_optim_kind kind) {
   switch (kind) {
   case DML_OPT_SGD: cfg->lr = 0.1f; break;
   case DML_OPT_MOMENTUM: cfg->lr = 0.05f; break;
-  case DML_OPT_ADAM: cfg->lr = 1e-3f; cfg->eps = 1e-8f; break;
-  case DML_OPT_ADAGRAD: cfg->lr = 0.05f; cfg->eps = 1e-10f; break;
+  case DML_OPT_ADAM:
+    cfg->lr = 1e-3f;
+    cfg->eps = 1e-8f;
+    break;
+  case DML_OPT_ADAGRAD:
+    cfg->lr = 0.05f;
+    cfg->eps = 1e-10f;
+    break;
   case DML_OPT_FTRL: cfg->lr = 0.5f; break; /* alpha for batch-mean gradients (measured) */
   }
 }
@@ -70,13 +76,15 @@ static int check_cfg(const dml_optim_config *c, dml_err *err) {
     return dml_err_set(err, DML_EINVAL, "optimizer: weight decay %g must be >= 0",
                        (double)c->weight_decay);
   if (c->kind == DML_OPT_MOMENTUM && !(c->momentum >= 0.0f && c->momentum < 1.0f))
-    return dml_err_set(err, DML_EINVAL, "optimizer: momentum %g not in [0, 1)", (double)c->momentum);
-  if (c->kind == DML_OPT_ADAM &&
-      !(c->beta1 >= 0.0f && c->beta1 < 1.0f && c->beta2 >= 0.0f && c->beta2 < 1.0f && c->eps > 0.0f))
+    return dml_err_set(err, DML_EINVAL, "optimizer: momentum %g not in [0, 1)",
+                       (double)c->momentum);
+  if (c->kind == DML_OPT_ADAM && !(c->beta1 >= 0.0f && c->beta1 < 1.0f && c->beta2 >= 0.0f &&
+                                   c->beta2 < 1.0f && c->eps > 0.0f))
     return dml_err_set(err, DML_EINVAL, "optimizer: adam needs beta1, beta2 in [0, 1) and eps > 0");
   if (c->kind == DML_OPT_ADAGRAD && !(c->eps >= 0.0f && c->adagrad_init >= 0.0f))
     return dml_err_set(err, DML_EINVAL, "optimizer: adagrad needs eps >= 0 and init >= 0");
-  if (c->kind == DML_OPT_FTRL && !(c->ftrl_beta >= 0.0f && c->ftrl_l1 >= 0.0f && c->ftrl_l2 >= 0.0f))
+  if (c->kind == DML_OPT_FTRL &&
+      !(c->ftrl_beta >= 0.0f && c->ftrl_l1 >= 0.0f && c->ftrl_l2 >= 0.0f))
     return dml_err_set(err, DML_EINVAL, "optimizer: ftrl needs beta, l1, l2 >= 0");
   return 0;
 }
@@ -103,9 +111,15 @@ int dml_optim_create(dml_optim **out, const dml_optim_config *cfg, size_t n, dml
   switch (cfg->kind) {
   case DML_OPT_SGD: break;
   case DML_OPT_MOMENTUM: add_state(o, "momentum.v"); break;
-  case DML_OPT_ADAM: add_state(o, "adam.m"); add_state(o, "adam.v"); break;
+  case DML_OPT_ADAM:
+    add_state(o, "adam.m");
+    add_state(o, "adam.v");
+    break;
   case DML_OPT_ADAGRAD: add_state(o, "adagrad.sum"); break;
-  case DML_OPT_FTRL: add_state(o, "ftrl.z"); add_state(o, "ftrl.n"); break;
+  case DML_OPT_FTRL:
+    add_state(o, "ftrl.z");
+    add_state(o, "ftrl.n");
+    break;
   }
   if (o->nstate > 0) {
     int ovf = 0;
@@ -181,67 +195,67 @@ static inline float ftrl_w(const dml_optim_config *c, float z, float nn) {
 
 /* The per-coordinate update of every kind, applied to idx(k) for k < count.
  * IDX(k) gives the buffer index, GRAD(k) the gradient value. */
-#define OPTIM_LOOP(IDX, GRAD)                                                               \
-  do {                                                                                      \
-    const dml_optim_config *c = &o->cfg;                                                    \
-    const float lr = c->lr, wd = c->weight_decay;                                           \
-    float *s0 = o->state, *s1 = o->state ? o->state + o->n : NULL;                          \
-    switch (c->kind) {                                                                      \
-    case DML_OPT_SGD:                                                                       \
-      for (size_t k = 0; k < count; k++) {                                                  \
-        size_t i = (IDX);                                                                   \
-        float g = (GRAD) + wd * w[i];                                                       \
-        w[i] -= lr * g;                                                                     \
-      }                                                                                     \
-      break;                                                                                \
-    case DML_OPT_MOMENTUM: {                                                                \
-      const float mu = c->momentum;                                                         \
-      for (size_t k = 0; k < count; k++) {                                                  \
-        size_t i = (IDX);                                                                   \
-        float g = (GRAD) + wd * w[i];                                                       \
-        float v = mu * s0[i] + g;                                                           \
-        s0[i] = v;                                                                          \
-        w[i] -= lr * v;                                                                     \
-      }                                                                                     \
-      break;                                                                                \
-    }                                                                                       \
-    case DML_OPT_ADAM: {                                                                    \
-      const float b1 = c->beta1, b2 = c->beta2, eps = c->eps;                               \
-      const float step = (float)(lr / o->bc1), inv_sqrt_bc2 = (float)(1.0 / sqrt(o->bc2));  \
-      for (size_t k = 0; k < count; k++) {                                                  \
-        size_t i = (IDX);                                                                   \
-        float g = (GRAD) + wd * w[i];                                                       \
-        float m1 = b1 * s0[i] + (1.0f - b1) * g;                                            \
-        float v2 = b2 * s1[i] + (1.0f - b2) * g * g;                                        \
-        s0[i] = m1;                                                                         \
-        s1[i] = v2;                                                                         \
-        w[i] -= step * m1 / (sqrtf(v2) * inv_sqrt_bc2 + eps);                               \
-      }                                                                                     \
-      break;                                                                                \
-    }                                                                                       \
-    case DML_OPT_ADAGRAD: {                                                                 \
-      const float eps = c->eps;                                                             \
-      for (size_t k = 0; k < count; k++) {                                                  \
-        size_t i = (IDX);                                                                   \
-        float g = (GRAD) + wd * w[i];                                                       \
-        float s = s0[i] + g * g;                                                            \
-        s0[i] = s;                                                                          \
-        w[i] -= lr * g / (sqrtf(s) + eps);                                                  \
-      }                                                                                     \
-      break;                                                                                \
-    }                                                                                       \
-    case DML_OPT_FTRL:                                                                      \
-      for (size_t k = 0; k < count; k++) {                                                  \
-        size_t i = (IDX);                                                                   \
-        float g = (GRAD);                                                                   \
-        float nn = s1[i];                                                                   \
-        float sigma = (sqrtf(nn + g * g) - sqrtf(nn)) / lr;                                 \
-        s0[i] += g - sigma * w[i];                                                          \
-        s1[i] = nn + g * g;                                                                 \
-        w[i] = ftrl_w(c, s0[i], s1[i]);                                                     \
-      }                                                                                     \
-      break;                                                                                \
-    }                                                                                       \
+#define OPTIM_LOOP(IDX, GRAD)                                                              \
+  do {                                                                                     \
+    const dml_optim_config *c = &o->cfg;                                                   \
+    const float lr = c->lr, wd = c->weight_decay;                                          \
+    float *s0 = o->state, *s1 = o->state ? o->state + o->n : NULL;                         \
+    switch (c->kind) {                                                                     \
+    case DML_OPT_SGD:                                                                      \
+      for (size_t k = 0; k < count; k++) {                                                 \
+        size_t i = (IDX);                                                                  \
+        float g = (GRAD) + wd * w[i];                                                      \
+        w[i] -= lr * g;                                                                    \
+      }                                                                                    \
+      break;                                                                               \
+    case DML_OPT_MOMENTUM: {                                                               \
+      const float mu = c->momentum;                                                        \
+      for (size_t k = 0; k < count; k++) {                                                 \
+        size_t i = (IDX);                                                                  \
+        float g = (GRAD) + wd * w[i];                                                      \
+        float v = mu * s0[i] + g;                                                          \
+        s0[i] = v;                                                                         \
+        w[i] -= lr * v;                                                                    \
+      }                                                                                    \
+      break;                                                                               \
+    }                                                                                      \
+    case DML_OPT_ADAM: {                                                                   \
+      const float b1 = c->beta1, b2 = c->beta2, eps = c->eps;                              \
+      const float step = (float)(lr / o->bc1), inv_sqrt_bc2 = (float)(1.0 / sqrt(o->bc2)); \
+      for (size_t k = 0; k < count; k++) {                                                 \
+        size_t i = (IDX);                                                                  \
+        float g = (GRAD) + wd * w[i];                                                      \
+        float m1 = b1 * s0[i] + (1.0f - b1) * g;                                           \
+        float v2 = b2 * s1[i] + (1.0f - b2) * g * g;                                       \
+        s0[i] = m1;                                                                        \
+        s1[i] = v2;                                                                        \
+        w[i] -= step * m1 / (sqrtf(v2) * inv_sqrt_bc2 + eps);                              \
+      }                                                                                    \
+      break;                                                                               \
+    }                                                                                      \
+    case DML_OPT_ADAGRAD: {                                                                \
+      const float eps = c->eps;                                                            \
+      for (size_t k = 0; k < count; k++) {                                                 \
+        size_t i = (IDX);                                                                  \
+        float g = (GRAD) + wd * w[i];                                                      \
+        float s = s0[i] + g * g;                                                           \
+        s0[i] = s;                                                                         \
+        w[i] -= lr * g / (sqrtf(s) + eps);                                                 \
+      }                                                                                    \
+      break;                                                                               \
+    }                                                                                      \
+    case DML_OPT_FTRL:                                                                     \
+      for (size_t k = 0; k < count; k++) {                                                 \
+        size_t i = (IDX);                                                                  \
+        float g = (GRAD);                                                                  \
+        float nn = s1[i];                                                                  \
+        float sigma = (sqrtf(nn + g * g) - sqrtf(nn)) / lr;                                \
+        s0[i] += g - sigma * w[i];                                                         \
+        s1[i] = nn + g * g;                                                                \
+        w[i] = ftrl_w(c, s0[i], s1[i]);                                                    \
+      }                                                                                    \
+      break;                                                                               \
+    }                                                                                      \
   } while (0)
 
 /* Dense kernels: restrict pointers and (with GCC, whose -O2 does not vectorize these loops)
@@ -257,8 +271,8 @@ VECTORIZE static void dense_sgd(float *restrict w, const float *restrict g, size
   for (size_t i = 0; i < n; i++) w[i] -= lr * (g[i] + wd * w[i]);
 }
 
-VECTORIZE static void dense_momentum(float *restrict w, const float *restrict g,
-                                     float *restrict v, size_t n, float lr, float mu, float wd) {
+VECTORIZE static void dense_momentum(float *restrict w, const float *restrict g, float *restrict v,
+                                     size_t n, float lr, float mu, float wd) {
   for (size_t i = 0; i < n; i++) {
     float vv = mu * v[i] + (g[i] + wd * w[i]);
     v[i] = vv;

@@ -11,8 +11,10 @@ static const float G2[3] = {1.0f, 0.0f, 0.0f};
 /* An optimizer of kind with learning rate lr, other settings from base (or the defaults). */
 static dml_optim *make(dml_optim_kind kind, float lr, const dml_optim_config *base) {
   dml_optim_config cfg;
-  if (base) cfg = *base;
-  else dml_optim_config_init(&cfg, kind);
+  if (base)
+    cfg = *base;
+  else
+    dml_optim_config_init(&cfg, kind);
   cfg.kind = kind;
   cfg.lr = lr;
   dml_optim *o = NULL;
@@ -153,8 +155,10 @@ static void test_range_sparse(void) {
     }
     T_EQ_INT(memcmp(wa, wb, sizeof(wa)), 0);
     for (int i = 0; i < N; i++) {
-      if ((N - 1 - i) % 3 == 0) T_EQ_INT(wc[i] == wa[i], 1);
-      else T_EQ_INT(wc[i] == w0[i], 1);
+      if ((N - 1 - i) % 3 == 0)
+        T_EQ_INT(wc[i] == wa[i], 1);
+      else
+        T_EQ_INT(wc[i] == w0[i], 1);
     }
     T_EQ_INT(dml_optim_update_range(b, wb, g, 100, 2), DML_ERANGE);
     idx[0] = N;

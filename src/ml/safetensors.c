@@ -24,8 +24,8 @@ struct dml_safetensors {
   char **names;
   int nmeta;
   dml_st_meta *meta;
-  char **meta_strs;       /* 2 * nmeta owned strings */
-  void *data_raw;         /* the data section, one allocation */
+  char **meta_strs; /* 2 * nmeta owned strings */
+  void *data_raw;   /* the data section, one allocation */
 };
 
 static uint32_t swap32(uint32_t v) {
@@ -93,7 +93,8 @@ int dml_safetensors_write(const char *path, const dml_st_tensor *tensors, int nt
       }
       json_t *v = json_string(meta[i].value);
       if (v == NULL || json_object_set_new(m, meta[i].key, v) != 0) {
-        rc = dml_err_set(err, DML_EINVAL, "%s: metadata '%s' is not valid UTF-8", path, meta[i].key);
+        rc =
+            dml_err_set(err, DML_EINVAL, "%s: metadata '%s' is not valid UTF-8", path, meta[i].key);
         goto done;
       }
     }
@@ -111,12 +112,14 @@ int dml_safetensors_write(const char *path, const dml_st_tensor *tensors, int nt
       goto done;
     }
     if (tensor_bytes(t->ndim, t->shape, &bytes) != 0 || (bytes > 0 && t->data == NULL)) {
-      rc = dml_err_set(err, DML_EINVAL, "%s: tensor '%s' has a bad shape or no data", path, t->name);
+      rc =
+          dml_err_set(err, DML_EINVAL, "%s: tensor '%s' has a bad shape or no data", path, t->name);
       goto done;
     }
     json_t *shape = json_array(), *offs = json_array(), *entry = json_object();
     int bad = shape == NULL || offs == NULL || entry == NULL;
-    for (int d = 0; !bad && d < t->ndim; d++) bad = json_array_append_new(shape, json_integer(t->shape[d])) != 0;
+    for (int d = 0; !bad && d < t->ndim; d++)
+      bad = json_array_append_new(shape, json_integer(t->shape[d])) != 0;
     bad = bad || json_array_append_new(offs, json_integer((json_int_t)offset)) != 0 ||
           json_array_append_new(offs, json_integer((json_int_t)(offset + bytes))) != 0;
     bad = bad || json_object_set_new(entry, "dtype", json_string("F32")) != 0;
@@ -209,14 +212,17 @@ static int parse_entry(const char *path, const char *name, json_t *v, uint64_t d
                        dml_err *err) {
   if (name[0] == '\0') return dml_err_set(err, DML_EFORMAT, "%s: a tensor has an empty name", path);
   if (!json_is_object(v))
-    return dml_err_set(err, DML_EFORMAT, "%s: tensor '%s': header entry is not an object", path, name);
+    return dml_err_set(err, DML_EFORMAT, "%s: tensor '%s': header entry is not an object", path,
+                       name);
   json_t *dtype = json_object_get(v, "dtype"), *shape = json_object_get(v, "shape"),
          *offs = json_object_get(v, "data_offsets");
   if (!json_is_string(dtype))
-    return dml_err_set(err, DML_EFORMAT, "%s: tensor '%s': missing or non-string dtype", path, name);
+    return dml_err_set(err, DML_EFORMAT, "%s: tensor '%s': missing or non-string dtype", path,
+                       name);
   if (strcmp(json_string_value(dtype), "F32") != 0)
-    return dml_err_set(err, DML_EUNSUPPORTED, "%s: tensor '%s': dtype %.32s is not supported (only F32)",
-                       path, name, json_string_value(dtype));
+    return dml_err_set(err, DML_EUNSUPPORTED,
+                       "%s: tensor '%s': dtype %.32s is not supported (only F32)", path, name,
+                       json_string_value(dtype));
   if (!json_is_array(shape))
     return dml_err_set(err, DML_EFORMAT, "%s: tensor '%s': missing or non-array shape", path, name);
   size_t nd = json_array_size(shape);
@@ -228,36 +234,43 @@ static int parse_entry(const char *path, const char *name, json_t *v, uint64_t d
   for (size_t d = 0; d < nd; d++) {
     json_t *s = json_array_get(shape, d);
     if (!json_is_integer(s) || json_integer_value(s) < 0)
-      return dml_err_set(err, DML_EFORMAT, "%s: tensor '%s': shape entry %zu is not a non-negative integer",
-                         path, name, d);
+      return dml_err_set(err, DML_EFORMAT,
+                         "%s: tensor '%s': shape entry %zu is not a non-negative integer", path,
+                         name, d);
     e->shape[d] = (int64_t)json_integer_value(s);
   }
   uint64_t bytes;
   if (tensor_bytes(e->ndim, e->shape, &bytes) != 0)
-    return dml_err_set(err, DML_EFORMAT, "%s: tensor '%s': shape too large (overflows)", path, name);
+    return dml_err_set(err, DML_EFORMAT, "%s: tensor '%s': shape too large (overflows)", path,
+                       name);
   if (!json_is_array(offs) || json_array_size(offs) != 2 ||
       !json_is_integer(json_array_get(offs, 0)) || !json_is_integer(json_array_get(offs, 1)))
-    return dml_err_set(err, DML_EFORMAT, "%s: tensor '%s': data_offsets must be [begin, end]", path, name);
-  json_int_t b = json_integer_value(json_array_get(offs, 0)), en = json_integer_value(json_array_get(offs, 1));
+    return dml_err_set(err, DML_EFORMAT, "%s: tensor '%s': data_offsets must be [begin, end]", path,
+                       name);
+  json_int_t b = json_integer_value(json_array_get(offs, 0)),
+             en = json_integer_value(json_array_get(offs, 1));
   if (b < 0 || en < b)
-    return dml_err_set(err, DML_EFORMAT, "%s: tensor '%s': data_offsets [%lld, %lld] are not 0 <= begin <= end",
-                       path, name, (long long)b, (long long)en);
+    return dml_err_set(err, DML_EFORMAT,
+                       "%s: tensor '%s': data_offsets [%lld, %lld] are not 0 <= begin <= end", path,
+                       name, (long long)b, (long long)en);
   e->begin = (uint64_t)b;
   e->end = (uint64_t)en;
   if (e->end > data_len)
-    return dml_err_set(err, DML_EFORMAT,
-                       "%s: tensor '%s': data_offsets [%llu, %llu] beyond the data section of %llu bytes",
-                       path, name, (unsigned long long)e->begin, (unsigned long long)e->end,
-                       (unsigned long long)data_len);
+    return dml_err_set(
+        err, DML_EFORMAT,
+        "%s: tensor '%s': data_offsets [%llu, %llu] beyond the data section of %llu bytes", path,
+        name, (unsigned long long)e->begin, (unsigned long long)e->end,
+        (unsigned long long)data_len);
   if (e->end - e->begin != bytes) {
     char sb[128];
-    return dml_err_set(err, DML_EFORMAT, "%s: tensor '%s': %llu data bytes for shape %s (want %llu)",
-                       path, name, (unsigned long long)(e->end - e->begin),
+    return dml_err_set(err, DML_EFORMAT,
+                       "%s: tensor '%s': %llu data bytes for shape %s (want %llu)", path, name,
+                       (unsigned long long)(e->end - e->begin),
                        shape_str(sb, sizeof(sb), e->ndim, e->shape), (unsigned long long)bytes);
   }
   if (e->begin % 4 != 0)
-    return dml_err_set(err, DML_EFORMAT, "%s: tensor '%s': data offset %llu not 4-byte aligned", path,
-                       name, (unsigned long long)e->begin);
+    return dml_err_set(err, DML_EFORMAT, "%s: tensor '%s': data offset %llu not 4-byte aligned",
+                       path, name, (unsigned long long)e->begin);
   return 0;
 }
 
@@ -321,27 +334,30 @@ static int read_source(source *src, const char *path, dml_safetensors **out, dml
   uint64_t fsize = src->size;
   uint8_t lb[8];
   if (fsize < 8 || source_read(src, lb, 8) != 0) {
-    rc = dml_err_set(err, DML_EFORMAT, "%s: %llu bytes: too short for the 8-byte header length", path,
-                     (unsigned long long)fsize);
+    rc = dml_err_set(err, DML_EFORMAT, "%s: %llu bytes: too short for the 8-byte header length",
+                     path, (unsigned long long)fsize);
     goto done;
   }
   uint64_t hlen = 0;
   for (int i = 0; i < 8; i++) hlen |= (uint64_t)lb[i] << (8 * i);
   if (hlen > fsize - 8) {
-    rc = dml_err_set(err, DML_EFORMAT,
-                     "%s: byte 0: header length %llu exceeds the %llu bytes that follow it (truncated "
-                     "or not a safetensors file)",
-                     path, (unsigned long long)hlen, (unsigned long long)(fsize - 8));
+    rc = dml_err_set(
+        err, DML_EFORMAT,
+        "%s: byte 0: header length %llu exceeds the %llu bytes that follow it (truncated "
+        "or not a safetensors file)",
+        path, (unsigned long long)hlen, (unsigned long long)(fsize - 8));
     goto done;
   }
   if (hlen > DML_SAFETENSORS_MAX_HEADER) {
-    rc = dml_err_set(err, DML_EFORMAT, "%s: byte 0: header length %llu exceeds the limit of %u bytes",
-                     path, (unsigned long long)hlen, DML_SAFETENSORS_MAX_HEADER);
+    rc = dml_err_set(err, DML_EFORMAT,
+                     "%s: byte 0: header length %llu exceeds the limit of %u bytes", path,
+                     (unsigned long long)hlen, DML_SAFETENSORS_MAX_HEADER);
     goto done;
   }
   if (hlen < 2) {
-    rc = dml_err_set(err, DML_EFORMAT, "%s: byte 0: header length %llu is too small for a JSON object",
-                     path, (unsigned long long)hlen);
+    rc = dml_err_set(err, DML_EFORMAT,
+                     "%s: byte 0: header length %llu is too small for a JSON object", path,
+                     (unsigned long long)hlen);
     goto done;
   }
   hbuf = dml__malloc((size_t)hlen);
@@ -399,7 +415,8 @@ static int read_source(source *src, const char *path, dml_safetensors **out, dml
     }
     json_object_foreach(meta, key, val) {
       if (!json_is_string(val)) {
-        rc = dml_err_set(err, DML_EFORMAT, "%s: __metadata__ '%s': value is not a string", path, key);
+        rc = dml_err_set(err, DML_EFORMAT, "%s: __metadata__ '%s': value is not a string", path,
+                         key);
         goto done;
       }
       char *k = dml__strdup(key), *v = dml__strdup(json_string_value(val));
@@ -420,9 +437,9 @@ static int read_source(source *src, const char *path, dml_safetensors **out, dml
   uint64_t cursor = 0;
   for (int i = 0; i < ne; i++) {
     if (ents[i].begin < cursor) {
-      rc = dml_err_set(err, DML_EFORMAT, "%s: tensor '%s' (bytes %llu..%llu) overlaps tensor '%s'", path,
-                       ents[i].name, (unsigned long long)ents[i].begin, (unsigned long long)ents[i].end,
-                       ents[i - 1].name);
+      rc = dml_err_set(err, DML_EFORMAT, "%s: tensor '%s' (bytes %llu..%llu) overlaps tensor '%s'",
+                       path, ents[i].name, (unsigned long long)ents[i].begin,
+                       (unsigned long long)ents[i].end, ents[i - 1].name);
       goto done;
     }
     if (ents[i].begin > cursor) {

@@ -34,7 +34,9 @@ static void expect_reject(const char *path, int code, const char *what) {
   dml_safetensors *st = NULL;
   dml_err err = {0};
   int rc = dml_safetensors_read(path, &st, &err);
-  if (rc != code) T_FAIL("%s: read returned %d (%s), want %d; msg: %s", path, rc, dml_err_name(rc), code, err.msg);
+  if (rc != code)
+    T_FAIL("%s: read returned %d (%s), want %d; msg: %s", path, rc, dml_err_name(rc), code,
+           err.msg);
   T_ASSERT(st == NULL);
   T_CONTAINS(err.msg, path);
   T_CONTAINS(err.msg, what);
@@ -42,8 +44,12 @@ static void expect_reject(const char *path, int code, const char *what) {
 
 static void test_round_trip(void) {
   float a[6], b[1] = {3.5f}, c[1];
-  uint32_t bits[6] = {0x00000000u, 0x80000000u, 0x00000001u /* subnormal */, 0x7f800000u /* inf */,
-                      0x7fc12345u /* NaN payload */, 0x3f9e0419u};
+  uint32_t bits[6] = {0x00000000u,
+                      0x80000000u,
+                      0x00000001u /* subnormal */,
+                      0x7f800000u /* inf */,
+                      0x7fc12345u /* NaN payload */,
+                      0x3f9e0419u};
   memcpy(a, bits, sizeof(a));
   dml_st_tensor ts[3] = {
       {.name = "layer.weight", .ndim = 2, .shape = {2, 3}, .data = a},
@@ -110,7 +116,8 @@ static void test_corrupt(void) {
   T_OK(dml_safetensors_read(write_raw("good", gl, good, 8), &st, NULL));
   dml_safetensors_free(st);
 
-  expect_reject(write_raw("trunc_data", gl, good, 5), DML_EFORMAT, "beyond the data section of 5 bytes");
+  expect_reject(write_raw("trunc_data", gl, good, 5), DML_EFORMAT,
+                "beyond the data section of 5 bytes");
   /* A real file cut short by one byte, and cut inside its header. */
   const char *rt = tmp_path("rt.safetensors");
   struct stat sb;
@@ -126,7 +133,8 @@ static void test_corrupt(void) {
   fwrite("abcde", 1, 5, f);
   fclose(f);
   expect_reject(p, DML_EFORMAT, "too short");
-  expect_reject(write_raw("hlen_big", 1ull << 40, good, 8), DML_EFORMAT, "header length 1099511627776 exceeds");
+  expect_reject(write_raw("hlen_big", 1ull << 40, good, 8), DML_EFORMAT,
+                "header length 1099511627776 exceeds");
   expect_reject(write_raw("hlen_short", gl - 10, good, 0), DML_EFORMAT, "bad JSON");
   expect_reject(write_raw("badjson", 10, "{\"a\": [1, ", 0), DML_EFORMAT, "bad JSON");
   expect_reject(write_raw("notobj", 5, "[1,2]", 0), DML_EFORMAT, "not an object");
@@ -136,10 +144,12 @@ static void test_corrupt(void) {
   h = "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,16]}}";
   expect_reject(write_raw("range", strlen(h), h, 8), DML_EFORMAT, "beyond the data section");
   h = "{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}";
-  expect_reject(write_raw("shape", strlen(h), h, 8), DML_EFORMAT, "8 data bytes for shape [3] (want 12)");
+  expect_reject(write_raw("shape", strlen(h), h, 8), DML_EFORMAT,
+                "8 data bytes for shape [3] (want 12)");
   h = "{\"a\":{\"dtype\":\"F32\",\"shape\":[-2],\"data_offsets\":[0,8]}}";
   expect_reject(write_raw("negshape", strlen(h), h, 8), DML_EFORMAT, "non-negative");
-  h = "{\"a\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296,4294967296],\"data_offsets\":[0,8]}}";
+  h = "{\"a\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296,4294967296],\"data_offsets\":[0,"
+      "8]}}";
   expect_reject(write_raw("overflow", strlen(h), h, 8), DML_EFORMAT, "overflows");
   h = "{\"a\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1],\"data_offsets\":[0,4]}}";
   expect_reject(write_raw("dims", strlen(h), h, 4), DML_EFORMAT, "5 dimensions");
@@ -189,7 +199,8 @@ static void test_model_files(void) {
   T_EQ_INT(c->hidden[1], 5);
   T_EQ_INT(c->max_batch, 32);
   T_EQ_INT(dml_model_num_params(l), dml_model_num_params(m));
-  T_EQ_INT(memcmp(dml_model_params(l), dml_model_params(m), dml_model_num_params(m) * sizeof(float)), 0);
+  T_EQ_INT(
+      memcmp(dml_model_params(l), dml_model_params(m), dml_model_num_params(m) * sizeof(float)), 0);
   dml_model_free(l);
 
   /* The metadata a Python user sees. */
@@ -207,8 +218,10 @@ static void test_model_files(void) {
 
   /* Files whose tensors do not match their config. */
   float w[12 * 7] = {0}, b[7] = {0};
-  dml_st_meta meta[4] = {{"distml.model", "mlp"}, {"distml.in_dim", "12"},
-                         {"distml.num_classes", "4"}, {"distml.hidden", "7"}};
+  dml_st_meta meta[4] = {{"distml.model", "mlp"},
+                         {"distml.in_dim", "12"},
+                         {"distml.num_classes", "4"},
+                         {"distml.hidden", "7"}};
   dml_st_tensor ts[4] = {{.name = "fc1.weight", .ndim = 2, .shape = {7, 11}, .data = w},
                          {.name = "fc1.bias", .ndim = 1, .shape = {7}, .data = b},
                          {.name = "fc2.weight", .ndim = 2, .shape = {4, 7}, .data = w},
@@ -277,7 +290,8 @@ static void test_checkpoint(void) {
   /* Continuing from the checkpoint gives bit-identical parameters. */
   train_steps(a, oa, 3, 200);
   train_steps(b, ob, 3, 200);
-  T_EQ_INT(memcmp(dml_model_params(a), dml_model_params(b), dml_model_num_params(a) * sizeof(float)), 0);
+  T_EQ_INT(
+      memcmp(dml_model_params(a), dml_model_params(b), dml_model_num_params(a) * sizeof(float)), 0);
 
   /* Mismatches are refused before anything is modified. */
   dml_model *c = make_mlp(12, "8", 4, 1);
@@ -317,7 +331,9 @@ static int run_op(int op, const char *model_path, const char *ckpt_path, dml_mod
   int rc = 0;
   switch (op) {
   case OP_LOAD: rc = dml_model_load(model_path, 0, &m, err); break;
-  case OP_SAVE: rc = dml_model_save(ref, tmp_path("oom_save.safetensors"), NULL, 0, NULL, 0, err); break;
+  case OP_SAVE:
+    rc = dml_model_save(ref, tmp_path("oom_save.safetensors"), NULL, 0, NULL, 0, err);
+    break;
   case OP_CREATE: rc = dml_model_create(&m, dml_model_get_config(ref), err); break;
   case OP_OPTIM: {
     dml_optim_config oc;
