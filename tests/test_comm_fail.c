@@ -303,7 +303,36 @@ static void test_hostile(void) {
   unlink(log0);
 }
 
+/* Under mpirun with DISTML_BACKEND=mpi (tests/test_comm_mpi.sh): rank 1 aborts while rank 0 waits
+ * for it; rank 0 must get the reason, not hang (MPI_Abort is never called). */
+static int mpi_abort_check(void) {
+  dml_comm *c;
+  dml_err err = {0};
+  if (dml_comm_init(&c, NULL, &err)) {
+    fprintf(stderr, "init: %s\n", err.msg);
+    return 1;
+  }
+  int rank = dml_comm_rank(c);
+  uint8_t buf[8] = {0};
+  if (rank == 1) {
+    dml_comm_abort(c, "mpi abort reason");
+    R_ASSERT(dml_comm_send(c, 0, 2, buf, 8) == DML_EABORTED);
+  } else if (rank == 0) {
+    int rc = dml_comm_recv(c, 1, 2, buf, 8);
+    fprintf(stderr, "rank 0 saw: %s\n", dml_comm_errmsg(c));
+    R_ASSERT(rc == DML_EPEER);
+    R_ASSERT(strstr(dml_comm_errmsg(c), "rank 1") != NULL);
+    R_ASSERT(strstr(dml_comm_errmsg(c), "aborted: mpi abort reason") != NULL);
+  }
+  printf("rank %d: mpi abort ok\n", rank);
+  fflush(stdout);
+  dml_comm_free(c);
+  return 0;
+}
+
 int main(void) {
+  const char *be = getenv("DISTML_BACKEND");
+  if (be && strcmp(be, "mpi") == 0) return mpi_abort_check();
   th_clear_env();
   signal(SIGPIPE, SIG_IGN);
   test_killed_rank();

@@ -1,7 +1,7 @@
 #!/bin/bash
 # The communicator's point-to-point tests on the mpi backend: test_comm_p2p (every size, tags out
-# of order, recv_alloc from any source, wrong lengths) and test_comm_pingpong run as ranks of
-# `mpirun -np 1/2/3` with DISTML_BACKEND=mpi. Skipped (exit 0, saying so) when mpirun is missing
+# of order, recv_alloc from any source, wrong lengths), test_comm_pingpong and the abort check of
+# test_comm_fail run as ranks of `mpirun -np 1/2/3` with DISTML_BACKEND=mpi. Skipped (exit 0, saying so) when mpirun is missing
 # or distml was built without MPI.
 # test-labels: mpi
 set -euo pipefail
@@ -12,7 +12,7 @@ if ! command -v mpirun >/dev/null; then
   echo "SKIP: mpirun not found"
   exit 0
 fi
-for b in "$p2p" "$pp"; do
+for b in "$p2p" "$pp" "$build/test_comm_fail"; do
   [ -x "$b" ] || { echo "FAIL: $b not built"; exit 1; }
 done
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
@@ -41,3 +41,11 @@ for np in 2 3; do
 done
 timeout 120 mpirun -np 2 "${mpiopts[@]}" "$pp" || { echo "FAIL: mpi pingpong"; exit 1; }
 echo "mpi pingpong: ok"
+# An aborting rank: the other gets its reason instead of hanging.
+out=$(timeout 120 mpirun -np 2 "${mpiopts[@]}" "$build/test_comm_fail" 2>&1) || { echo "$out"; echo "FAIL: mpi abort"; exit 1; }
+if [ "$(grep -c "mpi abort ok" <<<"$out")" != 2 ]; then
+  echo "$out"
+  echo "FAIL: mpi abort"
+  exit 1
+fi
+echo "mpi abort: ok"
