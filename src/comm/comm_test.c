@@ -234,10 +234,31 @@ static void test_oom(void) {
   printf("out of memory at each of %ld allocations: ENOMEM or success, no crash\n", total);
 }
 
+/* The coordinator port is taken: rank 0 says so at once instead of waiting for the timeout. */
+static void test_port_in_use(void) {
+  int fd, port;
+  dml_err e = {0};
+  T_OK(dml__net_listen("127.0.0.1", 0, &fd, &port, &e));
+  dml_comm_opts o;
+  dml_comm_opts_default(&o);
+  o.rank = 0;
+  o.world_size = 2;
+  o.master_port = port;
+  o.timeout_ms = 30000;
+  dml_comm *c;
+  T_EQ_INT(dml_comm_init(&c, &o, &e), DML_EEXIST);
+  T_ASSERT(c == NULL);
+  T_CONTAINS(e.msg, "cannot serve as the coordinator");
+  T_CONTAINS(e.msg, "in use");
+  close(fd);
+  printf("coordinator port in use: ok\n");
+}
+
 int main(void) {
   signal(SIGPIPE, SIG_IGN);
   test_codecs();
   printf("codecs: ok\n");
+  test_port_in_use();
   test_forged_peer();
   test_oom();
   return 0;

@@ -280,9 +280,11 @@ int dml__store_serve(dml__store **out, const dml__comm_cfg *cfg, dml_err *err) {
   dml__store *s = store_new(cfg);
   if (s == NULL) return dml_err_set(err, DML_ENOMEM, "out of memory for the store");
   s->is_server = 1;
-  int rc = dml__net_listen(cfg->bind_addr, cfg->master_port, &s->listen_fd, NULL, err);
+  dml_err e2 = {0};
+  int rc = dml__net_listen(cfg->bind_addr, cfg->master_port, &s->listen_fd, NULL, &e2);
   if (rc) {
-    dml_err_set(err, rc, "coordinator: %s", err ? err->msg : "");
+    dml_err_set(err, rc, "rank 0 cannot serve as the coordinator: %s (is another job using MASTER_PORT?)",
+                e2.msg);
     goto fail;
   }
   if (pipe2(s->wake, O_NONBLOCK | O_CLOEXEC) != 0) {
