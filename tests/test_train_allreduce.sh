@@ -19,6 +19,33 @@ for n in 2 4; do
   [[ $w == "$n" ]] && ok "-n $n ran $w workers" || fail "-n $n reported $w workers"
 done
 
+# The communication-saving options train, and their bytes per step are what they should be; the
+# trace holds every rank's events.
+plain=$("$DISTML" train -n 2 "${common[@]}" --epochs 1 --trace "$TMP/trace.json")
+pb=$(json_field bytes_per_step <<<"$plain")
+ps=$(json_field steps <<<"$plain")
+rb=$(json_field ring_bytes_per_step <<<"$plain")
+python3 -c "import sys; sys.exit(0 if abs($pb - $rb) <= 0.01 * $rb else 1)" && ok "bytes/step $pb == ring formula $rb"   || fail "bytes/step $pb vs ring formula $rb"
+python3 - "$TMP/trace.json" <<'PY' && ok "trace: both ranks, compute and all-reduce events" || fail "bad trace"
+import json, sys
+ev = json.load(open(sys.argv[1]))["traceEvents"]
+pids = {e["pid"] for e in ev if e.get("ph") == "X"}
+cats = {e["cat"] for e in ev if e.get("ph") == "X"}
+sys.exit(0 if pids == {0, 1} and {"compute", "allreduce", "wait"} <= cats else 1)
+PY
+for v in "--grad-compress fp16|0.5" "--grad-compress bf16|0.5" "--accumulate 4|0.25" "--sync-every 8|0.125"; do
+  read -r -a flags <<<"${v%%|*}"
+  want=${v#*|}
+  out=$("$DISTML" train -n 2 "${common[@]}" --epochs 1 "${flags[@]}")
+  acc=$(json_field test_accuracy <<<"$out")
+  # Bytes of the whole epoch, so that accumulation (fewer, larger steps) compares fairly.
+  b=$(python3 -c "print($(json_field bytes_per_step <<<"$out") * $(json_field steps <<<"$out"))")
+  p=$(python3 -c "print($pb * $ps)")
+  python3 -c "import sys; a,b,p,w=$acc,$b,$p,$want; sys.exit(0 if a >= 0.80 and abs(b/p - w) <= 0.1*w + 0.01 else 1)" \
+    && ok "${flags[*]}: accuracy $acc after 1 epoch, $b bytes sent in the epoch (x$want of plain)" \
+    || fail "${flags[*]}: accuracy $acc, $b bytes sent in the epoch vs plain $p (want x$want)"
+done
+
 # Replicas identical after every step (the trainer all-gathers a hash of the parameters after
 # each step and fails on a difference); determinism across runs.
 for run in a b; do

@@ -78,7 +78,8 @@ static void usage(void) {
       "  --epochs N           (default 10)\n"
       "  --batch B            global batch size, split across workers (default 64)\n"
       "  --optimizer O        sgd|momentum|adam|adagrad|ftrl (default adam; ftrl for logreg)\n"
-      "  --lr X               learning rate (default: 0.05 sgd/momentum, 0.001 adam, 0.1 adagrad/ftrl)\n"
+      "  --lr X               learning rate (default: 0.05 sgd/momentum, 0.001 adam, 0.1 adagrad,\n"
+      "                       0.5 ftrl)\n"
       "  --lr-schedule S      cosine|constant: cosine decays the rate to 0 over the run (default cosine)\n"
       "  --momentum X         (default 0.9)   --weight-decay X (default 0)\n"
       "  --l1 X --l2 X        FTRL regularisation (default 1e-6, 1e-4)\n"
@@ -209,7 +210,8 @@ int dml_cli_train_flags_parse(dml_cli_train_flags *f, int argc, char **argv) {
   if (!explicit_optimizer) f->optimizer = strcmp(f->model, "logreg") == 0 ? "ftrl" : "adam";
   if (f->lr <= 0) {
     if (strcmp(f->optimizer, "adam") == 0) f->lr = 0.001;
-    else if (strcmp(f->optimizer, "adagrad") == 0 || strcmp(f->optimizer, "ftrl") == 0) f->lr = 0.1;
+    else if (strcmp(f->optimizer, "ftrl") == 0) f->lr = 0.5;
+    else if (strcmp(f->optimizer, "adagrad") == 0) f->lr = 0.1;
     else f->lr = 0.05;
   }
   if (f->ftrl_alpha <= 0) f->ftrl_alpha = f->lr;
