@@ -115,6 +115,47 @@ static void test_reduce_all(void) {
   T_ASSERT(from_wire(h1[0], DML_BF16) == 3.75f && from_wire(h1[1], DML_BF16) == 2.0f);
 }
 
+/* The bulk paths (F16C instructions, vectorised bf16) agree with the one-value path (which is
+ * the scalar code: a call with n = 1 never reaches the 8-wide loop). */
+static void test_bulk_matches_scalar(void) {
+  static uint16_t all[65536], back[65536];
+  static float f[65536], g[65536];
+  for (uint32_t h = 0; h < 65536; h++) all[h] = (uint16_t)h;
+  for (int k = 0; k < 2; k++) {
+    dml_dtype wt = k == 0 ? DML_F16 : DML_BF16;
+    dml__wire_to_f32(f, all, 65536, wt);
+    for (uint32_t h = 0; h < 65536; h++) {
+      float one = from_wire((uint16_t)h, wt);
+      if (isnan(one)) {
+        T_ASSERT(isnan(f[h]));
+      } else if (memcmp(&one, &f[h], sizeof(one)) != 0) {
+        T_FAIL("%s 0x%04x: bulk %g, scalar %g", dml_dtype_name(wt), h, f[h], one);
+      }
+    }
+    /* f32 -> wire on values around every representable one: ties, halfway points, extremes. */
+    dml_rng rng;
+    dml_rng_seed(&rng, 42 + (uint64_t)k);
+    for (uint32_t i = 0; i < 65536; i++) {
+      uint32_t bits = (uint32_t)dml_rng_next(&rng);
+      if (i % 4 == 0) bits = ((uint32_t)all[i] << 16) | (uint32_t)(i & 3) << 12; /* near bf16 */
+      if (i % 4 == 1) {
+        float v = from_wire(all[i], DML_F16);
+        memcpy(&bits, &v, sizeof(bits));
+        bits += (i & 8) ? 0x1000u : 0xfffu; /* around the f16 halfway point */
+      }
+      memcpy(&g[i], &bits, sizeof(bits));
+    }
+    dml__f32_to_wire(back, g, 65536, wt);
+    for (uint32_t i = 0; i < 65536; i++) {
+      uint16_t one = to_wire(g[i], wt);
+      if (isnan(g[i]))
+        T_ASSERT(isnan(from_wire(back[i], wt)));
+      else if (one != back[i])
+        T_FAIL("%s of %a: bulk 0x%04x, scalar 0x%04x", dml_dtype_name(wt), (double)g[i], back[i], one);
+    }
+  }
+}
+
 static void test_names(void) {
   dml_dtype dt;
   dml_redop op;
@@ -139,6 +180,7 @@ int main(void) {
   test_f16();
   test_bf16();
   test_reduce_all();
+  test_bulk_matches_scalar();
   test_names();
   printf("reduce_test: ok\n");
   return 0;
