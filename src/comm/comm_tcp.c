@@ -945,7 +945,12 @@ static int accept_peers(tcp *t, uint64_t job, uint64_t deadline, dml_err *err) {
     }
   }
 out:
-  for (int i = 0; pend && i < np; i++) close(pend[i].hs.fd);
+  for (int i = 0; pend && i < np; i++) {
+    if (rc == 0)
+      dml_log(DML_LOG_WARN, "rank %d: dropped connection from %s: no HELLO by the time every rank had joined",
+              t->me, pend[i].hs.addr);
+    close(pend[i].hs.fd);
+  }
   dml__free(pend);
   dml__free(pfd);
   return rc;

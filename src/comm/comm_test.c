@@ -254,11 +254,88 @@ static void test_port_in_use(void) {
   printf("coordinator port in use: ok\n");
 }
 
+/* Hostile clients on a rank's own listening port (found through the store, as an attacker on
+ * the coordinator port could): dropped with a log line while the real rank joins. */
+static int peer_rank_main(int rank, int port) {
+  dml_comm_opts o;
+  dml_comm_opts_default(&o);
+  o.rank = rank;
+  o.world_size = 2;
+  o.master_port = port;
+  o.timeout_ms = 20000;
+  dml_comm *c;
+  dml_err err = {0};
+  if (dml_comm_init(&c, &o, &err)) {
+    fprintf(stderr, "rank %d init: %s\n", rank, err.msg);
+    return 1;
+  }
+  char in[4] = {0};
+  int rc = dml_comm_sendrecv(c, 1 - rank, 3, "abc", 4, 1 - rank, 3, in, 4);
+  dml_comm_free(c);
+  return rc == 0 && strcmp(in, "abc") == 0 ? 0 : 1;
+}
+
+static void test_hostile_peer_port(void) {
+  int port = free_port();
+  const char *log0 = "/tmp/distml_comm_test_peerport.log";
+  fflush(stdout);
+  fflush(stderr);
+  pid_t p0 = fork();
+  T_ASSERT(p0 >= 0);
+  if (p0 == 0) {
+    FILE *f = freopen(log0, "w", stderr);
+    (void)f;
+    exit(peer_rank_main(0, port));
+  }
+  dml__comm_cfg cfg = {.rank = 1, .world_size = 2, .master_addr = "127.0.0.1", .master_port = port,
+                       .bind_addr = "127.0.0.1", .timeout_ms = 10000, .max_message_bytes = 1 << 30};
+  dml_err e = {0};
+  dml__store *st;
+  T_OK(dml__store_connect(&st, &cfg, &e));
+  char *addr0;
+  size_t n;
+  T_OK(dml__store_get(st, "addr/0", dml_now_ns() + 10000000000ull, &addr0, &n, &e));
+  int w, p;
+  char host[64];
+  T_ASSERT(sscanf(addr0, "%d %63s %d", &w, host, &p) == 3);
+  dml__free(addr0);
+  dml__store_close(st);
+  int garbage, huge, silent;
+  uint64_t deadline = dml_now_ns() + 10000000000ull;
+  T_OK(dml__net_connect(host, p, deadline, &garbage, &e));
+  T_OK(dml__net_connect(host, p, deadline, &huge, &e));
+  T_OK(dml__net_connect(host, p, deadline, &silent, &e));
+  T_OK(dml__net_write_all(garbage, "\x16\x03\x01 not a distml frame", 24, deadline, &e));
+  uint8_t hdr[DML__FRAME_HDR];
+  dml__frame_encode(hdr, DML__F_AUTH, 0, 0, 1ull << 50);
+  T_OK(dml__net_write_all(huge, hdr, sizeof(hdr), deadline, &e));
+  pid_t p1 = fork();
+  T_ASSERT(p1 >= 0);
+  if (p1 == 0) exit(peer_rank_main(1, port));
+  int st0, st1;
+  T_ASSERT(waitpid(p1, &st1, 0) == p1 && WIFEXITED(st1) && WEXITSTATUS(st1) == 0);
+  T_ASSERT(waitpid(p0, &st0, 0) == p0 && WIFEXITED(st0) && WEXITSTATUS(st0) == 0);
+  close(garbage), close(huge), close(silent);
+  FILE *f = fopen(log0, "r");
+  T_ASSERT(f != NULL);
+  char logbuf[8192];
+  size_t ln = fread(logbuf, 1, sizeof(logbuf) - 1, f);
+  logbuf[ln] = 0;
+  fclose(f);
+  unlink(log0);
+  T_CONTAINS(logbuf, "rank 0: dropped connection from 127.0.0.1");
+  T_CONTAINS(logbuf, "bad frame magic");
+  T_CONTAINS(logbuf, "exceeds the maximum 4096");
+  T_CONTAINS(logbuf, "no HELLO by the time every rank had joined");
+  printf("hostile clients on a peer port: ok\n");
+}
+
 int main(void) {
   signal(SIGPIPE, SIG_IGN);
   test_codecs();
   printf("codecs: ok\n");
   test_port_in_use();
+  test_hostile_peer_port();
   test_forged_peer();
   test_oom();
   return 0;
