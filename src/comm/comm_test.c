@@ -305,7 +305,7 @@ static void test_hostile_peer_port(void) {
   T_OK(dml__net_connect(host, p, deadline, &garbage, &e));
   T_OK(dml__net_connect(host, p, deadline, &huge, &e));
   T_OK(dml__net_connect(host, p, deadline, &silent, &e));
-  static const char junk[] = "\x16\x03\x01 not a distml frame";
+  static const char junk[] = "\x16\x03\x01 this is not a distml frame at all"; /* > one header */
   T_OK(dml__net_write_all(garbage, junk, sizeof(junk), deadline, &e));
   uint8_t hdr[DML__FRAME_HDR];
   dml__frame_encode(hdr, DML__F_AUTH, 0, 0, 1ull << 50);
