@@ -79,8 +79,10 @@ static void usage(void) {
       "  --batch B            global batch size, split across workers (default 64)\n"
       "  --optimizer O        sgd|momentum|adam|adagrad|ftrl (default adam; ftrl for logreg)\n"
       "  --lr X               learning rate (default: 0.05 sgd/momentum, 0.001 adam, 0.1 adagrad,\n"
-      "                       0.5 ftrl)\n"
-      "  --lr-schedule S      cosine|constant: cosine decays the rate to 0 over the run (default cosine)\n"
+      "                       2 ftrl)\n"
+      "  --lr-schedule S      cosine|constant: cosine decays the rate to 0 over the run (default\n"
+      "                       cosine; constant for ftrl, whose per-coordinate rates decay already\n"
+      "                       and whose weights shrink with its alpha)\n"
       "  --momentum X         (default 0.9)   --weight-decay X (default 0)\n"
       "  --l1 X --l2 X        FTRL regularisation (default 1e-6, 1e-4)\n"
       "  --ftrl-alpha X --ftrl-beta X   FTRL learning-rate parameters (default lr, 1)\n"
@@ -156,7 +158,7 @@ int dml_cli_train_flags_parse(dml_cli_train_flags *f, int argc, char **argv) {
   f->bucket_mb = 1.0;
   f->accumulate = 1;
   f->grad_compress = "none";
-  f->lr_schedule = "cosine";
+  f->lr_schedule = NULL; /* cosine, or constant for ftrl: decided after parsing */
   f->checkpoint_every = 1;
   int explicit_optimizer = 0;
   optind = 1;
@@ -210,11 +212,12 @@ int dml_cli_train_flags_parse(dml_cli_train_flags *f, int argc, char **argv) {
   if (!explicit_optimizer) f->optimizer = strcmp(f->model, "logreg") == 0 ? "ftrl" : "adam";
   if (f->lr <= 0) {
     if (strcmp(f->optimizer, "adam") == 0) f->lr = 0.001;
-    else if (strcmp(f->optimizer, "ftrl") == 0) f->lr = 0.5;
+    else if (strcmp(f->optimizer, "ftrl") == 0) f->lr = 2.0;
     else if (strcmp(f->optimizer, "adagrad") == 0) f->lr = 0.1;
     else f->lr = 0.05;
   }
   if (f->ftrl_alpha <= 0) f->ftrl_alpha = f->lr;
+  if (f->lr_schedule == NULL) f->lr_schedule = strcmp(f->optimizer, "ftrl") == 0 ? "constant" : "cosine";
   if (f->resume && f->checkpoint == NULL) dml_cli_usage_error("train", "--resume needs --checkpoint DIR");
   if (f->test == NULL && strncmp(f->data, "fashion-mnist", 13) == 0) f->test = "fashion-mnist:test";
   return 0;

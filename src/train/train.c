@@ -521,17 +521,41 @@ int dml_train_run(const dml_train_config *cfg_in, const dml_dataset *train, cons
         rows_sum += local_batch;
       }
       if (sync_grads && (rc = wait_buckets(&t)) != 0) goto out;
+      /* A sparse model (logreg) lists the coordinates its gradient touched: without a dense
+       * gradient all-reduce, scale and step only those (a dense step over 1M weights per batch
+       * would cost more than the batch). */
+      const uint32_t *touched = NULL;
+      size_t ntouched = 0;
+      if (!sync_grads) dml_model_touched(t.m, &touched, &ntouched);
       if (!sync_grads && t.grad_scale != 1.0f) { /* accumulate without sync: mean of the means */
         float *g = dml_model_grads(t.m);
-        for (size_t i = 0; i < t.n; i++) g[i] *= t.grad_scale;
+        if (touched != NULL)
+          for (size_t i = 0; i < ntouched; i++) g[touched[i]] *= t.grad_scale;
+        else
+          for (size_t i = 0; i < t.n; i++) g[i] *= t.grad_scale;
       }
       if (cfg->lr_cosine) {
         double total = (double)steps_per_epoch * cfg->epochs;
         dml_optim_set_lr(t.o, (float)(cfg->optim.lr * 0.5 * (1.0 + cos(M_PI * (double)step / total))));
       }
       uint64_t o0 = dml_now_ns();
-      dml_optim_step(t.o, dml_model_params(t.m), dml_model_grads(t.m));
+      if (touched != NULL) {
+        dml_optim_begin_step(t.o);
+        if ((rc = dml_optim_update_sparse(t.o, dml_model_params(t.m), dml_model_grads(t.m), touched, ntouched,
+                                          0)) != 0) {
+          dml_err_set(err, rc, "sparse optimizer step: index out of range");
+          goto out;
+        }
+      } else {
+        dml_optim_step(t.o, dml_model_params(t.m), dml_model_grads(t.m));
+      }
       dml__trace_add(&t.trace, "optimizer", "compute", 0, o0);
+      if (sync_grads && dml_model_touched(t.m, &touched, &ntouched) == 0 && touched != NULL) {
+        /* A sparse model re-zeroes only the coordinates it touched itself; after the all-reduce
+         * the buffer also holds the other ranks' coordinates, which must not leak into the next
+         * step. */
+        memset(dml_model_grads(t.m), 0, t.n * sizeof(float));
+      }
       step++;
       if (dp && cfg->sync_every > 0 &&
           ((s + 1) % cfg->sync_every == 0 || s + 1 == steps_per_epoch)) {

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Sparse logistic regression with FTRL on a generated data set with a planted model: `distml gen`
+# writes train and test files from one model, training reaches a test AUC well above chance,
+# `distml eval` reproduces it from the saved model, and two workers reach it too.
+source "$(dirname "$0")/lib.sh"
+"$DISTML" gen sparse --rows 40000 --features 100000 --nnz 20 --seed 5 --out "$TMP/train.svm" \
+  --test-rows 10000 --test-out "$TMP/test.svm" 2>/dev/null || fail "gen failed"
+rows=$(wc -l <"$TMP/train.svm")
+[[ $rows -eq 40000 ]] && ok "gen wrote 40000 training rows" || fail "gen wrote $rows rows"
+out=$("$DISTML" train --model logreg --data "$TMP/train.svm" --test "$TMP/test.svm" --features 100000 \
+  --epochs 3 --json --quiet --save "$TMP/lr.safetensors")
+auc=$(json_field test_auc <<<"$out")
+ge "$auc" 0.72 && ok "FTRL test AUC $auc >= 0.72" || fail "FTRL test AUC $auc < 0.72"
+ev=$("$DISTML" eval --model "$TMP/lr.safetensors" --data "$TMP/test.svm" --json)
+eauc=$(json_field test_auc <<<"$ev")
+[[ $eauc == "$auc" ]] && ok "eval reproduces AUC $auc" || fail "eval AUC $eauc vs train $auc"
+out2=$("$DISTML" train -n 2 --model logreg --data "$TMP/train.svm" --test "$TMP/test.svm" --features 100000 \
+  --epochs 3 --json --quiet)
+auc2=$(json_field test_auc <<<"$out2")
+python3 -c "import sys; sys.exit(0 if abs($auc2 - $auc) <= 0.01 else 1)" && ok "-n 2 AUC $auc2 within 0.01 of $auc" \
+  || fail "-n 2 AUC $auc2 vs local $auc"
+finish
