@@ -4,6 +4,7 @@
 # PyTorch runs as installed and with OPENBLAS_CORETYPE=SkylakeX; the ratio is against its faster
 # figure. Usage: bench/train_vs_pytorch.sh [ROUNDS]   (needs scripts/setup.sh --bench)
 set -euo pipefail
+export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 # one thread on both sides, BLAS included
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
 distml=${DISTML:-build/distml}
