@@ -4,7 +4,7 @@
 # Small sizes only: this checks the output, it does not measure anything.
 source "$(dirname "$0")/lib.sh"
 
-out=$("$DISTML" bench task --threads 2 --fib 18 --reps 1 --json 2>"$TMP/err")
+out=$("$DISTML" bench task --threads 2 --fib 18 --reps 1 --farm-tasks 500 --json 2>"$TMP/err")
 status=$?
 if [[ $status -ne 0 ]]; then
   fail "distml bench task --json exited $status: $(cat "$TMP/err")"
@@ -22,7 +22,7 @@ for l in lines:
     # tasks/s and ns/task are two views of one number
     assert abs(o["tasks_per_s"] * o["ns_per_task"] - 1e9) < 1e9 * 1e-6, o
     seen.add(o["bench"])
-assert {"spawn", "fib", "unbalanced", "tiny", "pipeline"} <= seen, seen
+assert {"spawn", "fib", "unbalanced", "tiny", "pipeline", "farm"} <= seen, seen
 fib = [json.loads(l) for l in lines if json.loads(l)["bench"] == "fib"][0]
 # fib(18) with one task per call: fib(19) = 4181 tasks
 assert fib["tasks"] == 4181, fib

@@ -1,18 +1,27 @@
-/* `distml bench task [--threads T] [--fib N] [--reps R] [--only NAME] [--json]`: measures the
- * task pool. spawn: N empty tasks spawned and joined from inside a worker, N swept, ns per task =
+/* `distml bench task [--threads T] [--fib N] [--reps R] [--farm-tasks N] [--only NAME] [--json]`:
+ * measures the task layer. spawn: N empty tasks spawned and joined from inside a worker, N swept, ns per task =
  * slope of a least-squares line through (N, best time); fib: fib(N) with one task per call and no
  * cutoff; unbalanced: a parallel loop whose per-index cost grows linearly (grain 1); tiny: 10^6
  * empty independent tasks; pipeline: an epoch of 60000 augmented 28x28 images through the input
- * pipeline, drained by a consumer that does nothing else. Best of R runs each. It does not compare with other runtimes (see
- * bench/task_vs_tbb_omp.sh) and does not cover the distributed farm (not written yet). */
+ * pipeline, drained by a consumer that does nothing else; farm: N trivial tasks from this
+ * process to 2 forked worker processes over the tcp communicator. Best of R runs each (farm: at
+ * most 3). It does not compare with other runtimes (see bench/task_vs_tbb_omp.sh and
+ * bench/task_farm_vs_dask.sh). */
 #include "cli/bench_task.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "cli/cli.h"
+#include "core/internal.h"
 #include "distml/core.h"
 #include "distml/task.h"
 
@@ -181,6 +190,121 @@ static int bench_pipeline(int reps, uint64_t n, double *best_s, dml_pipe_stats *
   return rc;
 }
 
+/* ---- farm: a master (this process) and 2 forked worker processes on loopback, trivial tasks
+ * (increment a number), the Dask benchmark's shape. */
+static int farm_inc(void *user, const void *in, size_t in_bytes, void *out, size_t out_cap, size_t *out_bytes) {
+  (void)user;
+  uint64_t x;
+  if (in_bytes != sizeof x || out_cap < sizeof x) return DML_EINVAL;
+  memcpy(&x, in, sizeof x);
+  x++;
+  memcpy(out, &x, sizeof x);
+  *out_bytes = sizeof x;
+  return 0;
+}
+
+static int free_port(void) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return -1;
+  struct sockaddr_in sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t sl = sizeof sa;
+  int port = -1;
+  if (bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 && getsockname(fd, (struct sockaddr *)&sa, &sl) == 0)
+    port = ntohs(sa.sin_port);
+  close(fd);
+  return port;
+}
+
+static void farm_comm_opts(dml_comm_opts *co, int rank, int n, int port) {
+  dml_comm_opts_default(co);
+  co->backend = "tcp";
+  co->rank = rank;
+  co->world_size = n;
+  co->master_addr = "127.0.0.1";
+  co->master_port = port;
+  co->timeout_ms = 30000;
+}
+
+static void farm_opts(dml_farm_opts *o) {
+  dml_farm_opts_default(o);
+  o->max_payload_bytes = 64;
+  o->max_result_bytes = 64;
+  o->prefetch = 8; /* trivial tasks: keep a few queued at each worker */
+}
+
+/* One farm job of ntasks, best of reps; forks the 2 workers once for all reps. */
+static int bench_farm(size_t ntasks, int reps, double *best_s) {
+  enum { NWORK = 2 };
+  int port = free_port();
+  if (port < 0) return DML_ESYS;
+  fflush(stdout);
+  fflush(stderr);
+  pid_t pid[NWORK];
+  for (int w = 0; w < NWORK; w++) {
+    pid[w] = fork();
+    if (pid[w] < 0) return DML_ESYS;
+    if (pid[w] == 0) {
+      dml_comm_opts co;
+      farm_comm_opts(&co, w + 1, NWORK + 1, port);
+      dml_comm *c;
+      dml_err e = {0};
+      if (dml_comm_init(&c, &co, &e) != 0) _exit(1);
+      dml_farm_handler h = {"inc", farm_inc, NULL};
+      dml_farm_opts o;
+      farm_opts(&o);
+      int rc = 0;
+      for (int r = 0; r < reps && rc == 0; r++) rc = dml_farm_serve(c, &o, &h, 1, &e);
+      dml_comm_free(c);
+      _exit(rc == 0 ? 0 : 1);
+    }
+  }
+  dml_comm_opts co;
+  farm_comm_opts(&co, 0, NWORK + 1, port);
+  dml_comm *c = NULL;
+  dml_err e = {0};
+  int rc = dml_comm_init(&c, &co, &e);
+  uint64_t *xs = dml__calloc(ntasks, sizeof *xs);
+  dml_farm_task *tasks = dml__calloc(ntasks, sizeof *tasks);
+  dml_farm_result *res = dml__calloc(ntasks, sizeof *res);
+  if (rc == 0 && (xs == NULL || tasks == NULL || res == NULL)) rc = DML_ENOMEM;
+  *best_s = 1e30;
+  for (int r = 0; r < reps && rc == 0; r++) {
+    for (size_t t = 0; t < ntasks; t++) {
+      xs[t] = t;
+      tasks[t] = (dml_farm_task){"inc", &xs[t], sizeof xs[t]};
+    }
+    dml_farm_opts o;
+    farm_opts(&o);
+    dml_farm_stats st;
+    rc = dml_farm_run(c, &o, tasks, ntasks, res, &st, &e);
+    for (size_t t = 0; rc == 0 && t < ntasks; t++) {
+      uint64_t y = 0;
+      if (res[t].status == 0 && res[t].bytes == sizeof y) memcpy(&y, res[t].data, sizeof y);
+      if (y != t + 1) {
+        snprintf(e.msg, sizeof e.msg, "farm: task %zu gave a wrong result", t);
+        rc = DML_EPROTO;
+      }
+    }
+    dml_farm_results_free(res, ntasks);
+    /* wall time of the run itself, without the wait for the workers' goodbye */
+    if (rc == 0 && st.wall_s < *best_s) *best_s = st.wall_s;
+  }
+  if (rc != 0) fprintf(stderr, "distml bench task: farm: %s\n", e.msg[0] ? e.msg : dml_strerror(rc));
+  dml_comm_free(c);
+  for (int w = 0; w < NWORK; w++) {
+    int status;
+    if (rc != 0) kill(pid[w], SIGKILL);
+    waitpid(pid[w], &status, 0);
+  }
+  dml__free(xs);
+  dml__free(tasks);
+  dml__free(res);
+  return rc;
+}
+
 static void report(int json, const char *bench, unsigned threads, uint64_t tasks, double best_s,
                    double ns_per_task, const char *note) {
   double tps = ns_per_task > 0 ? 1e9 / ns_per_task : 0;
@@ -203,11 +327,13 @@ static void report(int json, const char *bench, unsigned threads, uint64_t tasks
 
 static void usage(FILE *f) {
   fprintf(f,
-          "usage: distml bench task [--threads T] [--fib N] [--reps R] [--only NAME] [--json]\n"
+          "usage: distml bench task [--threads T] [--fib N] [--reps R] [--farm-tasks N] [--only NAME]\n"
+          "                         [--json]\n"
           "  --threads T   worker threads (default: online CPUs)\n"
           "  --fib N       fib(N) with one task per call, no cutoff (default 30)\n"
-          "  --reps R      runs of each measurement; the best is reported (default 5)\n"
-          "  --only NAME   run one of: spawn fib unbalanced tiny pipeline\n"
+          "  --reps R      runs of each measurement; the best is reported (default 5; farm: 3 at most)\n"
+          "  --farm-tasks N  trivial tasks per farm run, 2 worker processes (default 20000)\n"
+          "  --only NAME   run one of: spawn fib unbalanced tiny pipeline farm\n"
           "  --json        one JSON object per measurement: bench, threads, tasks, best_s,\n"
           "                tasks_per_s, ns_per_task\n");
 }
@@ -215,6 +341,7 @@ static void usage(FILE *f) {
 int dml_cli_bench_task_main(int argc, char **argv) {
   unsigned threads = 0;
   int fib_n = 30, reps = 5, json = 0;
+  int64_t farm_tasks = 20000;
   const char *only = NULL;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -225,15 +352,16 @@ int dml_cli_bench_task_main(int argc, char **argv) {
     } else if (strcmp(a, "--json") == 0) {
       json = 1;
     } else if (strcmp(a, "--threads") == 0 || strcmp(a, "--fib") == 0 || strcmp(a, "--reps") == 0 ||
-               strcmp(a, "--only") == 0) {
+               strcmp(a, "--only") == 0 || strcmp(a, "--farm-tasks") == 0) {
       if (v == NULL) dml_cli_usage_error(CMD, "%s needs a value", a);
       if (strcmp(a, "--threads") == 0) threads = (unsigned)dml_cli_int(CMD, a, v, 1, 1024);
       if (strcmp(a, "--fib") == 0) fib_n = (int)dml_cli_int(CMD, a, v, 1, 45);
       if (strcmp(a, "--reps") == 0) reps = (int)dml_cli_int(CMD, a, v, 1, 1000);
+      if (strcmp(a, "--farm-tasks") == 0) farm_tasks = dml_cli_int(CMD, a, v, 1, 10000000);
       if (strcmp(a, "--only") == 0) {
         if (strcmp(v, "spawn") != 0 && strcmp(v, "fib") != 0 && strcmp(v, "unbalanced") != 0 &&
-            strcmp(v, "tiny") != 0 && strcmp(v, "pipeline") != 0)
-          dml_cli_usage_error(CMD, "--only: unknown measurement '%s' (spawn, fib, unbalanced, tiny, pipeline)", v);
+            strcmp(v, "tiny") != 0 && strcmp(v, "pipeline") != 0 && strcmp(v, "farm") != 0)
+          dml_cli_usage_error(CMD, "--only: unknown measurement '%s' (spawn, fib, unbalanced, tiny, pipeline, farm)", v);
         only = v;
       }
       i++;
@@ -346,6 +474,16 @@ int dml_cli_bench_task_main(int argc, char **argv) {
                (double)ps.map_busy_ns * 1e-9, (double)ps.consumer_wait_ns * 1e-9);
       report(json, "pipeline", threads, n, best, best * 1e9 / (double)n, note);
     }
+  }
+  if (rc == 0 && (only == NULL || strcmp(only, "farm") == 0)) {
+    /* The pool's threads are not needed by the farm; forking with them idle is safe (the children
+     * only use the communicator). */
+    const size_t n = (size_t)farm_tasks;
+    double best = 0;
+    rc = bench_farm(n, reps < 3 ? reps : 3, &best);
+    if (rc == 0)
+      report(json, "farm", 2, n, best, best * 1e9 / (double)n,
+             "master + 2 worker processes on loopback, trivial tasks");
   }
   if (!json && rc == 0) {
     dml_pool_stats st;

@@ -22,7 +22,7 @@
 #define NAME_MAX_BYTES 32
 
 enum { DOWN_TASK = 1, DOWN_STOP = 2 };
-enum { UP_RESULT = 1, UP_HEARTBEAT = 2 };
+enum { UP_RESULT = 1, UP_HEARTBEAT = 2, UP_BYE = 3 };
 
 static void put32(unsigned char *p, uint32_t v) { memcpy(p, &v, 4); }
 static void put64(unsigned char *p, uint64_t v) { memcpy(p, &v, 8); }
@@ -182,6 +182,7 @@ static const char *handle_up(master *m, int r) {
   uint32_t kind = get32(f + 4);
   w->last_seen_ns = dml_now_ns();
   if (kind == UP_HEARTBEAT) return NULL;
+  if (kind == UP_BYE) return "left before being told to stop";
   if (kind != UP_RESULT) return "bad frame (kind)";
   uint64_t t = get64(f + 8);
   int32_t status = (int32_t)get32(f + 20);
@@ -345,19 +346,21 @@ out:
   m.st.wall_s = dml_now_s() - t0;
   if (stats != NULL) *stats = m.st;
   if (m.w != NULL) {
-    /* Each receive still posted points into its worker's rbuf: wait until the worker closes its
-     * connection after the stop (the receive then fails) before freeing. A worker that neither
-     * closes nor sends within a lease keeps its buffer (a few KiB) until the process ends: the
-     * communicator has no way to withdraw one posted receive. */
+    /* Each live worker answers the stop with a goodbye after its last frame (the pair's frames
+     * arrive in order), so afterwards no receive of ours is left posted and the communicator can
+     * carry another run. A worker silent for a lease, or lost earlier with a receive still
+     * posted, keeps its buffer (a few KiB, parked) until the process ends: the communicator has
+     * no way to withdraw one posted receive. */
     for (int r = 1; r < m.n; r++) {
       wstate *w = &m.w[r];
       int freeable = w->rreq == NULL;
-      while (w->rreq != NULL) {
+      while (w->alive && w->rreq != NULL) {
         int wrc = dml_comm_wait(c, w->rreq, m.o.lease_ms);
         if (wrc == DML_ETIMEDOUT) break;
         w->rreq = NULL;
         freeable = 1;
-        if (wrc == 0 && post_recv(&m, r) != 0) w->rreq = NULL; /* a late heartbeat or result */
+        if (wrc != 0 || get32(w->rbuf) != FARM_MAGIC || get32(w->rbuf + 4) == UP_BYE) break;
+        if (post_recv(&m, r) != 0) w->rreq = NULL; /* a heartbeat or late frame: keep listening */
       }
       if (freeable && w->rreq == NULL)
         dml__free(w->rbuf);
@@ -471,7 +474,21 @@ int dml_farm_serve(dml_comm *c, const dml_farm_opts *opts, const dml_farm_handle
                        kind, len);
       goto out;
     }
-    if (kind == DOWN_STOP) break;
+    if (kind == DOWN_STOP) {
+      /* Heartbeats end first, then the goodbye: it is the last frame of this run. */
+      pthread_mutex_lock(&h.mu);
+      h.stop = 1;
+      pthread_cond_signal(&h.cv);
+      pthread_mutex_unlock(&h.mu);
+      pthread_join(th, NULL);
+      th_started = 0;
+      memset(out, 0, UP_HDR);
+      put32(out, FARM_MAGIC);
+      put32(out + 4, UP_BYE);
+      rc = dml_comm_send(c, 0, FARM_TAG_UP, out, up_bytes);
+      if (rc != 0) dml_err_set(err, rc, "farm: goodbye to the master failed: %s", dml_comm_errmsg(c));
+      goto out;
+    }
     const char *name = (const char *)in + 24;
     const dml_farm_handler *hd = NULL;
     for (size_t i = 0; i < nhandlers; i++)
@@ -503,7 +520,6 @@ int dml_farm_serve(dml_comm *c, const dml_farm_opts *opts, const dml_farm_handle
       goto out;
     }
   }
-  rc = 0;
 out:
   if (th_started) {
     pthread_mutex_lock(&h.mu);
