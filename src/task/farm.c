@@ -138,11 +138,13 @@ static void lose_worker(master *m, int r, const char *why) {
   m->st.workers_lost++;
   snprintf(m->last_loss, sizeof m->last_loss, "worker %s: %s", dml_comm_peer_name(m->c, r), why);
   dml_log(DML_LOG_WARN, "farm: lost %s; re-issuing its %d task(s)", m->last_loss, w->ninflight);
-  /* Re-queue newest first so the oldest ends up at the very front. */
+  /* Re-queue newest first so the oldest ends up at the very front. A worker runs its tasks in
+   * the order it got them, so only the oldest was running when it died: only that one is
+   * charged with the death (the others had not started). */
   for (int i = w->ninflight - 1; i >= 0; i--) {
     size_t t = w->inflight[i];
     if (m->done[t]) continue;
-    m->kills[t]++;
+    if (i == 0) m->kills[t]++;
     if (m->kills[t] >= m->o.max_kills) {
       char msg[96];
       int len = snprintf(msg, sizeof msg, "task %zu was running on %d workers that died", t, m->kills[t]);

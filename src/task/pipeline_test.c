@@ -19,7 +19,8 @@ typedef struct elem {
 
 typedef struct ctx {
   dml_augment aug;
-  uint64_t fail_at; /* map fails on this element (UINT64_MAX: never) */
+  _Atomic uint64_t fail_at; /* map fails on this element (UINT64_MAX: never); changed while
+                                other batches of a failed epoch may still be mapped */
   _Atomic long maps;
 } ctx;
 
@@ -27,7 +28,7 @@ static int map_fn(void *vctx, uint64_t epoch, uint64_t index, dml_rng *rng, void
   ctx *c = vctx;
   elem *e = out;
   (void)epoch;
-  if (index == c->fail_at) return DML_EFORMAT;
+  if (index == atomic_load(&c->fail_at)) return DML_EFORMAT;
   for (int p = 0; p < PIX; p++) e->img[p] = (float)((index * 31 + (uint64_t)p * 7) % 17) / 17.0f;
   e->index = index;
   atomic_fetch_add(&c->maps, 1);
@@ -245,7 +246,7 @@ static void test_errors(void) {
   T_CONTAINS(dml_pipe_errmsg(p), "element 77");
   T_CONTAINS(dml_pipe_errmsg(p), "epoch 3");
   T_EQ_INT(dml_pipe_next(p, &b), DML_EFORMAT); /* sticky */
-  c.fail_at = UINT64_MAX;
+  atomic_store(&c.fail_at, UINT64_MAX);
   T_OK(dml_pipe_start(p, 4)); /* a new epoch starts clean */
   T_OK(dml_pipe_next(p, &b));
   /* Starting again while holding a batch takes it back. */
