@@ -59,16 +59,17 @@ int dml_augment_parse(const char *spec, dml_augment *a, dml_err *err) {
 
 int dml_augment_image(const dml_augment *a, dml_rng *rng, float *img, size_t h, size_t w, size_t c,
                       float *scratch) {
-  if (a == NULL || rng == NULL || (img == NULL && h * w * c > 0)) return DML_EINVAL;
+  if (a == NULL || rng == NULL) return DML_EINVAL;
   int ovf = 0;
   size_t n = dml__mul_size(dml__mul_size(h, w, &ovf), c, &ovf);
   if (ovf) return DML_EOVERFLOW;
   if (n == 0) return 0;
+  if (img == NULL) return DML_EINVAL;
   if (a->flags & DML_AUG_SHIFT) {
-    int s = a->max_shift;
-    if (s < 0) return DML_EINVAL;
-    long dy = (long)dml_rng_below(rng, (uint64_t)(2 * s + 1)) - s;
-    long dx = (long)dml_rng_below(rng, (uint64_t)(2 * s + 1)) - s;
+    long s = a->max_shift;
+    if (s < 0 || s > (1 << 20)) return DML_EINVAL;
+    long dy = (long)dml_rng_below(rng, 2 * (uint64_t)s + 1) - s;
+    long dx = (long)dml_rng_below(rng, 2 * (uint64_t)s + 1) - s;
     if (dx != 0 || dy != 0) {
       float *tmp = scratch;
       if (tmp == NULL) {

@@ -304,7 +304,7 @@ static void test_augment(void) {
   T_ASSERT(flipped > 0 && kept > 0);
   /* shift: the image moves as a whole by at most max_shift, zero filled; with scratch or not. */
   a = (dml_augment){DML_AUG_SHIFT, 2, 0};
-  float scratch[AH * AW * AC];
+  float scratch[AH * AW * AC] = {0};
   int moved = 0;
   for (uint64_t s = 0; s < 64; s++) {
     memcpy(img, orig, sizeof img);
