@@ -23,7 +23,7 @@ trap 'rm -rf "$work"' EXIT
 
 # distml: the task layer and core, compiled straight from the sources with the same flags as the
 # peers (no dependence on a build directory or on the other layers).
-mapfile -t lib_srcs < <(ls "$src"/src/core/*.c "$src"/src/task/*.c | grep -v '_test\.c$')
+mapfile -t lib_srcs < <(ls "$src"/src/core/*.c "$src"/src/task/*.c | grep -v -e '_test\.c$' -e '/farm\.c$') # the farm needs comm
 gcc -std=c11 -D_GNU_SOURCE -DDISTML_VERSION=\"bench\" "${cflags[@]}" -I"$src/include" -I"$src/src" \
   "$src/bench/task_fib_distml.c" "${lib_srcs[@]}" -o "$work/distml" -lpthread -lm
 g++ -std=c++17 "${cflags[@]}" "$src/bench/task_fib_tbb.cpp" -o "$work/tbb" -ltbb -lpthread
