@@ -290,6 +290,7 @@ int dml_farm_run(dml_comm *c, const dml_farm_opts *opts, const dml_farm_task *ta
   dml_progress prog;
   if (m.o.progress) dml_progress_begin(&prog, stderr, "farm", ntasks);
   uint64_t lease_ns = (uint64_t)m.o.lease_ms * 1000000u;
+  long idle_ns = 20000;
   while (m.ndone < ntasks) {
     if (m.alive == 0) {
       rc = dml_err_set(err, DML_EPEER, "farm: no worker left with %zu of %zu tasks unfinished (last lost: %s)",
@@ -335,9 +336,14 @@ int dml_farm_run(dml_comm *c, const dml_farm_opts *opts, const dml_farm_task *ta
       snprintf(status, sizeof status, "%d workers, %llu re-issued", m.alive, (unsigned long long)m.st.reissued);
       dml_progress_update(&prog, m.ndone, status);
     }
-    if (!progressed) {
-      struct timespec ts = {0, 20000};
+    /* Nothing happened: back off from 20 us to 1 ms so a master waiting on long tasks does not
+     * take a core from the workers (a receive cannot be waited on several peers at once). */
+    if (progressed) {
+      idle_ns = 20000;
+    } else {
+      struct timespec ts = {0, idle_ns};
       nanosleep(&ts, NULL);
+      if (idle_ns < 1000000) idle_ns *= 2;
     }
   }
   rc = 0;
