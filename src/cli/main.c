@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "cli/bench_coll.h"
+#include "cli/bench_task.h"
 #include "cli/cli.h"
 #include "cli/launch.h"
 #include "distml.h"
@@ -16,7 +17,7 @@ static void usage(FILE *f) {
           "  eval     evaluate a saved model on a data set\n"
           "  gen      write a synthetic data set (LIBSVM text)\n"
           "  launch   start N processes of a program on this machine, wired together\n"
-          "  bench    benchmarks: allreduce, reducescatter, allgather, broadcast\n"
+          "  bench    benchmarks: allreduce, reducescatter, allgather, broadcast, pingpong, task\n"
           "\n"
           "  distml <command> --help   flags of a command\n"
           "  distml --version          version and BLAS in use\n");
@@ -41,7 +42,10 @@ int main(int argc, char **argv) {
   if (strcmp(cmd, "eval") == 0) return dml_cli_eval_main(argc - 1, argv + 1);
   if (strcmp(cmd, "gen") == 0) return dml_cli_gen_main(argc - 1, argv + 1);
   if (strcmp(cmd, "launch") == 0) return dml_cli_launch_main(argc - 1, argv + 1);
-  if (strcmp(cmd, "bench") == 0) return dml_cli_bench_main(argc - 1, argv + 1);
+  if (strcmp(cmd, "bench") == 0) {
+    if (argc >= 3 && strcmp(argv[2], "task") == 0) return dml_cli_bench_task_main(argc - 2, argv + 2);
+    return dml_cli_bench_main(argc - 1, argv + 1);
+  }
   fprintf(stderr, "distml: error: unknown command '%s'\n", cmd);
   usage(stderr);
   return 2;

@@ -5,7 +5,7 @@
 
 #include "core/internal.h"
 
-#define TRACE_TAG (DML_TAG_RESERVED + 0x7100)
+#define TRACE_TAG (DML_TAG_RESERVED + 0x09000100) /* above coll's range (coll.h) */
 
 void dml__trace_init(dml__trace *t, int enabled) {
   memset(t, 0, sizeof(*t));

@@ -17,7 +17,6 @@
 #include "core/internal.h"
 #include "train/trace.h"
 
-#define CHECK_TAG (DML_TAG_RESERVED + 0x7200)
 
 void dml_train_config_init(dml_train_config *cfg) {
   memset(cfg, 0, sizeof(*cfg));
