@@ -16,6 +16,7 @@
 #include "distml/core.h"
 #include "distml/data.h"
 #include "distml/ml.h"
+#include "distml/task.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -51,6 +52,13 @@ typedef struct dml_train_config {
   int64_t shard_of_rows;     /* 0: train is the whole training set (each rank uses its shard of
                                 it); N > 0: train already is this rank's dml_shard_range shard of
                                 a set of N rows (the other rows were never kept) */
+  int loader_threads;        /* 0: batches are gathered on the training thread; T > 0: the input
+                                pipeline (task.h) prepares them on a pool of T threads ahead of
+                                the trainer (dense data only); batches depend on the seed only,
+                                not on T */
+  int prefetch;              /* pipeline: batches prepared ahead (0: 2) */
+  dml_augment augment;       /* pipeline: random image augmentation (flags 0: none); rows are
+                                taken as square single-channel images */
   int lr_cosine;             /* 1: the learning rate follows a cosine from optim.lr at the first
                                 step to 0 after the last (per optimizer step); 0: constant */
   int stop_after_epoch;      /* testing: return DML_ECANCELED after this epoch (0: never) */
@@ -72,6 +80,8 @@ typedef struct dml_train_result {
   double comm_s, wait_s;                     /* all-reduce busy time, time the trainer waited */
   double overlap_pct;                        /* 100 * (1 - wait / comm): communication hidden */
   double bytes_per_step, ring_bytes_per_step;/* measured sent bytes vs the ring formula */
+  double input_stall_s;                      /* last epoch: time the trainer waited for batches */
+  double input_stall_pct;                    /* ... as a share of the epoch's training time */
 } dml_train_result;
 
 /* Trains on train (this rank's shard of it is used) and evaluates on test (may be NULL) after

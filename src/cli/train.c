@@ -71,6 +71,10 @@ static void print_json(const dml_train_result *r, const dml_cli_train_flags *f, 
     dml_jsonl_add_double(&j, "overlap_pct", r->overlap_pct);
   }
   if (r->resumed_from_epoch) dml_jsonl_add_int(&j, "resumed_from_epoch", r->resumed_from_epoch);
+  if (f->loader_threads > 0 || f->augment != NULL) {
+    dml_jsonl_add_double(&j, "input_stall_s", r->input_stall_s);
+    dml_jsonl_add_double(&j, "input_stall_pct", r->input_stall_pct);
+  }
   dml_jsonl_end(&j);
 }
 
@@ -173,6 +177,10 @@ int dml_cli_train_main(int argc, char **argv) {
     cfg.optim.ftrl_l2 = (float)f.l2;
   }
   cfg.lr_cosine = strcmp(f.lr_schedule, "cosine") == 0;
+  cfg.loader_threads = f.loader_threads;
+  cfg.prefetch = f.prefetch;
+  if (f.augment != NULL && dml_augment_parse(f.augment, &cfg.augment, &e) != 0)
+    dml_cli_usage_error("train", "--augment: %s", dml_err_msg(&e));
   cfg.epochs = f.epochs;
   cfg.batch = f.batch;
   cfg.seed = f.seed;

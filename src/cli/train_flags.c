@@ -15,7 +15,7 @@ enum {
   OPT_HIDDEN, OPT_EPOCHS, OPT_BATCH, OPT_LR, OPT_OPTIMIZER, OPT_MOMENTUM, OPT_WD, OPT_L1, OPT_L2,
   OPT_FTRL_ALPHA, OPT_FTRL_BETA, OPT_SEED, OPT_SAVE, OPT_METRICS, OPT_JSON, OPT_QUIET, OPT_THREADS,
   OPT_STRATEGY, OPT_BACKEND, OPT_BUCKET_MB, OPT_ACCUMULATE, OPT_SYNC_EVERY, OPT_GRAD_COMPRESS,
-  OPT_LR_SCHEDULE, OPT_TRACE, OPT_CHECKPOINT, OPT_CHECKPOINT_EVERY, OPT_RESUME, OPT_HELP
+  OPT_LR_SCHEDULE, OPT_LOADER_THREADS, OPT_PREFETCH, OPT_AUGMENT, OPT_TRACE, OPT_CHECKPOINT, OPT_CHECKPOINT_EVERY, OPT_RESUME, OPT_HELP
 };
 
 static const struct option long_opts[] = {
@@ -51,6 +51,9 @@ static const struct option long_opts[] = {
     {"sync-every", required_argument, 0, OPT_SYNC_EVERY},
     {"grad-compress", required_argument, 0, OPT_GRAD_COMPRESS},
     {"trace", required_argument, 0, OPT_TRACE},
+    {"loader-threads", required_argument, 0, OPT_LOADER_THREADS},
+    {"prefetch", required_argument, 0, OPT_PREFETCH},
+    {"augment", required_argument, 0, OPT_AUGMENT},
     {"checkpoint", required_argument, 0, OPT_CHECKPOINT},
     {"checkpoint-every", required_argument, 0, OPT_CHECKPOINT_EVERY},
     {"resume", no_argument, 0, OPT_RESUME},
@@ -87,6 +90,12 @@ static void usage(void) {
       "  --l1 X --l2 X        FTRL regularisation (default 1e-6, 1e-4)\n"
       "  --ftrl-alpha X --ftrl-beta X   FTRL learning-rate parameters (default lr, 1)\n"
       "  --seed N             seed of initialisation and shuffling (default 1)\n"
+      "input pipeline (dense data):\n"
+      "  --loader-threads T   prepare batches on T threads ahead of training (default 0: on the\n"
+      "                       training thread); batches depend on the seed only, not on T\n"
+      "  --prefetch K         batches prepared ahead (default 2)\n"
+      "  --augment A          random image augmentation: any of shift,flip,noise (comma-separated),\n"
+      "                       all or none; rows are square images (implies --loader-threads 1)\n"
       "output:\n"
       "  --save FILE          write the trained model (safetensors, atomically)\n"
       "  --metrics FILE       append one JSON object per epoch (JSON lines)\n"
@@ -199,6 +208,9 @@ int dml_cli_train_flags_parse(dml_cli_train_flags *f, int argc, char **argv) {
       case OPT_SYNC_EVERY: f->sync_every = (int)dml_cli_int("train", "--sync-every", optarg, 1, 1 << 30); break;
       case OPT_GRAD_COMPRESS: f->grad_compress = one_of("--grad-compress", optarg, compress); break;
       case OPT_TRACE: f->trace = optarg; break;
+      case OPT_LOADER_THREADS: f->loader_threads = (int)dml_cli_int("train", "--loader-threads", optarg, 0, 256); break;
+      case OPT_PREFETCH: f->prefetch = (int)dml_cli_int("train", "--prefetch", optarg, 1, 1024); break;
+      case OPT_AUGMENT: f->augment = optarg; break;
       case OPT_CHECKPOINT: f->checkpoint = optarg; break;
       case OPT_CHECKPOINT_EVERY: f->checkpoint_every = (int)dml_cli_int("train", "--checkpoint-every", optarg, 1, 1 << 30); break;
       case OPT_RESUME: f->resume = 1; break;

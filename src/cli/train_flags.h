@@ -23,6 +23,8 @@ typedef struct dml_cli_train_flags {
   uint64_t seed;
   const char *save, *metrics;
   int json, quiet, threads;
+  int loader_threads, prefetch; /* input pipeline */
+  const char *augment;          /* NULL: none */
   /* distributed */
   int nproc;              /* -n */
   const char *strategy;   /* local|allreduce|ps */

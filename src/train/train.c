@@ -195,6 +195,43 @@ static int wait_buckets(trainer *t) {
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * Input pipeline: an element is one row (dim floats, then its int32 label), mapped (copied and
+ * augmented) on the pool; a batch is the rows then the labels, ready to train on. */
+
+typedef struct pipe_ctx {
+  const dml_dataset *ds;
+  int64_t first_row;      /* the rank's shard begins here */
+  const dml_augment *aug; /* NULL: none */
+  int side;               /* image side (rows are side x side images) */
+} pipe_ctx;
+
+static int pipe_map(void *ctx, uint64_t epoch, uint64_t index, dml_rng *rng, void *out) {
+  (void)epoch;
+  const pipe_ctx *pc = ctx;
+  int dim = pc->ds->dim;
+  int64_t row = pc->first_row + (int64_t)index;
+  float *x = out;
+  memcpy(x, pc->ds->x + (size_t)row * (size_t)dim, sizeof(float) * (size_t)dim);
+  memcpy(x + dim, &pc->ds->y[row], sizeof(int32_t));
+  if (pc->aug != NULL) return dml_augment_image(pc->aug, rng, x, (size_t)pc->side, (size_t)pc->side, 1, NULL);
+  return 0;
+}
+
+static int pipe_collate(void *ctx, void *const *elems, const uint64_t *idx, size_t count, void *batch) {
+  (void)idx;
+  const pipe_ctx *pc = ctx;
+  int dim = pc->ds->dim;
+  float *x = batch;
+  int32_t *y = (int32_t *)(x + count * (size_t)dim);
+  for (size_t i = 0; i < count; i++) {
+    const float *e = elems[i];
+    memcpy(x + i * (size_t)dim, e, sizeof(float) * (size_t)dim);
+    memcpy(&y[i], e + dim, sizeof(int32_t));
+  }
+  return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
  * Evaluation. */
 
 int dml_evaluate(dml_model *m, const dml_dataset *ds, dml_comm *comm, double *accuracy,
@@ -362,6 +399,10 @@ static void metrics_line(dml_jsonl *j, int epoch, uint64_t step, double train_lo
   dml_jsonl_add_double(j, "samples_per_s", sps);
   dml_jsonl_add_double(j, "epoch_s", epoch_s);
   dml_jsonl_add_int(j, "bytes_sent", (int64_t)bytes);
+  if (r->input_stall_s > 0 || r->input_stall_pct > 0) {
+    dml_jsonl_add_double(j, "input_stall_s", r->input_stall_s);
+    dml_jsonl_add_double(j, "input_stall_pct", r->input_stall_pct);
+  }
   if (r->ring_bytes_per_step > 0) {
     dml_jsonl_add_double(j, "bytes_per_step", r->bytes_per_step);
     dml_jsonl_add_double(j, "ring_bytes_per_step", r->ring_bytes_per_step);
@@ -428,6 +469,11 @@ int dml_train_run(const dml_train_config *cfg_in, const dml_dataset *train, cons
 
   uint32_t *order = NULL, *rows = NULL;
   dml_batch_buf bbuf = {0};
+  dml_pool *pool = NULL;
+  dml_pipe *pipe = NULL;
+  pipe_ctx pctx = {train, shard_begin, cfg->augment.flags ? &cfg->augment : NULL, 0};
+  dml_pipe_batch held = {0};
+  int holding = 0;
   dml_jsonl metrics = {0};
   int metrics_open = 0;
   dml__trace_init(&t.trace, cfg->trace_path != NULL);
@@ -443,6 +489,37 @@ int dml_train_run(const dml_train_config *cfg_in, const dml_dataset *train, cons
   if (order == NULL || rows == NULL) {
     rc = dml_err_set(err, DML_ENOMEM, "out of memory");
     goto out;
+  }
+  if (cfg->loader_threads > 0 || cfg->augment.flags) {
+    if (train->x == NULL) {
+      rc = dml_err_set(err, DML_EINVAL, "the input pipeline (--loader-threads, --augment) takes dense data; %s is sparse",
+                       train->name);
+      goto out;
+    }
+    pctx.side = (int)lround(sqrt((double)train->dim));
+    if (cfg->augment.flags && pctx.side * pctx.side != train->dim) {
+      rc = dml_err_set(err, DML_EINVAL, "--augment treats rows as square images; %s has %d features", train->name,
+                       train->dim);
+      goto out;
+    }
+    dml_pool_opts po = {0};
+    po.nthreads = (unsigned)(cfg->loader_threads > 0 ? cfg->loader_threads : 1);
+    po.name = "loader";
+    if ((rc = dml_pool_create(&po, &pool, err)) != 0) goto out;
+    dml_pipe_opts pp;
+    dml_pipe_opts_default(&pp);
+    pp.n = (uint64_t)shard_n;
+    pp.elem_bytes = sizeof(float) * (size_t)train->dim + sizeof(int32_t);
+    pp.batch_size = (size_t)local_batch;
+    pp.batch_bytes = (sizeof(float) * (size_t)train->dim + sizeof(int32_t)) * (size_t)local_batch;
+    pp.drop_last = 1;
+    pp.shuffle_order = 1;
+    pp.prefetch = (size_t)cfg->prefetch;
+    pp.seed = cfg->seed * 1000003ull + (uint64_t)t.rank;
+    pp.map = pipe_map;
+    pp.collate = pipe_collate;
+    pp.ctx = &pctx;
+    if ((rc = dml_pipe_create(pool, &pp, &pipe, err)) != 0) goto out;
   }
   if (dp) {
     if ((rc = check_agreement(&t, config_hash(&t), "the model shape, bucket plan and flags")) != 0) goto out;
@@ -487,7 +564,17 @@ int dml_train_run(const dml_train_config *cfg_in, const dml_dataset *train, cons
     double e0 = dml_now_s();
     uint64_t e_bytes0 = comm ? dml_comm_bytes_sent(comm) : 0;
     t.comm_ns = t.wait_ns = 0;
-    dml_epoch_order(order, (size_t)shard_n, cfg->seed * 1000003ull + (uint64_t)t.rank, (uint64_t)epoch);
+    dml_pipe_stats ps0 = {0};
+    if (pipe != NULL) {
+      if ((rc = dml_pipe_start(pipe, (uint64_t)epoch)) != 0) {
+        dml_err_set(err, rc, "input pipeline: %s", dml_pipe_errmsg(pipe));
+        goto out;
+      }
+      holding = 0;
+      dml_pipe_get_stats(pipe, &ps0);
+    } else {
+      dml_epoch_order(order, (size_t)shard_n, cfg->seed * 1000003ull + (uint64_t)t.rank, (uint64_t)epoch);
+    }
     dml_progress prog;
     char label[32];
     snprintf(label, sizeof(label), "epoch %d/%d", epoch + 1, cfg->epochs);
@@ -498,11 +585,28 @@ int dml_train_run(const dml_train_config *cfg_in, const dml_dataset *train, cons
     for (int64_t s = 0; s < steps_per_epoch; s++) {
       if (cfg->accumulate > 1) dml_model_zero_grads(t.m);
       for (int k = 0; k < cfg->accumulate; k++) {
-        for (int i = 0; i < local_batch; i++) rows[i] = (uint32_t)shard_begin + order[pos + i];
-        pos += max_local; /* every rank advances alike; the extra row of short ranks is unused */
         dml_batch b;
         uint64_t c0 = dml_now_ns();
-        if ((rc = dml_dataset_gather(train, rows, local_batch, &bbuf, &b, err)) != 0) goto out;
+        if (pipe != NULL) {
+          if (holding) dml_pipe_release(pipe, &held);
+          holding = 0;
+          if ((rc = dml_pipe_next(pipe, &held)) != 0) {
+            dml_err_set(err, rc, "input pipeline: %s", dml_pipe_errmsg(pipe));
+            goto out;
+          }
+          holding = 1;
+          memset(&b, 0, sizeof(b));
+          b.n = (int)held.count;
+          b.dim = train->dim;
+          b.x = held.data;
+          b.y = (const int32_t *)((const float *)held.data + held.count * (size_t)train->dim);
+          dml__trace_add(&t.trace, "input wait", "io", 0, c0);
+          c0 = dml_now_ns();
+        } else {
+          for (int i = 0; i < local_batch; i++) rows[i] = (uint32_t)shard_begin + order[pos + i];
+          pos += max_local; /* every rank advances alike; the extra row of short ranks is unused */
+          if ((rc = dml_dataset_gather(train, rows, local_batch, &bbuf, &b, err)) != 0) goto out;
+        }
         float loss;
         int correct;
         t.sync_now = sync_grads && k == cfg->accumulate - 1;
@@ -582,6 +686,14 @@ int dml_train_run(const dml_train_config *cfg_in, const dml_dataset *train, cons
     }
     double epoch_train_s = dml_now_s() - e0;
     train_s += epoch_train_s;
+    if (pipe != NULL) {
+      if (holding) dml_pipe_release(pipe, &held);
+      holding = 0;
+      dml_pipe_stats ps1;
+      dml_pipe_get_stats(pipe, &ps1);
+      res->input_stall_s = (double)(ps1.consumer_wait_ns - ps0.consumer_wait_ns) * 1e-9;
+      res->input_stall_pct = 100.0 * res->input_stall_s / epoch_train_s;
+    }
     /* Training loss and accuracy over all ranks. */
     double sums[3] = {loss_sum, correct_sum, rows_sum};
     if (dp && (rc = dml_allreduce(comm, sums, 3, DML_F64, DML_SUM)) != 0) {
@@ -650,6 +762,9 @@ out:
   if (t.buckets != NULL)
     for (int i = 0; i < t.nbuckets; i++)
       if (t.buckets[i].req != NULL) (void)dml_coll_wait(t.buckets[i].req, 1000);
+  if (pipe != NULL && holding) dml_pipe_release(pipe, &held);
+  dml_pipe_destroy(pipe);
+  dml_pool_destroy(pool);
   if (metrics_open) dml_jsonl_close(&metrics);
   dml_batch_buf_free(&bbuf);
   dml__free(order);
