@@ -361,6 +361,7 @@ static int run_rank(const bench_cfg *cfg) {
       if (agg[1] > 0) status = 1;
     }
   }
+  dml_jsonl_close(&jl);
   goto out;
 fail:
   fprintf(stderr, "distml bench: error: rank %d: %s: %s\n", r, dml_strerror(rc),

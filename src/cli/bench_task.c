@@ -319,6 +319,7 @@ static void report(int json, const char *bench, unsigned threads, uint64_t tasks
     dml_jsonl_add_double(&j, "tasks_per_s", tps);
     dml_jsonl_add_double(&j, "ns_per_task", ns_per_task);
     dml_jsonl_end(&j);
+    dml_jsonl_close(&j);
   } else {
     printf("%-11s %7u %10llu %11.6f %13.0f %11.1f  %s\n", bench, threads, (unsigned long long)tasks,
            best_s, tps, ns_per_task, note);

@@ -76,6 +76,7 @@ static void print_json(const dml_train_result *r, const dml_cli_train_flags *f, 
     dml_jsonl_add_double(&j, "input_stall_pct", r->input_stall_pct);
   }
   dml_jsonl_end(&j);
+  dml_jsonl_close(&j);
 }
 
 /* Removes "-n N" / "-nN" from argv for the launched copies (they learn the size from the env). */
@@ -319,6 +320,7 @@ int dml_cli_eval_main(int argc, char **argv) {
     dml_jsonl_add_int(&j, "rows", ds.n);
     dml_jsonl_add_str(&j, "model", dml_model_kind_name(mc->kind));
     dml_jsonl_end(&j);
+    dml_jsonl_close(&j);
   } else {
     printf("%s on %s: accuracy %.4f, loss %.4f", model_path, ds.name, acc, loss);
     if (!isnan(auc)) printf(", AUC %.4f", auc);
