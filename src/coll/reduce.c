@@ -74,6 +74,7 @@ static float bf16_to_f32(uint16_t h) {
  * time: one vcvtps2ph/vcvtph2ps per 8 values, same round-to-nearest-even as the scalar code);
  * bf16 is a shift and a branch-free rounding that the compiler vectorises. */
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define DML__F16C_PATH 1
 __attribute__((target("avx,f16c"))) static void f16_to_f32_f16c(float *dst, const uint16_t *src,
@@ -95,8 +96,15 @@ static int have_f16c(void) {
   static _Atomic int cached = -1;
   int v = cached;
   if (v < 0) {
-    __builtin_cpu_init();
-    v = __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c");
+    /* cpuid rather than __builtin_cpu_supports: clang 14 does not know the "f16c" feature
+     * string. AVX also needs the OS to save the YMM registers (OSXSAVE and XCR0 bits 1-2). */
+    unsigned a, b, c, d;
+    v = 0;
+    if (__get_cpuid(1, &a, &b, &c, &d) && (c & bit_OSXSAVE) && (c & bit_AVX) && (c & bit_F16C)) {
+      unsigned lo, hi;
+      __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+      v = (lo & 6u) == 6u;
+    }
     cached = v;
   }
   return v;
