@@ -23,5 +23,6 @@ void dml_cli_set_blas_threads(int threads);
 int dml_cli_train_main(int argc, char **argv);
 int dml_cli_eval_main(int argc, char **argv);
 int dml_cli_gen_main(int argc, char **argv);
+int dml_cli_tune_main(int argc, char **argv);
 
 #endif

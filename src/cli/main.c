@@ -16,6 +16,7 @@ static void usage(FILE *f) {
           "  train    train a model (local, or -n N workers with all-reduce)\n"
           "  eval     evaluate a saved model on a data set\n"
           "  gen      write a synthetic data set (LIBSVM text)\n"
+          "  tune     hyperparameter search: trials of train run as tasks on N worker processes\n"
           "  launch   start N processes of a program on this machine, wired together\n"
           "  bench    benchmarks: allreduce, reducescatter, allgather, broadcast, pingpong, task\n"
           "\n"
@@ -41,6 +42,7 @@ int main(int argc, char **argv) {
   if (strcmp(cmd, "train") == 0) return dml_cli_train_main(argc - 1, argv + 1);
   if (strcmp(cmd, "eval") == 0) return dml_cli_eval_main(argc - 1, argv + 1);
   if (strcmp(cmd, "gen") == 0) return dml_cli_gen_main(argc - 1, argv + 1);
+  if (strcmp(cmd, "tune") == 0) return dml_cli_tune_main(argc - 1, argv + 1);
   if (strcmp(cmd, "launch") == 0) return dml_cli_launch_main(argc - 1, argv + 1);
   if (strcmp(cmd, "bench") == 0) {
     if (argc >= 3 && strcmp(argv[2], "task") == 0) return dml_cli_bench_task_main(argc - 2, argv + 2);
