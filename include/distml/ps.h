@@ -1,0 +1,106 @@
+/* distml ps: the parameter-server strategy's building blocks -- a server loop holding a shard of
+ * the model (sparse u64 keys in an open-addressing hash map, missing keys read as zero) with a
+ * server-side optimizer, and a worker client with non-blocking push/pull/pushpull. It runs over a
+ * dml_comm (tagged messages) and knows nothing of data sets or training loops (src/train/train_ps.c).
+ *
+ * Roles: with S dedicated servers, ranks 0..S-1 are servers and ranks S..N-1 workers; colocated,
+ * every rank is a worker and runs a server shard on a thread. Keys are hashed into 4096 virtual
+ * ranges dealt to the servers round-robin.
+ * Consistency: a pull sent at worker clock c is answered when every live worker has reached clock
+ * c - s (BSP s = 0, SSP s, ASP no wait). A worker that dies or leaves stops counting.
+ * Ownership: the caller's key, value and output buffers passed to push/pull/pushpull are read or
+ * written until dml_ps_wait for that timestamp returns; values are encoded into a frame at the
+ * call (so input values may be reused right away) and pull results written during wait.
+ * Threads: one dml_ps per thread. Wire format: docs/ps.md. */
+#ifndef DISTML_PS_H
+#define DISTML_PS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "distml/comm.h"
+#include "distml/core.h"
+#include "distml/ml.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Staleness value for ASP (no wait). */
+#define DML_PS_ASP (-1)
+
+typedef struct dml_ps_config {
+  int num_servers;       /* S >= 1 dedicated servers (ranks 0..S-1); ignored when colocated */
+  int colocated;         /* 1: every rank is a worker and holds a shard */
+  int staleness;         /* 0 BSP, s > 0 SSP, DML_PS_ASP */
+  int sum_only;          /* 1: the server adds pushed values (the worker optimizes) */
+  dml_optim_config optim;/* server-side optimizer when !sum_only (SGD, AdaGrad, Adam, FTRL) */
+  int max_in_flight;     /* worker: requests outstanding at once (0: 64) */
+} dml_ps_config;
+
+/* Defaults: 1 server, BSP, FTRL. */
+void dml_ps_config_init(dml_ps_config *cfg);
+/* "bsp" -> 0, "ssp:S" -> S (1..1000000), "asp" -> DML_PS_ASP. */
+int dml_ps_sync_parse(const char *s, int *staleness, dml_err *err);
+/* Number of workers and servers in a communicator of size n under cfg. */
+int dml_ps_num_workers(const dml_ps_config *cfg, int n);
+int dml_ps_num_servers(const dml_ps_config *cfg, int n);
+/* This rank's role: 1 if it holds a shard / is a worker. */
+int dml_ps_is_server(const dml_ps_config *cfg, int rank);
+int dml_ps_is_worker(const dml_ps_config *cfg, int rank, int n);
+
+/* Server statistics after the loop ends. */
+typedef struct dml_ps_server_stats {
+  uint64_t pushes, pulls, dup_pushes; /* requests served; resent pushes recognised and skipped */
+  uint64_t bytes_in;                  /* request frame bytes received */
+  uint64_t keys;                      /* distinct keys held at the end */
+  int dropped_peers;                  /* peers dropped for malformed frames */
+  int dead_workers;                   /* workers that died without saying goodbye */
+} dml_ps_server_stats;
+
+/* ---------------------------------------------------------------------------------------------
+ * Server. A server object can be driven by dml_ps_server_run (blocking loop on the calling
+ * thread until every worker has left or died) or started on a thread (colocated). */
+typedef struct dml_ps_server dml_ps_server;
+int dml_ps_server_create(dml_ps_server **out, dml_comm *c, const dml_ps_config *cfg, dml_err *err);
+/* Serves requests until every worker has sent BYE or died; a malformed frame drops its sender
+ * (logged with the peer's name) and the loop goes on. */
+int dml_ps_server_run(dml_ps_server *s, dml_err *err);
+/* Runs dml_ps_server_run on a new thread; dml_ps_server_join waits for it and returns its status. */
+int dml_ps_server_start(dml_ps_server *s, dml_err *err);
+int dml_ps_server_join(dml_ps_server *s, dml_err *err);
+void dml_ps_server_stats_get(const dml_ps_server *s, dml_ps_server_stats *st);
+void dml_ps_server_free(dml_ps_server *s);
+/* Test hook: handle one already-received frame from src as the loop would (returns the decode or
+ * apply status; a reply, if any, is sent through the communicator). */
+int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t bytes, dml_err *err);
+/* Value of key on this shard (0 if absent): for tests. */
+float dml_ps_server_value(const dml_ps_server *s, uint64_t key);
+
+/* ---------------------------------------------------------------------------------------------
+ * Worker client. Timestamps are per worker, increasing from 1. */
+typedef struct dml_ps dml_ps;
+int dml_ps_create(dml_ps **out, dml_comm *c, const dml_ps_config *cfg, dml_err *err);
+/* Sends BYE to every server (the worker stops counting) and frees; waits for nothing. NULL ok. */
+void dml_ps_free(dml_ps *ps);
+/* keys: n strictly increasing keys. push: add/apply vals (n). pull: vals_out (n) filled at wait.
+ * pushpull: apply grads then read into vals_out (may alias grads). *ts identifies the request.
+ * DML_EINVAL for unsorted keys, DML_EAGAIN when max_in_flight requests are outstanding. */
+int dml_ps_push(dml_ps *ps, const uint64_t *keys, const float *vals, size_t n, uint64_t *ts);
+int dml_ps_pull(dml_ps *ps, const uint64_t *keys, float *vals_out, size_t n, uint64_t *ts);
+int dml_ps_pushpull(dml_ps *ps, const uint64_t *keys, const float *grads, float *vals_out, size_t n,
+                    uint64_t *ts);
+/* Pull that is answered only when every other worker has left or died (the final model). */
+int dml_ps_pull_final(dml_ps *ps, const uint64_t *keys, float *vals_out, size_t n, uint64_t *ts);
+/* Waits for request ts (bounded by the communicator's timeout: a server that stays silent is an
+ * error, never a hang). The error names the server. Errors are sticky. */
+int dml_ps_wait(dml_ps *ps, uint64_t ts);
+/* End of an iteration: the worker's clock advances and every server is told. */
+int dml_ps_clock(dml_ps *ps);
+uint64_t dml_ps_clock_value(const dml_ps *ps);
+const char *dml_ps_errmsg(const dml_ps *ps);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,287 @@
+/* The parameter server's worker client: splits a request's sorted keys by owning server, sends one
+ * frame per server without blocking, and matches replies to requests by timestamp in wait. It is
+ * not a server (server.c) and keeps no copy of the model. */
+#include <string.h>
+
+#include "core/internal.h"
+#include "distml/ps.h"
+#include "ps/ps_internal.h"
+
+typedef struct request {
+  int active;
+  uint64_t ts;
+  int command;
+  float *out;       /* pull results (n), caller's */
+  size_t n;
+  size_t *pos;      /* (n) caller positions grouped by server */
+  size_t *soff;     /* (S+1) offsets into pos */
+  void **frames;    /* (S) encoded frames kept until their send completes */
+  dml_comm_req **sreq; /* (S) */
+  char *pending;    /* (S) reply outstanding */
+  int npending;
+} request;
+
+struct dml_ps {
+  dml_comm *c;
+  dml_ps_config cfg;
+  int me, n, S;
+  uint64_t next_ts, clock;
+  request *rq;
+  int nrq;
+  uint64_t *kscratch;
+  float *vscratch;
+  size_t scratch_cap;
+  int sticky;
+  dml_err err;
+};
+
+static int fail(dml_ps *ps, int code, const char *fmt, const char *a, const char *b) {
+  if (ps->sticky == 0) {
+    ps->sticky = code;
+    dml_err_set(&ps->err, code, fmt, a, b);
+  }
+  return ps->sticky;
+}
+
+const char *dml_ps_errmsg(const dml_ps *ps) { return ps->err.msg; }
+uint64_t dml_ps_clock_value(const dml_ps *ps) { return ps->clock; }
+
+static int server_rank(const dml_ps *ps, int s) { (void)ps; return s; }
+
+int dml_ps_create(dml_ps **out, dml_comm *c, const dml_ps_config *cfg, dml_err *err) {
+  *out = NULL;
+  int n = dml_comm_size(c), me = dml_comm_rank(c);
+  if (!dml_ps_is_worker(cfg, me, n)) return dml_err_set(err, DML_EINVAL, "ps: rank %d is not a worker", me);
+  dml_ps *ps = dml__calloc(1, sizeof(*ps));
+  if (ps == NULL) return dml_err_set(err, DML_ENOMEM, "ps: out of memory");
+  ps->c = c;
+  ps->cfg = *cfg;
+  ps->me = me;
+  ps->n = n;
+  ps->S = dml_ps_num_servers(cfg, n);
+  ps->next_ts = 1;
+  ps->nrq = cfg->max_in_flight > 0 ? cfg->max_in_flight : 64;
+  ps->rq = dml__calloc((size_t)ps->nrq, sizeof(request));
+  if (ps->rq == NULL) {
+    dml__free(ps);
+    return dml_err_set(err, DML_ENOMEM, "ps: out of memory");
+  }
+  for (int i = 0; i < ps->nrq; i++) {
+    request *r = &ps->rq[i];
+    r->soff = dml__calloc((size_t)ps->S + 1, sizeof(size_t));
+    r->frames = dml__calloc((size_t)ps->S, sizeof(void *));
+    r->sreq = dml__calloc((size_t)ps->S, sizeof(dml_comm_req *));
+    r->pending = dml__calloc((size_t)ps->S, 1);
+    if (!r->soff || !r->frames || !r->sreq || !r->pending) {
+      ps->nrq = i + 1;
+      dml_ps_free(ps);
+      return dml_err_set(err, DML_ENOMEM, "ps: out of memory");
+    }
+  }
+  *out = ps;
+  return 0;
+}
+
+static void request_release(dml_ps *ps, request *r) {
+  for (int s = 0; s < ps->S; s++) {
+    if (r->sreq[s]) dml_comm_wait(ps->c, r->sreq[s], -1);
+    r->sreq[s] = NULL;
+    dml__free(r->frames[s]);
+    r->frames[s] = NULL;
+    r->pending[s] = 0;
+  }
+  dml__free(r->pos);
+  r->pos = NULL;
+  r->active = 0;
+  r->npending = 0;
+}
+
+static int post(dml_ps *ps, int command, uint64_t clock, const uint64_t *keys, const float *vals, float *out,
+                size_t n, uint64_t *ts) {
+  *ts = 0;
+  if (ps->sticky) return ps->sticky;
+  if (n > DML__PS_MAX_KEYS) return dml_err_set(&ps->err, DML_EINVAL, "ps: %zu keys in one request (max %u)", n, DML__PS_MAX_KEYS);
+  for (size_t i = 1; i < n; i++)
+    if (keys[i] <= keys[i - 1])
+      return dml_err_set(&ps->err, DML_EINVAL, "ps: key #%zu (%llu) is not above the previous one", i,
+                         (unsigned long long)keys[i]);
+  request *r = NULL;
+  for (int i = 0; i < ps->nrq; i++)
+    if (!ps->rq[i].active) {
+      r = &ps->rq[i];
+      break;
+    }
+  if (r == NULL) return dml_err_set(&ps->err, DML_EAGAIN, "ps: %d requests already in flight", ps->nrq);
+  if (n > ps->scratch_cap) {
+    uint64_t *nk = dml__realloc(ps->kscratch, n * sizeof(uint64_t));
+    if (nk) ps->kscratch = nk;
+    float *nv = dml__realloc(ps->vscratch, n * sizeof(float));
+    if (nv) ps->vscratch = nv;
+    if (!nk || !nv) return dml_err_set(&ps->err, DML_ENOMEM, "ps: no memory for %zu keys", n);
+    ps->scratch_cap = n;
+  }
+  r->pos = n ? dml__malloc(n * sizeof(size_t)) : NULL;
+  if (n && r->pos == NULL) return dml_err_set(&ps->err, DML_ENOMEM, "ps: no memory for %zu keys", n);
+  memset(r->soff, 0, ((size_t)ps->S + 1) * sizeof(size_t));
+  /* owners computed twice (count, place) rather than stored: no per-key allocation */
+  for (size_t i = 0; i < n; i++) r->soff[dml__ps_owner(keys[i], ps->S) + 1]++;
+  for (int s = 0; s < ps->S; s++) r->soff[s + 1] += r->soff[s];
+  if (ps->S > 64) {
+    dml__free(r->pos);
+    r->pos = NULL;
+    return dml_err_set(&ps->err, DML_EUNSUPPORTED, "ps: more than 64 servers");
+  }
+  size_t next[64];
+  for (int s = 0; s < ps->S; s++) next[s] = r->soff[s];
+  for (size_t i = 0; i < n; i++) r->pos[next[dml__ps_owner(keys[i], ps->S)]++] = i;
+  r->active = 1;
+  r->ts = ps->next_ts++;
+  r->command = command;
+  r->out = out;
+  r->n = n;
+  int with_vals = command == DML__PS_PUSH || command == DML__PS_PUSHPULL;
+  for (int s = 0; s < ps->S; s++) {
+    size_t cnt = r->soff[s + 1] - r->soff[s];
+    if (cnt == 0) continue;
+    for (size_t j = 0; j < cnt; j++) {
+      size_t p = r->pos[r->soff[s] + j];
+      ps->kscratch[j] = keys[p];
+      if (with_vals) ps->vscratch[j] = vals[p];
+    }
+    dml__ps_msg m;
+    memset(&m, 0, sizeof(m));
+    m.command = (uint32_t)command;
+    m.sender = (uint32_t)ps->me;
+    m.timestamp = r->ts;
+    m.clock = clock;
+    m.key_lo = ps->kscratch[0];
+    m.key_hi = ps->kscratch[cnt - 1];
+    m.nkeys = cnt;
+    m.nvals = with_vals ? cnt : 0;
+    m.value_type = with_vals ? DML__PS_VT_F32 : DML__PS_VT_NONE;
+    size_t bytes = dml__ps_frame_bytes(m.nkeys, m.nvals);
+    r->frames[s] = dml__malloc(bytes);
+    if (r->frames[s] == NULL) {
+      fail(ps, DML_ENOMEM, "ps: no memory for a frame%s%s", "", "");
+      request_release(ps, r);
+      return ps->sticky;
+    }
+    dml__ps_encode(r->frames[s], &m, ps->kscratch, with_vals ? ps->vscratch : NULL);
+    int rc = dml_comm_isend(ps->c, server_rank(ps, s), DML__PS_TAG_REQ, r->frames[s], bytes, &r->sreq[s]);
+    if (rc) {
+      r->sreq[s] = NULL;
+      fail(ps, rc, "ps: sending to server %s failed: %s", dml_comm_peer_name(ps->c, server_rank(ps, s)),
+           dml_comm_errmsg(ps->c));
+      request_release(ps, r);
+      return ps->sticky;
+    }
+    r->pending[s] = 1;
+    r->npending++;
+  }
+  *ts = r->ts;
+  return 0;
+}
+
+int dml_ps_push(dml_ps *ps, const uint64_t *keys, const float *vals, size_t n, uint64_t *ts) {
+  return post(ps, DML__PS_PUSH, ps->clock, keys, vals, NULL, n, ts);
+}
+int dml_ps_pull(dml_ps *ps, const uint64_t *keys, float *vals_out, size_t n, uint64_t *ts) {
+  return post(ps, DML__PS_PULL, ps->clock, keys, NULL, vals_out, n, ts);
+}
+int dml_ps_pushpull(dml_ps *ps, const uint64_t *keys, const float *grads, float *vals_out, size_t n,
+                    uint64_t *ts) {
+  return post(ps, DML__PS_PUSHPULL, ps->clock, keys, grads, vals_out, n, ts);
+}
+int dml_ps_pull_final(dml_ps *ps, const uint64_t *keys, float *vals_out, size_t n, uint64_t *ts) {
+  return post(ps, DML__PS_PULL, DML__PS_CLOCK_FINAL, keys, NULL, vals_out, n, ts);
+}
+
+/* Receives one reply from server s and files it with its request. */
+static int receive_one(dml_ps *ps, int s) {
+  int srank = server_rank(ps, s);
+  const char *peer = dml_comm_peer_name(ps->c, srank);
+  void *buf = NULL;
+  size_t bytes = 0;
+  int rc = dml_comm_recv_alloc(ps->c, srank, DML__PS_TAG_REP, &buf, &bytes, NULL);
+  if (rc) return fail(ps, rc, "ps: waiting for server %s: %s", peer, dml_comm_errmsg(ps->c));
+  dml__ps_msg m;
+  dml_err derr;
+  rc = dml__ps_decode(buf, bytes, peer, &m, &derr);
+  dml_comm_buf_free(buf);
+  if (rc) return fail(ps, rc, "%s%s", dml_err_msg(&derr), "");
+  request *r = NULL;
+  for (int i = 0; i < ps->nrq; i++)
+    if (ps->rq[i].active && ps->rq[i].ts == m.timestamp && ps->rq[i].pending[s]) r = &ps->rq[i];
+  if (m.command != DML__PS_REPLY || r == NULL) {
+    dml__ps_msg_free(&m);
+    return fail(ps, DML_EPROTO, "ps: server %s answered a request this worker did not make%s", peer, "");
+  }
+  size_t cnt = r->soff[s + 1] - r->soff[s];
+  if (r->command != DML__PS_PUSH) {
+    if (m.nkeys != cnt || m.nvals != cnt) {
+      dml__ps_msg_free(&m);
+      return fail(ps, DML_EPROTO, "ps: server %s returned the wrong number of values%s", peer, "");
+    }
+    for (size_t j = 0; j < cnt; j++) r->out[r->pos[r->soff[s] + j]] = m.vals[j];
+  }
+  dml__ps_msg_free(&m);
+  r->pending[s] = 0;
+  r->npending--;
+  return 0;
+}
+
+int dml_ps_wait(dml_ps *ps, uint64_t ts) {
+  request *r = NULL;
+  for (int i = 0; i < ps->nrq; i++)
+    if (ps->rq[i].active && ps->rq[i].ts == ts) r = &ps->rq[i];
+  if (r == NULL) return ps->sticky ? ps->sticky : dml_err_set(&ps->err, DML_EINVAL, "ps: no request %llu in flight", (unsigned long long)ts);
+  while (r->npending > 0 && ps->sticky == 0) {
+    int s = 0;
+    while (!r->pending[s]) s++;
+    receive_one(ps, s);
+  }
+  request_release(ps, r);
+  return ps->sticky;
+}
+
+static int send_all(dml_ps *ps, int command) {
+  dml__ps_msg m;
+  memset(&m, 0, sizeof(m));
+  m.command = (uint32_t)command;
+  m.sender = (uint32_t)ps->me;
+  m.clock = ps->clock;
+  unsigned char buf[DML__PS_HEADER_BYTES];
+  dml__ps_encode(buf, &m, NULL, NULL);
+  int first = 0;
+  for (int s = 0; s < ps->S; s++) {
+    int rc = dml_comm_send(ps->c, server_rank(ps, s), DML__PS_TAG_REQ, buf, sizeof buf);
+    if (rc && !first) first = rc;
+  }
+  return first;
+}
+
+int dml_ps_clock(dml_ps *ps) {
+  if (ps->sticky) return ps->sticky;
+  ps->clock++;
+  int rc = send_all(ps, DML__PS_CLOCK);
+  if (rc) return fail(ps, rc, "ps: telling the servers the clock: %s%s", dml_comm_errmsg(ps->c), "");
+  return 0;
+}
+
+void dml_ps_free(dml_ps *ps) {
+  if (ps == NULL) return;
+  if (ps->rq)
+    for (int i = 0; i < ps->nrq; i++) {
+      request *r = &ps->rq[i];
+      if (r->active) request_release(ps, r);
+      dml__free(r->soff);
+      dml__free(r->frames);
+      dml__free(r->sreq);
+      dml__free(r->pending);
+    }
+  send_all(ps, DML__PS_BYE);
+  dml__free(ps->rq);
+  dml__free(ps->kscratch);
+  dml__free(ps->vscratch);
+  dml__free(ps);
+}

@@ -1,0 +1,172 @@
+/* The parameter server's wire frame: a fixed 64-byte little-endian header followed by strictly
+ * increasing u64 keys and f32 values (docs/ps.md), with an encoder and a pure decoder over a byte
+ * buffer. It does no I/O and knows nothing of servers, clocks or optimizers. */
+#include <string.h>
+
+#include "core/internal.h"
+#include "ps/ps_internal.h"
+
+static void put_u16(unsigned char *p, uint16_t v) {
+  p[0] = (unsigned char)v;
+  p[1] = (unsigned char)(v >> 8);
+}
+static void put_u32(unsigned char *p, uint32_t v) {
+  for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+static void put_u64(unsigned char *p, uint64_t v) {
+  for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+static uint16_t get_u16(const unsigned char *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static uint32_t get_u32(const unsigned char *p) {
+  uint32_t v = 0;
+  for (int i = 3; i >= 0; i--) v = (v << 8) | p[i];
+  return v;
+}
+static uint64_t get_u64(const unsigned char *p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
+  return v;
+}
+
+size_t dml__ps_frame_bytes(uint64_t nkeys, uint64_t nvals) {
+  return DML__PS_HEADER_BYTES + (size_t)nkeys * 8 + (size_t)nvals * 4;
+}
+
+/* Header layout (offsets): 0 magic u32, 4 version u16, 6 command u16, 8 sender u32,
+ * 12 value type u16, 14 reserved u16 (0), 16 timestamp u64, 24 clock u64, 32 key_lo u64,
+ * 40 key_hi u64, 48 nkeys u64, 56 nvals u64. */
+void dml__ps_encode(void *buf, const dml__ps_msg *m, const uint64_t *keys, const float *vals) {
+  unsigned char *p = buf;
+  put_u32(p, DML__PS_MAGIC);
+  put_u16(p + 4, DML__PS_VERSION);
+  put_u16(p + 6, (uint16_t)m->command);
+  put_u32(p + 8, m->sender);
+  put_u16(p + 12, (uint16_t)m->value_type);
+  put_u16(p + 14, 0);
+  put_u64(p + 16, m->timestamp);
+  put_u64(p + 24, m->clock);
+  put_u64(p + 32, m->key_lo);
+  put_u64(p + 40, m->key_hi);
+  put_u64(p + 48, m->nkeys);
+  put_u64(p + 56, m->nvals);
+  unsigned char *k = p + DML__PS_HEADER_BYTES;
+  for (uint64_t i = 0; i < m->nkeys; i++) put_u64(k + 8 * i, keys[i]);
+  unsigned char *v = k + 8 * m->nkeys;
+  for (uint64_t i = 0; i < m->nvals; i++) {
+    uint32_t bits;
+    memcpy(&bits, &vals[i], 4);
+    put_u32(v + 4 * i, bits);
+  }
+}
+
+void dml__ps_msg_free(dml__ps_msg *m) {
+  if (m == NULL) return;
+  dml__free(m->keys);
+  dml__free(m->vals);
+  m->keys = NULL;
+  m->vals = NULL;
+}
+
+int dml__ps_decode(const void *buf, size_t len, const char *peer, dml__ps_msg *m, dml_err *err) {
+  const unsigned char *p = buf;
+  memset(m, 0, sizeof(*m));
+  if (peer == NULL) peer = "peer";
+  if (len < DML__PS_HEADER_BYTES)
+    return dml_err_set(err, DML_EPROTO, "ps: %s sent a %zu-byte frame, shorter than the %d-byte header", peer,
+                       len, DML__PS_HEADER_BYTES);
+  uint32_t magic = get_u32(p);
+  if (magic != DML__PS_MAGIC)
+    return dml_err_set(err, DML_EPROTO, "ps: %s sent bad magic 0x%08x at byte 0 (want 0x%08x)", peer, magic,
+                       DML__PS_MAGIC);
+  uint16_t version = get_u16(p + 4);
+  if (version != DML__PS_VERSION)
+    return dml_err_set(err, DML_EPROTO, "ps: %s speaks version %u at byte 4 (this build speaks %d)", peer,
+                       version, DML__PS_VERSION);
+  m->command = get_u16(p + 6);
+  if (m->command < DML__PS_PUSH || m->command > DML__PS_BYE)
+    return dml_err_set(err, DML_EPROTO, "ps: %s sent unknown command %u at byte 6", peer, m->command);
+  m->sender = get_u32(p + 8);
+  m->value_type = get_u16(p + 12);
+  if (get_u16(p + 14) != 0)
+    return dml_err_set(err, DML_EPROTO, "ps: %s sent nonzero reserved bytes at byte 14", peer);
+  m->timestamp = get_u64(p + 16);
+  m->clock = get_u64(p + 24);
+  m->key_lo = get_u64(p + 32);
+  m->key_hi = get_u64(p + 40);
+  m->nkeys = get_u64(p + 48);
+  m->nvals = get_u64(p + 56);
+  size_t body = len - DML__PS_HEADER_BYTES;
+  /* Counts are checked against the frame before anything is multiplied or allocated. */
+  if (m->nkeys > body / 8 || m->nkeys > DML__PS_MAX_KEYS)
+    return dml_err_set(err, DML_EPROTO, "ps: %s claims %llu keys at byte 48 but the %zu-byte frame holds at most %zu",
+                       peer, (unsigned long long)m->nkeys, len, body / 8);
+  if (m->nvals > (body - m->nkeys * 8) / 4)
+    return dml_err_set(err, DML_EPROTO, "ps: %s claims %llu values at byte 56 but only %zu bytes follow the keys",
+                       peer, (unsigned long long)m->nvals, (size_t)(body - m->nkeys * 8));
+  if (m->nkeys * 8 + m->nvals * 4 != body)
+    return dml_err_set(err, DML_EPROTO, "ps: %s sent a %zu-byte frame; %llu keys and %llu values need %zu", peer,
+                       len, (unsigned long long)m->nkeys, (unsigned long long)m->nvals,
+                       dml__ps_frame_bytes(m->nkeys, m->nvals));
+  if (m->nvals != 0 && m->nvals != m->nkeys)
+    return dml_err_set(err, DML_EPROTO, "ps: %s sent %llu values for %llu keys (want 0 or one per key)", peer,
+                       (unsigned long long)m->nvals, (unsigned long long)m->nkeys);
+  if (m->value_type != (m->nvals ? DML__PS_VT_F32 : DML__PS_VT_NONE))
+    return dml_err_set(err, DML_EPROTO, "ps: %s sent value type %u at byte 12 with %llu values", peer,
+                       m->value_type, (unsigned long long)m->nvals);
+  int needs_vals = m->command == DML__PS_PUSH || m->command == DML__PS_PUSHPULL;
+  int no_keys = m->command == DML__PS_CLOCK || m->command == DML__PS_BYE;
+  if ((needs_vals && m->nvals != m->nkeys) || (m->command == DML__PS_PULL && m->nvals != 0) ||
+      (no_keys && m->nkeys != 0))
+    return dml_err_set(err, DML_EPROTO, "ps: %s sent command %u with %llu keys and %llu values", peer, m->command,
+                       (unsigned long long)m->nkeys, (unsigned long long)m->nvals);
+  if (m->nkeys > 0 && m->key_lo > m->key_hi)
+    return dml_err_set(err, DML_EPROTO, "ps: %s sent an empty key range [%llu, %llu]", peer,
+                       (unsigned long long)m->key_lo, (unsigned long long)m->key_hi);
+  const unsigned char *k = p + DML__PS_HEADER_BYTES;
+  for (uint64_t i = 0; i < m->nkeys; i++) {
+    uint64_t key = get_u64(k + 8 * i);
+    if (key < m->key_lo || key > m->key_hi)
+      return dml_err_set(err, DML_EPROTO, "ps: %s sent key %llu (#%llu, byte %zu) outside its range [%llu, %llu]",
+                         peer, (unsigned long long)key, (unsigned long long)i,
+                         (size_t)(DML__PS_HEADER_BYTES + 8 * i), (unsigned long long)m->key_lo,
+                         (unsigned long long)m->key_hi);
+    if (i > 0 && key <= get_u64(k + 8 * (i - 1)))
+      return dml_err_set(err, DML_EPROTO, "ps: %s sent key %llu (#%llu, byte %zu) not above the previous one",
+                         peer, (unsigned long long)key, (unsigned long long)i,
+                         (size_t)(DML__PS_HEADER_BYTES + 8 * i));
+  }
+  if (m->nkeys) {
+    m->keys = dml__malloc((size_t)m->nkeys * 8);
+    if (m->keys == NULL) return dml_err_set(err, DML_ENOMEM, "ps: no memory for %llu keys from %s",
+                                            (unsigned long long)m->nkeys, peer);
+    for (uint64_t i = 0; i < m->nkeys; i++) m->keys[i] = get_u64(k + 8 * i);
+  }
+  if (m->nvals) {
+    m->vals = dml__malloc((size_t)m->nvals * 4);
+    if (m->vals == NULL) {
+      dml__ps_msg_free(m);
+      return dml_err_set(err, DML_ENOMEM, "ps: no memory for %llu values from %s", (unsigned long long)m->nvals,
+                         peer);
+    }
+    const unsigned char *v = k + 8 * m->nkeys;
+    for (uint64_t i = 0; i < m->nvals; i++) {
+      uint32_t bits = get_u32(v + 4 * i);
+      memcpy(&m->vals[i], &bits, 4);
+    }
+  }
+  return 0;
+}
+
+static uint64_t mix64(uint64_t x) {
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ull;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebull;
+  x ^= x >> 31;
+  return x;
+}
+
+int dml__ps_owner(uint64_t key, int nservers) {
+  if (nservers <= 1) return 0;
+  return (int)((mix64(key) % DML__PS_VRANGES) % (uint64_t)nservers);
+}

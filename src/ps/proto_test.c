@@ -1,0 +1,150 @@
+/* Unit tests of the parameter server's wire frame: encode/decode round trip, and rejection of
+ * short frames, bad magic/version/command, counts larger than the frame (before allocating),
+ * unsorted or out-of-range keys, wrong value counts; and the key-to-server map's balance.
+ * With an argument DIR it also writes the fuzz seed corpus there. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ps/ps_internal.h"
+#include "testutil.h"
+
+static size_t make_push(unsigned char *buf, uint64_t nkeys, const uint64_t *keys, const float *vals) {
+  dml__ps_msg m;
+  memset(&m, 0, sizeof(m));
+  m.command = DML__PS_PUSH;
+  m.sender = 3;
+  m.timestamp = 7;
+  m.clock = 2;
+  m.key_lo = nkeys ? keys[0] : 0;
+  m.key_hi = nkeys ? keys[nkeys - 1] : 0;
+  m.nkeys = m.nvals = nkeys;
+  m.value_type = nkeys ? DML__PS_VT_F32 : DML__PS_VT_NONE;
+  dml__ps_encode(buf, &m, keys, vals);
+  return dml__ps_frame_bytes(nkeys, nkeys);
+}
+
+static void put64(unsigned char *p, uint64_t v) {
+  for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static void expect_reject(const unsigned char *buf, size_t len, const char *what) {
+  dml__ps_msg m;
+  dml_err err;
+  dml_err_clear(&err);
+  int rc = dml__ps_decode(buf, len, "rank 9 (test)", &m, &err);
+  if (rc != DML_EPROTO) T_FAIL("%s: decode returned %d, want DML_EPROTO", what, rc);
+  T_CONTAINS(err.msg, "rank 9 (test)");
+  T_ASSERT(m.keys == NULL && m.vals == NULL);
+}
+
+static void write_seed(const char *dir, const char *name, const void *buf, size_t len) {
+  char path[512];
+  snprintf(path, sizeof path, "%s/%s", dir, name);
+  FILE *f = fopen(path, "wb");
+  T_ASSERT(f != NULL);
+  T_ASSERT(fwrite(buf, 1, len, f) == len);
+  fclose(f);
+}
+
+int main(int argc, char **argv) {
+  uint64_t keys[5] = {1, 5, 9, 1000, (uint64_t)1 << 40};
+  float vals[5] = {0.5f, -1.0f, 2.25f, 3.0f, -0.125f};
+  unsigned char buf[256];
+  size_t len = make_push(buf, 5, keys, vals);
+  T_EQ_INT(len, 64 + 5 * 8 + 5 * 4);
+  dml__ps_msg m;
+  dml_err err;
+  T_OK(dml__ps_decode(buf, len, "peer", &m, &err));
+  T_EQ_INT(m.command, DML__PS_PUSH);
+  T_EQ_INT(m.sender, 3);
+  T_EQ_INT(m.timestamp, 7);
+  T_EQ_INT(m.clock, 2);
+  T_EQ_INT(m.nkeys, 5);
+  for (int i = 0; i < 5; i++) {
+    T_ASSERT(m.keys[i] == keys[i]);
+    T_ASSERT(m.vals[i] == vals[i]);
+  }
+  dml__ps_msg_free(&m);
+  /* little-endian on the wire whatever the host */
+  T_EQ_INT(buf[0], 0x44);
+  T_EQ_INT(buf[48], 5);
+
+  unsigned char bad[256];
+  expect_reject(buf, 63, "short header");
+  memcpy(bad, buf, len);
+  bad[0] ^= 1;
+  expect_reject(bad, len, "bad magic");
+  memcpy(bad, buf, len);
+  bad[4] = 9;
+  expect_reject(bad, len, "bad version");
+  memcpy(bad, buf, len);
+  bad[6] = 77;
+  expect_reject(bad, len, "unknown command");
+  memcpy(bad, buf, len);
+  put64(bad + 48, UINT64_MAX / 2); /* huge key count: must be refused before any allocation */
+  expect_reject(bad, len, "huge nkeys");
+  memcpy(bad, buf, len);
+  put64(bad + 56, (uint64_t)1 << 62);
+  expect_reject(bad, len, "huge nvals");
+  expect_reject(buf, len - 1, "truncated body");
+  memcpy(bad, buf, len);
+  put64(bad + 64 + 8, 0); /* keys 1, 0, ...: not increasing */
+  expect_reject(bad, len, "unsorted keys");
+  memcpy(bad, buf, len);
+  put64(bad + 64, 1); /* duplicate of the next? make keys[1] == keys[0] */
+  put64(bad + 72, 1);
+  expect_reject(bad, len, "duplicate keys");
+  memcpy(bad, buf, len);
+  put64(bad + 40, 999); /* key_hi below the last keys */
+  expect_reject(bad, len, "key out of range");
+  memcpy(bad, buf, len);
+  bad[12] = 0; /* value type none with values */
+  expect_reject(bad, len, "value type");
+  /* a pull with values, a clock with keys */
+  memcpy(bad, buf, len);
+  bad[6] = DML__PS_PULL;
+  expect_reject(bad, len, "pull with values");
+  memcpy(bad, buf, len);
+  bad[6] = DML__PS_CLOCK;
+  expect_reject(bad, len, "clock with keys");
+  /* every prefix of a valid frame is rejected, never read past */
+  for (size_t l = 0; l < len; l++) {
+    unsigned char *copy = malloc(l ? l : 1);
+    memcpy(copy, buf, l);
+    dml__ps_msg mm;
+    T_ASSERT(dml__ps_decode(copy, l, "peer", &mm, &err) == DML_EPROTO);
+    free(copy);
+  }
+
+  /* owners: every server gets a share of 100k keys within 20% of even */
+  for (int S = 1; S <= 5; S++) {
+    int count[5] = {0};
+    for (uint64_t k = 0; k < 100000; k++) {
+      int o = dml__ps_owner(k, S);
+      T_ASSERT(o >= 0 && o < S);
+      count[o]++;
+    }
+    for (int s = 0; s < S; s++) T_ASSERT(count[s] > 0.8 * 100000 / S && count[s] < 1.2 * 100000 / S);
+  }
+
+  if (argc > 1) {
+    write_seed(argv[1], "push5", buf, len);
+    unsigned char hdr[64];
+    dml__ps_msg c;
+    memset(&c, 0, sizeof c);
+    c.command = DML__PS_CLOCK;
+    c.sender = 1;
+    c.clock = 4;
+    dml__ps_encode(hdr, &c, NULL, NULL);
+    write_seed(argv[1], "clock", hdr, 64);
+    memcpy(bad, buf, len);
+    put64(bad + 64 + 8, 0);
+    write_seed(argv[1], "unsorted", bad, len);
+    memcpy(bad, buf, len);
+    put64(bad + 48, UINT64_MAX / 2);
+    write_seed(argv[1], "hugecount", bad, len);
+  }
+  printf("proto_test: ok\n");
+  return 0;
+}

@@ -1,0 +1,66 @@
+/* Internal parts of the parameter server shared by the files of src/ps: the wire frame (encode and the
+ * pure decoder), the key-to-server map and the message tags. Not installed; the public worker and
+ * server API is include/distml/ps.h, and the wire format is documented in docs/ps.md. */
+#ifndef DISTML_PS_INTERNAL_H
+#define DISTML_PS_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "distml/comm.h"
+#include "distml/core.h"
+
+/* Tags above the collectives' range, the task farm's and the train trace's (see farm.c, trace.c). */
+#define DML__PS_TAG_REQ (DML_TAG_RESERVED + 0x09100000)   /* worker -> server requests */
+#define DML__PS_TAG_REP (DML_TAG_RESERVED + 0x09100001)   /* server -> worker replies */
+#define DML__PS_TAG_WATCH (DML_TAG_RESERVED + 0x09100002) /* never sent: a receive that fails when the peer dies */
+#define DML__PS_TAG_RESULT (DML_TAG_RESERVED + 0x09100003) /* train driver: result to rank 0 */
+
+#define DML__PS_MAGIC 0x53504d44u /* "DMPS" little-endian */
+#define DML__PS_VERSION 1
+#define DML__PS_HEADER_BYTES 64
+/* A frame holds at most this many keys (16M: 192 MB with values); larger requests are split by
+ * nobody -- the client refuses them. */
+#define DML__PS_MAX_KEYS (1u << 24)
+/* Pull clock meaning "answer when every other live worker has finished". */
+#define DML__PS_CLOCK_FINAL UINT64_MAX
+
+enum {
+  DML__PS_PUSH = 1,     /* keys + values: apply */
+  DML__PS_PULL = 2,     /* keys: read */
+  DML__PS_PUSHPULL = 3, /* keys + values: apply, then read the same keys */
+  DML__PS_REPLY = 4,    /* server -> worker: ack (no keys) or the values of a pull */
+  DML__PS_CLOCK = 5,    /* worker finished iteration `clock` - 1 (its clock is now `clock`) */
+  DML__PS_BYE = 6       /* worker leaves: its clock no longer holds anyone back */
+};
+enum { DML__PS_VT_NONE = 0, DML__PS_VT_F32 = 1 };
+
+typedef struct dml__ps_msg {
+  uint32_t command;
+  uint32_t sender;
+  uint32_t value_type;
+  uint64_t timestamp; /* request id, per sender, increasing */
+  uint64_t clock;     /* sender's clock when it sent the request */
+  uint64_t key_lo, key_hi; /* every key is in [key_lo, key_hi] */
+  uint64_t nkeys, nvals;
+  uint64_t *keys; /* (nkeys) strictly increasing; owned by the msg (dml__ps_msg_free) */
+  float *vals;    /* (nvals) == nkeys or 0 */
+} dml__ps_msg;
+
+/* Bytes of a frame with nkeys keys and nvals values. */
+size_t dml__ps_frame_bytes(uint64_t nkeys, uint64_t nvals);
+/* Writes header and body into buf (dml__ps_frame_bytes bytes). Keys and vals may be NULL when
+ * their count is 0; keys are taken as given (the caller ensures the order). */
+void dml__ps_encode(void *buf, const dml__ps_msg *m, const uint64_t *keys, const float *vals);
+/* Pure decoder: checks magic, version, command, value type, counts against the frame length,
+ * key order and range before allocating; on success *m owns copies of keys and values. peer names
+ * the sender in err ("rank 3 (127.0.0.1:4000)"). Returns 0, DML_EPROTO or DML_ENOMEM. */
+int dml__ps_decode(const void *buf, size_t len, const char *peer, dml__ps_msg *m, dml_err *err);
+void dml__ps_msg_free(dml__ps_msg *m);
+
+/* The server that owns key among nservers: the key is hashed into one of DML__PS_VRANGES virtual
+ * ranges and the ranges are dealt to the servers round-robin. */
+#define DML__PS_VRANGES 4096
+int dml__ps_owner(uint64_t key, int nservers);
+
+#endif

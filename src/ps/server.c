@@ -1,0 +1,514 @@
+/* The parameter server: one shard of the model as sparse u64 keys in an open-addressing hash map
+ * (missing keys read as zero) whose slots index flat value and optimizer-state arrays, a
+ * server-side optimizer from ml.h, and the request loop with clock-based consistency (BSP, SSP,
+ * ASP). It is not the worker client (client.c) and not a training loop (src/train/train_ps.c). */
+#include <pthread.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/internal.h"
+#include "distml/ps.h"
+#include "ps/ps_internal.h"
+
+#define EMPTY_SLOT UINT32_MAX
+
+typedef struct worker_state {
+  int is_worker;
+  int done, dead, dropped;
+  uint64_t clock;
+  uint64_t last_push_ts; /* highest push timestamp applied (pushes arrive in order per sender) */
+  dml_comm_req *watch;   /* receive that never completes unless the peer dies */
+} worker_state;
+
+typedef struct deferred {
+  int src;
+  dml__ps_msg m;
+} deferred;
+
+struct dml_ps_server {
+  dml_comm *c;
+  dml_ps_config cfg;
+  int me, n, live;
+  worker_state *w; /* (n) */
+  /* hash map: hkeys/hslot of hcap (power of two); values and optimizer of vcap slots */
+  uint64_t *hkeys;
+  uint32_t *hslot;
+  size_t hcap, nkeys;
+  float *vals;
+  size_t vcap;
+  dml_optim *opt;
+  uint32_t *idx_scratch;
+  size_t idx_cap;
+  deferred *dq;
+  size_t ndq, dq_cap;
+  dml_ps_server_stats st;
+  pthread_t thread, watcher;
+  int thread_started, watcher_started;
+  volatile int stop_watch;
+  int thread_rc;
+  dml_err thread_err;
+  pthread_mutex_t mu; /* guards w[].dead between the watcher and the loop */
+};
+
+static uint64_t hash_key(uint64_t x) {
+  x ^= x >> 33;
+  x *= 0xff51afd7ed558ccdull;
+  x ^= x >> 33;
+  return x;
+}
+
+static int grow_values(dml_ps_server *s, dml_err *err) {
+  size_t ncap = s->vcap ? 2 * s->vcap : 1 << 14;
+  float *nv = dml__realloc(s->vals, ncap * sizeof(float));
+  if (nv == NULL) return dml_err_set(err, DML_ENOMEM, "ps server: no memory for %zu values", ncap);
+  memset(nv + s->vcap, 0, (ncap - s->vcap) * sizeof(float));
+  s->vals = nv;
+  if (!s->cfg.sum_only) {
+    dml_optim *no = NULL;
+    int rc = dml_optim_create(&no, &s->cfg.optim, ncap, err);
+    if (rc) return rc;
+    if (s->opt) {
+      int ns = dml_optim_num_state(s->opt);
+      float *os = dml_optim_state_data(s->opt), *nsd = dml_optim_state_data(no);
+      for (int i = 0; i < ns; i++) memcpy(nsd + (size_t)i * ncap, os + (size_t)i * s->vcap, s->vcap * sizeof(float));
+      dml_optim_set_step_count(no, dml_optim_step_count(s->opt));
+      dml_optim_free(s->opt);
+    }
+    s->opt = no;
+  }
+  s->vcap = ncap;
+  return 0;
+}
+
+static int grow_map(dml_ps_server *s, dml_err *err) {
+  size_t ncap = s->hcap ? 2 * s->hcap : 1 << 15;
+  uint64_t *nk = dml__malloc(ncap * sizeof(uint64_t));
+  uint32_t *ns = dml__malloc(ncap * sizeof(uint32_t));
+  if (nk == NULL || ns == NULL) {
+    dml__free(nk);
+    dml__free(ns);
+    return dml_err_set(err, DML_ENOMEM, "ps server: no memory for a %zu-slot key map", ncap);
+  }
+  for (size_t i = 0; i < ncap; i++) ns[i] = EMPTY_SLOT;
+  for (size_t i = 0; i < s->hcap; i++) {
+    if (s->hslot[i] == EMPTY_SLOT) continue;
+    size_t j = hash_key(s->hkeys[i]) & (ncap - 1);
+    while (ns[j] != EMPTY_SLOT) j = (j + 1) & (ncap - 1);
+    nk[j] = s->hkeys[i];
+    ns[j] = s->hslot[i];
+  }
+  dml__free(s->hkeys);
+  dml__free(s->hslot);
+  s->hkeys = nk;
+  s->hslot = ns;
+  s->hcap = ncap;
+  return 0;
+}
+
+/* Slot of key, or EMPTY_SLOT when absent (and !insert). */
+static int lookup(dml_ps_server *s, uint64_t key, int insert, uint32_t *slot, dml_err *err) {
+  if (insert && (s->nkeys + 1) * 2 > s->hcap) {
+    int rc = grow_map(s, err);
+    if (rc) return rc;
+  }
+  *slot = EMPTY_SLOT;
+  if (s->hcap == 0) return 0;
+  size_t j = hash_key(key) & (s->hcap - 1);
+  while (s->hslot[j] != EMPTY_SLOT) {
+    if (s->hkeys[j] == key) {
+      *slot = s->hslot[j];
+      return 0;
+    }
+    j = (j + 1) & (s->hcap - 1);
+  }
+  if (!insert) return 0;
+  if (s->nkeys >= s->vcap) {
+    int rc = grow_values(s, err);
+    if (rc) return rc;
+  }
+  if (s->nkeys >= EMPTY_SLOT) return dml_err_set(err, DML_EOVERFLOW, "ps server: more than 4G keys");
+  s->hkeys[j] = key;
+  s->hslot[j] = (uint32_t)s->nkeys;
+  *slot = (uint32_t)s->nkeys++;
+  return 0;
+}
+
+float dml_ps_server_value(const dml_ps_server *s, uint64_t key) {
+  uint32_t slot;
+  if (lookup((dml_ps_server *)s, key, 0, &slot, NULL) != 0 || slot == EMPTY_SLOT) return 0.0f;
+  return s->vals[slot];
+}
+
+static int apply_push(dml_ps_server *s, const dml__ps_msg *m, dml_err *err) {
+  if (m->nkeys > s->idx_cap) {
+    uint32_t *ni = dml__realloc(s->idx_scratch, (size_t)m->nkeys * sizeof(uint32_t));
+    if (ni == NULL) return dml_err_set(err, DML_ENOMEM, "ps server: no memory for %llu keys", (unsigned long long)m->nkeys);
+    s->idx_scratch = ni;
+    s->idx_cap = (size_t)m->nkeys;
+  }
+  for (uint64_t i = 0; i < m->nkeys; i++) {
+    int rc = lookup(s, m->keys[i], 1, &s->idx_scratch[i], err);
+    if (rc) return rc;
+  }
+  if (s->cfg.sum_only) {
+    for (uint64_t i = 0; i < m->nkeys; i++) s->vals[s->idx_scratch[i]] += m->vals[i];
+    return 0;
+  }
+  dml_optim_begin_step(s->opt);
+  int rc = dml_optim_update_sparse(s->opt, s->vals, m->vals, s->idx_scratch, (size_t)m->nkeys, 1);
+  if (rc) return dml_err_set(err, rc, "ps server: optimizer update failed");
+  return 0;
+}
+
+static int send_reply(dml_ps_server *s, int dst, const dml__ps_msg *req, int with_values, dml_err *err) {
+  dml__ps_msg r;
+  memset(&r, 0, sizeof(r));
+  r.command = DML__PS_REPLY;
+  r.sender = (uint32_t)s->me;
+  r.timestamp = req->timestamp;
+  r.clock = req->clock;
+  r.nkeys = with_values ? req->nkeys : 0;
+  r.nvals = r.nkeys;
+  r.value_type = r.nvals ? DML__PS_VT_F32 : DML__PS_VT_NONE;
+  r.key_lo = r.nkeys ? req->key_lo : 0;
+  r.key_hi = r.nkeys ? req->key_hi : 0;
+  size_t bytes = dml__ps_frame_bytes(r.nkeys, r.nvals);
+  void *buf = dml__malloc(bytes);
+  float *v = r.nvals ? dml__malloc((size_t)r.nvals * sizeof(float)) : NULL;
+  if (buf == NULL || (r.nvals && v == NULL)) {
+    dml__free(buf);
+    dml__free(v);
+    return dml_err_set(err, DML_ENOMEM, "ps server: no memory for a %zu-byte reply", bytes);
+  }
+  for (uint64_t i = 0; i < r.nvals; i++) {
+    uint32_t slot;
+    lookup(s, req->keys[i], 0, &slot, NULL);
+    v[i] = slot == EMPTY_SLOT ? 0.0f : s->vals[slot];
+  }
+  dml__ps_encode(buf, &r, req->keys, v);
+  dml__free(v);
+  int rc = dml_comm_send(s->c, dst, DML__PS_TAG_REP, buf, bytes);
+  dml__free(buf);
+  if (rc) {
+    /* A worker that cannot be answered is gone: it stops counting, the server goes on. */
+    dml_log(DML_LOG_WARN, "ps server %d: reply to %s failed: %s", s->me, dml_comm_peer_name(s->c, dst),
+            dml_comm_errmsg(s->c));
+    if (dst >= 0 && dst < s->n && s->w[dst].is_worker && !s->w[dst].done && !s->w[dst].dead) {
+      s->w[dst].dead = 1;
+      s->live--;
+      s->st.dead_workers++;
+    }
+  }
+  return 0;
+}
+
+static uint64_t min_live_clock(const dml_ps_server *s, int except) {
+  uint64_t m = UINT64_MAX;
+  for (int r = 0; r < s->n; r++) {
+    const worker_state *w = &s->w[r];
+    if (!w->is_worker || w->done || w->dead || w->dropped || r == except) continue;
+    if (w->clock < m) m = w->clock;
+  }
+  return m;
+}
+
+static int pull_ready(const dml_ps_server *s, int src, const dml__ps_msg *m) {
+  if (m->clock == DML__PS_CLOCK_FINAL) return min_live_clock(s, src) == UINT64_MAX;
+  if (s->cfg.staleness < 0) return 1;
+  uint64_t st = (uint64_t)s->cfg.staleness;
+  if (m->clock <= st) return 1;
+  return min_live_clock(s, -1) >= m->clock - st;
+}
+
+static void serve_deferred(dml_ps_server *s, dml_err *err) {
+  size_t k = 0;
+  for (size_t i = 0; i < s->ndq; i++) {
+    deferred *d = &s->dq[i];
+    if (pull_ready(s, d->src, &d->m)) {
+      send_reply(s, d->src, &d->m, 1, err);
+      dml__ps_msg_free(&d->m);
+    } else {
+      s->dq[k++] = *d;
+    }
+  }
+  s->ndq = k;
+}
+
+static void worker_leaves(dml_ps_server *s, int r, int died) {
+  worker_state *w = &s->w[r];
+  if (!w->is_worker || w->done || w->dead || w->dropped) return;
+  if (died) {
+    w->dead = 1;
+    s->st.dead_workers++;
+    dml_log(DML_LOG_WARN, "ps server %d: worker %s died; it no longer counts", s->me, dml_comm_peer_name(s->c, r));
+  } else {
+    w->done = 1;
+  }
+  s->live--;
+}
+
+int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t bytes, dml_err *err) {
+  dml__ps_msg m;
+  const char *peer = dml_comm_peer_name(s->c, src);
+  s->st.bytes_in += bytes;
+  int rc = dml__ps_decode(frame, bytes, peer, &m, err);
+  if (rc == 0 && src != s->me && m.sender != (uint32_t)src)
+    rc = dml_err_set(err, DML_EPROTO, "ps: %s sent a frame claiming to come from rank %u", peer, m.sender);
+  if (rc == 0 && (src < 0 || src >= s->n || (!s->w[src].is_worker && src != s->me)))
+    rc = dml_err_set(err, DML_EPROTO, "ps: %s is not a worker but sent command %u", peer, m.command);
+  if (rc == 0) {
+    for (uint64_t i = 0; i < m.nkeys; i++)
+      if (dml__ps_owner(m.keys[i], dml_ps_num_servers(&s->cfg, s->n)) != s->me) {
+        rc = dml_err_set(err, DML_EPROTO, "ps: %s sent key %llu, which server %d does not own", peer,
+                         (unsigned long long)m.keys[i], s->me);
+        break;
+      }
+  }
+  if (rc) {
+    dml__ps_msg_free(&m);
+    if (rc == DML_EPROTO && src >= 0 && src < s->n && src != s->me) {
+      dml_log(DML_LOG_WARN, "ps server %d: dropping %s: %s", s->me, peer, dml_err_msg(err));
+      if (!s->w[src].dropped) {
+        s->st.dropped_peers++;
+        if (s->w[src].is_worker && !s->w[src].done && !s->w[src].dead) s->live--;
+        s->w[src].dropped = 1;
+      }
+    }
+    return rc;
+  }
+  /* The watcher reports a dead worker as a BYE from this rank naming it. */
+  if (src == s->me && m.command == DML__PS_BYE && m.sender != (uint32_t)s->me) {
+    if (m.sender < (uint32_t)s->n) worker_leaves(s, (int)m.sender, 1);
+    serve_deferred(s, err);
+    return 0;
+  }
+  worker_state *w = &s->w[src];
+  if (w->dropped) {
+    dml__ps_msg_free(&m);
+    return 0;
+  }
+  switch (m.command) {
+  case DML__PS_PUSH:
+  case DML__PS_PUSHPULL:
+    if (m.timestamp <= w->last_push_ts) {
+      s->st.dup_pushes++; /* resent after a timeout: applied once already */
+    } else {
+      rc = apply_push(s, &m, err);
+      if (rc) break;
+      w->last_push_ts = m.timestamp;
+      s->st.pushes++;
+    }
+    if (m.command == DML__PS_PUSH) {
+      rc = send_reply(s, src, &m, 0, err);
+      break;
+    }
+    /* the pull half */
+    /* fall through */
+  case DML__PS_PULL:
+    s->st.pulls++;
+    if (pull_ready(s, src, &m)) {
+      rc = send_reply(s, src, &m, 1, err);
+    } else {
+      if (s->ndq == s->dq_cap) {
+        size_t nc = s->dq_cap ? 2 * s->dq_cap : 16;
+        deferred *nd = dml__realloc(s->dq, nc * sizeof(deferred));
+        if (nd == NULL) {
+          rc = dml_err_set(err, DML_ENOMEM, "ps server: no memory to defer a pull");
+          break;
+        }
+        s->dq = nd;
+        s->dq_cap = nc;
+      }
+      s->dq[s->ndq].src = src;
+      s->dq[s->ndq].m = m;
+      s->ndq++;
+      return 0; /* the deferred entry owns m */
+    }
+    break;
+  case DML__PS_CLOCK:
+    if (m.clock > w->clock) w->clock = m.clock;
+    serve_deferred(s, err);
+    break;
+  case DML__PS_BYE:
+    worker_leaves(s, src, 0);
+    serve_deferred(s, err);
+    break;
+  default:
+    rc = dml_err_set(err, DML_EPROTO, "ps: %s sent command %u to a server", peer, m.command);
+  }
+  dml__ps_msg_free(&m);
+  return rc;
+}
+
+void dml_ps_config_init(dml_ps_config *cfg) {
+  memset(cfg, 0, sizeof(*cfg));
+  cfg->num_servers = 1;
+  dml_optim_config_init(&cfg->optim, DML_OPT_FTRL);
+}
+
+int dml_ps_sync_parse(const char *s, int *staleness, dml_err *err) {
+  if (s == NULL) return dml_err_set(err, DML_EINVAL, "--sync: missing value");
+  if (strcmp(s, "bsp") == 0) {
+    *staleness = 0;
+    return 0;
+  }
+  if (strcmp(s, "asp") == 0) {
+    *staleness = DML_PS_ASP;
+    return 0;
+  }
+  if (strncmp(s, "ssp:", 4) == 0) {
+    int64_t v;
+    if (dml_parse_i64(s + 4, 1, 1000000, &v, err) != 0)
+      return dml_err_set(err, DML_EINVAL, "--sync %s: the staleness must be an integer in 1..1000000", s);
+    *staleness = (int)v;
+    return 0;
+  }
+  return dml_err_set(err, DML_EINVAL, "--sync %s: want bsp, ssp:S or asp", s);
+}
+
+int dml_ps_num_servers(const dml_ps_config *cfg, int n) { return cfg->colocated ? n : cfg->num_servers; }
+int dml_ps_num_workers(const dml_ps_config *cfg, int n) { return cfg->colocated ? n : n - cfg->num_servers; }
+int dml_ps_is_server(const dml_ps_config *cfg, int rank) { return cfg->colocated || rank < cfg->num_servers; }
+int dml_ps_is_worker(const dml_ps_config *cfg, int rank, int n) {
+  return rank < n && (cfg->colocated || rank >= cfg->num_servers);
+}
+
+int dml_ps_server_create(dml_ps_server **out, dml_comm *c, const dml_ps_config *cfg, dml_err *err) {
+  *out = NULL;
+  int n = c ? dml_comm_size(c) : 1, me = c ? dml_comm_rank(c) : 0;
+  if (!cfg->colocated && (cfg->num_servers < 1 || cfg->num_servers >= n))
+    return dml_err_set(err, DML_EINVAL, "ps: %d servers need at least %d ranks (have %d)", cfg->num_servers,
+                       cfg->num_servers + 1, n);
+  if (!dml_ps_is_server(cfg, me)) return dml_err_set(err, DML_EINVAL, "ps: rank %d is not a server", me);
+  dml_ps_server *s = dml__calloc(1, sizeof(*s));
+  if (s == NULL) return dml_err_set(err, DML_ENOMEM, "ps server: out of memory");
+  s->c = c;
+  s->cfg = *cfg;
+  s->me = me;
+  s->n = n;
+  pthread_mutex_init(&s->mu, NULL);
+  s->w = dml__calloc((size_t)n, sizeof(worker_state));
+  int rc = s->w ? 0 : dml_err_set(err, DML_ENOMEM, "ps server: out of memory");
+  if (rc == 0) rc = grow_values(s, err);
+  if (rc == 0) rc = grow_map(s, err);
+  if (rc) {
+    dml_ps_server_free(s);
+    return rc;
+  }
+  for (int r = 0; r < n; r++) {
+    s->w[r].is_worker = dml_ps_is_worker(cfg, r, n);
+    if (s->w[r].is_worker) s->live++;
+  }
+  *out = s;
+  return 0;
+}
+
+/* Polls a never-completing receive per remote worker; a failure means the worker is gone, and
+ * the loop hears of it as a self-sent BYE naming the worker (it may be blocked in a receive). */
+static void *watch_main(void *arg) {
+  dml_ps_server *s = arg;
+  int pending = 0;
+  for (int r = 0; r < s->n; r++) {
+    if (!s->w[r].is_worker || r == s->me) continue;
+    static char none;
+    if (dml_comm_irecv(s->c, r, DML__PS_TAG_WATCH, &none, 0, &s->w[r].watch) == 0)
+      pending++;
+    else
+      s->w[r].watch = NULL;
+  }
+  while (!s->stop_watch) {
+    for (int r = 0; r < s->n; r++) {
+      if (s->w[r].watch == NULL) continue;
+      int done = 0;
+      dml_comm_test(s->c, s->w[r].watch, &done);
+      if (!done) continue;
+      s->w[r].watch = NULL;
+      dml__ps_msg m;
+      memset(&m, 0, sizeof(m));
+      m.command = DML__PS_BYE;
+      m.sender = (uint32_t)r;
+      unsigned char buf[DML__PS_HEADER_BYTES];
+      dml__ps_encode(buf, &m, NULL, NULL);
+      dml_comm_send(s->c, s->me, DML__PS_TAG_REQ, buf, sizeof buf);
+    }
+    struct timespec ts = {0, 20 * 1000000L};
+    nanosleep(&ts, NULL);
+  }
+  (void)pending;
+  return NULL;
+}
+
+int dml_ps_server_run(dml_ps_server *s, dml_err *err) {
+  int rc = 0;
+  if (pthread_create(&s->watcher, NULL, watch_main, s) != 0)
+    return dml_err_set(err, DML_ESYS, "ps server: cannot start the watcher thread");
+  s->watcher_started = 1;
+  while (s->live > 0) {
+    void *buf = NULL;
+    size_t bytes = 0;
+    int src = -1;
+    rc = dml_comm_recv_alloc(s->c, DML_ANY_SOURCE, DML__PS_TAG_REQ, &buf, &bytes, &src);
+    if (rc == DML_ETIMEDOUT) {
+      rc = 0;
+      continue;
+    }
+    if (rc) {
+      dml_err_set(err, rc, "ps server %d: receive failed: %s", s->me, dml_comm_errmsg(s->c));
+      break;
+    }
+    dml_err herr;
+    dml_err_clear(&herr);
+    int hrc = dml_ps_server_handle(s, src, buf, bytes, &herr);
+    dml_comm_buf_free(buf);
+    if (hrc && hrc != DML_EPROTO) {
+      rc = dml_err_set(err, hrc, "%s", dml_err_msg(&herr));
+      break;
+    }
+  }
+  s->stop_watch = 1;
+  pthread_join(s->watcher, NULL);
+  s->watcher_started = 0;
+  s->st.keys = s->nkeys;
+  return rc;
+}
+
+static void *server_thread(void *arg) {
+  dml_ps_server *s = arg;
+  dml_err_clear(&s->thread_err);
+  s->thread_rc = dml_ps_server_run(s, &s->thread_err);
+  return NULL;
+}
+
+int dml_ps_server_start(dml_ps_server *s, dml_err *err) {
+  if (pthread_create(&s->thread, NULL, server_thread, s) != 0)
+    return dml_err_set(err, DML_ESYS, "ps server: cannot start its thread");
+  s->thread_started = 1;
+  return 0;
+}
+
+int dml_ps_server_join(dml_ps_server *s, dml_err *err) {
+  if (!s->thread_started) return 0;
+  pthread_join(s->thread, NULL);
+  s->thread_started = 0;
+  if (s->thread_rc) dml_err_set(err, s->thread_rc, "%s", dml_err_msg(&s->thread_err));
+  return s->thread_rc;
+}
+
+void dml_ps_server_stats_get(const dml_ps_server *s, dml_ps_server_stats *st) {
+  *st = s->st;
+  st->keys = s->nkeys;
+}
+
+void dml_ps_server_free(dml_ps_server *s) {
+  if (s == NULL) return;
+  for (size_t i = 0; i < s->ndq; i++) dml__ps_msg_free(&s->dq[i].m);
+  dml__free(s->dq);
+  dml_optim_free(s->opt);
+  dml__free(s->vals);
+  dml__free(s->hkeys);
+  dml__free(s->hslot);
+  dml__free(s->idx_scratch);
+  dml__free(s->w);
+  pthread_mutex_destroy(&s->mu);
+  dml__free(s);
+}

@@ -1,0 +1,230 @@
+/* Parameter server over real processes on loopback: exact values under BSP (every worker pushes
+ * 1 to each key per iteration, so a pull at clock c reads between W*c and W*c + W-1) with 1 and 2 dedicated servers and
+ * colocated; the SSP bound (a pull at clock c reads at least W*(c-s)); ASP; a resent push applied
+ * once; hostile ranks (garbage, a huge count, unsorted keys) dropped while the job goes on; and a
+ * worker killed mid-run under ASP and BSP: the others finish and the server counts it dead.
+ * test-labels: tsan */
+#include <signal.h>
+
+#include "distml/ps.h"
+#include "ps/ps_internal.h"
+#include "test_comm_harness.h"
+
+#define ITERS 12
+#define NKEYS 64
+
+typedef struct scenario {
+  int servers, colocated, staleness;
+  int hostile_from;  /* ranks >= this send one bad frame each and leave (0: none) */
+  int victim;        /* rank that kills itself after 3 iterations (0: none) */
+  int dup;           /* world 2: raw resent push */
+} scenario;
+
+static int check_server(int rank, dml_ps_server *s, const scenario *sc) {
+  dml_ps_server_stats st;
+  dml_ps_server_stats_get(s, &st);
+  int want_dropped = sc->hostile_from ? 3 : 0;
+  if (st.dropped_peers != want_dropped) {
+    fprintf(stderr, "rank %d: dropped %d peers, want %d\n", rank, st.dropped_peers, want_dropped);
+    return 1;
+  }
+  if (sc->victim && st.dead_workers != 1) {
+    fprintf(stderr, "rank %d: %d dead workers, want 1\n", rank, st.dead_workers);
+    return 1;
+  }
+  if (!sc->victim && st.dead_workers != 0) {
+    fprintf(stderr, "rank %d: %d dead workers, want 0\n", rank, st.dead_workers);
+    return 1;
+  }
+  return 0;
+}
+
+static int hostile(int rank, dml_comm *c) {
+  unsigned char buf[64 + 3 * 12];
+  memset(buf, 0, sizeof buf);
+  dml__ps_msg m;
+  memset(&m, 0, sizeof m);
+  uint64_t keys[3] = {5, 3, 9};
+  float vals[3] = {1, 1, 1};
+  m.command = DML__PS_PUSH;
+  m.sender = (uint32_t)rank;
+  m.timestamp = 1;
+  m.key_lo = 3;
+  m.key_hi = 9;
+  m.nkeys = m.nvals = 3;
+  m.value_type = DML__PS_VT_F32;
+  dml__ps_encode(buf, &m, keys, vals); /* unsorted keys */
+  int kind = rank % 3;
+  if (kind == 0) {
+    for (size_t i = 0; i < sizeof buf; i++) buf[i] = (unsigned char)(i * 37 + 11); /* garbage */
+  } else if (kind == 1) {
+    for (int i = 0; i < 8; i++) buf[48 + i] = 0xff; /* 2^64-1 keys claimed */
+  }
+  RK_OK(dml_comm_send(c, 0, DML__PS_TAG_REQ, buf, sizeof buf));
+  return 0;
+}
+
+static int dup_push(int rank, dml_comm *c) {
+  uint64_t key = 5;
+  float one = 1.0f;
+  unsigned char buf[64 + 12];
+  dml__ps_msg m;
+  memset(&m, 0, sizeof m);
+  m.command = DML__PS_PUSH;
+  m.sender = (uint32_t)rank;
+  m.timestamp = 1;
+  m.key_lo = m.key_hi = key;
+  m.nkeys = m.nvals = 1;
+  m.value_type = DML__PS_VT_F32;
+  dml__ps_encode(buf, &m, &key, &one);
+  for (int i = 0; i < 2; i++) {
+    RK_OK(dml_comm_send(c, 0, DML__PS_TAG_REQ, buf, sizeof buf)); /* the same push twice */
+    void *rep;
+    size_t len;
+    RK_OK(dml_comm_recv_alloc(c, 0, DML__PS_TAG_REP, &rep, &len, NULL));
+    dml_comm_buf_free(rep);
+  }
+  dml_ps_config cfg;
+  dml_ps_config_init(&cfg);
+  cfg.sum_only = 1;
+  dml_ps *ps;
+  dml_err err;
+  RK_OK(dml_ps_create(&ps, c, &cfg, &err));
+  /* the client's timestamps start at 1 too: its first push would be taken as the resend */
+  float v = -1;
+  uint64_t ts;
+  RK_OK(dml_ps_pull(ps, &key, &v, 1, &ts));
+  RK_OK(dml_ps_wait(ps, ts));
+  dml_ps_free(ps);
+  R_ASSERT(v == 1.0f);
+  return 0;
+}
+
+static int rank_main(int rank, int n, int port, void *arg) {
+  const scenario *sc = arg;
+  dml_comm_opts o;
+  th_clear_env();
+  th_opts(&o, rank, n, port, 20000);
+  dml_comm *c;
+  dml_err err;
+  RK_OK(dml_comm_init(&c, &o, &err));
+  dml_ps_config cfg;
+  dml_ps_config_init(&cfg);
+  cfg.num_servers = sc->servers;
+  cfg.colocated = sc->colocated;
+  cfg.staleness = sc->staleness;
+  cfg.sum_only = 1;
+  int W = dml_ps_num_workers(&cfg, n);
+  if (sc->hostile_from) W = sc->hostile_from - sc->servers;
+  int rc = 0;
+  dml_ps_server *srv = NULL;
+  if (dml_ps_is_server(&cfg, rank)) {
+    RK_OK(dml_ps_server_create(&srv, c, &cfg, &err));
+    if (!cfg.colocated) {
+      rc = dml_ps_server_run(srv, &err);
+      if (rc) fprintf(stderr, "rank %d: server: %s\n", rank, err.msg);
+      if (rc == 0) rc = check_server(rank, srv, sc);
+      dml_ps_server_free(srv);
+      dml_comm_free(c);
+      return rc;
+    }
+    RK_OK(dml_ps_server_start(srv, &err));
+  }
+  if (sc->dup) {
+    rc = dup_push(rank, c);
+    dml_comm_free(c);
+    return rc;
+  }
+  if (sc->hostile_from && rank >= sc->hostile_from) {
+    rc = hostile(rank, c);
+    dml_comm_free(c);
+    return rc;
+  }
+  dml_ps *ps;
+  RK_OK(dml_ps_create(&ps, c, &cfg, &err));
+  uint64_t keys[NKEYS];
+  float ones[NKEYS], got[NKEYS];
+  for (int i = 0; i < NKEYS; i++) {
+    keys[i] = (uint64_t)i * 1000003u + 7;
+    ones[i] = 1.0f;
+  }
+  for (int it = 0; it < ITERS && rc == 0; it++) {
+    if (sc->victim && rank == sc->victim && it == 3) raise(SIGKILL);
+    uint64_t ts, ts2;
+    RK_OK(dml_ps_pull(ps, keys, got, NKEYS, &ts));
+    RK_OK(dml_ps_wait(ps, ts));
+    uint64_t c0 = dml_ps_clock_value(ps);
+    for (int i = 0; i < NKEYS; i++) {
+      /* A pull at clock c sees every push of clocks < c - s from all workers (and all of its own),
+       * and a faster worker is at most s + 1 iterations ahead of this one. */
+      double S_ = sc->staleness > 0 ? sc->staleness : 0;
+      double lo = (double)W * ((double)c0 - S_), hi = (double)W * (double)c0 + (W - 1) * (S_ + 1);
+      if (lo < (double)c0) lo = (double)c0;
+      if (sc->staleness < 0 || sc->victim) { /* only this worker's own pushes are sure to be in */
+        lo = (double)c0;
+        hi = 1e9;
+      }
+      if (got[i] < lo || got[i] > hi) {
+        fprintf(stderr, "rank %d clock %llu key %d: read %g, want [%g, %g]\n", rank, (unsigned long long)c0, i,
+                (double)got[i], lo, hi);
+        rc = 1;
+        break;
+      }
+    }
+    RK_OK(dml_ps_push(ps, keys, ones, NKEYS, &ts2));
+    RK_OK(dml_ps_wait(ps, ts2));
+    RK_OK(dml_ps_clock(ps));
+  }
+  /* the final model: every surviving worker's pushes are in */
+  uint64_t ts;
+  int first = cfg.colocated ? 0 : cfg.num_servers;
+  if (rank == first && rc == 0) {
+    RK_OK(dml_ps_pull_final(ps, keys, got, NKEYS, &ts));
+    RK_OK(dml_ps_wait(ps, ts));
+    double want = (double)W * ITERS;
+    if (sc->victim) want = (double)(W - 1) * ITERS + 3;
+    if (got[0] != want) {
+      fprintf(stderr, "rank %d: final value %g, want %g\n", rank, (double)got[0], want);
+      rc = 1;
+    }
+  }
+  dml_ps_free(ps);
+  if (srv) {
+    int jrc = dml_ps_server_join(srv, &err);
+    if (jrc) fprintf(stderr, "rank %d: server thread: %s\n", rank, err.msg);
+    if (rc == 0) rc = jrc ? jrc : check_server(rank, srv, sc);
+    dml_ps_server_free(srv);
+  }
+  dml_comm_free(c);
+  return rc ? 1 : 0;
+}
+
+static void run(const char *what, int n, scenario sc) {
+  int port = th_free_port();
+  pid_t pid[16];
+  for (int r = 0; r < n; r++) pid[r] = th_spawn(r, n, port, rank_main, &sc, NULL);
+  int bad = 0;
+  for (int r = 0; r < n; r++) {
+    int rc = th_wait_pid(pid[r], 120);
+    int want = r == sc.victim && sc.victim ? 128 + SIGKILL : 0;
+    if (rc != want) {
+      fprintf(stderr, "%s: rank %d exited with %d (want %d)\n", what, r, rc, want);
+      bad = 1;
+    }
+  }
+  if (bad) T_FAIL("%s failed", what);
+  printf("ok: %s\n", what);
+}
+
+int main(void) {
+  run("BSP 1 server 2 workers: values in bounds", 3, (scenario){.servers = 1});
+  run("BSP 2 servers 2 workers: values in bounds", 4, (scenario){.servers = 2});
+  run("BSP colocated 3 ranks: values in bounds", 3, (scenario){.colocated = 1});
+  run("SSP:2 1 server 3 workers: bound held", 4, (scenario){.servers = 1, .staleness = 2});
+  run("ASP 1 server 2 workers", 3, (scenario){.servers = 1, .staleness = DML_PS_ASP});
+  run("resent push applied once", 2, (scenario){.servers = 1, .dup = 1});
+  run("hostile ranks dropped, job goes on", 6, (scenario){.servers = 1, .hostile_from = 3});
+  run("worker killed under ASP: run completes", 4, (scenario){.servers = 1, .staleness = DML_PS_ASP, .victim = 3});
+  run("worker killed under BSP: the others stop waiting", 4, (scenario){.servers = 1, .victim = 3});
+  return 0;
+}
