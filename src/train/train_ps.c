@@ -1,0 +1,185 @@
+/* The parameter-server strategy's training loop: workers pull the coordinates a batch touches,
+ * compute the logistic-regression gradient and push it to the servers, which apply the optimizer
+ * (FTRL by default) under BSP, SSP or ASP. It is not the server or the wire protocol (src/ps) and
+ * supports only the sparse logreg model for now. */
+#include <math.h>
+#include <string.h>
+
+#include "core/internal.h"
+#include "train/train_ps.h"
+
+/* Above the ps layer's tags (src/ps/ps_internal.h: DML_TAG_RESERVED + 0x09100000..3). */
+#define PS_TAG_RESULT (DML_TAG_RESERVED + 0x09100010)
+
+typedef struct ps_result_wire {
+  double test_accuracy, test_loss, test_auc, train_loss, train_accuracy, samples_per_s, train_s;
+  double steps, epochs_done;
+} ps_result_wire;
+
+static int run_worker(const dml_train_config *cfg, const dml_dataset *train, const dml_dataset *test,
+                      dml_comm *comm, const dml_ps_config *pcfg, int first, dml_train_result *res, dml_err *err) {
+  int n = dml_comm_size(comm), rank = dml_comm_rank(comm);
+  int W = dml_ps_num_workers(pcfg, n);
+  int widx = pcfg->colocated ? rank : rank - pcfg->num_servers;
+  dml_model_config mc = cfg->model;
+  if (mc.in_dim == 0) mc.in_dim = train->dim;
+  int local_batch = cfg->batch / W > 0 ? cfg->batch / W : 1;
+  if (mc.max_batch < local_batch) mc.max_batch = local_batch;
+  dml_model *m = NULL;
+  dml_ps *ps = NULL;
+  uint32_t *order = NULL;
+  uint64_t *keys = NULL;
+  float *vals = NULL;
+  dml_batch_buf bbuf;
+  memset(&bbuf, 0, sizeof(bbuf));
+  int64_t b0 = 0, b1 = 0;
+  int rc = dml_model_create(&m, &mc, err);
+  if (rc) goto out;
+  if ((rc = dml_shard_range(train->n, widx, W, &b0, &b1)) != 0) {
+    dml_err_set(err, rc, "ps train: sharding %d rows over %d workers", train->n, W);
+    goto out;
+  }
+  size_t nk_max = (size_t)mc.in_dim + 1;
+  order = dml__malloc((size_t)(b1 - b0 + 1) * sizeof(uint32_t));
+  keys = dml__malloc(nk_max * sizeof(uint64_t));
+  vals = dml__malloc(nk_max * sizeof(float));
+  if (!order || !keys || !vals) {
+    rc = dml_err_set(err, DML_ENOMEM, "ps train: out of memory");
+    goto out;
+  }
+  if ((rc = dml_ps_create(&ps, comm, pcfg, err)) != 0) goto out;
+  float *params = dml_model_params(m), *grads = dml_model_grads(m);
+  double t_train = 0, loss_sum = 0;
+  uint64_t steps = 0, correct = 0, rows = 0;
+  int shard_n = (int)(b1 - b0);
+  for (int epoch = 0; epoch < cfg->epochs; epoch++) {
+    dml_epoch_order(order, (size_t)shard_n, cfg->seed * 1000003ull + (uint64_t)widx, (uint64_t)epoch);
+    for (int i = 0; i < shard_n; i++) order[i] += (uint32_t)b0;
+    loss_sum = 0;
+    correct = rows = 0;
+    double t0 = dml_now_s();
+    for (int off = 0; off < shard_n; off += local_batch) {
+      int cnt = DML__MIN(local_batch, shard_n - off);
+      dml_batch b;
+      if ((rc = dml_dataset_gather(train, order + off, cnt, &bbuf, &b, err)) != 0) goto out;
+      const uint32_t *idx;
+      size_t nk;
+      if ((rc = dml_model_batch_keys(m, &b, &idx, &nk, err)) != 0) goto out;
+      for (size_t k = 0; k < nk; k++) keys[k] = idx[k]; /* ascending: features, then the bias */
+      uint64_t ts;
+      if ((rc = dml_ps_pull(ps, keys, vals, nk, &ts)) != 0 || (rc = dml_ps_wait(ps, ts)) != 0) goto ps_fail;
+      for (size_t k = 0; k < nk; k++) params[idx[k]] = vals[k];
+      float loss;
+      int ok;
+      if ((rc = dml_model_forward_backward(m, &b, &loss, &ok, NULL, NULL, err)) != 0) goto out;
+      for (size_t k = 0; k < nk; k++) vals[k] = grads[idx[k]];
+      if ((rc = dml_ps_push(ps, keys, vals, nk, &ts)) != 0 || (rc = dml_ps_wait(ps, ts)) != 0) goto ps_fail;
+      dml_model_zero_grads(m);
+      if ((rc = dml_ps_clock(ps)) != 0) goto ps_fail;
+      loss_sum += (double)loss * cnt;
+      correct += (uint64_t)ok;
+      rows += (uint64_t)cnt;
+      steps++;
+    }
+    t_train += dml_now_s() - t0;
+    res->epochs_done = epoch + 1;
+  }
+  res->steps = steps;
+  res->train_s = t_train;
+  res->train_loss = rows ? loss_sum / (double)rows : NAN;
+  res->train_accuracy = rows ? (double)correct / (double)rows : NAN;
+  res->samples_per_s = t_train > 0 ? (double)rows * cfg->epochs * W / t_train : 0;
+  if (first) {
+    /* The final model: every key, once every other worker has finished or died. */
+    for (size_t k = 0; k < nk_max; k++) keys[k] = k;
+    uint64_t ts;
+    if ((rc = dml_ps_pull_final(ps, keys, vals, nk_max, &ts)) != 0 || (rc = dml_ps_wait(ps, ts)) != 0)
+      goto ps_fail;
+    memcpy(params, vals, nk_max * sizeof(float));
+    if (test != NULL) {
+      rc = dml_evaluate(m, test, NULL, &res->test_accuracy, &res->test_loss, &res->test_auc, err);
+      if (rc) goto out;
+    }
+    if (cfg->save_path != NULL && (rc = dml_model_save(m, cfg->save_path, NULL, 0, NULL, 0, err)) != 0) goto out;
+  }
+  goto out;
+ps_fail:
+  dml_err_set(err, rc, "%s", dml_ps_errmsg(ps));
+out:
+  dml_ps_free(ps);
+  dml_batch_buf_free(&bbuf);
+  dml__free(order);
+  dml__free(keys);
+  dml__free(vals);
+  dml_model_free(m);
+  return rc;
+}
+
+int dml_train_ps_run(const dml_train_config *cfg, const dml_dataset *train, const dml_dataset *test,
+                     dml_comm *comm, const dml_ps_config *pcfg_in, dml_train_result *res, dml_err *err) {
+  memset(res, 0, sizeof(*res));
+  res->test_auc = NAN;
+  if (comm == NULL) return dml_err_set(err, DML_EINVAL, "ps train: needs a communicator");
+  if (cfg->model.kind != DML_MODEL_LOGREG)
+    return dml_err_set(err, DML_EUNSUPPORTED, "ps train: only --model logreg trains through the parameter server");
+  if (train->indptr == NULL) return dml_err_set(err, DML_EUNSUPPORTED, "ps train: needs sparse (LIBSVM) data");
+  dml_ps_config pcfg = *pcfg_in;
+  pcfg.optim = cfg->optim;
+  int n = dml_comm_size(comm), rank = dml_comm_rank(comm);
+  if (!pcfg.colocated && (pcfg.num_servers < 1 || pcfg.num_servers >= n))
+    return dml_err_set(err, DML_EINVAL, "ps train: %d servers need at least %d processes (have %d)",
+                       pcfg.num_servers, pcfg.num_servers + 1, n);
+  int first_worker = pcfg.colocated ? 0 : pcfg.num_servers;
+  double t0 = dml_now_s();
+  dml_ps_server *srv = NULL;
+  int rc = 0;
+  if (dml_ps_is_server(&pcfg, rank)) {
+    if ((rc = dml_ps_server_create(&srv, comm, &pcfg, err)) != 0) return rc;
+    if (pcfg.colocated) {
+      if ((rc = dml_ps_server_start(srv, err)) != 0) goto out;
+    } else {
+      rc = dml_ps_server_run(srv, err);
+      dml_ps_server_stats st;
+      dml_ps_server_stats_get(srv, &st);
+      dml_log(DML_LOG_INFO, "ps server %d: %llu pushes, %llu pulls, %llu keys, %llu bytes in, %d dead workers, %d dropped peers",
+              rank, (unsigned long long)st.pushes, (unsigned long long)st.pulls, (unsigned long long)st.keys,
+              (unsigned long long)st.bytes_in, st.dead_workers, st.dropped_peers);
+      if (rc) goto out;
+    }
+  }
+  if (dml_ps_is_worker(&pcfg, rank, n)) {
+    rc = run_worker(cfg, train, test, comm, &pcfg, rank == first_worker, res, err);
+    if (srv) {
+      dml_err jerr;
+      int jrc = dml_ps_server_join(srv, &jerr);
+      if (rc == 0 && jrc) rc = dml_err_set(err, jrc, "%s", dml_err_msg(&jerr));
+    }
+    if (rc) goto out;
+  }
+  if (rank == first_worker && rank != 0) {
+    ps_result_wire w = {res->test_accuracy, res->test_loss, res->test_auc, res->train_loss, res->train_accuracy,
+                        res->samples_per_s, res->train_s, (double)res->steps, (double)res->epochs_done};
+    rc = dml_comm_send(comm, 0, PS_TAG_RESULT, &w, sizeof w);
+    if (rc) dml_err_set(err, rc, "ps train: sending the result to rank 0: %s", dml_comm_errmsg(comm));
+  } else if (rank == 0 && first_worker != 0) {
+    ps_result_wire w;
+    rc = dml_comm_recv(comm, first_worker, PS_TAG_RESULT, &w, sizeof w);
+    if (rc) {
+      dml_err_set(err, rc, "ps train: no result from the first worker: %s", dml_comm_errmsg(comm));
+      goto out;
+    }
+    res->test_accuracy = w.test_accuracy;
+    res->test_loss = w.test_loss;
+    res->test_auc = w.test_auc;
+    res->train_loss = w.train_loss;
+    res->train_accuracy = w.train_accuracy;
+    res->samples_per_s = w.samples_per_s;
+    res->train_s = w.train_s;
+    res->steps = (uint64_t)w.steps;
+    res->epochs_done = (int)w.epochs_done;
+  }
+out:
+  res->wall_s = dml_now_s() - t0;
+  dml_ps_server_free(srv);
+  return rc;
+}

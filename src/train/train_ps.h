@@ -1,0 +1,20 @@
+/* The parameter-server training driver (train_ps.c): sparse logistic regression trained through
+ * dml_ps servers and workers. Declared here rather than in train.h, which its owner keeps; the
+ * CLI includes "train/train_ps.h". */
+#ifndef DISTML_TRAIN_PS_H
+#define DISTML_TRAIN_PS_H
+
+#include "distml/ps.h"
+#include "distml/train.h"
+
+/* Every rank calls it with the same configs. Ranks 0..S-1 serve (or every rank, colocated), the
+ * others train on their shard of train (rows split among the workers; cfg->batch is the global
+ * batch, each worker takes batch / W rows per push). cfg->optim is used as the servers' optimizer
+ * (ps->optim is ignored). After the last epoch the first worker pulls the whole model once every
+ * other worker has finished or died, evaluates it on test, and sends the result to rank 0; result
+ * is filled on rank 0 and on the first worker. Only the logreg model is supported
+ * (DML_EUNSUPPORTED otherwise). comm must not be NULL. */
+int dml_train_ps_run(const dml_train_config *cfg, const dml_dataset *train, const dml_dataset *test,
+                     dml_comm *comm, const dml_ps_config *ps, dml_train_result *result, dml_err *err);
+
+#endif
