@@ -1,0 +1,224 @@
+/* `distml bench ps [--max-bytes B] [--json]`: forks local ranks for each layout (1 worker x 1
+ * server, 2x1, 2x2, colocated 2) and times a dense pushpull of M bytes of values per iteration
+ * (sum-only server) for M = 4 KB .. B, with the bytes each server received per iteration, the
+ * cost model's prediction and distml's all-reduce of the same M bytes over the same processes.
+ * Measurement only: nothing is tuned here. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "cli/bench_ps.h"
+#include "core/internal.h"
+#include "distml/coll.h"
+#include "distml/ps.h"
+
+#define STATS_TAG 7301 /* server -> first worker: bytes received (user tag range) */
+
+typedef struct layout {
+  const char *name;
+  int workers, servers, colocated;
+} layout;
+
+static int free_port(void) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return -1;
+  struct sockaddr_in sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t sl = sizeof sa;
+  int port = -1;
+  if (bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 && getsockname(fd, (struct sockaddr *)&sa, &sl) == 0)
+    port = ntohs(sa.sin_port);
+  close(fd);
+  return port;
+}
+
+static int iters_for(size_t bytes) {
+  size_t it = (size_t)(32u << 20) / bytes;
+  return it < 10 ? 10 : it > 200 ? 200 : (int)it;
+}
+
+static void report(int json, const layout *L, size_t bytes, int iters, double t_ps, double per_server_bytes,
+                   double value_bytes, double predicted, double t_ar) {
+  if (json) {
+    dml_jsonl j;
+    dml_jsonl_init_stream(&j, stdout);
+    dml_jsonl_begin(&j);
+    dml_jsonl_add_str(&j, "bench", "ps");
+    dml_jsonl_add_str(&j, "layout", L->name);
+    dml_jsonl_add_int(&j, "workers", L->workers);
+    dml_jsonl_add_int(&j, "servers", L->servers);
+    dml_jsonl_add_int(&j, "bytes", (int64_t)bytes);
+    dml_jsonl_add_int(&j, "iters", iters);
+    dml_jsonl_add_double(&j, "pushpull_ms", t_ps * 1e3);
+    dml_jsonl_add_double(&j, "server_frame_bytes_per_iter", per_server_bytes);
+    dml_jsonl_add_double(&j, "server_value_bytes_per_iter", value_bytes);
+    dml_jsonl_add_double(&j, "model_value_bytes_per_iter", predicted);
+    dml_jsonl_add_double(&j, "allreduce_ms", t_ar * 1e3);
+    dml_jsonl_end(&j);
+    dml_jsonl_close(&j);
+  } else {
+    printf("%-10s %10zu %6d %12.3f %14.0f %14.0f %14.0f %12.3f %6.2f\n", L->name, bytes, iters, t_ps * 1e3,
+           per_server_bytes, value_bytes, predicted, t_ar * 1e3, t_ar > 0 ? t_ps / t_ar : 0.0);
+  }
+  fflush(stdout);
+}
+
+/* One rank of one layout: for each size, serve or push+pull, then all-reduce the same bytes. */
+static int bench_rank(const layout *L, int rank, int port, size_t max_bytes, int json) {
+  int n = L->colocated ? L->workers : L->workers + L->servers;
+  dml_comm_opts co;
+  dml_comm_opts_default(&co);
+  co.backend = "tcp";
+  co.rank = rank;
+  co.world_size = n;
+  co.master_addr = "127.0.0.1";
+  co.master_port = port;
+  co.timeout_ms = 60000;
+  dml_comm *c = NULL;
+  dml_err e = {0};
+  int rc = dml_comm_init(&c, &co, &e);
+  if (rc) {
+    fprintf(stderr, "distml bench ps: rank %d: %s\n", rank, e.msg);
+    return 1;
+  }
+  dml_ps_config cfg;
+  dml_ps_config_init(&cfg);
+  cfg.num_servers = L->servers;
+  cfg.colocated = L->colocated;
+  cfg.sum_only = 1;
+  cfg.staleness = 0;
+  int S = dml_ps_num_servers(&cfg, n), first = L->colocated ? 0 : L->servers;
+  for (size_t bytes = 4096; bytes <= max_bytes && rc == 0; bytes *= 4) {
+    size_t K = bytes / 4;
+    int iters = iters_for(bytes), warm = 2;
+    uint64_t *keys = dml__malloc(K * sizeof(uint64_t));
+    float *g = dml__malloc(K * sizeof(float)), *v = dml__malloc(K * sizeof(float));
+    if (!keys || !g || !v) rc = DML_ENOMEM;
+    for (size_t k = 0; rc == 0 && k < K; k++) {
+      keys[k] = k;
+      g[k] = 1.0f;
+    }
+    dml_ps_server *srv = NULL;
+    double t_ps = 0;
+    if (rc == 0 && dml_ps_is_server(&cfg, rank)) {
+      rc = dml_ps_server_create(&srv, c, &cfg, &e);
+      if (rc == 0) rc = L->colocated ? dml_ps_server_start(srv, &e) : dml_ps_server_run(srv, &e);
+    }
+    if (rc == 0 && dml_ps_is_worker(&cfg, rank, n)) {
+      dml_ps *ps = NULL;
+      rc = dml_ps_create(&ps, c, &cfg, &e);
+      double t0 = 0;
+      for (int it = 0; rc == 0 && it < warm + iters; it++) {
+        if (it == warm) t0 = dml_now_s();
+        uint64_t ts;
+        rc = dml_ps_pushpull(ps, keys, g, v, K, &ts);
+        if (rc == 0) rc = dml_ps_wait(ps, ts);
+        if (rc == 0) rc = dml_ps_clock(ps);
+        if (rc) snprintf(e.msg, sizeof e.msg, "%s", dml_ps_errmsg(ps));
+      }
+      t_ps = (dml_now_s() - t0) / iters;
+      dml_ps_free(ps);
+    }
+    if (srv && L->colocated && rc == 0) rc = dml_ps_server_join(srv, &e);
+    /* server byte counts to the first worker */
+    double sbytes = 0;
+    if (rc == 0 && srv) {
+      dml_ps_server_stats st;
+      dml_ps_server_stats_get(srv, &st);
+      double b = (double)st.bytes_in / (warm + iters);
+      if (rank != first) rc = dml_comm_send(c, first, STATS_TAG, &b, sizeof b);
+      else sbytes += b;
+    }
+    if (rc == 0 && rank == first)
+      for (int s = 0; s < S && rc == 0; s++) {
+        if (s == first) continue;
+        double b;
+        rc = dml_comm_recv(c, s, STATS_TAG, &b, sizeof b);
+        sbytes += b;
+      }
+    dml_ps_server_free(srv);
+    /* distml's all-reduce of the same bytes over the same processes */
+    double t_ar = 0;
+    if (rc == 0) {
+      double t0 = 0;
+      for (int it = 0; rc == 0 && it < warm + iters; it++) {
+        if (it == warm) t0 = dml_now_s();
+        rc = dml_allreduce(c, v, K, DML_F32, DML_SUM);
+      }
+      t_ar = (dml_now_s() - t0) / iters;
+      if (rc) snprintf(e.msg, sizeof e.msg, "allreduce: %s", dml_comm_errmsg(c));
+    }
+    if (rc == 0 && rank == first) {
+      double per_server = sbytes / S;
+      /* a pushpull frame carries 8 key bytes per 4 value bytes: the value share is 1/3 */
+      double value_bytes = per_server * 4.0 / 12.0;
+      double predicted = (double)L->workers * (double)bytes / S;
+      report(json, L, bytes, iters, t_ps, per_server, value_bytes, predicted, t_ar);
+    }
+    dml__free(keys);
+    dml__free(g);
+    dml__free(v);
+  }
+  if (rc) fprintf(stderr, "distml bench ps: rank %d: %s\n", rank, e.msg[0] ? e.msg : dml_strerror(rc));
+  dml_comm_free(c);
+  return rc ? 1 : 0;
+}
+
+static int run_layout(const layout *L, size_t max_bytes, int json) {
+  int n = L->colocated ? L->workers : L->workers + L->servers;
+  int port = free_port();
+  if (port < 0) return 1;
+  fflush(stdout);
+  fflush(stderr);
+  pid_t pid[8];
+  for (int r = 0; r < n; r++) {
+    pid[r] = fork();
+    if (pid[r] < 0) return 1;
+    if (pid[r] == 0) _exit(bench_rank(L, r, port, max_bytes, json));
+  }
+  int bad = 0;
+  for (int r = 0; r < n; r++) {
+    int st;
+    waitpid(pid[r], &st, 0);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) bad = 1;
+  }
+  return bad;
+}
+
+int dml_cli_bench_ps_main(int argc, char **argv) {
+  int json = 0;
+  uint64_t max_bytes = 4u << 20;
+  for (int i = 1; i < argc; i++) {
+    dml_err e = {0};
+    if (strcmp(argv[i], "--json") == 0) {
+      json = 1;
+    } else if (strcmp(argv[i], "--max-bytes") == 0 && i + 1 < argc) {
+      if (dml_parse_size(argv[++i], (uint64_t)1 << 30, &max_bytes, &e) != 0 || max_bytes < 4096) {
+        fprintf(stderr, "distml bench ps: --max-bytes %s: want a size from 4K to 1G\n", argv[i]);
+        return 2;
+      }
+    } else {
+      fprintf(stderr,
+              "usage: distml bench ps [--max-bytes B] [--json]\n"
+              "  dense pushpull of M value bytes per worker per iteration (M = 4K, 16K, ... B; default 4M)\n"
+              "  columns: layout (WxS), M, iterations, pushpull ms, frame bytes in per server per iteration,\n"
+              "  the value share of them, the cost model's W*M/S, all-reduce ms of M bytes, ps/allreduce\n");
+      return 2;
+    }
+  }
+  const layout layouts[] = {{"1x1", 1, 1, 0}, {"2x1", 2, 1, 0}, {"2x2", 2, 2, 0}, {"colocated2", 2, 2, 1}};
+  if (!json)
+    printf("%-10s %10s %6s %12s %14s %14s %14s %12s %6s\n", "layout", "bytes", "iters", "pushpull_ms",
+           "srv_frame_B", "srv_value_B", "model_W*M/S", "allreduce_ms", "ratio");
+  int bad = 0;
+  for (size_t i = 0; i < sizeof layouts / sizeof layouts[0]; i++) bad |= run_layout(&layouts[i], max_bytes, json);
+  return bad ? 1 : 0;
+}
