@@ -28,6 +28,13 @@ static uint64_t get_u64(const unsigned char *p) {
   return v;
 }
 
+/* On a little-endian host the wire layout of keys and values is the memory layout: bulk copies. */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define HOST_LE 1
+#else
+#define HOST_LE 0
+#endif
+
 size_t dml__ps_frame_bytes(uint64_t nkeys, uint64_t nvals) {
   return DML__PS_HEADER_BYTES + (size_t)nkeys * 8 + (size_t)nvals * 4;
 }
@@ -50,8 +57,13 @@ void dml__ps_encode(void *buf, const dml__ps_msg *m, const uint64_t *keys, const
   put_u64(p + 48, m->nkeys);
   put_u64(p + 56, m->nvals);
   unsigned char *k = p + DML__PS_HEADER_BYTES;
-  for (uint64_t i = 0; i < m->nkeys; i++) put_u64(k + 8 * i, keys[i]);
   unsigned char *v = k + 8 * m->nkeys;
+  if (HOST_LE) {
+    if (m->nkeys) memcpy(k, keys, (size_t)m->nkeys * 8);
+    if (m->nvals) memcpy(v, vals, (size_t)m->nvals * 4);
+    return;
+  }
+  for (uint64_t i = 0; i < m->nkeys; i++) put_u64(k + 8 * i, keys[i]);
   for (uint64_t i = 0; i < m->nvals; i++) {
     uint32_t bits;
     memcpy(&bits, &vals[i], 4);
@@ -123,23 +135,32 @@ int dml__ps_decode(const void *buf, size_t len, const char *peer, dml__ps_msg *m
     return dml_err_set(err, DML_EPROTO, "ps: %s sent an empty key range [%llu, %llu]", peer,
                        (unsigned long long)m->key_lo, (unsigned long long)m->key_hi);
   const unsigned char *k = p + DML__PS_HEADER_BYTES;
+  uint64_t prev = 0;
   for (uint64_t i = 0; i < m->nkeys; i++) {
-    uint64_t key = get_u64(k + 8 * i);
+    uint64_t key;
+    if (HOST_LE)
+      memcpy(&key, k + 8 * i, 8);
+    else
+      key = get_u64(k + 8 * i);
     if (key < m->key_lo || key > m->key_hi)
       return dml_err_set(err, DML_EPROTO, "ps: %s sent key %llu (#%llu, byte %zu) outside its range [%llu, %llu]",
                          peer, (unsigned long long)key, (unsigned long long)i,
                          (size_t)(DML__PS_HEADER_BYTES + 8 * i), (unsigned long long)m->key_lo,
                          (unsigned long long)m->key_hi);
-    if (i > 0 && key <= get_u64(k + 8 * (i - 1)))
+    if (i > 0 && key <= prev)
       return dml_err_set(err, DML_EPROTO, "ps: %s sent key %llu (#%llu, byte %zu) not above the previous one",
                          peer, (unsigned long long)key, (unsigned long long)i,
                          (size_t)(DML__PS_HEADER_BYTES + 8 * i));
+    prev = key;
   }
   if (m->nkeys) {
     m->keys = dml__malloc((size_t)m->nkeys * 8);
     if (m->keys == NULL) return dml_err_set(err, DML_ENOMEM, "ps: no memory for %llu keys from %s",
                                             (unsigned long long)m->nkeys, peer);
-    for (uint64_t i = 0; i < m->nkeys; i++) m->keys[i] = get_u64(k + 8 * i);
+    if (HOST_LE)
+      memcpy(m->keys, k, (size_t)m->nkeys * 8);
+    else
+      for (uint64_t i = 0; i < m->nkeys; i++) m->keys[i] = get_u64(k + 8 * i);
   }
   if (m->nvals) {
     m->vals = dml__malloc((size_t)m->nvals * 4);
@@ -149,7 +170,8 @@ int dml__ps_decode(const void *buf, size_t len, const char *peer, dml__ps_msg *m
                          peer);
     }
     const unsigned char *v = k + 8 * m->nkeys;
-    for (uint64_t i = 0; i < m->nvals; i++) {
+    if (HOST_LE) memcpy(m->vals, v, (size_t)m->nvals * 4);
+    for (uint64_t i = 0; !HOST_LE && i < m->nvals; i++) {
       uint32_t bits = get_u32(v + 4 * i);
       memcpy(&m->vals[i], &bits, 4);
     }

@@ -50,11 +50,14 @@ struct dml_ps_server {
   pthread_mutex_t mu; /* guards w[].dead between the watcher and the loop */
 };
 
+/* Runs of 64 consecutive keys stay in consecutive buckets (a dense range walks memory in order);
+ * the runs themselves are spread by a multiplicative mix. */
 static uint64_t hash_key(uint64_t x) {
-  x ^= x >> 33;
-  x *= 0xff51afd7ed558ccdull;
-  x ^= x >> 33;
-  return x;
+  uint64_t b = x >> 6;
+  b ^= b >> 33;
+  b *= 0xff51afd7ed558ccdull;
+  b ^= b >> 33;
+  return (b << 6) | (x & 63);
 }
 
 static int grow_values(dml_ps_server *s, dml_err *err) {
@@ -160,7 +163,9 @@ static int apply_push(dml_ps_server *s, const dml__ps_msg *m, dml_err *err) {
   return 0;
 }
 
-static int send_reply(dml_ps_server *s, int dst, const dml__ps_msg *req, int with_values, dml_err *err) {
+/* slots: the value slots of req's keys if the caller has them (a pushpull just looked them up). */
+static int send_reply(dml_ps_server *s, int dst, const dml__ps_msg *req, int with_values, const uint32_t *slots,
+                      dml_err *err) {
   dml__ps_msg r;
   memset(&r, 0, sizeof(r));
   r.command = DML__PS_REPLY;
@@ -182,7 +187,10 @@ static int send_reply(dml_ps_server *s, int dst, const dml__ps_msg *req, int wit
   }
   for (uint64_t i = 0; i < r.nvals; i++) {
     uint32_t slot;
-    lookup(s, req->keys[i], 0, &slot, NULL);
+    if (slots)
+      slot = slots[i];
+    else
+      lookup(s, req->keys[i], 0, &slot, NULL);
     v[i] = slot == EMPTY_SLOT ? 0.0f : s->vals[slot];
   }
   dml__ps_encode(buf, &r, req->keys, v);
@@ -225,7 +233,7 @@ static void serve_deferred(dml_ps_server *s, dml_err *err) {
   for (size_t i = 0; i < s->ndq; i++) {
     deferred *d = &s->dq[i];
     if (pull_ready(s, d->src, &d->m)) {
-      send_reply(s, d->src, &d->m, 1, err);
+      send_reply(s, d->src, &d->m, 1, NULL, err);
       dml__ps_msg_free(&d->m);
     } else {
       s->dq[k++] = *d;
@@ -299,7 +307,7 @@ int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t by
       s->st.pushes++;
     }
     if (m.command == DML__PS_PUSH) {
-      rc = send_reply(s, src, &m, 0, err);
+      rc = send_reply(s, src, &m, 0, NULL, err);
       break;
     }
     /* the pull half */
@@ -307,7 +315,9 @@ int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t by
   case DML__PS_PULL:
     s->st.pulls++;
     if (pull_ready(s, src, &m)) {
-      rc = send_reply(s, src, &m, 1, err);
+      /* a pushpull whose push was applied just now has its slots in idx_scratch */
+      int fresh = m.command == DML__PS_PUSHPULL && w->last_push_ts == m.timestamp && s->idx_cap >= m.nkeys;
+      rc = send_reply(s, src, &m, 1, fresh ? s->idx_scratch : NULL, err);
     } else {
       if (s->ndq == s->dq_cap) {
         size_t nc = s->dq_cap ? 2 * s->dq_cap : 16;
