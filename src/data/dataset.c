@@ -257,6 +257,10 @@ int dml_dataset_gather(const dml_dataset *ds, const uint32_t *rows, int count, d
     buf->indptr[0] = 0;
     for (int i = 0; i < count; i++) {
       uint64_t b = ds->indptr[rows[i]], e = ds->indptr[rows[i] + 1];
+      if (e == b) { /* an empty row: the arrays may be NULL when the whole set has no entries */
+        buf->indptr[i + 1] = at;
+        continue;
+      }
       memcpy(buf->indices + at, ds->indices + b, (size_t)(e - b) * sizeof(uint32_t));
       memcpy(buf->values + at, ds->values + b, (size_t)(e - b) * sizeof(float));
       at += e - b;
@@ -295,8 +299,8 @@ int dml_dataset_slice(const dml_dataset *ds, int begin, int count, dml_batch_buf
   uint64_t base = ds->indptr[begin];
   for (int i = 0; i <= count; i++) buf->indptr[i] = ds->indptr[begin + i] - base;
   out->indptr = buf->indptr;
-  out->indices = ds->indices + base;
-  out->values = ds->values + base;
+  out->indices = ds->indices ? ds->indices + base : NULL; /* NULL when the set has no entries */
+  out->values = ds->values ? ds->values + base : NULL;
   return 0;
 }
 
@@ -322,8 +326,10 @@ int dml_dataset_keep_range(dml_dataset *ds, int begin, int end, dml_err *err) {
     ok = indptr != NULL && indices != NULL && values != NULL;
     if (ok) {
       for (int i = 0; i <= n; i++) indptr[i] = ds->indptr[begin + i] - base;
-      memcpy(indices, ds->indices + base, sizeof(uint32_t) * nnz);
-      memcpy(values, ds->values + base, sizeof(float) * nnz);
+      if (nnz > 0) {
+        memcpy(indices, ds->indices + base, sizeof(uint32_t) * nnz);
+        memcpy(values, ds->values + base, sizeof(float) * nnz);
+      }
     }
   }
   if (!ok) {
