@@ -1,7 +1,7 @@
 /* Parameter server over real processes on loopback: exact values under BSP (every worker pushes
  * 1 to each key per iteration, so a pull at clock c reads between W*c and W*c + W-1) with 1 and 2 dedicated servers and
  * colocated; the SSP bound (a pull at clock c reads at least W*(c-s)); ASP; a resent push applied
- * once; hostile ranks (garbage, a huge count, unsorted keys) dropped while the job goes on; and a
+ * once; BSP sync aggregation with a server-side SGD (exact values); hostile ranks (garbage, a huge count, unsorted keys) dropped while the job goes on; and a
  * worker killed mid-run under ASP and BSP: the others finish and the server counts it dead.
  * test-labels: tsan */
 #include <signal.h>
@@ -18,6 +18,8 @@ typedef struct scenario {
   int hostile_from;  /* ranks >= this send one bad frame each and leave (0: none) */
   int victim;        /* rank that kills itself after 3 iterations (0: none) */
   int dup;           /* world 2: raw resent push */
+  int sgd;           /* server-side SGD lr 1 with BSP sync aggregation: a pull at clock c reads
+                        exactly -c (the mean of the W pushes of 1 per clock, one step per clock) */
 } scenario;
 
 static int check_server(int rank, dml_ps_server *s, const scenario *sc) {
@@ -113,7 +115,11 @@ static int rank_main(int rank, int n, int port, void *arg) {
   cfg.num_servers = sc->servers;
   cfg.colocated = sc->colocated;
   cfg.staleness = sc->staleness;
-  cfg.sum_only = 1;
+  cfg.sum_only = !sc->sgd;
+  if (sc->sgd) {
+    dml_optim_config_init(&cfg.optim, DML_OPT_SGD);
+    cfg.optim.lr = 1.0f;
+  }
   int W = dml_ps_num_workers(&cfg, n);
   if (sc->hostile_from) W = sc->hostile_from - sc->servers;
   int rc = 0;
@@ -164,6 +170,7 @@ static int rank_main(int rank, int n, int port, void *arg) {
         lo = (double)c0;
         hi = 1e9;
       }
+      if (sc->sgd) lo = hi = -(double)c0;
       if (got[i] < lo || got[i] > hi) {
         fprintf(stderr, "rank %d clock %llu key %d: read %g, want [%g, %g]\n", rank, (unsigned long long)c0, i,
                 (double)got[i], lo, hi);
@@ -183,6 +190,7 @@ static int rank_main(int rank, int n, int port, void *arg) {
     RK_OK(dml_ps_wait(ps, ts));
     double want = (double)W * ITERS;
     if (sc->victim) want = (double)(W - 1) * ITERS + 3;
+    if (sc->sgd) want = -(double)ITERS;
     if (got[0] != want) {
       fprintf(stderr, "rank %d: final value %g, want %g\n", rank, (double)got[0], want);
       rc = 1;
@@ -220,6 +228,8 @@ int main(void) {
   run("BSP 1 server 2 workers: values in bounds", 3, (scenario){.servers = 1});
   run("BSP 2 servers 2 workers: values in bounds", 4, (scenario){.servers = 2});
   run("BSP colocated 3 ranks: values in bounds", 3, (scenario){.colocated = 1});
+  run("BSP sync aggregation, server SGD: exact values", 4, (scenario){.servers = 1, .sgd = 1});
+  run("BSP sync aggregation colocated: exact values", 3, (scenario){.colocated = 1, .sgd = 1});
   run("SSP:2 1 server 3 workers: bound held", 4, (scenario){.servers = 1, .staleness = 2});
   run("ASP 1 server 2 workers", 3, (scenario){.servers = 1, .staleness = DML_PS_ASP});
   run("resent push applied once", 2, (scenario){.servers = 1, .dup = 1});

@@ -36,9 +36,12 @@ typedef struct dml_ps_config {
   int sum_only;          /* 1: the server adds pushed values (the worker optimizes) */
   dml_optim_config optim;/* server-side optimizer when !sum_only (SGD, AdaGrad, Adam, FTRL) */
   int max_in_flight;     /* worker: requests outstanding at once (0: 64) */
+  int sync_aggregate;    /* BSP with an optimizer: the pushes of one clock are summed and their
+                            mean applied as one optimizer step once every live worker has passed
+                            that clock (1 by default); 0: every push is its own step */
 } dml_ps_config;
 
-/* Defaults: 1 server, BSP, FTRL. */
+/* Defaults: 1 server, BSP with sync aggregation, FTRL. */
 void dml_ps_config_init(dml_ps_config *cfg);
 /* "bsp" -> 0, "ssp:S" -> S (1..1000000), "asp" -> DML_PS_ASP. */
 int dml_ps_sync_parse(const char *s, int *staleness, dml_err *err);

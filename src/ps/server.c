@@ -39,6 +39,14 @@ struct dml_ps_server {
   dml_optim *opt;
   uint32_t *idx_scratch;
   size_t idx_cap;
+  /* BSP sync aggregation: summed pushes of the open clock, by slot */
+  int aggregating;
+  float *agg;          /* (vcap) */
+  unsigned char *mark; /* (vcap) slot is in agg_list */
+  uint32_t *agg_list;
+  size_t nagg, agg_list_cap;
+  float *agg_grads;    /* (agg_list_cap) compact mean for the optimizer */
+  uint64_t agg_pushes, agg_clock;
   deferred *dq;
   size_t ndq, dq_cap;
   dml_ps_server_stats st;
@@ -66,6 +74,15 @@ static int grow_values(dml_ps_server *s, dml_err *err) {
   if (nv == NULL) return dml_err_set(err, DML_ENOMEM, "ps server: no memory for %zu values", ncap);
   memset(nv + s->vcap, 0, (ncap - s->vcap) * sizeof(float));
   s->vals = nv;
+  if (s->aggregating) {
+    float *na = dml__realloc(s->agg, ncap * sizeof(float));
+    if (na) s->agg = na;
+    unsigned char *nm = dml__realloc(s->mark, ncap);
+    if (nm) s->mark = nm;
+    if (!na || !nm) return dml_err_set(err, DML_ENOMEM, "ps server: no memory for %zu aggregated values", ncap);
+    memset(na + s->vcap, 0, (ncap - s->vcap) * sizeof(float));
+    memset(nm + s->vcap, 0, ncap - s->vcap);
+  }
   if (!s->cfg.sum_only) {
     dml_optim *no = NULL;
     int rc = dml_optim_create(&no, &s->cfg.optim, ncap, err);
@@ -157,6 +174,28 @@ static int apply_push(dml_ps_server *s, const dml__ps_msg *m, dml_err *err) {
     for (uint64_t i = 0; i < m->nkeys; i++) s->vals[s->idx_scratch[i]] += m->vals[i];
     return 0;
   }
+  if (s->aggregating) {
+    if (s->nagg + m->nkeys > s->agg_list_cap) {
+      size_t nc = DML__MAX(2 * s->agg_list_cap, s->nagg + (size_t)m->nkeys);
+      uint32_t *nl = dml__realloc(s->agg_list, nc * sizeof(uint32_t));
+      if (nl) s->agg_list = nl;
+      float *ng = dml__realloc(s->agg_grads, nc * sizeof(float));
+      if (ng) s->agg_grads = ng;
+      if (!nl || !ng) return dml_err_set(err, DML_ENOMEM, "ps server: no memory to aggregate %zu keys", nc);
+      s->agg_list_cap = nc;
+    }
+    for (uint64_t i = 0; i < m->nkeys; i++) {
+      uint32_t slot = s->idx_scratch[i];
+      if (!s->mark[slot]) {
+        s->mark[slot] = 1;
+        s->agg_list[s->nagg++] = slot;
+      }
+      s->agg[slot] += m->vals[i];
+    }
+    s->agg_pushes++;
+    if (m->clock > s->agg_clock) s->agg_clock = m->clock;
+    return 0;
+  }
   dml_optim_begin_step(s->opt);
   int rc = dml_optim_update_sparse(s->opt, s->vals, m->vals, s->idx_scratch, (size_t)m->nkeys, 1);
   if (rc) return dml_err_set(err, rc, "ps server: optimizer update failed");
@@ -228,7 +267,26 @@ static int pull_ready(const dml_ps_server *s, int src, const dml__ps_msg *m) {
   return min_live_clock(s, -1) >= m->clock - st;
 }
 
+/* BSP: once every live worker has passed the aggregated clock, apply the mean of its pushes. */
+static void flush_aggregate(dml_ps_server *s) {
+  if (!s->aggregating || s->agg_pushes == 0) return;
+  uint64_t mc = min_live_clock(s, -1);
+  if (mc != UINT64_MAX && mc <= s->agg_clock) return;
+  float scale = 1.0f / (float)s->agg_pushes;
+  for (size_t i = 0; i < s->nagg; i++) {
+    uint32_t slot = s->agg_list[i];
+    s->agg_grads[i] = s->agg[slot] * scale;
+    s->agg[slot] = 0;
+    s->mark[slot] = 0;
+  }
+  dml_optim_begin_step(s->opt);
+  dml_optim_update_sparse(s->opt, s->vals, s->agg_grads, s->agg_list, s->nagg, 1);
+  s->nagg = 0;
+  s->agg_pushes = 0;
+}
+
 static void serve_deferred(dml_ps_server *s, dml_err *err) {
+  flush_aggregate(s);
   size_t k = 0;
   for (size_t i = 0; i < s->ndq; i++) {
     deferred *d = &s->dq[i];
@@ -353,6 +411,7 @@ int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t by
 void dml_ps_config_init(dml_ps_config *cfg) {
   memset(cfg, 0, sizeof(*cfg));
   cfg->num_servers = 1;
+  cfg->sync_aggregate = 1;
   dml_optim_config_init(&cfg->optim, DML_OPT_FTRL);
 }
 
@@ -396,6 +455,7 @@ int dml_ps_server_create(dml_ps_server **out, dml_comm *c, const dml_ps_config *
   s->cfg = *cfg;
   s->me = me;
   s->n = n;
+  s->aggregating = cfg->sync_aggregate && cfg->staleness == 0 && !cfg->sum_only;
   pthread_mutex_init(&s->mu, NULL);
   s->w = dml__calloc((size_t)n, sizeof(worker_state));
   int rc = s->w ? 0 : dml_err_set(err, DML_ENOMEM, "ps server: out of memory");
@@ -475,6 +535,7 @@ int dml_ps_server_run(dml_ps_server *s, dml_err *err) {
       break;
     }
   }
+  flush_aggregate(s);
   s->stop_watch = 1;
   pthread_join(s->watcher, NULL);
   s->watcher_started = 0;
@@ -518,6 +579,10 @@ void dml_ps_server_free(dml_ps_server *s) {
   dml__free(s->hkeys);
   dml__free(s->hslot);
   dml__free(s->idx_scratch);
+  dml__free(s->agg);
+  dml__free(s->mark);
+  dml__free(s->agg_list);
+  dml__free(s->agg_grads);
   dml__free(s->w);
   pthread_mutex_destroy(&s->mu);
   dml__free(s);
