@@ -50,11 +50,19 @@ static double run_ps(job *j, int n, const char *what) {
   return auc;
 }
 
-int main(void) {
+int main(int argc, char **argv) {
   char path[256];
   snprintf(path, sizeof path, "%s/distml_ps_data_%d.svm", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", (int)getpid());
   dml_err err;
-  const int rows = 25000, features = 100000;
+  /* `test_ps_train ROWS FEATURES` runs the same comparison at another size (a fifth of the rows
+   * are the test set), e.g. the issue's 250000 1000000 */
+  int rows = 25000, features = 100000;
+  if (argc == 3) {
+    rows = atoi(argv[1]);
+    features = atoi(argv[2]);
+    T_ASSERT(rows >= 100 && features >= 10);
+  }
+  const int train_rows = rows - rows / 5;
   T_OK(dml_gen_sparse_binary_file(path, rows, features, 20, 11, NULL, &err));
   dml_data_opts dopts;
   dml_data_opts_init(&dopts);
@@ -65,8 +73,8 @@ int main(void) {
   T_OK(dml_read_libsvm(path, &dopts, &train, &err));
   T_OK(dml_read_libsvm(path, &dopts, &test, &err));
   remove(path);
-  T_OK(dml_dataset_keep_range(&train, 0, 20000, &err));
-  T_OK(dml_dataset_keep_range(&test, 20000, rows, &err));
+  T_OK(dml_dataset_keep_range(&train, 0, train_rows, &err));
+  T_OK(dml_dataset_keep_range(&test, train_rows, rows, &err));
 
   job j;
   memset(&j, 0, sizeof j);
