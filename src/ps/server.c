@@ -52,10 +52,9 @@ struct dml_ps_server {
   dml_ps_server_stats st;
   pthread_t thread, watcher;
   int thread_started, watcher_started;
-  volatile int stop_watch;
+  int stop_watch; /* set by the loop, read by the watcher: __atomic accesses */
   int thread_rc;
   dml_err thread_err;
-  pthread_mutex_t mu; /* guards w[].dead between the watcher and the loop */
 };
 
 /* Runs of 64 consecutive keys stay in consecutive buckets (a dense range walks memory in order);
@@ -456,7 +455,6 @@ int dml_ps_server_create(dml_ps_server **out, dml_comm *c, const dml_ps_config *
   s->me = me;
   s->n = n;
   s->aggregating = cfg->sync_aggregate && cfg->staleness == 0 && !cfg->sum_only;
-  pthread_mutex_init(&s->mu, NULL);
   s->w = dml__calloc((size_t)n, sizeof(worker_state));
   int rc = s->w ? 0 : dml_err_set(err, DML_ENOMEM, "ps server: out of memory");
   if (rc == 0) rc = grow_values(s, err);
@@ -474,19 +472,16 @@ int dml_ps_server_create(dml_ps_server **out, dml_comm *c, const dml_ps_config *
 }
 
 /* Polls a never-completing receive per remote worker; a failure means the worker is gone, and
- * the loop hears of it as a self-sent BYE naming the worker (it may be blocked in a receive). */
+ * the loop hears of it as a self-sent BYE naming the worker (it may be blocked in a receive).
+ * The watcher touches only w[r].watch, which the loop never reads. */
 static void *watch_main(void *arg) {
   dml_ps_server *s = arg;
-  int pending = 0;
+  static char none;
   for (int r = 0; r < s->n; r++) {
     if (!s->w[r].is_worker || r == s->me) continue;
-    static char none;
-    if (dml_comm_irecv(s->c, r, DML__PS_TAG_WATCH, &none, 0, &s->w[r].watch) == 0)
-      pending++;
-    else
-      s->w[r].watch = NULL;
+    if (dml_comm_irecv(s->c, r, DML__PS_TAG_WATCH, &none, 0, &s->w[r].watch) != 0) s->w[r].watch = NULL;
   }
-  while (!s->stop_watch) {
+  while (!__atomic_load_n(&s->stop_watch, __ATOMIC_ACQUIRE)) {
     for (int r = 0; r < s->n; r++) {
       if (s->w[r].watch == NULL) continue;
       int done = 0;
@@ -504,7 +499,6 @@ static void *watch_main(void *arg) {
     struct timespec ts = {0, 20 * 1000000L};
     nanosleep(&ts, NULL);
   }
-  (void)pending;
   return NULL;
 }
 
@@ -536,7 +530,7 @@ int dml_ps_server_run(dml_ps_server *s, dml_err *err) {
     }
   }
   flush_aggregate(s);
-  s->stop_watch = 1;
+  __atomic_store_n(&s->stop_watch, 1, __ATOMIC_RELEASE);
   pthread_join(s->watcher, NULL);
   s->watcher_started = 0;
   s->st.keys = s->nkeys;
@@ -584,6 +578,5 @@ void dml_ps_server_free(dml_ps_server *s) {
   dml__free(s->agg_list);
   dml__free(s->agg_grads);
   dml__free(s->w);
-  pthread_mutex_destroy(&s->mu);
   dml__free(s);
 }
