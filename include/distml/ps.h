@@ -77,6 +77,16 @@ void dml_ps_server_free(dml_ps_server *s);
 /* Test hook: handle one already-received frame from src as the loop would (returns the decode or
  * apply status; a reply, if any, is sent through the communicator). */
 int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t bytes, dml_err *err);
+/* Writes the shard atomically to path (safetensors: "ps.keys" (n, 2) holds the u64 keys as raw
+ * little-endian bits, "ps.values" (n), "ps.optim.<state>" (n) each, metadata: optimizer kind and
+ * step, server rank, world size, every worker's clock and last applied push timestamp). Pushes
+ * still summed in an open BSP aggregate are not in it. Call from the thread that runs the loop
+ * (or when it is not running). */
+int dml_ps_server_checkpoint(dml_ps_server *s, const char *path, dml_err *err);
+/* Loads a checkpoint into a fresh server (no key yet: DML_ESTATE otherwise) before it runs. The
+ * file is treated as hostile: shapes, the optimizer kind, the server rank and world size, key
+ * order and ownership are checked and every error names the file (DML_EFORMAT). */
+int dml_ps_server_restore(dml_ps_server *s, const char *path, dml_err *err);
 /* Value of key on this shard (0 if absent): for tests. */
 float dml_ps_server_value(const dml_ps_server *s, uint64_t key);
 

@@ -3,6 +3,8 @@
  * server-side optimizer from ml.h, and the request loop with clock-based consistency (BSP, SSP,
  * ASP). It is not the worker client (client.c) and not a training loop (src/train/train_ps.c). */
 #include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -579,4 +581,168 @@ void dml_ps_server_free(dml_ps_server *s) {
   dml__free(s->agg_grads);
   dml__free(s->w);
   dml__free(s);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Checkpoints. Slots are handed out in insertion order, so slots 0..nkeys-1 are exactly the live
+ * values and state entries. */
+
+static int list_u64(char **out, const worker_state *w, int n, int clocks) {
+  size_t cap = (size_t)n * 21 + 1;
+  char *b = dml__malloc(cap);
+  if (b == NULL) return DML_ENOMEM;
+  size_t len = 0;
+  b[0] = 0;
+  for (int r = 0; r < n; r++)
+    len += (size_t)snprintf(b + len, cap - len, "%s%llu", r ? "," : "",
+                            (unsigned long long)(clocks ? w[r].clock : w[r].last_push_ts));
+  *out = b;
+  return 0;
+}
+
+int dml_ps_server_checkpoint(dml_ps_server *s, const char *path, dml_err *err) {
+  size_t n = s->nkeys;
+  int ns = s->opt ? dml_optim_num_state(s->opt) : 0;
+  dml_st_tensor t[2 + 8];
+  float *keybits = dml__malloc((n ? n : 1) * sizeof(uint64_t));
+  float *state = NULL;
+  char *clocks = NULL, *pushes = NULL;
+  int rc = keybits ? 0 : DML_ENOMEM;
+  if (rc == 0 && ns > 0) {
+    state = dml__malloc((n ? n : 1) * sizeof(float) * (size_t)ns);
+    if (state == NULL) rc = DML_ENOMEM;
+  }
+  if (rc == 0) rc = list_u64(&clocks, s->w, s->n, 1);
+  if (rc == 0) rc = list_u64(&pushes, s->w, s->n, 0);
+  if (rc) {
+    dml_err_set(err, rc, "ps checkpoint %s: out of memory", path);
+    goto out;
+  }
+  {
+    /* keys by slot */
+    uint64_t *kb = (uint64_t *)(void *)keybits;
+    for (size_t j = 0; j < s->hcap; j++)
+      if (s->hslot[j] != EMPTY_SLOT) kb[s->hslot[j]] = s->hkeys[j];
+  }
+  int nt = 0;
+  char names[8][DML_TENSOR_NAME_MAX + 16];
+  t[nt++] = (dml_st_tensor){"ps.keys", 2, {(int64_t)n, 2, 0, 0}, keybits};
+  t[nt++] = (dml_st_tensor){"ps.values", 1, {(int64_t)n, 0, 0, 0}, s->vals};
+  float *sd = ns ? dml_optim_state_data(s->opt) : NULL;
+  for (int i = 0; i < ns && i < 8; i++) {
+    const dml_tensor_info *ti = dml_optim_state_tensor(s->opt, i);
+    snprintf(names[i], sizeof names[i], "ps.optim.%s", ti->name);
+    memcpy(state + (size_t)i * n, sd + (size_t)i * s->vcap, n * sizeof(float));
+    t[nt++] = (dml_st_tensor){names[i], 1, {(int64_t)n, 0, 0, 0}, state + (size_t)i * n};
+  }
+  char step[32], rank[16], world[16];
+  snprintf(step, sizeof step, "%llu", (unsigned long long)(s->opt ? dml_optim_step_count(s->opt) : 0));
+  snprintf(rank, sizeof rank, "%d", s->me);
+  snprintf(world, sizeof world, "%d", s->n);
+  dml_st_meta meta[] = {{"ps.format", "1"},
+                        {"ps.optim", s->cfg.sum_only ? "sum" : dml_optim_kind_name(s->cfg.optim.kind)},
+                        {"ps.optim.step", step},
+                        {"ps.server", rank},
+                        {"ps.world", world},
+                        {"ps.clocks", clocks},
+                        {"ps.last_push_ts", pushes}};
+  rc = dml_safetensors_write(path, t, nt, meta, (int)DML__ARRAY_LEN(meta), err);
+out:
+  dml__free(keybits);
+  dml__free(state);
+  dml__free(clocks);
+  dml__free(pushes);
+  return rc;
+}
+
+/* Parses n comma-separated u64 from text into w[].clock or w[].last_push_ts. */
+static int parse_list(const char *text, worker_state *w, int n, int clocks) {
+  const char *p = text;
+  for (int r = 0; r < n; r++) {
+    char *end;
+    if (p == NULL || *p < '0' || *p > '9') return -1;
+    unsigned long long v = strtoull(p, &end, 10);
+    if (clocks)
+      w[r].clock = v;
+    else
+      w[r].last_push_ts = v;
+    p = end;
+    if (r + 1 < n) {
+      if (*p != ',') return -1;
+      p++;
+    }
+  }
+  return *p == 0 ? 0 : -1;
+}
+
+int dml_ps_server_restore(dml_ps_server *s, const char *path, dml_err *err) {
+  if (s->nkeys != 0) return dml_err_set(err, DML_ESTATE, "ps restore %s: the server already holds keys", path);
+  dml_safetensors *st = NULL;
+  int rc = dml_safetensors_read(path, &st, err);
+  if (rc) return rc;
+  const char *want_opt = s->cfg.sum_only ? "sum" : dml_optim_kind_name(s->cfg.optim.kind);
+  const char *fmt = dml_safetensors_meta(st, "ps.format"), *opt = dml_safetensors_meta(st, "ps.optim");
+  const char *srv = dml_safetensors_meta(st, "ps.server"), *world = dml_safetensors_meta(st, "ps.world");
+  const char *step = dml_safetensors_meta(st, "ps.optim.step");
+  const dml_st_tensor *tk = dml_safetensors_find(st, "ps.keys"), *tv = dml_safetensors_find(st, "ps.values");
+  char rank[16], wsz[16];
+  snprintf(rank, sizeof rank, "%d", s->me);
+  snprintf(wsz, sizeof wsz, "%d", s->n);
+  if (!fmt || strcmp(fmt, "1") != 0 || !opt || !srv || !world || !step || !tk || !tv) {
+    rc = dml_err_set(err, DML_EFORMAT, "ps restore %s: not a parameter-server checkpoint (metadata or tensors missing)", path);
+    goto out;
+  }
+  if (strcmp(opt, want_opt) != 0 || strcmp(srv, rank) != 0 || strcmp(world, wsz) != 0) {
+    rc = dml_err_set(err, DML_EFORMAT, "ps restore %s: written by server %s of %s with optimizer %s; this is server %s of %s with %s",
+                     path, srv, world, opt, rank, wsz, want_opt);
+    goto out;
+  }
+  int64_t n = tk->ndim == 2 ? tk->shape[0] : -1;
+  if (n < 0 || tk->shape[1] != 2 || tv->ndim != 1 || tv->shape[0] != n || n >= (int64_t)EMPTY_SLOT) {
+    rc = dml_err_set(err, DML_EFORMAT, "ps restore %s: ps.keys must be (n, 2) and ps.values (n)", path);
+    goto out;
+  }
+  if (parse_list(dml_safetensors_meta(st, "ps.clocks"), s->w, s->n, 1) != 0 ||
+      parse_list(dml_safetensors_meta(st, "ps.last_push_ts"), s->w, s->n, 0) != 0) {
+    rc = dml_err_set(err, DML_EFORMAT, "ps restore %s: ps.clocks / ps.last_push_ts must list %d numbers", path, s->n);
+    goto out;
+  }
+  int S = dml_ps_num_servers(&s->cfg, s->n);
+  for (int64_t i = 0; i < n; i++) {
+    uint64_t key;
+    memcpy(&key, tk->data + 2 * i, sizeof key);
+    uint32_t slot;
+    if (dml__ps_owner(key, S) != s->me) {
+      rc = dml_err_set(err, DML_EFORMAT, "ps restore %s: key %llu (#%lld) belongs to another server", path,
+                       (unsigned long long)key, (long long)i);
+      goto out;
+    }
+    if ((rc = lookup(s, key, 1, &slot, err)) != 0) goto out;
+    if (slot != (uint32_t)i) {
+      rc = dml_err_set(err, DML_EFORMAT, "ps restore %s: key %llu (#%lld) appears twice", path,
+                       (unsigned long long)key, (long long)i);
+      goto out;
+    }
+    s->vals[i] = tv->data[i];
+  }
+  if (s->opt) {
+    int ns = dml_optim_num_state(s->opt);
+    float *sd = dml_optim_state_data(s->opt);
+    for (int i = 0; i < ns; i++) {
+      char name[DML_TENSOR_NAME_MAX + 16];
+      snprintf(name, sizeof name, "ps.optim.%s", dml_optim_state_tensor(s->opt, i)->name);
+      const dml_st_tensor *ts = dml_safetensors_find(st, name);
+      if (ts == NULL || ts->ndim != 1 || ts->shape[0] != n) {
+        rc = dml_err_set(err, DML_EFORMAT, "ps restore %s: optimizer state %s missing or not (%lld)", path, name,
+                         (long long)n);
+        goto out;
+      }
+      memcpy(sd + (size_t)i * s->vcap, ts->data, (size_t)n * sizeof(float));
+    }
+    dml_optim_set_step_count(s->opt, strtoull(step, NULL, 10));
+  }
+  s->st.keys = s->nkeys;
+out:
+  dml_safetensors_free(st);
+  return rc;
 }
