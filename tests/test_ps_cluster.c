@@ -2,6 +2,7 @@
  * 1 to each key per iteration, so a pull at clock c reads between W*c and W*c + W-1) with 1 and 2 dedicated servers and
  * colocated; the SSP bound (a pull at clock c reads at least W*(c-s)); ASP; a resent push applied
  * once; BSP sync aggregation with a server-side SGD (exact values); hostile ranks (garbage, a huge count, unsorted keys) dropped while the job goes on; and a
+ * raw TCP clients writing garbage and huge lengths to the server's ports; a
  * worker killed mid-run under ASP and BSP: the others finish and the server counts it dead.
  * test-labels: tsan */
 #include <signal.h>
@@ -18,6 +19,8 @@ typedef struct scenario {
   int hostile_from;  /* ranks >= this send one bad frame each and leave (0: none) */
   int victim;        /* rank that kills itself after 3 iterations (0: none) */
   int dup;           /* world 2: raw resent push */
+  int raw_hostile;   /* the first worker opens raw TCP connections to the server's ports and
+                        sends garbage and a huge length before the job starts */
   int sgd;           /* server-side SGD lr 1 with BSP sync aggregation: a pull at clock c reads
                         exactly -c (the mean of the W pushes of 1 per clock, one step per clock) */
 } scenario;
@@ -102,6 +105,36 @@ static int dup_push(int rank, dml_comm *c) {
   return 0;
 }
 
+/* Connects to 127.0.0.1:port and writes bytes; the connection is closed by us or dropped by them. */
+static void raw_send(int port, const void *bytes, size_t len) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return;
+  struct sockaddr_in sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  sa.sin_port = htons((uint16_t)port);
+  if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) {
+    ssize_t w = write(fd, bytes, len);
+    (void)w;
+  }
+  close(fd);
+}
+
+static void raw_hostile(dml_comm *c, int master_port) {
+  const char *name = dml_comm_peer_name(c, 0); /* "rank 0 (127.0.0.1:PORT)" */
+  const char *colon = strrchr(name, ':');
+  int ports[2] = {master_port, colon ? atoi(colon + 1) : 0};
+  unsigned char garbage[256], huge[64];
+  for (size_t i = 0; i < sizeof garbage; i++) garbage[i] = (unsigned char)(i * 131 + 7);
+  memset(huge, 0xff, sizeof huge); /* every length field at its maximum */
+  for (int p = 0; p < 2; p++) {
+    if (ports[p] <= 0) continue;
+    raw_send(ports[p], garbage, sizeof garbage);
+    raw_send(ports[p], huge, sizeof huge);
+  }
+}
+
 static int rank_main(int rank, int n, int port, void *arg) {
   const scenario *sc = arg;
   dml_comm_opts o;
@@ -146,6 +179,7 @@ static int rank_main(int rank, int n, int port, void *arg) {
     dml_comm_free(c);
     return rc;
   }
+  if (sc->raw_hostile && rank == (cfg.colocated ? 0 : cfg.num_servers)) raw_hostile(c, port);
   dml_ps *ps;
   RK_OK(dml_ps_create(&ps, c, &cfg, &err));
   uint64_t keys[NKEYS];
@@ -234,6 +268,8 @@ int main(void) {
   run("ASP 1 server 2 workers", 3, (scenario){.servers = 1, .staleness = DML_PS_ASP});
   run("resent push applied once", 2, (scenario){.servers = 1, .dup = 1});
   run("hostile ranks dropped, job goes on", 6, (scenario){.servers = 1, .hostile_from = 3});
+  run("raw TCP garbage and huge lengths on the server's ports: job goes on", 3,
+      (scenario){.servers = 1, .raw_hostile = 1});
   run("worker killed under ASP: run completes", 4, (scenario){.servers = 1, .staleness = DML_PS_ASP, .victim = 3});
   run("worker killed under BSP: the others stop waiting", 4, (scenario){.servers = 1, .victim = 3});
   return 0;
