@@ -75,13 +75,20 @@ int dml__net_listen(const char *host, int port, int *fd_out, int *port_out, dml_
   return 0;
 }
 
+#ifndef SOCKBUF_DEFAULT
+#define SOCKBUF_DEFAULT (16 << 20)
+#endif
+
 void dml__net_tune(int fd) {
   set_nonblock(fd);
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  /* Large buffers keep a 64 MiB message streaming. As root the FORCE variants pass the
-   * rmem_max/wmem_max caps; otherwise the kernel caps the plain request. */
-  int sz = 16 << 20;
+  /* DISTML_SOCKBUF (bytes) sets the socket buffers; 0 leaves the kernel's autotuning. As root the
+   * FORCE variants pass the rmem_max/wmem_max caps; otherwise the kernel caps the request. */
+  int64_t v = 0;
+  if (dml_env_i64("DISTML_SOCKBUF", SOCKBUF_DEFAULT, 0, 1 << 30, &v, NULL) != 0) v = SOCKBUF_DEFAULT;
+  int sz = (int)v;
+  if (sz == 0) return;
   if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &sz, sizeof(sz)) != 0)
     setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
   if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &sz, sizeof(sz)) != 0)
