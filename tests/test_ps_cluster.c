@@ -21,6 +21,7 @@ typedef struct scenario {
   int dup;           /* world 2: raw resent push */
   int raw_hostile;   /* the first worker opens raw TCP connections to the server's ports and
                         sends garbage and a huge length before the job starts */
+  int dense;         /* the same through the dense API over 200k keys (several parts) */
   int sgd;           /* server-side SGD lr 1 with BSP sync aggregation: a pull at clock c reads
                         exactly -c (the mean of the W pushes of 1 per clock, one step per clock) */
 } scenario;
@@ -182,19 +183,23 @@ static int rank_main(int rank, int n, int port, void *arg) {
   if (sc->raw_hostile && rank == (cfg.colocated ? 0 : cfg.num_servers)) raw_hostile(c, port);
   dml_ps *ps;
   RK_OK(dml_ps_create(&ps, c, &cfg, &err));
+  enum { DLO = 1000, DN = 200000 };
+  size_t nk = sc->dense ? DN : NKEYS;
   uint64_t keys[NKEYS];
-  float ones[NKEYS], got[NKEYS];
-  for (int i = 0; i < NKEYS; i++) {
-    keys[i] = (uint64_t)i * 1000003u + 7;
-    ones[i] = 1.0f;
-  }
+  float *ones = malloc(DN * sizeof(float)), *got = malloc(DN * sizeof(float));
+  R_ASSERT(ones && got);
+  for (int i = 0; i < NKEYS; i++) keys[i] = (uint64_t)i * 1000003u + 7;
+  for (int i = 0; i < DN; i++) ones[i] = 1.0f;
   for (int it = 0; it < ITERS && rc == 0; it++) {
     if (sc->victim && rank == sc->victim && it == 3) raise(SIGKILL);
     uint64_t ts, ts2;
-    RK_OK(dml_ps_pull(ps, keys, got, NKEYS, &ts));
+    if (sc->dense)
+      RK_OK(dml_ps_pull_dense(ps, DLO, got, DN, &ts));
+    else
+      RK_OK(dml_ps_pull(ps, keys, got, NKEYS, &ts));
     RK_OK(dml_ps_wait(ps, ts));
     uint64_t c0 = dml_ps_clock_value(ps);
-    for (int i = 0; i < NKEYS; i++) {
+    for (size_t i = 0; i < nk; i++) {
       /* A pull at clock c sees every push of clocks < c - s from all workers (and all of its own),
        * and a faster worker is at most s + 1 iterations ahead of this one. */
       double S_ = sc->staleness > 0 ? sc->staleness : 0;
@@ -206,13 +211,16 @@ static int rank_main(int rank, int n, int port, void *arg) {
       }
       if (sc->sgd) lo = hi = -(double)c0;
       if (got[i] < lo || got[i] > hi) {
-        fprintf(stderr, "rank %d clock %llu key %d: read %g, want [%g, %g]\n", rank, (unsigned long long)c0, i,
+        fprintf(stderr, "rank %d clock %llu key %zu: read %g, want [%g, %g]\n", rank, (unsigned long long)c0, i,
                 (double)got[i], lo, hi);
         rc = 1;
         break;
       }
     }
-    RK_OK(dml_ps_push(ps, keys, ones, NKEYS, &ts2));
+    if (sc->dense)
+      RK_OK(dml_ps_push_dense(ps, DLO, ones, DN, &ts2));
+    else
+      RK_OK(dml_ps_push(ps, keys, ones, NKEYS, &ts2));
     RK_OK(dml_ps_wait(ps, ts2));
     RK_OK(dml_ps_clock(ps));
   }
@@ -220,7 +228,8 @@ static int rank_main(int rank, int n, int port, void *arg) {
   uint64_t ts;
   int first = cfg.colocated ? 0 : cfg.num_servers;
   if (rank == first && rc == 0) {
-    RK_OK(dml_ps_pull_final(ps, keys, got, NKEYS, &ts));
+    R_ASSERT(!sc->dense || dml_ps_pull_dense(ps, DLO, got, DN, &ts) == 0);
+    if (!sc->dense) RK_OK(dml_ps_pull_final(ps, keys, got, NKEYS, &ts));
     RK_OK(dml_ps_wait(ps, ts));
     double want = (double)W * ITERS;
     if (sc->victim) want = (double)(W - 1) * ITERS + 3;
@@ -230,6 +239,8 @@ static int rank_main(int rank, int n, int port, void *arg) {
       rc = 1;
     }
   }
+  free(ones);
+  free(got);
   dml_ps_free(ps);
   if (srv) {
     int jrc = dml_ps_server_join(srv, &err);
@@ -262,6 +273,8 @@ int main(void) {
   run("BSP 1 server 2 workers: values in bounds", 3, (scenario){.servers = 1});
   run("BSP 2 servers 2 workers: values in bounds", 4, (scenario){.servers = 2});
   run("BSP colocated 3 ranks: values in bounds", 3, (scenario){.colocated = 1});
+  run("dense API, BSP 2 servers 2 workers: values in bounds", 4, (scenario){.servers = 2, .dense = 1});
+  run("dense API, colocated 2 ranks: values in bounds", 2, (scenario){.colocated = 1, .dense = 1});
   run("BSP sync aggregation, server SGD: exact values", 4, (scenario){.servers = 1, .sgd = 1});
   run("BSP sync aggregation colocated: exact values", 3, (scenario){.colocated = 1, .sgd = 1});
   run("SSP:2 1 server 3 workers: bound held", 4, (scenario){.servers = 1, .staleness = 2});

@@ -89,6 +89,8 @@ int dml_ps_server_checkpoint(dml_ps_server *s, const char *path, dml_err *err);
 int dml_ps_server_restore(dml_ps_server *s, const char *path, dml_err *err);
 /* Value of key on this shard (0 if absent): for tests. */
 float dml_ps_server_value(const dml_ps_server *s, uint64_t key);
+/* Value of a dense key on this shard (0 if absent): for tests. Dense parts are not checkpointed yet. */
+float dml_ps_server_dense_value(const dml_ps_server *s, uint64_t key);
 
 /* ---------------------------------------------------------------------------------------------
  * Worker client. Timestamps are per worker, increasing from 1. */
@@ -103,6 +105,13 @@ int dml_ps_push(dml_ps *ps, const uint64_t *keys, const float *vals, size_t n, u
 int dml_ps_pull(dml_ps *ps, const uint64_t *keys, float *vals_out, size_t n, uint64_t *ts);
 int dml_ps_pushpull(dml_ps *ps, const uint64_t *keys, const float *grads, float *vals_out, size_t n,
                     uint64_t *ts);
+/* Dense ranges: keys [lo, lo + n) of a separate dense namespace (a dense key and a sparse key with
+ * the same number are different parameters), held by the servers in flat arrays in parts of 64K
+ * keys dealt round-robin; no keys travel on the wire. Same timestamps, wait and errors as above.
+ * Under BSP aggregation dense pushes are still applied one optimizer step per push. */
+int dml_ps_push_dense(dml_ps *ps, uint64_t lo, const float *vals, size_t n, uint64_t *ts);
+int dml_ps_pull_dense(dml_ps *ps, uint64_t lo, float *vals_out, size_t n, uint64_t *ts);
+int dml_ps_pushpull_dense(dml_ps *ps, uint64_t lo, const float *grads, float *vals_out, size_t n, uint64_t *ts);
 /* Pull that is answered only when every other worker has left or died (the final model). */
 int dml_ps_pull_final(dml_ps *ps, const uint64_t *keys, float *vals_out, size_t n, uint64_t *ts);
 /* Waits for request ts (bounded by the communicator's timeout: a server that stays silent is an

@@ -1,5 +1,6 @@
 /* `distml bench ps [--max-bytes B] [--json]`: forks local ranks for each layout (1 worker x 1
- * server, 2x1, 2x2, colocated 2) and times a dense pushpull of M bytes of values per iteration
+ * server, 2x1, 2x2, colocated 2) and times a dense pushpull (dml_ps_pushpull_dense: values only,
+ * in parts of 64K keys) of M bytes of values per iteration
  * (sum-only server) for M = 4 KB .. B, with the bytes each server received per iteration, the
  * cost model's prediction and distml's all-reduce of the same M bytes over the same processes.
  * Measurement only: nothing is tuned here. */
@@ -99,13 +100,9 @@ static int bench_rank(const layout *L, int rank, int port, size_t max_bytes, int
   for (size_t bytes = 4096; bytes <= max_bytes && rc == 0; bytes *= 4) {
     size_t K = bytes / 4;
     int iters = iters_for(bytes), warm = 2;
-    uint64_t *keys = dml__malloc(K * sizeof(uint64_t));
     float *g = dml__malloc(K * sizeof(float)), *v = dml__malloc(K * sizeof(float));
-    if (!keys || !g || !v) rc = DML_ENOMEM;
-    for (size_t k = 0; rc == 0 && k < K; k++) {
-      keys[k] = k;
-      g[k] = 1.0f;
-    }
+    if (!g || !v) rc = DML_ENOMEM;
+    for (size_t k = 0; rc == 0 && k < K; k++) g[k] = 1.0f;
     dml_ps_server *srv = NULL;
     double t_ps = 0;
     if (rc == 0 && dml_ps_is_server(&cfg, rank)) {
@@ -119,7 +116,7 @@ static int bench_rank(const layout *L, int rank, int port, size_t max_bytes, int
       for (int it = 0; rc == 0 && it < warm + iters; it++) {
         if (it == warm) t0 = dml_now_s();
         uint64_t ts;
-        rc = dml_ps_pushpull(ps, keys, g, v, K, &ts);
+        rc = dml_ps_pushpull_dense(ps, 0, g, v, K, &ts);
         if (rc == 0) rc = dml_ps_wait(ps, ts);
         if (rc == 0) rc = dml_ps_clock(ps);
         if (rc) snprintf(e.msg, sizeof e.msg, "%s", dml_ps_errmsg(ps));
@@ -158,12 +155,11 @@ static int bench_rank(const layout *L, int rank, int port, size_t max_bytes, int
     }
     if (rc == 0 && rank == first) {
       double per_server = sbytes / S;
-      /* a pushpull frame carries 8 key bytes per 4 value bytes: the value share is 1/3 */
-      double value_bytes = per_server * 4.0 / 12.0;
+      /* dense frames carry values only, plus a 64-byte header per part and per clock */
+      double value_bytes = per_server;
       double predicted = (double)L->workers * (double)bytes / S;
       report(json, L, bytes, iters, t_ps, per_server, value_bytes, predicted, t_ar);
     }
-    dml__free(keys);
     dml__free(g);
     dml__free(v);
   }

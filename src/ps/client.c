@@ -15,10 +15,13 @@ typedef struct request {
   size_t n;
   size_t *pos;      /* (n) caller positions grouped by server */
   size_t *soff;     /* (S+1) offsets into pos */
-  void **frames;    /* (S) encoded frames kept until their send completes */
-  dml_comm_req **sreq; /* (S) */
-  char *pending;    /* (S) reply outstanding */
+  void **frames;    /* (fcap) encoded frames kept until their send completes */
+  dml_comm_req **sreq; /* (fcap) */
+  int nframes, fcap;
+  int *pending;     /* (S) replies outstanding from each server */
   int npending;
+  int dense;        /* keys are the range [dense_lo, dense_lo + n) of the dense namespace */
+  uint64_t dense_lo;
 } request;
 
 struct dml_ps {
@@ -69,9 +72,10 @@ int dml_ps_create(dml_ps **out, dml_comm *c, const dml_ps_config *cfg, dml_err *
   for (int i = 0; i < ps->nrq; i++) {
     request *r = &ps->rq[i];
     r->soff = dml__calloc((size_t)ps->S + 1, sizeof(size_t));
-    r->frames = dml__calloc((size_t)ps->S, sizeof(void *));
-    r->sreq = dml__calloc((size_t)ps->S, sizeof(dml_comm_req *));
-    r->pending = dml__calloc((size_t)ps->S, 1);
+    r->fcap = ps->S;
+    r->frames = dml__calloc((size_t)r->fcap, sizeof(void *));
+    r->sreq = dml__calloc((size_t)r->fcap, sizeof(dml_comm_req *));
+    r->pending = dml__calloc((size_t)ps->S, sizeof(int));
     if (!r->soff || !r->frames || !r->sreq || !r->pending) {
       ps->nrq = i + 1;
       dml_ps_free(ps);
@@ -83,17 +87,104 @@ int dml_ps_create(dml_ps **out, dml_comm *c, const dml_ps_config *cfg, dml_err *
 }
 
 static void request_release(dml_ps *ps, request *r) {
-  for (int s = 0; s < ps->S; s++) {
-    if (r->sreq[s]) dml_comm_wait(ps->c, r->sreq[s], -1);
-    r->sreq[s] = NULL;
-    dml__free(r->frames[s]);
-    r->frames[s] = NULL;
-    r->pending[s] = 0;
+  for (int f = 0; f < r->nframes; f++) {
+    if (r->sreq[f]) dml_comm_wait(ps->c, r->sreq[f], -1);
+    r->sreq[f] = NULL;
+    dml__free(r->frames[f]);
+    r->frames[f] = NULL;
   }
+  r->nframes = 0;
+  for (int s = 0; s < ps->S; s++) r->pending[s] = 0;
+  r->dense = 0;
   dml__free(r->pos);
   r->pos = NULL;
   r->active = 0;
   r->npending = 0;
+}
+
+/* Encodes m (keys/vals as given) into a new frame of request r and sends it to server s. */
+static int send_frame(dml_ps *ps, request *r, int s, const dml__ps_msg *m, const uint64_t *keys, const float *vals) {
+  if (r->nframes == r->fcap) {
+    int nc = 2 * r->fcap;
+    void **nf = dml__realloc(r->frames, (size_t)nc * sizeof(void *));
+    if (nf) r->frames = nf;
+    dml_comm_req **nr = dml__realloc(r->sreq, (size_t)nc * sizeof(dml_comm_req *));
+    if (nr) r->sreq = nr;
+    if (!nf || !nr) return fail(ps, DML_ENOMEM, "ps: no memory for a frame%s%s", "", "");
+    r->fcap = nc;
+  }
+  size_t bytes = dml__ps_frame_bytes(m->nkeys, m->nvals);
+  int f = r->nframes;
+  r->frames[f] = dml__malloc(bytes);
+  r->sreq[f] = NULL;
+  if (r->frames[f] == NULL) return fail(ps, DML_ENOMEM, "ps: no memory for a frame%s%s", "", "");
+  r->nframes++;
+  dml__ps_encode(r->frames[f], m, keys, vals);
+  int rc = dml_comm_isend(ps->c, server_rank(ps, s), DML__PS_TAG_REQ, r->frames[f], bytes, &r->sreq[f]);
+  if (rc) {
+    r->sreq[f] = NULL;
+    return fail(ps, rc, "ps: sending to server %s failed: %s", dml_comm_peer_name(ps->c, server_rank(ps, s)),
+                dml_comm_errmsg(ps->c));
+  }
+  r->pending[s]++;
+  r->npending++;
+  return 0;
+}
+
+static request *free_slot(dml_ps *ps) {
+  for (int i = 0; i < ps->nrq; i++)
+    if (!ps->rq[i].active) return &ps->rq[i];
+  dml_err_set(&ps->err, DML_EAGAIN, "ps: %d requests already in flight", ps->nrq);
+  return NULL;
+}
+
+static int post_dense(dml_ps *ps, int command, uint64_t lo, const float *vals, float *out, size_t n, uint64_t *ts) {
+  *ts = 0;
+  if (ps->sticky) return ps->sticky;
+  if (n == 0 || lo + n < lo)
+    return dml_err_set(&ps->err, DML_EINVAL, "ps: dense range of %zu keys at %llu", n, (unsigned long long)lo);
+  request *r = free_slot(ps);
+  if (r == NULL) return DML_EAGAIN;
+  r->active = 1;
+  r->ts = ps->next_ts++;
+  r->command = command;
+  r->out = out;
+  r->n = n;
+  r->dense = 1;
+  r->dense_lo = lo;
+  int with_vals = command == DML__PS_PUSH || command == DML__PS_PUSHPULL;
+  for (uint64_t a = lo; a < lo + n;) {
+    uint64_t part_end = (a / DML__PS_DENSE_PART + 1) * DML__PS_DENSE_PART;
+    uint64_t b = part_end < lo + n ? part_end : lo + n;
+    dml__ps_msg m;
+    memset(&m, 0, sizeof(m));
+    m.command = (uint32_t)command;
+    m.sender = (uint32_t)ps->me;
+    m.flags = DML__PS_FLAG_DENSE;
+    m.timestamp = r->ts;
+    m.clock = ps->clock;
+    m.key_lo = a;
+    m.key_hi = b - 1;
+    m.nvals = with_vals ? b - a : 0;
+    m.value_type = with_vals ? DML__PS_VT_F32 : DML__PS_VT_NONE;
+    if (send_frame(ps, r, DML__PS_DENSE_OWNER(a, ps->S), &m, NULL, with_vals ? vals + (a - lo) : NULL) != 0) {
+      request_release(ps, r);
+      return ps->sticky;
+    }
+    a = b;
+  }
+  *ts = r->ts;
+  return 0;
+}
+
+int dml_ps_push_dense(dml_ps *ps, uint64_t lo, const float *vals, size_t n, uint64_t *ts) {
+  return post_dense(ps, DML__PS_PUSH, lo, vals, NULL, n, ts);
+}
+int dml_ps_pull_dense(dml_ps *ps, uint64_t lo, float *vals_out, size_t n, uint64_t *ts) {
+  return post_dense(ps, DML__PS_PULL, lo, NULL, vals_out, n, ts);
+}
+int dml_ps_pushpull_dense(dml_ps *ps, uint64_t lo, const float *grads, float *vals_out, size_t n, uint64_t *ts) {
+  return post_dense(ps, DML__PS_PUSHPULL, lo, grads, vals_out, n, ts);
 }
 
 static int post(dml_ps *ps, int command, uint64_t clock, const uint64_t *keys, const float *vals, float *out,
@@ -105,13 +196,8 @@ static int post(dml_ps *ps, int command, uint64_t clock, const uint64_t *keys, c
     if (keys[i] <= keys[i - 1])
       return dml_err_set(&ps->err, DML_EINVAL, "ps: key #%zu (%llu) is not above the previous one", i,
                          (unsigned long long)keys[i]);
-  request *r = NULL;
-  for (int i = 0; i < ps->nrq; i++)
-    if (!ps->rq[i].active) {
-      r = &ps->rq[i];
-      break;
-    }
-  if (r == NULL) return dml_err_set(&ps->err, DML_EAGAIN, "ps: %d requests already in flight", ps->nrq);
+  request *r = free_slot(ps);
+  if (r == NULL) return DML_EAGAIN;
   if (n > ps->scratch_cap) {
     uint64_t *nk = dml__realloc(ps->kscratch, n * sizeof(uint64_t));
     if (nk) ps->kscratch = nk;
@@ -159,24 +245,10 @@ static int post(dml_ps *ps, int command, uint64_t clock, const uint64_t *keys, c
     m.nkeys = cnt;
     m.nvals = with_vals ? cnt : 0;
     m.value_type = with_vals ? DML__PS_VT_F32 : DML__PS_VT_NONE;
-    size_t bytes = dml__ps_frame_bytes(m.nkeys, m.nvals);
-    r->frames[s] = dml__malloc(bytes);
-    if (r->frames[s] == NULL) {
-      fail(ps, DML_ENOMEM, "ps: no memory for a frame%s%s", "", "");
+    if (send_frame(ps, r, s, &m, ps->kscratch, with_vals ? ps->vscratch : NULL) != 0) {
       request_release(ps, r);
       return ps->sticky;
     }
-    dml__ps_encode(r->frames[s], &m, ps->kscratch, with_vals ? ps->vscratch : NULL);
-    int rc = dml_comm_isend(ps->c, server_rank(ps, s), DML__PS_TAG_REQ, r->frames[s], bytes, &r->sreq[s]);
-    if (rc) {
-      r->sreq[s] = NULL;
-      fail(ps, rc, "ps: sending to server %s failed: %s", dml_comm_peer_name(ps->c, server_rank(ps, s)),
-           dml_comm_errmsg(ps->c));
-      request_release(ps, r);
-      return ps->sticky;
-    }
-    r->pending[s] = 1;
-    r->npending++;
   }
   *ts = r->ts;
   return 0;
@@ -216,6 +288,20 @@ static int receive_one(dml_ps *ps, int s) {
     dml__ps_msg_free(&m);
     return fail(ps, DML_EPROTO, "ps: server %s answered a request this worker did not make%s", peer, "");
   }
+  if (r->dense) {
+    uint64_t cnt = m.nvals;
+    int bad = !(m.flags & DML__PS_FLAG_DENSE) || m.key_lo < r->dense_lo || m.key_hi >= r->dense_lo + r->n ||
+              (r->command != DML__PS_PUSH && cnt != m.key_hi - m.key_lo + 1);
+    if (bad) {
+      dml__ps_msg_free(&m);
+      return fail(ps, DML_EPROTO, "ps: server %s returned a dense range this request did not ask for%s", peer, "");
+    }
+    if (r->command != DML__PS_PUSH) memcpy(r->out + (m.key_lo - r->dense_lo), m.vals, (size_t)cnt * sizeof(float));
+    dml__ps_msg_free(&m);
+    r->pending[s]--;
+    r->npending--;
+    return 0;
+  }
   size_t cnt = r->soff[s + 1] - r->soff[s];
   if (r->command != DML__PS_PUSH) {
     if (m.nkeys != cnt || m.nvals != cnt) {
@@ -225,7 +311,7 @@ static int receive_one(dml_ps *ps, int s) {
     for (size_t j = 0; j < cnt; j++) r->out[r->pos[r->soff[s] + j]] = m.vals[j];
   }
   dml__ps_msg_free(&m);
-  r->pending[s] = 0;
+  r->pending[s]--;
   r->npending--;
   return 0;
 }

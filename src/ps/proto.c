@@ -40,7 +40,7 @@ size_t dml__ps_frame_bytes(uint64_t nkeys, uint64_t nvals) {
 }
 
 /* Header layout (offsets): 0 magic u32, 4 version u16, 6 command u16, 8 sender u32,
- * 12 value type u16, 14 reserved u16 (0), 16 timestamp u64, 24 clock u64, 32 key_lo u64,
+ * 12 value type u16, 14 flags u16 (bit 0 dense, others 0), 16 timestamp u64, 24 clock u64, 32 key_lo u64,
  * 40 key_hi u64, 48 nkeys u64, 56 nvals u64. */
 void dml__ps_encode(void *buf, const dml__ps_msg *m, const uint64_t *keys, const float *vals) {
   unsigned char *p = buf;
@@ -49,7 +49,7 @@ void dml__ps_encode(void *buf, const dml__ps_msg *m, const uint64_t *keys, const
   put_u16(p + 6, (uint16_t)m->command);
   put_u32(p + 8, m->sender);
   put_u16(p + 12, (uint16_t)m->value_type);
-  put_u16(p + 14, 0);
+  put_u16(p + 14, (uint16_t)m->flags);
   put_u64(p + 16, m->timestamp);
   put_u64(p + 24, m->clock);
   put_u64(p + 32, m->key_lo);
@@ -99,8 +99,9 @@ int dml__ps_decode(const void *buf, size_t len, const char *peer, dml__ps_msg *m
     return dml_err_set(err, DML_EPROTO, "ps: %s sent unknown command %u at byte 6", peer, m->command);
   m->sender = get_u32(p + 8);
   m->value_type = get_u16(p + 12);
-  if (get_u16(p + 14) != 0)
-    return dml_err_set(err, DML_EPROTO, "ps: %s sent nonzero reserved bytes at byte 14", peer);
+  m->flags = get_u16(p + 14);
+  if (m->flags & ~DML__PS_FLAG_DENSE)
+    return dml_err_set(err, DML_EPROTO, "ps: %s sent unknown flags 0x%x at byte 14", peer, m->flags);
   m->timestamp = get_u64(p + 16);
   m->clock = get_u64(p + 24);
   m->key_lo = get_u64(p + 32);
@@ -119,21 +120,35 @@ int dml__ps_decode(const void *buf, size_t len, const char *peer, dml__ps_msg *m
     return dml_err_set(err, DML_EPROTO, "ps: %s sent a %zu-byte frame; %llu keys and %llu values need %zu", peer,
                        len, (unsigned long long)m->nkeys, (unsigned long long)m->nvals,
                        dml__ps_frame_bytes(m->nkeys, m->nvals));
-  if (m->nvals != 0 && m->nvals != m->nkeys)
-    return dml_err_set(err, DML_EPROTO, "ps: %s sent %llu values for %llu keys (want 0 or one per key)", peer,
-                       (unsigned long long)m->nvals, (unsigned long long)m->nkeys);
   if (m->value_type != (m->nvals ? DML__PS_VT_F32 : DML__PS_VT_NONE))
     return dml_err_set(err, DML_EPROTO, "ps: %s sent value type %u at byte 12 with %llu values", peer,
                        m->value_type, (unsigned long long)m->nvals);
   int needs_vals = m->command == DML__PS_PUSH || m->command == DML__PS_PUSHPULL;
   int no_keys = m->command == DML__PS_CLOCK || m->command == DML__PS_BYE;
-  if ((needs_vals && m->nvals != m->nkeys) || (m->command == DML__PS_PULL && m->nvals != 0) ||
-      (no_keys && m->nkeys != 0))
-    return dml_err_set(err, DML_EPROTO, "ps: %s sent command %u with %llu keys and %llu values", peer, m->command,
-                       (unsigned long long)m->nkeys, (unsigned long long)m->nvals);
-  if (m->nkeys > 0 && m->key_lo > m->key_hi)
-    return dml_err_set(err, DML_EPROTO, "ps: %s sent an empty key range [%llu, %llu]", peer,
-                       (unsigned long long)m->key_lo, (unsigned long long)m->key_hi);
+  if (m->flags & DML__PS_FLAG_DENSE) {
+    /* a dense frame: no keys, one aligned part [key_lo, key_hi] */
+    if (no_keys || m->nkeys != 0 || m->key_lo > m->key_hi ||
+        m->key_lo / DML__PS_DENSE_PART != m->key_hi / DML__PS_DENSE_PART)
+      return dml_err_set(err, DML_EPROTO, "ps: %s sent a dense command %u with %llu keys over [%llu, %llu] (want no keys, one part of %llu)",
+                         peer, m->command, (unsigned long long)m->nkeys, (unsigned long long)m->key_lo,
+                         (unsigned long long)m->key_hi, (unsigned long long)DML__PS_DENSE_PART);
+    uint64_t cnt = m->key_hi - m->key_lo + 1;
+    int ok = needs_vals ? m->nvals == cnt : m->command == DML__PS_PULL ? m->nvals == 0 : (m->nvals == 0 || m->nvals == cnt);
+    if (!ok)
+      return dml_err_set(err, DML_EPROTO, "ps: %s sent a dense command %u with %llu values for %llu keys", peer,
+                         m->command, (unsigned long long)m->nvals, (unsigned long long)cnt);
+  } else {
+    if (m->nvals != 0 && m->nvals != m->nkeys)
+      return dml_err_set(err, DML_EPROTO, "ps: %s sent %llu values for %llu keys (want 0 or one per key)", peer,
+                         (unsigned long long)m->nvals, (unsigned long long)m->nkeys);
+    if ((needs_vals && m->nvals != m->nkeys) || (m->command == DML__PS_PULL && m->nvals != 0) ||
+        (no_keys && m->nkeys != 0))
+      return dml_err_set(err, DML_EPROTO, "ps: %s sent command %u with %llu keys and %llu values", peer, m->command,
+                         (unsigned long long)m->nkeys, (unsigned long long)m->nvals);
+    if (m->nkeys > 0 && m->key_lo > m->key_hi)
+      return dml_err_set(err, DML_EPROTO, "ps: %s sent an empty key range [%llu, %llu]", peer,
+                         (unsigned long long)m->key_lo, (unsigned long long)m->key_hi);
+  }
   const unsigned char *k = p + DML__PS_HEADER_BYTES;
   uint64_t prev = 0;
   for (uint64_t i = 0; i < m->nkeys; i++) {

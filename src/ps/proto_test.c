@@ -108,6 +108,36 @@ int main(int argc, char **argv) {
   memcpy(bad, buf, len);
   bad[6] = DML__PS_CLOCK;
   expect_reject(bad, len, "clock with keys");
+  /* dense frames: no keys, one aligned part */
+  {
+    float dv[4] = {1, 2, 3, 4};
+    dml__ps_msg d;
+    memset(&d, 0, sizeof d);
+    d.command = DML__PS_PUSH;
+    d.flags = DML__PS_FLAG_DENSE;
+    d.timestamp = 1;
+    d.key_lo = DML__PS_DENSE_PART - 2;
+    d.key_hi = DML__PS_DENSE_PART + 1; /* spans two parts: rejected */
+    d.nvals = 4;
+    d.value_type = DML__PS_VT_F32;
+    unsigned char db[64 + 16];
+    dml__ps_encode(db, &d, NULL, dv);
+    expect_reject(db, sizeof db, "dense over two parts");
+    d.key_lo = 2 * DML__PS_DENSE_PART;
+    d.key_hi = d.key_lo + 3;
+    dml__ps_encode(db, &d, NULL, dv);
+    T_OK(dml__ps_decode(db, sizeof db, "peer", &m, &err));
+    T_ASSERT(m.nkeys == 0 && m.nvals == 4 && m.vals[3] == 4.0f && (m.flags & DML__PS_FLAG_DENSE));
+    dml__ps_msg_free(&m);
+    if (argc > 1) write_seed(argv[1], "dense", db, sizeof db);
+    d.key_hi = d.key_lo + 2; /* 3 keys, 4 values */
+    dml__ps_encode(db, &d, NULL, dv);
+    expect_reject(db, sizeof db, "dense count mismatch");
+    d.key_hi = d.key_lo + 3;
+    d.flags = 0x8001;
+    dml__ps_encode(db, &d, NULL, dv);
+    expect_reject(db, sizeof db, "unknown flag");
+  }
   /* every prefix of a valid frame is rejected, never read past */
   for (size_t l = 0; l < len; l++) {
     unsigned char *copy = malloc(l ? l : 1);

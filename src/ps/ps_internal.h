@@ -34,11 +34,19 @@ enum {
   DML__PS_BYE = 6       /* worker leaves: its clock no longer holds anyone back */
 };
 enum { DML__PS_VT_NONE = 0, DML__PS_VT_F32 = 1 };
+/* Header flags (byte 14). DENSE: no keys on the wire; the frame covers every key of
+ * [key_lo, key_hi], which lies inside one dense part (DML__PS_DENSE_PART keys, aligned). Dense
+ * keys are a namespace of their own, separate from sparse keys. */
+#define DML__PS_FLAG_DENSE 1u
+#define DML__PS_DENSE_PART ((uint64_t)1 << 16)
+/* The server of a dense part: parts are dealt round-robin. */
+#define DML__PS_DENSE_OWNER(key, nservers) ((int)(((key) / DML__PS_DENSE_PART) % (uint64_t)(nservers)))
 
 typedef struct dml__ps_msg {
   uint32_t command;
   uint32_t sender;
   uint32_t value_type;
+  uint32_t flags;     /* DML__PS_FLAG_* */
   uint64_t timestamp; /* request id, per sender, increasing */
   uint64_t clock;     /* sender's clock when it sent the request */
   uint64_t key_lo, key_hi; /* every key is in [key_lo, key_hi] */

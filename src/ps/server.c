@@ -19,8 +19,18 @@ typedef struct worker_state {
   int done, dead, dropped;
   uint64_t clock;
   uint64_t last_push_ts; /* highest push timestamp applied (pushes arrive in order per sender) */
+  uint64_t last_push_lo; /* key_lo of that push's last frame here (a dense request sends several
+                            frames with one timestamp, in increasing key order) */
   dml_comm_req *watch;   /* receive that never completes unless the peer dies */
 } worker_state;
+
+/* A dense part: DML__PS_DENSE_PART consecutive keys of the dense namespace in flat arrays. */
+typedef struct dense_part {
+  uint64_t part;    /* key / DML__PS_DENSE_PART */
+  float *vals;      /* (DML__PS_DENSE_PART) */
+  float *grads;     /* (DML__PS_DENSE_PART) scratch: a frame's values at their offsets */
+  dml_optim *opt;   /* NULL when sum_only */
+} dense_part;
 
 typedef struct deferred {
   int src;
@@ -51,6 +61,8 @@ struct dml_ps_server {
   uint64_t agg_pushes, agg_clock;
   deferred *dq;
   size_t ndq, dq_cap;
+  dense_part *dparts;
+  size_t ndparts, dparts_cap;
   dml_ps_server_stats st;
   pthread_t thread, watcher;
   int thread_started, watcher_started;
@@ -154,6 +166,17 @@ static int lookup(dml_ps_server *s, uint64_t key, int insert, uint32_t *slot, dm
   return 0;
 }
 
+static dense_part *find_part(dml_ps_server *s, uint64_t part) {
+  for (size_t i = 0; i < s->ndparts; i++)
+    if (s->dparts[i].part == part) return &s->dparts[i];
+  return NULL;
+}
+
+float dml_ps_server_dense_value(const dml_ps_server *s, uint64_t key) {
+  dense_part *d = find_part((dml_ps_server *)s, key / DML__PS_DENSE_PART);
+  return d ? d->vals[key % DML__PS_DENSE_PART] : 0.0f;
+}
+
 float dml_ps_server_value(const dml_ps_server *s, uint64_t key) {
   uint32_t slot;
   if (lookup((dml_ps_server *)s, key, 0, &slot, NULL) != 0 || slot == EMPTY_SLOT) return 0.0f;
@@ -204,12 +227,92 @@ static int apply_push(dml_ps_server *s, const dml__ps_msg *m, dml_err *err) {
 }
 
 /* slots: the value slots of req's keys if the caller has them (a pushpull just looked them up). */
+static int dense_part_get(dml_ps_server *s, uint64_t part, dense_part **out, dml_err *err) {
+  if ((*out = find_part(s, part)) != NULL) return 0;
+  if (s->ndparts == s->dparts_cap) {
+    size_t nc = s->dparts_cap ? 2 * s->dparts_cap : 8;
+    dense_part *np = dml__realloc(s->dparts, nc * sizeof(dense_part));
+    if (np == NULL) return dml_err_set(err, DML_ENOMEM, "ps server: no memory for a dense part");
+    s->dparts = np;
+    s->dparts_cap = nc;
+  }
+  dense_part *d = &s->dparts[s->ndparts];
+  memset(d, 0, sizeof(*d));
+  d->part = part;
+  d->vals = dml__calloc(DML__PS_DENSE_PART, sizeof(float));
+  d->grads = dml__calloc(DML__PS_DENSE_PART, sizeof(float));
+  int rc = d->vals && d->grads ? 0 : dml_err_set(err, DML_ENOMEM, "ps server: no memory for a dense part");
+  if (rc == 0 && !s->cfg.sum_only) rc = dml_optim_create(&d->opt, &s->cfg.optim, DML__PS_DENSE_PART, err);
+  if (rc) {
+    dml__free(d->vals);
+    dml__free(d->grads);
+    dml_optim_free(d->opt);
+    return rc;
+  }
+  s->ndparts++;
+  *out = d;
+  return 0;
+}
+
+/* Dense pushes are applied one optimizer step per push (no BSP aggregation for them yet). */
+static int apply_dense(dml_ps_server *s, const dml__ps_msg *m, dml_err *err) {
+  dense_part *d;
+  int rc = dense_part_get(s, m->key_lo / DML__PS_DENSE_PART, &d, err);
+  if (rc) return rc;
+  size_t off = (size_t)(m->key_lo % DML__PS_DENSE_PART), cnt = (size_t)m->nvals;
+  if (d->opt == NULL) {
+    float *v = d->vals + off;
+    for (size_t i = 0; i < cnt; i++) v[i] += m->vals[i];
+    return 0;
+  }
+  memcpy(d->grads + off, m->vals, cnt * sizeof(float));
+  dml_optim_begin_step(d->opt);
+  rc = dml_optim_update_range(d->opt, d->vals, d->grads, off, cnt);
+  return rc ? dml_err_set(err, rc, "ps server: dense optimizer update failed") : 0;
+}
+
 static int send_reply(dml_ps_server *s, int dst, const dml__ps_msg *req, int with_values, const uint32_t *slots,
                       dml_err *err) {
   dml__ps_msg r;
   memset(&r, 0, sizeof(r));
   r.command = DML__PS_REPLY;
   r.sender = (uint32_t)s->me;
+  if (req->flags & DML__PS_FLAG_DENSE) {
+    r.flags = DML__PS_FLAG_DENSE;
+    r.timestamp = req->timestamp;
+    r.clock = req->clock;
+    r.key_lo = req->key_lo;
+    r.key_hi = req->key_hi;
+    r.nvals = with_values ? req->key_hi - req->key_lo + 1 : 0;
+    r.value_type = r.nvals ? DML__PS_VT_F32 : DML__PS_VT_NONE;
+    size_t dbytes = dml__ps_frame_bytes(0, r.nvals);
+    void *dbuf = dml__malloc(dbytes);
+    float *zeros = NULL;
+    const float *src = NULL;
+    if (dbuf && r.nvals) {
+      dense_part *d = find_part(s, req->key_lo / DML__PS_DENSE_PART);
+      if (d)
+        src = d->vals + req->key_lo % DML__PS_DENSE_PART;
+      else
+        src = zeros = dml__calloc((size_t)r.nvals, sizeof(float));
+    }
+    if (dbuf == NULL || (r.nvals && src == NULL)) {
+      dml__free(dbuf);
+      return dml_err_set(err, DML_ENOMEM, "ps server: no memory for a %zu-byte reply", dbytes);
+    }
+    dml__ps_encode(dbuf, &r, NULL, src);
+    dml__free(zeros);
+    int drc = dml_comm_send(s->c, dst, DML__PS_TAG_REP, dbuf, dbytes);
+    dml__free(dbuf);
+    if (drc && dst >= 0 && dst < s->n && s->w[dst].is_worker && !s->w[dst].done && !s->w[dst].dead) {
+      dml_log(DML_LOG_WARN, "ps server %d: reply to %s failed: %s", s->me, dml_comm_peer_name(s->c, dst),
+              dml_comm_errmsg(s->c));
+      s->w[dst].dead = 1;
+      s->live--;
+      s->st.dead_workers++;
+    }
+    return 0;
+  }
   r.timestamp = req->timestamp;
   r.clock = req->clock;
   r.nkeys = with_values ? req->nkeys : 0;
@@ -323,6 +426,10 @@ int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t by
     rc = dml_err_set(err, DML_EPROTO, "ps: %s sent a frame claiming to come from rank %u", peer, m.sender);
   if (rc == 0 && (src < 0 || src >= s->n || (!s->w[src].is_worker && src != s->me)))
     rc = dml_err_set(err, DML_EPROTO, "ps: %s is not a worker but sent command %u", peer, m.command);
+  if (rc == 0 && (m.flags & DML__PS_FLAG_DENSE) &&
+      DML__PS_DENSE_OWNER(m.key_lo, dml_ps_num_servers(&s->cfg, s->n)) != s->me)
+    rc = dml_err_set(err, DML_EPROTO, "ps: %s sent dense keys [%llu, %llu], which server %d does not own", peer,
+                     (unsigned long long)m.key_lo, (unsigned long long)m.key_hi, s->me);
   if (rc == 0) {
     for (uint64_t i = 0; i < m.nkeys; i++)
       if (dml__ps_owner(m.keys[i], dml_ps_num_servers(&s->cfg, s->n)) != s->me) {
@@ -357,12 +464,13 @@ int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t by
   switch (m.command) {
   case DML__PS_PUSH:
   case DML__PS_PUSHPULL:
-    if (m.timestamp <= w->last_push_ts) {
+    if (m.timestamp < w->last_push_ts || (m.timestamp == w->last_push_ts && m.key_lo <= w->last_push_lo)) {
       s->st.dup_pushes++; /* resent after a timeout: applied once already */
     } else {
-      rc = apply_push(s, &m, err);
+      rc = (m.flags & DML__PS_FLAG_DENSE) ? apply_dense(s, &m, err) : apply_push(s, &m, err);
       if (rc) break;
       w->last_push_ts = m.timestamp;
+      w->last_push_lo = m.key_lo;
       s->st.pushes++;
     }
     if (m.command == DML__PS_PUSH) {
@@ -375,7 +483,8 @@ int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t by
     s->st.pulls++;
     if (pull_ready(s, src, &m)) {
       /* a pushpull whose push was applied just now has its slots in idx_scratch */
-      int fresh = m.command == DML__PS_PUSHPULL && w->last_push_ts == m.timestamp && s->idx_cap >= m.nkeys;
+      int fresh = m.command == DML__PS_PUSHPULL && !(m.flags & DML__PS_FLAG_DENSE) && w->last_push_ts == m.timestamp &&
+                  s->idx_cap >= m.nkeys;
       rc = send_reply(s, src, &m, 1, fresh ? s->idx_scratch : NULL, err);
     } else {
       if (s->ndq == s->dq_cap) {
@@ -570,6 +679,12 @@ void dml_ps_server_free(dml_ps_server *s) {
   if (s == NULL) return;
   for (size_t i = 0; i < s->ndq; i++) dml__ps_msg_free(&s->dq[i].m);
   dml__free(s->dq);
+  for (size_t i = 0; i < s->ndparts; i++) {
+    dml__free(s->dparts[i].vals);
+    dml__free(s->dparts[i].grads);
+    dml_optim_free(s->dparts[i].opt);
+  }
+  dml__free(s->dparts);
   dml_optim_free(s->opt);
   dml__free(s->vals);
   dml__free(s->hkeys);
@@ -587,7 +702,12 @@ void dml_ps_server_free(dml_ps_server *s) {
  * Checkpoints. Slots are handed out in insertion order, so slots 0..nkeys-1 are exactly the live
  * values and state entries. */
 
-static int list_u64(char **out, const worker_state *w, int n, int clocks) {
+/* which: 0 last push timestamp, 1 clock, 2 last push key_lo */
+static uint64_t field(const worker_state *w, int which) {
+  return which == 1 ? w->clock : which == 2 ? w->last_push_lo : w->last_push_ts;
+}
+
+static int list_u64(char **out, const worker_state *w, int n, int which) {
   size_t cap = (size_t)n * 21 + 1;
   char *b = dml__malloc(cap);
   if (b == NULL) return DML_ENOMEM;
@@ -595,7 +715,7 @@ static int list_u64(char **out, const worker_state *w, int n, int clocks) {
   b[0] = 0;
   for (int r = 0; r < n; r++)
     len += (size_t)snprintf(b + len, cap - len, "%s%llu", r ? "," : "",
-                            (unsigned long long)(clocks ? w[r].clock : w[r].last_push_ts));
+                            (unsigned long long)field(&w[r], which));
   *out = b;
   return 0;
 }
@@ -606,7 +726,7 @@ int dml_ps_server_checkpoint(dml_ps_server *s, const char *path, dml_err *err) {
   dml_st_tensor t[2 + 8];
   float *keybits = dml__malloc((n ? n : 1) * sizeof(uint64_t));
   float *state = NULL;
-  char *clocks = NULL, *pushes = NULL;
+  char *clocks = NULL, *pushes = NULL, *push_lo = NULL;
   int rc = keybits ? 0 : DML_ENOMEM;
   if (rc == 0 && ns > 0) {
     state = dml__malloc((n ? n : 1) * sizeof(float) * (size_t)ns);
@@ -614,6 +734,7 @@ int dml_ps_server_checkpoint(dml_ps_server *s, const char *path, dml_err *err) {
   }
   if (rc == 0) rc = list_u64(&clocks, s->w, s->n, 1);
   if (rc == 0) rc = list_u64(&pushes, s->w, s->n, 0);
+  if (rc == 0) rc = list_u64(&push_lo, s->w, s->n, 2);
   if (rc) {
     dml_err_set(err, rc, "ps checkpoint %s: out of memory", path);
     goto out;
@@ -645,25 +766,29 @@ int dml_ps_server_checkpoint(dml_ps_server *s, const char *path, dml_err *err) {
                         {"ps.server", rank},
                         {"ps.world", world},
                         {"ps.clocks", clocks},
-                        {"ps.last_push_ts", pushes}};
+                        {"ps.last_push_ts", pushes},
+                        {"ps.last_push_lo", push_lo}};
   rc = dml_safetensors_write(path, t, nt, meta, (int)DML__ARRAY_LEN(meta), err);
 out:
   dml__free(keybits);
   dml__free(state);
   dml__free(clocks);
   dml__free(pushes);
+  dml__free(push_lo);
   return rc;
 }
 
 /* Parses n comma-separated u64 from text into w[].clock or w[].last_push_ts. */
-static int parse_list(const char *text, worker_state *w, int n, int clocks) {
+static int parse_list(const char *text, worker_state *w, int n, int which) {
   const char *p = text;
   for (int r = 0; r < n; r++) {
     char *end;
     if (p == NULL || *p < '0' || *p > '9') return -1;
     unsigned long long v = strtoull(p, &end, 10);
-    if (clocks)
+    if (which == 1)
       w[r].clock = v;
+    else if (which == 2)
+      w[r].last_push_lo = v;
     else
       w[r].last_push_ts = v;
     p = end;
@@ -703,8 +828,10 @@ int dml_ps_server_restore(dml_ps_server *s, const char *path, dml_err *err) {
     goto out;
   }
   if (parse_list(dml_safetensors_meta(st, "ps.clocks"), s->w, s->n, 1) != 0 ||
-      parse_list(dml_safetensors_meta(st, "ps.last_push_ts"), s->w, s->n, 0) != 0) {
-    rc = dml_err_set(err, DML_EFORMAT, "ps restore %s: ps.clocks / ps.last_push_ts must list %d numbers", path, s->n);
+      parse_list(dml_safetensors_meta(st, "ps.last_push_ts"), s->w, s->n, 0) != 0 ||
+      parse_list(dml_safetensors_meta(st, "ps.last_push_lo"), s->w, s->n, 2) != 0) {
+    rc = dml_err_set(err, DML_EFORMAT, "ps restore %s: ps.clocks / ps.last_push_ts / ps.last_push_lo must list %d numbers",
+                     path, s->n);
     goto out;
   }
   int S = dml_ps_num_servers(&s->cfg, s->n);
