@@ -27,6 +27,11 @@ int dml__gunzip_all(const unsigned char *in, size_t in_len, const char *name, si
 
 /* Reads path and gunzips it when it starts with the gzip magic (detected by content). */
 int dml__read_maybe_gzip(const char *path, unsigned char **out, size_t *len, dml_err *err);
+/* Reads path whole (gunzipped if it is gzip) and hands the text to parse; for the text readers. */
+typedef int (*dml__text_parser)(const char *text, size_t len, const char *name,
+                                const dml_data_opts *opts, dml_dataset *ds, dml_err *err);
+int dml__read_text(const char *path, dml__text_parser parse, const dml_data_opts *opts,
+                   dml_dataset *ds, dml_err *err);
 
 /* A sequential reader over bytes that are plain or a gzip stream. */
 typedef struct dml__bytesrc {

@@ -320,3 +320,15 @@ void dml__labels_free(dml__labels *l) {
   dml__free(l->y);
   memset(l, 0, sizeof(*l));
 }
+
+int dml__read_text(const char *path, dml__text_parser parse, const dml_data_opts *opts,
+                   dml_dataset *ds, dml_err *err) {
+  memset(ds, 0, sizeof(*ds));
+  unsigned char *buf;
+  size_t len;
+  int rc = dml__read_maybe_gzip(path, &buf, &len, err);
+  if (rc != 0) return rc;
+  rc = parse((const char *)buf, len, path, opts, ds, err);
+  dml__free(buf);
+  return rc;
+}

@@ -196,12 +196,5 @@ fail:
 }
 
 int dml_read_libsvm(const char *path, const dml_data_opts *opts, dml_dataset *ds, dml_err *err) {
-  memset(ds, 0, sizeof(*ds));
-  unsigned char *buf;
-  size_t len;
-  int rc = dml__read_maybe_gzip(path, &buf, &len, err);
-  if (rc != 0) return rc;
-  rc = dml_parse_libsvm_mem((const char *)buf, len, path, opts, ds, err);
-  dml__free(buf);
-  return rc;
+  return dml__read_text(path, dml_parse_libsvm_mem, opts, ds, err);
 }
