@@ -21,6 +21,8 @@ static int run_worker(const dml_train_config *cfg, const dml_dataset *train, con
   int n = dml_comm_size(comm), rank = dml_comm_rank(comm);
   int W = dml_ps_num_workers(pcfg, n);
   int widx = pcfg->colocated ? rank : rank - pcfg->num_servers;
+  if (train == NULL || train->indptr == NULL)
+    return dml_err_set(err, DML_EUNSUPPORTED, "ps train: workers need sparse (LIBSVM) training data");
   dml_model_config mc = cfg->model;
   if (mc.in_dim == 0) mc.in_dim = train->dim;
   int local_batch = cfg->batch / W > 0 ? cfg->batch / W : 1;
@@ -122,7 +124,6 @@ int dml_train_ps_run(const dml_train_config *cfg, const dml_dataset *train, cons
   if (comm == NULL) return dml_err_set(err, DML_EINVAL, "ps train: needs a communicator");
   if (cfg->model.kind != DML_MODEL_LOGREG)
     return dml_err_set(err, DML_EUNSUPPORTED, "ps train: only --model logreg trains through the parameter server");
-  if (train->indptr == NULL) return dml_err_set(err, DML_EUNSUPPORTED, "ps train: needs sparse (LIBSVM) data");
   dml_ps_config pcfg = *pcfg_in;
   pcfg.optim = cfg->optim;
   int n = dml_comm_size(comm), rank = dml_comm_rank(comm);

@@ -13,7 +13,8 @@
  * (ps->optim is ignored). After the last epoch the first worker pulls the whole model once every
  * other worker has finished or died, evaluates it on test, and sends the result to rank 0; result
  * is filled on rank 0 and on the first worker. Only the logreg model is supported
- * (DML_EUNSUPPORTED otherwise). comm must not be NULL. */
+ * (DML_EUNSUPPORTED otherwise). comm must not be NULL. Dedicated servers never read train or test
+ * (they may be NULL there); workers need the whole sparse training set (they shard it). */
 int dml_train_ps_run(const dml_train_config *cfg, const dml_dataset *train, const dml_dataset *test,
                      dml_comm *comm, const dml_ps_config *ps, dml_train_result *result, dml_err *err);
 
