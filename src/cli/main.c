@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "cli/bench_coll.h"
+#include "cli/bench_ps.h"
 #include "cli/bench_task.h"
 #include "cli/cli.h"
 #include "cli/launch.h"
@@ -18,7 +19,7 @@ static void usage(FILE *f) {
           "  gen      write a synthetic data set (LIBSVM text)\n"
           "  tune     hyperparameter search: trials of train run as tasks on N worker processes\n"
           "  launch   start N processes of a program on this machine, wired together\n"
-          "  bench    benchmarks: allreduce, reducescatter, allgather, broadcast, pingpong, task\n"
+          "  bench    benchmarks: allreduce, reducescatter, allgather, broadcast, pingpong, task, ps\n"
           "\n"
           "  distml <command> --help   flags of a command\n"
           "  distml --version          version and BLAS in use\n");
@@ -46,6 +47,7 @@ int main(int argc, char **argv) {
   if (strcmp(cmd, "launch") == 0) return dml_cli_launch_main(argc - 1, argv + 1);
   if (strcmp(cmd, "bench") == 0) {
     if (argc >= 3 && strcmp(argv[2], "task") == 0) return dml_cli_bench_task_main(argc - 2, argv + 2);
+    if (argc >= 3 && strcmp(argv[2], "ps") == 0) return dml_cli_bench_ps_main(argc - 2, argv + 2);
     return dml_cli_bench_main(argc - 1, argv + 1);
   }
   fprintf(stderr, "distml: error: unknown command '%s'\n", cmd);

@@ -11,8 +11,11 @@
 
 #include "cli/cli.h"
 #include "cli/launch.h"
+#include "cli/ps_launch.h"
 #include "cli/train_flags.h"
 #include "distml.h"
+#include "distml/ps.h"
+#include "train/train_ps.h"
 
 static int launched_env(void) {
   static const char *vars[] = {"DISTML_WORLD_SIZE", "WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE",
@@ -45,7 +48,8 @@ static dml_optim_kind optim_kind(const char *name) {
   return k;
 }
 
-static void print_json(const dml_train_result *r, const dml_cli_train_flags *f, int world) {
+/* workers: training processes; servers: parameter-server processes (-1: not the ps strategy). */
+static void print_json(const dml_train_result *r, const dml_cli_train_flags *f, int workers, int servers) {
   dml_jsonl j;
   dml_jsonl_init_stream(&j, stdout);
   dml_jsonl_begin(&j);
@@ -59,11 +63,15 @@ static void print_json(const dml_train_result *r, const dml_cli_train_flags *f, 
   dml_jsonl_add_double(&j, "train_s", r->train_s);
   dml_jsonl_add_int(&j, "epochs", r->epochs_done);
   dml_jsonl_add_int(&j, "steps", (int64_t)r->steps);
-  dml_jsonl_add_int(&j, "workers", world);
+  dml_jsonl_add_int(&j, "workers", workers);
+  if (servers >= 0) {
+    dml_jsonl_add_int(&j, "servers", servers);
+    dml_jsonl_add_str(&j, "sync", f->sync);
+  }
   dml_jsonl_add_str(&j, "model", f->model);
   dml_jsonl_add_str(&j, "optimizer", f->optimizer);
   dml_jsonl_add_int(&j, "batch", f->batch);
-  if (world > 1) {
+  if (workers > 1 && servers < 0) {
     dml_jsonl_add_double(&j, "bytes_per_step", r->bytes_per_step);
     dml_jsonl_add_double(&j, "ring_bytes_per_step", r->ring_bytes_per_step);
     dml_jsonl_add_double(&j, "comm_ms_per_step", r->comm_s * 1e3);
@@ -117,7 +125,8 @@ int dml_cli_train_main(int argc, char **argv) {
   dml_cli_train_flags f;
   dml_cli_train_flags_parse(&f, argc, argv);
   int launched = launched_env();
-  if (f.nproc > 1 && !launched) {
+  int want_ps = f.strategy != NULL && strcmp(f.strategy, "ps") == 0;
+  if ((f.nproc > 1 || want_ps) && !launched) {
     if (f.backend != NULL && strcmp(f.backend, "mpi") == 0)
       dml_cli_usage_error("train", "--backend mpi: start the ranks with mpirun -np %d distml train ... "
                           "(without -n)", f.nproc);
@@ -130,7 +139,17 @@ int dml_cli_train_main(int argc, char **argv) {
     lo.prefix_output = 0; /* rank 0 draws the progress bar on the terminal itself */
     if (getenv("OPENBLAS_NUM_THREADS") == NULL && f.threads == 0) setenv("OPENBLAS_NUM_THREADS", "1", 1);
     char **rargv = argv_for_ranks(argc, argv);
-    int st = dml_launch_run(f.nproc, rargv, &lo);
+    int nprocs = f.nproc;
+    dml_ps_config roles; /* which ranks serve: the launcher's hook sets DISTML_ROLE from it */
+    dml_ps_config_init(&roles);
+    roles.colocated = f.servers_colocated;
+    roles.num_servers = f.servers_colocated ? 0 : f.servers;
+    if (want_ps) {
+      nprocs += roles.num_servers;
+      lo.child_setup = dml_cli_ps_child_setup;
+      lo.user = &roles;
+    }
+    int st = dml_launch_run(nprocs, rargv, &lo);
     free(rargv);
     return st;
   }
@@ -146,8 +165,10 @@ int dml_cli_train_main(int argc, char **argv) {
     if (dml_comm_init(&comm, &co, &e) != 0) dml_cli_fail("train", "joining the job: %s", dml_err_msg(&e));
     world = dml_comm_size(comm);
     dml_log_set_rank(dml_comm_rank(comm));
-    if (f.nproc > 1 && f.nproc != world)
-      dml_cli_fail("train", "-n %d but the launcher started %d processes", f.nproc, world);
+    int expect = f.nproc;
+    if (f.strategy != NULL && strcmp(f.strategy, "ps") == 0 && !f.servers_colocated) expect += f.servers;
+    if (f.nproc > 1 && expect != world)
+      dml_cli_fail("train", "expected %d processes but the launcher started %d", expect, world);
   }
   int rank = comm ? dml_comm_rank(comm) : 0;
   if (f.threads > 0) dml_cli_set_blas_threads(f.threads);
@@ -155,10 +176,21 @@ int dml_cli_train_main(int argc, char **argv) {
 
   dml_train_config cfg;
   dml_train_config_init(&cfg);
-  cfg.strategy = (world > 1 && (f.strategy == NULL || strcmp(f.strategy, "allreduce") == 0))
+  int ps_mode = f.strategy != NULL && strcmp(f.strategy, "ps") == 0;
+  dml_ps_config psc;
+  dml_ps_config_init(&psc);
+  if (ps_mode) {
+    if (comm == NULL) dml_cli_usage_error("train", "--strategy ps needs processes: -n W (workers) [--servers S]");
+    psc.colocated = f.servers_colocated;
+    psc.num_servers = f.servers_colocated ? 0 : f.servers;
+    if (dml_ps_sync_parse(f.sync, &psc.staleness, &e) != 0) dml_cli_usage_error("train", "--sync: %s", dml_err_msg(&e));
+    if (dml_ps_num_workers(&psc, world) < 1)
+      dml_cli_fail("train", "--strategy ps with %d processes and %d servers leaves no worker", world, psc.num_servers);
+  }
+  cfg.strategy = (world > 1 && !ps_mode && (f.strategy == NULL || strcmp(f.strategy, "allreduce") == 0))
                      ? DML_STRATEGY_ALLREDUCE
                      : DML_STRATEGY_LOCAL;
-  if (world > 1 && cfg.strategy == DML_STRATEGY_LOCAL)
+  if (world > 1 && cfg.strategy == DML_STRATEGY_LOCAL && !ps_mode)
     dml_cli_fail("train", "--strategy local with %d processes: every process would train alone", world);
   dml_model_kind kind;
   if (dml_model_kind_parse(f.model, &kind, &e) != 0) dml_cli_usage_error("train", "%s", dml_err_msg(&e));
@@ -224,7 +256,8 @@ int dml_cli_train_main(int argc, char **argv) {
       dml_cli_fail("train", "keeping rank %d's shard: %s", rank, dml_err_msg(&e));
   }
   dml_train_result res;
-  int rc = dml_train_run(&cfg, &train, f.test ? &test : NULL, comm, &res, &e);
+  int rc = ps_mode ? dml_train_ps_run(&cfg, &train, f.test ? &test : NULL, comm, &psc, &res, &e)
+                   : dml_train_run(&cfg, &train, f.test ? &test : NULL, comm, &res, &e);
   if (rc != 0) {
     dml_log(DML_LOG_ERROR, "training failed: %s", dml_err_msg(&e));
     if (comm) dml_comm_abort(comm, dml_err_msg(&e));
@@ -241,7 +274,9 @@ int dml_cli_train_main(int argc, char **argv) {
       fprintf(stderr, "; %.0f samples/s, %.1fs%s%s\n", res.samples_per_s, res.wall_s,
               f.save ? "; model saved to " : "", f.save ? f.save : "");
     }
-    if (f.json) print_json(&res, &f, world);
+    if (f.json)
+      print_json(&res, &f, ps_mode ? dml_ps_num_workers(&psc, world) : world,
+                 ps_mode ? (psc.colocated ? world : dml_ps_num_servers(&psc, world)) : -1);
   }
   dml_coll_detach(comm);
   dml_comm_free(comm);

@@ -15,7 +15,7 @@ enum {
   OPT_HIDDEN, OPT_EPOCHS, OPT_BATCH, OPT_LR, OPT_OPTIMIZER, OPT_MOMENTUM, OPT_WD, OPT_L1, OPT_L2,
   OPT_FTRL_ALPHA, OPT_FTRL_BETA, OPT_SEED, OPT_SAVE, OPT_METRICS, OPT_JSON, OPT_QUIET, OPT_THREADS,
   OPT_STRATEGY, OPT_BACKEND, OPT_BUCKET_MB, OPT_ACCUMULATE, OPT_SYNC_EVERY, OPT_GRAD_COMPRESS,
-  OPT_LR_SCHEDULE, OPT_LOADER_THREADS, OPT_PREFETCH, OPT_AUGMENT, OPT_TRACE, OPT_CHECKPOINT, OPT_CHECKPOINT_EVERY, OPT_RESUME, OPT_HELP
+  OPT_LR_SCHEDULE, OPT_SERVERS, OPT_SYNC, OPT_LOADER_THREADS, OPT_PREFETCH, OPT_AUGMENT, OPT_TRACE, OPT_CHECKPOINT, OPT_CHECKPOINT_EVERY, OPT_RESUME, OPT_HELP
 };
 
 static const struct option long_opts[] = {
@@ -46,6 +46,8 @@ static const struct option long_opts[] = {
     {"threads", required_argument, 0, OPT_THREADS},
     {"strategy", required_argument, 0, OPT_STRATEGY},
     {"backend", required_argument, 0, OPT_BACKEND},
+    {"servers", required_argument, 0, OPT_SERVERS},
+    {"sync", required_argument, 0, OPT_SYNC},
     {"bucket-mb", required_argument, 0, OPT_BUCKET_MB},
     {"accumulate", required_argument, 0, OPT_ACCUMULATE},
     {"sync-every", required_argument, 0, OPT_SYNC_EVERY},
@@ -105,7 +107,10 @@ static void usage(void) {
       "  --threads T          BLAS threads per process (default: 1 with -n > 1, else all cores)\n"
       "distributed:\n"
       "  -n N                 workers on this machine (default 1: local training)\n"
-      "  --strategy S         local|allreduce (default: allreduce when -n > 1 or under a launcher)\n"
+      "  --strategy S         local|allreduce|ps (default: allreduce when -n > 1 or under a launcher)\n"
+      "  --servers S          ps: S server processes besides the -n workers (default 1), or\n"
+      "                       'colocated': a server shard inside each worker\n"
+      "  --sync M             ps: bsp|ssp:S|asp consistency (default bsp)\n"
       "  --backend B          tcp|mpi (default tcp; mpi under mpirun)\n"
       "  --bucket-mb X        gradient bucket cap in MB (default 1)\n"
       "  --accumulate K       all-reduce every K micro-batches (gradient accumulation, default 1)\n"
@@ -146,7 +151,7 @@ int dml_cli_train_flags_parse(dml_cli_train_flags *f, int argc, char **argv) {
   static const char *const headers[] = {"auto", "yes", "no", NULL};
   static const char *const models[] = {"softmax", "mlp", "logreg", NULL};
   static const char *const optimizers[] = {"sgd", "momentum", "adam", "adagrad", "ftrl", NULL};
-  static const char *const strategies[] = {"local", "allreduce", NULL};
+  static const char *const strategies[] = {"local", "allreduce", "ps", NULL};
   static const char *const backends[] = {"tcp", "mpi", NULL};
   static const char *const compress[] = {"none", "fp16", "bf16", NULL};
   static const char *const schedules[] = {"cosine", "constant", NULL};
@@ -164,6 +169,8 @@ int dml_cli_train_flags_parse(dml_cli_train_flags *f, int argc, char **argv) {
   f->ftrl_beta = 1.0;
   f->seed = 1;
   f->nproc = 1;
+  f->servers = 1;
+  f->sync = "bsp";
   f->bucket_mb = 1.0;
   f->accumulate = 1;
   f->grad_compress = "none";
@@ -202,6 +209,15 @@ int dml_cli_train_flags_parse(dml_cli_train_flags *f, int argc, char **argv) {
       case OPT_THREADS: f->threads = (int)dml_cli_int("train", "--threads", optarg, 1, 1024); break;
       case 'n': f->nproc = (int)dml_cli_int("train", "-n", optarg, 1, 1024); break;
       case OPT_STRATEGY: f->strategy = one_of("--strategy", optarg, strategies); break;
+      case OPT_SERVERS:
+        if (strcmp(optarg, "colocated") == 0) {
+          f->servers_colocated = 1;
+          f->servers = 0;
+        } else {
+          f->servers = (int)dml_cli_int("train", "--servers", optarg, 1, 1024);
+        }
+        break;
+      case OPT_SYNC: f->sync = optarg; break;
       case OPT_BACKEND: f->backend = one_of("--backend", optarg, backends); break;
       case OPT_BUCKET_MB: f->bucket_mb = dml_cli_double("train", "--bucket-mb", optarg, 0.001, 4096); break;
       case OPT_ACCUMULATE: f->accumulate = (int)dml_cli_int("train", "--accumulate", optarg, 1, 1 << 20); break;

@@ -28,6 +28,9 @@ typedef struct dml_cli_train_flags {
   /* distributed */
   int nproc;              /* -n */
   const char *strategy;   /* local|allreduce|ps */
+  int servers;            /* ps: dedicated servers (default 1); 0 with servers_colocated */
+  int servers_colocated;  /* ps: --servers colocated */
+  const char *sync;       /* ps: bsp|ssp:S|asp (default bsp) */
   const char *backend;    /* tcp|mpi */
   double bucket_mb;
   int accumulate, sync_every;

@@ -260,7 +260,9 @@ static inline float ftrl_w(const dml_optim_config *c, float z, float nn) {
 
 /* Dense kernels: restrict pointers and (with GCC, whose -O2 does not vectorize these loops)
  * tree-vectorize, so that a bucket update runs at memory speed. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_THREAD__) && \
+    !defined(__SANITIZE_ADDRESS__)
+/* (Not under the sanitizers: their runtimes are not ready when the ifunc resolvers run.) */
 /* One copy per instruction set, chosen at load time (ifunc): AVX-512 where the CPU has it. */
 #define VECTORIZE \
   __attribute__((optimize("tree-vectorize"), target_clones("avx512f", "avx2", "default")))
