@@ -35,6 +35,7 @@ static const char *const k_fixed[] = {"data", "test", "format", "label-col", "he
 
 typedef struct axis {
   const char *flag;
+  char *storage;            /* the copy of the value list that values[] point into (owned) */
   char *values[MAX_VALUES];
   int n;
 } axis;
@@ -332,12 +333,14 @@ int dml_cli_tune_main(int argc, char **argv) {
       ax->flag = a + 2;
       ax->n = 0;
       char *copy = strdup(v), *save = NULL;
+      ax->storage = copy;
       for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
         if (ax->n == MAX_VALUES) dml_cli_usage_error("tune", "%s: at most %d values", a, MAX_VALUES);
         ax->values[ax->n++] = tok;
       }
       if (ax->n == 0) dml_cli_usage_error("tune", "%s: no values", a);
       if (ax->n == 1) { /* one value: not searched, passed to every trial as it is */
+        free(ax->storage);
         naxes--;
         if (nfixed + 2 > 2 * MAX_FIXED) dml_cli_usage_error("tune", "too many flags");
         fixed[nfixed++] = argv[i - 1];
@@ -384,6 +387,7 @@ int dml_cli_tune_main(int argc, char **argv) {
     setenv("OPENBLAS_NUM_THREADS", "1", 0);
     int st = dml_launch_run(nworkers + 1, rargv, &lo);
     free(rargv);
+    for (int a = 0; a < naxes; a++) free(axes[a].storage);
     return st;
   }
   dml_comm_opts co;
@@ -406,5 +410,6 @@ int dml_cli_tune_main(int argc, char **argv) {
     if (status) dml_log(DML_LOG_ERROR, "worker: %s", dml_err_msg(&e));
   }
   dml_comm_free(comm);
+  for (int a = 0; a < naxes; a++) free(axes[a].storage);
   return status;
 }
