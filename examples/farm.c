@@ -6,7 +6,8 @@
 
 #include "distml.h"
 
-static int square(void *user, const void *in, size_t in_bytes, void *out, size_t out_cap, size_t *out_bytes) {
+static int square(void *user, const void *in, size_t in_bytes, void *out, size_t out_cap,
+                  size_t *out_bytes) {
   (void)user;
   long long x;
   if (in_bytes != sizeof(x) || out_cap < sizeof(x)) return DML_EINVAL;
@@ -27,7 +28,8 @@ int main(void) {
     return 1;
   }
   if (dml_comm_size(comm) < 2) {
-    fprintf(stderr, "example: needs a master and at least one worker: distml launch -n 3 -- %s\n", "example_farm");
+    fprintf(stderr, "example: needs a master and at least one worker: distml launch -n 3 -- %s\n",
+            "example_farm");
     dml_comm_free(comm);
     return 1;
   }

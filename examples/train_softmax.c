@@ -29,8 +29,8 @@ int main(int argc, char **argv) {
   if (rc != 0)
     fprintf(stderr, "example: training failed: %s\n", dml_err_msg(&err));
   else
-    printf("test accuracy %.4f after %d epochs (%.0f samples/s)\n", res.test_accuracy, res.epochs_done,
-           res.samples_per_s);
+    printf("test accuracy %.4f after %d epochs (%.0f samples/s)\n", res.test_accuracy,
+           res.epochs_done, res.samples_per_s);
   dml_dataset_free(&train);
   dml_dataset_free(&test);
   return rc == 0 ? 0 : 1;

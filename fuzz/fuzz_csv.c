@@ -10,12 +10,12 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define CHECK(c) \
-  do {           \
-    if (!(c)) {  \
+#define CHECK(c)                                     \
+  do {                                               \
+    if (!(c)) {                                      \
       fprintf(stderr, "invariant failed: %s\n", #c); \
-      __builtin_trap(); \
-    }            \
+      __builtin_trap();                              \
+    }                                                \
   } while (0)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
@@ -38,7 +38,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   dml_batch_buf buf = {0};
   dml_batch b;
   CHECK(dml_dataset_gather(&ds, rows, 3, &buf, &b, &err) == 0);
-  CHECK(memcmp(b.x, ds.x + (size_t)(ds.n - 1) * (size_t)ds.dim, (size_t)ds.dim * sizeof(float)) == 0);
+  CHECK(memcmp(b.x, ds.x + (size_t)(ds.n - 1) * (size_t)ds.dim, (size_t)ds.dim * sizeof(float)) ==
+        0);
   dml_batch_buf_free(&buf);
   dml_dataset_free(&ds);
   return 0;

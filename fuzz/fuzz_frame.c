@@ -30,45 +30,48 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     size_t n = f.length < size ? (size_t)f.length : size;
     const uint8_t *p = data;
     switch (f.kind) {
-    case DML__F_CHALLENGE: {
-      dml__challenge ch;
-      if (dml__challenge_decode(p, n, &ch, why, sizeof(why)) == 0) {
-        uint8_t out[64];
-        if (dml__challenge_encode(out, &ch) != n || memcmp(out, p, n) != 0) __builtin_trap();
+      case DML__F_CHALLENGE: {
+        dml__challenge ch;
+        if (dml__challenge_decode(p, n, &ch, why, sizeof(why)) == 0) {
+          uint8_t out[64];
+          if (dml__challenge_encode(out, &ch) != n || memcmp(out, p, n) != 0) __builtin_trap();
+        }
+        break;
       }
-      break;
-    }
-    case DML__F_AUTH: {
-      dml__auth a;
-      if (dml__auth_decode(p, n, &a, why, sizeof(why)) == 0) {
-        uint8_t out[128];
-        if (dml__auth_encode(out, &a) != n || memcmp(out, p, n) != 0) __builtin_trap();
+      case DML__F_AUTH: {
+        dml__auth a;
+        if (dml__auth_decode(p, n, &a, why, sizeof(why)) == 0) {
+          uint8_t out[128];
+          if (dml__auth_encode(out, &a) != n || memcmp(out, p, n) != 0) __builtin_trap();
+        }
+        break;
       }
-      break;
-    }
-    case DML__F_HELLO: {
-      dml__hello h;
-      if (dml__hello_decode(p, n, &h, why, sizeof(why)) == 0 && h.rank >= h.world_size) __builtin_trap();
-      break;
-    }
-    case DML__F_SET:
-    case DML__F_GET:
-    case DML__F_VAL: {
-      const char *key;
-      size_t kl, vn;
-      const uint8_t *val;
-      if (dml__kv_decode(p, n, f.kind != DML__F_GET, &key, &kl, &val, &vn, why, sizeof(why)) == 0) {
-        if (kl == 0 || kl > 255 || (const uint8_t *)key < p || (const uint8_t *)key + kl + vn > p + n) __builtin_trap();
-        char k[256];
-        memcpy(k, key, kl);
-        k[kl] = 0;
-        uint8_t out[DML__CTRL_MAX + 300];
-        if (n <= DML__CTRL_MAX && dml__kv_encode(out, k, val, vn) != n) __builtin_trap();
+      case DML__F_HELLO: {
+        dml__hello h;
+        if (dml__hello_decode(p, n, &h, why, sizeof(why)) == 0 && h.rank >= h.world_size)
+          __builtin_trap();
+        break;
       }
-      break;
-    }
-    default:
-      break;
+      case DML__F_SET:
+      case DML__F_GET:
+      case DML__F_VAL: {
+        const char *key;
+        size_t kl, vn;
+        const uint8_t *val;
+        if (dml__kv_decode(p, n, f.kind != DML__F_GET, &key, &kl, &val, &vn, why, sizeof(why)) ==
+            0) {
+          if (kl == 0 || kl > 255 || (const uint8_t *)key < p ||
+              (const uint8_t *)key + kl + vn > p + n)
+            __builtin_trap();
+          char k[256];
+          memcpy(k, key, kl);
+          k[kl] = 0;
+          uint8_t out[DML__CTRL_MAX + 300];
+          if (n <= DML__CTRL_MAX && dml__kv_encode(out, k, val, vn) != n) __builtin_trap();
+        }
+        break;
+      }
+      default: break;
     }
     data += n, size -= n;
   }

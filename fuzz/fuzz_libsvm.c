@@ -10,12 +10,12 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define CHECK(c) \
-  do {           \
-    if (!(c)) {  \
+#define CHECK(c)                                     \
+  do {                                               \
+    if (!(c)) {                                      \
       fprintf(stderr, "invariant failed: %s\n", #c); \
-      __builtin_trap(); \
-    }            \
+      __builtin_trap();                              \
+    }                                                \
   } while (0)
 
 static void check_csr(const dml_dataset *ds) {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it (.ci/run calls exactly this): set-up, then four builds, each
-# with its CTest run:
+# The whole test suite, as CI runs it (.ci/run calls exactly this): set-up, a clang-format check,
+# then four builds, each with its CTest run:
 #   release   every test, including training on Fashion-MNIST
 #   asan      AddressSanitizer+UndefinedBehaviorSanitizer, every test but the "slow" ones
 #   tsan      ThreadSanitizer, the tests labelled "tsan" (threaded code)
@@ -51,6 +51,16 @@ stage() { # name builddir ctest-args -- cmake-args
   passed=$((passed + total - nf))
   failed=$((failed + nf))
 }
+
+# Formatting: .clang-format decides whitespace; every C/C++ file must already follow it.
+echo "=== format: clang-format check ===" >&2
+if clang-format --dry-run --Werror $(git ls-files '*.c' '*.h' '*.cpp') >format.log 2>&1; then
+  passed=$((passed + 1))
+else
+  head -n 40 format.log >&2
+  echo "=== format: files differ from .clang-format (run clang-format -i on them) ===" >&2
+  failed=$((failed + 1))
+fi
 
 stage release build -j2 --
 stage asan build-asan -j2 -LE slow -- -DDISTML_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo

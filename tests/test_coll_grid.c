@@ -85,7 +85,8 @@ static void test_allreduce(dml_comm *c, size_t count, dml_dtype dt, dml_redop op
   snprintf(what, sizeof(what), "allreduce count %zu %s %s %s", count, dml_dtype_name(dt),
            dml_redop_name(op), dml_allreduce_algo_name(algo));
   check_rc(c, dml_allreduce_with(c, b, count, dt, op, algo), what);
-  for (size_t i = 0; i < count; i++) expect_equal(get(b, dt, i), reference(i, g_size, op, dt, seed), dt, what, i);
+  for (size_t i = 0; i < count; i++)
+    expect_equal(get(b, dt, i), reference(i, g_size, op, dt, seed), dt, what, i);
   free(b);
 }
 
@@ -96,11 +97,13 @@ static void test_reduce_scatter(dml_comm *c, size_t count, dml_dtype dt, dml_red
   for (size_t i = 0; i < total; i++) put(s, dt, i, val(g_rank, i, seed));
   memcpy(keep, s, total * esz);
   char what[128];
-  snprintf(what, sizeof(what), "reduce_scatter count %zu %s %s", count, dml_dtype_name(dt), dml_redop_name(op));
+  snprintf(what, sizeof(what), "reduce_scatter count %zu %s %s", count, dml_dtype_name(dt),
+           dml_redop_name(op));
   check_rc(c, dml_reduce_scatter(c, s, o, count, dt, op), what);
   T_ASSERT(memcmp(s, keep, total * esz) == 0); /* sendbuf untouched */
   for (size_t i = 0; i < count; i++)
-    expect_equal(get(o, dt, i), reference((size_t)g_rank * count + i, g_size, op, dt, seed), dt, what, i);
+    expect_equal(get(o, dt, i), reference((size_t)g_rank * count + i, g_size, op, dt, seed), dt,
+                 what, i);
   free(s);
   free(o);
   free(keep);
@@ -114,10 +117,12 @@ static void test_allgather(dml_comm *c, size_t count, dml_dtype dt, int in_place
   void *src = in_place ? (char *)o + (size_t)g_rank * count * esz : s;
   for (size_t i = 0; i < count; i++) put(src, dt, i, val(g_rank, i, seed));
   char what[128];
-  snprintf(what, sizeof(what), "allgather count %zu %s%s", count, dml_dtype_name(dt), in_place ? " in place" : "");
+  snprintf(what, sizeof(what), "allgather count %zu %s%s", count, dml_dtype_name(dt),
+           in_place ? " in place" : "");
   check_rc(c, dml_allgather(c, src, o, count, dt), what);
   for (int r = 0; r < g_size; r++)
-    for (size_t i = 0; i < count; i++) expect_equal(get(o, dt, (size_t)r * count + i), val(r, i, seed), dt, what, i);
+    for (size_t i = 0; i < count; i++)
+      expect_equal(get(o, dt, (size_t)r * count + i), val(r, i, seed), dt, what, i);
   free(s);
   free(o);
 }
@@ -154,7 +159,8 @@ static void test_compressed(dml_comm *c, size_t count, dml_dtype wire, dml_redop
     if (op == DML_AVG) want /= g_size;
     double tol = rel * g_size * (fabs(want) + 3.4);
     if (!(fabs(b[i] - want) <= tol))
-      T_FAIL("rank %d of %d: %s: element %zu is %.9g, want %.9g", g_rank, g_size, what, i, b[i], want);
+      T_FAIL("rank %d of %d: %s: element %zu is %.9g, want %.9g", g_rank, g_size, what, i, b[i],
+             want);
   }
   memcpy(hi, b, count * sizeof(float));
   memcpy(lo, b, count * sizeof(float));
@@ -198,9 +204,11 @@ static void test_nonblocking(dml_comm *c) {
   check_rc(c, dml_coll_wait(r3, -1), "wait ibroadcast");
   check_rc(c, dml_coll_wait(r1, 60000), "wait iallreduce");
   check_rc(c, dml_coll_wait(r2, -1), "wait ireduce_scatter");
-  for (size_t i = 0; i < n; i++) expect_equal(a[i], reference(i, g_size, DML_SUM, DML_F32, 9), DML_F32, "iallreduce", i);
   for (size_t i = 0; i < n; i++)
-    expect_equal(o[i], reference((size_t)g_rank * n + i, g_size, DML_MAX, DML_F32, 10), DML_F32, "ireduce_scatter", i);
+    expect_equal(a[i], reference(i, g_size, DML_SUM, DML_F32, 9), DML_F32, "iallreduce", i);
+  for (size_t i = 0; i < n; i++)
+    expect_equal(o[i], reference((size_t)g_rank * n + i, g_size, DML_MAX, DML_F32, 10), DML_F32,
+                 "ireduce_scatter", i);
   for (size_t i = 0; i < 1000; i++) expect_equal(bc[i], (double)i * 0.5, DML_F64, "ibroadcast", i);
   /* A blocking collective after queued ones runs after them. */
   for (size_t i = 0; i < n; i++) o[i] = (float)val(g_rank, i, 11);
@@ -210,7 +218,8 @@ static void test_nonblocking(dml_comm *c) {
   T_ASSERT(one == (float)g_size);
   check_rc(c, dml_coll_wait(r5, -1), "wait iallgather");
   for (int r = 0; r < g_size; r++)
-    for (size_t i = 0; i < n; i++) expect_equal(g[(size_t)r * n + i], val(r, i, 11), DML_F32, "iallgather", i);
+    for (size_t i = 0; i < n; i++)
+      expect_equal(g[(size_t)r * n + i], val(r, i, 11), DML_F32, "iallgather", i);
   /* Compressed non-blocking. */
   for (size_t i = 0; i < 1000; i++) a[i] = 1.5f;
   check_rc(c, dml_iallreduce_f32_compressed(c, a, 1000, DML_BF16, DML_SUM, &r1), "icompressed");
@@ -245,7 +254,8 @@ static void run_grid(dml_comm *c) {
   for (size_t k = 0; k < ARRAY_LEN(counts); k++)
     for (size_t d = 0; d < 4; d++)
       for (size_t o = 0; o < 4; o++)
-        for (size_t a = 0; a < 2; a++) test_allreduce(c, counts[k], dts[d], ops[o], algos[a], seed++);
+        for (size_t a = 0; a < 2; a++)
+          test_allreduce(c, counts[k], dts[d], ops[o], algos[a], seed++);
   /* The large count: every algorithm once; more types where the rank count keeps it fast. */
   test_allreduce(c, BIG, DML_F32, DML_SUM, DML_ALGO_RING, seed++);
   if (g_size <= 4) {
@@ -325,7 +335,7 @@ static void run_world(int p) {
       snprintf(b, sizeof(b), "%d", port);
       setenv("MASTER_PORT", b, 1);
       setenv("DISTML_BACKEND", "tcp", 1);
-      alarm(240); /* a hang fails the test instead of stalling CTest */
+      alarm(240);       /* a hang fails the test instead of stalling CTest */
       exit(run_rank()); /* exit, not _exit: LeakSanitizer checks the rank */
     }
   }
@@ -334,7 +344,8 @@ static void run_world(int p) {
     int st;
     T_ASSERT(waitpid(pids[r], &st, 0) == pids[r]);
     if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-      fprintf(stderr, "world %d: rank %d %s %d\n", p, r, WIFEXITED(st) ? "exited with" : "killed by signal",
+      fprintf(stderr, "world %d: rank %d %s %d\n", p, r,
+              WIFEXITED(st) ? "exited with" : "killed by signal",
               WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
       failed = 1;
     }
@@ -345,7 +356,8 @@ static void run_world(int p) {
 }
 
 int main(int argc, char **argv) {
-  if (getenv("DISTML_RANK") || getenv("OMPI_COMM_WORLD_RANK") || getenv("PMI_RANK")) return run_rank();
+  if (getenv("DISTML_RANK") || getenv("OMPI_COMM_WORLD_RANK") || getenv("PMI_RANK"))
+    return run_rank();
   static const int worlds[] = {1, 2, 3, 4, 5, 8};
   if (getenv("DISTML_TIMEOUT_MS") == NULL) setenv("DISTML_TIMEOUT_MS", "60000", 1);
   for (size_t i = 0; i < ARRAY_LEN(worlds); i++) {

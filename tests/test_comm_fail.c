@@ -10,8 +10,8 @@
 #include "comm/internal.h" /* frame encoder, to forge a header with a huge length */
 
 typedef struct fail_arg {
-  int ready_fd;   /* write end: a rank writes one byte after joining */
-  int release_fd; /* read end: a rank blocks on it until the parent closes the write end */
+  int ready_fd;    /* write end: a rank writes one byte after joining */
+  int release_fd;  /* read end: a rank blocks on it until the parent closes the write end */
   int release_wfd; /* that write end (closed in the children) */
   const char *token[8];
   int timeout_ms;

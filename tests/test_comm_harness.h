@@ -40,9 +40,11 @@ static inline int th_free_port(void) {
 
 /* Remove every launcher variable so that options alone decide. */
 static inline void th_clear_env(void) {
-  const char *vars[] = {"DISTML_RANK", "DISTML_WORLD_SIZE", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                        "MASTER_PORT", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "PMI_RANK", "PMI_SIZE",
-                        "SLURM_PROCID", "SLURM_NTASKS", "DISTML_TOKEN", "DISTML_BACKEND", "DISTML_TIMEOUT_MS"};
+  const char *vars[] = {
+      "DISTML_RANK",          "DISTML_WORLD_SIZE", "RANK",           "WORLD_SIZE",
+      "LOCAL_RANK",           "MASTER_ADDR",       "MASTER_PORT",    "OMPI_COMM_WORLD_RANK",
+      "OMPI_COMM_WORLD_SIZE", "PMI_RANK",          "PMI_SIZE",       "SLURM_PROCID",
+      "SLURM_NTASKS",         "DISTML_TOKEN",      "DISTML_BACKEND", "DISTML_TIMEOUT_MS"};
   for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) unsetenv(vars[i]);
 }
 
@@ -58,7 +60,8 @@ static inline void th_opts(dml_comm_opts *o, int rank, int n, int port, int time
 
 /* Deterministic content: byte i of the message from src to dst with tag and length. */
 static inline uint8_t th_byte(int src, int dst, int tag, size_t len, size_t i) {
-  uint64_t x = (uint64_t)src * 1000003u + (uint64_t)dst * 7919u + (uint64_t)tag * 131u + len * 31u + i;
+  uint64_t x =
+      (uint64_t)src * 1000003u + (uint64_t)dst * 7919u + (uint64_t)tag * 131u + len * 31u + i;
   x ^= x >> 13;
   x *= 0x9E3779B97F4A7C15ull;
   return (uint8_t)(x >> 56);
@@ -82,7 +85,8 @@ typedef struct th_job {
 
 /* Fork rank r running fn; the child exits with fn's return value. stderr_path: redirect the
  * child's stderr there (NULL: inherit). */
-static inline pid_t th_spawn(int r, int n, int port, th_rank_fn fn, void *arg, const char *stderr_path) {
+static inline pid_t th_spawn(int r, int n, int port, th_rank_fn fn, void *arg,
+                             const char *stderr_path) {
   fflush(stdout);
   fflush(stderr);
   pid_t pid = fork();
@@ -124,7 +128,8 @@ static inline void th_run(const char *what, int n, th_rank_fn fn, void *arg, int
   for (int r = 0; r < n; r++) {
     int rc = th_wait_pid(pid[r], timeout_s);
     if (rc != 0) {
-      fprintf(stderr, "%s: rank %d of %d exited with %d%s\n", what, r, n, rc, rc == -1 ? " (hung: killed)" : "");
+      fprintf(stderr, "%s: rank %d of %d exited with %d%s\n", what, r, n, rc,
+              rc == -1 ? " (hung: killed)" : "");
       bad = 1;
     }
   }
@@ -132,21 +137,21 @@ static inline void th_run(const char *what, int n, th_rank_fn fn, void *arg, int
 }
 
 /* Inside a rank: print and return 1 instead of exiting the whole test from a library failure. */
-#define RK_OK(expr)                                                                                     \
-  do {                                                                                                 \
-    int r_rc_ = (expr);                                                                                \
-    if (r_rc_ != 0) {                                                                                  \
-      fprintf(stderr, "%s:%d: rank %d: %s returned %d (%s)\n", __FILE__, __LINE__, rank, #expr, r_rc_, \
-              dml_strerror(r_rc_));                                                                    \
-      return 1;                                                                                        \
-    }                                                                                                  \
+#define RK_OK(expr)                                                                             \
+  do {                                                                                          \
+    int r_rc_ = (expr);                                                                         \
+    if (r_rc_ != 0) {                                                                           \
+      fprintf(stderr, "%s:%d: rank %d: %s returned %d (%s)\n", __FILE__, __LINE__, rank, #expr, \
+              r_rc_, dml_strerror(r_rc_));                                                      \
+      return 1;                                                                                 \
+    }                                                                                           \
   } while (0)
-#define R_ASSERT(cond)                                                                   \
-  do {                                                                                   \
-    if (!(cond)) {                                                                       \
+#define R_ASSERT(cond)                                                                    \
+  do {                                                                                    \
+    if (!(cond)) {                                                                        \
       fprintf(stderr, "%s:%d: rank %d: assertion %s\n", __FILE__, __LINE__, rank, #cond); \
-      return 1;                                                                          \
-    }                                                                                    \
+      return 1;                                                                           \
+    }                                                                                     \
   } while (0)
 
 #endif

@@ -31,7 +31,8 @@ static void *thread_ring(void *p) {
     th_fill(sb, rank, dst, tag + it, len);
     dml_comm_req *r, *s;
     if (dml_comm_irecv(c, src, tag, rb, len, &r) || dml_comm_isend(c, dst, tag, sb, len, &s) ||
-        dml_comm_wait(c, s, -1) || dml_comm_wait(c, r, -1) || th_check(rb, src, rank, tag + it, len) != -1) {
+        dml_comm_wait(c, s, -1) || dml_comm_wait(c, r, -1) ||
+        th_check(rb, src, rank, tag + it, len) != -1) {
       a->failed = 1;
       break;
     }
@@ -108,7 +109,8 @@ static int exercise(dml_comm *c) {
       memset(rb, 0xEE, maxb);
       RK_OK(dml_comm_recv(c, j, 100 + (int)k, rb, len));
       long bad = th_check(rb, j, rank, 100 + (int)k, len);
-      if (bad >= 0) fprintf(stderr, "rank %d: from %d size %zu wrong at byte %ld\n", rank, j, len, bad);
+      if (bad >= 0)
+        fprintf(stderr, "rank %d: from %d size %zu wrong at byte %ld\n", rank, j, len, bad);
       R_ASSERT(bad == -1);
     }
   }

@@ -21,7 +21,8 @@ static int pingpong(dml_comm *c, pp_arg *a) {
   int rank = dml_comm_rank(c);
   int other = 1 - rank;
   if (rank > 1) return 0;
-  uint8_t *buf = malloc(a->max_bytes ? a->max_bytes : 1), *ref = malloc(a->max_bytes ? a->max_bytes : 1);
+  uint8_t *buf = malloc(a->max_bytes ? a->max_bytes : 1),
+          *ref = malloc(a->max_bytes ? a->max_bytes : 1);
   R_ASSERT(buf && ref);
   double sw = 0, sx = 0, sy = 0, sxx = 0, sxy = 0;
   int npts = 0;
@@ -62,8 +63,8 @@ static int pingpong(dml_comm *c, pp_arg *a) {
   if (a->bench && rank == 0 && npts > 1) {
     double beta = (sw * sxy - sx * sy) / (sw * sxx - sx * sx);
     double alpha = (sy - beta * sx) / sw;
-    printf("alpha-beta fit: alpha = %.2f us, beta = %.4f ns/byte (%.2f GB/s)\n", alpha * 1e6, beta * 1e9,
-           1.0 / beta / 1e9);
+    printf("alpha-beta fit: alpha = %.2f us, beta = %.4f ns/byte (%.2f GB/s)\n", alpha * 1e6,
+           beta * 1e9, 1.0 / beta / 1e9);
   }
   free(buf);
   free(ref);

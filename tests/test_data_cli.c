@@ -91,7 +91,8 @@ static void expect_cli_error(const char *spec, const char *fmt, const char *extr
                                 "--quiet", extra_flag, extra_val, (char *)NULL)
                       : run_cli(env_kv, "train", "--data", spec, "--format", fmt, "--epochs", "1",
                                 "--quiet", (char *)NULL);
-  if (st != 1) T_FAIL("distml train --data %s: exit status %d, expected 1; stderr: %s", spec, st, g_err);
+  if (st != 1)
+    T_FAIL("distml train --data %s: exit status %d, expected 1; stderr: %s", spec, st, g_err);
   T_CONTAINS(g_err, "error:");
   T_CONTAINS(g_err, frag1);
   if (frag2 != NULL) T_CONTAINS(g_err, frag2);
@@ -132,14 +133,15 @@ static unsigned char *gzip_bytes(const void *data, size_t len, size_t *out_len) 
 }
 
 int main(void) {
-  snprintf(g_dir, sizeof(g_dir), "%s/distml-data-cli-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+  snprintf(g_dir, sizeof(g_dir), "%s/distml-data-cli-XXXXXX",
+           getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
   T_ASSERT(mkdtemp(g_dir) != NULL);
   char where[700], spec[1200];
 
   /* a good LIBSVM file trains (so the failures below come from the data, not the flags) */
   write_bytes(tpath("good.svm"), "1 1:1 2:1\n0 3:1\n1 1:1\n0 2:1 3:1\n", 32);
-  int st = run_cli(NULL, "train", "--data", tpath("good.svm"), "--test", tpath("good.svm"), "--model",
-                   "logreg", "--batch", "2", "--epochs", "1", "--quiet", (char *)NULL);
+  int st = run_cli(NULL, "train", "--data", tpath("good.svm"), "--test", tpath("good.svm"),
+                   "--model", "logreg", "--batch", "2", "--epochs", "1", "--quiet", (char *)NULL);
   if (st != 0) T_FAIL("training on a good file: exit status %d; stderr: %s", st, g_err);
 
   /* LIBSVM text */
@@ -160,7 +162,8 @@ int main(void) {
   }
   write_bytes(tpath("beyond.svm"), "1 1:1\n0 2:1 9:1\n", 16);
   snprintf(where, sizeof(where), "%s:2:7:", tpath("beyond.svm"));
-  expect_cli_error(tpath("beyond.svm"), "libsvm", "--features", "5", NULL, where, "declared feature count 5");
+  expect_cli_error(tpath("beyond.svm"), "libsvm", "--features", "5", NULL, where,
+                   "declared feature count 5");
 
   /* CSV */
   write_bytes(tpath("ragged.csv"), "y,a,b\n1,2,3\n0,1\n", 17);
@@ -172,7 +175,8 @@ int main(void) {
 
   /* directory, missing file, missing named data set */
   expect_cli_error(g_dir, "auto", NULL, NULL, NULL, g_dir, "is a directory");
-  expect_cli_error(tpath("missing.svm"), "auto", NULL, NULL, NULL, tpath("missing.svm"), "no such file");
+  expect_cli_error(tpath("missing.svm"), "auto", NULL, NULL, NULL, tpath("missing.svm"),
+                   "no such file");
   static char envbuf[600];
   snprintf(envbuf, sizeof(envbuf), "DISTML_DATA_DIR=%s", g_dir);
   expect_cli_error("fashion-mnist", "auto", NULL, NULL, envbuf, "fashion-mnist",
@@ -186,8 +190,10 @@ int main(void) {
   memcpy(buf, img, il);
   buf[1] = 0x42;
   write_bytes(tpath("magic-images-idx3-ubyte"), buf, il);
-  snprintf(spec, sizeof(spec), "%s,%s", tpath("magic-images-idx3-ubyte"), tpath("x-labels-idx1-ubyte"));
-  expect_cli_error(spec, "idx", NULL, NULL, NULL, tpath("magic-images-idx3-ubyte"), "wrong IDX magic at byte offset 0");
+  snprintf(spec, sizeof(spec), "%s,%s", tpath("magic-images-idx3-ubyte"),
+           tpath("x-labels-idx1-ubyte"));
+  expect_cli_error(spec, "idx", NULL, NULL, NULL, tpath("magic-images-idx3-ubyte"),
+                   "wrong IDX magic at byte offset 0");
   snprintf(spec, sizeof(spec), "%s,%s", tpath("x-labels-idx1-ubyte"), tpath("x-labels-idx1-ubyte"));
   expect_cli_error(spec, "idx", NULL, NULL, NULL, "byte offset 3", "dimensions");
   write_bytes(tpath("t-images-idx3-ubyte"), img, il - 1);
@@ -201,13 +207,16 @@ int main(void) {
   size_t gl;
   unsigned char *gz = gzip_bytes(img, il, &gl);
   write_bytes(tpath("gzt-images-idx3-ubyte.gz"), gz, gl - 10);
-  snprintf(spec, sizeof(spec), "%s,%s", tpath("gzt-images-idx3-ubyte.gz"), tpath("x-labels-idx1-ubyte"));
+  snprintf(spec, sizeof(spec), "%s,%s", tpath("gzt-images-idx3-ubyte.gz"),
+           tpath("x-labels-idx1-ubyte"));
   snprintf(where, sizeof(where), "byte offset %zu", gl - 10);
   expect_cli_error(spec, "auto", NULL, NULL, NULL, "truncated gzip", where);
   gz[gl - 6] ^= 0x5a; /* CRC */
   write_bytes(tpath("gzc-images-idx3-ubyte.gz"), gz, gl);
-  snprintf(spec, sizeof(spec), "%s,%s", tpath("gzc-images-idx3-ubyte.gz"), tpath("x-labels-idx1-ubyte"));
-  expect_cli_error(spec, "auto", NULL, NULL, NULL, tpath("gzc-images-idx3-ubyte.gz"), "corrupt gzip");
+  snprintf(spec, sizeof(spec), "%s,%s", tpath("gzc-images-idx3-ubyte.gz"),
+           tpath("x-labels-idx1-ubyte"));
+  expect_cli_error(spec, "auto", NULL, NULL, NULL, tpath("gzc-images-idx3-ubyte.gz"),
+                   "corrupt gzip");
   free(gz);
 
   char cmd[400];

@@ -91,16 +91,17 @@ static void free_result(run_result *r) {
 }
 
 static void test_env_and_prefixes(void) {
-  run_result r = launch_sh(3,
-                           "echo \"hello $DISTML_RANK of $DISTML_WORLD_SIZE rank=$RANK ws=$WORLD_SIZE "
-                           "local=$LOCAL_RANK addr=$MASTER_ADDR port=$MASTER_PORT\"; "
-                           "echo \"oops $DISTML_RANK\" >&2; printf 'no newline %s' $DISTML_RANK",
-                           0, 0, 0);
+  run_result r =
+      launch_sh(3,
+                "echo \"hello $DISTML_RANK of $DISTML_WORLD_SIZE rank=$RANK ws=$WORLD_SIZE "
+                "local=$LOCAL_RANK addr=$MASTER_ADDR port=$MASTER_PORT\"; "
+                "echo \"oops $DISTML_RANK\" >&2; printf 'no newline %s' $DISTML_RANK",
+                0, 0, 0);
   T_EQ_INT(r.status, 0);
   for (int i = 0; i < 3; i++) {
     char want[128];
-    snprintf(want, sizeof(want), "[r%d] hello %d of 3 rank=%d ws=3 local=%d addr=127.0.0.1 port=", i,
-             i, i, i);
+    snprintf(want, sizeof(want),
+             "[r%d] hello %d of 3 rank=%d ws=3 local=%d addr=127.0.0.1 port=", i, i, i, i);
     T_CONTAINS(r.out, want);
     snprintf(want, sizeof(want), "[r%d] oops %d\n", i, i);
     T_CONTAINS(r.err, want);
@@ -204,10 +205,8 @@ static void test_child_setup(void) {
 /* The command-line front end: bad flags exit 2 with a message naming the flag. */
 static void test_cli_flags(void) {
   const char *cases[][6] = {
-      {"launch", "-n", "abc", "--", "true", NULL},
-      {"launch", "-n", "0", "--", "true", NULL},
-      {"launch", "--bogus", "--", "true", NULL, NULL},
-      {"launch", "-n", "2", NULL, NULL, NULL},
+      {"launch", "-n", "abc", "--", "true", NULL},     {"launch", "-n", "0", "--", "true", NULL},
+      {"launch", "--bogus", "--", "true", NULL, NULL}, {"launch", "-n", "2", NULL, NULL, NULL},
       {"launch", "--timeout", "-1", "-n", "2", NULL},
   };
   const char *expect[] = {"-n", "-n", "unknown flag '--bogus'", "no program", "--timeout"};

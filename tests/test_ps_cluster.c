@@ -16,13 +16,13 @@
 
 typedef struct scenario {
   int servers, colocated, staleness;
-  int hostile_from;  /* ranks >= this send one bad frame each and leave (0: none) */
-  int victim;        /* rank that kills itself after 3 iterations (0: none) */
-  int dup;           /* world 2: raw resent push */
-  int raw_hostile;   /* the first worker opens raw TCP connections to the server's ports and
+  int hostile_from; /* ranks >= this send one bad frame each and leave (0: none) */
+  int victim;       /* rank that kills itself after 3 iterations (0: none) */
+  int dup;          /* world 2: raw resent push */
+  int raw_hostile;  /* the first worker opens raw TCP connections to the server's ports and
                         sends garbage and a huge length before the job starts */
-  int dense;         /* the same through the dense API over 200k keys (several parts) */
-  int sgd;           /* server-side SGD lr 1 with BSP sync aggregation: a pull at clock c reads
+  int dense;        /* the same through the dense API over 200k keys (several parts) */
+  int sgd;          /* server-side SGD lr 1 with BSP sync aggregation: a pull at clock c reads
                         exactly -c (the mean of the W pushes of 1 per clock, one step per clock) */
 } scenario;
 
@@ -211,8 +211,8 @@ static int rank_main(int rank, int n, int port, void *arg) {
       }
       if (sc->sgd) lo = hi = -(double)c0;
       if (got[i] < lo || got[i] > hi) {
-        fprintf(stderr, "rank %d clock %llu key %zu: read %g, want [%g, %g]\n", rank, (unsigned long long)c0, i,
-                (double)got[i], lo, hi);
+        fprintf(stderr, "rank %d clock %llu key %zu: read %g, want [%g, %g]\n", rank,
+                (unsigned long long)c0, i, (double)got[i], lo, hi);
         rc = 1;
         break;
       }
@@ -273,7 +273,8 @@ int main(void) {
   run("BSP 1 server 2 workers: values in bounds", 3, (scenario){.servers = 1});
   run("BSP 2 servers 2 workers: values in bounds", 4, (scenario){.servers = 2});
   run("BSP colocated 3 ranks: values in bounds", 3, (scenario){.colocated = 1});
-  run("dense API, BSP 2 servers 2 workers: values in bounds", 4, (scenario){.servers = 2, .dense = 1});
+  run("dense API, BSP 2 servers 2 workers: values in bounds", 4,
+      (scenario){.servers = 2, .dense = 1});
   run("dense API, colocated 2 ranks: values in bounds", 2, (scenario){.colocated = 1, .dense = 1});
   run("BSP sync aggregation, server SGD: exact values", 4, (scenario){.servers = 1, .sgd = 1});
   run("BSP sync aggregation colocated: exact values", 3, (scenario){.colocated = 1, .sgd = 1});
@@ -283,7 +284,8 @@ int main(void) {
   run("hostile ranks dropped, job goes on", 6, (scenario){.servers = 1, .hostile_from = 3});
   run("raw TCP garbage and huge lengths on the server's ports: job goes on", 3,
       (scenario){.servers = 1, .raw_hostile = 1});
-  run("worker killed under ASP: run completes", 4, (scenario){.servers = 1, .staleness = DML_PS_ASP, .victim = 3});
+  run("worker killed under ASP: run completes", 4,
+      (scenario){.servers = 1, .staleness = DML_PS_ASP, .victim = 3});
   run("worker killed under BSP: the others stop waiting", 4, (scenario){.servers = 1, .victim = 3});
   return 0;
 }

@@ -35,8 +35,8 @@ static int rank_main(int rank, int n, int port, void *arg) {
 }
 
 static double run_ps(job *j, int n, const char *what) {
-  snprintf(j->out_path, sizeof j->out_path, "%s/distml_ps_train_%d.txt", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp",
-           (int)getpid());
+  snprintf(j->out_path, sizeof j->out_path, "%s/distml_ps_train_%d.txt",
+           getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", (int)getpid());
   remove(j->out_path);
   th_run(what, n, rank_main, j, 300);
   FILE *f = fopen(j->out_path, "r");
@@ -52,7 +52,8 @@ static double run_ps(job *j, int n, const char *what) {
 
 int main(int argc, char **argv) {
   char path[256];
-  snprintf(path, sizeof path, "%s/distml_ps_data_%d.svm", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", (int)getpid());
+  snprintf(path, sizeof path, "%s/distml_ps_data_%d.svm",
+           getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", (int)getpid());
   dml_err err;
   /* `test_ps_train ROWS FEATURES` runs the same comparison at another size (a fifth of the rows
    * are the test set), e.g. the issue's 250000 1000000 */
@@ -109,7 +110,8 @@ int main(int argc, char **argv) {
     double auc = run_ps(&j, runs[i].n, runs[i].what);
     printf("%s: test AUC %.4f (local %.4f)\n", runs[i].what, auc, local.test_auc);
     /* "reaches": at least local - 0.01 (more, smaller steps under SSP/ASP may do better) */
-    if (!(auc >= local.test_auc - 0.01)) T_FAIL("%s: AUC %.4f below local %.4f - 0.01", runs[i].what, auc, local.test_auc);
+    if (!(auc >= local.test_auc - 0.01))
+      T_FAIL("%s: AUC %.4f below local %.4f - 0.01", runs[i].what, auc, local.test_auc);
   }
   dml_dataset_free(&train);
   dml_dataset_free(&test);

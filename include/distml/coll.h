@@ -112,8 +112,8 @@ int dml_iallreduce_with(dml_comm *c, void *buf, size_t count, dml_dtype dt, dml_
                         dml_allreduce_algo algo, dml_coll_req **req);
 int dml_ireduce_scatter(dml_comm *c, const void *sendbuf, void *recvbuf, size_t recvcount,
                         dml_dtype dt, dml_redop op, dml_coll_req **req);
-int dml_iallgather(dml_comm *c, const void *sendbuf, void *recvbuf, size_t sendcount,
-                   dml_dtype dt, dml_coll_req **req);
+int dml_iallgather(dml_comm *c, const void *sendbuf, void *recvbuf, size_t sendcount, dml_dtype dt,
+                   dml_coll_req **req);
 int dml_ibroadcast(dml_comm *c, void *buf, size_t count, dml_dtype dt, int root,
                    dml_coll_req **req);
 int dml_ibarrier(dml_comm *c, dml_coll_req **req);

@@ -32,16 +32,16 @@ typedef struct dml_comm_req dml_comm_req;
 #define DML_TAG_RESERVED 0x40000000
 
 typedef struct dml_comm_opts {
-  const char *backend;      /* "tcp" (default) or "mpi"; NULL: DISTML_BACKEND or "tcp" */
-  int rank;                 /* -1: from the environment (DISTML_RANK, RANK, OMPI_COMM_WORLD_RANK,
+  const char *backend;        /* "tcp" (default) or "mpi"; NULL: DISTML_BACKEND or "tcp" */
+  int rank;                   /* -1: from the environment (DISTML_RANK, RANK, OMPI_COMM_WORLD_RANK,
                                PMI_RANK, SLURM_PROCID); no variables at all: rank 0 of 1 */
-  int world_size;           /* -1: from the environment likewise */
-  const char *master_addr;  /* coordinator host; NULL: MASTER_ADDR or 127.0.0.1 */
-  int master_port;          /* coordinator port; 0: MASTER_PORT (required when world_size > 1) */
-  const char *bind_addr;    /* address rank 0 listens on; NULL: DISTML_BIND_ADDR, else loopback
+  int world_size;             /* -1: from the environment likewise */
+  const char *master_addr;    /* coordinator host; NULL: MASTER_ADDR or 127.0.0.1 */
+  int master_port;            /* coordinator port; 0: MASTER_PORT (required when world_size > 1) */
+  const char *bind_addr;      /* address rank 0 listens on; NULL: DISTML_BIND_ADDR, else loopback
                                unless master_addr is not a loopback address (then master_addr) */
-  const char *token;        /* shared secret for joining; NULL: DISTML_TOKEN (unset: no auth) */
-  int timeout_ms;           /* limit for each blocking operation and for joining;
+  const char *token;          /* shared secret for joining; NULL: DISTML_TOKEN (unset: no auth) */
+  int timeout_ms;             /* limit for each blocking operation and for joining;
                                0: DISTML_TIMEOUT_MS or 60000 */
   uint64_t max_message_bytes; /* a frame longer than this is a protocol error; 0: 1 GiB */
 } dml_comm_opts;
@@ -86,7 +86,8 @@ void dml_comm_buf_free(void *buf);
 /* Non-blocking forms: progress happens in the background while the caller computes.
  * *req is owned by the library; it is released by a wait or test that reports completion or
  * failure, and must not be used after that. */
-int dml_comm_isend(dml_comm *c, int peer, int tag, const void *buf, size_t bytes, dml_comm_req **req);
+int dml_comm_isend(dml_comm *c, int peer, int tag, const void *buf, size_t bytes,
+                   dml_comm_req **req);
 int dml_comm_irecv(dml_comm *c, int peer, int tag, void *buf, size_t bytes, dml_comm_req **req);
 /* Wait up to timeout_ms (-1: the communicator's timeout). Returns the request's status (the
  * message in dml_comm_errmsg) and releases req; DML_ETIMEDOUT leaves req valid and pending. */

@@ -16,28 +16,28 @@ extern "C" {
 /* ---------------------------------------------------------------------------------------------
  * Status codes. Every library function that can fail returns int: 0 on success, a negative
  * DML_E... code on failure. One table defines the codes, their names and their messages. */
-#define DML_ERRNO_MAP(XX)                                                              \
-  XX(EINVAL, -1, "invalid argument")                                                   \
-  XX(ENOMEM, -2, "out of memory")                                                      \
-  XX(EIO, -3, "input/output error")                                                    \
-  XX(ENOENT, -4, "no such file or directory")                                          \
-  XX(EISDIR, -5, "is a directory")                                                     \
-  XX(EFORMAT, -6, "malformed input")                                                   \
-  XX(ERANGE, -7, "value out of range")                                                 \
-  XX(EOVERFLOW, -8, "size too large")                                                  \
-  XX(ETIMEDOUT, -9, "timed out")                                                       \
-  XX(EPEER, -10, "peer failed")                                                        \
-  XX(ECLOSED, -11, "connection closed")                                                \
-  XX(ECONNREFUSED, -12, "connection refused")                                          \
-  XX(EAUTH, -13, "authentication failed")                                              \
-  XX(EPROTO, -14, "protocol error")                                                    \
-  XX(EMISMATCH, -15, "mismatch between ranks")                                         \
-  XX(EUNSUPPORTED, -16, "not supported")                                               \
-  XX(ECANCELED, -17, "canceled")                                                       \
-  XX(EABORTED, -18, "aborted")                                                         \
-  XX(EAGAIN, -19, "try again")                                                         \
-  XX(EEXIST, -20, "already exists")                                                    \
-  XX(ESTATE, -21, "invalid state for this operation")                                  \
+#define DML_ERRNO_MAP(XX)                             \
+  XX(EINVAL, -1, "invalid argument")                  \
+  XX(ENOMEM, -2, "out of memory")                     \
+  XX(EIO, -3, "input/output error")                   \
+  XX(ENOENT, -4, "no such file or directory")         \
+  XX(EISDIR, -5, "is a directory")                    \
+  XX(EFORMAT, -6, "malformed input")                  \
+  XX(ERANGE, -7, "value out of range")                \
+  XX(EOVERFLOW, -8, "size too large")                 \
+  XX(ETIMEDOUT, -9, "timed out")                      \
+  XX(EPEER, -10, "peer failed")                       \
+  XX(ECLOSED, -11, "connection closed")               \
+  XX(ECONNREFUSED, -12, "connection refused")         \
+  XX(EAUTH, -13, "authentication failed")             \
+  XX(EPROTO, -14, "protocol error")                   \
+  XX(EMISMATCH, -15, "mismatch between ranks")        \
+  XX(EUNSUPPORTED, -16, "not supported")              \
+  XX(ECANCELED, -17, "canceled")                      \
+  XX(EABORTED, -18, "aborted")                        \
+  XX(EAGAIN, -19, "try again")                        \
+  XX(EEXIST, -20, "already exists")                   \
+  XX(ESTATE, -21, "invalid state for this operation") \
   XX(ESYS, -22, "system call failed")
 
 typedef enum {
@@ -59,8 +59,7 @@ typedef struct dml_err {
 } dml_err;
 
 /* Record code and a printf-style message in err (if non-NULL); returns code. */
-int dml_err_set(dml_err *err, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+int dml_err_set(dml_err *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* Clears err (code 0, empty message). */
 void dml_err_clear(dml_err *err);
 /* The message, or dml_strerror(code) if none was recorded. */
@@ -78,7 +77,12 @@ int dml_replace_allocator(dml_malloc_fn m, dml_realloc_fn r, dml_calloc_fn c, dm
 /* ---------------------------------------------------------------------------------------------
  * Logging to stderr: "[distml r3 WARN] message". Level from DISTML_LOG (error|warn|info|debug)
  * or dml_log_set_level; rank prefix from dml_log_set_rank (none while rank < 0). */
-typedef enum { DML_LOG_ERROR = 0, DML_LOG_WARN = 1, DML_LOG_INFO = 2, DML_LOG_DEBUG = 3 } dml_log_level;
+typedef enum {
+  DML_LOG_ERROR = 0,
+  DML_LOG_WARN = 1,
+  DML_LOG_INFO = 2,
+  DML_LOG_DEBUG = 3
+} dml_log_level;
 void dml_log_set_level(dml_log_level level);
 dml_log_level dml_log_get_level(void);
 void dml_log_set_rank(int rank);
@@ -114,13 +118,13 @@ void dml_rng_shuffle_u32(dml_rng *rng, uint32_t *idx, size_t n);
  * end) when the stream is not a TTY. Not thread-safe. */
 typedef struct dml_progress {
   FILE *out;
-  int tty;            /* 1 if out is a terminal */
+  int tty; /* 1 if out is a terminal */
   char label[64];
-  uint64_t total;     /* units of work (e.g. samples) */
+  uint64_t total; /* units of work (e.g. samples) */
   uint64_t done;
   double start_s;
   double last_draw_s;
-  double interval_s;  /* time between plain lines when not a TTY */
+  double interval_s; /* time between plain lines when not a TTY */
   int active;
 } dml_progress;
 /* Start a bar for total units on out (stderr if NULL). */
@@ -135,8 +139,8 @@ void dml_progress_end(dml_progress *p, const char *status);
  * line is written (and flushed) at end. Keys and strings are escaped. */
 typedef struct dml_jsonl {
   FILE *f;
-  int owned;       /* 1 if opened by dml_jsonl_open and closed by dml_jsonl_close */
-  char *buf;       /* the line being built */
+  int owned; /* 1 if opened by dml_jsonl_open and closed by dml_jsonl_close */
+  char *buf; /* the line being built */
   size_t len, cap;
   int nfields;
 } dml_jsonl;
@@ -163,13 +167,14 @@ int dml_parse_double(const char *s, double min, double max, double *out, dml_err
 int dml_parse_size(const char *s, uint64_t max, uint64_t *out, dml_err *err);
 /* Integer from the environment variable name, or def if unset; a set but malformed value is an
  * error (DML_EINVAL, with the name in err). */
-int dml_env_i64(const char *name, int64_t def, int64_t min, int64_t max, int64_t *out, dml_err *err);
+int dml_env_i64(const char *name, int64_t def, int64_t min, int64_t max, int64_t *out,
+                dml_err *err);
 
 /* ---------------------------------------------------------------------------------------------
  * Files. Atomic write: data goes to "path.tmp.<pid>", is fsynced, then renamed over path; on any
  * failure the temporary is removed and path is untouched. */
 typedef struct dml_atomic_file {
-  FILE *f;            /* write through this */
+  FILE *f; /* write through this */
   char *path;
   char *tmp_path;
 } dml_atomic_file;

@@ -27,15 +27,15 @@ extern "C" {
 /* A data set in memory: n rows of dim features, either dense (x) or CSR (indptr/indices/values),
  * exactly one of the two; labels are class ids 0..num_classes-1. */
 typedef struct dml_dataset {
-  char *name;         /* where it came from (path or spec), for messages; owned */
-  int n;              /* rows */
-  int dim;            /* features per row */
-  int num_classes;    /* classes (>= 2); labels are in [0, num_classes) */
-  int32_t *y;         /* labels (n) */
-  float *x;           /* dense rows (n, dim) row-major, or NULL when sparse */
-  uint64_t *indptr;   /* CSR (n+1), indptr[0] == 0, or NULL when dense */
-  uint32_t *indices;  /* CSR column indices, 0-based, strictly increasing within a row */
-  float *values;      /* CSR values (indptr[n]) */
+  char *name;        /* where it came from (path or spec), for messages; owned */
+  int n;             /* rows */
+  int dim;           /* features per row */
+  int num_classes;   /* classes (>= 2); labels are in [0, num_classes) */
+  int32_t *y;        /* labels (n) */
+  float *x;          /* dense rows (n, dim) row-major, or NULL when sparse */
+  uint64_t *indptr;  /* CSR (n+1), indptr[0] == 0, or NULL when dense */
+  uint32_t *indices; /* CSR column indices, 0-based, strictly increasing within a row */
+  float *values;     /* CSR values (indptr[n]) */
 } dml_dataset;
 
 /* Releases every array and zeroes ds. Accepts NULL and a zeroed or already-freed data set. */
@@ -44,11 +44,15 @@ void dml_dataset_free(dml_dataset *ds);
 uint64_t dml_dataset_nnz(const dml_dataset *ds);
 
 /* CSV header handling. */
-typedef enum { DML_CSV_HEADER_AUTO = 0, DML_CSV_HEADER_YES = 1, DML_CSV_HEADER_NO = 2 } dml_csv_header;
+typedef enum {
+  DML_CSV_HEADER_AUTO = 0,
+  DML_CSV_HEADER_YES = 1,
+  DML_CSV_HEADER_NO = 2
+} dml_csv_header;
 
 /* Reader options. Initialise with dml_data_opts_init (or pass NULL for the defaults). */
 typedef struct dml_data_opts {
-  int csv_label_col;         /* CSV: label column; negative counts from the end (-1 = last). Default 0 */
+  int csv_label_col; /* CSV: label column; negative counts from the end (-1 = last). Default 0 */
   dml_csv_header csv_header; /* CSV: header row auto-detected (default), forced present or absent */
   int64_t num_features;      /* LIBSVM: declared feature count (an index beyond it is an error);
                                 0 (default) = the largest index seen */
@@ -109,14 +113,14 @@ int dml_dataset_keep_range(dml_dataset *ds, int begin, int end, dml_err *err);
 /* Reusable buffers for gathered batches; zero-initialise, then gather into it as often as needed;
  * it grows to the largest batch seen. Free with dml_batch_buf_free. */
 typedef struct dml_batch_buf {
-  float *x;          /* dense rows; capacity x_cap floats */
+  float *x; /* dense rows; capacity x_cap floats */
   size_t x_cap;
-  uint64_t *indptr;  /* capacity indptr_cap entries */
+  uint64_t *indptr; /* capacity indptr_cap entries */
   size_t indptr_cap;
   uint32_t *indices; /* capacity nnz_cap entries, as values */
   float *values;
   size_t nnz_cap;
-  int32_t *y;        /* capacity y_cap entries */
+  int32_t *y; /* capacity y_cap entries */
   size_t y_cap;
 } dml_batch_buf;
 void dml_batch_buf_free(dml_batch_buf *buf);
@@ -126,8 +130,8 @@ void dml_batch_buf_free(dml_batch_buf *buf);
 int dml_dataset_gather(const dml_dataset *ds, const uint32_t *rows, int count, dml_batch_buf *buf,
                        dml_batch *out, dml_err *err);
 /* A view of rows [begin, begin+count) without copying (CSR: indptr is rebased into buf). */
-int dml_dataset_slice(const dml_dataset *ds, int begin, int count, dml_batch_buf *buf, dml_batch *out,
-                      dml_err *err);
+int dml_dataset_slice(const dml_dataset *ds, int begin, int count, dml_batch_buf *buf,
+                      dml_batch *out, dml_err *err);
 
 /* ---------------------------------------------------------------------------------------------
  * Writers and generators (for `distml gen`). All write LIBSVM text: "label idx:val ..." with
@@ -149,9 +153,10 @@ int dml_gen_sparse_binary_file(const char *path, int64_t rows, int64_t features,
 
 /* Dense multi-class Gaussian blobs: class centres ~ N(0, 1.5^2) per feature, rows = centre of a
  * uniformly drawn class + N(0, 1) noise; every feature written. */
-int dml_gen_dense_multiclass(FILE *f, int64_t rows, int dim, int classes, uint64_t seed, dml_err *err);
-int dml_gen_dense_multiclass_file(const char *path, int64_t rows, int dim, int classes, uint64_t seed,
-                                  dml_err *err);
+int dml_gen_dense_multiclass(FILE *f, int64_t rows, int dim, int classes, uint64_t seed,
+                             dml_err *err);
+int dml_gen_dense_multiclass_file(const char *path, int64_t rows, int dim, int classes,
+                                  uint64_t seed, dml_err *err);
 
 #ifdef __cplusplus
 }

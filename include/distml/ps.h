@@ -30,13 +30,13 @@ extern "C" {
 #define DML_PS_ASP (-1)
 
 typedef struct dml_ps_config {
-  int num_servers;       /* S >= 1 dedicated servers (ranks 0..S-1); ignored when colocated */
-  int colocated;         /* 1: every rank is a worker and holds a shard */
-  int staleness;         /* 0 BSP, s > 0 SSP, DML_PS_ASP */
-  int sum_only;          /* 1: the server adds pushed values (the worker optimizes) */
-  dml_optim_config optim;/* server-side optimizer when !sum_only (SGD, AdaGrad, Adam, FTRL) */
-  int max_in_flight;     /* worker: requests outstanding at once (0: 64) */
-  int sync_aggregate;    /* BSP with an optimizer: the pushes of one clock are summed and their
+  int num_servers;        /* S >= 1 dedicated servers (ranks 0..S-1); ignored when colocated */
+  int colocated;          /* 1: every rank is a worker and holds a shard */
+  int staleness;          /* 0 BSP, s > 0 SSP, DML_PS_ASP */
+  int sum_only;           /* 1: the server adds pushed values (the worker optimizes) */
+  dml_optim_config optim; /* server-side optimizer when !sum_only (SGD, AdaGrad, Adam, FTRL) */
+  int max_in_flight;      /* worker: requests outstanding at once (0: 64) */
+  int sync_aggregate;     /* BSP with an optimizer: the pushes of one clock are summed and their
                             mean applied as one optimizer step once every live worker has passed
                             that clock (1 by default); 0: every push is its own step */
 } dml_ps_config;
@@ -111,7 +111,8 @@ int dml_ps_pushpull(dml_ps *ps, const uint64_t *keys, const float *grads, float 
  * Under BSP aggregation dense pushes are still applied one optimizer step per push. */
 int dml_ps_push_dense(dml_ps *ps, uint64_t lo, const float *vals, size_t n, uint64_t *ts);
 int dml_ps_pull_dense(dml_ps *ps, uint64_t lo, float *vals_out, size_t n, uint64_t *ts);
-int dml_ps_pushpull_dense(dml_ps *ps, uint64_t lo, const float *grads, float *vals_out, size_t n, uint64_t *ts);
+int dml_ps_pushpull_dense(dml_ps *ps, uint64_t lo, const float *grads, float *vals_out, size_t n,
+                          uint64_t *ts);
 /* Pull that is answered only when every other worker has left or died (the final model). */
 int dml_ps_pull_final(dml_ps *ps, const uint64_t *keys, float *vals_out, size_t n, uint64_t *ts);
 /* Waits for request ts (bounded by the communicator's timeout: a server that stays silent is an

@@ -60,14 +60,14 @@ int dml_pool_worker_index(const dml_pool *pool);
 /* Counters, summed over the workers (each worker counts in its own cache line; the sum is read
  * without stopping the pool, so it is a snapshot, exact once the pool is quiet). */
 typedef struct dml_pool_stats {
-  uint64_t spawned;       /* tasks pushed by workers onto their own deques */
-  uint64_t injected;      /* tasks submitted from threads outside the pool */
-  uint64_t executed;      /* tasks run (or skipped because their group was cancelled) */
-  uint64_t stolen;        /* tasks taken from another worker's deque */
-  uint64_t steal_fails;   /* steal attempts that found nothing or lost a race */
-  uint64_t sleeps;        /* times a worker went to sleep after spinning */
-  unsigned sleeping;      /* workers asleep right now */
-  uint64_t idle_ns;       /* time workers spent looking for work or asleep (all workers) */
+  uint64_t spawned;     /* tasks pushed by workers onto their own deques */
+  uint64_t injected;    /* tasks submitted from threads outside the pool */
+  uint64_t executed;    /* tasks run (or skipped because their group was cancelled) */
+  uint64_t stolen;      /* tasks taken from another worker's deque */
+  uint64_t steal_fails; /* steal attempts that found nothing or lost a race */
+  uint64_t sleeps;      /* times a worker went to sleep after spinning */
+  unsigned sleeping;    /* workers asleep right now */
+  uint64_t idle_ns;     /* time workers spent looking for work or asleep (all workers) */
 } dml_pool_stats;
 void dml_pool_get_stats(const dml_pool *pool, dml_pool_stats *stats);
 
@@ -154,33 +154,33 @@ typedef int (*dml_pipe_map_fn)(void *ctx, uint64_t epoch, uint64_t index, dml_rn
 /* Gather count elements (pointers to their buffers, in batch order) into batch (batch_bytes).
  * idx[i] is the index of element i. count < batch_size only for a last partial batch. Runs on
  * a pool worker, concurrently with other batches' collates. */
-typedef int (*dml_pipe_collate_fn)(void *ctx, void *const *elems, const uint64_t *idx,
-                                   size_t count, void *batch);
+typedef int (*dml_pipe_collate_fn)(void *ctx, void *const *elems, const uint64_t *idx, size_t count,
+                                   void *batch);
 
 typedef struct dml_pipe_opts {
-  uint64_t n;               /* elements per epoch */
-  size_t elem_bytes;        /* size of one mapped element (> 0) */
-  size_t batch_size;        /* elements per batch (> 0) */
-  size_t batch_bytes;       /* size of one collated batch (> 0) */
-  int drop_last;            /* 1: drop a last partial batch */
-  int shuffle_order;        /* 1: the source visits 0..n-1 in a random order per (seed, epoch) */
-  size_t shuffle_buffer;    /* shuffle buffer (indices) after the source; 0 or 1: none */
-  int unordered;            /* 1: hand out whichever batch is ready first (a slow batch does not
+  uint64_t n;            /* elements per epoch */
+  size_t elem_bytes;     /* size of one mapped element (> 0) */
+  size_t batch_size;     /* elements per batch (> 0) */
+  size_t batch_bytes;    /* size of one collated batch (> 0) */
+  int drop_last;         /* 1: drop a last partial batch */
+  int shuffle_order;     /* 1: the source visits 0..n-1 in a random order per (seed, epoch) */
+  size_t shuffle_buffer; /* shuffle buffer (indices) after the source; 0 or 1: none */
+  int unordered;         /* 1: hand out whichever batch is ready first (a slow batch does not
                                hold up the others); batch contents stay deterministic */
-  size_t prefetch;          /* batches prepared ahead of the one the consumer holds; 0: 2 */
-  size_t map_chunk;         /* elements per map task; 0: batch_size / (2 x threads), at least 1 */
-  uint64_t byte_budget;     /* cap on bytes of batch slots (elements + batch); 0: 256 MiB. The
+  size_t prefetch;       /* batches prepared ahead of the one the consumer holds; 0: 2 */
+  size_t map_chunk;      /* elements per map task; 0: batch_size / (2 x threads), at least 1 */
+  uint64_t byte_budget;  /* cap on bytes of batch slots (elements + batch); 0: 256 MiB. The
                                number of slots (prefetch + 1) is cut to fit; one must fit. */
   uint64_t seed;
   dml_pipe_map_fn map;
   dml_pipe_collate_fn collate;
-  void *ctx;                /* passed to map and collate */
+  void *ctx; /* passed to map and collate */
 } dml_pipe_opts;
 
 /* One batch handed to the consumer. */
 typedef struct dml_pipe_batch {
-  void *data;          /* batch_bytes bytes filled by collate; owned by the pipeline */
-  size_t count;        /* elements in it (batch_size, or fewer for a last partial batch) */
+  void *data;   /* batch_bytes bytes filled by collate; owned by the pipeline */
+  size_t count; /* elements in it (batch_size, or fewer for a last partial batch) */
   uint64_t epoch;
   uint64_t number;     /* batch number within the epoch */
   const uint64_t *idx; /* the element indices, count of them, in batch order */
@@ -229,9 +229,9 @@ enum {
                         centred sum of four uniforms, bounded at 3.46 standard deviations) */
 };
 typedef struct dml_augment {
-  unsigned flags;   /* DML_AUG_... */
-  int max_shift;    /* pixels; 0: 2 */
-  float noise_std;  /* 0: 0.05 */
+  unsigned flags;  /* DML_AUG_... */
+  int max_shift;   /* pixels; 0: 2 */
+  float noise_std; /* 0: 0.05 */
 } dml_augment;
 /* Parse "shift,flip,noise" (any subset; "all"; "none") into a->flags with default amounts.
  * On error err names the unknown word. */
@@ -284,11 +284,11 @@ typedef struct dml_farm_task {
 } dml_farm_task;
 
 typedef struct dml_farm_result {
-  int status;      /* 0, the handler's error, DML_EPEER (killed max_kills workers), DML_EINVAL */
-  void *data;      /* result bytes (NULL if none); freed by dml_farm_results_free */
+  int status; /* 0, the handler's error, DML_EPEER (killed max_kills workers), DML_EINVAL */
+  void *data; /* result bytes (NULL if none); freed by dml_farm_results_free */
   size_t bytes;
-  int worker;      /* rank that produced it (-1: none) */
-  int attempts;    /* times it was handed out */
+  int worker;   /* rank that produced it (-1: none) */
+  int attempts; /* times it was handed out */
 } dml_farm_result;
 
 typedef struct dml_farm_stats {

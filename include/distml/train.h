@@ -26,42 +26,42 @@ typedef enum { DML_STRATEGY_LOCAL = 0, DML_STRATEGY_ALLREDUCE = 1 } dml_strategy
 
 typedef struct dml_train_config {
   dml_strategy strategy;
-  dml_model_config model;    /* in_dim/num_classes 0: taken from the training data */
+  dml_model_config model; /* in_dim/num_classes 0: taken from the training data */
   dml_optim_config optim;
-  int epochs;                /* >= 1 */
-  int batch;                 /* GLOBAL batch: rows per optimizer step over all ranks, split as
+  int epochs;                 /* >= 1 */
+  int batch;                  /* GLOBAL batch: rows per optimizer step over all ranks, split as
                                 evenly as possible (lower ranks get the extra rows); the
                                 gradient is the mean over the global batch, so the learning rate
                                 means what it means in a local run with the same batch */
-  uint64_t seed;             /* initialisation and data order */
-  const char *save_path;     /* model file written by rank 0 at the end (NULL: none) */
-  const char *metrics_path;  /* JSON lines, one per epoch, rank 0 (NULL: none) */
-  const char *trace_path;    /* Chrome trace of every rank (NULL: none) */
-  const char *checkpoint_dir;/* checkpoints by rank 0 (NULL: none) */
-  int checkpoint_every;      /* epochs between checkpoints (>= 1) */
-  int resume;                /* start from the last checkpoint in checkpoint_dir */
-  int progress;              /* progress bar/lines on stderr (rank 0) */
+  uint64_t seed;              /* initialisation and data order */
+  const char *save_path;      /* model file written by rank 0 at the end (NULL: none) */
+  const char *metrics_path;   /* JSON lines, one per epoch, rank 0 (NULL: none) */
+  const char *trace_path;     /* Chrome trace of every rank (NULL: none) */
+  const char *checkpoint_dir; /* checkpoints by rank 0 (NULL: none) */
+  int checkpoint_every;       /* epochs between checkpoints (>= 1) */
+  int resume;                 /* start from the last checkpoint in checkpoint_dir */
+  int progress;               /* progress bar/lines on stderr (rank 0) */
   /* allreduce strategy */
-  double bucket_mb;          /* gradient bucket cap in MB (the first bucket is at most 1/8 of it) */
-  int accumulate;            /* micro-batches of `batch` rows per optimizer step (>= 1); the
+  double bucket_mb;      /* gradient bucket cap in MB (the first bucket is at most 1/8 of it) */
+  int accumulate;        /* micro-batches of `batch` rows per optimizer step (>= 1); the
                                 all-reduce runs once per step: the effective batch is K*batch */
-  dml_dtype wire_dtype;      /* DML_F32 (default), DML_F16 or DML_BF16 on the wire */
-  int sync_every;            /* local SGD: 0 = all-reduce gradients every step; H > 0 = every
+  dml_dtype wire_dtype;  /* DML_F32 (default), DML_F16 or DML_BF16 on the wire */
+  int sync_every;        /* local SGD: 0 = all-reduce gradients every step; H > 0 = every
                                 rank steps on its own gradients and the parameters are averaged
                                 every H steps (and at the end of each epoch) */
-  int64_t shard_of_rows;     /* 0: train is the whole training set (each rank uses its shard of
+  int64_t shard_of_rows; /* 0: train is the whole training set (each rank uses its shard of
                                 it); N > 0: train already is this rank's dml_shard_range shard of
                                 a set of N rows (the other rows were never kept) */
-  int loader_threads;        /* 0: batches are gathered on the training thread; T > 0: the input
+  int loader_threads;    /* 0: batches are gathered on the training thread; T > 0: the input
                                 pipeline (task.h) prepares them on a pool of T threads ahead of
                                 the trainer (dense data only); batches depend on the seed only,
                                 not on T */
-  int prefetch;              /* pipeline: batches prepared ahead (0: 2) */
-  dml_augment augment;       /* pipeline: random image augmentation (flags 0: none); rows are
+  int prefetch;          /* pipeline: batches prepared ahead (0: 2) */
+  dml_augment augment;   /* pipeline: random image augmentation (flags 0: none); rows are
                                 taken as square single-channel images */
-  int lr_cosine;             /* 1: the learning rate follows a cosine from optim.lr at the first
+  int lr_cosine;         /* 1: the learning rate follows a cosine from optim.lr at the first
                                 step to 0 after the last (per optimizer step); 0: constant */
-  int stop_after_epoch;      /* testing: return DML_ECANCELED after this epoch (0: never) */
+  int stop_after_epoch;  /* testing: return DML_ECANCELED after this epoch (0: never) */
 } dml_train_config;
 
 /* Defaults: local, 10 epochs, batch 64, seed 1, bucket 1 MB, accumulate 1, F32, checkpoint every 1. */
@@ -75,13 +75,13 @@ typedef struct dml_train_result {
   double train_s;                            /* time in training steps only */
   uint64_t steps;                            /* optimizer steps done */
   int epochs_done;
-  int resumed_from_epoch;                    /* 0 when not resumed */
+  int resumed_from_epoch; /* 0 when not resumed */
   /* allreduce strategy, per step averages */
-  double comm_s, wait_s;                     /* all-reduce busy time, time the trainer waited */
-  double overlap_pct;                        /* 100 * (1 - wait / comm): communication hidden */
-  double bytes_per_step, ring_bytes_per_step;/* measured sent bytes vs the ring formula */
-  double input_stall_s;                      /* last epoch: time the trainer waited for batches */
-  double input_stall_pct;                    /* ... as a share of the epoch's training time */
+  double comm_s, wait_s;                      /* all-reduce busy time, time the trainer waited */
+  double overlap_pct;                         /* 100 * (1 - wait / comm): communication hidden */
+  double bytes_per_step, ring_bytes_per_step; /* measured sent bytes vs the ring formula */
+  double input_stall_s;                       /* last epoch: time the trainer waited for batches */
+  double input_stall_pct;                     /* ... as a share of the epoch's training time */
 } dml_train_result;
 
 /* Trains on train (this rank's shard of it is used) and evaluates on test (may be NULL) after

@@ -23,42 +23,43 @@ static const char *const k_kinds[] = {"allreduce", "reducescatter", "allgather",
 
 typedef struct bench_cfg {
   bench_kind kind;
-  int n;                 /* -n: ranks (0: not given) */
-  const char *backend;   /* NULL: environment / tcp */
+  int n;               /* -n: ranks (0: not given) */
+  const char *backend; /* NULL: environment / tcp */
   uint64_t sizes[64];
   int nsizes;
   dml_allreduce_algo algo;
   dml_dtype dt;
   dml_redop op;
-  dml_dtype compress;    /* DML_F32: none; F16/BF16: dml_allreduce_f32_compressed */
+  dml_dtype compress; /* DML_F32: none; F16/BF16: dml_allreduce_f32_compressed */
   int warmup, iters;
   int json;
-  int model;             /* fit alpha/beta with a ping-pong first and print the ring model */
+  int model; /* fit alpha/beta with a ping-pong first and print the ring model */
 } bench_cfg;
 
 static void bench_usage(FILE *f) {
-  fprintf(f,
-          "usage: distml bench allreduce|reducescatter|allgather|broadcast|pingpong [flags]\n"
-          "\n"
-          "  -n N              ranks to start on this machine (when not already under mpirun or\n"
-          "                    distml launch); default 2\n"
-          "  --backend B       tcp (default) or mpi (run under mpirun)\n"
-          "  --sizes LIST      message sizes in bytes, comma-separated, K/M/G suffixes\n"
-          "                    (default 8,1K,64K,1M,4M,16M,64M)\n"
-          "  --algo A          all-reduce algorithm: auto (default), ring, rd\n"
-          "  --dtype T         f32 (default), f64, i32, i64\n"
-          "  --op OP           sum (default), avg, max, min\n"
-          "  --compress W      all-reduce f32 values sent as f16 or bf16\n"
-          "  --warmup W        untimed iterations per size (default 5)\n"
-          "  --iters I         timed iterations per size (default 20)\n"
-          "  --model           fit alpha/beta with a ping-pong first; print the ring prediction\n"
-          "                    2(p-1)alpha + 2(p-1)/p n beta beside each measurement\n"
-          "  --json            one JSON object per size (bytes, ranks, algo, time_us, algbw_GBps,\n"
-          "                    busbw_GBps, wrong)\n"
-          "\n"
-          "busbw = algbw x 2(p-1)/p (allreduce), (p-1)/p (reducescatter, allgather), 1 (broadcast).\n"
-          "Sizes are the whole buffer: per rank for allreduce and broadcast, the gathered (or\n"
-          "scattered) total for allgather and reducescatter.\n");
+  fprintf(
+      f,
+      "usage: distml bench allreduce|reducescatter|allgather|broadcast|pingpong [flags]\n"
+      "\n"
+      "  -n N              ranks to start on this machine (when not already under mpirun or\n"
+      "                    distml launch); default 2\n"
+      "  --backend B       tcp (default) or mpi (run under mpirun)\n"
+      "  --sizes LIST      message sizes in bytes, comma-separated, K/M/G suffixes\n"
+      "                    (default 8,1K,64K,1M,4M,16M,64M)\n"
+      "  --algo A          all-reduce algorithm: auto (default), ring, rd\n"
+      "  --dtype T         f32 (default), f64, i32, i64\n"
+      "  --op OP           sum (default), avg, max, min\n"
+      "  --compress W      all-reduce f32 values sent as f16 or bf16\n"
+      "  --warmup W        untimed iterations per size (default 5)\n"
+      "  --iters I         timed iterations per size (default 20)\n"
+      "  --model           fit alpha/beta with a ping-pong first; print the ring prediction\n"
+      "                    2(p-1)alpha + 2(p-1)/p n beta beside each measurement\n"
+      "  --json            one JSON object per size (bytes, ranks, algo, time_us, algbw_GBps,\n"
+      "                    busbw_GBps, wrong)\n"
+      "\n"
+      "busbw = algbw x 2(p-1)/p (allreduce), (p-1)/p (reducescatter, allgather), 1 (broadcast).\n"
+      "Sizes are the whole buffer: per rank for allreduce and broadcast, the gathered (or\n"
+      "scattered) total for allgather and reducescatter.\n");
 }
 
 static void parse_sizes(const char *v, bench_cfg *c) {
@@ -95,7 +96,9 @@ static double busbw_factor(bench_kind k, int p) {
 }
 
 /* Value rank r puts at element i: small integers, so sums are exact in every type. */
-static double init_value(size_t i, int r) { return (double)(i % 16) + r; }
+static double init_value(size_t i, int r) {
+  return (double)(i % 16) + r;
+}
 
 static void put(void *b, dml_dtype dt, size_t i, double v) {
   switch (dt) {
@@ -152,7 +155,8 @@ static long check_once(dml_comm *c, const bench_cfg *cfg, size_t count, void *a,
       for (size_t i = 0; i < count * (size_t)p; i++) put(a, dt, i, init_value(i, r));
       rc = dml_reduce_scatter(c, a, b, count, dt, cfg->op);
       for (size_t i = 0; rc == 0 && i < count; i++)
-        wrong += values_differ(get(b, dt, i), expect_reduce((size_t)r * count + i, p, cfg->op, dt), dt);
+        wrong +=
+            values_differ(get(b, dt, i), expect_reduce((size_t)r * count + i, p, cfg->op, dt), dt);
       break;
     case B_ALLGATHER:
       for (size_t i = 0; i < count; i++) put(a, dt, i, init_value(i, r));
@@ -252,7 +256,8 @@ static const char *algo_used(const bench_cfg *cfg, size_t bytes, int p) {
         const char *e = getenv("DISTML_ALLREDUCE_ALGO");
         if (e && dml_allreduce_algo_parse(e, &a) != 0) a = DML_ALGO_AUTO;
       }
-      if (a == DML_ALGO_AUTO) a = bytes <= dml_allreduce_threshold_bytes(p) ? DML_ALGO_RD : DML_ALGO_RING;
+      if (a == DML_ALGO_AUTO)
+        a = bytes <= dml_allreduce_threshold_bytes(p) ? DML_ALGO_RD : DML_ALGO_RING;
       return dml_allreduce_algo_name(a);
     }
     case B_BROADCAST: return "tree";
@@ -274,7 +279,8 @@ static int run_rank(const bench_cfg *cfg) {
   int p = dml_comm_size(c), r = dml_comm_rank(c);
   dml_log_set_rank(r);
   if (cfg->n > 0 && cfg->n != p && r == 0)
-    fprintf(stderr, "distml bench: warning: -n %d but the job has %d ranks; using %d\n", cfg->n, p, p);
+    fprintf(stderr, "distml bench: warning: -n %d but the job has %d ranks; using %d\n", cfg->n, p,
+            p);
   int status = 0;
   double alpha = 0, beta = 0;
   if (cfg->model || cfg->kind == B_PINGPONG) {
@@ -291,19 +297,23 @@ static int run_rank(const bench_cfg *cfg) {
   dml_jsonl jl;
   dml_jsonl_init_stream(&jl, stdout);
   if (r == 0 && !cfg->json) {
-    printf("# distml bench %s: %d ranks, backend %s, dtype %s, op %s, algo %s%s%s, warmup %d, iters %d\n",
-           k_kinds[cfg->kind], p, dml_comm_backend(c), dml_dtype_name(cfg->dt),
-           dml_redop_name(cfg->op), dml_allreduce_algo_name(cfg->algo),
-           cfg->compress != DML_F32 ? ", wire " : "",
-           cfg->compress != DML_F32 ? dml_dtype_name(cfg->compress) : "", cfg->warmup, cfg->iters);
+    printf(
+        "# distml bench %s: %d ranks, backend %s, dtype %s, op %s, algo %s%s%s, warmup %d, iters "
+        "%d\n",
+        k_kinds[cfg->kind], p, dml_comm_backend(c), dml_dtype_name(cfg->dt),
+        dml_redop_name(cfg->op), dml_allreduce_algo_name(cfg->algo),
+        cfg->compress != DML_F32 ? ", wire " : "",
+        cfg->compress != DML_F32 ? dml_dtype_name(cfg->compress) : "", cfg->warmup, cfg->iters);
     printf("#%11s %12s %5s %5s %5s %11s %12s %12s %6s%s\n", "size(B)", "count", "type", "redop",
-           "algo", "time(us)", "algbw(GB/s)", "busbw(GB/s)", "wrong", cfg->model ? "  ring_model(us)" : "");
+           "algo", "time(us)", "algbw(GB/s)", "busbw(GB/s)", "wrong",
+           cfg->model ? "  ring_model(us)" : "");
   }
   for (int k = 0; k < cfg->nsizes; k++) {
     uint64_t bytes = cfg->sizes[k];
     size_t count = (size_t)(bytes / esz); /* elements per rank, or in total (allgather/rs) */
     if (cfg->kind == B_ALLGATHER || cfg->kind == B_REDUCESCATTER) count /= (size_t)p;
-    size_t total = (cfg->kind == B_ALLGATHER || cfg->kind == B_REDUCESCATTER) ? count * (size_t)p : count;
+    size_t total =
+        (cfg->kind == B_ALLGATHER || cfg->kind == B_REDUCESCATTER) ? count * (size_t)p : count;
     size_t real_bytes = total * esz;
     void *a = dml__malloc(total * esz + 8), *b = dml__malloc(total * esz + 8);
     if (a == NULL || b == NULL) {
@@ -386,8 +396,10 @@ int dml_cli_bench_main(int argc, char **argv) {
   for (size_t k = 0; k < DML__ARRAY_LEN(k_kinds); k++)
     if (strcmp(argv[i], k_kinds[k]) == 0) kind = (int)k;
   if (kind < 0)
-    dml_cli_usage_error("bench", "unknown benchmark '%s' (allreduce, reducescatter, allgather, "
-                                 "broadcast, pingpong)", argv[i]);
+    dml_cli_usage_error("bench",
+                        "unknown benchmark '%s' (allreduce, reducescatter, allgather, "
+                        "broadcast, pingpong)",
+                        argv[i]);
   cfg.kind = (bench_kind)kind;
   cfg.algo = DML_ALGO_AUTO;
   cfg.dt = DML_F32;
@@ -411,7 +423,7 @@ int dml_cli_bench_main(int argc, char **argv) {
       cfg.model = 1;
       continue;
     }
-    static const char *const valued[] = {"-n", "--backend", "--sizes", "--algo", "--dtype",
+    static const char *const valued[] = {"-n",   "--backend",  "--sizes",  "--algo", "--dtype",
                                          "--op", "--compress", "--warmup", "--iters"};
     int known = 0;
     for (size_t k = 0; k < DML__ARRAY_LEN(valued); k++) known |= strcmp(f, valued[k]) == 0;
@@ -451,7 +463,8 @@ int dml_cli_bench_main(int argc, char **argv) {
   int n = cfg.n > 0 ? cfg.n : 2;
   if (cfg.kind == B_PINGPONG && n < 2) dml_cli_usage_error("bench", "pingpong needs -n 2 or more");
   if (cfg.backend && strcmp(cfg.backend, "mpi") == 0)
-    dml_cli_usage_error("bench", "--backend mpi: start it under mpirun (mpirun -n %d distml bench ...)", n);
+    dml_cli_usage_error("bench",
+                        "--backend mpi: start it under mpirun (mpirun -n %d distml bench ...)", n);
   if (n == 1 && cfg.kind != B_PINGPONG) return run_rank(&cfg);
   /* Start n ranks of ourselves: same arguments, the launcher sets the environment. */
   char **av = dml__calloc((size_t)(argc - i) + 3, sizeof(char *));

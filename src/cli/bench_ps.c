@@ -35,7 +35,8 @@ static int free_port(void) {
   sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   socklen_t sl = sizeof sa;
   int port = -1;
-  if (bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 && getsockname(fd, (struct sockaddr *)&sa, &sl) == 0)
+  if (bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+      getsockname(fd, (struct sockaddr *)&sa, &sl) == 0)
     port = ntohs(sa.sin_port);
   close(fd);
   return port;
@@ -46,8 +47,8 @@ static int iters_for(size_t bytes) {
   return it < 10 ? 10 : it > 200 ? 200 : (int)it;
 }
 
-static void report(int json, const layout *L, size_t bytes, int iters, double t_ps, double per_server_bytes,
-                   double value_bytes, double predicted, double t_ar) {
+static void report(int json, const layout *L, size_t bytes, int iters, double t_ps,
+                   double per_server_bytes, double value_bytes, double predicted, double t_ar) {
   if (json) {
     dml_jsonl j;
     dml_jsonl_init_stream(&j, stdout);
@@ -66,8 +67,9 @@ static void report(int json, const layout *L, size_t bytes, int iters, double t_
     dml_jsonl_end(&j);
     dml_jsonl_close(&j);
   } else {
-    printf("%-10s %10zu %6d %12.3f %14.0f %14.0f %14.0f %12.3f %6.2f\n", L->name, bytes, iters, t_ps * 1e3,
-           per_server_bytes, value_bytes, predicted, t_ar * 1e3, t_ar > 0 ? t_ps / t_ar : 0.0);
+    printf("%-10s %10zu %6d %12.3f %14.0f %14.0f %14.0f %12.3f %6.2f\n", L->name, bytes, iters,
+           t_ps * 1e3, per_server_bytes, value_bytes, predicted, t_ar * 1e3,
+           t_ar > 0 ? t_ps / t_ar : 0.0);
   }
   fflush(stdout);
 }
@@ -131,8 +133,10 @@ static int bench_rank(const layout *L, int rank, int port, size_t max_bytes, int
       dml_ps_server_stats st;
       dml_ps_server_stats_get(srv, &st);
       double b = (double)st.bytes_in / (warm + iters);
-      if (rank != first) rc = dml_comm_send(c, first, STATS_TAG, &b, sizeof b);
-      else sbytes += b;
+      if (rank != first)
+        rc = dml_comm_send(c, first, STATS_TAG, &b, sizeof b);
+      else
+        sbytes += b;
     }
     if (rc == 0 && rank == first)
       for (int s = 0; s < S && rc == 0; s++) {
@@ -163,7 +167,8 @@ static int bench_rank(const layout *L, int rank, int port, size_t max_bytes, int
     dml__free(g);
     dml__free(v);
   }
-  if (rc) fprintf(stderr, "distml bench ps: rank %d: %s\n", rank, e.msg[0] ? e.msg : dml_strerror(rc));
+  if (rc)
+    fprintf(stderr, "distml bench ps: rank %d: %s\n", rank, e.msg[0] ? e.msg : dml_strerror(rc));
   dml_comm_free(c);
   return rc ? 1 : 0;
 }
@@ -204,17 +209,22 @@ int dml_cli_bench_ps_main(int argc, char **argv) {
     } else {
       fprintf(stderr,
               "usage: distml bench ps [--max-bytes B] [--json]\n"
-              "  dense pushpull of M value bytes per worker per iteration (M = 4K, 16K, ... B; default 4M)\n"
-              "  columns: layout (WxS), M, iterations, pushpull ms, frame bytes in per server per iteration,\n"
-              "  the value share of them, the cost model's W*M/S, all-reduce ms of M bytes, ps/allreduce\n");
+              "  dense pushpull of M value bytes per worker per iteration (M = 4K, 16K, ... B; "
+              "default 4M)\n"
+              "  columns: layout (WxS), M, iterations, pushpull ms, frame bytes in per server per "
+              "iteration,\n"
+              "  the value share of them, the cost model's W*M/S, all-reduce ms of M bytes, "
+              "ps/allreduce\n");
       return 2;
     }
   }
-  const layout layouts[] = {{"1x1", 1, 1, 0}, {"2x1", 2, 1, 0}, {"2x2", 2, 2, 0}, {"colocated2", 2, 2, 1}};
+  const layout layouts[] = {
+      {"1x1", 1, 1, 0}, {"2x1", 2, 1, 0}, {"2x2", 2, 2, 0}, {"colocated2", 2, 2, 1}};
   if (!json)
-    printf("%-10s %10s %6s %12s %14s %14s %14s %12s %6s\n", "layout", "bytes", "iters", "pushpull_ms",
-           "srv_frame_B", "srv_value_B", "model_W*M/S", "allreduce_ms", "ratio");
+    printf("%-10s %10s %6s %12s %14s %14s %14s %12s %6s\n", "layout", "bytes", "iters",
+           "pushpull_ms", "srv_frame_B", "srv_value_B", "model_W*M/S", "allreduce_ms", "ratio");
   int bad = 0;
-  for (size_t i = 0; i < sizeof layouts / sizeof layouts[0]; i++) bad |= run_layout(&layouts[i], max_bytes, json);
+  for (size_t i = 0; i < sizeof layouts / sizeof layouts[0]; i++)
+    bad |= run_layout(&layouts[i], max_bytes, json);
   return bad ? 1 : 0;
 }

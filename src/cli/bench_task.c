@@ -118,7 +118,8 @@ static int unbal_body(int64_t lo, int64_t hi, void *ctx) {
   uint64_t acc = 0;
   for (int64_t i = lo; i < hi; i++) {
     uint64_t x = (uint64_t)i + 1;
-    for (int64_t k = 0; k < i * u->unit; k++) x = x * 6364136223846793005ull + 1442695040888963407ull;
+    for (int64_t k = 0; k < i * u->unit; k++)
+      x = x * 6364136223846793005ull + 1442695040888963407ull;
     acc += x;
   }
   atomic_fetch_add_explicit(&u->sink, acc, memory_order_relaxed);
@@ -136,16 +137,19 @@ static int pipe_map(void *vctx, uint64_t epoch, uint64_t index, dml_rng *rng, vo
   pipe_ctx *c = vctx;
   float *img = out;
   (void)epoch;
-  for (int p = 0; p < PIPE_H * PIPE_W; p++) img[p] = (float)((index * 131 + (uint64_t)p * 7) & 255) / 255.0f;
+  for (int p = 0; p < PIPE_H * PIPE_W; p++)
+    img[p] = (float)((index * 131 + (uint64_t)p * 7) & 255) / 255.0f;
   float scratch[PIPE_H * PIPE_W];
   return dml_augment_image(&c->aug, rng, img, PIPE_H, PIPE_W, 1, scratch);
 }
 
-static int pipe_collate(void *ctx, void *const *elems, const uint64_t *idx, size_t count, void *batch) {
+static int pipe_collate(void *ctx, void *const *elems, const uint64_t *idx, size_t count,
+                        void *batch) {
   (void)ctx;
   (void)idx;
   float *b = batch;
-  for (size_t i = 0; i < count; i++) memcpy(b + i * PIPE_H * PIPE_W, elems[i], sizeof(float) * PIPE_H * PIPE_W);
+  for (size_t i = 0; i < count; i++)
+    memcpy(b + i * PIPE_H * PIPE_W, elems[i], sizeof(float) * PIPE_H * PIPE_W);
   return 0;
 }
 
@@ -192,7 +196,8 @@ static int bench_pipeline(int reps, uint64_t n, double *best_s, dml_pipe_stats *
 
 /* ---- farm: a master (this process) and 2 forked worker processes on loopback, trivial tasks
  * (increment a number), the Dask benchmark's shape. */
-static int farm_inc(void *user, const void *in, size_t in_bytes, void *out, size_t out_cap, size_t *out_bytes) {
+static int farm_inc(void *user, const void *in, size_t in_bytes, void *out, size_t out_cap,
+                    size_t *out_bytes) {
   (void)user;
   uint64_t x;
   if (in_bytes != sizeof x || out_cap < sizeof x) return DML_EINVAL;
@@ -212,7 +217,8 @@ static int free_port(void) {
   sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   socklen_t sl = sizeof sa;
   int port = -1;
-  if (bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 && getsockname(fd, (struct sockaddr *)&sa, &sl) == 0)
+  if (bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+      getsockname(fd, (struct sockaddr *)&sa, &sl) == 0)
     port = ntohs(sa.sin_port);
   close(fd);
   return port;
@@ -292,7 +298,8 @@ static int bench_farm(size_t ntasks, int reps, double *best_s) {
     /* wall time of the run itself, without the wait for the workers' goodbye */
     if (rc == 0 && st.wall_s < *best_s) *best_s = st.wall_s;
   }
-  if (rc != 0) fprintf(stderr, "distml bench task: farm: %s\n", e.msg[0] ? e.msg : dml_strerror(rc));
+  if (rc != 0)
+    fprintf(stderr, "distml bench task: farm: %s\n", e.msg[0] ? e.msg : dml_strerror(rc));
   dml_comm_free(c);
   for (int w = 0; w < NWORK; w++) {
     int status;
@@ -327,16 +334,18 @@ static void report(int json, const char *bench, unsigned threads, uint64_t tasks
 }
 
 static void usage(FILE *f) {
-  fprintf(f,
-          "usage: distml bench task [--threads T] [--fib N] [--reps R] [--farm-tasks N] [--only NAME]\n"
-          "                         [--json]\n"
-          "  --threads T   worker threads (default: online CPUs)\n"
-          "  --fib N       fib(N) with one task per call, no cutoff (default 30)\n"
-          "  --reps R      runs of each measurement; the best is reported (default 5; farm: 3 at most)\n"
-          "  --farm-tasks N  trivial tasks per farm run, 2 worker processes (default 20000)\n"
-          "  --only NAME   run one of: spawn fib unbalanced tiny pipeline farm\n"
-          "  --json        one JSON object per measurement: bench, threads, tasks, best_s,\n"
-          "                tasks_per_s, ns_per_task\n");
+  fprintf(
+      f,
+      "usage: distml bench task [--threads T] [--fib N] [--reps R] [--farm-tasks N] [--only NAME]\n"
+      "                         [--json]\n"
+      "  --threads T   worker threads (default: online CPUs)\n"
+      "  --fib N       fib(N) with one task per call, no cutoff (default 30)\n"
+      "  --reps R      runs of each measurement; the best is reported (default 5; farm: 3 at "
+      "most)\n"
+      "  --farm-tasks N  trivial tasks per farm run, 2 worker processes (default 20000)\n"
+      "  --only NAME   run one of: spawn fib unbalanced tiny pipeline farm\n"
+      "  --json        one JSON object per measurement: bench, threads, tasks, best_s,\n"
+      "                tasks_per_s, ns_per_task\n");
 }
 
 int dml_cli_bench_task_main(int argc, char **argv) {
@@ -362,7 +371,9 @@ int dml_cli_bench_task_main(int argc, char **argv) {
       if (strcmp(a, "--only") == 0) {
         if (strcmp(v, "spawn") != 0 && strcmp(v, "fib") != 0 && strcmp(v, "unbalanced") != 0 &&
             strcmp(v, "tiny") != 0 && strcmp(v, "pipeline") != 0 && strcmp(v, "farm") != 0)
-          dml_cli_usage_error(CMD, "--only: unknown measurement '%s' (spawn, fib, unbalanced, tiny, pipeline, farm)", v);
+          dml_cli_usage_error(
+              CMD,
+              "--only: unknown measurement '%s' (spawn, fib, unbalanced, tiny, pipeline, farm)", v);
         only = v;
       }
       i++;
@@ -425,7 +436,8 @@ int dml_cli_bench_task_main(int argc, char **argv) {
       double t0 = dml_now_s();
       rc = run_in_pool(fib_task, &a);
       double t = dml_now_s() - t0;
-      if (rc == 0 && a.r != want) dml_cli_fail(CMD, "fib(%d) = %ld, expected %ld", fib_n, a.r, want);
+      if (rc == 0 && a.r != want)
+        dml_cli_fail(CMD, "fib(%d) = %ld, expected %ld", fib_n, a.r, want);
       if (t < best) best = t;
     }
     char note[64];
@@ -471,7 +483,8 @@ int dml_cli_bench_task_main(int argc, char **argv) {
     rc = bench_pipeline(reps, n, &best, &ps);
     if (rc == 0) {
       char note[160];
-      snprintf(note, sizeof note, "28x28 shift+flip+noise, batch 64; map %.2f s, consumer wait %.2f s (all runs)",
+      snprintf(note, sizeof note,
+               "28x28 shift+flip+noise, batch 64; map %.2f s, consumer wait %.2f s (all runs)",
                (double)ps.map_busy_ns * 1e-9, (double)ps.consumer_wait_ns * 1e-9);
       report(json, "pipeline", threads, n, best, best * 1e9 / (double)n, note);
     }

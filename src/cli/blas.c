@@ -39,7 +39,8 @@ void dml_cli_select_blas(char **argv) {
   setenv("DISTML_NO_BLAS_SELECT", "1", 1); /* never loop, even if the re-exec fails oddly */
   execv("/proc/self/exe", argv);
   /* exec failed: carry on with the slow kernels, and say so. */
-  dml_log(DML_LOG_WARN, "could not re-exec with OPENBLAS_CORETYPE=SkylakeX; BLAS stays on %s", core);
+  dml_log(DML_LOG_WARN, "could not re-exec with OPENBLAS_CORETYPE=SkylakeX; BLAS stays on %s",
+          core);
 }
 
 const char *dml_cli_blas_info(void) {
@@ -48,4 +49,6 @@ const char *dml_cli_blas_info(void) {
   return info;
 }
 
-void dml_cli_set_blas_threads(int threads) { openblas_set_num_threads(threads); }
+void dml_cli_set_blas_threads(int threads) {
+  openblas_set_num_threads(threads);
+}

@@ -6,8 +6,10 @@
 #include <stdint.h>
 
 /* Prints "distml CMD: message" to stderr and exits with status 2 (usage) or 1 (failure). */
-void dml_cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
-void dml_cli_fail(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
+void dml_cli_usage_error(const char *cmd, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3), noreturn));
+void dml_cli_fail(const char *cmd, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3), noreturn));
 
 /* Value parsers for flags: exit with a usage error naming the flag on bad input. */
 int64_t dml_cli_int(const char *cmd, const char *flag, const char *value, int64_t min, int64_t max);

@@ -10,16 +10,17 @@
 #include "distml.h"
 
 static void usage(void) {
-  printf("usage: distml gen sparse --rows N --features F [--nnz K] [--seed S] --out FILE\n"
-         "                         [--test-rows M --test-out FILE]\n"
-         "       distml gen dense  --rows N --dim D [--classes K] [--seed S] --out FILE\n"
-         "                         [--test-rows M --test-out FILE]\n"
-         "\n"
-         "sparse: binary classification, K features per row (value 1) drawn with a skew towards\n"
-         "        low indices, label ~ Bernoulli(sigmoid(w.x)) for a planted weight vector w.\n"
-         "dense:  K-class Gaussian blobs in D dimensions.\n"
-         "Files are written atomically (temp file, fsync, rename). Defaults: --nnz 20, --classes 10,\n"
-         "--seed 1, no test file.\n");
+  printf(
+      "usage: distml gen sparse --rows N --features F [--nnz K] [--seed S] --out FILE\n"
+      "                         [--test-rows M --test-out FILE]\n"
+      "       distml gen dense  --rows N --dim D [--classes K] [--seed S] --out FILE\n"
+      "                         [--test-rows M --test-out FILE]\n"
+      "\n"
+      "sparse: binary classification, K features per row (value 1) drawn with a skew towards\n"
+      "        low indices, label ~ Bernoulli(sigmoid(w.x)) for a planted weight vector w.\n"
+      "dense:  K-class Gaussian blobs in D dimensions.\n"
+      "Files are written atomically (temp file, fsync, rename). Defaults: --nnz 20, --classes 10,\n"
+      "--seed 1, no test file.\n");
 }
 
 /* A stream that sends the first `limit` lines to a and the rest to b. */
@@ -43,13 +44,17 @@ static ssize_t split_write(void *cookie, const char *buf, size_t n) {
 }
 
 int dml_cli_gen_main(int argc, char **argv) {
-  static const struct option opts[] = {
-      {"rows", required_argument, 0, 'r'},      {"features", required_argument, 0, 'f'},
-      {"dim", required_argument, 0, 'd'},       {"nnz", required_argument, 0, 'k'},
-      {"classes", required_argument, 0, 'c'},   {"seed", required_argument, 0, 's'},
-      {"out", required_argument, 0, 'o'},       {"test-rows", required_argument, 0, 'R'},
-      {"test-out", required_argument, 0, 'O'},  {"help", no_argument, 0, 'h'},
-      {0, 0, 0, 0}};
+  static const struct option opts[] = {{"rows", required_argument, 0, 'r'},
+                                       {"features", required_argument, 0, 'f'},
+                                       {"dim", required_argument, 0, 'd'},
+                                       {"nnz", required_argument, 0, 'k'},
+                                       {"classes", required_argument, 0, 'c'},
+                                       {"seed", required_argument, 0, 's'},
+                                       {"out", required_argument, 0, 'o'},
+                                       {"test-rows", required_argument, 0, 'R'},
+                                       {"test-out", required_argument, 0, 'O'},
+                                       {"help", no_argument, 0, 'h'},
+                                       {0, 0, 0, 0}};
   if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
     usage();
     return 0;
@@ -85,8 +90,9 @@ int dml_cli_gen_main(int argc, char **argv) {
   if ((test_rows > 0) != (test_out != NULL))
     dml_cli_usage_error("gen", "--test-rows and --test-out go together");
   if (sparse && features == 0) dml_cli_usage_error("gen", "sparse: --features is required");
-  if (sparse && nnz > features) dml_cli_usage_error("gen", "--nnz %lld is more than --features %lld",
-                                                   (long long)nnz, (long long)features);
+  if (sparse && nnz > features)
+    dml_cli_usage_error("gen", "--nnz %lld is more than --features %lld", (long long)nnz,
+                        (long long)features);
   if (!sparse && dim == 0) dml_cli_usage_error("gen", "dense: --dim is required");
   if (rows + test_rows > INT32_MAX) dml_cli_usage_error("gen", "--rows + --test-rows is too large");
 

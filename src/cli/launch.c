@@ -25,9 +25,9 @@
 #define LINE_MAX_BYTES 65536
 
 typedef struct stream {
-  int fd;      /* read end, -1 once closed */
-  int out_fd;  /* 1 or 2 */
-  char *buf;   /* partial line */
+  int fd;     /* read end, -1 once closed */
+  int out_fd; /* 1 or 2 */
+  char *buf;  /* partial line */
   size_t len;
 } stream;
 
@@ -198,8 +198,8 @@ static void exec_child(int rank, int n, int port, char *const argv[], const dml_
   const char *path = o->exec_path ? o->exec_path : argv[0];
   execvp(path, argv);
   char msg[512];
-  int len = snprintf(msg, sizeof(msg), "distml %s: cannot run '%s': %s\n", o->name ? o->name : "launch",
-                     path, strerror(errno));
+  int len = snprintf(msg, sizeof(msg), "distml %s: cannot run '%s': %s\n",
+                     o->name ? o->name : "launch", path, strerror(errno));
   if (len > 0) write_all(2, msg, (size_t)len < sizeof(msg) ? (size_t)len : sizeof(msg) - 1);
   _exit(127);
 }
@@ -403,7 +403,8 @@ int dml_launch_run(int n, char *const argv[], const dml_launch_opts *opts) {
       timed_out = 1;
       stopping = 1;
       kill_at = now + grace;
-      fprintf(stderr, "distml %s: timed out after %g s; stopping all ranks\n", name, opts->timeout_s);
+      fprintf(stderr, "distml %s: timed out after %g s; stopping all ranks\n", name,
+              opts->timeout_s);
       signal_all(ch, started, SIGTERM);
     }
     if (stopping && !killed && now >= kill_at) {
@@ -459,22 +460,24 @@ int dml_launch_run(int n, char *const argv[], const dml_launch_opts *opts) {
 }
 
 static void launch_usage(FILE *f) {
-  fprintf(f,
-          "usage: distml launch -n N [--timeout S] [--grace S] [--port P] [--no-prefix] -- PROG [ARGS...]\n"
-          "\n"
-          "Starts N processes of PROG on this machine with DISTML_RANK, DISTML_WORLD_SIZE, RANK,\n"
-          "WORLD_SIZE, LOCAL_RANK, MASTER_ADDR=127.0.0.1 and MASTER_PORT (a free port) set, prefixes\n"
-          "each output line with its rank ([r1] ...), forwards SIGINT/SIGTERM, and when one rank\n"
-          "fails stops the others and exits non-zero naming it.\n"
-          "\n"
-          "  -n N          number of ranks (1..1024)\n"
-          "  --timeout S   stop everything after S seconds (exit status 124); default: none\n"
-          "  --grace S     seconds between SIGTERM and SIGKILL when stopping (default 5)\n"
-          "  --port P      MASTER_PORT to use instead of a free one\n"
-          "  --no-prefix   let the ranks write to this terminal directly\n"
-          "\n"
-          "exit status: 0 if every rank succeeded; else the failing rank's status (128+signal\n"
-          "if it was killed), 124 on timeout, 128+signal if interrupted, 2 for usage errors.\n");
+  fprintf(
+      f,
+      "usage: distml launch -n N [--timeout S] [--grace S] [--port P] [--no-prefix] -- PROG "
+      "[ARGS...]\n"
+      "\n"
+      "Starts N processes of PROG on this machine with DISTML_RANK, DISTML_WORLD_SIZE, RANK,\n"
+      "WORLD_SIZE, LOCAL_RANK, MASTER_ADDR=127.0.0.1 and MASTER_PORT (a free port) set, prefixes\n"
+      "each output line with its rank ([r1] ...), forwards SIGINT/SIGTERM, and when one rank\n"
+      "fails stops the others and exits non-zero naming it.\n"
+      "\n"
+      "  -n N          number of ranks (1..1024)\n"
+      "  --timeout S   stop everything after S seconds (exit status 124); default: none\n"
+      "  --grace S     seconds between SIGTERM and SIGKILL when stopping (default 5)\n"
+      "  --port P      MASTER_PORT to use instead of a free one\n"
+      "  --no-prefix   let the ranks write to this terminal directly\n"
+      "\n"
+      "exit status: 0 if every rank succeeded; else the failing rank's status (128+signal\n"
+      "if it was killed), 124 on timeout, 128+signal if interrupted, 2 for usage errors.\n");
 }
 
 int dml_cli_launch_main(int argc, char **argv) {
@@ -513,6 +516,7 @@ int dml_cli_launch_main(int argc, char **argv) {
       o.master_port = (int)dml_cli_int("launch", "--port", v, 1, 65535);
   }
   if (n < 0) dml_cli_usage_error("launch", "-n N is required");
-  if (i >= argc) dml_cli_usage_error("launch", "no program given (distml launch -n N -- PROG ARGS)");
+  if (i >= argc)
+    dml_cli_usage_error("launch", "no program given (distml launch -n N -- PROG ARGS)");
   return dml_launch_run(n, argv + i, &o);
 }

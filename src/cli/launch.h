@@ -6,17 +6,17 @@
 #define DISTML_CLI_LAUNCH_H
 
 typedef struct dml_launch_opts {
-  const char *name;   /* command name in messages ("launch", "train"); NULL: "launch" */
+  const char *name;      /* command name in messages ("launch", "train"); NULL: "launch" */
   const char *exec_path; /* file to execute; NULL: argv[0], searched in PATH */
-  double timeout_s;   /* stop everything after this long (status 124); 0: no limit */
-  double grace_s;     /* delay between SIGTERM and SIGKILL when stopping; 0: 5 s */
-  int prefix_output;  /* 1: relay stdout/stderr with "[rN] " line prefixes; 0: inherit them */
-  int master_port;    /* 0: pick a free port on 127.0.0.1 */
+  double timeout_s;      /* stop everything after this long (status 124); 0: no limit */
+  double grace_s;        /* delay between SIGTERM and SIGKILL when stopping; 0: 5 s */
+  int prefix_output;     /* 1: relay stdout/stderr with "[rN] " line prefixes; 0: inherit them */
+  int master_port;       /* 0: pick a free port on 127.0.0.1 */
   /* Called in each child after fork and before exec, with DISTML_RANK etc. already set: it may
    * setenv() per-rank variables (e.g. DISTML_ROLE). Non-zero: the child exits with status 127.
    * It runs in a forked child: no locks, no stdio buffers shared with the parent. */
   int (*child_setup)(int rank, int world_size, void *user);
-  void *user;         /* passed to child_setup */
+  void *user; /* passed to child_setup */
 } dml_launch_opts;
 
 /* Defaults: prefix_output 1, everything else 0/NULL. */

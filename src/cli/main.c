@@ -10,19 +10,20 @@
 #include "distml.h"
 
 static void usage(FILE *f) {
-  fprintf(f,
-          "usage: distml <command> [flags]\n"
-          "\n"
-          "commands:\n"
-          "  train    train a model (local, or -n N workers with all-reduce)\n"
-          "  eval     evaluate a saved model on a data set\n"
-          "  gen      write a synthetic data set (LIBSVM text)\n"
-          "  tune     hyperparameter search: trials of train run as tasks on N worker processes\n"
-          "  launch   start N processes of a program on this machine, wired together\n"
-          "  bench    benchmarks: allreduce, reducescatter, allgather, broadcast, pingpong, task, ps\n"
-          "\n"
-          "  distml <command> --help   flags of a command\n"
-          "  distml --version          version and BLAS in use\n");
+  fprintf(
+      f,
+      "usage: distml <command> [flags]\n"
+      "\n"
+      "commands:\n"
+      "  train    train a model (local, or -n N workers with all-reduce)\n"
+      "  eval     evaluate a saved model on a data set\n"
+      "  gen      write a synthetic data set (LIBSVM text)\n"
+      "  tune     hyperparameter search: trials of train run as tasks on N worker processes\n"
+      "  launch   start N processes of a program on this machine, wired together\n"
+      "  bench    benchmarks: allreduce, reducescatter, allgather, broadcast, pingpong, task, ps\n"
+      "\n"
+      "  distml <command> --help   flags of a command\n"
+      "  distml --version          version and BLAS in use\n");
 }
 
 int main(int argc, char **argv) {
@@ -46,7 +47,8 @@ int main(int argc, char **argv) {
   if (strcmp(cmd, "tune") == 0) return dml_cli_tune_main(argc - 1, argv + 1);
   if (strcmp(cmd, "launch") == 0) return dml_cli_launch_main(argc - 1, argv + 1);
   if (strcmp(cmd, "bench") == 0) {
-    if (argc >= 3 && strcmp(argv[2], "task") == 0) return dml_cli_bench_task_main(argc - 2, argv + 2);
+    if (argc >= 3 && strcmp(argv[2], "task") == 0)
+      return dml_cli_bench_task_main(argc - 2, argv + 2);
     if (argc >= 3 && strcmp(argv[2], "ps") == 0) return dml_cli_bench_ps_main(argc - 2, argv + 2);
     return dml_cli_bench_main(argc - 1, argv + 1);
   }

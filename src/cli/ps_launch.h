@@ -8,7 +8,8 @@
 
 /* servers: "S" (1..world-1) or "colocated" (NULL: 1); sync: "bsp" | "ssp:S" | "asp" (NULL: bsp).
  * world: the number of processes. Errors name the flag. */
-int dml_cli_ps_config(const char *servers, const char *sync, int world, dml_ps_config *cfg, dml_err *err);
+int dml_cli_ps_config(const char *servers, const char *sync, int world, dml_ps_config *cfg,
+                      dml_err *err);
 
 /* dml_launch_opts.child_setup with user = the dml_ps_config: sets DISTML_ROLE=server|worker
  * (colocated: "worker+server") and writes "distml ps: rank R role ROLE pid P" on stderr. */

@@ -18,8 +18,8 @@
 #include "train/train_ps.h"
 
 static int launched_env(void) {
-  static const char *vars[] = {"DISTML_WORLD_SIZE", "WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE",
-                               "SLURM_NTASKS"};
+  static const char *vars[] = {"DISTML_WORLD_SIZE", "WORLD_SIZE", "OMPI_COMM_WORLD_SIZE",
+                               "PMI_SIZE", "SLURM_NTASKS"};
   for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++)
     if (getenv(vars[i]) != NULL) return 1;
   return 0;
@@ -27,12 +27,12 @@ static int launched_env(void) {
 
 /* drop_extra: a sparse test set read against the training set's inferred feature count drops the
  * features the model has no weight for (they carry no information for it). */
-static void load_data(const char *cmd, const char *spec, const dml_cli_train_flags *f, dml_dataset *ds,
-                      int num_classes, int drop_extra) {
+static void load_data(const char *cmd, const char *spec, const dml_cli_train_flags *f,
+                      dml_dataset *ds, int num_classes, int drop_extra) {
   dml_data_opts o;
   dml_data_opts_init(&o);
   o.csv_label_col = f->label_col;
-  o.csv_header = strcmp(f->header, "yes") == 0 ? DML_CSV_HEADER_YES
+  o.csv_header = strcmp(f->header, "yes") == 0  ? DML_CSV_HEADER_YES
                  : strcmp(f->header, "no") == 0 ? DML_CSV_HEADER_NO
                                                 : DML_CSV_HEADER_AUTO;
   o.num_features = f->features;
@@ -44,12 +44,14 @@ static void load_data(const char *cmd, const char *spec, const dml_cli_train_fla
 
 static dml_optim_kind optim_kind(const char *name) {
   dml_optim_kind k;
-  if (dml_optim_kind_parse(name, &k, NULL) != 0) dml_cli_usage_error("train", "unknown optimizer %s", name);
+  if (dml_optim_kind_parse(name, &k, NULL) != 0)
+    dml_cli_usage_error("train", "unknown optimizer %s", name);
   return k;
 }
 
 /* workers: training processes; servers: parameter-server processes (-1: not the ps strategy). */
-static void print_json(const dml_train_result *r, const dml_cli_train_flags *f, int workers, int servers) {
+static void print_json(const dml_train_result *r, const dml_cli_train_flags *f, int workers,
+                       int servers) {
   dml_jsonl j;
   dml_jsonl_init_stream(&j, stdout);
   dml_jsonl_begin(&j);
@@ -118,7 +120,8 @@ static void pin_local_rank(void) {
   cpu_set_t set;
   CPU_ZERO(&set);
   CPU_SET(rank, &set);
-  if (sched_setaffinity(0, sizeof(set), &set) != 0) dml_log(DML_LOG_DEBUG, "could not pin rank %d to cpu %d", rank, rank);
+  if (sched_setaffinity(0, sizeof(set), &set) != 0)
+    dml_log(DML_LOG_DEBUG, "could not pin rank %d to cpu %d", rank, rank);
 }
 
 int dml_cli_train_main(int argc, char **argv) {
@@ -128,8 +131,10 @@ int dml_cli_train_main(int argc, char **argv) {
   int want_ps = f.strategy != NULL && strcmp(f.strategy, "ps") == 0;
   if ((f.nproc > 1 || want_ps) && !launched) {
     if (f.backend != NULL && strcmp(f.backend, "mpi") == 0)
-      dml_cli_usage_error("train", "--backend mpi: start the ranks with mpirun -np %d distml train ... "
-                          "(without -n)", f.nproc);
+      dml_cli_usage_error("train",
+                          "--backend mpi: start the ranks with mpirun -np %d distml train ... "
+                          "(without -n)",
+                          f.nproc);
     if (f.strategy != NULL && strcmp(f.strategy, "local") == 0)
       dml_cli_usage_error("train", "--strategy local runs one process: drop -n %d", f.nproc);
     dml_launch_opts lo;
@@ -137,7 +142,8 @@ int dml_cli_train_main(int argc, char **argv) {
     lo.name = "train";
     lo.exec_path = "/proc/self/exe";
     lo.prefix_output = 0; /* rank 0 draws the progress bar on the terminal itself */
-    if (getenv("OPENBLAS_NUM_THREADS") == NULL && f.threads == 0) setenv("OPENBLAS_NUM_THREADS", "1", 1);
+    if (getenv("OPENBLAS_NUM_THREADS") == NULL && f.threads == 0)
+      setenv("OPENBLAS_NUM_THREADS", "1", 1);
     char **rargv = argv_for_ranks(argc, argv);
     int nprocs = f.nproc;
     dml_ps_config roles; /* which ranks serve: the launcher's hook sets DISTML_ROLE from it */
@@ -162,17 +168,21 @@ int dml_cli_train_main(int argc, char **argv) {
     dml_comm_opts co;
     dml_comm_opts_default(&co);
     co.backend = f.backend;
-    if (dml_comm_init(&comm, &co, &e) != 0) dml_cli_fail("train", "joining the job: %s", dml_err_msg(&e));
+    if (dml_comm_init(&comm, &co, &e) != 0)
+      dml_cli_fail("train", "joining the job: %s", dml_err_msg(&e));
     world = dml_comm_size(comm);
     dml_log_set_rank(dml_comm_rank(comm));
     int expect = f.nproc;
-    if (f.strategy != NULL && strcmp(f.strategy, "ps") == 0 && !f.servers_colocated) expect += f.servers;
+    if (f.strategy != NULL && strcmp(f.strategy, "ps") == 0 && !f.servers_colocated)
+      expect += f.servers;
     if (f.nproc > 1 && expect != world)
       dml_cli_fail("train", "expected %d processes but the launcher started %d", expect, world);
   }
   int rank = comm ? dml_comm_rank(comm) : 0;
-  if (f.threads > 0) dml_cli_set_blas_threads(f.threads);
-  else if (world > 1) dml_cli_set_blas_threads(1);
+  if (f.threads > 0)
+    dml_cli_set_blas_threads(f.threads);
+  else if (world > 1)
+    dml_cli_set_blas_threads(1);
 
   dml_train_config cfg;
   dml_train_config_init(&cfg);
@@ -180,20 +190,26 @@ int dml_cli_train_main(int argc, char **argv) {
   dml_ps_config psc;
   dml_ps_config_init(&psc);
   if (ps_mode) {
-    if (comm == NULL) dml_cli_usage_error("train", "--strategy ps needs processes: -n W (workers) [--servers S]");
+    if (comm == NULL)
+      dml_cli_usage_error("train", "--strategy ps needs processes: -n W (workers) [--servers S]");
     psc.colocated = f.servers_colocated;
     psc.num_servers = f.servers_colocated ? 0 : f.servers;
-    if (dml_ps_sync_parse(f.sync, &psc.staleness, &e) != 0) dml_cli_usage_error("train", "--sync: %s", dml_err_msg(&e));
+    if (dml_ps_sync_parse(f.sync, &psc.staleness, &e) != 0)
+      dml_cli_usage_error("train", "--sync: %s", dml_err_msg(&e));
     if (dml_ps_num_workers(&psc, world) < 1)
-      dml_cli_fail("train", "--strategy ps with %d processes and %d servers leaves no worker", world, psc.num_servers);
+      dml_cli_fail("train", "--strategy ps with %d processes and %d servers leaves no worker",
+                   world, psc.num_servers);
   }
-  cfg.strategy = (world > 1 && !ps_mode && (f.strategy == NULL || strcmp(f.strategy, "allreduce") == 0))
-                     ? DML_STRATEGY_ALLREDUCE
-                     : DML_STRATEGY_LOCAL;
+  cfg.strategy =
+      (world > 1 && !ps_mode && (f.strategy == NULL || strcmp(f.strategy, "allreduce") == 0))
+          ? DML_STRATEGY_ALLREDUCE
+          : DML_STRATEGY_LOCAL;
   if (world > 1 && cfg.strategy == DML_STRATEGY_LOCAL && !ps_mode)
-    dml_cli_fail("train", "--strategy local with %d processes: every process would train alone", world);
+    dml_cli_fail("train", "--strategy local with %d processes: every process would train alone",
+                 world);
   dml_model_kind kind;
-  if (dml_model_kind_parse(f.model, &kind, &e) != 0) dml_cli_usage_error("train", "%s", dml_err_msg(&e));
+  if (dml_model_kind_parse(f.model, &kind, &e) != 0)
+    dml_cli_usage_error("train", "%s", dml_err_msg(&e));
   dml_model_config_init(&cfg.model, kind, 0, 0);
   if (kind == DML_MODEL_MLP) {
     cfg.model.num_hidden = f.n_hidden;
@@ -246,13 +262,16 @@ int dml_cli_train_main(int argc, char **argv) {
   if (rank == 0 && !f.quiet)
     dml_log(DML_LOG_INFO, "%s: %d rows x %d features, %d classes%s%s (%.1fs); %d worker%s, BLAS %s",
             train.name, train.n, train.dim, train.num_classes, f.test ? "; test " : "",
-            f.test ? test.name : "", dml_now_s() - l0, world, world > 1 ? "s" : "", dml_cli_blas_info());
+            f.test ? test.name : "", dml_now_s() - l0, world, world > 1 ? "s" : "",
+            dml_cli_blas_info());
   if (f.test != NULL && test.dim != train.dim)
-    dml_cli_fail("train", "%s has %d features but %s has %d", test.name, test.dim, train.name, train.dim);
+    dml_cli_fail("train", "%s has %d features but %s has %d", test.name, test.dim, train.name,
+                 train.dim);
   if (cfg.strategy == DML_STRATEGY_ALLREDUCE) { /* keep only this rank's shard in memory */
     int64_t b, en;
     cfg.shard_of_rows = train.n;
-    if (dml_shard_range(train.n, rank, world, &b, &en) != 0 || dml_dataset_keep_range(&train, (int)b, (int)en, &e) != 0)
+    if (dml_shard_range(train.n, rank, world, &b, &en) != 0 ||
+        dml_dataset_keep_range(&train, (int)b, (int)en, &e) != 0)
       dml_cli_fail("train", "keeping rank %d's shard: %s", rank, dml_err_msg(&e));
   }
   dml_train_result res;
@@ -289,22 +308,27 @@ int dml_cli_train_main(int argc, char **argv) {
  * eval */
 
 static void eval_usage(void) {
-  printf("usage: distml eval --model FILE.safetensors --data SPEC [--format F] [--json]\n"
-         "\n"
-         "Evaluates a saved model: accuracy, loss and (binary models) AUC.\n"
-         "  --model FILE     a model written by distml train --save\n"
-         "  --data SPEC      data as in distml train (fashion-mnist:test, a LIBSVM/CSV/IDX file)\n"
-         "  --format F       auto|idx|libsvm|csv (default auto)\n"
-         "  --label-col N, --header H, --features N   as in distml train\n"
-         "  --json           print one JSON object (test_accuracy, test_loss, test_auc, rows)\n");
+  printf(
+      "usage: distml eval --model FILE.safetensors --data SPEC [--format F] [--json]\n"
+      "\n"
+      "Evaluates a saved model: accuracy, loss and (binary models) AUC.\n"
+      "  --model FILE     a model written by distml train --save\n"
+      "  --data SPEC      data as in distml train (fashion-mnist:test, a LIBSVM/CSV/IDX file)\n"
+      "  --format F       auto|idx|libsvm|csv (default auto)\n"
+      "  --label-col N, --header H, --features N   as in distml train\n"
+      "  --json           print one JSON object (test_accuracy, test_loss, test_auc, rows)\n");
 }
 
 int dml_cli_eval_main(int argc, char **argv) {
-  static const struct option opts[] = {
-      {"model", required_argument, 0, 'm'}, {"data", required_argument, 0, 'd'},
-      {"format", required_argument, 0, 'f'}, {"json", no_argument, 0, 'j'},
-      {"label-col", required_argument, 0, 'l'}, {"header", required_argument, 0, 'H'},
-      {"features", required_argument, 0, 'F'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+  static const struct option opts[] = {{"model", required_argument, 0, 'm'},
+                                       {"data", required_argument, 0, 'd'},
+                                       {"format", required_argument, 0, 'f'},
+                                       {"json", no_argument, 0, 'j'},
+                                       {"label-col", required_argument, 0, 'l'},
+                                       {"header", required_argument, 0, 'H'},
+                                       {"features", required_argument, 0, 'F'},
+                                       {"help", no_argument, 0, 'h'},
+                                       {0, 0, 0, 0}};
   dml_cli_train_flags f;
   memset(&f, 0, sizeof(f));
   f.format = "auto";
@@ -319,7 +343,9 @@ int dml_cli_eval_main(int argc, char **argv) {
       case 'd': f.data = optarg; break;
       case 'f': f.format = optarg; break;
       case 'j': json = 1; break;
-      case 'l': f.label_col = (int)dml_cli_int("eval", "--label-col", optarg, -100000, 100000); break;
+      case 'l':
+        f.label_col = (int)dml_cli_int("eval", "--label-col", optarg, -100000, 100000);
+        break;
       case 'H': f.header = optarg; break;
       case 'F': f.features = dml_cli_int("eval", "--features", optarg, 1, UINT32_MAX); break;
       case 'h': eval_usage(); return 0;
@@ -339,12 +365,15 @@ int dml_cli_eval_main(int argc, char **argv) {
   int inferred_features = f.features == 0;
   if (inferred_features && mc->kind == DML_MODEL_LOGREG) f.features = mc->in_dim;
   dml_dataset ds = {0};
-  load_data("eval", f.data, &f, &ds, mc->num_classes, mc->kind == DML_MODEL_LOGREG && inferred_features);
+  load_data("eval", f.data, &f, &ds, mc->num_classes,
+            mc->kind == DML_MODEL_LOGREG && inferred_features);
   if (ds.dim != mc->in_dim && !(ds.x == NULL && ds.dim < mc->in_dim))
-    dml_cli_fail("eval", "%s has %d features, the model %s expects %d", ds.name, ds.dim, model_path, mc->in_dim);
+    dml_cli_fail("eval", "%s has %d features, the model %s expects %d", ds.name, ds.dim, model_path,
+                 mc->in_dim);
   ds.dim = mc->in_dim;
   double acc, loss, auc;
-  if (dml_evaluate(m, &ds, NULL, &acc, &loss, &auc, &e) != 0) dml_cli_fail("eval", "%s", dml_err_msg(&e));
+  if (dml_evaluate(m, &ds, NULL, &acc, &loss, &auc, &e) != 0)
+    dml_cli_fail("eval", "%s", dml_err_msg(&e));
   if (json) {
     dml_jsonl j;
     dml_jsonl_init_stream(&j, stdout);

@@ -11,11 +11,47 @@
 #include "cli/cli.h"
 
 enum {
-  OPT_DATA = 256, OPT_TEST, OPT_FORMAT, OPT_LABEL_COL, OPT_HEADER, OPT_FEATURES, OPT_MODEL,
-  OPT_HIDDEN, OPT_EPOCHS, OPT_BATCH, OPT_LR, OPT_OPTIMIZER, OPT_MOMENTUM, OPT_WD, OPT_L1, OPT_L2,
-  OPT_FTRL_ALPHA, OPT_FTRL_BETA, OPT_SEED, OPT_SAVE, OPT_METRICS, OPT_JSON, OPT_QUIET, OPT_THREADS,
-  OPT_STRATEGY, OPT_BACKEND, OPT_BUCKET_MB, OPT_ACCUMULATE, OPT_SYNC_EVERY, OPT_GRAD_COMPRESS,
-  OPT_LR_SCHEDULE, OPT_SERVERS, OPT_SYNC, OPT_LOADER_THREADS, OPT_PREFETCH, OPT_AUGMENT, OPT_TRACE, OPT_CHECKPOINT, OPT_CHECKPOINT_EVERY, OPT_RESUME, OPT_HELP
+  OPT_DATA = 256,
+  OPT_TEST,
+  OPT_FORMAT,
+  OPT_LABEL_COL,
+  OPT_HEADER,
+  OPT_FEATURES,
+  OPT_MODEL,
+  OPT_HIDDEN,
+  OPT_EPOCHS,
+  OPT_BATCH,
+  OPT_LR,
+  OPT_OPTIMIZER,
+  OPT_MOMENTUM,
+  OPT_WD,
+  OPT_L1,
+  OPT_L2,
+  OPT_FTRL_ALPHA,
+  OPT_FTRL_BETA,
+  OPT_SEED,
+  OPT_SAVE,
+  OPT_METRICS,
+  OPT_JSON,
+  OPT_QUIET,
+  OPT_THREADS,
+  OPT_STRATEGY,
+  OPT_BACKEND,
+  OPT_BUCKET_MB,
+  OPT_ACCUMULATE,
+  OPT_SYNC_EVERY,
+  OPT_GRAD_COMPRESS,
+  OPT_LR_SCHEDULE,
+  OPT_SERVERS,
+  OPT_SYNC,
+  OPT_LOADER_THREADS,
+  OPT_PREFETCH,
+  OPT_AUGMENT,
+  OPT_TRACE,
+  OPT_CHECKPOINT,
+  OPT_CHECKPOINT_EVERY,
+  OPT_RESUME,
+  OPT_HELP
 };
 
 static const struct option long_opts[] = {
@@ -72,7 +108,8 @@ static void usage(void) {
       "data:\n"
       "  --data SPEC          training data: fashion-mnist[:train|:test], an IDX images file\n"
       "                       (labels file found beside it), IMAGES,LABELS, or a LIBSVM/CSV file\n"
-      "  --test SPEC          test data (default: fashion-mnist:test when --data is fashion-mnist)\n"
+      "  --test SPEC          test data (default: fashion-mnist:test when --data is "
+      "fashion-mnist)\n"
       "  --format F           auto|idx|libsvm|csv (default auto)\n"
       "  --label-col N        CSV: the label column (default 0; negative counts from the end)\n"
       "  --header H           CSV: auto|yes|no (default auto)\n"
@@ -96,7 +133,8 @@ static void usage(void) {
       "  --loader-threads T   prepare batches on T threads ahead of training (default 0: on the\n"
       "                       training thread); batches depend on the seed only, not on T\n"
       "  --prefetch K         batches prepared ahead (default 2)\n"
-      "  --augment A          random image augmentation: any of shift,flip,noise (comma-separated),\n"
+      "  --augment A          random image augmentation: any of shift,flip,noise "
+      "(comma-separated),\n"
       "                       all or none; rows are square images (implies --loader-threads 1)\n"
       "output:\n"
       "  --save FILE          write the trained model (safetensors, atomically)\n"
@@ -107,7 +145,8 @@ static void usage(void) {
       "  --threads T          BLAS threads per process (default: 1 with -n > 1, else all cores)\n"
       "distributed:\n"
       "  -n N                 workers on this machine (default 1: local training)\n"
-      "  --strategy S         local|allreduce|ps (default: allreduce when -n > 1 or under a launcher)\n"
+      "  --strategy S         local|allreduce|ps (default: allreduce when -n > 1 or under a "
+      "launcher)\n"
       "  --servers S          ps: S server processes besides the -n workers (default 1), or\n"
       "                       'colocated': a server shard inside each worker\n"
       "  --sync M             ps: bsp|ssp:S|asp consistency (default bsp)\n"
@@ -131,7 +170,8 @@ static int parse_hidden(dml_cli_train_flags *f, const char *s) {
     f->hidden[f->n_hidden++] = (int)dml_cli_int("train", "--hidden", tok, 1, 1 << 16);
   }
   free(copy);
-  if (f->n_hidden == 0) dml_cli_usage_error("train", "--hidden: expected sizes like 256 or 256,128");
+  if (f->n_hidden == 0)
+    dml_cli_usage_error("train", "--hidden: expected sizes like 256 or 256,128");
   return 0;
 }
 
@@ -185,23 +225,40 @@ int dml_cli_train_flags_parse(dml_cli_train_flags *f, int argc, char **argv) {
       case OPT_DATA: f->data = optarg; break;
       case OPT_TEST: f->test = optarg; break;
       case OPT_FORMAT: f->format = one_of("--format", optarg, formats); break;
-      case OPT_LABEL_COL: f->label_col = (int)dml_cli_int("train", "--label-col", optarg, -100000, 100000); break;
+      case OPT_LABEL_COL:
+        f->label_col = (int)dml_cli_int("train", "--label-col", optarg, -100000, 100000);
+        break;
       case OPT_HEADER: f->header = one_of("--header", optarg, headers); break;
-      case OPT_FEATURES: f->features = dml_cli_int("train", "--features", optarg, 1, UINT32_MAX); break;
+      case OPT_FEATURES:
+        f->features = dml_cli_int("train", "--features", optarg, 1, UINT32_MAX);
+        break;
       case OPT_MODEL: f->model = one_of("--model", optarg, models); break;
       case OPT_HIDDEN: parse_hidden(f, optarg); break;
       case OPT_EPOCHS: f->epochs = (int)dml_cli_int("train", "--epochs", optarg, 1, 1000000); break;
       case OPT_BATCH: f->batch = (int)dml_cli_int("train", "--batch", optarg, 1, 1 << 20); break;
       case OPT_LR: f->lr = dml_cli_double("train", "--lr", optarg, 1e-12, 1e6); break;
-      case OPT_OPTIMIZER: f->optimizer = one_of("--optimizer", optarg, optimizers); explicit_optimizer = 1; break;
+      case OPT_OPTIMIZER:
+        f->optimizer = one_of("--optimizer", optarg, optimizers);
+        explicit_optimizer = 1;
+        break;
       case OPT_LR_SCHEDULE: f->lr_schedule = one_of("--lr-schedule", optarg, schedules); break;
-      case OPT_MOMENTUM: f->momentum = dml_cli_double("train", "--momentum", optarg, 0, 0.999999); break;
-      case OPT_WD: f->weight_decay = dml_cli_double("train", "--weight-decay", optarg, 0, 1e3); break;
+      case OPT_MOMENTUM:
+        f->momentum = dml_cli_double("train", "--momentum", optarg, 0, 0.999999);
+        break;
+      case OPT_WD:
+        f->weight_decay = dml_cli_double("train", "--weight-decay", optarg, 0, 1e3);
+        break;
       case OPT_L1: f->l1 = dml_cli_double("train", "--l1", optarg, 0, 1e6); break;
       case OPT_L2: f->l2 = dml_cli_double("train", "--l2", optarg, 0, 1e6); break;
-      case OPT_FTRL_ALPHA: f->ftrl_alpha = dml_cli_double("train", "--ftrl-alpha", optarg, 1e-12, 1e6); break;
-      case OPT_FTRL_BETA: f->ftrl_beta = dml_cli_double("train", "--ftrl-beta", optarg, 0, 1e6); break;
-      case OPT_SEED: f->seed = (uint64_t)dml_cli_int("train", "--seed", optarg, 0, INT64_MAX); break;
+      case OPT_FTRL_ALPHA:
+        f->ftrl_alpha = dml_cli_double("train", "--ftrl-alpha", optarg, 1e-12, 1e6);
+        break;
+      case OPT_FTRL_BETA:
+        f->ftrl_beta = dml_cli_double("train", "--ftrl-beta", optarg, 0, 1e6);
+        break;
+      case OPT_SEED:
+        f->seed = (uint64_t)dml_cli_int("train", "--seed", optarg, 0, INT64_MAX);
+        break;
       case OPT_SAVE: f->save = optarg; break;
       case OPT_METRICS: f->metrics = optarg; break;
       case OPT_JSON: f->json = 1; break;
@@ -219,16 +276,28 @@ int dml_cli_train_flags_parse(dml_cli_train_flags *f, int argc, char **argv) {
         break;
       case OPT_SYNC: f->sync = optarg; break;
       case OPT_BACKEND: f->backend = one_of("--backend", optarg, backends); break;
-      case OPT_BUCKET_MB: f->bucket_mb = dml_cli_double("train", "--bucket-mb", optarg, 0.001, 4096); break;
-      case OPT_ACCUMULATE: f->accumulate = (int)dml_cli_int("train", "--accumulate", optarg, 1, 1 << 20); break;
-      case OPT_SYNC_EVERY: f->sync_every = (int)dml_cli_int("train", "--sync-every", optarg, 1, 1 << 30); break;
+      case OPT_BUCKET_MB:
+        f->bucket_mb = dml_cli_double("train", "--bucket-mb", optarg, 0.001, 4096);
+        break;
+      case OPT_ACCUMULATE:
+        f->accumulate = (int)dml_cli_int("train", "--accumulate", optarg, 1, 1 << 20);
+        break;
+      case OPT_SYNC_EVERY:
+        f->sync_every = (int)dml_cli_int("train", "--sync-every", optarg, 1, 1 << 30);
+        break;
       case OPT_GRAD_COMPRESS: f->grad_compress = one_of("--grad-compress", optarg, compress); break;
       case OPT_TRACE: f->trace = optarg; break;
-      case OPT_LOADER_THREADS: f->loader_threads = (int)dml_cli_int("train", "--loader-threads", optarg, 0, 256); break;
-      case OPT_PREFETCH: f->prefetch = (int)dml_cli_int("train", "--prefetch", optarg, 1, 1024); break;
+      case OPT_LOADER_THREADS:
+        f->loader_threads = (int)dml_cli_int("train", "--loader-threads", optarg, 0, 256);
+        break;
+      case OPT_PREFETCH:
+        f->prefetch = (int)dml_cli_int("train", "--prefetch", optarg, 1, 1024);
+        break;
       case OPT_AUGMENT: f->augment = optarg; break;
       case OPT_CHECKPOINT: f->checkpoint = optarg; break;
-      case OPT_CHECKPOINT_EVERY: f->checkpoint_every = (int)dml_cli_int("train", "--checkpoint-every", optarg, 1, 1 << 30); break;
+      case OPT_CHECKPOINT_EVERY:
+        f->checkpoint_every = (int)dml_cli_int("train", "--checkpoint-every", optarg, 1, 1 << 30);
+        break;
       case OPT_RESUME: f->resume = 1; break;
       case OPT_HELP: usage(); exit(0);
       case ':': dml_cli_usage_error("train", "%s needs a value", argv[optind - 1]);
@@ -236,17 +305,24 @@ int dml_cli_train_flags_parse(dml_cli_train_flags *f, int argc, char **argv) {
     }
   }
   if (optind < argc) dml_cli_usage_error("train", "unexpected argument '%s'", argv[optind]);
-  if (f->data == NULL) dml_cli_usage_error("train", "--data is required (e.g. --data fashion-mnist)");
+  if (f->data == NULL)
+    dml_cli_usage_error("train", "--data is required (e.g. --data fashion-mnist)");
   if (!explicit_optimizer) f->optimizer = strcmp(f->model, "logreg") == 0 ? "ftrl" : "adam";
   if (f->lr <= 0) {
-    if (strcmp(f->optimizer, "adam") == 0) f->lr = 0.001;
-    else if (strcmp(f->optimizer, "ftrl") == 0) f->lr = 2.0;
-    else if (strcmp(f->optimizer, "adagrad") == 0) f->lr = 0.1;
-    else f->lr = 0.05;
+    if (strcmp(f->optimizer, "adam") == 0)
+      f->lr = 0.001;
+    else if (strcmp(f->optimizer, "ftrl") == 0)
+      f->lr = 2.0;
+    else if (strcmp(f->optimizer, "adagrad") == 0)
+      f->lr = 0.1;
+    else
+      f->lr = 0.05;
   }
   if (f->ftrl_alpha <= 0) f->ftrl_alpha = f->lr;
-  if (f->lr_schedule == NULL) f->lr_schedule = strcmp(f->optimizer, "ftrl") == 0 ? "constant" : "cosine";
-  if (f->resume && f->checkpoint == NULL) dml_cli_usage_error("train", "--resume needs --checkpoint DIR");
+  if (f->lr_schedule == NULL)
+    f->lr_schedule = strcmp(f->optimizer, "ftrl") == 0 ? "constant" : "cosine";
+  if (f->resume && f->checkpoint == NULL)
+    dml_cli_usage_error("train", "--resume needs --checkpoint DIR");
   if (f->test == NULL && strncmp(f->data, "fashion-mnist", 13) == 0) f->test = "fashion-mnist:test";
   return 0;
 }

@@ -26,37 +26,40 @@
 #define MAX_FIXED 64
 
 /* Flags that may take a list of values to search over (all are `distml train` flags). */
-static const char *const k_searchable[] = {"lr", "hidden", "batch", "epochs", "optimizer", "momentum",
-                                           "weight-decay", "l1", "l2", "model", "seed", "lr-schedule",
-                                           "ftrl-alpha", "ftrl-beta", NULL};
+static const char *const k_searchable[] = {
+    "lr",       "hidden",       "batch",      "epochs",    "optimizer",
+    "momentum", "weight-decay", "l1",         "l2",        "model",
+    "seed",     "lr-schedule",  "ftrl-alpha", "ftrl-beta", NULL};
 /* Flags passed through unchanged to every trial. */
-static const char *const k_fixed[] = {"data", "test", "format", "label-col", "header", "features",
-                                      "augment", "loader-threads", NULL};
+static const char *const k_fixed[] = {
+    "data", "test", "format", "label-col", "header", "features", "augment", "loader-threads", NULL};
 
 typedef struct axis {
   const char *flag;
-  char *storage;            /* the copy of the value list that values[] point into (owned) */
+  char *storage; /* the copy of the value list that values[] point into (owned) */
   char *values[MAX_VALUES];
   int n;
 } axis;
 
 static void usage(void) {
-  printf("usage: distml tune -n W [--random K] [--seed S] [--json] --data SPEC [train flags]\n"
-         "\n"
-         "Hyperparameter search: every trial is one `distml train` run, handed to W worker\n"
-         "processes as they become free (a task farm; a worker that dies loses its trial to\n"
-         "another). Searched flags take comma-separated values and make a grid:\n"
-         "  --lr 0.01,0.05,0.1  --hidden 128,256  --batch 32,64  --epochs  --optimizer  --momentum\n"
-         "  --weight-decay  --l1  --l2  --model  --seed  --lr-schedule  --ftrl-alpha  --ftrl-beta\n"
-         "(a multi-layer MLP is written with x inside one value: --hidden 256x128,512).\n"
-         "Passed to every trial: --data --test --format --label-col --header --features\n"
-         "--augment --loader-threads.\n"
-         "  -n W          worker processes (default 2)\n"
-         "  --random K    run K trials drawn from the grid (seeded by --search-seed) instead of all\n"
-         "  --search-seed S   (default 1)\n"
-         "  --timeout S   give up on a trial after S seconds (default 3600)\n"
-         "  --json        print {\"trials\": [{flag: value, ..., \"test_accuracy\", \"wall_s\"}, ...]}\n"
-         "Results are sorted by test accuracy, best first.\n");
+  printf(
+      "usage: distml tune -n W [--random K] [--seed S] [--json] --data SPEC [train flags]\n"
+      "\n"
+      "Hyperparameter search: every trial is one `distml train` run, handed to W worker\n"
+      "processes as they become free (a task farm; a worker that dies loses its trial to\n"
+      "another). Searched flags take comma-separated values and make a grid:\n"
+      "  --lr 0.01,0.05,0.1  --hidden 128,256  --batch 32,64  --epochs  --optimizer  --momentum\n"
+      "  --weight-decay  --l1  --l2  --model  --seed  --lr-schedule  --ftrl-alpha  --ftrl-beta\n"
+      "(a multi-layer MLP is written with x inside one value: --hidden 256x128,512).\n"
+      "Passed to every trial: --data --test --format --label-col --header --features\n"
+      "--augment --loader-threads.\n"
+      "  -n W          worker processes (default 2)\n"
+      "  --random K    run K trials drawn from the grid (seeded by --search-seed) instead of all\n"
+      "  --search-seed S   (default 1)\n"
+      "  --timeout S   give up on a trial after S seconds (default 3600)\n"
+      "  --json        print {\"trials\": [{flag: value, ..., \"test_accuracy\", \"wall_s\"}, "
+      "...]}\n"
+      "Results are sorted by test accuracy, best first.\n");
 }
 
 static int in_list(const char *const *list, const char *s) {
@@ -99,8 +102,9 @@ static int run_trial(void *user, const void *in, size_t in_bytes, void *out, siz
     close(fd[0]);
     close(fd[1]);
     /* Not a rank of this job: the trial trains alone. */
-    static const char *const vars[] = {"DISTML_RANK", "DISTML_WORLD_SIZE", "RANK", "WORLD_SIZE", "LOCAL_RANK",
-                                       "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"};
+    static const char *const vars[] = {"DISTML_RANK", "DISTML_WORLD_SIZE", "RANK",
+                                       "WORLD_SIZE",  "LOCAL_RANK",        "LOCAL_WORLD_SIZE",
+                                       "MASTER_ADDR", "MASTER_PORT"};
     for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) unsetenv(vars[i]);
     execv("/proc/self/exe", args);
     _exit(127);
@@ -138,7 +142,7 @@ typedef struct trial {
   int choice[MAX_AXES]; /* value index per axis */
   char payload[4096];
   size_t bytes;
-  json_t *result;       /* parsed train summary, or NULL */
+  json_t *result; /* parsed train summary, or NULL */
   const char *error;
 } trial;
 
@@ -170,15 +174,17 @@ static json_t *value_json(const char *v) {
   return json_string(v);
 }
 
-static int coordinator(dml_comm *comm, axis *axes, int naxes, char **fixed, int nfixed, int random_k,
-                       uint64_t search_seed, int json_out) {
+static int coordinator(dml_comm *comm, axis *axes, int naxes, char **fixed, int nfixed,
+                       int random_k, uint64_t search_seed, int json_out) {
   size_t total = 1;
   for (int a = 0; a < naxes; a++) {
     total *= (size_t)axes[a].n;
-    if (total > 1000000) dml_cli_fail("tune", "the grid has more than a million trials: use --random K");
+    if (total > 1000000)
+      dml_cli_fail("tune", "the grid has more than a million trials: use --random K");
   }
   size_t ntrials = random_k > 0 && (size_t)random_k < total ? (size_t)random_k : total;
-  if (ntrials > MAX_TRIALS) dml_cli_fail("tune", "%zu trials: at most %d (use --random K)", ntrials, MAX_TRIALS);
+  if (ntrials > MAX_TRIALS)
+    dml_cli_fail("tune", "%zu trials: at most %d (use --random K)", ntrials, MAX_TRIALS);
   /* Grid order, or K distinct points of it drawn with a seeded shuffle. */
   size_t *pick = malloc(sizeof(size_t) * total);
   for (size_t i = 0; i < total; i++) pick[i] = i;
@@ -203,7 +209,8 @@ static int coordinator(dml_comm *comm, axis *axes, int naxes, char **fixed, int 
       code /= (size_t)axes[a].n;
     }
     int bad = 0;
-    for (int i = 0; i < nfixed; i++) bad |= append(tr->payload, sizeof(tr->payload), &tr->bytes, fixed[i]);
+    for (int i = 0; i < nfixed; i++)
+      bad |= append(tr->payload, sizeof(tr->payload), &tr->bytes, fixed[i]);
     for (int a = 0; a < naxes; a++) {
       char flag[64], val[128];
       snprintf(flag, sizeof(flag), "--%s", axes[a].flag);
@@ -214,7 +221,8 @@ static int coordinator(dml_comm *comm, axis *axes, int naxes, char **fixed, int 
       bad |= append(tr->payload, sizeof(tr->payload), &tr->bytes, flag);
       bad |= append(tr->payload, sizeof(tr->payload), &tr->bytes, val);
     }
-    if (bad) dml_cli_fail("tune", "the flags of one trial are longer than %zu bytes", sizeof(tr->payload));
+    if (bad)
+      dml_cli_fail("tune", "the flags of one trial are longer than %zu bytes", sizeof(tr->payload));
     tasks[t].handler = "trial";
     tasks[t].payload = tr->payload;
     tasks[t].bytes = tr->bytes;
@@ -255,7 +263,8 @@ static int coordinator(dml_comm *comm, axis *axes, int naxes, char **fixed, int 
       json_t *o = json_object();
       for (int a = 0; a < naxes; a++)
         json_object_set_new(o, axes[a].flag, value_json(axes[a].values[tr->choice[a]]));
-      static const char *const keep[] = {"test_accuracy", "test_loss", "test_auc", "wall_s", "samples_per_s"};
+      static const char *const keep[] = {"test_accuracy", "test_loss", "test_auc", "wall_s",
+                                         "samples_per_s"};
       for (size_t k = 0; k < sizeof(keep) / sizeof(keep[0]); k++) {
         json_t *v = tr->result ? json_object_get(tr->result, keep[k]) : NULL;
         if (v) json_object_set(o, keep[k], v);
@@ -278,7 +287,8 @@ static int coordinator(dml_comm *comm, axis *axes, int naxes, char **fixed, int 
       printf("%4zu", i + 1);
       for (int a = 0; a < naxes; a++) printf(" %12s", axes[a].values[tr->choice[a]]);
       if (tr->result)
-        printf(" %13.4f %10.4f %8.1f\n", acc_of(tr), json_number_value(json_object_get(tr->result, "test_loss")),
+        printf(" %13.4f %10.4f %8.1f\n", acc_of(tr),
+               json_number_value(json_object_get(tr->result, "test_loss")),
                json_number_value(json_object_get(tr->result, "wall_s")));
       else
         printf("  failed: %s\n", tr->error ? tr->error : "?");
@@ -318,7 +328,8 @@ int dml_cli_tune_main(int argc, char **argv) {
       json_out = 1;
       continue;
     }
-    if (strncmp(a, "--", 2) != 0 && strcmp(a, "-n") != 0) dml_cli_usage_error("tune", "unexpected argument '%s'", a);
+    if (strncmp(a, "--", 2) != 0 && strcmp(a, "-n") != 0)
+      dml_cli_usage_error("tune", "unexpected argument '%s'", a);
     if (i + 1 >= argc) dml_cli_usage_error("tune", "%s needs a value", a);
     const char *v = argv[++i];
     if (strcmp(a, "-n") == 0) {
@@ -335,7 +346,8 @@ int dml_cli_tune_main(int argc, char **argv) {
       char *copy = strdup(v), *save = NULL;
       ax->storage = copy;
       for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        if (ax->n == MAX_VALUES) dml_cli_usage_error("tune", "%s: at most %d values", a, MAX_VALUES);
+        if (ax->n == MAX_VALUES)
+          dml_cli_usage_error("tune", "%s: at most %d values", a, MAX_VALUES);
         ax->values[ax->n++] = tok;
       }
       if (ax->n == 0) dml_cli_usage_error("tune", "%s: no values", a);
@@ -352,15 +364,19 @@ int dml_cli_tune_main(int argc, char **argv) {
       fixed[nfixed++] = argv[i];
       if (strcmp(a, "--data") == 0) data = v;
     } else {
-      dml_cli_usage_error("tune", "unknown flag '%s' (tune searches or passes on train flags; see --help)", a);
+      dml_cli_usage_error(
+          "tune", "unknown flag '%s' (tune searches or passes on train flags; see --help)", a);
     }
   }
   if (data == NULL) dml_cli_usage_error("tune", "--data is required");
-  if (naxes == 0) dml_cli_usage_error("tune", "nothing to search: give at least one flag a list (e.g. --lr 0.01,0.1)");
+  if (naxes == 0)
+    dml_cli_usage_error("tune",
+                        "nothing to search: give at least one flag a list (e.g. --lr 0.01,0.1)");
   for (int a = 0; a < naxes; a++) /* every value must be one train accepts: check them here */
     for (int k = 0; k < axes[a].n; k++) {
       const char *v = axes[a].values[k], *f = axes[a].flag;
-      if (strcmp(f, "optimizer") == 0 || strcmp(f, "model") == 0 || strcmp(f, "lr-schedule") == 0) continue;
+      if (strcmp(f, "optimizer") == 0 || strcmp(f, "model") == 0 || strcmp(f, "lr-schedule") == 0)
+        continue;
       if (strcmp(f, "hidden") == 0) {
         char tmp[128];
         snprintf(tmp, sizeof(tmp), "%s", v);

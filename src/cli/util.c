@@ -30,16 +30,19 @@ void dml_cli_fail(const char *cmd, const char *fmt, ...) {
   exit(1);
 }
 
-int64_t dml_cli_int(const char *cmd, const char *flag, const char *value, int64_t min, int64_t max) {
+int64_t dml_cli_int(const char *cmd, const char *flag, const char *value, int64_t min,
+                    int64_t max) {
   int64_t v;
   dml_err e = {0};
   if (dml_parse_i64(value, min, max, &v, &e) != 0) dml_cli_usage_error(cmd, "%s: %s", flag, e.msg);
   return v;
 }
 
-double dml_cli_double(const char *cmd, const char *flag, const char *value, double min, double max) {
+double dml_cli_double(const char *cmd, const char *flag, const char *value, double min,
+                      double max) {
   double v;
   dml_err e = {0};
-  if (dml_parse_double(value, min, max, &v, &e) != 0) dml_cli_usage_error(cmd, "%s: %s", flag, e.msg);
+  if (dml_parse_double(value, min, max, &v, &e) != 0)
+    dml_cli_usage_error(cmd, "%s: %s", flag, e.msg);
   return v;
 }

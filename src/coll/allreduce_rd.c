@@ -7,7 +7,9 @@
 #include "coll/coll_internal.h"
 
 /* Real rank of a rank numbered among the power-of-two participants. */
-static int real_rank(int nr, int extra) { return nr < extra ? 2 * nr + 1 : nr + extra; }
+static int real_rank(int nr, int extra) {
+  return nr < extra ? 2 * nr + 1 : nr + extra;
+}
 
 /* Sends our values (as wire, from stage, when compressed) and receives the peer's into rtmp. */
 static int exchange(dml__coll_ctx *ctx, int peer, void *buf, void *stage, void *rtmp, size_t count,

@@ -7,7 +7,9 @@
 #include "coll/coll_internal.h"
 
 /* A block's chunks: count elements cut in pieces of at most per elements. */
-static size_t nchunks(size_t count, size_t per) { return count == 0 ? 0 : (count + per - 1) / per; }
+static size_t nchunks(size_t count, size_t per) {
+  return count == 0 ? 0 : (count + per - 1) / per;
+}
 
 static size_t chunk_elems(const dml__coll_ctx *ctx, dml_dtype wire) {
   size_t w = dml_dtype_size(wire);
@@ -92,8 +94,8 @@ int dml__reduce_scatter_ring(dml__coll_ctx *ctx, void *buf, const size_t *blk_of
   return dml__coll_wait_all(ctx);
 }
 
-int dml__allgather_ring(dml__coll_ctx *ctx, void *buf, const size_t *blk_off,
-                        const size_t *blk_cnt, dml_dtype dt, dml_dtype wire) {
+int dml__allgather_ring(dml__coll_ctx *ctx, void *buf, const size_t *blk_off, const size_t *blk_cnt,
+                        dml_dtype dt, dml_dtype wire) {
   int p = ctx->size, r = ctx->rank;
   if (p == 1) return 0;
   int right = (r + 1) % p, left = (r - 1 + p) % p;
@@ -145,8 +147,8 @@ int dml__allgather_ring(dml__coll_ctx *ctx, void *buf, const size_t *blk_off,
   return dml__coll_wait_all(ctx);
 }
 
-int dml__allreduce_ring(dml__coll_ctx *ctx, void *buf, size_t count, dml_dtype dt,
-                        dml_dtype wire, dml_redop op) {
+int dml__allreduce_ring(dml__coll_ctx *ctx, void *buf, size_t count, dml_dtype dt, dml_dtype wire,
+                        dml_redop op) {
   int p = ctx->size;
   size_t *off = dml__malloc(2 * (size_t)p * sizeof(size_t));
   if (off == NULL) return dml__coll_fail(ctx, DML_ENOMEM, "%s: out of memory", ctx->what);

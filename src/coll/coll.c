@@ -22,13 +22,7 @@
 /* Blamed rank of a notice that says "this rank has detached" (not a failure). */
 #define NOTICE_BYE (-2)
 
-typedef enum {
-  OP_ALLREDUCE,
-  OP_REDUCE_SCATTER,
-  OP_ALLGATHER,
-  OP_BROADCAST,
-  OP_BARRIER
-} op_kind;
+typedef enum { OP_ALLREDUCE, OP_REDUCE_SCATTER, OP_ALLGATHER, OP_BROADCAST, OP_BARRIER } op_kind;
 
 struct dml_coll_req {
   dml__coll_state *st;
@@ -176,7 +170,8 @@ static void read_env(dml__coll_state *st) {
     return;
   }
   size_t def = st->size <= 2 ? DEFAULT_RD_MAX_BYTES_2 : DEFAULT_RD_MAX_BYTES;
-  if (dml_env_i64("DISTML_ALLREDUCE_RD_MAX_BYTES", (int64_t)def, 0, INT64_MAX, &v, &e) != 0) goto bad;
+  if (dml_env_i64("DISTML_ALLREDUCE_RD_MAX_BYTES", (int64_t)def, 0, INT64_MAX, &v, &e) != 0)
+    goto bad;
   st->rd_max_bytes = (size_t)v;
   /* MPI pipelines large messages itself; small chunks only add waits there. */
   const char *be = dml_comm_backend(st->comm);
@@ -202,8 +197,9 @@ static int post_notices(dml__coll_state *st) {
   if (st->notice_req == NULL || st->notice_buf == NULL || st->gone == NULL) return DML_ENOMEM;
   for (int i = 0; i < p; i++) {
     if (i == st->rank) continue;
-    int rc = dml_comm_irecv(st->comm, i, DML__COLL_TAG_NOTICE, st->notice_buf + (size_t)i * NOTICE_BYTES,
-                            NOTICE_BYTES, &st->notice_req[i]);
+    int rc =
+        dml_comm_irecv(st->comm, i, DML__COLL_TAG_NOTICE, st->notice_buf + (size_t)i * NOTICE_BYTES,
+                       NOTICE_BYTES, &st->notice_req[i]);
     if (rc) {
       st->notice_req[i] = NULL;
       return rc;
@@ -272,8 +268,8 @@ static int get_state(dml_comm *c, dml__coll_state **out) {
     int rc = post_notices(st);
     if (rc) {
       st->failed = rc;
-      snprintf(st->errmsg, sizeof(st->errmsg), "collectives: cannot post failure-notice receives: %s",
-               dml_strerror(rc));
+      snprintf(st->errmsg, sizeof(st->errmsg),
+               "collectives: cannot post failure-notice receives: %s", dml_strerror(rc));
     }
   }
   st->next = g_states;
@@ -318,7 +314,8 @@ static void say_goodbye(dml__coll_state *st) {
     while (st->notice_req[i] != NULL) {
       int left = (int)((deadline - dml_now_s()) * 1e3);
       if (left <= 0) break;
-      if (dml_comm_wait(st->comm, st->notice_req[i], left) != DML_ETIMEDOUT) st->notice_req[i] = NULL;
+      if (dml_comm_wait(st->comm, st->notice_req[i], left) != DML_ETIMEDOUT)
+        st->notice_req[i] = NULL;
     }
   }
   int pending = 0;
@@ -738,7 +735,8 @@ static void *worker_main(void *arg) {
   dml__coll_state *st = arg;
   pthread_mutex_lock(&st->mu);
   for (;;) {
-    while (!st->stopping && (st->head == NULL || st->caller_busy)) pthread_cond_wait(&st->cv, &st->mu);
+    while (!st->stopping && (st->head == NULL || st->caller_busy))
+      pthread_cond_wait(&st->cv, &st->mu);
     if (st->head == NULL) break; /* stopping and nothing left */
     dml_coll_req *r = st->head;
     st->head = r->next;
@@ -863,8 +861,13 @@ static int allreduce_common(dml_comm *c, void *buf, size_t count, dml_dtype dt, 
   int rc = check_common(c, buf, count, dt);
   if (rc) return rc;
   if (dml_redop_name(op) == NULL || dml_allreduce_algo_name(algo) == NULL) return DML_EINVAL;
-  dml_coll_req r = {.kind = OP_ALLREDUCE, .buf = buf, .count = count, .dt = dt, .wire = wire,
-                    .op = op, .algo = algo};
+  dml_coll_req r = {.kind = OP_ALLREDUCE,
+                    .buf = buf,
+                    .count = count,
+                    .dt = dt,
+                    .wire = wire,
+                    .op = op,
+                    .algo = algo};
   return submit(c, &r, req);
 }
 
@@ -907,8 +910,13 @@ static int reduce_scatter_common(dml_comm *c, const void *sendbuf, void *recvbuf
   if (rc) return rc;
   if (recvcount > 0 && sendbuf == NULL) return DML_EINVAL;
   if (dml_redop_name(op) == NULL) return DML_EINVAL;
-  dml_coll_req r = {.kind = OP_REDUCE_SCATTER, .sendbuf = sendbuf, .buf = recvbuf,
-                    .count = recvcount, .dt = dt, .wire = dt, .op = op};
+  dml_coll_req r = {.kind = OP_REDUCE_SCATTER,
+                    .sendbuf = sendbuf,
+                    .buf = recvbuf,
+                    .count = recvcount,
+                    .dt = dt,
+                    .wire = dt,
+                    .op = op};
   return submit(c, &r, req);
 }
 int dml_reduce_scatter(dml_comm *c, const void *sendbuf, void *recvbuf, size_t recvcount,
@@ -926,15 +934,19 @@ static int allgather_common(dml_comm *c, const void *sendbuf, void *recvbuf, siz
   int rc = check_common(c, recvbuf, sendcount, dt);
   if (rc) return rc;
   if (sendcount > 0 && sendbuf == NULL) return DML_EINVAL;
-  dml_coll_req r = {.kind = OP_ALLGATHER, .sendbuf = sendbuf, .buf = recvbuf, .count = sendcount,
-                    .dt = dt, .wire = dt};
+  dml_coll_req r = {.kind = OP_ALLGATHER,
+                    .sendbuf = sendbuf,
+                    .buf = recvbuf,
+                    .count = sendcount,
+                    .dt = dt,
+                    .wire = dt};
   return submit(c, &r, req);
 }
 int dml_allgather(dml_comm *c, const void *sendbuf, void *recvbuf, size_t sendcount, dml_dtype dt) {
   return allgather_common(c, sendbuf, recvbuf, sendcount, dt, NULL);
 }
-int dml_iallgather(dml_comm *c, const void *sendbuf, void *recvbuf, size_t sendcount,
-                   dml_dtype dt, dml_coll_req **req) {
+int dml_iallgather(dml_comm *c, const void *sendbuf, void *recvbuf, size_t sendcount, dml_dtype dt,
+                   dml_coll_req **req) {
   if (req == NULL) return DML_EINVAL;
   return allgather_common(c, sendbuf, recvbuf, sendcount, dt, req);
 }
@@ -944,8 +956,8 @@ static int broadcast_common(dml_comm *c, void *buf, size_t count, dml_dtype dt, 
   int rc = check_common(c, buf, count, dt);
   if (rc) return rc;
   if (root < 0 || root >= dml_comm_size(c)) return DML_EINVAL;
-  dml_coll_req r = {.kind = OP_BROADCAST, .buf = buf, .count = count, .dt = dt, .wire = dt,
-                    .root = root};
+  dml_coll_req r = {
+      .kind = OP_BROADCAST, .buf = buf, .count = count, .dt = dt, .wire = dt, .root = root};
   return submit(c, &r, req);
 }
 int dml_broadcast(dml_comm *c, void *buf, size_t count, dml_dtype dt, int root) {

@@ -29,15 +29,15 @@ typedef struct dml__coll_ctx {
   int rank, size;
   int tag;
   uint32_t seq;
-  const char *what;     /* "allreduce" etc., for messages */
-  int timeout_ms;       /* no progress for this long: DML_ETIMEDOUT */
-  double stall_s;       /* no progress for this long: WARN once */
-  size_t chunk_bytes;   /* ring pipelining unit (DISTML_RING_CHUNK_BYTES) */
-  int spin_us;          /* poll this long before sleeping in a wait (DISTML_COLL_SPIN_US) */
-  dml_comm_req **pend;  /* requests in flight */
-  int *pend_peer;       /* the peer of each */
+  const char *what;    /* "allreduce" etc., for messages */
+  int timeout_ms;      /* no progress for this long: DML_ETIMEDOUT */
+  double stall_s;      /* no progress for this long: WARN once */
+  size_t chunk_bytes;  /* ring pipelining unit (DISTML_RING_CHUNK_BYTES) */
+  int spin_us;         /* poll this long before sleeping in a wait (DISTML_COLL_SPIN_US) */
+  dml_comm_req **pend; /* requests in flight */
+  int *pend_peer;      /* the peer of each */
   size_t npend, cappend;
-  char err[512];        /* message of the failure, if any */
+  char err[512]; /* message of the failure, if any */
 } dml__coll_ctx;
 
 /* Scratch buffer i (0..2) of at least bytes; valid until the collective ends. NULL: out of memory
@@ -45,7 +45,8 @@ typedef struct dml__coll_ctx {
 void *dml__coll_scratch(dml__coll_ctx *ctx, int i, size_t bytes);
 
 /* Start a send/receive; the request is tracked by ctx. */
-int dml__coll_isend(dml__coll_ctx *ctx, int peer, const void *buf, size_t bytes, dml_comm_req **req);
+int dml__coll_isend(dml__coll_ctx *ctx, int peer, const void *buf, size_t bytes,
+                    dml_comm_req **req);
 int dml__coll_irecv(dml__coll_ctx *ctx, int peer, void *buf, size_t bytes, dml_comm_req **req);
 /* Wait for req (to or from peer), in slices, checking the failure notices of the other ranks;
  * warns after stall_s and fails after timeout_ms without completion. */
@@ -73,16 +74,16 @@ void dml__round_f32_to_wire(float *buf, size_t n, dml_dtype wt);
 
 /* Algorithms. buf holds count elements of dt; wire is dt, or F16/BF16 with dt == F32 for the
  * compressed all-reduce (accumulate in f32, transfer as wire). */
-int dml__allreduce_ring(dml__coll_ctx *ctx, void *buf, size_t count, dml_dtype dt,
-                        dml_dtype wire, dml_redop op);
+int dml__allreduce_ring(dml__coll_ctx *ctx, void *buf, size_t count, dml_dtype dt, dml_dtype wire,
+                        dml_redop op);
 int dml__allreduce_rd(dml__coll_ctx *ctx, void *buf, size_t count, dml_dtype dt, dml_dtype wire,
                       dml_redop op);
 /* Ring phases on buf split into size blocks of blk_count elements each: reduce-scatter leaves
  * block rank reduced (AVG not applied); all-gather starts from block rank and fills the rest. */
 int dml__reduce_scatter_ring(dml__coll_ctx *ctx, void *buf, const size_t *blk_off,
                              const size_t *blk_cnt, dml_dtype dt, dml_dtype wire, dml_redop op);
-int dml__allgather_ring(dml__coll_ctx *ctx, void *buf, const size_t *blk_off,
-                        const size_t *blk_cnt, dml_dtype dt, dml_dtype wire);
+int dml__allgather_ring(dml__coll_ctx *ctx, void *buf, const size_t *blk_off, const size_t *blk_cnt,
+                        dml_dtype dt, dml_dtype wire);
 int dml__broadcast_tree(dml__coll_ctx *ctx, void *buf, size_t bytes, int root);
 int dml__barrier_dissemination(dml__coll_ctx *ctx);
 

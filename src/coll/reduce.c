@@ -78,14 +78,14 @@ static float bf16_to_f32(uint16_t h) {
 #include <immintrin.h>
 #define DML__F16C_PATH 1
 __attribute__((target("avx,f16c"))) static void f16_to_f32_f16c(float *dst, const uint16_t *src,
-                                                                 size_t n) {
+                                                                size_t n) {
   size_t i = 0;
   for (; i + 8 <= n; i += 8)
     _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
   for (; i < n; i++) dst[i] = f16_to_f32(src[i]);
 }
 __attribute__((target("avx,f16c"))) static void f32_to_f16_f16c(uint16_t *dst, const float *src,
-                                                                 size_t n) {
+                                                                size_t n) {
   size_t i = 0;
   for (; i + 8 <= n; i += 8)
     _mm_storeu_si128((__m128i *)(dst + i),

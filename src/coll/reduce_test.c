@@ -25,13 +25,13 @@ static void test_f16(void) {
   T_EQ_INT(to_wire(-0.0f, DML_F16), 0x8000);
   T_EQ_INT(to_wire(1.0f, DML_F16), 0x3c00);
   T_EQ_INT(to_wire(-2.0f, DML_F16), 0xc000);
-  T_EQ_INT(to_wire(65504.0f, DML_F16), 0x7bff);             /* largest finite */
-  T_EQ_INT(to_wire(65520.0f, DML_F16), 0x7c00);             /* rounds up to inf */
+  T_EQ_INT(to_wire(65504.0f, DML_F16), 0x7bff); /* largest finite */
+  T_EQ_INT(to_wire(65520.0f, DML_F16), 0x7c00); /* rounds up to inf */
   T_EQ_INT(to_wire(1e10f, DML_F16), 0x7c00);
   T_EQ_INT(to_wire(INFINITY, DML_F16), 0x7c00);
-  T_EQ_INT(to_wire(ldexpf(1.0f, -24), DML_F16), 0x0001);    /* smallest subnormal */
-  T_EQ_INT(to_wire(ldexpf(1.0f, -26), DML_F16), 0x0000);    /* below half of it */
-  T_EQ_INT(to_wire(ldexpf(1.0f, -14), DML_F16), 0x0400);    /* smallest normal */
+  T_EQ_INT(to_wire(ldexpf(1.0f, -24), DML_F16), 0x0001); /* smallest subnormal */
+  T_EQ_INT(to_wire(ldexpf(1.0f, -26), DML_F16), 0x0000); /* below half of it */
+  T_EQ_INT(to_wire(ldexpf(1.0f, -14), DML_F16), 0x0400); /* smallest normal */
   /* Ties go to even: 1 + 2^-11 is halfway between 1 and 1 + 2^-10. */
   T_EQ_INT(to_wire(1.0f + ldexpf(1.0f, -11), DML_F16), 0x3c00);
   T_EQ_INT(to_wire(1.0f + 3 * ldexpf(1.0f, -11), DML_F16), 0x3c02);
@@ -90,10 +90,15 @@ static void test_reduce_all(void) {
       dml__reduce(&x, &y, N, dts[d], ops[o]);
       dml__scale_avg(&x, N, dts[d], ops[o] == DML_AVG ? 2 : 1);
       for (int i = 0; i < N; i++) {
-        double want = ops[o] == DML_MAX ? fmax(a[i], b[i]) : ops[o] == DML_MIN ? fmin(a[i], b[i]) : a[i] + b[i];
+        double want = ops[o] == DML_MAX   ? fmax(a[i], b[i])
+                      : ops[o] == DML_MIN ? fmin(a[i], b[i])
+                                          : a[i] + b[i];
         if (ops[o] == DML_AVG)
           want = (dts[d] == DML_I32 || dts[d] == DML_I64) ? (double)((int64_t)want / 2) : want / 2;
-        double got = dts[d] == DML_F32 ? x.f[i] : dts[d] == DML_F64 ? x.g[i] : dts[d] == DML_I32 ? x.i[i] : (double)x.l[i];
+        double got = dts[d] == DML_F32   ? x.f[i]
+                     : dts[d] == DML_F64 ? x.g[i]
+                     : dts[d] == DML_I32 ? x.i[i]
+                                         : (double)x.l[i];
         T_NEAR(got, want, 0);
       }
     }
@@ -151,7 +156,8 @@ static void test_bulk_matches_scalar(void) {
       if (isnan(g[i]))
         T_ASSERT(isnan(from_wire(back[i], wt)));
       else if (one != back[i])
-        T_FAIL("%s of %a: bulk 0x%04x, scalar 0x%04x", dml_dtype_name(wt), (double)g[i], back[i], one);
+        T_FAIL("%s of %a: bulk 0x%04x, scalar 0x%04x", dml_dtype_name(wt), (double)g[i], back[i],
+               one);
     }
   }
 }

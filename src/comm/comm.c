@@ -32,9 +32,10 @@ int dml__comm_fail(dml_comm *c, int code, const char *fmt, ...) {
 
 /* The launcher families, in order of precedence: the first whose rank variable is set gives both
  * rank and world size. */
-static const char *const g_env_rank[] = {"DISTML_RANK", "RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID"};
-static const char *const g_env_size[] = {"DISTML_WORLD_SIZE", "WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE",
-                                         "SLURM_NTASKS"};
+static const char *const g_env_rank[] = {"DISTML_RANK", "RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK",
+                                         "SLURM_PROCID"};
+static const char *const g_env_size[] = {"DISTML_WORLD_SIZE", "WORLD_SIZE", "OMPI_COMM_WORLD_SIZE",
+                                         "PMI_SIZE", "SLURM_NTASKS"};
 
 static int env_int(const char *name, int64_t min, int64_t max, int *out, dml_err *err) {
   int64_t v;
@@ -56,8 +57,9 @@ static int resolve_rank_size(const dml_comm_opts *o, int *rank, int *size, int m
       rc = env_int(g_env_size[i], 1, 1 << 20, &s, err);
       if (rc) return rc;
       if (s < 0)
-        return dml_err_set(err, DML_EINVAL, "%s is set but %s is not: set both (rank and world size)",
-                           g_env_rank[i], g_env_size[i]);
+        return dml_err_set(err, DML_EINVAL,
+                           "%s is set but %s is not: set both (rank and world size)", g_env_rank[i],
+                           g_env_size[i]);
       if (*rank < 0) *rank = r;
       if (*size < 0) *size = s;
       break;
@@ -68,9 +70,11 @@ static int resolve_rank_size(const dml_comm_opts *o, int *rank, int *size, int m
     *size = 1;
   }
   if (mpi) return 0; /* MPI knows its own rank and size; the backend checks any given values */
-  if (*size < 1) return dml_err_set(err, DML_EINVAL, "world size is not set (DISTML_WORLD_SIZE or WORLD_SIZE)");
+  if (*size < 1)
+    return dml_err_set(err, DML_EINVAL, "world size is not set (DISTML_WORLD_SIZE or WORLD_SIZE)");
   if (*rank < 0) return dml_err_set(err, DML_EINVAL, "rank is not set (DISTML_RANK or RANK)");
-  if (*rank >= *size) return dml_err_set(err, DML_EINVAL, "rank %d is out of range for world size %d", *rank, *size);
+  if (*rank >= *size)
+    return dml_err_set(err, DML_EINVAL, "rank %d is out of range for world size %d", *rank, *size);
   return 0;
 }
 
@@ -78,7 +82,8 @@ static int is_loopback(const char *host) {
   return strncmp(host, "127.", 4) == 0 || strcmp(host, "localhost") == 0;
 }
 
-static int resolve_cfg(dml_comm *c, const dml_comm_opts *o, const dml__comm_backend *be, dml_err *err) {
+static int resolve_cfg(dml_comm *c, const dml_comm_opts *o, const dml__comm_backend *be,
+                       dml_err *err) {
   dml__comm_cfg *cfg = &c->cfg;
   int mpi = strcmp(be->name, "mpi") == 0;
   int rc = resolve_rank_size(o, &cfg->rank, &cfg->world_size, mpi, err);
@@ -95,9 +100,10 @@ static int resolve_cfg(dml_comm *c, const dml_comm_opts *o, const dml__comm_back
     return dml_err_set(err, DML_EINVAL, "master_port %d out of range 1..65535", cfg->master_port);
   }
   if (!mpi && cfg->world_size > 1 && cfg->master_port == 0)
-    return dml_err_set(err, DML_EINVAL,
-                       "world size %d needs the coordinator port: set MASTER_PORT (or opts.master_port)",
-                       cfg->world_size);
+    return dml_err_set(
+        err, DML_EINVAL,
+        "world size %d needs the coordinator port: set MASTER_PORT (or opts.master_port)",
+        cfg->world_size);
   const char *ba = o->bind_addr ? o->bind_addr : getenv("DISTML_BIND_ADDR");
   if (ba == NULL || *ba == '\0') ba = is_loopback(ma) ? "127.0.0.1" : ma;
   const char *tok = o->token ? o->token : getenv("DISTML_TOKEN");
@@ -135,7 +141,8 @@ int dml_comm_init(dml_comm **out, const dml_comm_opts *opts, dml_err *err) {
   const dml__comm_backend *be = NULL;
   for (size_t i = 0; i < DML__ARRAY_LEN(g_backends); i++)
     if (strcmp(g_backends[i]->name, name) == 0) be = g_backends[i];
-  if (be == NULL) return dml_err_set(err, DML_EINVAL, "unknown communicator backend '%s' (tcp or mpi)", name);
+  if (be == NULL)
+    return dml_err_set(err, DML_EINVAL, "unknown communicator backend '%s' (tcp or mpi)", name);
   dml_comm *c = dml__calloc(1, sizeof(*c));
   if (c == NULL) return dml_err_set(err, DML_ENOMEM, "out of memory for the communicator");
   c->ops = be;
@@ -165,11 +172,21 @@ void dml_comm_free(dml_comm *c) {
   dml__free(c);
 }
 
-int dml_comm_rank(const dml_comm *c) { return c ? c->cfg.rank : -1; }
-int dml_comm_size(const dml_comm *c) { return c ? c->cfg.world_size : 0; }
-const char *dml_comm_backend(const dml_comm *c) { return c ? c->ops->name : ""; }
-int dml_comm_timeout_ms(const dml_comm *c) { return c ? c->cfg.timeout_ms : 0; }
-uint64_t dml_comm_bytes_sent(const dml_comm *c) { return c ? atomic_load(&((dml_comm *)c)->bytes_sent) : 0; }
+int dml_comm_rank(const dml_comm *c) {
+  return c ? c->cfg.rank : -1;
+}
+int dml_comm_size(const dml_comm *c) {
+  return c ? c->cfg.world_size : 0;
+}
+const char *dml_comm_backend(const dml_comm *c) {
+  return c ? c->ops->name : "";
+}
+int dml_comm_timeout_ms(const dml_comm *c) {
+  return c ? c->cfg.timeout_ms : 0;
+}
+uint64_t dml_comm_bytes_sent(const dml_comm *c) {
+  return c ? atomic_load(&((dml_comm *)c)->bytes_sent) : 0;
+}
 
 const char *dml_comm_peer_name(const dml_comm *c, int peer) {
   if (c == NULL || peer < 0 || peer >= c->cfg.world_size) return "rank ? (no such rank)";
@@ -189,17 +206,20 @@ static int check_peer(dml_comm *c, const char *op, int peer, int tag, const void
                       int any_ok) {
   if (peer < 0 || peer >= c->cfg.world_size) {
     if (!(any_ok && peer == DML_ANY_SOURCE))
-      return dml__comm_fail(c, DML_EINVAL, "%s: rank %d out of range (world size %d)", op, peer, c->cfg.world_size);
+      return dml__comm_fail(c, DML_EINVAL, "%s: rank %d out of range (world size %d)", op, peer,
+                            c->cfg.world_size);
   }
   if (tag < 0) return dml__comm_fail(c, DML_EINVAL, "%s: negative tag %d", op, tag);
-  if (buf == NULL && bytes > 0) return dml__comm_fail(c, DML_EINVAL, "%s: NULL buffer of %zu bytes", op, bytes);
+  if (buf == NULL && bytes > 0)
+    return dml__comm_fail(c, DML_EINVAL, "%s: NULL buffer of %zu bytes", op, bytes);
   if ((uint64_t)bytes > c->cfg.max_message_bytes)
-    return dml__comm_fail(c, DML_EOVERFLOW, "%s: %zu bytes exceed the maximum message size %llu", op, bytes,
-                          (unsigned long long)c->cfg.max_message_bytes);
+    return dml__comm_fail(c, DML_EOVERFLOW, "%s: %zu bytes exceed the maximum message size %llu",
+                          op, bytes, (unsigned long long)c->cfg.max_message_bytes);
   return 0;
 }
 
-int dml_comm_isend(dml_comm *c, int peer, int tag, const void *buf, size_t bytes, dml_comm_req **req) {
+int dml_comm_isend(dml_comm *c, int peer, int tag, const void *buf, size_t bytes,
+                   dml_comm_req **req) {
   if (c == NULL || req == NULL) return DML_EINVAL;
   int rc = check_peer(c, "send", peer, tag, buf, bytes, 0);
   if (rc) return rc;
@@ -245,8 +265,8 @@ int dml_comm_recv(dml_comm *c, int peer, int tag, void *buf, size_t bytes) {
   return wait_blocking(c, req, 0);
 }
 
-int dml_comm_sendrecv(dml_comm *c, int dst, int send_tag, const void *sendbuf, size_t send_bytes, int src,
-                      int recv_tag, void *recvbuf, size_t recv_bytes) {
+int dml_comm_sendrecv(dml_comm *c, int dst, int send_tag, const void *sendbuf, size_t send_bytes,
+                      int src, int recv_tag, void *recvbuf, size_t recv_bytes) {
   dml_comm_req *rreq, *sreq;
   int rc = dml_comm_irecv(c, src, recv_tag, recvbuf, recv_bytes, &rreq);
   if (rc) return rc;
@@ -280,7 +300,9 @@ int dml_comm_recv_alloc(dml_comm *c, int peer, int tag, void **buf, size_t *byte
   return 0;
 }
 
-void dml_comm_buf_free(void *buf) { dml__free(buf); }
+void dml_comm_buf_free(void *buf) {
+  dml__free(buf);
+}
 
 void dml_comm_abort(dml_comm *c, const char *reason) {
   if (c == NULL) return;

@@ -36,7 +36,7 @@ typedef struct mpi_state {
   int multiple;       /* MPI_THREAD_MULTIPLE provided: no serialisation needed */
   pthread_mutex_t mu; /* guards our lists always, and every MPI call when !multiple */
   int n, me;
-  int tag_ub;         /* largest tag MPI accepts; tag_ub itself carries abort notices */
+  int tag_ub; /* largest tag MPI accepts; tag_ub itself carries abort notices */
   int *peer_err;
   char (*peer_msg)[300];
   char (*names)[64];
@@ -50,10 +50,16 @@ typedef struct mpi_state {
 
 static int g_we_initialized;
 
-static mpi_state *M(const dml_comm *c) { return (mpi_state *)c->impl; }
+static mpi_state *M(const dml_comm *c) {
+  return (mpi_state *)c->impl;
+}
 
-static void lock(mpi_state *m) { pthread_mutex_lock(&m->mu); }
-static void unlock(mpi_state *m) { pthread_mutex_unlock(&m->mu); }
+static void lock(mpi_state *m) {
+  pthread_mutex_lock(&m->mu);
+}
+static void unlock(mpi_state *m) {
+  pthread_mutex_unlock(&m->mu);
+}
 
 static void finalize_at_exit(void) {
   int fin = 0;
@@ -61,15 +67,17 @@ static void finalize_at_exit(void) {
   if (!fin) MPI_Finalize();
 }
 
-static const char *label(mpi_state *m, int peer) { return peer == DML_ANY_SOURCE ? "any rank" : m->names[peer]; }
+static const char *label(mpi_state *m, int peer) {
+  return peer == DML_ANY_SOURCE ? "any rank" : m->names[peer];
+}
 
 static void req_finish(mpi_state *m, dml_comm_req *r, int status, const char *detail) {
   r->done = 1;
   r->status = status;
   if (status)
-    snprintf(r->msg, sizeof(r->msg), "%s %s %s tag %d seq %u: %s", r->kind == REQ_SEND ? "send" : "recv",
-             r->kind == REQ_SEND ? "to" : "from", label(m, r->peer), r->tag, (unsigned)r->seq,
-             detail ? detail : dml_strerror(status));
+    snprintf(r->msg, sizeof(r->msg), "%s %s %s tag %d seq %u: %s",
+             r->kind == REQ_SEND ? "send" : "recv", r->kind == REQ_SEND ? "to" : "from",
+             label(m, r->peer), r->tag, (unsigned)r->seq, detail ? detail : dml_strerror(status));
 }
 
 static void req_release(mpi_state *m, dml_comm_req *r) {
@@ -85,7 +93,8 @@ static void req_release(mpi_state *m, dml_comm_req *r) {
 static void mpi_errstr(int code, char *out, size_t n) {
   char s[MPI_MAX_ERROR_STRING];
   int len = 0;
-  if (MPI_Error_string(code, s, &len) != MPI_SUCCESS) len = snprintf(s, sizeof(s), "MPI error %d", code);
+  if (MPI_Error_string(code, s, &len) != MPI_SUCCESS)
+    len = snprintf(s, sizeof(s), "MPI error %d", code);
   snprintf(out, n, "%.*s", len, s);
 }
 
@@ -130,14 +139,16 @@ static void progress(mpi_state *m, dml_comm_req *r) {
     int flag = 0;
     MPI_Message msg;
     MPI_Status st;
-    int rc = MPI_Improbe(r->peer == DML_ANY_SOURCE ? MPI_ANY_SOURCE : r->peer, r->tag, m->comm, &flag, &msg, &st);
+    int rc = MPI_Improbe(r->peer == DML_ANY_SOURCE ? MPI_ANY_SOURCE : r->peer, r->tag, m->comm,
+                         &flag, &msg, &st);
     if (rc != MPI_SUCCESS) {
       mpi_errstr(rc, why, sizeof(why));
       req_finish(m, r, DML_EIO, why);
       return;
     }
     if (!flag) {
-      if (r->peer >= 0 && m->peer_err[r->peer]) req_finish(m, r, m->peer_err[r->peer], m->peer_msg[r->peer]);
+      if (r->peer >= 0 && m->peer_err[r->peer])
+        req_finish(m, r, m->peer_err[r->peer], m->peer_msg[r->peer]);
       return;
     }
     int cnt = 0;
@@ -208,18 +219,22 @@ static dml_comm_req *req_new(mpi_state *m, int kind, int peer, int tag, size_t b
 }
 
 static int check(dml_comm *c, mpi_state *m, int peer, int tag, size_t bytes, const char *op) {
-  if (m->aborted) return dml__comm_fail(c, DML_EABORTED, "%s: communicator aborted: %s", op, m->abort_msg);
+  if (m->aborted)
+    return dml__comm_fail(c, DML_EABORTED, "%s: communicator aborted: %s", op, m->abort_msg);
   if (tag >= m->tag_ub)
-    return dml__comm_fail(c, DML_EINVAL, "%s: tag %d above this MPI's limit %d", op, tag, m->tag_ub - 1);
+    return dml__comm_fail(c, DML_EINVAL, "%s: tag %d above this MPI's limit %d", op, tag,
+                          m->tag_ub - 1);
   if (bytes > INT_MAX)
-    return dml__comm_fail(c, DML_EOVERFLOW, "%s: %zu bytes exceed what one MPI message carries here", op, bytes);
+    return dml__comm_fail(c, DML_EOVERFLOW,
+                          "%s: %zu bytes exceed what one MPI message carries here", op, bytes);
   if (peer >= 0 && m->peer_err[peer])
-    return dml__comm_fail(c, m->peer_err[peer], "%s %s tag %d: peer failed earlier: %s", op, m->names[peer], tag,
-                          m->peer_msg[peer]);
+    return dml__comm_fail(c, m->peer_err[peer], "%s %s tag %d: peer failed earlier: %s", op,
+                          m->names[peer], tag, m->peer_msg[peer]);
   return 0;
 }
 
-static int mpi_isend(dml_comm *c, int peer, int tag, const void *buf, size_t bytes, dml_comm_req **out) {
+static int mpi_isend(dml_comm *c, int peer, int tag, const void *buf, size_t bytes,
+                     dml_comm_req **out) {
   mpi_state *m = M(c);
   lock(m);
   int rc = check(c, m, peer, tag, bytes, "send to");
@@ -243,7 +258,8 @@ static int mpi_isend(dml_comm *c, int peer, int tag, const void *buf, size_t byt
   return rc;
 }
 
-static int mpi_irecv(dml_comm *c, int peer, int tag, void *buf, size_t bytes, int alloc, dml_comm_req **out) {
+static int mpi_irecv(dml_comm *c, int peer, int tag, void *buf, size_t bytes, int alloc,
+                     dml_comm_req **out) {
   mpi_state *m = M(c);
   lock(m);
   int rc = check(c, m, peer, tag, bytes, "recv from");
@@ -261,7 +277,8 @@ static int mpi_irecv(dml_comm *c, int peer, int tag, void *buf, size_t bytes, in
         char why[300];
         mpi_errstr(e, why, sizeof(why));
         req_release(m, r);
-        rc = dml__comm_fail(c, DML_EIO, "recv from %s tag %d: MPI_Irecv: %s", m->names[peer], tag, why);
+        rc = dml__comm_fail(c, DML_EIO, "recv from %s tag %d: MPI_Irecv: %s", m->names[peer], tag,
+                            why);
       }
     }
     if (rc == 0) *out = r;
@@ -357,13 +374,16 @@ static void mpi_abort(dml_comm *c, const char *reason) {
      * end the processes. */
     for (int i = 0; i < m->n; i++) {
       if (i == m->me || m->peer_err[i]) continue;
-      MPI_Isend(m->abort_buf, (int)strlen(m->abort_buf), MPI_BYTE, i, m->tag_ub, m->comm, &m->abort_reqs[i]);
+      MPI_Isend(m->abort_buf, (int)strlen(m->abort_buf), MPI_BYTE, i, m->tag_ub, m->comm,
+                &m->abort_reqs[i]);
     }
   }
   unlock(m);
 }
 
-static const char *mpi_peer_name(const dml_comm *c, int peer) { return M(c)->names[peer]; }
+static const char *mpi_peer_name(const dml_comm *c, int peer) {
+  return M(c)->names[peer];
+}
 
 static void mpi_fini(dml_comm *c) {
   mpi_state *m = M(c);
@@ -410,7 +430,8 @@ static int mpi_init(dml_comm *c, dml_err *err) {
   pthread_mutex_init(&m->mu, NULL);
   m->multiple = provided >= MPI_THREAD_MULTIPLE;
   if (!m->multiple)
-    dml_log(DML_LOG_INFO, "MPI provides thread level %d, not MPI_THREAD_MULTIPLE: serialising MPI calls",
+    dml_log(DML_LOG_INFO,
+            "MPI provides thread level %d, not MPI_THREAD_MULTIPLE: serialising MPI calls",
             provided);
   /* Our own communicator, so that our tags never meet the application's; errors come back as
    * codes instead of ending the job. */
@@ -428,8 +449,9 @@ static int mpi_init(dml_comm *c, dml_err *err) {
     pthread_mutex_destroy(&m->mu);
     dml__free(m);
     c->impl = NULL;
-    return dml_err_set(err, DML_EMISMATCH, "MPI says rank %d of %d but the options/environment say rank %d of %d",
-                       me, n, r, s);
+    return dml_err_set(err, DML_EMISMATCH,
+                       "MPI says rank %d of %d but the options/environment say rank %d of %d", me,
+                       n, r, s);
   }
   cfg->rank = m->me;
   cfg->world_size = m->n;
@@ -449,7 +471,9 @@ static int mpi_init(dml_comm *c, dml_err *err) {
   char me_host[MPI_MAX_PROCESSOR_NAME] = "";
   int hl = 0;
   MPI_Get_processor_name(me_host, &hl);
-  if (hosts) MPI_Allgather(me_host, MPI_MAX_PROCESSOR_NAME, MPI_CHAR, hosts, MPI_MAX_PROCESSOR_NAME, MPI_CHAR, m->comm);
+  if (hosts)
+    MPI_Allgather(me_host, MPI_MAX_PROCESSOR_NAME, MPI_CHAR, hosts, MPI_MAX_PROCESSOR_NAME,
+                  MPI_CHAR, m->comm);
   for (int i = 0; i < m->n; i++) {
     m->abort_reqs[i] = MPI_REQUEST_NULL;
     const char *h = hosts ? hosts + (size_t)i * MPI_MAX_PROCESSOR_NAME : "?";

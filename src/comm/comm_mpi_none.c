@@ -6,17 +6,22 @@ static int none_init(dml_comm *c, dml_err *err) {
   (void)c;
   return dml_err_set(err, DML_EUNSUPPORTED,
                      "the mpi backend is not available: distml was built without MPI "
-                     "(install an MPI implementation, e.g. libopenmpi-dev, and rebuild; or use DISTML_BACKEND=tcp)");
+                     "(install an MPI implementation, e.g. libopenmpi-dev, and rebuild; or use "
+                     "DISTML_BACKEND=tcp)");
 }
 
-static void none_fini(dml_comm *c) { (void)c; }
+static void none_fini(dml_comm *c) {
+  (void)c;
+}
 
 /* Never reached: init fails, so no communicator with this backend exists. */
-static int none_isend(dml_comm *c, int peer, int tag, const void *buf, size_t bytes, dml_comm_req **req) {
+static int none_isend(dml_comm *c, int peer, int tag, const void *buf, size_t bytes,
+                      dml_comm_req **req) {
   (void)c, (void)peer, (void)tag, (void)buf, (void)bytes, (void)req;
   return DML_EUNSUPPORTED;
 }
-static int none_irecv(dml_comm *c, int peer, int tag, void *buf, size_t bytes, int alloc, dml_comm_req **req) {
+static int none_irecv(dml_comm *c, int peer, int tag, void *buf, size_t bytes, int alloc,
+                      dml_comm_req **req) {
   (void)c, (void)peer, (void)tag, (void)buf, (void)bytes, (void)alloc, (void)req;
   return DML_EUNSUPPORTED;
 }
@@ -39,7 +44,9 @@ static void none_recv_take(dml_comm *c, dml_comm_req *req, void **buf, size_t *b
   *bytes = 0;
   *src = -1;
 }
-static void none_abort(dml_comm *c, const char *reason) { (void)c, (void)reason; }
+static void none_abort(dml_comm *c, const char *reason) {
+  (void)c, (void)reason;
+}
 static const char *none_peer_name(const dml_comm *c, int peer) {
   (void)c, (void)peer;
   return "rank ? (mpi unavailable)";

@@ -48,8 +48,8 @@ struct dml_comm_req {
   int status;
   char msg[400];
   uint8_t hdr[DML__FRAME_HDR];
-  size_t off;      /* send: bytes of hdr+payload written */
-  umsg *claimed;   /* receive matched to an unexpected message still arriving */
+  size_t off;                        /* send: bytes of hdr+payload written */
+  umsg *claimed;                     /* receive matched to an unexpected message still arriving */
   dml_comm_req *next;                /* in a send queue or the posted list */
   dml_comm_req *all_prev, *all_next; /* every live request, for cleanup */
 };
@@ -109,7 +109,9 @@ typedef struct tcp {
   int nwaiters; /* threads asleep in wait: completions wake them only when there are some */
 } tcp;
 
-static tcp *T(const dml_comm *c) { return (tcp *)c->impl; }
+static tcp *T(const dml_comm *c) {
+  return (tcp *)c->impl;
+}
 
 /* ---------------------------------------------------------------------------------------------
  * Requests and lists (all under t->mu). */
@@ -146,8 +148,9 @@ static void req_done(tcp *t, dml_comm_req *r, int status, const char *detail) {
   r->state = ST_DONE;
   r->status = status;
   if (status != 0)
-    snprintf(r->msg, sizeof(r->msg), "%s %s %s tag %d seq %u: %s", r->kind == REQ_SEND ? "send" : "recv",
-             r->kind == REQ_SEND ? "to" : "from", peer_label(t, r->peer), r->tag, (unsigned)r->seq,
+    snprintf(r->msg, sizeof(r->msg), "%s %s %s tag %d seq %u: %s",
+             r->kind == REQ_SEND ? "send" : "recv", r->kind == REQ_SEND ? "to" : "from",
+             peer_label(t, r->peer), r->tag, (unsigned)r->seq,
              detail ? detail : dml_strerror(status));
   if (t->nwaiters > 0) pthread_cond_broadcast(&t->cv);
 }
@@ -235,7 +238,8 @@ static dml_comm_req *match_posted(tcp *t, int src, int tag) {
 /* ---------------------------------------------------------------------------------------------
  * Peer failure: sticky; fails everything pending on the peer. */
 
-static void fail_peer(tcp *t, peer *p, int code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static void fail_peer(tcp *t, peer *p, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 static void fail_peer(tcp *t, peer *p, int code, const char *fmt, ...) {
   if (p->err) return;
   char why[240];
@@ -249,7 +253,9 @@ static void fail_peer(tcp *t, peer *p, int code, const char *fmt, ...) {
   int busy = p->sq_head != NULL || p->rreq != NULL || p->in_payload || p->hgot > 0;
   for (dml_comm_req *r = t->posted_head; r && !busy; r = r->next) busy = r->peer == rank;
   /* A peer that leaves between messages with nothing pending on it may simply be done. */
-  if (!t->aborted) dml_log(busy || code != DML_ECLOSED ? DML_LOG_WARN : DML_LOG_DEBUG, "peer failed: %s", p->errmsg);
+  if (!t->aborted)
+    dml_log(busy || code != DML_ECLOSED ? DML_LOG_WARN : DML_LOG_DEBUG, "peer failed: %s",
+            p->errmsg);
   if (p->fd >= 0) {
     epoll_ctl(t->epfd, EPOLL_CTL_DEL, p->fd, NULL);
     shutdown(p->fd, SHUT_RDWR);
@@ -335,7 +341,8 @@ static void payload_done(tcp *t, peer *p) {
 static void on_header(tcp *t, peer *p) {
   int rank = (int)(p - t->peers);
   char why[200];
-  int rc = dml__frame_decode(p->hdr, DML__FRAME_HDR, t->c->cfg.max_message_bytes, &p->cur, why, sizeof(why));
+  int rc = dml__frame_decode(p->hdr, DML__FRAME_HDR, t->c->cfg.max_message_bytes, &p->cur, why,
+                             sizeof(why));
   if (rc) {
     fail_peer(t, p, DML_EPROTO, "protocol error: %s", why);
     return;
@@ -346,11 +353,13 @@ static void on_header(tcp *t, peer *p) {
   if (p->cur.kind == DML__F_ABORT) {
     p->dst = p->ctrl;
   } else if (p->cur.kind != DML__F_DATA) {
-    fail_peer(t, p, DML_EPROTO, "protocol error: unexpected frame kind %d on a data link", p->cur.kind);
+    fail_peer(t, p, DML_EPROTO, "protocol error: unexpected frame kind %d on a data link",
+              p->cur.kind);
     return;
   } else {
     if (p->cur.seq != p->wire_recv_seq) {
-      fail_peer(t, p, DML_EPROTO, "protocol error: frame sequence %u, expected %u (lost or corrupt stream)",
+      fail_peer(t, p, DML_EPROTO,
+                "protocol error: frame sequence %u, expected %u (lost or corrupt stream)",
                 (unsigned)p->cur.seq, (unsigned)p->wire_recv_seq);
       return;
     }
@@ -387,7 +396,8 @@ static void on_header(tcp *t, peer *p) {
       uint8_t *data = m ? dml__malloc(len ? len : 1) : NULL;
       if (data == NULL) {
         dml__free(m);
-        fail_peer(t, p, DML_ENOMEM, "out of memory buffering an unexpected message of %zu bytes", len);
+        fail_peer(t, p, DML_ENOMEM, "out of memory buffering an unexpected message of %zu bytes",
+                  len);
         return;
       }
       m->src = rank;
@@ -446,7 +456,8 @@ static void rx(tcp *t, peer *p) {
     }
     if (errno == EAGAIN || errno == EWOULDBLOCK) return;
     if (errno == EINTR) continue;
-    fail_peer(t, p, errno == ECONNRESET ? DML_ECLOSED : DML_ESYS, "receive failed: %s", strerror(errno));
+    fail_peer(t, p, errno == ECONNRESET ? DML_ECLOSED : DML_ESYS, "receive failed: %s",
+              strerror(errno));
     return;
   }
 }
@@ -495,7 +506,8 @@ static void tx(tcp *t, peer *p) {
     if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
     if (w < 0 && errno == EINTR) continue;
     int e = errno;
-    fail_peer(t, p, (e == EPIPE || e == ECONNRESET) ? DML_ECLOSED : DML_ESYS, "send failed: %s", strerror(e));
+    fail_peer(t, p, (e == EPIPE || e == ECONNRESET) ? DML_ECLOSED : DML_ESYS, "send failed: %s",
+              strerror(e));
     return;
   }
   set_want_out(t, p, p->sq_head != NULL);
@@ -543,8 +555,8 @@ static int check_state(tcp *t, int peer_rank, const char *op, int tag) {
   if (peer_rank >= 0 && t->peers[peer_rank].err) {
     peer *p = &t->peers[peer_rank];
     uint32_t seq = strcmp(op, "send to") == 0 ? p->send_ops : p->recv_ops;
-    return dml__comm_fail(t->c, p->err, "%s %s tag %d seq %u: peer failed earlier: %s", op, p->name, tag,
-                          (unsigned)seq, p->errmsg);
+    return dml__comm_fail(t->c, p->err, "%s %s tag %d seq %u: peer failed earlier: %s", op, p->name,
+                          tag, (unsigned)seq, p->errmsg);
   }
   return 0;
 }
@@ -574,7 +586,8 @@ static void deliver_local(tcp *t, int tag, const void *buf, size_t bytes, int *s
   *status = 0;
 }
 
-static int tcp_isend(dml_comm *c, int peer_rank, int tag, const void *buf, size_t bytes, dml_comm_req **out) {
+static int tcp_isend(dml_comm *c, int peer_rank, int tag, const void *buf, size_t bytes,
+                     dml_comm_req **out) {
   tcp *t = T(c);
   pthread_mutex_lock(&t->mu);
   int rc = check_state(t, peer_rank, "send to", tag);
@@ -609,7 +622,8 @@ static int tcp_isend(dml_comm *c, int peer_rank, int tag, const void *buf, size_
   return 0;
 }
 
-static int tcp_irecv(dml_comm *c, int peer_rank, int tag, void *buf, size_t bytes, int alloc, dml_comm_req **out) {
+static int tcp_irecv(dml_comm *c, int peer_rank, int tag, void *buf, size_t bytes, int alloc,
+                     dml_comm_req **out) {
   tcp *t = T(c);
   pthread_mutex_lock(&t->mu);
   int rc = check_state(t, peer_rank, "recv from", tag);
@@ -725,8 +739,8 @@ static int tcp_cancel(dml_comm *c, dml_comm_req *r, int code) {
       if (r->claimed) r->claimed->claim = NULL;
       req_done(t, r, code, why);
     } else {
-      fail_peer(t, &t->peers[rank], code, "%s (%s tag %d seq %u)", why, r->kind == REQ_SEND ? "send" : "recv",
-                r->tag, (unsigned)r->seq);
+      fail_peer(t, &t->peers[rank], code, "%s (%s tag %d seq %u)", why,
+                r->kind == REQ_SEND ? "send" : "recv", r->tag, (unsigned)r->seq);
       if (r->state != ST_DONE) req_done(t, r, code, why);
     }
   }
@@ -783,7 +797,9 @@ static void tcp_abort(dml_comm *c, const char *reason) {
   pthread_mutex_unlock(&t->mu);
 }
 
-static const char *tcp_peer_name(const dml_comm *c, int peer_rank) { return T(c)->peers[peer_rank].name; }
+static const char *tcp_peer_name(const dml_comm *c, int peer_rank) {
+  return T(c)->peers[peer_rank].name;
+}
 
 /* ---------------------------------------------------------------------------------------------
  * Setup and teardown. */
@@ -864,13 +880,14 @@ static int accept_peers(tcp *t, uint64_t job, uint64_t deadline, dml_err *err) {
       size_t off = 0;
       for (int j = t->me + 1; j < t->n && off < sizeof(list) - 16; j++)
         if (t->peers[j].fd < 0) off += (size_t)snprintf(list + off, sizeof(list) - off, " %d", j);
-      rc = dml_err_set(err, DML_ETIMEDOUT, "rank %d: ranks%s did not connect within %d ms", t->me, list,
-                       cfg->timeout_ms);
+      rc = dml_err_set(err, DML_ETIMEDOUT, "rank %d: ranks%s did not connect within %d ms", t->me,
+                       list, cfg->timeout_ms);
       goto out;
     }
     pfd[0] = (struct pollfd){.fd = t->listen_fd, .events = POLLIN};
     for (int i = 0; i < np; i++)
-      pfd[1 + i] = (struct pollfd){.fd = pend[i].hs.fd, .events = (short)(POLLIN | (pend[i].hs.out_len ? POLLOUT : 0))};
+      pfd[1 + i] = (struct pollfd){.fd = pend[i].hs.fd,
+                                   .events = (short)(POLLIN | (pend[i].hs.out_len ? POLLOUT : 0))};
     int n = poll(pfd, (nfds_t)(np + 1), left > 100 ? 100 : left);
     if (n < 0 && errno != EINTR) {
       rc = dml_err_set(err, DML_ESYS, "poll: %s", strerror(errno));
@@ -901,10 +918,12 @@ static int accept_peers(tcp *t, uint64_t job, uint64_t deadline, dml_err *err) {
             } else if (dml__hello_decode(pay, (size_t)f.length, &h, why, sizeof(why)) != 0) {
               drop = 1;
             } else if (h.job != job || (int)h.world_size != t->n) {
-              snprintf(why, sizeof(why), "HELLO from another job (world size %u)", (unsigned)h.world_size);
+              snprintf(why, sizeof(why), "HELLO from another job (world size %u)",
+                       (unsigned)h.world_size);
               drop = 1;
             } else if ((int)h.rank <= t->me || t->peers[h.rank].fd >= 0) {
-              snprintf(why, sizeof(why), "HELLO from rank %u, which should not connect here (or already did)",
+              snprintf(why, sizeof(why),
+                       "HELLO from rank %u, which should not connect here (or already did)",
                        (unsigned)h.rank);
               drop = 1;
             } else {
@@ -947,7 +966,8 @@ static int accept_peers(tcp *t, uint64_t job, uint64_t deadline, dml_err *err) {
 out:
   for (int i = 0; pend && i < np; i++) {
     if (rc == 0)
-      dml_log(DML_LOG_WARN, "rank %d: dropped connection from %s: no HELLO by the time every rank had joined",
+      dml_log(DML_LOG_WARN,
+              "rank %d: dropped connection from %s: no HELLO by the time every rank had joined",
               t->me, pend[i].hs.addr);
     close(pend[i].hs.fd);
   }
@@ -1022,14 +1042,18 @@ static int bootstrap(tcp *t, dml_err *err) {
         if (dml__store_has(st, key)) continue;
         if (first < 0) first = j;
         nmiss++;
-        if (off < sizeof(missing) - 16) off += (size_t)snprintf(missing + off, sizeof(missing) - off, " %d", j);
-        else if (off < sizeof(missing) - 4) off += (size_t)snprintf(missing + off, sizeof(missing) - off, " ...");
+        if (off < sizeof(missing) - 16)
+          off += (size_t)snprintf(missing + off, sizeof(missing) - off, " %d", j);
+        else if (off < sizeof(missing) - 4)
+          off += (size_t)snprintf(missing + off, sizeof(missing) - off, " ...");
       }
       if (nmiss == 0) break;
       uint64_t now = dml_now_ns();
       if (now >= deadline) {
-        rc = dml_err_set(err, DML_ETIMEDOUT, "rank 0: %s%s did not join within %d ms (coordinator %s:%d)",
-                         nmiss == 1 ? "rank" : "ranks", missing, cfg->timeout_ms, cfg->master_addr, cfg->master_port);
+        rc = dml_err_set(err, DML_ETIMEDOUT,
+                         "rank 0: %s%s did not join within %d ms (coordinator %s:%d)",
+                         nmiss == 1 ? "rank" : "ranks", missing, cfg->timeout_ms, cfg->master_addr,
+                         cfg->master_port);
         goto out;
       }
       if (!warned && now >= stall_at) {
@@ -1052,14 +1076,15 @@ static int bootstrap(tcp *t, dml_err *err) {
     rc = dml__store_get(st, key, deadline, &val, &vn, err);
     if (rc) {
       if (rc == DML_ETIMEDOUT)
-        dml_err_set(err, rc, "rank %d: rank %d did not join within %d ms (coordinator %s:%d)", t->me, j,
-                    cfg->timeout_ms, cfg->master_addr, cfg->master_port);
+        dml_err_set(err, rc, "rank %d: rank %d did not join within %d ms (coordinator %s:%d)",
+                    t->me, j, cfg->timeout_ms, cfg->master_addr, cfg->master_port);
       goto out;
     }
     int w;
     peer *p = &t->peers[j];
     if (parse_addr(val, &w, p->host, sizeof(p->host), &p->port) != 0) {
-      rc = dml_err_set(err, DML_EPROTO, "bad address '%s' for rank %d from the coordinator", val, j);
+      rc =
+          dml_err_set(err, DML_EPROTO, "bad address '%s' for rank %d from the coordinator", val, j);
       goto out;
     }
     if (w != t->n) {

@@ -64,9 +64,11 @@ static void test_codecs(void) {
   const uint8_t *val;
   n = dml__kv_encode(b, "addr/3", "4 127.0.0.1 5", 13);
   T_OK(dml__kv_decode(b, n, 1, &key, &kl, &val, &vn, why, sizeof(why)));
-  T_ASSERT(kl == 6 && memcmp(key, "addr/3", 6) == 0 && vn == 13 && memcmp(val, "4 127.0.0.1 5", 13) == 0);
-  T_EQ_INT(dml__kv_decode(b, n, 0, &key, &kl, &val, &vn, why, sizeof(why)), DML_EPROTO); /* GET + junk */
-  b[0] = 200; /* key length beyond the message */
+  T_ASSERT(kl == 6 && memcmp(key, "addr/3", 6) == 0 && vn == 13 &&
+           memcmp(val, "4 127.0.0.1 5", 13) == 0);
+  T_EQ_INT(dml__kv_decode(b, n, 0, &key, &kl, &val, &vn, why, sizeof(why)),
+           DML_EPROTO); /* GET + junk */
+  b[0] = 200;           /* key length beyond the message */
   T_EQ_INT(dml__kv_decode(b, n, 1, &key, &kl, &val, &vn, why, sizeof(why)), DML_EPROTO);
   T_CONTAINS(why, "beyond the message");
 
@@ -119,8 +121,13 @@ static int real_rank0(int port, const char *expect, uint64_t max_bytes) {
 
 /* This process as rank 1, by hand: join through the store, connect to rank 0, then send bad. */
 static void forged_rank1(int port, const uint8_t *bad, size_t bad_len) {
-  dml__comm_cfg cfg = {.rank = 1, .world_size = 2, .master_addr = "127.0.0.1", .master_port = port,
-                       .bind_addr = "127.0.0.1", .token = NULL, .timeout_ms = 10000,
+  dml__comm_cfg cfg = {.rank = 1,
+                       .world_size = 2,
+                       .master_addr = "127.0.0.1",
+                       .master_port = port,
+                       .bind_addr = "127.0.0.1",
+                       .token = NULL,
+                       .timeout_ms = 10000,
                        .max_message_bytes = 1 << 30};
   dml_err e = {0};
   dml__store *st;
@@ -154,7 +161,8 @@ static void forged_rank1(int port, const uint8_t *bad, size_t bad_len) {
   close(fd);
 }
 
-static void run_forged(const char *what, const uint8_t *bad, size_t bad_len, const char *expect, uint64_t max) {
+static void run_forged(const char *what, const uint8_t *bad, size_t bad_len, const char *expect,
+                       uint64_t max) {
   int port = free_port();
   fflush(stdout);
   fflush(stderr);
@@ -164,7 +172,8 @@ static void run_forged(const char *what, const uint8_t *bad, size_t bad_len, con
   forged_rank1(port, bad, bad_len);
   int st;
   T_ASSERT(waitpid(pid, &st, 0) == pid);
-  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) T_FAIL("forged peer (%s): rank 0 did not report it as expected", what);
+  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+    T_FAIL("forged peer (%s): rank 0 did not report it as expected", what);
   printf("forged peer, %s: ok\n", what);
 }
 
@@ -185,9 +194,15 @@ static void test_forged_peer(void) {
 
 /* Out-of-memory injection: allocation number fail_at fails. */
 static long g_allocs, g_fail_at = -1;
-static void *oom_malloc(size_t n) { return ++g_allocs == g_fail_at ? NULL : malloc(n); }
-static void *oom_realloc(void *p, size_t n) { return ++g_allocs == g_fail_at ? NULL : realloc(p, n); }
-static void *oom_calloc(size_t c, size_t n) { return ++g_allocs == g_fail_at ? NULL : calloc(c, n); }
+static void *oom_malloc(size_t n) {
+  return ++g_allocs == g_fail_at ? NULL : malloc(n);
+}
+static void *oom_realloc(void *p, size_t n) {
+  return ++g_allocs == g_fail_at ? NULL : realloc(p, n);
+}
+static void *oom_calloc(size_t c, size_t n) {
+  return ++g_allocs == g_fail_at ? NULL : calloc(c, n);
+}
 
 static int world1_roundtrip(void) {
   dml_comm_opts o;
@@ -287,8 +302,13 @@ static void test_hostile_peer_port(void) {
     (void)f;
     exit(peer_rank_main(0, port));
   }
-  dml__comm_cfg cfg = {.rank = 1, .world_size = 2, .master_addr = "127.0.0.1", .master_port = port,
-                       .bind_addr = "127.0.0.1", .timeout_ms = 10000, .max_message_bytes = 1 << 30};
+  dml__comm_cfg cfg = {.rank = 1,
+                       .world_size = 2,
+                       .master_addr = "127.0.0.1",
+                       .master_port = port,
+                       .bind_addr = "127.0.0.1",
+                       .timeout_ms = 10000,
+                       .max_message_bytes = 1 << 30};
   dml_err e = {0};
   dml__store *st;
   T_OK(dml__store_connect(&st, &cfg, &e));

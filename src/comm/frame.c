@@ -17,7 +17,9 @@ static void put_u32(uint8_t *p, uint32_t v) {
 static void put_u64(uint8_t *p, uint64_t v) {
   for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
 }
-static uint16_t get_u16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static uint16_t get_u16(const uint8_t *p) {
+  return (uint16_t)(p[0] | (p[1] << 8));
+}
 static uint32_t get_u32(const uint8_t *p) {
   uint32_t v = 0;
   for (int i = 3; i >= 0; i--) v = (v << 8) | p[i];
@@ -29,7 +31,8 @@ static uint64_t get_u64(const uint8_t *p) {
   return v;
 }
 
-static int why_set(char *why, size_t why_len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int why_set(char *why, size_t why_len, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static int why_set(char *why, size_t why_len, const char *fmt, ...) {
   if (why != NULL && why_len > 0) {
     va_list ap;
@@ -50,20 +53,21 @@ void dml__frame_encode(uint8_t *out, int kind, uint32_t tag, uint32_t seq, uint6
   put_u64(out + 16, length);
 }
 
-int dml__frame_decode(const uint8_t *buf, size_t n, uint64_t max_data_bytes, dml__frame *f, char *why,
-                      size_t why_len) {
+int dml__frame_decode(const uint8_t *buf, size_t n, uint64_t max_data_bytes, dml__frame *f,
+                      char *why, size_t why_len) {
   if (n < DML__FRAME_HDR) return DML_EAGAIN;
   uint32_t magic = get_u32(buf);
   if (magic != DML__FRAME_MAGIC)
-    return why_set(why, why_len, "bad frame magic 0x%08x (expected 0x%08x, \"DMLF\")", (unsigned)magic,
-                   (unsigned)DML__FRAME_MAGIC);
+    return why_set(why, why_len, "bad frame magic 0x%08x (expected 0x%08x, \"DMLF\")",
+                   (unsigned)magic, (unsigned)DML__FRAME_MAGIC);
   if (buf[4] != DML__FRAME_VERSION)
     return why_set(why, why_len, "unsupported frame version %u (this build speaks %d)", buf[4],
                    DML__FRAME_VERSION);
   int kind = buf[5];
   if (kind < DML__F_DATA || kind > DML__F_KIND_MAX)
     return why_set(why, why_len, "unknown frame kind %d", kind);
-  if (get_u16(buf + 6) != 0) return why_set(why, why_len, "nonzero frame flags 0x%04x", get_u16(buf + 6));
+  if (get_u16(buf + 6) != 0)
+    return why_set(why, why_len, "nonzero frame flags 0x%04x", get_u16(buf + 6));
   uint64_t len = get_u64(buf + 16);
   uint64_t max = kind == DML__F_DATA ? max_data_bytes : DML__CTRL_MAX;
   if (len > max)
@@ -76,8 +80,10 @@ int dml__frame_decode(const uint8_t *buf, size_t n, uint64_t max_data_bytes, dml
   return 0;
 }
 
-int dml__challenge_decode(const uint8_t *p, size_t n, dml__challenge *out, char *why, size_t why_len) {
-  if (n != 1 + DML__NONCE) return why_set(why, why_len, "CHALLENGE of %zu bytes (expected %d)", n, 1 + DML__NONCE);
+int dml__challenge_decode(const uint8_t *p, size_t n, dml__challenge *out, char *why,
+                          size_t why_len) {
+  if (n != 1 + DML__NONCE)
+    return why_set(why, why_len, "CHALLENGE of %zu bytes (expected %d)", n, 1 + DML__NONCE);
   if (p[0] > 1) return why_set(why, why_len, "CHALLENGE auth flag %u (expected 0 or 1)", p[0]);
   out->auth_required = p[0];
   memcpy(out->nonce, p + 1, DML__NONCE);
@@ -129,8 +135,10 @@ int dml__kv_decode(const uint8_t *p, size_t n, int with_value, const char **key,
                    const uint8_t **value, size_t *value_len, char *why, size_t why_len) {
   if (n < 2) return why_set(why, why_len, "store message of %zu bytes (too short)", n);
   size_t kl = get_u16(p);
-  if (kl == 0 || kl > 255) return why_set(why, why_len, "store key length %zu (expected 1..255)", kl);
-  if (kl > n - 2) return why_set(why, why_len, "store key length %zu beyond the message (%zu bytes)", kl, n);
+  if (kl == 0 || kl > 255)
+    return why_set(why, why_len, "store key length %zu (expected 1..255)", kl);
+  if (kl > n - 2)
+    return why_set(why, why_len, "store key length %zu beyond the message (%zu bytes)", kl, n);
   for (size_t i = 0; i < kl; i++)
     if (p[2 + i] < 0x21 || p[2 + i] > 0x7e)
       return why_set(why, why_len, "store key byte %zu is not printable (0x%02x)", i, p[2 + i]);
@@ -162,7 +170,9 @@ void dml__auth_mac(uint8_t out[DML__MAC], const char *token, const char *label, 
   sodium_memzero(&st, sizeof(st));
 }
 
-int dml__mac_equal(const uint8_t *a, const uint8_t *b) { return sodium_memcmp(a, b, DML__MAC) == 0; }
+int dml__mac_equal(const uint8_t *a, const uint8_t *b) {
+  return sodium_memcmp(a, b, DML__MAC) == 0;
+}
 
 void dml__random_bytes(void *buf, size_t n) {
   /* sodium_init is idempotent and thread-safe; its failure leaves randombytes on /dev/urandom. */

@@ -42,7 +42,8 @@ struct dml_comm {
 };
 
 /* Record a failure message on c (thread-safe); returns code. */
-int dml__comm_fail(dml_comm *c, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+int dml__comm_fail(dml_comm *c, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 /* ---------------------------------------------------------------------------------------------
  * The backend table. Every slot is called with valid arguments (the wrappers check rank, tag,
@@ -67,7 +68,8 @@ struct dml__comm_backend {
   /* Post a receive of exactly bytes from peer (DML_ANY_SOURCE allowed only with alloc) with tag.
    * alloc != 0: buf is ignored and the library allocates the message (any length up to
    * max_message_bytes), fetched with recv_take. Does not block. Ownership and failure as isend. */
-  int (*irecv)(dml_comm *c, int peer, int tag, void *buf, size_t bytes, int alloc, dml_comm_req **req);
+  int (*irecv)(dml_comm *c, int peer, int tag, void *buf, size_t bytes, int alloc,
+               dml_comm_req **req);
   /* Wait up to timeout_ms (>= 0) for req. Complete: returns the request's status, with the
    * message in c->err on failure; the request is released, except a successful one when
    * keep != 0 (an alloc receive: recv_take must follow).
@@ -130,8 +132,8 @@ void dml__frame_encode(uint8_t *out, int kind, uint32_t tag, uint32_t seq, uint6
 /* Decode the header at buf[0..n). Returns 0 and fills *f; DML_EAGAIN when n < DML__FRAME_HDR;
  * DML_EPROTO with what was wrong in why (bad magic, version, kind, flags, or a length above
  * max_data_bytes for DATA or DML__CTRL_MAX for control frames). Pure: no allocation, no I/O. */
-int dml__frame_decode(const uint8_t *buf, size_t n, uint64_t max_data_bytes, dml__frame *f, char *why,
-                      size_t why_len);
+int dml__frame_decode(const uint8_t *buf, size_t n, uint64_t max_data_bytes, dml__frame *f,
+                      char *why, size_t why_len);
 
 /* Handshake and store payloads: decoders check the exact length and field ranges, write what
  * was wrong into why, and never allocate; pointers returned point into p. */
@@ -148,7 +150,8 @@ typedef struct dml__hello {
   uint32_t rank, world_size;
   uint64_t job;
 } dml__hello;
-int dml__challenge_decode(const uint8_t *p, size_t n, dml__challenge *out, char *why, size_t why_len);
+int dml__challenge_decode(const uint8_t *p, size_t n, dml__challenge *out, char *why,
+                          size_t why_len);
 int dml__auth_decode(const uint8_t *p, size_t n, dml__auth *out, char *why, size_t why_len);
 int dml__hello_decode(const uint8_t *p, size_t n, dml__hello *out, char *why, size_t why_len);
 /* SET/VAL: key (1..255 bytes, printable) and value; GET: key only (value_len 0, value NULL). */
@@ -181,8 +184,10 @@ void dml__net_tune(int fd);
 int dml__net_write_all(int fd, const void *buf, size_t n, uint64_t deadline_ns, dml_err *err);
 int dml__net_read_all(int fd, void *buf, size_t n, uint64_t deadline_ns, dml_err *err);
 /* Send one control frame; read one frame (header + payload up to DML__CTRL_MAX into payload). */
-int dml__net_send_frame(int fd, int kind, const void *payload, size_t n, uint64_t deadline_ns, dml_err *err);
-int dml__net_recv_frame(int fd, dml__frame *f, uint8_t *payload, uint64_t deadline_ns, dml_err *err);
+int dml__net_send_frame(int fd, int kind, const void *payload, size_t n, uint64_t deadline_ns,
+                        dml_err *err);
+int dml__net_recv_frame(int fd, dml__frame *f, uint8_t *payload, uint64_t deadline_ns,
+                        dml_err *err);
 /* "host:port" of the remote end of fd (for logs). */
 void dml__net_peer_addr(int fd, char *out, size_t out_len);
 /* Milliseconds left until deadline (0 if past), capped at INT_MAX. */
@@ -197,9 +202,9 @@ int dml__hs_connect(int fd, const char *token, const char *who, uint64_t deadlin
  * a slow or hostile one never holds up the others. */
 typedef struct dml__hs_conn {
   int fd;
-  int state;               /* internal */
-  char addr[64];           /* remote "host:port" */
-  uint64_t deadline_ns;    /* dropped when the handshake is not done by then */
+  int state;            /* internal */
+  char addr[64];        /* remote "host:port" */
+  uint64_t deadline_ns; /* dropped when the handshake is not done by then */
   uint8_t nonce[DML__NONCE];
   uint8_t in[DML__FRAME_HDR + DML__CTRL_MAX];
   size_t in_len;

@@ -60,8 +60,8 @@ int dml__net_listen(const char *host, int port, int *fd_out, int *port_out, dml_
   if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
     int e = errno;
     close(fd);
-    return dml_err_set(err, e == EADDRINUSE ? DML_EEXIST : DML_ESYS, "cannot listen on %s:%d: %s", host, port,
-                       strerror(e));
+    return dml_err_set(err, e == EADDRINUSE ? DML_EEXIST : DML_ESYS, "cannot listen on %s:%d: %s",
+                       host, port, strerror(e));
   }
   if (listen(fd, 1024) != 0) {
     int e = errno;
@@ -86,7 +86,8 @@ void dml__net_tune(int fd) {
   /* DISTML_SOCKBUF (bytes) sets the socket buffers; 0 leaves the kernel's autotuning. As root the
    * FORCE variants pass the rmem_max/wmem_max caps; otherwise the kernel caps the request. */
   int64_t v = 0;
-  if (dml_env_i64("DISTML_SOCKBUF", SOCKBUF_DEFAULT, 0, 1 << 30, &v, NULL) != 0) v = SOCKBUF_DEFAULT;
+  if (dml_env_i64("DISTML_SOCKBUF", SOCKBUF_DEFAULT, 0, 1 << 30, &v, NULL) != 0)
+    v = SOCKBUF_DEFAULT;
   int sz = (int)v;
   if (sz == 0) return;
   if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &sz, sizeof(sz)) != 0)
@@ -130,7 +131,10 @@ int dml__net_connect(const char *host, int port, uint64_t deadline_ns, int *fd_o
     struct timespec ts = {0, 50 * 1000000L};
     nanosleep(&ts, NULL);
   }
-  return dml_err_set(err, last == ECONNREFUSED ? DML_ECONNREFUSED : last == ETIMEDOUT ? DML_ETIMEDOUT : DML_ESYS,
+  return dml_err_set(err,
+                     last == ECONNREFUSED ? DML_ECONNREFUSED
+                     : last == ETIMEDOUT  ? DML_ETIMEDOUT
+                                          : DML_ESYS,
                      "cannot connect to %s:%d: %s", host, port, strerror(last));
 }
 
@@ -153,11 +157,13 @@ int dml__net_write_all(int fd, const void *buf, size_t n, uint64_t deadline_ns, 
       continue;
     }
     if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
-      if (wait_fd(fd, POLLOUT, deadline_ns) != 0) return dml_err_set(err, DML_ETIMEDOUT, "write timed out");
+      if (wait_fd(fd, POLLOUT, deadline_ns) != 0)
+        return dml_err_set(err, DML_ETIMEDOUT, "write timed out");
       continue;
     }
     int e = errno;
-    return dml_err_set(err, e == EPIPE || e == ECONNRESET ? DML_ECLOSED : DML_ESYS, "write: %s", strerror(e));
+    return dml_err_set(err, e == EPIPE || e == ECONNRESET ? DML_ECLOSED : DML_ESYS, "write: %s",
+                       strerror(e));
   }
   return 0;
 }
@@ -173,7 +179,8 @@ int dml__net_read_all(int fd, void *buf, size_t n, uint64_t deadline_ns, dml_err
     }
     if (r == 0) return dml_err_set(err, DML_ECLOSED, "connection closed by the other side");
     if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
-      if (wait_fd(fd, POLLIN, deadline_ns) != 0) return dml_err_set(err, DML_ETIMEDOUT, "read timed out");
+      if (wait_fd(fd, POLLIN, deadline_ns) != 0)
+        return dml_err_set(err, DML_ETIMEDOUT, "read timed out");
       continue;
     }
     int e = errno;
@@ -182,7 +189,8 @@ int dml__net_read_all(int fd, void *buf, size_t n, uint64_t deadline_ns, dml_err
   return 0;
 }
 
-int dml__net_send_frame(int fd, int kind, const void *payload, size_t n, uint64_t deadline_ns, dml_err *err) {
+int dml__net_send_frame(int fd, int kind, const void *payload, size_t n, uint64_t deadline_ns,
+                        dml_err *err) {
   uint8_t buf[DML__FRAME_HDR + DML__CTRL_MAX];
   if (n > DML__CTRL_MAX) return dml_err_set(err, DML_EOVERFLOW, "control frame of %zu bytes", n);
   dml__frame_encode(buf, kind, 0, 0, n);
@@ -190,14 +198,16 @@ int dml__net_send_frame(int fd, int kind, const void *payload, size_t n, uint64_
   return dml__net_write_all(fd, buf, DML__FRAME_HDR + n, deadline_ns, err);
 }
 
-int dml__net_recv_frame(int fd, dml__frame *f, uint8_t *payload, uint64_t deadline_ns, dml_err *err) {
+int dml__net_recv_frame(int fd, dml__frame *f, uint8_t *payload, uint64_t deadline_ns,
+                        dml_err *err) {
   uint8_t hdr[DML__FRAME_HDR];
   int rc = dml__net_read_all(fd, hdr, sizeof(hdr), deadline_ns, err);
   if (rc) return rc;
   char why[200];
   rc = dml__frame_decode(hdr, sizeof(hdr), 0, f, why, sizeof(why));
   if (rc) return dml_err_set(err, DML_EPROTO, "%s", why);
-  if (f->kind == DML__F_DATA) return dml_err_set(err, DML_EPROTO, "unexpected DATA frame during handshake");
+  if (f->kind == DML__F_DATA)
+    return dml_err_set(err, DML_EPROTO, "unexpected DATA frame during handshake");
   return dml__net_read_all(fd, payload, (size_t)f->length, deadline_ns, err);
 }
 
@@ -215,12 +225,14 @@ void dml__net_peer_addr(int fd, char *out, size_t out_len) {
 
 /* ---------------------------------------------------------------------------------------------
  * Connector side. */
-int dml__hs_connect(int fd, const char *token, const char *who, uint64_t deadline_ns, dml_err *err) {
+int dml__hs_connect(int fd, const char *token, const char *who, uint64_t deadline_ns,
+                    dml_err *err) {
   dml__frame f;
   uint8_t pay[DML__CTRL_MAX + 1];
   dml_err e2 = {0};
   int rc = dml__net_recv_frame(fd, &f, pay, deadline_ns, &e2);
-  if (rc) return dml_err_set(err, rc, "handshake with %s: waiting for its challenge: %s", who, e2.msg);
+  if (rc)
+    return dml_err_set(err, rc, "handshake with %s: waiting for its challenge: %s", who, e2.msg);
   if (f.kind == DML__F_REFUSE) {
     pay[f.length] = 0;
     return dml_err_set(err, DML_EAUTH, "%s refused the connection: %s", who, (char *)pay);
@@ -228,7 +240,8 @@ int dml__hs_connect(int fd, const char *token, const char *who, uint64_t deadlin
   char why[200];
   dml__challenge ch;
   if (f.kind != DML__F_CHALLENGE)
-    return dml_err_set(err, DML_EPROTO, "handshake with %s: expected CHALLENGE, got frame kind %d", who, f.kind);
+    return dml_err_set(err, DML_EPROTO, "handshake with %s: expected CHALLENGE, got frame kind %d",
+                       who, f.kind);
   if (dml__challenge_decode(pay, (size_t)f.length, &ch, why, sizeof(why)) != 0)
     return dml_err_set(err, DML_EPROTO, "handshake with %s: %s", who, why);
   dml__auth a;
@@ -244,16 +257,20 @@ int dml__hs_connect(int fd, const char *token, const char *who, uint64_t deadlin
   if (f.kind == DML__F_REFUSE) {
     pay[f.length] = 0;
     dml_log(DML_LOG_ERROR, "%s refused us: %s", who, (char *)pay);
-    return dml_err_set(err, DML_EAUTH, "authentication failed: %s refused the connection: %s", who, (char *)pay);
+    return dml_err_set(err, DML_EAUTH, "authentication failed: %s refused the connection: %s", who,
+                       (char *)pay);
   }
   if (f.kind != DML__F_AUTH_OK || f.length != DML__MAC)
-    return dml_err_set(err, DML_EPROTO, "handshake with %s: expected AUTH_OK, got frame kind %d", who, f.kind);
+    return dml_err_set(err, DML_EPROTO, "handshake with %s: expected AUTH_OK, got frame kind %d",
+                       who, f.kind);
   if (token) {
     uint8_t want[DML__MAC];
     dml__auth_mac(want, token, "distml-acceptor", a.nonce, ch.nonce);
     if (!dml__mac_equal(want, pay)) {
-      dml_log(DML_LOG_ERROR, "%s did not prove it knows the token (HMAC mismatch): refusing it", who);
-      return dml_err_set(err, DML_EAUTH, "authentication failed: %s does not know our token (HMAC mismatch)", who);
+      dml_log(DML_LOG_ERROR, "%s did not prove it knows the token (HMAC mismatch): refusing it",
+              who);
+      return dml_err_set(err, DML_EAUTH,
+                         "authentication failed: %s does not know our token (HMAC mismatch)", who);
     }
   }
   return 0;
@@ -299,7 +316,8 @@ void dml__hs_accept_start(dml__hs_conn *h, int fd, const char *token, uint64_t d
   h->state = HS_WAIT_AUTH;
 }
 
-int dml__hs_next_frame(dml__hs_conn *h, dml__frame *f, uint8_t *payload, char *why, size_t why_len) {
+int dml__hs_next_frame(dml__hs_conn *h, dml__frame *f, uint8_t *payload, char *why,
+                       size_t why_len) {
   /* Read only up to the end of the current frame: whatever follows belongs to the next owner of
    * the socket (the data engine after a peer handshake). */
   for (;;) {
@@ -377,10 +395,12 @@ int dml__hs_accept_step(dml__hs_conn *h, const char *token, char *why, size_t wh
     return DML_EPROTO;
   }
   if (token != NULL && !a.has_token)
-    return refuse(h, DML_EAUTH, "wrong token: this job requires a token (DISTML_TOKEN) and none was given", why,
+    return refuse(h, DML_EAUTH,
+                  "wrong token: this job requires a token (DISTML_TOKEN) and none was given", why,
                   why_len);
   if (token == NULL && a.has_token)
-    return refuse(h, DML_EAUTH, "wrong token: this job has no token but the connecting side sent one", why,
+    return refuse(h, DML_EAUTH,
+                  "wrong token: this job has no token but the connecting side sent one", why,
                   why_len);
   uint8_t mac[DML__MAC];
   memset(mac, 0, sizeof(mac));
@@ -388,7 +408,8 @@ int dml__hs_accept_step(dml__hs_conn *h, const char *token, char *why, size_t wh
     uint8_t want[DML__MAC];
     dml__auth_mac(want, token, "distml-connector", h->nonce, a.nonce);
     if (!dml__mac_equal(want, a.mac))
-      return refuse(h, DML_EAUTH, "wrong token (HMAC-SHA256 of our challenge does not match)", why, why_len);
+      return refuse(h, DML_EAUTH, "wrong token (HMAC-SHA256 of our challenge does not match)", why,
+                    why_len);
     dml__auth_mac(mac, token, "distml-acceptor", a.nonce, h->nonce);
   }
   rc = dml__hs_queue(h, DML__F_AUTH_OK, mac, sizeof(mac));

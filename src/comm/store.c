@@ -146,7 +146,8 @@ static void serve_conn(dml__store *s, int i) {
     size_t kl, vn;
     const uint8_t *val;
     if (f.kind == DML__F_SET || f.kind == DML__F_GET) {
-      if (dml__kv_decode(pay, (size_t)f.length, f.kind == DML__F_SET, &key, &kl, &val, &vn, why, sizeof(why))) {
+      if (dml__kv_decode(pay, (size_t)f.length, f.kind == DML__F_SET, &key, &kl, &val, &vn, why,
+                         sizeof(why))) {
         drop_conn(s, i, DML_LOG_WARN, why);
         return;
       }
@@ -159,7 +160,8 @@ static void serve_conn(dml__store *s, int i) {
     if (f.kind == DML__F_SET) {
       rc = put_key(s, key, kl, val, vn);
       if (rc == DML_EEXIST) {
-        snprintf(why, sizeof(why), "key '%.*s' is already set to another value (two processes with one rank?)",
+        snprintf(why, sizeof(why),
+                 "key '%.*s' is already set to another value (two processes with one rank?)",
                  (int)kl, key);
         (void)dml__hs_queue(&c->hs, DML__F_REFUSE, why, strlen(why));
       } else if (rc) {
@@ -211,8 +213,9 @@ static void *server_main(void *arg) {
     pfd[n++] = (struct pollfd){.fd = s->wake[0], .events = POLLIN};
     pfd[n++] = (struct pollfd){.fd = s->listen_fd, .events = POLLIN};
     for (int i = 0; i < s->nconns; i++)
-      pfd[n++] = (struct pollfd){.fd = s->conns[i]->hs.fd,
-                                 .events = (short)(POLLIN | (s->conns[i]->hs.out_len ? POLLOUT : 0))};
+      pfd[n++] =
+          (struct pollfd){.fd = s->conns[i]->hs.fd,
+                          .events = (short)(POLLIN | (s->conns[i]->hs.out_len ? POLLOUT : 0))};
     int nconns = s->nconns;
     int rc = poll(pfd, (nfds_t)n, 100);
     if (rc <= 0) continue;
@@ -237,7 +240,8 @@ static void *server_main(void *arg) {
         if (s->nconns >= MAX_CONNS) {
           char addr[64];
           dml__net_peer_addr(fd, addr, sizeof(addr));
-          dml_log(DML_LOG_WARN, "coordinator: dropped connection from %s: too many connections", addr);
+          dml_log(DML_LOG_WARN, "coordinator: dropped connection from %s: too many connections",
+                  addr);
           close(fd);
           continue;
         }
@@ -247,13 +251,16 @@ static void *server_main(void *arg) {
           continue;
         }
         dml__net_tune(fd);
-        dml__hs_accept_start(&c->hs, fd, s->token, dml_now_ns() + (uint64_t)s->timeout_ms * 1000000ull);
+        dml__hs_accept_start(&c->hs, fd, s->token,
+                             dml_now_ns() + (uint64_t)s->timeout_ms * 1000000ull);
         s->conns[s->nconns++] = c;
       }
     }
   }
   for (int i = s->nconns - 1; i >= 0; i--)
-    drop_conn(s, i, DML_LOG_WARN, s->conns[i]->authed ? NULL : "silent client (no handshake) when the coordinator closed");
+    drop_conn(
+        s, i, DML_LOG_WARN,
+        s->conns[i]->authed ? NULL : "silent client (no handshake) when the coordinator closed");
   return NULL;
 }
 
@@ -283,7 +290,8 @@ int dml__store_serve(dml__store **out, const dml__comm_cfg *cfg, dml_err *err) {
   dml_err e2 = {0};
   int rc = dml__net_listen(cfg->bind_addr, cfg->master_port, &s->listen_fd, NULL, &e2);
   if (rc) {
-    dml_err_set(err, rc, "rank 0 cannot serve as the coordinator: %s (is another job using MASTER_PORT?)",
+    dml_err_set(err, rc,
+                "rank 0 cannot serve as the coordinator: %s (is another job using MASTER_PORT?)",
                 e2.msg);
     goto fail;
   }
@@ -312,8 +320,8 @@ int dml__store_connect(dml__store **out, const dml__comm_cfg *cfg, dml_err *err)
   dml_err e2 = {0};
   int rc = dml__net_connect(cfg->master_addr, cfg->master_port, deadline, &s->fd, &e2);
   if (rc) {
-    dml_err_set(err, rc, "rank %d cannot reach the %s within %d ms: %s", cfg->rank, s->who, cfg->timeout_ms,
-                e2.msg);
+    dml_err_set(err, rc, "rank %d cannot reach the %s within %d ms: %s", cfg->rank, s->who,
+                cfg->timeout_ms, e2.msg);
     goto fail;
   }
   rc = dml__hs_connect(s->fd, cfg->token, s->who, deadline, &e2);
@@ -345,13 +353,14 @@ int dml__store_set(dml__store *s, const char *key, const void *value, size_t n, 
   uint8_t pay[DML__CTRL_MAX];
   size_t pn = dml__kv_encode(pay, key, value, n);
   dml_err e2 = {0};
-  int rc = dml__net_send_frame(s->fd, DML__F_SET, pay, pn, dml_now_ns() + (uint64_t)s->timeout_ms * 1000000ull,
-                               &e2);
+  int rc = dml__net_send_frame(s->fd, DML__F_SET, pay, pn,
+                               dml_now_ns() + (uint64_t)s->timeout_ms * 1000000ull, &e2);
   if (rc) return dml_err_set(err, rc, "store: setting '%s' on the %s: %s", key, s->who, e2.msg);
   return 0;
 }
 
-int dml__store_get(dml__store *s, const char *key, uint64_t deadline_ns, char **value, size_t *n, dml_err *err) {
+int dml__store_get(dml__store *s, const char *key, uint64_t deadline_ns, char **value, size_t *n,
+                   dml_err *err) {
   *value = NULL;
   size_t kl = strlen(key);
   if (kl == 0 || kl > 255) return dml_err_set(err, DML_EINVAL, "store key '%s' too long", key);
@@ -360,8 +369,10 @@ int dml__store_get(dml__store *s, const char *key, uint64_t deadline_ns, char **
     kv *e;
     int rc = 0;
     while ((e = find_key(s, key, kl)) == NULL) {
-      struct timespec ts = {(time_t)(deadline_ns / 1000000000ull), (long)(deadline_ns % 1000000000ull)};
-      if (pthread_cond_timedwait(&s->cv, &s->mu, &ts) == ETIMEDOUT && find_key(s, key, kl) == NULL) {
+      struct timespec ts = {(time_t)(deadline_ns / 1000000000ull),
+                            (long)(deadline_ns % 1000000000ull)};
+      if (pthread_cond_timedwait(&s->cv, &s->mu, &ts) == ETIMEDOUT &&
+          find_key(s, key, kl) == NULL) {
         rc = DML_ETIMEDOUT;
         break;
       }
@@ -376,7 +387,8 @@ int dml__store_get(dml__store *s, const char *key, uint64_t deadline_ns, char **
       }
     }
     pthread_mutex_unlock(&s->mu);
-    if (rc == DML_ETIMEDOUT) return dml_err_set(err, rc, "store: key '%s' did not appear in time", key);
+    if (rc == DML_ETIMEDOUT)
+      return dml_err_set(err, rc, "store: key '%s' did not appear in time", key);
     if (rc) return dml_err_set(err, rc, "store: out of memory");
     return 0;
   }
@@ -387,7 +399,8 @@ int dml__store_get(dml__store *s, const char *key, uint64_t deadline_ns, char **
   if (rc) return dml_err_set(err, rc, "store: asking the %s for '%s': %s", s->who, key, e2.msg);
   dml__frame f;
   rc = dml__net_recv_frame(s->fd, &f, pay, deadline_ns, &e2);
-  if (rc) return dml_err_set(err, rc, "store: waiting for '%s' from the %s: %s", key, s->who, e2.msg);
+  if (rc)
+    return dml_err_set(err, rc, "store: waiting for '%s' from the %s: %s", key, s->who, e2.msg);
   if (f.kind == DML__F_REFUSE) {
     pay[f.length] = 0;
     return dml_err_set(err, DML_EMISMATCH, "the %s refused us: %s", s->who, (char *)pay);
@@ -397,8 +410,8 @@ int dml__store_get(dml__store *s, const char *key, uint64_t deadline_ns, char **
   const uint8_t *v;
   char why[200];
   if (f.kind != DML__F_VAL ||
-      dml__kv_decode(pay, (size_t)f.length, 1, &k, &gkl, &v, &vn, why, sizeof(why)) != 0 || gkl != kl ||
-      memcmp(k, key, kl) != 0)
+      dml__kv_decode(pay, (size_t)f.length, 1, &k, &gkl, &v, &vn, why, sizeof(why)) != 0 ||
+      gkl != kl || memcmp(k, key, kl) != 0)
     return dml_err_set(err, DML_EPROTO, "store: bad answer from the %s for '%s'", s->who, key);
   *value = dml__malloc(vn + 1);
   if (*value == NULL) return dml_err_set(err, DML_ENOMEM, "store: out of memory");
@@ -418,7 +431,8 @@ int dml__store_has(dml__store *s, const char *key) {
 
 void dml__store_local_host(dml__store *s, const dml__comm_cfg *cfg, char *out, size_t out_len) {
   if (s->is_server || s->fd < 0) {
-    snprintf(out, out_len, "%s", strcmp(cfg->bind_addr, "0.0.0.0") == 0 ? cfg->master_addr : cfg->bind_addr);
+    snprintf(out, out_len, "%s",
+             strcmp(cfg->bind_addr, "0.0.0.0") == 0 ? cfg->master_addr : cfg->bind_addr);
     return;
   }
   struct sockaddr_in sa;

@@ -19,9 +19,15 @@ int dml_replace_allocator(dml_malloc_fn m, dml_realloc_fn r, dml_calloc_fn c, dm
   return 0;
 }
 
-void *dml__malloc(size_t size) { return g_malloc(size ? size : 1); }
-void *dml__calloc(size_t count, size_t size) { return g_calloc(count ? count : 1, size ? size : 1); }
-void *dml__realloc(void *ptr, size_t size) { return g_realloc(ptr, size ? size : 1); }
+void *dml__malloc(size_t size) {
+  return g_malloc(size ? size : 1);
+}
+void *dml__calloc(size_t count, size_t size) {
+  return g_calloc(count ? count : 1, size ? size : 1);
+}
+void *dml__realloc(void *ptr, size_t size) {
+  return g_realloc(ptr, size ? size : 1);
+}
 
 void dml__free(void *ptr) {
   if (ptr != NULL) g_free(ptr);

@@ -8,8 +8,7 @@ const char *dml_strerror(int code) {
   if (code == 0) return "success";
   switch (code) {
 #define DML__XX(name, value, msg) \
-  case value:                     \
-    return msg;
+  case value: return msg;
     DML_ERRNO_MAP(DML__XX)
 #undef DML__XX
   }
@@ -20,8 +19,7 @@ const char *dml_err_name(int code) {
   if (code == 0) return "OK";
   switch (code) {
 #define DML__XX(name, value, msg) \
-  case value:                     \
-    return #name;
+  case value: return #name;
     DML_ERRNO_MAP(DML__XX)
 #undef DML__XX
   }
@@ -50,4 +48,6 @@ const char *dml_err_msg(const dml_err *err) {
   return dml_strerror(err->code);
 }
 
-const char *dml_version(void) { return DISTML_VERSION; }
+const char *dml_version(void) {
+  return DISTML_VERSION;
+}

@@ -26,7 +26,9 @@ static void put(dml_jsonl *j, const char *s, size_t n) {
   j->buf[j->len] = '\0';
 }
 
-static void puts_(dml_jsonl *j, const char *s) { put(j, s, strlen(s)); }
+static void puts_(dml_jsonl *j, const char *s) {
+  put(j, s, strlen(s));
+}
 
 static void put_string(dml_jsonl *j, const char *s) {
   put(j, "\"", 1);

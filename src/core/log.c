@@ -18,7 +18,9 @@ static int level_from_env(void) {
   return DML_LOG_INFO;
 }
 
-void dml_log_set_level(dml_log_level level) { atomic_store(&g_level, (int)level); }
+void dml_log_set_level(dml_log_level level) {
+  atomic_store(&g_level, (int)level);
+}
 
 dml_log_level dml_log_get_level(void) {
   int l = atomic_load(&g_level);
@@ -29,7 +31,9 @@ dml_log_level dml_log_get_level(void) {
   return (dml_log_level)l;
 }
 
-void dml_log_set_rank(int rank) { atomic_store(&g_rank, rank); }
+void dml_log_set_rank(int rank) {
+  atomic_store(&g_rank, rank);
+}
 
 void dml_vlog(dml_log_level level, const char *fmt, va_list ap) {
   static const char *names[] = {"ERROR", "WARN", "INFO", "DEBUG"};

@@ -47,8 +47,7 @@ int dml_parse_size(const char *s, uint64_t max, uint64_t *out, dml_err *err) {
   if (*end == 'G' || *end == 'g') mult = 1ull << 30;
   if (mult != 1) end++;
   if (*end == 'B' || *end == 'b') end++;
-  if (*end != '\0')
-    return dml_err_set(err, DML_EINVAL, "'%s' is not a size (e.g. 8, 4K, 64M)", s);
+  if (*end != '\0') return dml_err_set(err, DML_EINVAL, "'%s' is not a size (e.g. 8, 4K, 64M)", s);
   if (errno == ERANGE || v > max / mult)
     return dml_err_set(err, DML_ERANGE, "size %s is larger than %llu bytes", s,
                        (unsigned long long)max);

@@ -16,8 +16,8 @@ static void draw(dml_progress *p, const char *status, int final) {
     int fill = (int)(frac * 30.0);
     for (int i = 0; i < 30; i++) bar[i] = i < fill ? '#' : '.';
     bar[30] = '\0';
-    fprintf(p->out, "\r\033[K%s [%s] %3.0f%% %.1fs eta %.1fs %s%s", p->label, bar, frac * 100.0,
-            el, eta, st, final ? "\n" : "");
+    fprintf(p->out, "\r\033[K%s [%s] %3.0f%% %.1fs eta %.1fs %s%s", p->label, bar, frac * 100.0, el,
+            eta, st, final ? "\n" : "");
   } else {
     fprintf(p->out, "%s %llu/%llu (%.0f%%) %.1fs %s\n", p->label, (unsigned long long)p->done,
             (unsigned long long)p->total, frac * 100.0, el, st);

@@ -25,7 +25,9 @@ void dml_rng_seed3(dml_rng *rng, uint64_t a, uint64_t b, uint64_t c) {
   dml_rng_seed(rng, splitmix64(&x));
 }
 
-static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+static inline uint64_t rotl(uint64_t x, int k) {
+  return (x << k) | (x >> (64 - k));
+}
 
 uint64_t dml_rng_next(dml_rng *rng) {
   uint64_t *s = rng->s;
@@ -50,7 +52,9 @@ uint64_t dml_rng_below(dml_rng *rng, uint64_t n) {
   return r % n;
 }
 
-float dml_rng_uniform(dml_rng *rng) { return (float)(dml_rng_next(rng) >> 40) * 0x1.0p-24f; }
+float dml_rng_uniform(dml_rng *rng) {
+  return (float)(dml_rng_next(rng) >> 40) * 0x1.0p-24f;
+}
 
 float dml_rng_normal(dml_rng *rng) {
   double u1 = ((double)(dml_rng_next(rng) >> 11) + 1.0) * 0x1.0p-53; /* (0, 1] */

@@ -9,4 +9,6 @@ uint64_t dml_now_ns(void) {
   return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-double dml_now_s(void) { return (double)dml_now_ns() * 1e-9; }
+double dml_now_s(void) {
+  return (double)dml_now_ns() * 1e-9;
+}

@@ -7,7 +7,9 @@
 #include <limits.h>
 #include <string.h>
 
-static int is_blank(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f'; }
+static int is_blank(char c) {
+  return c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f';
+}
 
 /* Next field of [*q, le): trims blanks and one pair of surrounding double quotes. Returns the
  * field's start and length, and moves *q past the comma (or to le). */
@@ -34,8 +36,10 @@ static long count_fields(const char *q, const char *le) {
   long n = 1;
   int inq = 0;
   for (; q < le; q++) {
-    if (*q == '"') inq = !inq;
-    else if (*q == ',' && !inq) n++;
+    if (*q == '"')
+      inq = !inq;
+    else if (*q == ',' && !inq)
+      n++;
   }
   return n;
 }
@@ -71,9 +75,11 @@ int dml_parse_csv_mem(const char *text, size_t len, const char *name, const dml_
       ncols = nf;
       ncols_line = line;
       if (ncols < 2) {
-        rc = dml_err_set(err, DML_EFORMAT,
-                         "%s:%ld: only one column: a CSV data set needs a label column and at least "
-                         "one feature column (comma-separated)", name, line);
+        rc =
+            dml_err_set(err, DML_EFORMAT,
+                        "%s:%ld: only one column: a CSV data set needs a label column and at least "
+                        "one feature column (comma-separated)",
+                        name, line);
         goto fail;
       }
       if (ncols > INT32_MAX) {
@@ -82,8 +88,8 @@ int dml_parse_csv_mem(const char *text, size_t len, const char *name, const dml_
       }
       lc = opts->csv_label_col < 0 ? ncols + opts->csv_label_col : opts->csv_label_col;
       if (lc < 0 || lc >= ncols) {
-        rc = dml_err_set(err, DML_EINVAL, "%s:%ld: label column %d out of range for %ld columns", name,
-                         line, opts->csv_label_col, ncols);
+        rc = dml_err_set(err, DML_EINVAL, "%s:%ld: label column %d out of range for %ld columns",
+                         name, line, opts->csv_label_col, ncols);
         goto fail;
       }
       int is_header = opts->csv_header == DML_CSV_HEADER_YES;
@@ -101,8 +107,9 @@ int dml_parse_csv_mem(const char *text, size_t len, const char *name, const dml_
         continue;
       }
     } else if (nf != ncols) {
-      rc = dml_err_set(err, DML_EFORMAT, "%s:%ld: ragged row: %ld fields, expected %ld (as on %s line %ld)",
-                       name, line, nf, ncols, header_seen ? "the header" : "the first row", ncols_line);
+      rc = dml_err_set(err, DML_EFORMAT,
+                       "%s:%ld: ragged row: %ld fields, expected %ld (as on %s line %ld)", name,
+                       line, nf, ncols, header_seen ? "the header" : "the first row", ncols_line);
       goto fail;
     }
     size_t need = nx + (size_t)ncols - 1;
@@ -121,8 +128,8 @@ int dml_parse_csv_mem(const char *text, size_t len, const char *name, const dml_
       long col = (long)(fs - ls + 1);
       if (i == lc) {
         if (fl == 0) {
-          rc = dml_err_set(err, DML_EFORMAT, "%s:%ld:%ld: field %ld (the label) is empty", name, line, col,
-                           i + 1);
+          rc = dml_err_set(err, DML_EFORMAT, "%s:%ld:%ld: field %ld (the label) is empty", name,
+                           line, col, i + 1);
           goto fail;
         }
         rc = dml__labels_add(&lab, fs, fl, name, line, col, opts, err);
@@ -135,10 +142,11 @@ int dml_parse_csv_mem(const char *text, size_t len, const char *name, const dml_
         static const char *const why[] = {"", "is not a number", "is not finite (NaN/Inf)",
                                           "is out of float range"};
         if (fl == 0)
-          rc = dml_err_set(err, DML_EFORMAT, "%s:%ld:%ld: field %ld is empty", name, line, col, i + 1);
+          rc = dml_err_set(err, DML_EFORMAT, "%s:%ld:%ld: field %ld is empty", name, line, col,
+                           i + 1);
         else
-          rc = dml_err_set(err, DML_EFORMAT, "%s:%ld:%ld: field %ld '%s' %s", name, line, col, i + 1,
-                           dml__tokstr(tb, sizeof(tb), fs, fl), why[prc]);
+          rc = dml_err_set(err, DML_EFORMAT, "%s:%ld:%ld: field %ld '%s' %s", name, line, col,
+                           i + 1, dml__tokstr(tb, sizeof(tb), fs, fl), why[prc]);
         goto fail;
       }
       x[nx++] = v;

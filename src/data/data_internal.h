@@ -38,10 +38,10 @@ typedef struct dml__bytesrc {
   const char *name;
   const unsigned char *in;
   size_t in_len;
-  size_t pos;   /* plain: next byte; gzip: bytes of decompressed output delivered */
+  size_t pos; /* plain: next byte; gzip: bytes of decompressed output delivered */
   int gz;
   int zinit;
-  int zend;     /* gzip: last member finished and nothing follows */
+  int zend; /* gzip: last member finished and nothing follows */
   z_stream zs;
 } dml__bytesrc;
 void dml__bytesrc_init(dml__bytesrc *s, const void *data, size_t len, const char *name);
@@ -54,14 +54,14 @@ void dml__bytesrc_close(dml__bytesrc *s);
 typedef struct dml__labels {
   int32_t *y;
   size_t n, cap;
-  long neg_line;     /* first line with label -1, 0 if none */
-  long other_line;   /* first line with a label other than -1/+1, 0 if none */
+  long neg_line;   /* first line with label -1, 0 if none */
+  long other_line; /* first line with a label other than -1/+1, 0 if none */
   int32_t other_val;
-  int32_t max;       /* largest label seen */
+  int32_t max; /* largest label seen */
 } dml__labels;
 /* Parses the label token tok[0..len) of line/col and appends it. */
-int dml__labels_add(dml__labels *l, const char *tok, size_t len, const char *name, long line, long col,
-                    const dml_data_opts *opts, dml_err *err);
+int dml__labels_add(dml__labels *l, const char *tok, size_t len, const char *name, long line,
+                    long col, const dml_data_opts *opts, dml_err *err);
 /* Maps -1/+1 to 0/1, computes num_classes (checked against opts), hands y over to ds. */
 int dml__labels_finish(dml__labels *l, const char *name, const dml_data_opts *opts, dml_dataset *ds,
                        dml_err *err);
@@ -74,11 +74,11 @@ int dml__parse_float(const char *tok, size_t len, float *out);
 /* Grows *p (elements of size elem) to hold at least need elements; 0 or DML_ENOMEM/EOVERFLOW. */
 int dml__grow(void **p, size_t *cap, size_t need, size_t elem);
 /* The same for a typed pointer lvalue: rc = DML__GROW(ptr, &cap, need). */
-#define DML__GROW(rc, ptr, capp, need)                                   \
-  do {                                                                   \
-    void *dml__g_ = (ptr);                                               \
-    (rc) = dml__grow(&dml__g_, (capp), (need), sizeof(*(ptr)));          \
-    (ptr) = dml__g_;                                                     \
+#define DML__GROW(rc, ptr, capp, need)                          \
+  do {                                                          \
+    void *dml__g_ = (ptr);                                      \
+    (rc) = dml__grow(&dml__g_, (capp), (need), sizeof(*(ptr))); \
+    (ptr) = dml__g_;                                            \
   } while (0)
 
 /* A short printable copy of a token for messages (non-printable bytes as '?', long ones cut). */

@@ -32,7 +32,9 @@ static void write_bytes(const char *path, const void *data, size_t len) {
   T_ASSERT(fclose(f) == 0);
 }
 
-static void write_text(const char *path, const char *text) { write_bytes(path, text, strlen(text)); }
+static void write_text(const char *path, const char *text) {
+  write_bytes(path, text, strlen(text));
+}
 
 static unsigned char *gzip_bytes(const void *data, size_t len, size_t *out_len) {
   z_stream zs;
@@ -69,7 +71,8 @@ static size_t idx_header(unsigned char *p, int dtype, int ndim, const uint32_t *
 static size_t make_images(unsigned char *buf, uint32_t n, uint32_t r, uint32_t c) {
   uint32_t dims[3] = {n, r, c};
   size_t h = idx_header(buf, 0x08, 3, dims);
-  for (size_t i = 0; i < (size_t)n * r * c; i++) buf[h + i] = (unsigned char)((i / (r * c)) * 7 + i % (r * c));
+  for (size_t i = 0; i < (size_t)n * r * c; i++)
+    buf[h + i] = (unsigned char)((i / (r * c)) * 7 + i % (r * c));
   return h + (size_t)n * r * c;
 }
 
@@ -122,7 +125,8 @@ static void test_idx_good(void) {
     T_ASSERT(ds.x != NULL && ds.indptr == NULL);
     for (int i = 0; i < 5; i++) {
       T_EQ_INT(ds.y[i], i % 3);
-      for (int j = 0; j < 12; j++) T_NEAR(ds.x[i * 12 + j], (double)((i * 7 + j) % 256) / 255.0, 1e-7);
+      for (int j = 0; j < 12; j++)
+        T_NEAR(ds.x[i * 12 + j], (double)((i * 7 + j) % 256) / 255.0, 1e-7);
     }
     T_CONTAINS(ds.name, specs[s]);
     dml_dataset_free(&ds);
@@ -130,7 +134,8 @@ static void test_idx_good(void) {
   }
   /* explicit pair, and explicit format */
   char pair[1100];
-  snprintf(pair, sizeof(pair), "%s,%s", tpath("a-images-idx3-ubyte"), tpath("g-labels-idx1-ubyte.gz"));
+  snprintf(pair, sizeof(pair), "%s,%s", tpath("a-images-idx3-ubyte"),
+           tpath("g-labels-idx1-ubyte.gz"));
   dml_dataset ds;
   dml_err err = {0};
   T_OK(dml_dataset_load(pair, "idx", NULL, &ds, &err));
@@ -154,7 +159,8 @@ static void test_idx_bad(void) {
   buf[0] = 0x1a;
   write_bytes(tpath("magic"), buf, il);
   rc = dml_read_idx(tpath("magic"), L, NULL, &ds, &err);
-  expect_fail(rc, DML_EFORMAT, &err, &ds, tpath("magic"), "wrong IDX magic", "byte offset 0", T_END);
+  expect_fail(rc, DML_EFORMAT, &err, &ds, tpath("magic"), "wrong IDX magic", "byte offset 0",
+              T_END);
 
   /* unsupported dtype (float) */
   memcpy(buf, img, il);
@@ -168,15 +174,16 @@ static void test_idx_bad(void) {
   expect_fail(rc, DML_EFORMAT, &err, &ds, "byte offset 3", "1 dimensions, expected 2 to 4", T_END);
   write_bytes(tpath("img3"), img, il);
   rc = dml_read_idx(tpath("img3"), tpath("img3"), NULL, &ds, &err);
-  expect_fail(rc, DML_EFORMAT, &err, &ds, tpath("img3"), "byte offset 3", "3 dimensions, expected 1",
-              T_END);
+  expect_fail(rc, DML_EFORMAT, &err, &ds, tpath("img3"), "byte offset 3",
+              "3 dimensions, expected 1", T_END);
 
   /* a zero dimension */
   uint32_t d0[3] = {6, 0, 2};
   size_t h = idx_header(buf, 8, 3, d0);
   write_bytes(tpath("zerodim"), buf, h);
   rc = dml_read_idx(tpath("zerodim"), L, NULL, &ds, &err);
-  expect_fail(rc, DML_EFORMAT, &err, &ds, tpath("zerodim"), "byte offset 8", "dimension 1 is 0", T_END);
+  expect_fail(rc, DML_EFORMAT, &err, &ds, tpath("zerodim"), "byte offset 8", "dimension 1 is 0",
+              T_END);
 
   /* absurd dimensions: product overflow / too large */
   uint32_t dbig[3] = {6, 0xffffffffu, 0xffffffffu};
@@ -188,8 +195,8 @@ static void test_idx_bad(void) {
   /* header cut short */
   write_bytes(tpath("shorthdr"), img, 10);
   rc = dml_read_idx(tpath("shorthdr"), L, NULL, &ds, &err);
-  expect_fail(rc, DML_EFORMAT, &err, &ds, tpath("shorthdr"), "truncated IDX header", "byte offset 10",
-              T_END);
+  expect_fail(rc, DML_EFORMAT, &err, &ds, tpath("shorthdr"), "truncated IDX header",
+              "byte offset 10", T_END);
 
   /* declared size vs file length (plain): truncated, and trailing bytes */
   write_bytes(tpath("trunc"), img, il - 3);
@@ -217,7 +224,8 @@ static void test_idx_bad(void) {
   dml_data_opts_init(&o);
   o.num_classes = 4;
   rc = dml_read_idx(tpath("six-images"), L, &o, &ds, &err);
-  expect_fail(rc, DML_ERANGE, &err, &ds, L, "byte offset 12", "label 4 out of range for 4 classes", T_END);
+  expect_fail(rc, DML_ERANGE, &err, &ds, L, "byte offset 12", "label 4 out of range for 4 classes",
+              T_END);
 
   /* gzip: truncated, corrupt CRC, corrupt deflate block, garbage after the stream, and a gzipped
    * file whose decompressed data is shorter than its header declares */
@@ -236,13 +244,15 @@ static void test_idx_bad(void) {
   buf[10] = 0xff; /* first deflate block: reserved block type */
   write_bytes(tpath("gzblock"), buf, gl);
   rc = dml_read_idx(tpath("gzblock"), L, NULL, &ds, &err);
-  expect_fail(rc, DML_EFORMAT, &err, &ds, tpath("gzblock"), "corrupt gzip", "byte offset 10", T_END);
+  expect_fail(rc, DML_EFORMAT, &err, &ds, tpath("gzblock"), "corrupt gzip", "byte offset 10",
+              T_END);
   memcpy(buf, gz, gl);
   memcpy(buf + gl, "junk", 4);
   write_bytes(tpath("gzjunk"), buf, gl + 4);
   rc = dml_read_idx(tpath("gzjunk"), L, NULL, &ds, &err);
   snprintf(off, sizeof(off), "byte offset %zu", gl);
-  expect_fail(rc, DML_EFORMAT, &err, &ds, tpath("gzjunk"), "after the end of the gzip stream", off, T_END);
+  expect_fail(rc, DML_EFORMAT, &err, &ds, tpath("gzjunk"), "after the end of the gzip stream", off,
+              T_END);
   free(gz);
   gz = gzip_bytes(img, il - 5, &gl);
   write_bytes(tpath("gzshort"), gz, gl);
@@ -279,7 +289,7 @@ static void test_libsvm_good(void) {
       "\n"
       "-1 2:4   # trailing comment\n"
       "  -1\t4:0.25 5:7\r\n"
-      "1";  /* last line without newline, no features */
+      "1"; /* last line without newline, no features */
   write_text(tpath("good.svm"), text);
   dml_dataset ds;
   dml_err err = {0};
@@ -346,15 +356,20 @@ typedef struct bad_case {
 
 static void test_libsvm_bad(void) {
   const bad_case cases[] = {
-      {"nonnum.svm", "1 1:1\n0 2:abc\n", DML_EFORMAT, ":2:5:", "value 'abc' of feature 2 is not a number"},
+      {"nonnum.svm", "1 1:1\n0 2:abc\n", DML_EFORMAT,
+       ":2:5:", "value 'abc' of feature 2 is not a number"},
       {"badlabel.svm", "1 1:1\nyes 2:1\n", DML_EFORMAT, ":2:1:", "label 'yes' is not a number"},
       {"fraclabel.svm", "0.5 1:1\n", DML_ERANGE, ":1:1:", "not a class id"},
       {"neglabel.svm", "-3 1:1\n", DML_ERANGE, ":1:1:", "not a class id"},
-      {"mixed.svm", "-1 1:1\n1 1:1\n2 1:1\n", DML_ERANGE, ":3:", "label 2 mixed with label -1 (line 1)"},
-      {"badidx.svm", "1 x:1\n", DML_EFORMAT, ":1:3:", "feature index 'x' is not a positive integer"},
+      {"mixed.svm", "-1 1:1\n1 1:1\n2 1:1\n", DML_ERANGE,
+       ":3:", "label 2 mixed with label -1 (line 1)"},
+      {"badidx.svm", "1 x:1\n", DML_EFORMAT,
+       ":1:3:", "feature index 'x' is not a positive integer"},
       {"negidx.svm", "1 -4:1\n", DML_EFORMAT, ":1:3:", "not a positive integer"},
-      {"idx0.svm", "1 1:1\n1 0:1 2:1\n", DML_EFORMAT, ":2:3:", "feature index 0 (indices are 1-based)"},
-      {"decr.svm", "1 1:1\n\n1 5:1 3:1\n", DML_EFORMAT, ":3:7:", "3 is less than the previous index 5"},
+      {"idx0.svm", "1 1:1\n1 0:1 2:1\n", DML_EFORMAT,
+       ":2:3:", "feature index 0 (indices are 1-based)"},
+      {"decr.svm", "1 1:1\n\n1 5:1 3:1\n", DML_EFORMAT,
+       ":3:7:", "3 is less than the previous index 5"},
       {"dup.svm", "1 2:1 2:1\n", DML_EFORMAT, ":1:7:", "2 repeats the previous index 2"},
       {"nan.svm", "1 1:nan\n", DML_EFORMAT, ":1:5:", "not finite"},
       {"inf.svm", "1 1:1\n0 1:2 2:-inf\n", DML_EFORMAT, ":2:9:", "not finite"},
@@ -364,8 +379,12 @@ static void test_libsvm_bad(void) {
       {"qid.svm", "1 qid:3 1:1\n", DML_EUNSUPPORTED, ":1:3:", "qid"},
       {"bigidx.svm", "1 99999999999:1\n", DML_EOVERFLOW, ":1:3:", "larger than"},
       {"empty.svm", "", DML_EFORMAT, "empty.svm", "empty file: no data rows"},
-      {"comments.svm", "# nothing\n\n   \n", DML_EFORMAT, "comments.svm", "only blank or comment lines"},
-      {"nul.svm", "1 1:1\n1 2:3\0" "4\n", DML_EFORMAT, ":2:5:", "is not a number"},
+      {"comments.svm", "# nothing\n\n   \n", DML_EFORMAT, "comments.svm",
+       "only blank or comment lines"},
+      {"nul.svm",
+       "1 1:1\n1 2:3\0"
+       "4\n",
+       DML_EFORMAT, ":2:5:", "is not a number"},
   };
   for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
     const bad_case *c = &cases[i];
@@ -388,8 +407,8 @@ static void test_libsvm_bad(void) {
   int rc = dml_read_libsvm(tpath("beyond.svm"), &o, &ds, &err);
   char where[600];
   snprintf(where, sizeof(where), "%s:2:7:", tpath("beyond.svm"));
-  expect_fail(rc, DML_ERANGE, &err, &ds, where, "feature index 5 beyond the declared feature count 4",
-              T_END);
+  expect_fail(rc, DML_ERANGE, &err, &ds, where,
+              "feature index 5 beyond the declared feature count 4", T_END);
   /* ... or dropped on request (a test set read against a training set's feature count) */
   o.drop_extra_features = 1;
   T_OK(dml_read_libsvm(tpath("beyond.svm"), &o, &ds, &err));
@@ -423,7 +442,8 @@ static void test_libsvm_bad(void) {
   /* corrupt gzip text */
   write_bytes(tpath("bad.svm.gz"), "\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03\xff\xff", 12);
   rc = dml_read_libsvm(tpath("bad.svm.gz"), NULL, &ds, &err);
-  expect_fail(rc, DML_EFORMAT, &err, &ds, tpath("bad.svm.gz"), "corrupt gzip", "byte offset 10", T_END);
+  expect_fail(rc, DML_EFORMAT, &err, &ds, tpath("bad.svm.gz"), "corrupt gzip", "byte offset 10",
+              T_END);
 }
 
 /* ------------------------------------------------------------------------------------------- */
@@ -445,7 +465,9 @@ static void test_csv(void) {
   T_EQ_INT(ds.y[2], 2);
   dml_dataset_free(&ds);
   /* a UTF-8 byte order mark (spreadsheet exports) is skipped */
-  write_text(tpath("bom.csv"), "\xEF\xBB\xBF" "1,2\n0,3\n");
+  write_text(tpath("bom.csv"),
+             "\xEF\xBB\xBF"
+             "1,2\n0,3\n");
   T_OK(dml_read_csv(tpath("bom.csv"), NULL, &ds, &err));
   T_EQ_INT(ds.n, 2);
   T_EQ_INT(ds.y[0], 1);
@@ -482,8 +504,10 @@ static void test_csv(void) {
   dml_dataset_free(&ds);
 
   const bad_case cases[] = {
-      {"ragged.csv", "y,a,b\n1,2,3\n0,1\n", DML_EFORMAT, ":3:", "ragged row: 2 fields, expected 3 (as on the header line 1)"},
-      {"ragged2.csv", "1,2,3\n\n0,1,2,4\n", DML_EFORMAT, ":3:", "4 fields, expected 3 (as on the first row line 1)"},
+      {"ragged.csv", "y,a,b\n1,2,3\n0,1\n", DML_EFORMAT,
+       ":3:", "ragged row: 2 fields, expected 3 (as on the header line 1)"},
+      {"ragged2.csv", "1,2,3\n\n0,1,2,4\n", DML_EFORMAT,
+       ":3:", "4 fields, expected 3 (as on the first row line 1)"},
       {"nonnum.csv", "1,2,3\n0,x1,2\n", DML_EFORMAT, ":2:3:", "field 2 'x1' is not a number"},
       {"nan.csv", "1,2,3\n0,1,NaN\n", DML_EFORMAT, ":2:5:", "field 3 'NaN' is not finite"},
       {"inf.csv", "1,inf,3\n", DML_EFORMAT, ":1:3:", "field 2 'inf' is not finite"},
@@ -502,7 +526,8 @@ static void test_csv(void) {
   }
   o.csv_label_col = 5;
   rc = dml_read_csv(tpath("n.csv"), &o, &ds, &err);
-  expect_fail(rc, DML_EINVAL, &err, &ds, tpath("n.csv"), "label column 5 out of range for 3 columns", T_END);
+  expect_fail(rc, DML_EINVAL, &err, &ds, tpath("n.csv"),
+              "label column 5 out of range for 3 columns", T_END);
   rc = dml_dataset_load(g_dir, "csv", NULL, &ds, &err);
   expect_fail(rc, DML_EISDIR, &err, &ds, g_dir, T_END);
 }
@@ -607,7 +632,8 @@ static void test_write_roundtrip(void) {
   /* a sparse data set with awkward floats, written and read back exactly */
   dml_dataset ds;
   dml_err err = {0};
-  write_text(tpath("rt.svm"), "3 1:0.1 7:-1.17549435e-38 9:3.40282347e+38\n0 2:1e-45 4:123456.789\n1\n");
+  write_text(tpath("rt.svm"),
+             "3 1:0.1 7:-1.17549435e-38 9:3.40282347e+38\n0 2:1e-45 4:123456.789\n1\n");
   T_OK(dml_read_libsvm(tpath("rt.svm"), NULL, &ds, &err));
   T_OK(dml_libsvm_write_file(tpath("rt2.svm"), &ds, &err));
   dml_dataset back;
@@ -769,9 +795,15 @@ static void test_generators(void) {
 /* ------------------------------------------------------------------------------------------- */
 
 static long g_fail_after = -1;
-static void *fail_malloc(size_t n) { return g_fail_after-- == 0 ? NULL : malloc(n); }
-static void *fail_realloc(void *p, size_t n) { return g_fail_after-- == 0 ? NULL : realloc(p, n); }
-static void *fail_calloc(size_t c, size_t n) { return g_fail_after-- == 0 ? NULL : calloc(c, n); }
+static void *fail_malloc(size_t n) {
+  return g_fail_after-- == 0 ? NULL : malloc(n);
+}
+static void *fail_realloc(void *p, size_t n) {
+  return g_fail_after-- == 0 ? NULL : realloc(p, n);
+}
+static void *fail_calloc(size_t c, size_t n) {
+  return g_fail_after-- == 0 ? NULL : calloc(c, n);
+}
 
 static void test_out_of_memory(void) {
   static unsigned char img[16 + 3 * 2 * 2], lab[8 + 3];
@@ -854,7 +886,8 @@ static void test_real_fashion_mnist(void) {
 }
 
 int main(void) {
-  snprintf(g_dir, sizeof(g_dir), "%s/distml-data-test-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+  snprintf(g_dir, sizeof(g_dir), "%s/distml-data-test-XXXXXX",
+           getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
   T_ASSERT(mkdtemp(g_dir) != NULL);
   test_idx_good();
   test_idx_bad();

@@ -47,23 +47,27 @@ static int load_named(const char *spec, size_t base_len, const dml_data_opts *op
   set[base_len] = '\0';
   const char *split = spec[base_len] == ':' ? spec + base_len + 1 : "train";
   const char *prefix;
-  if (strcmp(split, "train") == 0) prefix = "train";
-  else if (strcmp(split, "test") == 0 || strcmp(split, "t10k") == 0) prefix = "t10k";
+  if (strcmp(split, "train") == 0)
+    prefix = "train";
+  else if (strcmp(split, "test") == 0 || strcmp(split, "t10k") == 0)
+    prefix = "t10k";
   else
-    return dml_err_set(err, DML_EINVAL, "%s: unknown split '%s' (expected %s:train or %s:test)", spec,
-                       split, set, set);
+    return dml_err_set(err, DML_EINVAL, "%s: unknown split '%s' (expected %s:train or %s:test)",
+                       spec, split, set, set);
   const char *dir = getenv("DISTML_DATA_DIR");
   if (dir == NULL || dir[0] == '\0') dir = DEFAULT_DATA_DIR;
-  static const char *const layouts[] = {"%s/%s/%s-%s-ubyte.gz", "%s/%s/%s-%s-ubyte", "%s/%.0s%s-%s-ubyte.gz",
-                                        "%s/%.0s%s-%s-ubyte"};
+  static const char *const layouts[] = {"%s/%s/%s-%s-ubyte.gz", "%s/%s/%s-%s-ubyte",
+                                        "%s/%.0s%s-%s-ubyte.gz", "%s/%.0s%s-%s-ubyte"};
   char img[4096], lab[4096];
   for (size_t i = 0; i < DML__ARRAY_LEN(layouts); i++) {
     snprintf(img, sizeof(img), layouts[i], dir, set, prefix, "images-idx3");
     snprintf(lab, sizeof(lab), layouts[i], dir, set, prefix, "labels-idx1");
     if (file_exists(img) && file_exists(lab)) {
       dml_data_opts o;
-      if (opts != NULL) o = *opts;
-      else dml_data_opts_init(&o);
+      if (opts != NULL)
+        o = *opts;
+      else
+        dml_data_opts_init(&o);
       if (o.num_classes == 0) o.num_classes = 10;
       return dml_read_idx(img, lab, &o, ds, err);
     }
@@ -72,10 +76,12 @@ static int load_named(const char *spec, size_t base_len, const dml_data_opts *op
   if (strcmp(set, "fashion-mnist") == 0)
     return dml_err_set(err, DML_ENOENT,
                        "%s: data set not found (%s missing); install it with "
-                       "'apt-get install dataset-fashion-mnist' or set DISTML_DATA_DIR", spec, img);
+                       "'apt-get install dataset-fashion-mnist' or set DISTML_DATA_DIR",
+                       spec, img);
   return dml_err_set(err, DML_ENOENT,
                      "%s: data set not found (%s missing); put the IDX files there or set "
-                     "DISTML_DATA_DIR", spec, img);
+                     "DISTML_DATA_DIR",
+                     spec, img);
 }
 
 static int ends_with(const char *s, const char *suffix) {
@@ -107,8 +113,8 @@ static int sniff_format(const char *path, const char **fmt, dml_err *err) {
   dml__bytesrc_close(&s);
   dml__free(raw);
   head[n] = '\0';
-  if (n >= 4 && head[0] == 0 && head[1] == 0 && head[2] >= 0x08 && head[2] <= 0x0E && head[3] >= 1 &&
-      head[3] <= 4) {
+  if (n >= 4 && head[0] == 0 && head[1] == 0 && head[2] >= 0x08 && head[2] <= 0x0E &&
+      head[3] >= 1 && head[3] <= 4) {
     *fmt = "idx";
     return 0;
   }
@@ -132,8 +138,10 @@ static int sniff_format(const char *path, const char **fmt, dml_err *err) {
     const char *q = p;
     while (q < p + l && (*q == ' ' || *q == '\t' || *q == '\r')) q++;
     if (q < p + l && *q != '#') {
-      if (memchr(q, ':', (size_t)(p + l - q)) != NULL) *fmt = "libsvm";
-      else if (memchr(q, ',', (size_t)(p + l - q)) != NULL) *fmt = "csv";
+      if (memchr(q, ':', (size_t)(p + l - q)) != NULL)
+        *fmt = "libsvm";
+      else if (memchr(q, ',', (size_t)(p + l - q)) != NULL)
+        *fmt = "csv";
       return 0;
     }
     if (le == NULL) break;
@@ -149,8 +157,8 @@ int dml_dataset_load(const char *spec, const char *format, const dml_data_opts *
   if (format == NULL || format[0] == '\0') format = "auto";
   if (strcmp(format, "auto") != 0 && strcmp(format, "idx") != 0 && strcmp(format, "libsvm") != 0 &&
       strcmp(format, "csv") != 0)
-    return dml_err_set(err, DML_EINVAL, "unknown data format '%s' (expected auto, idx, libsvm or csv)",
-                       format);
+    return dml_err_set(err, DML_EINVAL,
+                       "unknown data format '%s' (expected auto, idx, libsvm or csv)", format);
   int is_auto = strcmp(format, "auto") == 0;
   static const char *const named[] = {"fashion-mnist", "mnist"};
   for (size_t i = 0; i < DML__ARRAY_LEN(named); i++) {
@@ -271,7 +279,8 @@ int dml_dataset_gather(const dml_dataset *ds, const uint32_t *rows, int count, d
     out->values = buf->values;
   } else {
     size_t d = (size_t)ds->dim;
-    for (int i = 0; i < count; i++) memcpy(buf->x + (size_t)i * d, ds->x + (size_t)rows[i] * d, d * sizeof(float));
+    for (int i = 0; i < count; i++)
+      memcpy(buf->x + (size_t)i * d, ds->x + (size_t)rows[i] * d, d * sizeof(float));
     out->x = buf->x;
   }
   out->n = count;
@@ -280,12 +289,12 @@ int dml_dataset_gather(const dml_dataset *ds, const uint32_t *rows, int count, d
   return 0;
 }
 
-int dml_dataset_slice(const dml_dataset *ds, int begin, int count, dml_batch_buf *buf, dml_batch *out,
-                      dml_err *err) {
+int dml_dataset_slice(const dml_dataset *ds, int begin, int count, dml_batch_buf *buf,
+                      dml_batch *out, dml_err *err) {
   memset(out, 0, sizeof(*out));
   if (begin < 0 || count < 0 || begin > ds->n || count > ds->n - begin)
-    return dml_err_set(err, DML_ERANGE, "slice [%d, %d+%d) out of range (%s has %d rows)", begin, begin,
-                       count, ds->name ? ds->name : "data set", ds->n);
+    return dml_err_set(err, DML_ERANGE, "slice [%d, %d+%d) out of range (%s has %d rows)", begin,
+                       begin, count, ds->name ? ds->name : "data set", ds->n);
   out->n = count;
   out->dim = ds->dim;
   out->y = ds->y + begin;
@@ -317,7 +326,9 @@ int dml_dataset_keep_range(dml_dataset *ds, int begin, int end, dml_err *err) {
   if (ok && ds->x != NULL) {
     x = dml__malloc(sizeof(float) * (size_t)(n ? n : 1) * (size_t)ds->dim);
     ok = x != NULL;
-    if (ok) memcpy(x, ds->x + (size_t)begin * (size_t)ds->dim, sizeof(float) * (size_t)n * (size_t)ds->dim);
+    if (ok)
+      memcpy(x, ds->x + (size_t)begin * (size_t)ds->dim,
+             sizeof(float) * (size_t)n * (size_t)ds->dim);
   } else if (ok) {
     uint64_t base = ds->indptr[begin], nnz = ds->indptr[end] - base;
     indptr = dml__malloc(sizeof(uint64_t) * ((size_t)n + 1));
@@ -338,7 +349,8 @@ int dml_dataset_keep_range(dml_dataset *ds, int begin, int end, dml_err *err) {
     dml__free(indptr);
     dml__free(indices);
     dml__free(values);
-    return dml_err_set(err, DML_ENOMEM, "%s: out of memory keeping rows [%d, %d)", ds->name, begin, end);
+    return dml_err_set(err, DML_ENOMEM, "%s: out of memory keeping rows [%d, %d)", ds->name, begin,
+                       end);
   }
   memcpy(y, ds->y + begin, sizeof(int32_t) * (size_t)n);
   dml__free(ds->y);

@@ -158,8 +158,8 @@ int dml_gen_sparse_binary(FILE *f, int64_t rows, int64_t features, int nnz_per_r
   if (rows < 1 || features < 1 || features > INT32_MAX || nnz_per_row < 1 || nnz_per_row > features)
     return dml_err_set(err, DML_EINVAL,
                        "gen: need rows >= 1, 1 <= features <= %d and 1 <= nnz per row <= features "
-                       "(got %lld, %lld, %d)", INT32_MAX, (long long)rows, (long long)features,
-                       nnz_per_row);
+                       "(got %lld, %lld, %d)",
+                       INT32_MAX, (long long)rows, (long long)features, nnz_per_row);
   float *w = w_out != NULL ? w_out : dml__malloc((size_t)features * sizeof(float));
   uint32_t *cols = dml__malloc((size_t)nnz_per_row * sizeof(uint32_t));
   outbuf *o = ob_new(f);
@@ -210,7 +210,8 @@ int dml_gen_sparse_binary_file(const char *path, int64_t rows, int64_t features,
   return dml_atomic_commit(&af, err);
 }
 
-int dml_gen_dense_multiclass(FILE *f, int64_t rows, int dim, int classes, uint64_t seed, dml_err *err) {
+int dml_gen_dense_multiclass(FILE *f, int64_t rows, int dim, int classes, uint64_t seed,
+                             dml_err *err) {
   if (rows < 1 || dim < 1 || classes < 2 || classes > DML__MAX_CLASS_ID)
     return dml_err_set(err, DML_EINVAL,
                        "gen: need rows >= 1, dim >= 1 and 2 <= classes <= %d (got %lld, %d, %d)",
@@ -248,8 +249,8 @@ done:
   return rc;
 }
 
-int dml_gen_dense_multiclass_file(const char *path, int64_t rows, int dim, int classes, uint64_t seed,
-                                  dml_err *err) {
+int dml_gen_dense_multiclass_file(const char *path, int64_t rows, int dim, int classes,
+                                  uint64_t seed, dml_err *err) {
   dml_atomic_file af;
   int rc = dml_atomic_open(&af, path, err);
   if (rc != 0) return rc;

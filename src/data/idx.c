@@ -7,7 +7,7 @@
 #include <string.h>
 
 #define IDX_DTYPE_U8 0x08
-#define IDX_MAX_DIM (1u << 28)         /* features per item */
+#define IDX_MAX_DIM (1u << 28)            /* features per item */
 #define IDX_MAX_BYTES ((uint64_t)1 << 36) /* data bytes in one file */
 /* deflate cannot expand by more than about 1032:1; a header declaring more is lying. */
 #define GZIP_MAX_RATIO 1100u
@@ -15,10 +15,10 @@
 typedef struct idx_header {
   int ndim;
   uint32_t dims[4];
-  uint64_t count;    /* dims[0] */
-  uint64_t item;     /* product of dims[1..] (1 for labels) */
-  uint64_t bytes;    /* count * item */
-  size_t hdr_bytes;  /* 4 + 4 * ndim */
+  uint64_t count;   /* dims[0] */
+  uint64_t item;    /* product of dims[1..] (1 for labels) */
+  uint64_t bytes;   /* count * item */
+  size_t hdr_bytes; /* 4 + 4 * ndim */
 } idx_header;
 
 static const char *dtype_name(int t) {
@@ -33,7 +33,9 @@ static const char *dtype_name(int t) {
   return NULL;
 }
 
-static const char *where(const dml__bytesrc *s) { return s->gz ? " (decompressed)" : ""; }
+static const char *where(const dml__bytesrc *s) {
+  return s->gz ? " (decompressed)" : "";
+}
 
 static int read_header(dml__bytesrc *s, int min_ndim, int max_ndim, const char *kind, idx_header *h,
                        dml_err *err) {
@@ -41,28 +43,33 @@ static int read_header(dml__bytesrc *s, int min_ndim, int max_ndim, const char *
   size_t got;
   int rc = dml__bytesrc_read(s, m, 4, &got, err);
   if (rc != 0) return rc;
-  if (got == 0) return dml_err_set(err, DML_EFORMAT, "%s: empty file (expected an IDX %s file)", s->name, kind);
+  if (got == 0)
+    return dml_err_set(err, DML_EFORMAT, "%s: empty file (expected an IDX %s file)", s->name, kind);
   if (got < 4)
     return dml_err_set(err, DML_EFORMAT, "%s: truncated IDX header: file ends at byte offset %zu%s",
                        s->name, got, where(s));
   if (m[0] != 0 || m[1] != 0)
     return dml_err_set(err, DML_EFORMAT,
                        "%s: wrong IDX magic at byte offset 0: 0x%02x%02x%02x%02x (expected 0x0000 "
-                       "followed by dtype and ndim; not an IDX file)", s->name, m[0], m[1], m[2], m[3]);
+                       "followed by dtype and ndim; not an IDX file)",
+                       s->name, m[0], m[1], m[2], m[3]);
   if (m[2] != IDX_DTYPE_U8) {
     const char *dn = dtype_name(m[2]);
     if (dn != NULL)
-      return dml_err_set(err, DML_EUNSUPPORTED,
-                         "%s: byte offset 2: IDX dtype 0x%02x (%s) is not supported; %s files must be "
-                         "0x08 (unsigned byte)", s->name, m[2], dn, kind);
-    return dml_err_set(err, DML_EFORMAT, "%s: byte offset 2: invalid IDX dtype 0x%02x", s->name, m[2]);
+      return dml_err_set(
+          err, DML_EUNSUPPORTED,
+          "%s: byte offset 2: IDX dtype 0x%02x (%s) is not supported; %s files must be "
+          "0x08 (unsigned byte)",
+          s->name, m[2], dn, kind);
+    return dml_err_set(err, DML_EFORMAT, "%s: byte offset 2: invalid IDX dtype 0x%02x", s->name,
+                       m[2]);
   }
   h->ndim = m[3];
   if (h->ndim < min_ndim || h->ndim > max_ndim) {
     if (min_ndim == max_ndim)
       return dml_err_set(err, DML_EFORMAT,
-                         "%s: byte offset 3: %d dimensions, expected %d for an IDX %s file", s->name,
-                         h->ndim, min_ndim, kind);
+                         "%s: byte offset 3: %d dimensions, expected %d for an IDX %s file",
+                         s->name, h->ndim, min_ndim, kind);
     return dml_err_set(err, DML_EFORMAT,
                        "%s: byte offset 3: %d dimensions, expected %d to %d for an IDX %s file",
                        s->name, h->ndim, min_ndim, max_ndim, kind);
@@ -72,9 +79,11 @@ static int read_header(dml__bytesrc *s, int min_ndim, int max_ndim, const char *
   rc = dml__bytesrc_read(s, d, dlen, &got, err);
   if (rc != 0) return rc;
   if (got < dlen)
-    return dml_err_set(err, DML_EFORMAT,
-                       "%s: truncated IDX header: file ends at byte offset %zu%s, the %d dimensions "
-                       "need %zu bytes", s->name, 4 + got, where(s), h->ndim, 4 + dlen);
+    return dml_err_set(
+        err, DML_EFORMAT,
+        "%s: truncated IDX header: file ends at byte offset %zu%s, the %d dimensions "
+        "need %zu bytes",
+        s->name, 4 + got, where(s), h->ndim, 4 + dlen);
   h->hdr_bytes = 4 + dlen;
   h->item = 1;
   for (int i = 0; i < h->ndim; i++) {
@@ -88,7 +97,8 @@ static int read_header(dml__bytesrc *s, int min_ndim, int max_ndim, const char *
       if (h->item > IDX_MAX_DIM)
         return dml_err_set(err, DML_EOVERFLOW,
                            "%s: byte offset %d: item size (product of dimensions 1..%d) exceeds %u "
-                           "values", s->name, 4 + 4 * i, i, IDX_MAX_DIM);
+                           "values",
+                           s->name, 4 + 4 * i, i, IDX_MAX_DIM);
     }
   }
   h->count = h->dims[0];
@@ -97,27 +107,30 @@ static int read_header(dml__bytesrc *s, int min_ndim, int max_ndim, const char *
                        (unsigned long long)h->count, INT32_MAX);
   h->bytes = h->count * h->item; /* both bounded above: no overflow */
   if (h->bytes > IDX_MAX_BYTES)
-    return dml_err_set(err, DML_EOVERFLOW, "%s: header declares %llu data bytes, more than the limit %llu",
-                       s->name, (unsigned long long)h->bytes, (unsigned long long)IDX_MAX_BYTES);
+    return dml_err_set(err, DML_EOVERFLOW,
+                       "%s: header declares %llu data bytes, more than the limit %llu", s->name,
+                       (unsigned long long)h->bytes, (unsigned long long)IDX_MAX_BYTES);
   /* Check the declared size against what the file can hold before allocating for it. */
   if (!s->gz) {
     uint64_t have = s->in_len - h->hdr_bytes;
     if (have < h->bytes)
-      return dml_err_set(err, DML_EFORMAT,
-                         "%s: truncated: header declares %llu x %llu = %llu data bytes but the file "
-                         "ends at byte offset %zu (expected %llu)", s->name,
-                         (unsigned long long)h->count, (unsigned long long)h->item,
-                         (unsigned long long)h->bytes, s->in_len,
-                         (unsigned long long)(h->hdr_bytes + h->bytes));
+      return dml_err_set(
+          err, DML_EFORMAT,
+          "%s: truncated: header declares %llu x %llu = %llu data bytes but the file "
+          "ends at byte offset %zu (expected %llu)",
+          s->name, (unsigned long long)h->count, (unsigned long long)h->item,
+          (unsigned long long)h->bytes, s->in_len, (unsigned long long)(h->hdr_bytes + h->bytes));
     if (have > h->bytes)
       return dml_err_set(err, DML_EFORMAT,
                          "%s: %llu unexpected bytes after the declared data, from byte offset %llu",
                          s->name, (unsigned long long)(have - h->bytes),
                          (unsigned long long)(h->hdr_bytes + h->bytes));
   } else if (h->bytes / GZIP_MAX_RATIO > s->in_len) {
-    return dml_err_set(err, DML_EFORMAT,
-                       "%s: header declares %llu data bytes, more than %zu bytes of gzip data can hold "
-                       "(truncated or corrupt file)", s->name, (unsigned long long)h->bytes, s->in_len);
+    return dml_err_set(
+        err, DML_EFORMAT,
+        "%s: header declares %llu data bytes, more than %zu bytes of gzip data can hold "
+        "(truncated or corrupt file)",
+        s->name, (unsigned long long)h->bytes, s->in_len);
   }
   return 0;
 }
@@ -137,8 +150,8 @@ static int read_body(dml__bytesrc *s, const idx_header *h, chunk_fn fn, void *ct
     if (got < want)
       return dml_err_set(err, DML_EFORMAT,
                          "%s: truncated: data ends at byte offset %llu%s but the header declares "
-                         "%llu x %llu items (end at byte offset %llu)", s->name,
-                         (unsigned long long)(h->hdr_bytes + done), where(s),
+                         "%llu x %llu items (end at byte offset %llu)",
+                         s->name, (unsigned long long)(h->hdr_bytes + done), where(s),
                          (unsigned long long)h->count, (unsigned long long)h->item,
                          (unsigned long long)(h->hdr_bytes + h->bytes));
   }
@@ -146,7 +159,8 @@ static int read_body(dml__bytesrc *s, const idx_header *h, chunk_fn fn, void *ct
   int rc = dml__bytesrc_read(s, buf, 1, &got, err); /* also runs gzip to its end (CRC check) */
   if (rc != 0) return rc;
   if (got != 0)
-    return dml_err_set(err, DML_EFORMAT, "%s: unexpected bytes after the declared data, from byte offset %llu%s",
+    return dml_err_set(err, DML_EFORMAT,
+                       "%s: unexpected bytes after the declared data, from byte offset %llu%s",
                        s->name, (unsigned long long)(h->hdr_bytes + h->bytes), where(s));
   return 0;
 }
@@ -174,10 +188,10 @@ int dml_parse_idx_mem(const void *images, size_t images_len, const char *images_
   rc = read_header(&sl, 1, 1, "labels", &hl, err);
   if (rc != 0) goto fail;
   if (hi.count != hl.count) {
-    rc = dml_err_set(err, DML_EFORMAT,
-                     "%s has %llu images but %s has %llu labels (byte offset 4 of each): count mismatch",
-                     images_name, (unsigned long long)hi.count, labels_name,
-                     (unsigned long long)hl.count);
+    rc = dml_err_set(
+        err, DML_EFORMAT,
+        "%s has %llu images but %s has %llu labels (byte offset 4 of each): count mismatch",
+        images_name, (unsigned long long)hi.count, labels_name, (unsigned long long)hl.count);
     goto fail;
   }
   int ovf = 0;
@@ -199,8 +213,9 @@ int dml_parse_idx_mem(const void *images, size_t images_len, const char *images_
   int k = opts != NULL ? opts->num_classes : 0;
   for (uint64_t i = 0; i < hl.count; i++) {
     if (k > 0 && lab[i] >= k) {
-      rc = dml_err_set(err, DML_ERANGE, "%s: byte offset %llu%s: label %u out of range for %d classes",
-                       labels_name, (unsigned long long)(hl.hdr_bytes + i), where(&sl), lab[i], k);
+      rc = dml_err_set(err, DML_ERANGE,
+                       "%s: byte offset %llu%s: label %u out of range for %d classes", labels_name,
+                       (unsigned long long)(hl.hdr_bytes + i), where(&sl), lab[i], k);
       goto fail;
     }
     if (lab[i] > maxl) maxl = lab[i];
@@ -233,9 +248,11 @@ int dml_read_idx(const char *images_path, const char *labels_path, const dml_dat
     const char *hit = NULL, *p = images_path;
     while ((p = strstr(p, from)) != NULL) hit = p++;
     if (hit == NULL)
-      return dml_err_set(err, DML_EINVAL,
-                         "%s: cannot find the labels file: the name has no 'images-idx3' to replace "
-                         "with 'labels-idx1'; give both as IMAGES,LABELS", images_path);
+      return dml_err_set(
+          err, DML_EINVAL,
+          "%s: cannot find the labels file: the name has no 'images-idx3' to replace "
+          "with 'labels-idx1'; give both as IMAGES,LABELS",
+          images_path);
     derived = dml__strdup(images_path);
     if (derived == NULL) return dml_err_set(err, DML_ENOMEM, "out of memory");
     memcpy(derived + (hit - images_path), to, sizeof(to) - 1);

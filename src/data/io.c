@@ -11,7 +11,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-int dml__is_gzip(const unsigned char *p, size_t n) { return n >= 2 && p[0] == 0x1f && p[1] == 0x8b; }
+int dml__is_gzip(const unsigned char *p, size_t n) {
+  return n >= 2 && p[0] == 0x1f && p[1] == 0x8b;
+}
 
 int dml__grow(void **p, size_t *cap, size_t need, size_t elem) {
   if (need <= *cap) return 0;
@@ -67,8 +69,7 @@ int dml__read_whole_file(const char *path, unsigned char **out, size_t *len, dml
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     int e = errno;
-    if (e == ENOENT || e == ENOTDIR)
-      return dml_err_set(err, DML_ENOENT, "%s: no such file", path);
+    if (e == ENOENT || e == ENOTDIR) return dml_err_set(err, DML_ENOENT, "%s: no such file", path);
     return dml_err_set(err, DML_EIO, "%s: cannot open: %s", path, strerror(e));
   }
   struct stat st;
@@ -104,8 +105,10 @@ int dml__read_whole_file(const char *path, unsigned char **out, size_t *len, dml
       int e = errno;
       dml__free(buf);
       close(fd);
-      if (e == EISDIR) return dml_err_set(err, DML_EISDIR, "%s: is a directory, not a data file", path);
-      return dml_err_set(err, DML_EIO, "%s: read failed at byte offset %zu: %s", path, n, strerror(e));
+      if (e == EISDIR)
+        return dml_err_set(err, DML_EISDIR, "%s: is a directory, not a data file", path);
+      return dml_err_set(err, DML_EIO, "%s: read failed at byte offset %zu: %s", path, n,
+                         strerror(e));
     }
     if (r == 0) break;
     n += (size_t)r;
@@ -123,7 +126,8 @@ static int gz_error(dml_err *err, const char *name, int zrc, const z_stream *zs,
   if (zrc == Z_BUF_ERROR || zrc == Z_OK)
     return dml_err_set(err, DML_EFORMAT,
                        "%s: truncated gzip stream: the file ends at byte offset %zu before the end "
-                       "of the compressed data", name, in_len);
+                       "of the compressed data",
+                       name, in_len);
   /* zlib has consumed the offending byte: report the last one it took. */
   return dml_err_set(err, DML_EFORMAT, "%s: corrupt gzip data near compressed byte offset %zu (%s)",
                      name, off > 0 ? off - 1 : 0, zs->msg ? zs->msg : "zlib error");
@@ -236,9 +240,10 @@ int dml__bytesrc_read(dml__bytesrc *s, void *dst, size_t n, size_t *got, dml_err
         break;
       }
       if (!dml__is_gzip(s->in + consumed, left))
-        return dml_err_set(err, DML_EFORMAT,
-                           "%s: unexpected bytes after the end of the gzip stream at byte offset %zu",
-                           s->name, consumed);
+        return dml_err_set(
+            err, DML_EFORMAT,
+            "%s: unexpected bytes after the end of the gzip stream at byte offset %zu", s->name,
+            consumed);
       inflateReset(&s->zs);
       continue;
     }
@@ -257,8 +262,8 @@ void dml__bytesrc_close(dml__bytesrc *s) {
 
 /* ------------------------------------------------------------------------------------------- */
 
-int dml__labels_add(dml__labels *l, const char *tok, size_t len, const char *name, long line, long col,
-                    const dml_data_opts *opts, dml_err *err) {
+int dml__labels_add(dml__labels *l, const char *tok, size_t len, const char *name, long line,
+                    long col, const dml_data_opts *opts, dml_err *err) {
   char tb[48];
   float fv = 0;
   int prc = dml__parse_float(tok, len, &fv);
@@ -270,10 +275,11 @@ int dml__labels_add(dml__labels *l, const char *tok, size_t len, const char *nam
                        dml__tokstr(tb, sizeof(tb), tok, len));
   double v = fv;
   if (v != floor(v) || v < -1 || v > DML__MAX_CLASS_ID)
-    return dml_err_set(err, DML_ERANGE,
-                       "%s:%ld:%ld: label '%s' is not a class id (expected 0/1, -1/+1 or an integer "
-                       "0..%d)", name, line, col, dml__tokstr(tb, sizeof(tb), tok, len),
-                       DML__MAX_CLASS_ID);
+    return dml_err_set(
+        err, DML_ERANGE,
+        "%s:%ld:%ld: label '%s' is not a class id (expected 0/1, -1/+1 or an integer "
+        "0..%d)",
+        name, line, col, dml__tokstr(tb, sizeof(tb), tok, len), DML__MAX_CLASS_ID);
   int32_t iv = (int32_t)v;
   if (iv == -1 && l->neg_line == 0) l->neg_line = line;
   if (iv != -1 && iv != 1 && l->other_line == 0) {
@@ -283,12 +289,12 @@ int dml__labels_add(dml__labels *l, const char *tok, size_t len, const char *nam
   if (l->neg_line != 0 && l->other_line != 0)
     return dml_err_set(err, DML_ERANGE,
                        "%s:%ld: label %d mixed with label -1 (line %ld): labels must be 0/1, -1/+1 "
-                       "or class ids 0..K-1", name, DML__MAX(l->neg_line, l->other_line), l->other_val,
-                       l->neg_line);
+                       "or class ids 0..K-1",
+                       name, DML__MAX(l->neg_line, l->other_line), l->other_val, l->neg_line);
   int32_t mapped = iv == -1 ? 0 : iv;
   if (opts != NULL && opts->num_classes > 0 && mapped >= opts->num_classes)
-    return dml_err_set(err, DML_ERANGE, "%s:%ld:%ld: label %d out of range for %d classes", name, line,
-                       col, iv, opts->num_classes);
+    return dml_err_set(err, DML_ERANGE, "%s:%ld:%ld: label %d out of range for %d classes", name,
+                       line, col, iv, opts->num_classes);
   void *p = l->y;
   if (dml__grow(&p, &l->cap, l->n + 1, sizeof(int32_t)) != 0)
     return dml_err_set(err, DML_ENOMEM, "%s:%ld: out of memory", name, line);

@@ -6,7 +6,9 @@
 #include <limits.h>
 #include <string.h>
 
-static int is_blank(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f'; }
+static int is_blank(char c) {
+  return c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f';
+}
 
 typedef struct csr_builder {
   uint64_t *indptr;
@@ -83,8 +85,8 @@ int dml_parse_libsvm_mem(const char *text, size_t len, const char *name, const d
       }
       if (colon - ts == 3 && memcmp(ts, "qid", 3) == 0) {
         rc = dml_err_set(err, DML_EUNSUPPORTED,
-                         "%s:%ld:%ld: qid: tokens (SVMlight ranking groups) are not supported", name,
-                         line, col);
+                         "%s:%ld:%ld: qid: tokens (SVMlight ranking groups) are not supported",
+                         name, line, col);
         goto fail;
       }
       uint64_t idx = 0;
@@ -95,20 +97,22 @@ int dml_parse_libsvm_mem(const char *text, size_t len, const char *name, const d
       }
       if (d != colon || colon == ts) {
         rc = dml_err_set(err, DML_EFORMAT,
-                         "%s:%ld:%ld: feature index '%s' is not a positive integer", name, line, col,
-                         dml__tokstr(tb, sizeof(tb), ts, (size_t)(colon - ts)));
+                         "%s:%ld:%ld: feature index '%s' is not a positive integer", name, line,
+                         col, dml__tokstr(tb, sizeof(tb), ts, (size_t)(colon - ts)));
         goto fail;
       }
       if (idx == 0) {
-        rc = dml_err_set(err, DML_EFORMAT, "%s:%ld:%ld: feature index 0 (indices are 1-based)", name,
-                         line, col);
+        rc = dml_err_set(err, DML_EFORMAT, "%s:%ld:%ld: feature index 0 (indices are 1-based)",
+                         name, line, col);
         goto fail;
       }
       if (idx <= prev) {
-        rc = dml_err_set(err, DML_EFORMAT,
-                         "%s:%ld:%ld: feature index %llu %s the previous index %llu (indices must be "
-                         "strictly increasing)", name, line, col, (unsigned long long)idx,
-                         idx == prev ? "repeats" : "is less than", (unsigned long long)prev);
+        rc = dml_err_set(
+            err, DML_EFORMAT,
+            "%s:%ld:%ld: feature index %llu %s the previous index %llu (indices must be "
+            "strictly increasing)",
+            name, line, col, (unsigned long long)idx, idx == prev ? "repeats" : "is less than",
+            (unsigned long long)prev);
         goto fail;
       }
       int drop = 0;
@@ -123,8 +127,8 @@ int dml_parse_libsvm_mem(const char *text, size_t len, const char *name, const d
         }
       }
       if (idx > INT32_MAX && !drop) {
-        rc = dml_err_set(err, DML_EOVERFLOW, "%s:%ld:%ld: feature index %llu is larger than %d", name,
-                         line, col, (unsigned long long)idx, INT32_MAX);
+        rc = dml_err_set(err, DML_EOVERFLOW, "%s:%ld:%ld: feature index %llu is larger than %d",
+                         name, line, col, (unsigned long long)idx, INT32_MAX);
         goto fail;
       }
       float v;

@@ -117,9 +117,9 @@ int dml_model_config_set_hidden(dml_model_config *cfg, const char *list, dml_err
 
 const char *dml_model_kind_name(dml_model_kind kind) {
   switch (kind) {
-  case DML_MODEL_SOFTMAX: return "softmax";
-  case DML_MODEL_MLP: return "mlp";
-  case DML_MODEL_LOGREG: return "logreg";
+    case DML_MODEL_SOFTMAX: return "softmax";
+    case DML_MODEL_MLP: return "mlp";
+    case DML_MODEL_LOGREG: return "logreg";
   }
   return NULL;
 }
@@ -334,11 +334,21 @@ void dml_model_free(dml_model *m) {
 /* ---------------------------------------------------------------------------------------------
  * Accessors. */
 
-const dml_model_config *dml_model_get_config(const dml_model *m) { return &m->cfg; }
-size_t dml_model_num_params(const dml_model *m) { return m->nparams; }
-float *dml_model_params(dml_model *m) { return m->params.p; }
-float *dml_model_grads(dml_model *m) { return m->grads.p; }
-int dml_model_num_tensors(const dml_model *m) { return m->ntensors; }
+const dml_model_config *dml_model_get_config(const dml_model *m) {
+  return &m->cfg;
+}
+size_t dml_model_num_params(const dml_model *m) {
+  return m->nparams;
+}
+float *dml_model_params(dml_model *m) {
+  return m->params.p;
+}
+float *dml_model_grads(dml_model *m) {
+  return m->grads.p;
+}
+int dml_model_num_tensors(const dml_model *m) {
+  return m->ntensors;
+}
 
 const dml_tensor_info *dml_model_tensor(const dml_model *m, int i) {
   return i >= 0 && i < m->ntensors ? &m->tensors[i] : NULL;
@@ -350,7 +360,9 @@ const dml_tensor_info *dml_model_find_tensor(const dml_model *m, const char *nam
   return NULL;
 }
 
-int dml_model_num_layers(const dml_model *m) { return m->nlayers; }
+int dml_model_num_layers(const dml_model *m) {
+  return m->nlayers;
+}
 
 int dml_model_layer_range(const dml_model *m, int l, size_t *offset, size_t *count) {
   if (l < 0 || l >= m->nlayers) return DML_ERANGE;
@@ -359,7 +371,9 @@ int dml_model_layer_range(const dml_model *m, int l, size_t *offset, size_t *cou
   return 0;
 }
 
-void dml_model_set_accumulate(dml_model *m, int on) { m->accumulate = on != 0; }
+void dml_model_set_accumulate(dml_model *m, int on) {
+  m->accumulate = on != 0;
+}
 
 void dml_model_zero_grads(dml_model *m) {
   if (m->cfg.kind != DML_MODEL_LOGREG) {

@@ -31,27 +31,27 @@ void dml_optim_config_init(dml_optim_config *cfg, dml_optim_kind kind) {
   cfg->beta2 = 0.999f;
   cfg->ftrl_beta = 1.0f;
   switch (kind) {
-  case DML_OPT_SGD: cfg->lr = 0.1f; break;
-  case DML_OPT_MOMENTUM: cfg->lr = 0.05f; break;
-  case DML_OPT_ADAM:
-    cfg->lr = 1e-3f;
-    cfg->eps = 1e-8f;
-    break;
-  case DML_OPT_ADAGRAD:
-    cfg->lr = 0.05f;
-    cfg->eps = 1e-10f;
-    break;
-  case DML_OPT_FTRL: cfg->lr = 0.5f; break; /* alpha for batch-mean gradients (measured) */
+    case DML_OPT_SGD: cfg->lr = 0.1f; break;
+    case DML_OPT_MOMENTUM: cfg->lr = 0.05f; break;
+    case DML_OPT_ADAM:
+      cfg->lr = 1e-3f;
+      cfg->eps = 1e-8f;
+      break;
+    case DML_OPT_ADAGRAD:
+      cfg->lr = 0.05f;
+      cfg->eps = 1e-10f;
+      break;
+    case DML_OPT_FTRL: cfg->lr = 0.5f; break; /* alpha for batch-mean gradients (measured) */
   }
 }
 
 const char *dml_optim_kind_name(dml_optim_kind kind) {
   switch (kind) {
-  case DML_OPT_SGD: return "sgd";
-  case DML_OPT_MOMENTUM: return "momentum";
-  case DML_OPT_ADAM: return "adam";
-  case DML_OPT_ADAGRAD: return "adagrad";
-  case DML_OPT_FTRL: return "ftrl";
+    case DML_OPT_SGD: return "sgd";
+    case DML_OPT_MOMENTUM: return "momentum";
+    case DML_OPT_ADAM: return "adam";
+    case DML_OPT_ADAGRAD: return "adagrad";
+    case DML_OPT_FTRL: return "ftrl";
   }
   return NULL;
 }
@@ -109,17 +109,17 @@ int dml_optim_create(dml_optim **out, const dml_optim_config *cfg, size_t n, dml
   o->cfg = *cfg;
   o->n = n;
   switch (cfg->kind) {
-  case DML_OPT_SGD: break;
-  case DML_OPT_MOMENTUM: add_state(o, "momentum.v"); break;
-  case DML_OPT_ADAM:
-    add_state(o, "adam.m");
-    add_state(o, "adam.v");
-    break;
-  case DML_OPT_ADAGRAD: add_state(o, "adagrad.sum"); break;
-  case DML_OPT_FTRL:
-    add_state(o, "ftrl.z");
-    add_state(o, "ftrl.n");
-    break;
+    case DML_OPT_SGD: break;
+    case DML_OPT_MOMENTUM: add_state(o, "momentum.v"); break;
+    case DML_OPT_ADAM:
+      add_state(o, "adam.m");
+      add_state(o, "adam.v");
+      break;
+    case DML_OPT_ADAGRAD: add_state(o, "adagrad.sum"); break;
+    case DML_OPT_FTRL:
+      add_state(o, "ftrl.z");
+      add_state(o, "ftrl.n");
+      break;
   }
   if (o->nstate > 0) {
     int ovf = 0;
@@ -142,11 +142,21 @@ void dml_optim_free(dml_optim *o) {
   dml__free(o);
 }
 
-const dml_optim_config *dml_optim_get_config(const dml_optim *o) { return &o->cfg; }
-void dml_optim_set_lr(dml_optim *o, float lr) { o->cfg.lr = lr; }
-uint64_t dml_optim_step_count(const dml_optim *o) { return o->step; }
-int dml_optim_num_state(const dml_optim *o) { return o->nstate; }
-float *dml_optim_state_data(dml_optim *o) { return o->state; }
+const dml_optim_config *dml_optim_get_config(const dml_optim *o) {
+  return &o->cfg;
+}
+void dml_optim_set_lr(dml_optim *o, float lr) {
+  o->cfg.lr = lr;
+}
+uint64_t dml_optim_step_count(const dml_optim *o) {
+  return o->step;
+}
+int dml_optim_num_state(const dml_optim *o) {
+  return o->nstate;
+}
+float *dml_optim_state_data(dml_optim *o) {
+  return o->state;
+}
 
 const dml_tensor_info *dml_optim_state_tensor(const dml_optim *o, int i) {
   return i >= 0 && i < o->nstate ? &o->tensors[i] : NULL;
@@ -180,10 +190,16 @@ static unsigned int fp_mode_begin(void) {
   _mm_setcsr(saved | FTZ_DAZ);
   return saved;
 }
-static void fp_mode_end(unsigned int saved) { _mm_setcsr(saved); }
+static void fp_mode_end(unsigned int saved) {
+  _mm_setcsr(saved);
+}
 #else
-static unsigned int fp_mode_begin(void) { return 0; }
-static void fp_mode_end(unsigned int saved) { (void)saved; }
+static unsigned int fp_mode_begin(void) {
+  return 0;
+}
+static void fp_mode_end(unsigned int saved) {
+  (void)saved;
+}
 #endif
 
 /* FTRL weight from its state. */
@@ -195,73 +211,73 @@ static inline float ftrl_w(const dml_optim_config *c, float z, float nn) {
 
 /* The per-coordinate update of every kind, applied to idx(k) for k < count.
  * IDX(k) gives the buffer index, GRAD(k) the gradient value. */
-#define OPTIM_LOOP(IDX, GRAD)                                                              \
-  do {                                                                                     \
-    const dml_optim_config *c = &o->cfg;                                                   \
-    const float lr = c->lr, wd = c->weight_decay;                                          \
-    float *s0 = o->state, *s1 = o->state ? o->state + o->n : NULL;                         \
-    switch (c->kind) {                                                                     \
-    case DML_OPT_SGD:                                                                      \
-      for (size_t k = 0; k < count; k++) {                                                 \
-        size_t i = (IDX);                                                                  \
-        float g = (GRAD) + wd * w[i];                                                      \
-        w[i] -= lr * g;                                                                    \
-      }                                                                                    \
-      break;                                                                               \
-    case DML_OPT_MOMENTUM: {                                                               \
-      const float mu = c->momentum;                                                        \
-      for (size_t k = 0; k < count; k++) {                                                 \
-        size_t i = (IDX);                                                                  \
-        float g = (GRAD) + wd * w[i];                                                      \
-        float v = mu * s0[i] + g;                                                          \
-        s0[i] = v;                                                                         \
-        w[i] -= lr * v;                                                                    \
-      }                                                                                    \
-      break;                                                                               \
-    }                                                                                      \
-    case DML_OPT_ADAM: {                                                                   \
-      const float b1 = c->beta1, b2 = c->beta2, eps = c->eps;                              \
-      const float step = (float)(lr / o->bc1), inv_sqrt_bc2 = (float)(1.0 / sqrt(o->bc2)); \
-      for (size_t k = 0; k < count; k++) {                                                 \
-        size_t i = (IDX);                                                                  \
-        float g = (GRAD) + wd * w[i];                                                      \
-        float m1 = b1 * s0[i] + (1.0f - b1) * g;                                           \
-        float v2 = b2 * s1[i] + (1.0f - b2) * g * g;                                       \
-        s0[i] = m1;                                                                        \
-        s1[i] = v2;                                                                        \
-        w[i] -= step * m1 / (sqrtf(v2) * inv_sqrt_bc2 + eps);                              \
-      }                                                                                    \
-      break;                                                                               \
-    }                                                                                      \
-    case DML_OPT_ADAGRAD: {                                                                \
-      const float eps = c->eps;                                                            \
-      for (size_t k = 0; k < count; k++) {                                                 \
-        size_t i = (IDX);                                                                  \
-        float g = (GRAD) + wd * w[i];                                                      \
-        float s = s0[i] + g * g;                                                           \
-        s0[i] = s;                                                                         \
-        w[i] -= lr * g / (sqrtf(s) + eps);                                                 \
-      }                                                                                    \
-      break;                                                                               \
-    }                                                                                      \
-    case DML_OPT_FTRL:                                                                     \
-      for (size_t k = 0; k < count; k++) {                                                 \
-        size_t i = (IDX);                                                                  \
-        float g = (GRAD);                                                                  \
-        float nn = s1[i];                                                                  \
-        float sigma = (sqrtf(nn + g * g) - sqrtf(nn)) / lr;                                \
-        s0[i] += g - sigma * w[i];                                                         \
-        s1[i] = nn + g * g;                                                                \
-        w[i] = ftrl_w(c, s0[i], s1[i]);                                                    \
-      }                                                                                    \
-      break;                                                                               \
-    }                                                                                      \
+#define OPTIM_LOOP(IDX, GRAD)                                                                \
+  do {                                                                                       \
+    const dml_optim_config *c = &o->cfg;                                                     \
+    const float lr = c->lr, wd = c->weight_decay;                                            \
+    float *s0 = o->state, *s1 = o->state ? o->state + o->n : NULL;                           \
+    switch (c->kind) {                                                                       \
+      case DML_OPT_SGD:                                                                      \
+        for (size_t k = 0; k < count; k++) {                                                 \
+          size_t i = (IDX);                                                                  \
+          float g = (GRAD) + wd * w[i];                                                      \
+          w[i] -= lr * g;                                                                    \
+        }                                                                                    \
+        break;                                                                               \
+      case DML_OPT_MOMENTUM: {                                                               \
+        const float mu = c->momentum;                                                        \
+        for (size_t k = 0; k < count; k++) {                                                 \
+          size_t i = (IDX);                                                                  \
+          float g = (GRAD) + wd * w[i];                                                      \
+          float v = mu * s0[i] + g;                                                          \
+          s0[i] = v;                                                                         \
+          w[i] -= lr * v;                                                                    \
+        }                                                                                    \
+        break;                                                                               \
+      }                                                                                      \
+      case DML_OPT_ADAM: {                                                                   \
+        const float b1 = c->beta1, b2 = c->beta2, eps = c->eps;                              \
+        const float step = (float)(lr / o->bc1), inv_sqrt_bc2 = (float)(1.0 / sqrt(o->bc2)); \
+        for (size_t k = 0; k < count; k++) {                                                 \
+          size_t i = (IDX);                                                                  \
+          float g = (GRAD) + wd * w[i];                                                      \
+          float m1 = b1 * s0[i] + (1.0f - b1) * g;                                           \
+          float v2 = b2 * s1[i] + (1.0f - b2) * g * g;                                       \
+          s0[i] = m1;                                                                        \
+          s1[i] = v2;                                                                        \
+          w[i] -= step * m1 / (sqrtf(v2) * inv_sqrt_bc2 + eps);                              \
+        }                                                                                    \
+        break;                                                                               \
+      }                                                                                      \
+      case DML_OPT_ADAGRAD: {                                                                \
+        const float eps = c->eps;                                                            \
+        for (size_t k = 0; k < count; k++) {                                                 \
+          size_t i = (IDX);                                                                  \
+          float g = (GRAD) + wd * w[i];                                                      \
+          float s = s0[i] + g * g;                                                           \
+          s0[i] = s;                                                                         \
+          w[i] -= lr * g / (sqrtf(s) + eps);                                                 \
+        }                                                                                    \
+        break;                                                                               \
+      }                                                                                      \
+      case DML_OPT_FTRL:                                                                     \
+        for (size_t k = 0; k < count; k++) {                                                 \
+          size_t i = (IDX);                                                                  \
+          float g = (GRAD);                                                                  \
+          float nn = s1[i];                                                                  \
+          float sigma = (sqrtf(nn + g * g) - sqrtf(nn)) / lr;                                \
+          s0[i] += g - sigma * w[i];                                                         \
+          s1[i] = nn + g * g;                                                                \
+          w[i] = ftrl_w(c, s0[i], s1[i]);                                                    \
+        }                                                                                    \
+        break;                                                                               \
+    }                                                                                        \
   } while (0)
 
 /* Dense kernels: restrict pointers and (with GCC, whose -O2 does not vectorize these loops)
  * tree-vectorize, so that a bucket update runs at memory speed. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_THREAD__) && \
-    !defined(__SANITIZE_ADDRESS__)
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
+    !defined(__SANITIZE_THREAD__) && !defined(__SANITIZE_ADDRESS__)
 /* (Not under the sanitizers: their runtimes are not ready when the ifunc resolvers run.) */
 /* One copy per instruction set, chosen at load time (ifunc): AVX-512 where the CPU has it. */
 #define VECTORIZE \
@@ -320,21 +336,23 @@ int dml_optim_update_range(dml_optim *o, float *params, const float *grads, size
   float *st1 = o->state ? o->state + o->n + offset : NULL;
   unsigned int mode = fp_mode_begin();
   switch (oc->kind) {
-  case DML_OPT_SGD: dense_sgd(wr, gr, count, oc->lr, oc->weight_decay); break;
-  case DML_OPT_MOMENTUM:
-    dense_momentum(wr, gr, st0, count, oc->lr, oc->momentum, oc->weight_decay);
-    break;
-  case DML_OPT_ADAM:
-    dense_adam(wr, gr, st0, st1, count, (float)(oc->lr / o->bc1), (float)(1.0 / sqrt(o->bc2)),
-               oc->beta1, oc->beta2, oc->eps, oc->weight_decay);
-    break;
-  case DML_OPT_ADAGRAD: dense_adagrad(wr, gr, st0, count, oc->lr, oc->eps, oc->weight_decay); break;
-  case DML_OPT_FTRL: {
-    /* FTRL is meant for sparse models; the shared per-coordinate loop serves its dense steps. */
-    float *w = params;
-    OPTIM_LOOP(offset + k, grads[offset + k]);
-    break;
-  }
+    case DML_OPT_SGD: dense_sgd(wr, gr, count, oc->lr, oc->weight_decay); break;
+    case DML_OPT_MOMENTUM:
+      dense_momentum(wr, gr, st0, count, oc->lr, oc->momentum, oc->weight_decay);
+      break;
+    case DML_OPT_ADAM:
+      dense_adam(wr, gr, st0, st1, count, (float)(oc->lr / o->bc1), (float)(1.0 / sqrt(o->bc2)),
+                 oc->beta1, oc->beta2, oc->eps, oc->weight_decay);
+      break;
+    case DML_OPT_ADAGRAD:
+      dense_adagrad(wr, gr, st0, count, oc->lr, oc->eps, oc->weight_decay);
+      break;
+    case DML_OPT_FTRL: {
+      /* FTRL is meant for sparse models; the shared per-coordinate loop serves its dense steps. */
+      float *w = params;
+      OPTIM_LOOP(offset + k, grads[offset + k]);
+      break;
+    }
   }
   fp_mode_end(mode);
   return 0;

@@ -497,8 +497,12 @@ done:
   return 0;
 }
 
-const char *dml_safetensors_path(const dml_safetensors *st) { return st->path; }
-int dml_safetensors_count(const dml_safetensors *st) { return st->ntensors; }
+const char *dml_safetensors_path(const dml_safetensors *st) {
+  return st->path;
+}
+int dml_safetensors_count(const dml_safetensors *st) {
+  return st->ntensors;
+}
 
 const dml_st_tensor *dml_safetensors_get(const dml_safetensors *st, int i) {
   return i >= 0 && i < st->ntensors ? &st->tensors[i] : NULL;
@@ -516,7 +520,9 @@ const char *dml_safetensors_meta(const dml_safetensors *st, const char *key) {
   return NULL;
 }
 
-int dml_safetensors_meta_count(const dml_safetensors *st) { return st->nmeta; }
+int dml_safetensors_meta_count(const dml_safetensors *st) {
+  return st->nmeta;
+}
 
 const dml_st_meta *dml_safetensors_meta_get(const dml_safetensors *st, int i) {
   return i >= 0 && i < st->nmeta ? &st->meta[i] : NULL;

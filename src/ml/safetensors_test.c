@@ -317,10 +317,18 @@ static void test_checkpoint(void) {
  * ASan build also checks that nothing leaks), and once enough allocations succeed, it works. */
 static long g_fail_at = -1, g_allocs;
 
-static int should_fail(void) { return g_fail_at >= 0 && g_allocs++ == g_fail_at; }
-static void *oom_malloc(size_t n) { return should_fail() ? NULL : malloc(n); }
-static void *oom_realloc(void *p, size_t n) { return should_fail() ? NULL : realloc(p, n); }
-static void *oom_calloc(size_t c, size_t n) { return should_fail() ? NULL : calloc(c, n); }
+static int should_fail(void) {
+  return g_fail_at >= 0 && g_allocs++ == g_fail_at;
+}
+static void *oom_malloc(size_t n) {
+  return should_fail() ? NULL : malloc(n);
+}
+static void *oom_realloc(void *p, size_t n) {
+  return should_fail() ? NULL : realloc(p, n);
+}
+static void *oom_calloc(size_t c, size_t n) {
+  return should_fail() ? NULL : calloc(c, n);
+}
 
 enum { OP_LOAD, OP_SAVE, OP_CREATE, OP_OPTIM, OP_RESTORE, OP_COUNT };
 
@@ -330,18 +338,18 @@ static int run_op(int op, const char *model_path, const char *ckpt_path, dml_mod
   dml_optim *o = NULL;
   int rc = 0;
   switch (op) {
-  case OP_LOAD: rc = dml_model_load(model_path, 0, &m, err); break;
-  case OP_SAVE:
-    rc = dml_model_save(ref, tmp_path("oom_save.safetensors"), NULL, 0, NULL, 0, err);
-    break;
-  case OP_CREATE: rc = dml_model_create(&m, dml_model_get_config(ref), err); break;
-  case OP_OPTIM: {
-    dml_optim_config oc;
-    dml_optim_config_init(&oc, DML_OPT_ADAM);
-    rc = dml_optim_create(&o, &oc, 1000, err);
-    break;
-  }
-  case OP_RESTORE: rc = dml_checkpoint_restore(ckpt_path, ref, ref_o, NULL, err); break;
+    case OP_LOAD: rc = dml_model_load(model_path, 0, &m, err); break;
+    case OP_SAVE:
+      rc = dml_model_save(ref, tmp_path("oom_save.safetensors"), NULL, 0, NULL, 0, err);
+      break;
+    case OP_CREATE: rc = dml_model_create(&m, dml_model_get_config(ref), err); break;
+    case OP_OPTIM: {
+      dml_optim_config oc;
+      dml_optim_config_init(&oc, DML_OPT_ADAM);
+      rc = dml_optim_create(&o, &oc, 1000, err);
+      break;
+    }
+    case OP_RESTORE: rc = dml_checkpoint_restore(ckpt_path, ref, ref_o, NULL, err); break;
   }
   dml_model_free(m);
   dml_optim_free(o);

@@ -11,16 +11,16 @@ typedef struct request {
   int active;
   uint64_t ts;
   int command;
-  float *out;       /* pull results (n), caller's */
+  float *out; /* pull results (n), caller's */
   size_t n;
-  size_t *pos;      /* (n) caller positions grouped by server */
-  size_t *soff;     /* (S+1) offsets into pos */
-  void **frames;    /* (fcap) encoded frames kept until their send completes */
+  size_t *pos;         /* (n) caller positions grouped by server */
+  size_t *soff;        /* (S+1) offsets into pos */
+  void **frames;       /* (fcap) encoded frames kept until their send completes */
   dml_comm_req **sreq; /* (fcap) */
   int nframes, fcap;
-  int *pending;     /* (S) replies outstanding from each server */
+  int *pending; /* (S) replies outstanding from each server */
   int npending;
-  int dense;        /* keys are the range [dense_lo, dense_lo + n) of the dense namespace */
+  int dense; /* keys are the range [dense_lo, dense_lo + n) of the dense namespace */
   uint64_t dense_lo;
 } request;
 
@@ -46,15 +46,23 @@ static int fail(dml_ps *ps, int code, const char *fmt, const char *a, const char
   return ps->sticky;
 }
 
-const char *dml_ps_errmsg(const dml_ps *ps) { return ps->err.msg; }
-uint64_t dml_ps_clock_value(const dml_ps *ps) { return ps->clock; }
+const char *dml_ps_errmsg(const dml_ps *ps) {
+  return ps->err.msg;
+}
+uint64_t dml_ps_clock_value(const dml_ps *ps) {
+  return ps->clock;
+}
 
-static int server_rank(const dml_ps *ps, int s) { (void)ps; return s; }
+static int server_rank(const dml_ps *ps, int s) {
+  (void)ps;
+  return s;
+}
 
 int dml_ps_create(dml_ps **out, dml_comm *c, const dml_ps_config *cfg, dml_err *err) {
   *out = NULL;
   int n = dml_comm_size(c), me = dml_comm_rank(c);
-  if (!dml_ps_is_worker(cfg, me, n)) return dml_err_set(err, DML_EINVAL, "ps: rank %d is not a worker", me);
+  if (!dml_ps_is_worker(cfg, me, n))
+    return dml_err_set(err, DML_EINVAL, "ps: rank %d is not a worker", me);
   dml_ps *ps = dml__calloc(1, sizeof(*ps));
   if (ps == NULL) return dml_err_set(err, DML_ENOMEM, "ps: out of memory");
   ps->c = c;
@@ -103,7 +111,8 @@ static void request_release(dml_ps *ps, request *r) {
 }
 
 /* Encodes m (keys/vals as given) into a new frame of request r and sends it to server s. */
-static int send_frame(dml_ps *ps, request *r, int s, const dml__ps_msg *m, const uint64_t *keys, const float *vals) {
+static int send_frame(dml_ps *ps, request *r, int s, const dml__ps_msg *m, const uint64_t *keys,
+                      const float *vals) {
   if (r->nframes == r->fcap) {
     int nc = 2 * r->fcap;
     void **nf = dml__realloc(r->frames, (size_t)nc * sizeof(void *));
@@ -120,11 +129,12 @@ static int send_frame(dml_ps *ps, request *r, int s, const dml__ps_msg *m, const
   if (r->frames[f] == NULL) return fail(ps, DML_ENOMEM, "ps: no memory for a frame%s%s", "", "");
   r->nframes++;
   dml__ps_encode(r->frames[f], m, keys, vals);
-  int rc = dml_comm_isend(ps->c, server_rank(ps, s), DML__PS_TAG_REQ, r->frames[f], bytes, &r->sreq[f]);
+  int rc =
+      dml_comm_isend(ps->c, server_rank(ps, s), DML__PS_TAG_REQ, r->frames[f], bytes, &r->sreq[f]);
   if (rc) {
     r->sreq[f] = NULL;
-    return fail(ps, rc, "ps: sending to server %s failed: %s", dml_comm_peer_name(ps->c, server_rank(ps, s)),
-                dml_comm_errmsg(ps->c));
+    return fail(ps, rc, "ps: sending to server %s failed: %s",
+                dml_comm_peer_name(ps->c, server_rank(ps, s)), dml_comm_errmsg(ps->c));
   }
   r->pending[s]++;
   r->npending++;
@@ -138,11 +148,13 @@ static request *free_slot(dml_ps *ps) {
   return NULL;
 }
 
-static int post_dense(dml_ps *ps, int command, uint64_t lo, const float *vals, float *out, size_t n, uint64_t *ts) {
+static int post_dense(dml_ps *ps, int command, uint64_t lo, const float *vals, float *out, size_t n,
+                      uint64_t *ts) {
   *ts = 0;
   if (ps->sticky) return ps->sticky;
   if (n == 0 || lo + n < lo)
-    return dml_err_set(&ps->err, DML_EINVAL, "ps: dense range of %zu keys at %llu", n, (unsigned long long)lo);
+    return dml_err_set(&ps->err, DML_EINVAL, "ps: dense range of %zu keys at %llu", n,
+                       (unsigned long long)lo);
   request *r = free_slot(ps);
   if (r == NULL) return DML_EAGAIN;
   r->active = 1;
@@ -167,7 +179,8 @@ static int post_dense(dml_ps *ps, int command, uint64_t lo, const float *vals, f
     m.key_hi = b - 1;
     m.nvals = with_vals ? b - a : 0;
     m.value_type = with_vals ? DML__PS_VT_F32 : DML__PS_VT_NONE;
-    if (send_frame(ps, r, DML__PS_DENSE_OWNER(a, ps->S), &m, NULL, with_vals ? vals + (a - lo) : NULL) != 0) {
+    if (send_frame(ps, r, DML__PS_DENSE_OWNER(a, ps->S), &m, NULL,
+                   with_vals ? vals + (a - lo) : NULL) != 0) {
       request_release(ps, r);
       return ps->sticky;
     }
@@ -183,19 +196,22 @@ int dml_ps_push_dense(dml_ps *ps, uint64_t lo, const float *vals, size_t n, uint
 int dml_ps_pull_dense(dml_ps *ps, uint64_t lo, float *vals_out, size_t n, uint64_t *ts) {
   return post_dense(ps, DML__PS_PULL, lo, NULL, vals_out, n, ts);
 }
-int dml_ps_pushpull_dense(dml_ps *ps, uint64_t lo, const float *grads, float *vals_out, size_t n, uint64_t *ts) {
+int dml_ps_pushpull_dense(dml_ps *ps, uint64_t lo, const float *grads, float *vals_out, size_t n,
+                          uint64_t *ts) {
   return post_dense(ps, DML__PS_PUSHPULL, lo, grads, vals_out, n, ts);
 }
 
-static int post(dml_ps *ps, int command, uint64_t clock, const uint64_t *keys, const float *vals, float *out,
-                size_t n, uint64_t *ts) {
+static int post(dml_ps *ps, int command, uint64_t clock, const uint64_t *keys, const float *vals,
+                float *out, size_t n, uint64_t *ts) {
   *ts = 0;
   if (ps->sticky) return ps->sticky;
-  if (n > DML__PS_MAX_KEYS) return dml_err_set(&ps->err, DML_EINVAL, "ps: %zu keys in one request (max %u)", n, DML__PS_MAX_KEYS);
+  if (n > DML__PS_MAX_KEYS)
+    return dml_err_set(&ps->err, DML_EINVAL, "ps: %zu keys in one request (max %u)", n,
+                       DML__PS_MAX_KEYS);
   for (size_t i = 1; i < n; i++)
     if (keys[i] <= keys[i - 1])
-      return dml_err_set(&ps->err, DML_EINVAL, "ps: key #%zu (%llu) is not above the previous one", i,
-                         (unsigned long long)keys[i]);
+      return dml_err_set(&ps->err, DML_EINVAL, "ps: key #%zu (%llu) is not above the previous one",
+                         i, (unsigned long long)keys[i]);
   request *r = free_slot(ps);
   if (r == NULL) return DML_EAGAIN;
   if (n > ps->scratch_cap) {
@@ -207,7 +223,8 @@ static int post(dml_ps *ps, int command, uint64_t clock, const uint64_t *keys, c
     ps->scratch_cap = n;
   }
   r->pos = n ? dml__malloc(n * sizeof(size_t)) : NULL;
-  if (n && r->pos == NULL) return dml_err_set(&ps->err, DML_ENOMEM, "ps: no memory for %zu keys", n);
+  if (n && r->pos == NULL)
+    return dml_err_set(&ps->err, DML_ENOMEM, "ps: no memory for %zu keys", n);
   memset(r->soff, 0, ((size_t)ps->S + 1) * sizeof(size_t));
   /* owners computed twice (count, place) rather than stored: no per-key allocation */
   for (size_t i = 0; i < n; i++) r->soff[dml__ps_owner(keys[i], ps->S) + 1]++;
@@ -286,17 +303,21 @@ static int receive_one(dml_ps *ps, int s) {
     if (ps->rq[i].active && ps->rq[i].ts == m.timestamp && ps->rq[i].pending[s]) r = &ps->rq[i];
   if (m.command != DML__PS_REPLY || r == NULL) {
     dml__ps_msg_free(&m);
-    return fail(ps, DML_EPROTO, "ps: server %s answered a request this worker did not make%s", peer, "");
+    return fail(ps, DML_EPROTO, "ps: server %s answered a request this worker did not make%s", peer,
+                "");
   }
   if (r->dense) {
     uint64_t cnt = m.nvals;
-    int bad = !(m.flags & DML__PS_FLAG_DENSE) || m.key_lo < r->dense_lo || m.key_hi >= r->dense_lo + r->n ||
+    int bad = !(m.flags & DML__PS_FLAG_DENSE) || m.key_lo < r->dense_lo ||
+              m.key_hi >= r->dense_lo + r->n ||
               (r->command != DML__PS_PUSH && cnt != m.key_hi - m.key_lo + 1);
     if (bad) {
       dml__ps_msg_free(&m);
-      return fail(ps, DML_EPROTO, "ps: server %s returned a dense range this request did not ask for%s", peer, "");
+      return fail(ps, DML_EPROTO,
+                  "ps: server %s returned a dense range this request did not ask for%s", peer, "");
     }
-    if (r->command != DML__PS_PUSH) memcpy(r->out + (m.key_lo - r->dense_lo), m.vals, (size_t)cnt * sizeof(float));
+    if (r->command != DML__PS_PUSH)
+      memcpy(r->out + (m.key_lo - r->dense_lo), m.vals, (size_t)cnt * sizeof(float));
     dml__ps_msg_free(&m);
     r->pending[s]--;
     r->npending--;
@@ -320,7 +341,10 @@ int dml_ps_wait(dml_ps *ps, uint64_t ts) {
   request *r = NULL;
   for (int i = 0; i < ps->nrq; i++)
     if (ps->rq[i].active && ps->rq[i].ts == ts) r = &ps->rq[i];
-  if (r == NULL) return ps->sticky ? ps->sticky : dml_err_set(&ps->err, DML_EINVAL, "ps: no request %llu in flight", (unsigned long long)ts);
+  if (r == NULL)
+    return ps->sticky ? ps->sticky
+                      : dml_err_set(&ps->err, DML_EINVAL, "ps: no request %llu in flight",
+                                    (unsigned long long)ts);
   while (r->npending > 0 && ps->sticky == 0) {
     int s = 0;
     while (!r->pending[s]) s++;
@@ -350,7 +374,8 @@ int dml_ps_clock(dml_ps *ps) {
   if (ps->sticky) return ps->sticky;
   ps->clock++;
   int rc = send_all(ps, DML__PS_CLOCK);
-  if (rc) return fail(ps, rc, "ps: telling the servers the clock: %s%s", dml_comm_errmsg(ps->c), "");
+  if (rc)
+    return fail(ps, rc, "ps: telling the servers the clock: %s%s", dml_comm_errmsg(ps->c), "");
   return 0;
 }
 

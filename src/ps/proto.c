@@ -16,7 +16,9 @@ static void put_u32(unsigned char *p, uint32_t v) {
 static void put_u64(unsigned char *p, uint64_t v) {
   for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
 }
-static uint16_t get_u16(const unsigned char *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static uint16_t get_u16(const unsigned char *p) {
+  return (uint16_t)(p[0] | (p[1] << 8));
+}
 static uint32_t get_u32(const unsigned char *p) {
   uint32_t v = 0;
   for (int i = 3; i >= 0; i--) v = (v << 8) | p[i];
@@ -84,24 +86,27 @@ int dml__ps_decode(const void *buf, size_t len, const char *peer, dml__ps_msg *m
   memset(m, 0, sizeof(*m));
   if (peer == NULL) peer = "peer";
   if (len < DML__PS_HEADER_BYTES)
-    return dml_err_set(err, DML_EPROTO, "ps: %s sent a %zu-byte frame, shorter than the %d-byte header", peer,
-                       len, DML__PS_HEADER_BYTES);
+    return dml_err_set(err, DML_EPROTO,
+                       "ps: %s sent a %zu-byte frame, shorter than the %d-byte header", peer, len,
+                       DML__PS_HEADER_BYTES);
   uint32_t magic = get_u32(p);
   if (magic != DML__PS_MAGIC)
-    return dml_err_set(err, DML_EPROTO, "ps: %s sent bad magic 0x%08x at byte 0 (want 0x%08x)", peer, magic,
-                       DML__PS_MAGIC);
+    return dml_err_set(err, DML_EPROTO, "ps: %s sent bad magic 0x%08x at byte 0 (want 0x%08x)",
+                       peer, magic, DML__PS_MAGIC);
   uint16_t version = get_u16(p + 4);
   if (version != DML__PS_VERSION)
-    return dml_err_set(err, DML_EPROTO, "ps: %s speaks version %u at byte 4 (this build speaks %d)", peer,
-                       version, DML__PS_VERSION);
+    return dml_err_set(err, DML_EPROTO, "ps: %s speaks version %u at byte 4 (this build speaks %d)",
+                       peer, version, DML__PS_VERSION);
   m->command = get_u16(p + 6);
   if (m->command < DML__PS_PUSH || m->command > DML__PS_BYE)
-    return dml_err_set(err, DML_EPROTO, "ps: %s sent unknown command %u at byte 6", peer, m->command);
+    return dml_err_set(err, DML_EPROTO, "ps: %s sent unknown command %u at byte 6", peer,
+                       m->command);
   m->sender = get_u32(p + 8);
   m->value_type = get_u16(p + 12);
   m->flags = get_u16(p + 14);
   if (m->flags & ~DML__PS_FLAG_DENSE)
-    return dml_err_set(err, DML_EPROTO, "ps: %s sent unknown flags 0x%x at byte 14", peer, m->flags);
+    return dml_err_set(err, DML_EPROTO, "ps: %s sent unknown flags 0x%x at byte 14", peer,
+                       m->flags);
   m->timestamp = get_u64(p + 16);
   m->clock = get_u64(p + 24);
   m->key_lo = get_u64(p + 32);
@@ -111,40 +116,52 @@ int dml__ps_decode(const void *buf, size_t len, const char *peer, dml__ps_msg *m
   size_t body = len - DML__PS_HEADER_BYTES;
   /* Counts are checked against the frame before anything is multiplied or allocated. */
   if (m->nkeys > body / 8 || m->nkeys > DML__PS_MAX_KEYS)
-    return dml_err_set(err, DML_EPROTO, "ps: %s claims %llu keys at byte 48 but the %zu-byte frame holds at most %zu",
-                       peer, (unsigned long long)m->nkeys, len, body / 8);
+    return dml_err_set(
+        err, DML_EPROTO,
+        "ps: %s claims %llu keys at byte 48 but the %zu-byte frame holds at most %zu", peer,
+        (unsigned long long)m->nkeys, len, body / 8);
   if (m->nvals > (body - m->nkeys * 8) / 4)
-    return dml_err_set(err, DML_EPROTO, "ps: %s claims %llu values at byte 56 but only %zu bytes follow the keys",
+    return dml_err_set(err, DML_EPROTO,
+                       "ps: %s claims %llu values at byte 56 but only %zu bytes follow the keys",
                        peer, (unsigned long long)m->nvals, (size_t)(body - m->nkeys * 8));
   if (m->nkeys * 8 + m->nvals * 4 != body)
-    return dml_err_set(err, DML_EPROTO, "ps: %s sent a %zu-byte frame; %llu keys and %llu values need %zu", peer,
+    return dml_err_set(err, DML_EPROTO,
+                       "ps: %s sent a %zu-byte frame; %llu keys and %llu values need %zu", peer,
                        len, (unsigned long long)m->nkeys, (unsigned long long)m->nvals,
                        dml__ps_frame_bytes(m->nkeys, m->nvals));
   if (m->value_type != (m->nvals ? DML__PS_VT_F32 : DML__PS_VT_NONE))
-    return dml_err_set(err, DML_EPROTO, "ps: %s sent value type %u at byte 12 with %llu values", peer,
-                       m->value_type, (unsigned long long)m->nvals);
+    return dml_err_set(err, DML_EPROTO, "ps: %s sent value type %u at byte 12 with %llu values",
+                       peer, m->value_type, (unsigned long long)m->nvals);
   int needs_vals = m->command == DML__PS_PUSH || m->command == DML__PS_PUSHPULL;
   int no_keys = m->command == DML__PS_CLOCK || m->command == DML__PS_BYE;
   if (m->flags & DML__PS_FLAG_DENSE) {
     /* a dense frame: no keys, one aligned part [key_lo, key_hi] */
     if (no_keys || m->nkeys != 0 || m->key_lo > m->key_hi ||
         m->key_lo / DML__PS_DENSE_PART != m->key_hi / DML__PS_DENSE_PART)
-      return dml_err_set(err, DML_EPROTO, "ps: %s sent a dense command %u with %llu keys over [%llu, %llu] (want no keys, one part of %llu)",
-                         peer, m->command, (unsigned long long)m->nkeys, (unsigned long long)m->key_lo,
-                         (unsigned long long)m->key_hi, (unsigned long long)DML__PS_DENSE_PART);
+      return dml_err_set(err, DML_EPROTO,
+                         "ps: %s sent a dense command %u with %llu keys over [%llu, %llu] (want no "
+                         "keys, one part of %llu)",
+                         peer, m->command, (unsigned long long)m->nkeys,
+                         (unsigned long long)m->key_lo, (unsigned long long)m->key_hi,
+                         (unsigned long long)DML__PS_DENSE_PART);
     uint64_t cnt = m->key_hi - m->key_lo + 1;
-    int ok = needs_vals ? m->nvals == cnt : m->command == DML__PS_PULL ? m->nvals == 0 : (m->nvals == 0 || m->nvals == cnt);
+    int ok = needs_vals                   ? m->nvals == cnt
+             : m->command == DML__PS_PULL ? m->nvals == 0
+                                          : (m->nvals == 0 || m->nvals == cnt);
     if (!ok)
-      return dml_err_set(err, DML_EPROTO, "ps: %s sent a dense command %u with %llu values for %llu keys", peer,
+      return dml_err_set(err, DML_EPROTO,
+                         "ps: %s sent a dense command %u with %llu values for %llu keys", peer,
                          m->command, (unsigned long long)m->nvals, (unsigned long long)cnt);
   } else {
     if (m->nvals != 0 && m->nvals != m->nkeys)
-      return dml_err_set(err, DML_EPROTO, "ps: %s sent %llu values for %llu keys (want 0 or one per key)", peer,
+      return dml_err_set(err, DML_EPROTO,
+                         "ps: %s sent %llu values for %llu keys (want 0 or one per key)", peer,
                          (unsigned long long)m->nvals, (unsigned long long)m->nkeys);
     if ((needs_vals && m->nvals != m->nkeys) || (m->command == DML__PS_PULL && m->nvals != 0) ||
         (no_keys && m->nkeys != 0))
-      return dml_err_set(err, DML_EPROTO, "ps: %s sent command %u with %llu keys and %llu values", peer, m->command,
-                         (unsigned long long)m->nkeys, (unsigned long long)m->nvals);
+      return dml_err_set(err, DML_EPROTO, "ps: %s sent command %u with %llu keys and %llu values",
+                         peer, m->command, (unsigned long long)m->nkeys,
+                         (unsigned long long)m->nvals);
     if (m->nkeys > 0 && m->key_lo > m->key_hi)
       return dml_err_set(err, DML_EPROTO, "ps: %s sent an empty key range [%llu, %llu]", peer,
                          (unsigned long long)m->key_lo, (unsigned long long)m->key_hi);
@@ -158,20 +175,23 @@ int dml__ps_decode(const void *buf, size_t len, const char *peer, dml__ps_msg *m
     else
       key = get_u64(k + 8 * i);
     if (key < m->key_lo || key > m->key_hi)
-      return dml_err_set(err, DML_EPROTO, "ps: %s sent key %llu (#%llu, byte %zu) outside its range [%llu, %llu]",
+      return dml_err_set(err, DML_EPROTO,
+                         "ps: %s sent key %llu (#%llu, byte %zu) outside its range [%llu, %llu]",
                          peer, (unsigned long long)key, (unsigned long long)i,
                          (size_t)(DML__PS_HEADER_BYTES + 8 * i), (unsigned long long)m->key_lo,
                          (unsigned long long)m->key_hi);
     if (i > 0 && key <= prev)
-      return dml_err_set(err, DML_EPROTO, "ps: %s sent key %llu (#%llu, byte %zu) not above the previous one",
-                         peer, (unsigned long long)key, (unsigned long long)i,
+      return dml_err_set(err, DML_EPROTO,
+                         "ps: %s sent key %llu (#%llu, byte %zu) not above the previous one", peer,
+                         (unsigned long long)key, (unsigned long long)i,
                          (size_t)(DML__PS_HEADER_BYTES + 8 * i));
     prev = key;
   }
   if (m->nkeys) {
     m->keys = dml__malloc((size_t)m->nkeys * 8);
-    if (m->keys == NULL) return dml_err_set(err, DML_ENOMEM, "ps: no memory for %llu keys from %s",
-                                            (unsigned long long)m->nkeys, peer);
+    if (m->keys == NULL)
+      return dml_err_set(err, DML_ENOMEM, "ps: no memory for %llu keys from %s",
+                         (unsigned long long)m->nkeys, peer);
     if (HOST_LE)
       memcpy(m->keys, k, (size_t)m->nkeys * 8);
     else
@@ -181,8 +201,8 @@ int dml__ps_decode(const void *buf, size_t len, const char *peer, dml__ps_msg *m
     m->vals = dml__malloc((size_t)m->nvals * 4);
     if (m->vals == NULL) {
       dml__ps_msg_free(m);
-      return dml_err_set(err, DML_ENOMEM, "ps: no memory for %llu values from %s", (unsigned long long)m->nvals,
-                         peer);
+      return dml_err_set(err, DML_ENOMEM, "ps: no memory for %llu values from %s",
+                         (unsigned long long)m->nvals, peer);
     }
     const unsigned char *v = k + 8 * m->nkeys;
     if (HOST_LE) memcpy(m->vals, v, (size_t)m->nvals * 4);

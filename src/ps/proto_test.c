@@ -9,7 +9,8 @@
 #include "ps/ps_internal.h"
 #include "testutil.h"
 
-static size_t make_push(unsigned char *buf, uint64_t nkeys, const uint64_t *keys, const float *vals) {
+static size_t make_push(unsigned char *buf, uint64_t nkeys, const uint64_t *keys,
+                        const float *vals) {
   dml__ps_msg m;
   memset(&m, 0, sizeof(m));
   m.command = DML__PS_PUSH;
@@ -155,7 +156,8 @@ int main(int argc, char **argv) {
       T_ASSERT(o >= 0 && o < S);
       count[o]++;
     }
-    for (int s = 0; s < S; s++) T_ASSERT(count[s] > 0.8 * 100000 / S && count[s] < 1.2 * 100000 / S);
+    for (int s = 0; s < S; s++)
+      T_ASSERT(count[s] > 0.8 * 100000 / S && count[s] < 1.2 * 100000 / S);
   }
 
   if (argc > 1) {

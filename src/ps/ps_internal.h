@@ -11,9 +11,10 @@
 #include "distml/core.h"
 
 /* Tags above the collectives' range, the task farm's and the train trace's (see farm.c, trace.c). */
-#define DML__PS_TAG_REQ (DML_TAG_RESERVED + 0x09100000)   /* worker -> server requests */
-#define DML__PS_TAG_REP (DML_TAG_RESERVED + 0x09100001)   /* server -> worker replies */
-#define DML__PS_TAG_WATCH (DML_TAG_RESERVED + 0x09100002) /* never sent: a receive that fails when the peer dies */
+#define DML__PS_TAG_REQ (DML_TAG_RESERVED + 0x09100000) /* worker -> server requests */
+#define DML__PS_TAG_REP (DML_TAG_RESERVED + 0x09100001) /* server -> worker replies */
+#define DML__PS_TAG_WATCH \
+  (DML_TAG_RESERVED + 0x09100002) /* never sent: a receive that fails when the peer dies */
 #define DML__PS_TAG_RESULT (DML_TAG_RESERVED + 0x09100003) /* train driver: result to rank 0 */
 
 #define DML__PS_MAGIC 0x53504d44u /* "DMPS" little-endian */
@@ -40,15 +41,16 @@ enum { DML__PS_VT_NONE = 0, DML__PS_VT_F32 = 1 };
 #define DML__PS_FLAG_DENSE 1u
 #define DML__PS_DENSE_PART ((uint64_t)1 << 16)
 /* The server of a dense part: parts are dealt round-robin. */
-#define DML__PS_DENSE_OWNER(key, nservers) ((int)(((key) / DML__PS_DENSE_PART) % (uint64_t)(nservers)))
+#define DML__PS_DENSE_OWNER(key, nservers) \
+  ((int)(((key) / DML__PS_DENSE_PART) % (uint64_t)(nservers)))
 
 typedef struct dml__ps_msg {
   uint32_t command;
   uint32_t sender;
   uint32_t value_type;
-  uint32_t flags;     /* DML__PS_FLAG_* */
-  uint64_t timestamp; /* request id, per sender, increasing */
-  uint64_t clock;     /* sender's clock when it sent the request */
+  uint32_t flags;          /* DML__PS_FLAG_* */
+  uint64_t timestamp;      /* request id, per sender, increasing */
+  uint64_t clock;          /* sender's clock when it sent the request */
   uint64_t key_lo, key_hi; /* every key is in [key_lo, key_hi] */
   uint64_t nkeys, nvals;
   uint64_t *keys; /* (nkeys) strictly increasing; owned by the msg (dml__ps_msg_free) */

@@ -26,10 +26,10 @@ typedef struct worker_state {
 
 /* A dense part: DML__PS_DENSE_PART consecutive keys of the dense namespace in flat arrays. */
 typedef struct dense_part {
-  uint64_t part;    /* key / DML__PS_DENSE_PART */
-  float *vals;      /* (DML__PS_DENSE_PART) */
-  float *grads;     /* (DML__PS_DENSE_PART) scratch: a frame's values at their offsets */
-  dml_optim *opt;   /* NULL when sum_only */
+  uint64_t part;  /* key / DML__PS_DENSE_PART */
+  float *vals;    /* (DML__PS_DENSE_PART) */
+  float *grads;   /* (DML__PS_DENSE_PART) scratch: a frame's values at their offsets */
+  dml_optim *opt; /* NULL when sum_only */
 } dense_part;
 
 typedef struct deferred {
@@ -57,7 +57,7 @@ struct dml_ps_server {
   unsigned char *mark; /* (vcap) slot is in agg_list */
   uint32_t *agg_list;
   size_t nagg, agg_list_cap;
-  float *agg_grads;    /* (agg_list_cap) compact mean for the optimizer */
+  float *agg_grads; /* (agg_list_cap) compact mean for the optimizer */
   uint64_t agg_pushes, agg_clock;
   deferred *dq;
   size_t ndq, dq_cap;
@@ -92,7 +92,8 @@ static int grow_values(dml_ps_server *s, dml_err *err) {
     if (na) s->agg = na;
     unsigned char *nm = dml__realloc(s->mark, ncap);
     if (nm) s->mark = nm;
-    if (!na || !nm) return dml_err_set(err, DML_ENOMEM, "ps server: no memory for %zu aggregated values", ncap);
+    if (!na || !nm)
+      return dml_err_set(err, DML_ENOMEM, "ps server: no memory for %zu aggregated values", ncap);
     memset(na + s->vcap, 0, (ncap - s->vcap) * sizeof(float));
     memset(nm + s->vcap, 0, ncap - s->vcap);
   }
@@ -103,7 +104,8 @@ static int grow_values(dml_ps_server *s, dml_err *err) {
     if (s->opt) {
       int ns = dml_optim_num_state(s->opt);
       float *os = dml_optim_state_data(s->opt), *nsd = dml_optim_state_data(no);
-      for (int i = 0; i < ns; i++) memcpy(nsd + (size_t)i * ncap, os + (size_t)i * s->vcap, s->vcap * sizeof(float));
+      for (int i = 0; i < ns; i++)
+        memcpy(nsd + (size_t)i * ncap, os + (size_t)i * s->vcap, s->vcap * sizeof(float));
       dml_optim_set_step_count(no, dml_optim_step_count(s->opt));
       dml_optim_free(s->opt);
     }
@@ -159,7 +161,8 @@ static int lookup(dml_ps_server *s, uint64_t key, int insert, uint32_t *slot, dm
     int rc = grow_values(s, err);
     if (rc) return rc;
   }
-  if (s->nkeys >= EMPTY_SLOT) return dml_err_set(err, DML_EOVERFLOW, "ps server: more than 4G keys");
+  if (s->nkeys >= EMPTY_SLOT)
+    return dml_err_set(err, DML_EOVERFLOW, "ps server: more than 4G keys");
   s->hkeys[j] = key;
   s->hslot[j] = (uint32_t)s->nkeys;
   *slot = (uint32_t)s->nkeys++;
@@ -186,7 +189,9 @@ float dml_ps_server_value(const dml_ps_server *s, uint64_t key) {
 static int apply_push(dml_ps_server *s, const dml__ps_msg *m, dml_err *err) {
   if (m->nkeys > s->idx_cap) {
     uint32_t *ni = dml__realloc(s->idx_scratch, (size_t)m->nkeys * sizeof(uint32_t));
-    if (ni == NULL) return dml_err_set(err, DML_ENOMEM, "ps server: no memory for %llu keys", (unsigned long long)m->nkeys);
+    if (ni == NULL)
+      return dml_err_set(err, DML_ENOMEM, "ps server: no memory for %llu keys",
+                         (unsigned long long)m->nkeys);
     s->idx_scratch = ni;
     s->idx_cap = (size_t)m->nkeys;
   }
@@ -205,7 +210,8 @@ static int apply_push(dml_ps_server *s, const dml__ps_msg *m, dml_err *err) {
       if (nl) s->agg_list = nl;
       float *ng = dml__realloc(s->agg_grads, nc * sizeof(float));
       if (ng) s->agg_grads = ng;
-      if (!nl || !ng) return dml_err_set(err, DML_ENOMEM, "ps server: no memory to aggregate %zu keys", nc);
+      if (!nl || !ng)
+        return dml_err_set(err, DML_ENOMEM, "ps server: no memory to aggregate %zu keys", nc);
       s->agg_list_cap = nc;
     }
     for (uint64_t i = 0; i < m->nkeys; i++) {
@@ -241,8 +247,11 @@ static int dense_part_get(dml_ps_server *s, uint64_t part, dense_part **out, dml
   d->part = part;
   d->vals = dml__calloc(DML__PS_DENSE_PART, sizeof(float));
   d->grads = dml__calloc(DML__PS_DENSE_PART, sizeof(float));
-  int rc = d->vals && d->grads ? 0 : dml_err_set(err, DML_ENOMEM, "ps server: no memory for a dense part");
-  if (rc == 0 && !s->cfg.sum_only) rc = dml_optim_create(&d->opt, &s->cfg.optim, DML__PS_DENSE_PART, err);
+  int rc = d->vals && d->grads
+               ? 0
+               : dml_err_set(err, DML_ENOMEM, "ps server: no memory for a dense part");
+  if (rc == 0 && !s->cfg.sum_only)
+    rc = dml_optim_create(&d->opt, &s->cfg.optim, DML__PS_DENSE_PART, err);
   if (rc) {
     dml__free(d->vals);
     dml__free(d->grads);
@@ -271,8 +280,8 @@ static int apply_dense(dml_ps_server *s, const dml__ps_msg *m, dml_err *err) {
   return rc ? dml_err_set(err, rc, "ps server: dense optimizer update failed") : 0;
 }
 
-static int send_reply(dml_ps_server *s, int dst, const dml__ps_msg *req, int with_values, const uint32_t *slots,
-                      dml_err *err) {
+static int send_reply(dml_ps_server *s, int dst, const dml__ps_msg *req, int with_values,
+                      const uint32_t *slots, dml_err *err) {
   dml__ps_msg r;
   memset(&r, 0, sizeof(r));
   r.command = DML__PS_REPLY;
@@ -304,9 +313,10 @@ static int send_reply(dml_ps_server *s, int dst, const dml__ps_msg *req, int wit
     dml__free(zeros);
     int drc = dml_comm_send(s->c, dst, DML__PS_TAG_REP, dbuf, dbytes);
     dml__free(dbuf);
-    if (drc && dst >= 0 && dst < s->n && s->w[dst].is_worker && !s->w[dst].done && !s->w[dst].dead) {
-      dml_log(DML_LOG_WARN, "ps server %d: reply to %s failed: %s", s->me, dml_comm_peer_name(s->c, dst),
-              dml_comm_errmsg(s->c));
+    if (drc && dst >= 0 && dst < s->n && s->w[dst].is_worker && !s->w[dst].done &&
+        !s->w[dst].dead) {
+      dml_log(DML_LOG_WARN, "ps server %d: reply to %s failed: %s", s->me,
+              dml_comm_peer_name(s->c, dst), dml_comm_errmsg(s->c));
       s->w[dst].dead = 1;
       s->live--;
       s->st.dead_workers++;
@@ -342,8 +352,8 @@ static int send_reply(dml_ps_server *s, int dst, const dml__ps_msg *req, int wit
   dml__free(buf);
   if (rc) {
     /* A worker that cannot be answered is gone: it stops counting, the server goes on. */
-    dml_log(DML_LOG_WARN, "ps server %d: reply to %s failed: %s", s->me, dml_comm_peer_name(s->c, dst),
-            dml_comm_errmsg(s->c));
+    dml_log(DML_LOG_WARN, "ps server %d: reply to %s failed: %s", s->me,
+            dml_comm_peer_name(s->c, dst), dml_comm_errmsg(s->c));
     if (dst >= 0 && dst < s->n && s->w[dst].is_worker && !s->w[dst].done && !s->w[dst].dead) {
       s->w[dst].dead = 1;
       s->live--;
@@ -410,7 +420,8 @@ static void worker_leaves(dml_ps_server *s, int r, int died) {
   if (died) {
     w->dead = 1;
     s->st.dead_workers++;
-    dml_log(DML_LOG_WARN, "ps server %d: worker %s died; it no longer counts", s->me, dml_comm_peer_name(s->c, r));
+    dml_log(DML_LOG_WARN, "ps server %d: worker %s died; it no longer counts", s->me,
+            dml_comm_peer_name(s->c, r));
   } else {
     w->done = 1;
   }
@@ -423,18 +434,21 @@ int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t by
   s->st.bytes_in += bytes;
   int rc = dml__ps_decode(frame, bytes, peer, &m, err);
   if (rc == 0 && src != s->me && m.sender != (uint32_t)src)
-    rc = dml_err_set(err, DML_EPROTO, "ps: %s sent a frame claiming to come from rank %u", peer, m.sender);
+    rc = dml_err_set(err, DML_EPROTO, "ps: %s sent a frame claiming to come from rank %u", peer,
+                     m.sender);
   if (rc == 0 && (src < 0 || src >= s->n || (!s->w[src].is_worker && src != s->me)))
-    rc = dml_err_set(err, DML_EPROTO, "ps: %s is not a worker but sent command %u", peer, m.command);
+    rc =
+        dml_err_set(err, DML_EPROTO, "ps: %s is not a worker but sent command %u", peer, m.command);
   if (rc == 0 && (m.flags & DML__PS_FLAG_DENSE) &&
       DML__PS_DENSE_OWNER(m.key_lo, dml_ps_num_servers(&s->cfg, s->n)) != s->me)
-    rc = dml_err_set(err, DML_EPROTO, "ps: %s sent dense keys [%llu, %llu], which server %d does not own", peer,
+    rc = dml_err_set(err, DML_EPROTO,
+                     "ps: %s sent dense keys [%llu, %llu], which server %d does not own", peer,
                      (unsigned long long)m.key_lo, (unsigned long long)m.key_hi, s->me);
   if (rc == 0) {
     for (uint64_t i = 0; i < m.nkeys; i++)
       if (dml__ps_owner(m.keys[i], dml_ps_num_servers(&s->cfg, s->n)) != s->me) {
-        rc = dml_err_set(err, DML_EPROTO, "ps: %s sent key %llu, which server %d does not own", peer,
-                         (unsigned long long)m.keys[i], s->me);
+        rc = dml_err_set(err, DML_EPROTO, "ps: %s sent key %llu, which server %d does not own",
+                         peer, (unsigned long long)m.keys[i], s->me);
         break;
       }
   }
@@ -462,57 +476,58 @@ int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t by
     return 0;
   }
   switch (m.command) {
-  case DML__PS_PUSH:
-  case DML__PS_PUSHPULL:
-    if (m.timestamp < w->last_push_ts || (m.timestamp == w->last_push_ts && m.key_lo <= w->last_push_lo)) {
-      s->st.dup_pushes++; /* resent after a timeout: applied once already */
-    } else {
-      rc = (m.flags & DML__PS_FLAG_DENSE) ? apply_dense(s, &m, err) : apply_push(s, &m, err);
-      if (rc) break;
-      w->last_push_ts = m.timestamp;
-      w->last_push_lo = m.key_lo;
-      s->st.pushes++;
-    }
-    if (m.command == DML__PS_PUSH) {
-      rc = send_reply(s, src, &m, 0, NULL, err);
-      break;
-    }
-    /* the pull half */
-    /* fall through */
-  case DML__PS_PULL:
-    s->st.pulls++;
-    if (pull_ready(s, src, &m)) {
-      /* a pushpull whose push was applied just now has its slots in idx_scratch */
-      int fresh = m.command == DML__PS_PUSHPULL && !(m.flags & DML__PS_FLAG_DENSE) && w->last_push_ts == m.timestamp &&
-                  s->idx_cap >= m.nkeys;
-      rc = send_reply(s, src, &m, 1, fresh ? s->idx_scratch : NULL, err);
-    } else {
-      if (s->ndq == s->dq_cap) {
-        size_t nc = s->dq_cap ? 2 * s->dq_cap : 16;
-        deferred *nd = dml__realloc(s->dq, nc * sizeof(deferred));
-        if (nd == NULL) {
-          rc = dml_err_set(err, DML_ENOMEM, "ps server: no memory to defer a pull");
-          break;
-        }
-        s->dq = nd;
-        s->dq_cap = nc;
+    case DML__PS_PUSH:
+    case DML__PS_PUSHPULL:
+      if (m.timestamp < w->last_push_ts ||
+          (m.timestamp == w->last_push_ts && m.key_lo <= w->last_push_lo)) {
+        s->st.dup_pushes++; /* resent after a timeout: applied once already */
+      } else {
+        rc = (m.flags & DML__PS_FLAG_DENSE) ? apply_dense(s, &m, err) : apply_push(s, &m, err);
+        if (rc) break;
+        w->last_push_ts = m.timestamp;
+        w->last_push_lo = m.key_lo;
+        s->st.pushes++;
       }
-      s->dq[s->ndq].src = src;
-      s->dq[s->ndq].m = m;
-      s->ndq++;
-      return 0; /* the deferred entry owns m */
-    }
-    break;
-  case DML__PS_CLOCK:
-    if (m.clock > w->clock) w->clock = m.clock;
-    serve_deferred(s, err);
-    break;
-  case DML__PS_BYE:
-    worker_leaves(s, src, 0);
-    serve_deferred(s, err);
-    break;
-  default:
-    rc = dml_err_set(err, DML_EPROTO, "ps: %s sent command %u to a server", peer, m.command);
+      if (m.command == DML__PS_PUSH) {
+        rc = send_reply(s, src, &m, 0, NULL, err);
+        break;
+      }
+      /* the pull half */
+      /* fall through */
+    case DML__PS_PULL:
+      s->st.pulls++;
+      if (pull_ready(s, src, &m)) {
+        /* a pushpull whose push was applied just now has its slots in idx_scratch */
+        int fresh = m.command == DML__PS_PUSHPULL && !(m.flags & DML__PS_FLAG_DENSE) &&
+                    w->last_push_ts == m.timestamp && s->idx_cap >= m.nkeys;
+        rc = send_reply(s, src, &m, 1, fresh ? s->idx_scratch : NULL, err);
+      } else {
+        if (s->ndq == s->dq_cap) {
+          size_t nc = s->dq_cap ? 2 * s->dq_cap : 16;
+          deferred *nd = dml__realloc(s->dq, nc * sizeof(deferred));
+          if (nd == NULL) {
+            rc = dml_err_set(err, DML_ENOMEM, "ps server: no memory to defer a pull");
+            break;
+          }
+          s->dq = nd;
+          s->dq_cap = nc;
+        }
+        s->dq[s->ndq].src = src;
+        s->dq[s->ndq].m = m;
+        s->ndq++;
+        return 0; /* the deferred entry owns m */
+      }
+      break;
+    case DML__PS_CLOCK:
+      if (m.clock > w->clock) w->clock = m.clock;
+      serve_deferred(s, err);
+      break;
+    case DML__PS_BYE:
+      worker_leaves(s, src, 0);
+      serve_deferred(s, err);
+      break;
+    default:
+      rc = dml_err_set(err, DML_EPROTO, "ps: %s sent command %u to a server", peer, m.command);
   }
   dml__ps_msg_free(&m);
   return rc;
@@ -538,16 +553,23 @@ int dml_ps_sync_parse(const char *s, int *staleness, dml_err *err) {
   if (strncmp(s, "ssp:", 4) == 0) {
     int64_t v;
     if (dml_parse_i64(s + 4, 1, 1000000, &v, err) != 0)
-      return dml_err_set(err, DML_EINVAL, "--sync %s: the staleness must be an integer in 1..1000000", s);
+      return dml_err_set(err, DML_EINVAL,
+                         "--sync %s: the staleness must be an integer in 1..1000000", s);
     *staleness = (int)v;
     return 0;
   }
   return dml_err_set(err, DML_EINVAL, "--sync %s: want bsp, ssp:S or asp", s);
 }
 
-int dml_ps_num_servers(const dml_ps_config *cfg, int n) { return cfg->colocated ? n : cfg->num_servers; }
-int dml_ps_num_workers(const dml_ps_config *cfg, int n) { return cfg->colocated ? n : n - cfg->num_servers; }
-int dml_ps_is_server(const dml_ps_config *cfg, int rank) { return cfg->colocated || rank < cfg->num_servers; }
+int dml_ps_num_servers(const dml_ps_config *cfg, int n) {
+  return cfg->colocated ? n : cfg->num_servers;
+}
+int dml_ps_num_workers(const dml_ps_config *cfg, int n) {
+  return cfg->colocated ? n : n - cfg->num_servers;
+}
+int dml_ps_is_server(const dml_ps_config *cfg, int rank) {
+  return cfg->colocated || rank < cfg->num_servers;
+}
 int dml_ps_is_worker(const dml_ps_config *cfg, int rank, int n) {
   return rank < n && (cfg->colocated || rank >= cfg->num_servers);
 }
@@ -556,9 +578,10 @@ int dml_ps_server_create(dml_ps_server **out, dml_comm *c, const dml_ps_config *
   *out = NULL;
   int n = c ? dml_comm_size(c) : 1, me = c ? dml_comm_rank(c) : 0;
   if (!cfg->colocated && (cfg->num_servers < 1 || cfg->num_servers >= n))
-    return dml_err_set(err, DML_EINVAL, "ps: %d servers need at least %d ranks (have %d)", cfg->num_servers,
-                       cfg->num_servers + 1, n);
-  if (!dml_ps_is_server(cfg, me)) return dml_err_set(err, DML_EINVAL, "ps: rank %d is not a server", me);
+    return dml_err_set(err, DML_EINVAL, "ps: %d servers need at least %d ranks (have %d)",
+                       cfg->num_servers, cfg->num_servers + 1, n);
+  if (!dml_ps_is_server(cfg, me))
+    return dml_err_set(err, DML_EINVAL, "ps: rank %d is not a server", me);
   dml_ps_server *s = dml__calloc(1, sizeof(*s));
   if (s == NULL) return dml_err_set(err, DML_ENOMEM, "ps server: out of memory");
   s->c = c;
@@ -590,7 +613,8 @@ static void *watch_main(void *arg) {
   static char none;
   for (int r = 0; r < s->n; r++) {
     if (!s->w[r].is_worker || r == s->me) continue;
-    if (dml_comm_irecv(s->c, r, DML__PS_TAG_WATCH, &none, 0, &s->w[r].watch) != 0) s->w[r].watch = NULL;
+    if (dml_comm_irecv(s->c, r, DML__PS_TAG_WATCH, &none, 0, &s->w[r].watch) != 0)
+      s->w[r].watch = NULL;
   }
   while (!__atomic_load_n(&s->stop_watch, __ATOMIC_ACQUIRE)) {
     for (int r = 0; r < s->n; r++) {
@@ -757,17 +781,19 @@ int dml_ps_server_checkpoint(dml_ps_server *s, const char *path, dml_err *err) {
     t[nt++] = (dml_st_tensor){names[i], 1, {(int64_t)n, 0, 0, 0}, state + (size_t)i * n};
   }
   char step[32], rank[16], world[16];
-  snprintf(step, sizeof step, "%llu", (unsigned long long)(s->opt ? dml_optim_step_count(s->opt) : 0));
+  snprintf(step, sizeof step, "%llu",
+           (unsigned long long)(s->opt ? dml_optim_step_count(s->opt) : 0));
   snprintf(rank, sizeof rank, "%d", s->me);
   snprintf(world, sizeof world, "%d", s->n);
-  dml_st_meta meta[] = {{"ps.format", "1"},
-                        {"ps.optim", s->cfg.sum_only ? "sum" : dml_optim_kind_name(s->cfg.optim.kind)},
-                        {"ps.optim.step", step},
-                        {"ps.server", rank},
-                        {"ps.world", world},
-                        {"ps.clocks", clocks},
-                        {"ps.last_push_ts", pushes},
-                        {"ps.last_push_lo", push_lo}};
+  dml_st_meta meta[] = {
+      {"ps.format", "1"},
+      {"ps.optim", s->cfg.sum_only ? "sum" : dml_optim_kind_name(s->cfg.optim.kind)},
+      {"ps.optim.step", step},
+      {"ps.server", rank},
+      {"ps.world", world},
+      {"ps.clocks", clocks},
+      {"ps.last_push_ts", pushes},
+      {"ps.last_push_lo", push_lo}};
   rc = dml_safetensors_write(path, t, nt, meta, (int)DML__ARRAY_LEN(meta), err);
 out:
   dml__free(keybits);
@@ -801,37 +827,49 @@ static int parse_list(const char *text, worker_state *w, int n, int which) {
 }
 
 int dml_ps_server_restore(dml_ps_server *s, const char *path, dml_err *err) {
-  if (s->nkeys != 0) return dml_err_set(err, DML_ESTATE, "ps restore %s: the server already holds keys", path);
+  if (s->nkeys != 0)
+    return dml_err_set(err, DML_ESTATE, "ps restore %s: the server already holds keys", path);
   dml_safetensors *st = NULL;
   int rc = dml_safetensors_read(path, &st, err);
   if (rc) return rc;
   const char *want_opt = s->cfg.sum_only ? "sum" : dml_optim_kind_name(s->cfg.optim.kind);
-  const char *fmt = dml_safetensors_meta(st, "ps.format"), *opt = dml_safetensors_meta(st, "ps.optim");
-  const char *srv = dml_safetensors_meta(st, "ps.server"), *world = dml_safetensors_meta(st, "ps.world");
+  const char *fmt = dml_safetensors_meta(st, "ps.format"),
+             *opt = dml_safetensors_meta(st, "ps.optim");
+  const char *srv = dml_safetensors_meta(st, "ps.server"),
+             *world = dml_safetensors_meta(st, "ps.world");
   const char *step = dml_safetensors_meta(st, "ps.optim.step");
-  const dml_st_tensor *tk = dml_safetensors_find(st, "ps.keys"), *tv = dml_safetensors_find(st, "ps.values");
+  const dml_st_tensor *tk = dml_safetensors_find(st, "ps.keys"),
+                      *tv = dml_safetensors_find(st, "ps.values");
   char rank[16], wsz[16];
   snprintf(rank, sizeof rank, "%d", s->me);
   snprintf(wsz, sizeof wsz, "%d", s->n);
   if (!fmt || strcmp(fmt, "1") != 0 || !opt || !srv || !world || !step || !tk || !tv) {
-    rc = dml_err_set(err, DML_EFORMAT, "ps restore %s: not a parameter-server checkpoint (metadata or tensors missing)", path);
+    rc = dml_err_set(
+        err, DML_EFORMAT,
+        "ps restore %s: not a parameter-server checkpoint (metadata or tensors missing)", path);
     goto out;
   }
   if (strcmp(opt, want_opt) != 0 || strcmp(srv, rank) != 0 || strcmp(world, wsz) != 0) {
-    rc = dml_err_set(err, DML_EFORMAT, "ps restore %s: written by server %s of %s with optimizer %s; this is server %s of %s with %s",
+    rc = dml_err_set(err, DML_EFORMAT,
+                     "ps restore %s: written by server %s of %s with optimizer %s; this is server "
+                     "%s of %s with %s",
                      path, srv, world, opt, rank, wsz, want_opt);
     goto out;
   }
   int64_t n = tk->ndim == 2 ? tk->shape[0] : -1;
-  if (n < 0 || tk->shape[1] != 2 || tv->ndim != 1 || tv->shape[0] != n || n >= (int64_t)EMPTY_SLOT) {
-    rc = dml_err_set(err, DML_EFORMAT, "ps restore %s: ps.keys must be (n, 2) and ps.values (n)", path);
+  if (n < 0 || tk->shape[1] != 2 || tv->ndim != 1 || tv->shape[0] != n ||
+      n >= (int64_t)EMPTY_SLOT) {
+    rc = dml_err_set(err, DML_EFORMAT, "ps restore %s: ps.keys must be (n, 2) and ps.values (n)",
+                     path);
     goto out;
   }
   if (parse_list(dml_safetensors_meta(st, "ps.clocks"), s->w, s->n, 1) != 0 ||
       parse_list(dml_safetensors_meta(st, "ps.last_push_ts"), s->w, s->n, 0) != 0 ||
       parse_list(dml_safetensors_meta(st, "ps.last_push_lo"), s->w, s->n, 2) != 0) {
-    rc = dml_err_set(err, DML_EFORMAT, "ps restore %s: ps.clocks / ps.last_push_ts / ps.last_push_lo must list %d numbers",
-                     path, s->n);
+    rc = dml_err_set(
+        err, DML_EFORMAT,
+        "ps restore %s: ps.clocks / ps.last_push_ts / ps.last_push_lo must list %d numbers", path,
+        s->n);
     goto out;
   }
   int S = dml_ps_num_servers(&s->cfg, s->n);
@@ -840,8 +878,9 @@ int dml_ps_server_restore(dml_ps_server *s, const char *path, dml_err *err) {
     memcpy(&key, tk->data + 2 * i, sizeof key);
     uint32_t slot;
     if (dml__ps_owner(key, S) != s->me) {
-      rc = dml_err_set(err, DML_EFORMAT, "ps restore %s: key %llu (#%lld) belongs to another server", path,
-                       (unsigned long long)key, (long long)i);
+      rc =
+          dml_err_set(err, DML_EFORMAT, "ps restore %s: key %llu (#%lld) belongs to another server",
+                      path, (unsigned long long)key, (long long)i);
       goto out;
     }
     if ((rc = lookup(s, key, 1, &slot, err)) != 0) goto out;
@@ -860,8 +899,9 @@ int dml_ps_server_restore(dml_ps_server *s, const char *path, dml_err *err) {
       snprintf(name, sizeof name, "ps.optim.%s", dml_optim_state_tensor(s->opt, i)->name);
       const dml_st_tensor *ts = dml_safetensors_find(st, name);
       if (ts == NULL || ts->ndim != 1 || ts->shape[0] != n) {
-        rc = dml_err_set(err, DML_EFORMAT, "ps restore %s: optimizer state %s missing or not (%lld)", path, name,
-                         (long long)n);
+        rc =
+            dml_err_set(err, DML_EFORMAT, "ps restore %s: optimizer state %s missing or not (%lld)",
+                        path, name, (long long)n);
         goto out;
       }
       memcpy(sd + (size_t)i * s->vcap, ts->data, (size_t)n * sizeof(float));

@@ -63,11 +63,13 @@ static void roundtrip(dml_optim_kind kind, const char *path) {
   T_OK(dml_ps_server_checkpoint(a, path, &err));
   dml_ps_server *b = make(kind);
   T_OK(dml_ps_server_restore(b, path, &err));
-  for (int i = 0; i < N; i++) T_ASSERT(dml_ps_server_value(a, keys[i]) == dml_ps_server_value(b, keys[i]));
+  for (int i = 0; i < N; i++)
+    T_ASSERT(dml_ps_server_value(a, keys[i]) == dml_ps_server_value(b, keys[i]));
   /* the next step depends on the optimizer state and (Adam) the step count */
   push(a, 5, keys, g, N);
   push(b, 5, keys, g, N);
-  for (int i = 0; i < N; i++) T_ASSERT(dml_ps_server_value(a, keys[i]) == dml_ps_server_value(b, keys[i]));
+  for (int i = 0; i < N; i++)
+    T_ASSERT(dml_ps_server_value(a, keys[i]) == dml_ps_server_value(b, keys[i]));
   /* a resent push (same timestamp) is applied once, also after a restore */
   float before = dml_ps_server_value(b, keys[0]);
   push(b, 5, keys, g, N);
@@ -91,8 +93,8 @@ int main(void) {
   dml_err err;
   T_OK(dml_comm_init(&comm, &o, &err));
   char path[256];
-  snprintf(path, sizeof path, "%s/distml_ps_ckpt_%d.safetensors", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp",
-           (int)getpid());
+  snprintf(path, sizeof path, "%s/distml_ps_ckpt_%d.safetensors",
+           getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", (int)getpid());
   roundtrip(DML_OPT_FTRL, path);
   roundtrip(DML_OPT_ADAM, path);
   roundtrip(DML_OPT_ADAGRAD, path);

@@ -24,8 +24,12 @@
 enum { DOWN_TASK = 1, DOWN_STOP = 2 };
 enum { UP_RESULT = 1, UP_HEARTBEAT = 2, UP_BYE = 3 };
 
-static void put32(unsigned char *p, uint32_t v) { memcpy(p, &v, 4); }
-static void put64(unsigned char *p, uint64_t v) { memcpy(p, &v, 8); }
+static void put32(unsigned char *p, uint32_t v) {
+  memcpy(p, &v, 4);
+}
+static void put64(unsigned char *p, uint64_t v) {
+  memcpy(p, &v, 8);
+}
 static uint32_t get32(const unsigned char *p) {
   uint32_t v;
   memcpy(&v, p, 4);
@@ -37,7 +41,9 @@ static uint64_t get64(const unsigned char *p) {
   return v;
 }
 
-void dml_farm_opts_default(dml_farm_opts *opts) { memset(opts, 0, sizeof *opts); }
+void dml_farm_opts_default(dml_farm_opts *opts) {
+  memset(opts, 0, sizeof *opts);
+}
 
 static int resolve_opts(const dml_farm_opts *in, dml_farm_opts *o, dml_err *err) {
   if (in != NULL)
@@ -79,16 +85,16 @@ typedef struct master {
   const dml_farm_task *tasks;
   size_t ntasks;
   dml_farm_result *results;
-  unsigned char *done;   /* per task */
-  int *kills;            /* per task */
-  size_t *queue;         /* ring of task ids */
+  unsigned char *done; /* per task */
+  int *kills;          /* per task */
+  size_t *queue;       /* ring of task ids */
   size_t qhead, qlen;
-  wstate *w;             /* indexed by rank; 0 unused */
-  int n;                 /* world size */
+  wstate *w; /* indexed by rank; 0 unused */
+  int n;     /* world size */
   int alive;
   size_t ndone;
   dml_farm_stats st;
-  unsigned char *sbuf;   /* one DOWN frame */
+  unsigned char *sbuf; /* one DOWN frame */
   size_t down_bytes, up_bytes;
   char last_loss[200];
 } master;
@@ -106,7 +112,8 @@ static size_t q_pop_front(master *m) {
   return t;
 }
 
-static void finish_task(master *m, size_t t, int status, int worker, const void *data, size_t bytes) {
+static void finish_task(master *m, size_t t, int status, int worker, const void *data,
+                        size_t bytes) {
   dml_farm_result *r = &m->results[t];
   r->status = status;
   r->worker = worker;
@@ -147,7 +154,8 @@ static void lose_worker(master *m, int r, const char *why) {
     if (i == 0) m->kills[t]++;
     if (m->kills[t] >= m->o.max_kills) {
       char msg[96];
-      int len = snprintf(msg, sizeof msg, "task %zu was running on %d workers that died", t, m->kills[t]);
+      int len =
+          snprintf(msg, sizeof msg, "task %zu was running on %d workers that died", t, m->kills[t]);
       dml_log(DML_LOG_ERROR, "farm: %s (last: %s)", msg, m->last_loss);
       finish_task(m, t, DML_EPEER, -1, msg, len > 0 ? (size_t)len + 1 : 0);
     } else {
@@ -195,7 +203,8 @@ static const char *handle_up(master *m, int r) {
   for (int i = 0; i < w->ninflight; i++)
     if (w->inflight[i] == t) held = i;
   if (held < 0) return "bad frame (result for a task it was not given)";
-  memmove(&w->inflight[held], &w->inflight[held + 1], (size_t)(w->ninflight - held - 1) * sizeof(size_t));
+  memmove(&w->inflight[held], &w->inflight[held + 1],
+          (size_t)(w->ninflight - held - 1) * sizeof(size_t));
   w->ninflight--;
   if (m->done[t]) {
     m->st.duplicates++;
@@ -241,9 +250,11 @@ int dml_farm_run(dml_comm *c, const dml_farm_opts *opts, const dml_farm_task *ta
   if (rc != 0) return rc;
   if (c == NULL || (ntasks > 0 && (tasks == NULL || results == NULL)))
     return dml_err_set(err, DML_EINVAL, "farm: no communicator, tasks or results");
-  if (dml_comm_rank(c) != 0) return dml_err_set(err, DML_ESTATE, "farm: dml_farm_run runs on rank 0");
+  if (dml_comm_rank(c) != 0)
+    return dml_err_set(err, DML_ESTATE, "farm: dml_farm_run runs on rank 0");
   m.n = dml_comm_size(c);
-  if (m.n < 2 && ntasks > 0) return dml_err_set(err, DML_EINVAL, "farm: no worker ranks (world size 1)");
+  if (m.n < 2 && ntasks > 0)
+    return dml_err_set(err, DML_EINVAL, "farm: no worker ranks (world size 1)");
   for (size_t t = 0; t < ntasks; t++) {
     results[t] = (dml_farm_result){0, NULL, 0, -1, 0};
     const char *h = tasks[t].handler;
@@ -293,7 +304,8 @@ int dml_farm_run(dml_comm *c, const dml_farm_opts *opts, const dml_farm_task *ta
   long idle_ns = 20000;
   while (m.ndone < ntasks) {
     if (m.alive == 0) {
-      rc = dml_err_set(err, DML_EPEER, "farm: no worker left with %zu of %zu tasks unfinished (last lost: %s)",
+      rc = dml_err_set(err, DML_EPEER,
+                       "farm: no worker left with %zu of %zu tasks unfinished (last lost: %s)",
                        ntasks - m.ndone, ntasks, m.last_loss);
       goto out_progress;
     }
@@ -333,7 +345,8 @@ int dml_farm_run(dml_comm *c, const dml_farm_opts *opts, const dml_farm_task *ta
     }
     if (m.o.progress) {
       char status[64];
-      snprintf(status, sizeof status, "%d workers, %llu re-issued", m.alive, (unsigned long long)m.st.reissued);
+      snprintf(status, sizeof status, "%d workers, %llu re-issued", m.alive,
+               (unsigned long long)m.st.reissued);
       dml_progress_update(&prog, m.ndone, status);
     }
     /* Nothing happened: back off from 20 us to 1 ms so a master waiting on long tasks does not
@@ -436,7 +449,8 @@ int dml_farm_serve(dml_comm *c, const dml_farm_opts *opts, const dml_farm_handle
   if (rc != 0) return rc;
   if (c == NULL || (nhandlers > 0 && handlers == NULL))
     return dml_err_set(err, DML_EINVAL, "farm: no communicator or handlers");
-  if (dml_comm_rank(c) == 0) return dml_err_set(err, DML_ESTATE, "farm: rank 0 is the master, not a worker");
+  if (dml_comm_rank(c) == 0)
+    return dml_err_set(err, DML_ESTATE, "farm: rank 0 is the master, not a worker");
   size_t down_bytes = DOWN_HDR + o.max_payload_bytes, up_bytes = UP_HDR + o.max_result_bytes;
   unsigned char *in = dml__malloc(down_bytes), *out = dml__calloc(1, up_bytes);
   hb h = {c, o.hb_ms, up_bytes, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0};
@@ -478,8 +492,9 @@ int dml_farm_serve(dml_comm *c, const dml_farm_opts *opts, const dml_farm_handle
     uint32_t len = get32(in + 20);
     if (get32(in) != FARM_MAGIC || (kind != DOWN_TASK && kind != DOWN_STOP) ||
         len > o.max_payload_bytes || memchr(in + 24, 0, NAME_MAX_BYTES) == NULL) {
-      rc = dml_err_set(err, DML_EPROTO, "farm: bad task frame from the master (kind %u, payload %u bytes)",
-                       kind, len);
+      rc = dml_err_set(err, DML_EPROTO,
+                       "farm: bad task frame from the master (kind %u, payload %u bytes)", kind,
+                       len);
       goto out;
     }
     if (kind == DOWN_STOP) {
@@ -494,7 +509,8 @@ int dml_farm_serve(dml_comm *c, const dml_farm_opts *opts, const dml_farm_handle
       put32(out, FARM_MAGIC);
       put32(out + 4, UP_BYE);
       rc = dml_comm_send(c, 0, FARM_TAG_UP, out, up_bytes);
-      if (rc != 0) dml_err_set(err, rc, "farm: goodbye to the master failed: %s", dml_comm_errmsg(c));
+      if (rc != 0)
+        dml_err_set(err, rc, "farm: goodbye to the master failed: %s", dml_comm_errmsg(c));
       goto out;
     }
     const char *name = (const char *)in + 24;
@@ -505,7 +521,9 @@ int dml_farm_serve(dml_comm *c, const dml_farm_opts *opts, const dml_farm_handle
     int status;
     if (hd == NULL) {
       status = DML_EINVAL;
-      out_len = (size_t)snprintf((char *)out + UP_HDR, o.max_result_bytes, "no handler named '%s'", name) + 1;
+      out_len = (size_t)snprintf((char *)out + UP_HDR, o.max_result_bytes, "no handler named '%s'",
+                                 name) +
+                1;
       if (out_len > o.max_result_bytes) out_len = o.max_result_bytes;
     } else {
       status = hd->fn(hd->user, in + DOWN_HDR, len, out + UP_HDR, o.max_result_bytes, &out_len);
@@ -516,7 +534,7 @@ int dml_farm_serve(dml_comm *c, const dml_farm_opts *opts, const dml_farm_handle
     }
     put32(out, FARM_MAGIC);
     put32(out + 4, UP_RESULT);
-    memcpy(out + 8, in + 8, 8); /* task id */
+    memcpy(out + 8, in + 8, 8);   /* task id */
     memcpy(out + 16, in + 16, 4); /* attempt */
     put32(out + 20, (uint32_t)status);
     put32(out + 24, (uint32_t)out_len);

@@ -14,8 +14,8 @@ enum { MODE_PLAIN, MODE_KILL, MODE_STOP, MODE_POISON, MODE_HOSTILE };
 typedef struct cfg {
   int mode;
   size_t ntasks;
-  int victim;      /* rank that kills/stops itself (MODE_KILL, MODE_STOP) */
-  int after;       /* ... when it starts its after-th task */
+  int victim; /* rank that kills/stops itself (MODE_KILL, MODE_STOP) */
+  int after;  /* ... when it starts its after-th task */
 } cfg;
 
 typedef struct wuser {
@@ -24,14 +24,17 @@ typedef struct wuser {
   int calls;
 } wuser;
 
-static int square(void *user, const void *in, size_t in_bytes, void *out, size_t out_cap, size_t *out_bytes) {
+static int square(void *user, const void *in, size_t in_bytes, void *out, size_t out_cap,
+                  size_t *out_bytes) {
   wuser *u = user;
   uint64_t x;
   if (in_bytes != sizeof x || out_cap < sizeof x) return DML_EINVAL;
   memcpy(&x, in, sizeof x);
   u->calls++;
-  if (u->cf->mode == MODE_KILL && u->rank == u->cf->victim && u->calls == u->cf->after) raise(SIGKILL);
-  if (u->cf->mode == MODE_STOP && u->rank == u->cf->victim && u->calls == u->cf->after) raise(SIGSTOP);
+  if (u->cf->mode == MODE_KILL && u->rank == u->cf->victim && u->calls == u->cf->after)
+    raise(SIGKILL);
+  if (u->cf->mode == MODE_STOP && u->rank == u->cf->victim && u->calls == u->cf->after)
+    raise(SIGSTOP);
   if (u->cf->mode == MODE_POISON && x == 7) raise(SIGKILL);
   if (u->cf->mode != MODE_PLAIN) {
     struct timespec ts = {0, 500000}; /* 0.5 ms: the run lasts long enough to lose a worker */
@@ -120,13 +123,16 @@ static int master_rank(int rank, int n, int port, void *arg) {
   int bad = 0;
   for (size_t t = 0; t < nt; t++) {
     if (cf->mode == MODE_POISON && t == 7) {
-      if (res[t].status != DML_EPEER || res[t].data == NULL || strstr(res[t].data, "task 7") == NULL) bad = 1;
+      if (res[t].status != DML_EPEER || res[t].data == NULL ||
+          strstr(res[t].data, "task 7") == NULL)
+        bad = 1;
       continue;
     }
     uint64_t y = 0;
-    if (res[t].status != 0 || res[t].bytes != sizeof y || res[t].worker < 1 || res[t].worker >= n || res[t].attempts < 1) {
-      fprintf(stderr, "task %zu: status %d bytes %zu worker %d attempts %d\n", t, res[t].status, res[t].bytes,
-              res[t].worker, res[t].attempts);
+    if (res[t].status != 0 || res[t].bytes != sizeof y || res[t].worker < 1 || res[t].worker >= n ||
+        res[t].attempts < 1) {
+      fprintf(stderr, "task %zu: status %d bytes %zu worker %d attempts %d\n", t, res[t].status,
+              res[t].bytes, res[t].worker, res[t].attempts);
       bad = 1;
       continue;
     }
@@ -135,22 +141,23 @@ static int master_rank(int rank, int n, int port, void *arg) {
   }
   R_ASSERT(!bad);
   fprintf(stderr, "master: done %llu failed %llu reissued %llu duplicates %llu lost %d in %.3f s\n",
-          (unsigned long long)st.done, (unsigned long long)st.failed, (unsigned long long)st.reissued,
-          (unsigned long long)st.duplicates, st.workers_lost, st.wall_s);
+          (unsigned long long)st.done, (unsigned long long)st.failed,
+          (unsigned long long)st.reissued, (unsigned long long)st.duplicates, st.workers_lost,
+          st.wall_s);
   switch (cf->mode) {
-  case MODE_PLAIN:
-    R_ASSERT(res[nt].status == DML_EINVAL && res[nt].data && strstr(res[nt].data, "nosuch"));
-    R_ASSERT(st.done == nt && st.failed == 1 && st.workers_lost == 0 && st.reissued == 0);
-    break;
-  case MODE_KILL:
-  case MODE_STOP:
-  case MODE_HOSTILE:
-    R_ASSERT(st.done == nt && st.failed == 0 && st.workers_lost == 1 && st.reissued >= 1);
-    for (size_t t = 0; t < nt; t++) R_ASSERT(res[t].worker != cf->victim || res[t].attempts >= 1);
-    break;
-  case MODE_POISON:
-    R_ASSERT(st.done == nt - 1 && st.failed == 1 && st.workers_lost == 3 && res[7].attempts == 3);
-    break;
+    case MODE_PLAIN:
+      R_ASSERT(res[nt].status == DML_EINVAL && res[nt].data && strstr(res[nt].data, "nosuch"));
+      R_ASSERT(st.done == nt && st.failed == 1 && st.workers_lost == 0 && st.reissued == 0);
+      break;
+    case MODE_KILL:
+    case MODE_STOP:
+    case MODE_HOSTILE:
+      R_ASSERT(st.done == nt && st.failed == 0 && st.workers_lost == 1 && st.reissued >= 1);
+      for (size_t t = 0; t < nt; t++) R_ASSERT(res[t].worker != cf->victim || res[t].attempts >= 1);
+      break;
+    case MODE_POISON:
+      R_ASSERT(st.done == nt - 1 && st.failed == 1 && st.workers_lost == 3 && res[7].attempts == 3);
+      break;
   }
   dml_farm_results_free(res, total);
   if (cf->mode == MODE_PLAIN) {

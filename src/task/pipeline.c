@@ -21,15 +21,15 @@ typedef struct chunk {
 } chunk;
 
 typedef struct slot {
-  int state;              /* SLOT_..., guarded by p->mu */
-  uint64_t epoch, batch;  /* what it holds */
+  int state;             /* SLOT_..., guarded by p->mu */
+  uint64_t epoch, batch; /* what it holds */
   size_t count;
-  unsigned char *elems;   /* batch_size x elem_bytes */
-  void **elem_ptrs;       /* batch_size pointers into elems */
-  unsigned char *data;    /* batch_bytes */
-  uint64_t *idx;          /* batch_size */
+  unsigned char *elems; /* batch_size x elem_bytes */
+  void **elem_ptrs;     /* batch_size pointers into elems */
+  unsigned char *data;  /* batch_bytes */
+  uint64_t *idx;        /* batch_size */
   chunk *chunks;
-  size_t nchunks;         /* used by the current batch */
+  size_t nchunks; /* used by the current batch */
   _Atomic size_t chunks_left;
   _Atomic int started;
   _Atomic int err;
@@ -53,7 +53,7 @@ struct dml_pipe {
   uint64_t *buf;     /* shuffle buffer scratch */
   uint64_t nbatches; /* of this epoch */
   uint64_t next_sched, next_deliver, delivered;
-  int failed;        /* sticky callback error of this epoch */
+  int failed; /* sticky callback error of this epoch */
 
   pthread_mutex_t mu; /* slot states */
   pthread_cond_t cv;  /* a slot became ready */
@@ -64,7 +64,9 @@ struct dml_pipe {
   char errmsg[256];
 };
 
-void dml_pipe_opts_default(dml_pipe_opts *opts) { memset(opts, 0, sizeof *opts); }
+void dml_pipe_opts_default(dml_pipe_opts *opts) {
+  memset(opts, 0, sizeof *opts);
+}
 
 static void slot_free_buffers(slot *s) {
   dml__free(s->elems);
@@ -88,7 +90,8 @@ int dml_pipe_create(dml_pool *pool, const dml_pipe_opts *opts, dml_pipe **out, d
     return dml_err_set(err, DML_EINVAL, "pipe: %llu elements per epoch is more than 2^40",
                        (unsigned long long)o->n);
   if (o->shuffle_buffer > ((size_t)1 << 30))
-    return dml_err_set(err, DML_EINVAL, "pipe: shuffle buffer of %zu is more than 2^30", o->shuffle_buffer);
+    return dml_err_set(err, DML_EINVAL, "pipe: shuffle buffer of %zu is more than 2^30",
+                       o->shuffle_buffer);
   int ovf = 0;
   size_t elems_bytes = dml__mul_size(o->batch_size, o->elem_bytes, &ovf);
   uint64_t slot_bytes = (uint64_t)elems_bytes + o->batch_bytes;
@@ -102,7 +105,8 @@ int dml_pipe_create(dml_pool *pool, const dml_pipe_opts *opts, dml_pipe **out, d
                        (unsigned long long)slot_bytes, o->batch_size, o->elem_bytes, o->batch_bytes,
                        (unsigned long long)budget);
   size_t prefetch = o->prefetch ? o->prefetch : 2;
-  if (prefetch > 1024) return dml_err_set(err, DML_EINVAL, "pipe: prefetch %zu is more than 1024", prefetch);
+  if (prefetch > 1024)
+    return dml_err_set(err, DML_EINVAL, "pipe: prefetch %zu is more than 1024", prefetch);
   size_t nslots = prefetch + 1;
   if ((uint64_t)nslots > budget / slot_bytes) nslots = (size_t)(budget / slot_bytes);
 
@@ -418,7 +422,9 @@ void dml_pipe_get_stats(const dml_pipe *p, dml_pipe_stats *st) {
   st->slots = p->nslots;
 }
 
-const char *dml_pipe_errmsg(const dml_pipe *p) { return p->errmsg; }
+const char *dml_pipe_errmsg(const dml_pipe *p) {
+  return p->errmsg;
+}
 
 void dml_pipe_destroy(dml_pipe *p) {
   if (p == NULL) return;

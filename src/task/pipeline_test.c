@@ -35,7 +35,8 @@ static int map_fn(void *vctx, uint64_t epoch, uint64_t index, dml_rng *rng, void
   return dml_augment_image(&c->aug, rng, e->img, H, W, 1, NULL);
 }
 
-static int collate_fn(void *vctx, void *const *elems, const uint64_t *idx, size_t count, void *batch) {
+static int collate_fn(void *vctx, void *const *elems, const uint64_t *idx, size_t count,
+                      void *batch) {
   (void)vctx;
   elem *b = batch;
   for (size_t i = 0; i < count; i++) {
@@ -73,7 +74,8 @@ static dml_pool *make_pool(unsigned n) {
 }
 
 /* One epoch into out: batches placed by batch number (nb of them, each BS elements wide). */
-static size_t run_epoch(dml_pipe *p, uint64_t epoch, elem *out, size_t max_batches, size_t *counts) {
+static size_t run_epoch(dml_pipe *p, uint64_t epoch, elem *out, size_t max_batches,
+                        size_t *counts) {
   T_OK(dml_pipe_start(p, epoch));
   size_t nb = 0;
   dml_pipe_batch b;
@@ -319,7 +321,8 @@ static void test_augment(void) {
           for (int x = 0; x < AW && ok; x++)
             for (int k = 0; k < AC; k++) {
               int sy = y - dy, sx = x - dx;
-              float want = (sy < 0 || sy >= AH || sx < 0 || sx >= AW) ? 0.0f : orig[(sy * AW + sx) * AC + k];
+              float want =
+                  (sy < 0 || sy >= AH || sx < 0 || sx >= AW) ? 0.0f : orig[(sy * AW + sx) * AC + k];
               if (img[(y * AW + x) * AC + k] != want) ok = 0;
             }
         if (ok) {

@@ -75,8 +75,8 @@ typedef struct worker {
   _Alignas(DML__CACHE_LINE) dml_pool *pool;
   unsigned index;
   uint64_t rng;
-  task *free;    /* private free list */
-  slab *slabs;   /* slabs this worker allocated (freed by the pool) */
+  task *free;  /* private free list */
+  slab *slabs; /* slabs this worker allocated (freed by the pool) */
   counters c;
   pthread_t thread;
   int started;
@@ -251,8 +251,7 @@ static void sleep_until_woken(dml_pool *pool, sleeper *sl, const wait_cond *wc, 
   atomic_thread_fence(memory_order_seq_cst);
   if (wc != NULL) wc->mark(wc->ctx, 1);
   int skip = atomic_load_explicit(&pool->shutdown, memory_order_seq_cst) ||
-             (kind != SLEEP_WAITER && has_work(pool)) ||
-             (wc != NULL && wc->done(wc->ctx));
+             (kind != SLEEP_WAITER && has_work(pool)) || (wc != NULL && wc->done(wc->ctx));
   if (!skip) {
     if (is_worker) atomic_fetch_add_explicit(&pool->nworkers_asleep, 1, memory_order_relaxed);
     while (!sl->woken) pthread_cond_wait(&sl->cv, &pool->sleep_mu);
@@ -262,7 +261,8 @@ static void sleep_until_woken(dml_pool *pool, sleeper *sl, const wait_cond *wc, 
     for (sleeper **pp = list; *pp != NULL; pp = &(*pp)->next) {
       if (*pp == sl) {
         *pp = sl->next;
-        if (kind != SLEEP_WAITER) atomic_fetch_sub_explicit(&pool->nsleeping, 1, memory_order_relaxed);
+        if (kind != SLEEP_WAITER)
+          atomic_fetch_sub_explicit(&pool->nsleeping, 1, memory_order_relaxed);
         break;
       }
     }
@@ -338,7 +338,8 @@ static task *steal_any(dml_pool *pool, worker *w) {
 static task *find_work(dml_pool *pool, worker *w) {
   task *t;
   if (w != NULL && (t = dml__deque_take(&w->dq)) != NULL) return t;
-  if (atomic_load_explicit(&pool->inj_count, memory_order_relaxed) > 0 && (t = inj_pop(pool)) != NULL)
+  if (atomic_load_explicit(&pool->inj_count, memory_order_relaxed) > 0 &&
+      (t = inj_pop(pool)) != NULL)
     return t;
   return steal_any(pool, w);
 }
@@ -491,7 +492,9 @@ static int spawn_task(dml_pool *pool, group_impl *g, dml_task_fn fn, void *arg,
 /* ---------------------------------------------------------------------------------------------
  * Pool */
 
-void dml_pool_opts_default(dml_pool_opts *opts) { memset(opts, 0, sizeof *opts); }
+void dml_pool_opts_default(dml_pool_opts *opts) {
+  memset(opts, 0, sizeof *opts);
+}
 
 int dml_pool_create(const dml_pool_opts *opts, dml_pool **out, dml_err *err) {
   dml_pool_opts o;
@@ -526,7 +529,8 @@ int dml_pool_create(const dml_pool_opts *opts, dml_pool **out, dml_err *err) {
     rc = dml_err_set(err, DML_ENOMEM, "pool: out of memory for %u workers", n);
     goto fail;
   }
-  uintptr_t p = ((uintptr_t)pool->workers_raw + DML__CACHE_LINE - 1) & ~(uintptr_t)(DML__CACHE_LINE - 1);
+  uintptr_t p =
+      ((uintptr_t)pool->workers_raw + DML__CACHE_LINE - 1) & ~(uintptr_t)(DML__CACHE_LINE - 1);
   pool->workers = (worker *)p;
   for (unsigned i = 0; i < n; i++) {
     worker *w = &pool->workers[i];
@@ -609,7 +613,9 @@ void dml_pool_destroy(dml_pool *pool) {
   dml__free(pool);
 }
 
-unsigned dml_pool_nthreads(const dml_pool *pool) { return pool->n; }
+unsigned dml_pool_nthreads(const dml_pool *pool) {
+  return pool->n;
+}
 
 int dml_pool_worker_index(const dml_pool *pool) {
   worker *w = current_worker(pool);
@@ -637,7 +643,9 @@ void dml_pool_get_stats(const dml_pool *pool, dml_pool_stats *st) {
 /* ---------------------------------------------------------------------------------------------
  * Task groups */
 
-static inline group_impl *gi(const dml_task_group *g) { return (group_impl *)(uintptr_t)g; }
+static inline group_impl *gi(const dml_task_group *g) {
+  return (group_impl *)(uintptr_t)g;
+}
 
 void dml_task_group_init(dml_task_group *g, dml_pool *pool) {
   group_impl *x = gi(g);
@@ -689,7 +697,9 @@ void dml_task_group_cancel(dml_task_group *g) {
   atomic_store_explicit(&gi(g)->canceled, 1, memory_order_relaxed);
 }
 
-int dml_task_group_is_canceled(const dml_task_group *g) { return group_is_canceled(gi(g)); }
+int dml_task_group_is_canceled(const dml_task_group *g) {
+  return group_is_canceled(gi(g));
+}
 
 /* ---------------------------------------------------------------------------------------------
  * Parallel-for: a range task keeps the left half and spawns the right half until it is no
@@ -872,7 +882,9 @@ int dml_future_wait(dml_future *f, void **value) {
   return st;
 }
 
-int dml_future_is_done(const dml_future *f) { return future_done_pred((void *)(uintptr_t)f); }
+int dml_future_is_done(const dml_future *f) {
+  return future_done_pred((void *)(uintptr_t)f);
+}
 
 void dml_future_release(dml_future *f) {
   if (f != NULL) future_unref(f);

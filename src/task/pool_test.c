@@ -115,7 +115,9 @@ static void test_parallel_for(void) {
     for (int64_t i = 0; i < n; i++) want += i * 3 + 1;
     T_EQ_INT(atomic_load(&c.sum), want);
     for (int64_t i = 0; i < n; i++)
-      if (atomic_load(&hits[i]) != 1) T_FAIL("grain %lld: index %lld hit %d times", (long long)grains[gi], (long long)i, atomic_load(&hits[i]));
+      if (atomic_load(&hits[i]) != 1)
+        T_FAIL("grain %lld: index %lld hit %d times", (long long)grains[gi], (long long)i,
+               atomic_load(&hits[i]));
     T_EQ_INT(c.bad_piece, 0);
     if (grains[gi] > 0) /* halving gives at least ceil(n / grain) pieces */
       T_ASSERT(atomic_load(&c.pieces) >= (n + grains[gi] - 1) / grains[gi]);
@@ -143,10 +145,10 @@ static int pf_fail_body(int64_t lo, int64_t hi, void *arg) {
 static _Atomic int g_seq;
 
 typedef struct node {
-  int order;   /* when it ran (0-based), -1 if never */
+  int order; /* when it ran (0-based), -1 if never */
   long value;
   long add;
-  int fail;    /* return this status */
+  int fail; /* return this status */
   struct node *in[2];
   int nin;
 } node;
@@ -427,7 +429,9 @@ static void *oom_calloc(size_t c, size_t n) {
   if (atomic_load(&g_alloc_budget) >= 0 && atomic_fetch_sub(&g_alloc_budget, 1) <= 0) return NULL;
   return calloc(c, n);
 }
-static void *oom_realloc(void *p, size_t n) { return realloc(p, n); }
+static void *oom_realloc(void *p, size_t n) {
+  return realloc(p, n);
+}
 
 static void test_oom(void) {
   T_OK(dml_replace_allocator(oom_malloc, oom_realloc, oom_calloc, free));

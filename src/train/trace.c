@@ -52,7 +52,9 @@ static void write_events(FILE *f, const dml__trace_event *ev, size_t n, int rank
     char name[sizeof(ev[i].name)], cat[sizeof(ev[i].cat)];
     json_safe(name, ev[i].name, sizeof(name));
     json_safe(cat, ev[i].cat, sizeof(cat));
-    fprintf(f, "%s\n{\"name\":\"%s\",\"cat\":\"%s\",\"ph\":\"X\",\"pid\":%d,\"tid\":%d,\"ts\":%.3f,\"dur\":%.3f}",
+    fprintf(f,
+            "%s\n{\"name\":\"%s\",\"cat\":\"%s\",\"ph\":\"X\",\"pid\":%d,\"tid\":%d,\"ts\":%.3f,"
+            "\"dur\":%.3f}",
             *first ? "" : ",", name, cat, rank, ev[i].tid, ev[i].start_ns / 1e3,
             ev[i].dur_ns / 1e3);
     *first = 0;
@@ -66,7 +68,8 @@ int dml__trace_write(dml__trace *t, dml_comm *comm, const char *path, dml_err *e
     uint64_t n = t->n;
     rc = dml_comm_send(comm, 0, TRACE_TAG, &n, sizeof(n));
     if (rc == 0 && n) rc = dml_comm_send(comm, 0, TRACE_TAG, t->ev, n * sizeof(*t->ev));
-    if (rc != 0) return dml_err_set(err, rc, "trace: sending events to rank 0: %s", dml_comm_errmsg(comm));
+    if (rc != 0)
+      return dml_err_set(err, rc, "trace: sending events to rank 0: %s", dml_comm_errmsg(comm));
     return 0;
   }
   dml_atomic_file af;
@@ -74,8 +77,10 @@ int dml__trace_write(dml__trace *t, dml_comm *comm, const char *path, dml_err *e
   fprintf(af.f, "{\"displayTimeUnit\":\"ms\",\"traceEvents\":[");
   int first = 1;
   for (int r = 0; r < size; r++) {
-    fprintf(af.f, "%s\n{\"name\":\"process_name\",\"ph\":\"M\",\"pid\":%d,\"args\":{\"name\":\"rank %d\"}}",
-            first ? "" : ",", r, r);
+    fprintf(
+        af.f,
+        "%s\n{\"name\":\"process_name\",\"ph\":\"M\",\"pid\":%d,\"args\":{\"name\":\"rank %d\"}}",
+        first ? "" : ",", r, r);
     first = 0;
   }
   write_events(af.f, t->ev, t->n, 0, &first);

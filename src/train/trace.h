@@ -16,11 +16,11 @@ typedef struct dml__trace_event {
   char cat[12];      /* "compute", "wait", "allreduce", "io", "eval" */
   uint64_t start_ns; /* since the trace began */
   uint64_t dur_ns;
-  int tid;           /* 0: training thread, 1: communication thread */
+  int tid; /* 0: training thread, 1: communication thread */
 } dml__trace_event;
 
 typedef struct dml__trace {
-  int enabled;       /* 0: every call is a no-op */
+  int enabled; /* 0: every call is a no-op */
   uint64_t t0_ns;
   dml__trace_event *ev;
   size_t n, cap;

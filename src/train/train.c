@@ -17,7 +17,6 @@
 #include "core/internal.h"
 #include "train/trace.h"
 
-
 void dml_train_config_init(dml_train_config *cfg) {
   memset(cfg, 0, sizeof(*cfg));
   cfg->strategy = DML_STRATEGY_LOCAL;
@@ -38,9 +37,9 @@ void dml_train_config_init(dml_train_config *cfg) {
  * Gradient buckets. */
 
 typedef struct bucket {
-  size_t offset, count;  /* floats of the gradient buffer */
-  int first_layer;       /* the lowest layer index in the bucket: its completion launches it */
-  dml_coll_req *req;     /* in flight, or NULL */
+  size_t offset, count; /* floats of the gradient buffer */
+  int first_layer;      /* the lowest layer index in the bucket: its completion launches it */
+  dml_coll_req *req;    /* in flight, or NULL */
   uint64_t start_ns;
 } bucket;
 
@@ -50,15 +49,15 @@ typedef struct trainer {
   int rank, world;
   dml_model *m;
   dml_optim *o;
-  size_t n;              /* parameters */
+  size_t n; /* parameters */
   bucket *buckets;
   int nbuckets;
-  int next_bucket;       /* next bucket to launch in this step */
-  int layers_done;       /* callbacks seen in this backward */
+  int next_bucket; /* next bucket to launch in this step */
+  int layers_done; /* callbacks seen in this backward */
   int nlayers;
-  int sync_now;          /* this backward ends a step whose gradients are all-reduced */
-  float grad_scale;      /* local rows / global rows of the step */
-  int failed;            /* an all-reduce could not be started */
+  int sync_now;     /* this backward ends a step whose gradients are all-reduced */
+  float grad_scale; /* local rows / global rows of the step */
+  int failed;       /* an all-reduce could not be started */
   dml__trace trace;
   uint64_t comm_ns, wait_ns;
   dml_err *err;
@@ -103,8 +102,9 @@ static uint64_t config_hash(const trainer *t) {
   const dml_train_config *c = t->cfg;
   const dml_model_config *mc = dml_model_get_config(t->m);
   uint64_t h = 0xcbf29ce484222325ull;
-  int v[] = {(int)mc->kind, mc->in_dim, mc->num_classes, mc->num_hidden, c->batch, c->accumulate,
-             c->sync_every, (int)c->wire_dtype, c->epochs, (int)c->strategy, (int)c->optim.kind};
+  int v[] = {(int)mc->kind, mc->in_dim,       mc->num_classes,   mc->num_hidden,
+             c->batch,      c->accumulate,    c->sync_every,     (int)c->wire_dtype,
+             c->epochs,     (int)c->strategy, (int)c->optim.kind};
   h = fnv1a(h, v, sizeof(v));
   h = fnv1a(h, mc->hidden, sizeof(int) * (size_t)mc->num_hidden);
   h = fnv1a(h, &t->n, sizeof(t->n));
@@ -188,7 +188,8 @@ static int wait_buckets(trainer *t) {
       dml__trace_add(&t->trace, "wait", "wait", 0, w0);
     }
     if (r != 0 && rc == 0)
-      rc = dml_err_set(t->err, r, "all-reduce of gradient bucket %d: %s", i, dml_coll_errmsg(t->comm));
+      rc = dml_err_set(t->err, r, "all-reduce of gradient bucket %d: %s", i,
+                       dml_coll_errmsg(t->comm));
   }
   t->next_bucket = 0;
   return rc;
@@ -213,11 +214,13 @@ static int pipe_map(void *ctx, uint64_t epoch, uint64_t index, dml_rng *rng, voi
   float *x = out;
   memcpy(x, pc->ds->x + (size_t)row * (size_t)dim, sizeof(float) * (size_t)dim);
   memcpy(x + dim, &pc->ds->y[row], sizeof(int32_t));
-  if (pc->aug != NULL) return dml_augment_image(pc->aug, rng, x, (size_t)pc->side, (size_t)pc->side, 1, NULL);
+  if (pc->aug != NULL)
+    return dml_augment_image(pc->aug, rng, x, (size_t)pc->side, (size_t)pc->side, 1, NULL);
   return 0;
 }
 
-static int pipe_collate(void *ctx, void *const *elems, const uint64_t *idx, size_t count, void *batch) {
+static int pipe_collate(void *ctx, void *const *elems, const uint64_t *idx, size_t count,
+                        void *batch) {
   (void)idx;
   const pipe_ctx *pc = ctx;
   int dim = pc->ds->dim;
@@ -324,7 +327,8 @@ out:
  * atomically by rank 0; every rank restores from the newest. */
 
 static int checkpoint_path(char *out, size_t cap, const char *dir, int epoch) {
-  return snprintf(out, cap, "%s/ckpt-epoch-%06d.safetensors", dir, epoch) < (int)cap ? 0 : DML_EINVAL;
+  return snprintf(out, cap, "%s/ckpt-epoch-%06d.safetensors", dir, epoch) < (int)cap ? 0
+                                                                                     : DML_EINVAL;
 }
 
 static int latest_checkpoint(const char *dir, int *epoch_out, dml_err *err) {
@@ -334,7 +338,8 @@ static int latest_checkpoint(const char *dir, int *epoch_out, dml_err *err) {
       *epoch_out = 0;
       return 0;
     }
-    return dml_err_set(err, DML_EIO, "%s: cannot open checkpoint directory: %s", dir, strerror(errno));
+    return dml_err_set(err, DML_EIO, "%s: cannot open checkpoint directory: %s", dir,
+                       strerror(errno));
   }
   int best = 0;
   struct dirent *e;
@@ -342,8 +347,8 @@ static int latest_checkpoint(const char *dir, int *epoch_out, dml_err *err) {
     int ep;
     char tail[32];
     /* Only complete files: temporaries are "....safetensors.tmp.<pid>". */
-    if (sscanf(e->d_name, "ckpt-epoch-%d.%31s", &ep, tail) == 2 && strcmp(tail, "safetensors") == 0 &&
-        ep > best)
+    if (sscanf(e->d_name, "ckpt-epoch-%d.%31s", &ep, tail) == 2 &&
+        strcmp(tail, "safetensors") == 0 && ep > best)
       best = ep;
   }
   closedir(d);
@@ -354,7 +359,8 @@ static int latest_checkpoint(const char *dir, int *epoch_out, dml_err *err) {
 static int save_checkpoint(trainer *t, int epoch, uint64_t step) {
   const char *dir = t->cfg->checkpoint_dir;
   if (mkdir(dir, 0755) != 0 && errno != EEXIST)
-    return dml_err_set(t->err, DML_EIO, "%s: cannot create checkpoint directory: %s", dir, strerror(errno));
+    return dml_err_set(t->err, DML_EIO, "%s: cannot create checkpoint directory: %s", dir,
+                       strerror(errno));
   char path[4096];
   if (checkpoint_path(path, sizeof(path), dir, epoch) != 0)
     return dml_err_set(t->err, DML_EINVAL, "%s: checkpoint path too long", dir);
@@ -385,9 +391,9 @@ static uint64_t params_hash(trainer *t) {
   return fnv1a(0xcbf29ce484222325ull, dml_model_params(t->m), t->n * sizeof(float));
 }
 
-static void metrics_line(dml_jsonl *j, int epoch, uint64_t step, double train_loss, double train_acc,
-                         double test_loss, double test_acc, double test_auc, double sps, double epoch_s,
-                         const dml_train_result *r, uint64_t bytes) {
+static void metrics_line(dml_jsonl *j, int epoch, uint64_t step, double train_loss,
+                         double train_acc, double test_loss, double test_acc, double test_auc,
+                         double sps, double epoch_s, const dml_train_result *r, uint64_t bytes) {
   dml_jsonl_begin(j);
   dml_jsonl_add_int(j, "epoch", epoch);
   dml_jsonl_add_int(j, "step", (int64_t)step);
@@ -430,9 +436,11 @@ int dml_train_run(const dml_train_config *cfg_in, const dml_dataset *train, cons
   if (cfg->strategy == DML_STRATEGY_ALLREDUCE && comm == NULL)
     return dml_err_set(err, DML_EINVAL, "the allreduce strategy needs a communicator");
   if (cfg->epochs < 1 || cfg->batch < 1 || cfg->accumulate < 1 || cfg->checkpoint_every < 1)
-    return dml_err_set(err, DML_EINVAL, "epochs, batch, accumulate and checkpoint-every must be >= 1");
+    return dml_err_set(err, DML_EINVAL,
+                       "epochs, batch, accumulate and checkpoint-every must be >= 1");
   if (cfg->batch < t.world)
-    return dml_err_set(err, DML_EINVAL, "--batch %d is smaller than the %d workers: every worker needs rows",
+    return dml_err_set(err, DML_EINVAL,
+                       "--batch %d is smaller than the %d workers: every worker needs rows",
                        cfg->batch, t.world);
   if (cfgv.model.in_dim == 0) cfgv.model.in_dim = train->dim;
   if (cfgv.model.num_classes == 0) cfgv.model.num_classes = train->num_classes;
@@ -440,8 +448,8 @@ int dml_train_run(const dml_train_config *cfg_in, const dml_dataset *train, cons
     return dml_err_set(err, DML_EINVAL, "%s has %d features, the model expects %d", train->name,
                        train->dim, cfgv.model.in_dim);
   if (test != NULL && test->dim > cfgv.model.in_dim && test->x != NULL)
-    return dml_err_set(err, DML_EINVAL, "test set %s has %d features, the training set %d", test->name,
-                       test->dim, cfgv.model.in_dim);
+    return dml_err_set(err, DML_EINVAL, "test set %s has %d features, the training set %d",
+                       test->name, test->dim, cfgv.model.in_dim);
 
   /* Rows of this rank per micro-batch: the global batch split as evenly as possible. */
   int local_batch = cfg->batch / t.world + (t.rank < cfg->batch % t.world);
@@ -454,8 +462,9 @@ int dml_train_run(const dml_train_config *cfg_in, const dml_dataset *train, cons
   if (rc != 0) return dml_err_set(err, rc, "bad shard");
   if (cfg->shard_of_rows > 0) { /* the data set holds only this rank's rows */
     if (train->n != shard_end - shard_begin)
-      return dml_err_set(err, DML_EINVAL, "%s: %d rows kept, but rank %d's shard of %lld rows has %lld",
-                         train->name, train->n, t.rank, (long long)total_rows,
+      return dml_err_set(err, DML_EINVAL,
+                         "%s: %d rows kept, but rank %d's shard of %lld rows has %lld", train->name,
+                         train->n, t.rank, (long long)total_rows,
                          (long long)(shard_end - shard_begin));
     shard_end -= shard_begin;
     shard_begin = 0;
@@ -463,8 +472,10 @@ int dml_train_run(const dml_train_config *cfg_in, const dml_dataset *train, cons
   int64_t min_shard = total_rows / t.world;
   int64_t steps_per_epoch = min_shard / max_local / cfg->accumulate;
   if (steps_per_epoch < 1)
-    return dml_err_set(err, DML_EINVAL, "%s has %lld rows: too few for a global batch of %d x %d micro-batches on %d workers",
-                       train->name, (long long)total_rows, cfg->batch, cfg->accumulate, t.world);
+    return dml_err_set(
+        err, DML_EINVAL,
+        "%s has %lld rows: too few for a global batch of %d x %d micro-batches on %d workers",
+        train->name, (long long)total_rows, cfg->batch, cfg->accumulate, t.world);
   int64_t shard_n = shard_end - shard_begin;
 
   uint32_t *order = NULL, *rows = NULL;
@@ -492,14 +503,17 @@ int dml_train_run(const dml_train_config *cfg_in, const dml_dataset *train, cons
   }
   if (cfg->loader_threads > 0 || cfg->augment.flags) {
     if (train->x == NULL) {
-      rc = dml_err_set(err, DML_EINVAL, "the input pipeline (--loader-threads, --augment) takes dense data; %s is sparse",
-                       train->name);
+      rc = dml_err_set(
+          err, DML_EINVAL,
+          "the input pipeline (--loader-threads, --augment) takes dense data; %s is sparse",
+          train->name);
       goto out;
     }
     pctx.side = (int)lround(sqrt((double)train->dim));
     if (cfg->augment.flags && pctx.side * pctx.side != train->dim) {
-      rc = dml_err_set(err, DML_EINVAL, "--augment treats rows as square images; %s has %d features", train->name,
-                       train->dim);
+      rc =
+          dml_err_set(err, DML_EINVAL, "--augment treats rows as square images; %s has %d features",
+                      train->name, train->dim);
       goto out;
     }
     dml_pool_opts po = {0};
@@ -522,7 +536,8 @@ int dml_train_run(const dml_train_config *cfg_in, const dml_dataset *train, cons
     if ((rc = dml_pipe_create(pool, &pp, &pipe, err)) != 0) goto out;
   }
   if (dp) {
-    if ((rc = check_agreement(&t, config_hash(&t), "the model shape, bucket plan and flags")) != 0) goto out;
+    if ((rc = check_agreement(&t, config_hash(&t), "the model shape, bucket plan and flags")) != 0)
+      goto out;
     /* Rank 0's initial parameters for everybody. */
     if ((rc = dml_broadcast(comm, dml_model_params(t.m), t.n, DML_F32, 0)) != 0) {
       dml_err_set(err, rc, "broadcasting the initial parameters: %s", dml_coll_errmsg(comm));
@@ -554,8 +569,8 @@ int dml_train_run(const dml_train_config *cfg_in, const dml_dataset *train, cons
   int check_replicas = dp && check_env != NULL && strcmp(check_env, "1") == 0;
   int global_rows_per_step = cfg->batch * cfg->accumulate;
   int sync_grads = dp && cfg->sync_every == 0;
-  t.grad_scale = sync_grads ? (float)local_batch / (float)global_rows_per_step
-                            : 1.0f / (float)cfg->accumulate;
+  t.grad_scale =
+      sync_grads ? (float)local_batch / (float)global_rows_per_step : 1.0f / (float)cfg->accumulate;
   dml_model_set_accumulate(t.m, cfg->accumulate > 1);
   uint64_t bytes0 = comm ? dml_comm_bytes_sent(comm) : 0;
   double train_s = 0;
@@ -573,7 +588,8 @@ int dml_train_run(const dml_train_config *cfg_in, const dml_dataset *train, cons
       holding = 0;
       dml_pipe_get_stats(pipe, &ps0);
     } else {
-      dml_epoch_order(order, (size_t)shard_n, cfg->seed * 1000003ull + (uint64_t)t.rank, (uint64_t)epoch);
+      dml_epoch_order(order, (size_t)shard_n, cfg->seed * 1000003ull + (uint64_t)t.rank,
+                      (uint64_t)epoch);
     }
     dml_progress prog;
     char label[32];
@@ -639,13 +655,14 @@ int dml_train_run(const dml_train_config *cfg_in, const dml_dataset *train, cons
       }
       if (cfg->lr_cosine) {
         double total = (double)steps_per_epoch * cfg->epochs;
-        dml_optim_set_lr(t.o, (float)(cfg->optim.lr * 0.5 * (1.0 + cos(M_PI * (double)step / total))));
+        dml_optim_set_lr(t.o,
+                         (float)(cfg->optim.lr * 0.5 * (1.0 + cos(M_PI * (double)step / total))));
       }
       uint64_t o0 = dml_now_ns();
       if (touched != NULL) {
         dml_optim_begin_step(t.o);
-        if ((rc = dml_optim_update_sparse(t.o, dml_model_params(t.m), dml_model_grads(t.m), touched, ntouched,
-                                          0)) != 0) {
+        if ((rc = dml_optim_update_sparse(t.o, dml_model_params(t.m), dml_model_grads(t.m), touched,
+                                          ntouched, 0)) != 0) {
           dml_err_set(err, rc, "sparse optimizer step: index out of range");
           goto out;
         }
@@ -665,7 +682,8 @@ int dml_train_run(const dml_train_config *cfg_in, const dml_dataset *train, cons
         uint64_t a0 = dml_now_ns();
         rc = cfg->wire_dtype == DML_F32
                  ? dml_allreduce(comm, dml_model_params(t.m), t.n, DML_F32, DML_AVG)
-                 : dml_allreduce_f32_compressed(comm, dml_model_params(t.m), t.n, cfg->wire_dtype, DML_AVG);
+                 : dml_allreduce_f32_compressed(comm, dml_model_params(t.m), t.n, cfg->wire_dtype,
+                                                DML_AVG);
         t.comm_ns += dml_now_ns() - a0;
         t.wait_ns += dml_now_ns() - a0;
         dml__trace_add(&t.trace, "model average", "allreduce", 0, a0);
@@ -674,7 +692,8 @@ int dml_train_run(const dml_train_config *cfg_in, const dml_dataset *train, cons
           goto out;
         }
       }
-      if (check_replicas && (rc = check_agreement(&t, params_hash(&t), "the parameters after a step")) != 0)
+      if (check_replicas &&
+          (rc = check_agreement(&t, params_hash(&t), "the parameters after a step")) != 0)
         goto out;
       if (show) {
         char st[96];
@@ -707,18 +726,20 @@ int dml_train_run(const dml_train_config *cfg_in, const dml_dataset *train, cons
     if (dp) {
       uint64_t sent = dml_comm_bytes_sent(comm) - e_bytes0;
       res->bytes_per_step = (double)sent / (double)steps_per_epoch;
-      res->ring_bytes_per_step = cfg->sync_every > 0
-                                     ? 2.0 * (t.world - 1) / t.world * (double)t.n * 4.0 / cfg->sync_every
-                                     : 2.0 * (t.world - 1) / t.world * (double)t.n *
-                                           (cfg->wire_dtype == DML_F32 ? 4.0 : 2.0);
+      res->ring_bytes_per_step =
+          cfg->sync_every > 0 ? 2.0 * (t.world - 1) / t.world * (double)t.n * 4.0 / cfg->sync_every
+                              : 2.0 * (t.world - 1) / t.world * (double)t.n *
+                                    (cfg->wire_dtype == DML_F32 ? 4.0 : 2.0);
       res->comm_s = (double)t.comm_ns * 1e-9 / (double)steps_per_epoch;
       res->wait_s = (double)t.wait_ns * 1e-9 / (double)steps_per_epoch;
-      res->overlap_pct = t.comm_ns > 0 ? 100.0 * (1.0 - (double)t.wait_ns / (double)t.comm_ns) : 0.0;
+      res->overlap_pct =
+          t.comm_ns > 0 ? 100.0 * (1.0 - (double)t.wait_ns / (double)t.comm_ns) : 0.0;
     }
     double tacc = NAN, tloss = NAN, tauc = NAN;
     if (test != NULL) {
       uint64_t v0 = dml_now_ns();
-      if ((rc = dml_evaluate(t.m, test, dp ? comm : NULL, &tacc, &tloss, &tauc, err)) != 0) goto out;
+      if ((rc = dml_evaluate(t.m, test, dp ? comm : NULL, &tacc, &tloss, &tauc, err)) != 0)
+        goto out;
       dml__trace_add(&t.trace, "evaluate", "eval", 0, v0);
       res->test_accuracy = tacc;
       res->test_loss = tloss;
@@ -726,28 +747,29 @@ int dml_train_run(const dml_train_config *cfg_in, const dml_dataset *train, cons
     }
     if (show) {
       char st[192];
-      int k = snprintf(st, sizeof(st), "loss %.4f acc %.4f | test loss %.4f acc %.4f", res->train_loss,
-                       res->train_accuracy, tloss, tacc);
+      int k = snprintf(st, sizeof(st), "loss %.4f acc %.4f | test loss %.4f acc %.4f",
+                       res->train_loss, res->train_accuracy, tloss, tacc);
       if (!isnan(tauc)) k += snprintf(st + k, sizeof(st) - (size_t)k, " auc %.4f", tauc);
       snprintf(st + k, sizeof(st) - (size_t)k, " | %.0f samples/s", sps);
       dml_progress_end(&prog, st);
     }
     if (metrics_open)
-      metrics_line(&metrics, epoch + 1, step, res->train_loss, res->train_accuracy, tloss, tacc, tauc,
-                   sps, epoch_train_s, res, comm ? dml_comm_bytes_sent(comm) - bytes0 : 0);
+      metrics_line(&metrics, epoch + 1, step, res->train_loss, res->train_accuracy, tloss, tacc,
+                   tauc, sps, epoch_train_s, res, comm ? dml_comm_bytes_sent(comm) - bytes0 : 0);
     if (cfg->checkpoint_dir != NULL && t.rank == 0 &&
         ((epoch + 1) % cfg->checkpoint_every == 0 || epoch + 1 == cfg->epochs)) {
       if ((rc = save_checkpoint(&t, epoch + 1, step)) != 0) goto out;
     }
-    if (cfg->stop_after_epoch > 0 && epoch + 1 == cfg->stop_after_epoch && epoch + 1 < cfg->epochs) {
+    if (cfg->stop_after_epoch > 0 && epoch + 1 == cfg->stop_after_epoch &&
+        epoch + 1 < cfg->epochs) {
       rc = dml_err_set(err, DML_ECANCELED, "stopped after epoch %d as asked", epoch + 1);
       goto out;
     }
   }
   res->steps = step;
   res->train_s = train_s;
-  res->samples_per_s = train_s > 0 ? (double)(res->epochs_done - start_epoch) * (double)steps_per_epoch *
-                                         global_rows_per_step / train_s
+  res->samples_per_s = train_s > 0 ? (double)(res->epochs_done - start_epoch) *
+                                         (double)steps_per_epoch * global_rows_per_step / train_s
                                    : 0;
   if (cfg->save_path != NULL && t.rank == 0) {
     char st[32];
@@ -755,7 +777,8 @@ int dml_train_run(const dml_train_config *cfg_in, const dml_dataset *train, cons
     dml_st_meta meta[] = {{"distml.steps", st}};
     if ((rc = dml_model_save(t.m, cfg->save_path, NULL, 0, meta, 1, err)) != 0) goto out;
   }
-  if (cfg->trace_path != NULL && (rc = dml__trace_write(&t.trace, dp ? comm : NULL, cfg->trace_path, err)) != 0)
+  if (cfg->trace_path != NULL &&
+      (rc = dml__trace_write(&t.trace, dp ? comm : NULL, cfg->trace_path, err)) != 0)
     goto out;
   res->wall_s = dml_now_s() - t_start;
 out:

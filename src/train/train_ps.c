@@ -16,13 +16,15 @@ typedef struct ps_result_wire {
   double steps, epochs_done;
 } ps_result_wire;
 
-static int run_worker(const dml_train_config *cfg, const dml_dataset *train, const dml_dataset *test,
-                      dml_comm *comm, const dml_ps_config *pcfg, int first, dml_train_result *res, dml_err *err) {
+static int run_worker(const dml_train_config *cfg, const dml_dataset *train,
+                      const dml_dataset *test, dml_comm *comm, const dml_ps_config *pcfg, int first,
+                      dml_train_result *res, dml_err *err) {
   int n = dml_comm_size(comm), rank = dml_comm_rank(comm);
   int W = dml_ps_num_workers(pcfg, n);
   int widx = pcfg->colocated ? rank : rank - pcfg->num_servers;
   if (train == NULL || train->indptr == NULL)
-    return dml_err_set(err, DML_EUNSUPPORTED, "ps train: workers need sparse (LIBSVM) training data");
+    return dml_err_set(err, DML_EUNSUPPORTED,
+                       "ps train: workers need sparse (LIBSVM) training data");
   dml_model_config mc = cfg->model;
   if (mc.in_dim == 0) mc.in_dim = train->dim;
   int local_batch = cfg->batch / W > 0 ? cfg->batch / W : 1;
@@ -55,7 +57,8 @@ static int run_worker(const dml_train_config *cfg, const dml_dataset *train, con
   uint64_t steps = 0, correct = 0, rows = 0;
   int shard_n = (int)(b1 - b0);
   for (int epoch = 0; epoch < cfg->epochs; epoch++) {
-    dml_epoch_order(order, (size_t)shard_n, cfg->seed * 1000003ull + (uint64_t)widx, (uint64_t)epoch);
+    dml_epoch_order(order, (size_t)shard_n, cfg->seed * 1000003ull + (uint64_t)widx,
+                    (uint64_t)epoch);
     for (int i = 0; i < shard_n; i++) order[i] += (uint32_t)b0;
     loss_sum = 0;
     correct = rows = 0;
@@ -69,13 +72,15 @@ static int run_worker(const dml_train_config *cfg, const dml_dataset *train, con
       if ((rc = dml_model_batch_keys(m, &b, &idx, &nk, err)) != 0) goto out;
       for (size_t k = 0; k < nk; k++) keys[k] = idx[k]; /* ascending: features, then the bias */
       uint64_t ts;
-      if ((rc = dml_ps_pull(ps, keys, vals, nk, &ts)) != 0 || (rc = dml_ps_wait(ps, ts)) != 0) goto ps_fail;
+      if ((rc = dml_ps_pull(ps, keys, vals, nk, &ts)) != 0 || (rc = dml_ps_wait(ps, ts)) != 0)
+        goto ps_fail;
       for (size_t k = 0; k < nk; k++) params[idx[k]] = vals[k];
       float loss;
       int ok;
       if ((rc = dml_model_forward_backward(m, &b, &loss, &ok, NULL, NULL, err)) != 0) goto out;
       for (size_t k = 0; k < nk; k++) vals[k] = grads[idx[k]];
-      if ((rc = dml_ps_push(ps, keys, vals, nk, &ts)) != 0 || (rc = dml_ps_wait(ps, ts)) != 0) goto ps_fail;
+      if ((rc = dml_ps_push(ps, keys, vals, nk, &ts)) != 0 || (rc = dml_ps_wait(ps, ts)) != 0)
+        goto ps_fail;
       dml_model_zero_grads(m);
       if ((rc = dml_ps_clock(ps)) != 0) goto ps_fail;
       loss_sum += (double)loss * cnt;
@@ -95,14 +100,17 @@ static int run_worker(const dml_train_config *cfg, const dml_dataset *train, con
     /* The final model: every key, once every other worker has finished or died. */
     for (size_t k = 0; k < nk_max; k++) keys[k] = k;
     uint64_t ts;
-    if ((rc = dml_ps_pull_final(ps, keys, vals, nk_max, &ts)) != 0 || (rc = dml_ps_wait(ps, ts)) != 0)
+    if ((rc = dml_ps_pull_final(ps, keys, vals, nk_max, &ts)) != 0 ||
+        (rc = dml_ps_wait(ps, ts)) != 0)
       goto ps_fail;
     memcpy(params, vals, nk_max * sizeof(float));
     if (test != NULL) {
       rc = dml_evaluate(m, test, NULL, &res->test_accuracy, &res->test_loss, &res->test_auc, err);
       if (rc) goto out;
     }
-    if (cfg->save_path != NULL && (rc = dml_model_save(m, cfg->save_path, NULL, 0, NULL, 0, err)) != 0) goto out;
+    if (cfg->save_path != NULL &&
+        (rc = dml_model_save(m, cfg->save_path, NULL, 0, NULL, 0, err)) != 0)
+      goto out;
   }
   goto out;
 ps_fail:
@@ -118,12 +126,14 @@ out:
 }
 
 int dml_train_ps_run(const dml_train_config *cfg, const dml_dataset *train, const dml_dataset *test,
-                     dml_comm *comm, const dml_ps_config *pcfg_in, dml_train_result *res, dml_err *err) {
+                     dml_comm *comm, const dml_ps_config *pcfg_in, dml_train_result *res,
+                     dml_err *err) {
   memset(res, 0, sizeof(*res));
   res->test_auc = NAN;
   if (comm == NULL) return dml_err_set(err, DML_EINVAL, "ps train: needs a communicator");
   if (cfg->model.kind != DML_MODEL_LOGREG)
-    return dml_err_set(err, DML_EUNSUPPORTED, "ps train: only --model logreg trains through the parameter server");
+    return dml_err_set(err, DML_EUNSUPPORTED,
+                       "ps train: only --model logreg trains through the parameter server");
   dml_ps_config pcfg = *pcfg_in;
   pcfg.optim = cfg->optim;
   int n = dml_comm_size(comm), rank = dml_comm_rank(comm);
@@ -142,9 +152,12 @@ int dml_train_ps_run(const dml_train_config *cfg, const dml_dataset *train, cons
       rc = dml_ps_server_run(srv, err);
       dml_ps_server_stats st;
       dml_ps_server_stats_get(srv, &st);
-      dml_log(DML_LOG_INFO, "ps server %d: %llu pushes, %llu pulls, %llu keys, %llu bytes in, %d dead workers, %d dropped peers",
-              rank, (unsigned long long)st.pushes, (unsigned long long)st.pulls, (unsigned long long)st.keys,
-              (unsigned long long)st.bytes_in, st.dead_workers, st.dropped_peers);
+      dml_log(DML_LOG_INFO,
+              "ps server %d: %llu pushes, %llu pulls, %llu keys, %llu bytes in, %d dead workers, "
+              "%d dropped peers",
+              rank, (unsigned long long)st.pushes, (unsigned long long)st.pulls,
+              (unsigned long long)st.keys, (unsigned long long)st.bytes_in, st.dead_workers,
+              st.dropped_peers);
       if (rc) goto out;
     }
   }
@@ -158,10 +171,12 @@ int dml_train_ps_run(const dml_train_config *cfg, const dml_dataset *train, cons
     if (rc) goto out;
   }
   if (rank == first_worker && rank != 0) {
-    ps_result_wire w = {res->test_accuracy, res->test_loss, res->test_auc, res->train_loss, res->train_accuracy,
-                        res->samples_per_s, res->train_s, (double)res->steps, (double)res->epochs_done};
+    ps_result_wire w = {res->test_accuracy, res->test_loss,      res->test_auc,
+                        res->train_loss,    res->train_accuracy, res->samples_per_s,
+                        res->train_s,       (double)res->steps,  (double)res->epochs_done};
     rc = dml_comm_send(comm, 0, PS_TAG_RESULT, &w, sizeof w);
-    if (rc) dml_err_set(err, rc, "ps train: sending the result to rank 0: %s", dml_comm_errmsg(comm));
+    if (rc)
+      dml_err_set(err, rc, "ps train: sending the result to rank 0: %s", dml_comm_errmsg(comm));
   } else if (rank == 0 && first_worker != 0) {
     ps_result_wire w;
     rc = dml_comm_recv(comm, first_worker, PS_TAG_RESULT, &w, sizeof w);

@@ -16,6 +16,7 @@
  * (DML_EUNSUPPORTED otherwise). comm must not be NULL. Dedicated servers never read train or test
  * (they may be NULL there); workers need the whole sparse training set (they shard it). */
 int dml_train_ps_run(const dml_train_config *cfg, const dml_dataset *train, const dml_dataset *test,
-                     dml_comm *comm, const dml_ps_config *ps, dml_train_result *result, dml_err *err);
+                     dml_comm *comm, const dml_ps_config *ps, dml_train_result *result,
+                     dml_err *err);
 
 #endif
