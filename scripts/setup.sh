@@ -15,6 +15,8 @@ pkgs=(
   dataset-fashion-mnist            # the real data set the main job trains on
   clang libclang-rt-14-dev         # libFuzzer targets and sanitizer runtimes
   python3-numpy                    # the test that reads our safetensors files from Python
+  clang-format                     # the formatting check of the test suite
+  procps                           # pgrep, used by the tests that kill a worker
 )
 if [[ "${1:-}" == "--bench" ]]; then
   pkgs+=(
