@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "cli/bench_ps.h"
+#include "cli/launch.h"
 #include "core/internal.h"
 #include "distml/coll.h"
 #include "distml/ps.h"
@@ -25,22 +26,6 @@ typedef struct layout {
   const char *name;
   int workers, servers, colocated;
 } layout;
-
-static int free_port(void) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return -1;
-  struct sockaddr_in sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sin_family = AF_INET;
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t sl = sizeof sa;
-  int port = -1;
-  if (bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
-      getsockname(fd, (struct sockaddr *)&sa, &sl) == 0)
-    port = ntohs(sa.sin_port);
-  close(fd);
-  return port;
-}
 
 static int iters_for(size_t bytes) {
   size_t it = (size_t)(32u << 20) / bytes;
@@ -175,7 +160,7 @@ static int bench_rank(const layout *L, int rank, int port, size_t max_bytes, int
 
 static int run_layout(const layout *L, size_t max_bytes, int json) {
   int n = L->colocated ? L->workers : L->workers + L->servers;
-  int port = free_port();
+  int port = dml_launch_free_port();
   if (port < 0) return 1;
   fflush(stdout);
   fflush(stderr);

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "cli/launch.h"
 #include "core/internal.h"
 #include "distml/core.h"
 #include "distml/task.h"
@@ -208,22 +209,6 @@ static int farm_inc(void *user, const void *in, size_t in_bytes, void *out, size
   return 0;
 }
 
-static int free_port(void) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return -1;
-  struct sockaddr_in sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sin_family = AF_INET;
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t sl = sizeof sa;
-  int port = -1;
-  if (bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
-      getsockname(fd, (struct sockaddr *)&sa, &sl) == 0)
-    port = ntohs(sa.sin_port);
-  close(fd);
-  return port;
-}
-
 static void farm_comm_opts(dml_comm_opts *co, int rank, int n, int port) {
   dml_comm_opts_default(co);
   co->backend = "tcp";
@@ -244,7 +229,7 @@ static void farm_opts(dml_farm_opts *o) {
 /* One farm job of ntasks, best of reps; forks the 2 workers once for all reps. */
 static int bench_farm(size_t ntasks, int reps, double *best_s) {
   enum { NWORK = 2 };
-  int port = free_port();
+  int port = dml_launch_free_port();
   if (port < 0) return DML_ESYS;
   fflush(stdout);
   fflush(stderr);

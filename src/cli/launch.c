@@ -58,7 +58,7 @@ void dml_launch_opts_default(dml_launch_opts *o) {
   o->prefix_output = 1;
 }
 
-static int pick_free_port(void) {
+int dml_launch_free_port(void) {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return -1;
   struct sockaddr_in a;
@@ -215,7 +215,7 @@ int dml_launch_run(int n, char *const argv[], const dml_launch_opts *opts) {
     fprintf(stderr, "distml %s: error: need at least one rank and a program\n", name);
     return 2;
   }
-  int port = opts->master_port > 0 ? opts->master_port : pick_free_port();
+  int port = opts->master_port > 0 ? opts->master_port : dml_launch_free_port();
   if (port <= 0) {
     fprintf(stderr, "distml %s: error: cannot find a free port on 127.0.0.1: %s\n", name,
             strerror(errno));

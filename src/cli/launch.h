@@ -19,6 +19,9 @@ typedef struct dml_launch_opts {
   void *user; /* passed to child_setup */
 } dml_launch_opts;
 
+/* A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0 and released), or -1. */
+int dml_launch_free_port(void);
+
 /* Defaults: prefix_output 1, everything else 0/NULL. */
 void dml_launch_opts_default(dml_launch_opts *o);
 
