@@ -15,20 +15,8 @@
 
 #include "distml/coll.h"
 #include "distml/comm.h"
+#include "test_comm_harness.h"
 #include "testutil.h"
-
-static int free_port(void) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a;
-  memset(&a, 0, sizeof(a));
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(a);
-  T_ASSERT(bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0);
-  T_ASSERT(getsockname(fd, (struct sockaddr *)&a, &len) == 0);
-  close(fd);
-  return ntohs(a.sin_port);
-}
 
 static dml_comm *join(void) {
   dml_comm_opts o;
@@ -71,22 +59,14 @@ static int rank_main_victim(int victim, size_t count, dml_allreduce_algo algo) {
 }
 
 static void run_world(int p, int victim, size_t count, dml_allreduce_algo algo) {
-  int port = free_port();
+  int port = th_free_port();
   fflush(NULL); /* the ranks exit(): nothing buffered here may be written twice */
   pid_t pids[16];
   for (int r = 0; r < p; r++) {
     pids[r] = fork();
     T_ASSERT(pids[r] >= 0);
     if (pids[r] == 0) {
-      char b[32];
-      snprintf(b, sizeof(b), "%d", r);
-      setenv("DISTML_RANK", b, 1);
-      snprintf(b, sizeof(b), "%d", p);
-      setenv("DISTML_WORLD_SIZE", b, 1);
-      setenv("MASTER_ADDR", "127.0.0.1", 1);
-      snprintf(b, sizeof(b), "%d", port);
-      setenv("MASTER_PORT", b, 1);
-      setenv("DISTML_BACKEND", "tcp", 1);
+      th_set_rank_env(r, p, port);
       setenv("DISTML_TIMEOUT_MS", "10000", 1);
       alarm(60);
       exit(rank_main_victim(victim, count, algo)); /* exit: leak checks run */
@@ -130,7 +110,7 @@ static void test_bad_env(void) {
 /* A rank that is late but alive: after DISTML_STALL_S the waiting rank logs a WARN naming it,
  * and the collective still succeeds once it arrives. */
 static void test_stall_warning(void) {
-  int port = free_port();
+  int port = th_free_port();
   char logpath[64];
   snprintf(logpath, sizeof(logpath), "/tmp/distml-test-stall-%d.log", (int)getpid());
   pid_t pids[2];
@@ -138,14 +118,7 @@ static void test_stall_warning(void) {
     pids[r] = fork();
     T_ASSERT(pids[r] >= 0);
     if (pids[r] == 0) {
-      char b[32];
-      snprintf(b, sizeof(b), "%d", r);
-      setenv("DISTML_RANK", b, 1);
-      setenv("DISTML_WORLD_SIZE", "2", 1);
-      setenv("MASTER_ADDR", "127.0.0.1", 1);
-      snprintf(b, sizeof(b), "%d", port);
-      setenv("MASTER_PORT", b, 1);
-      setenv("DISTML_BACKEND", "tcp", 1);
+      th_set_rank_env(r, 2, port);
       setenv("DISTML_STALL_S", "1", 1);
       alarm(60);
       if (r == 0) T_ASSERT(freopen(logpath, "w", stderr) != NULL);

@@ -18,6 +18,7 @@
 
 #include "distml/coll.h"
 #include "distml/comm.h"
+#include "test_comm_harness.h"
 #include "testutil.h"
 
 #define BIG ((size_t)(1u << 20) + 3)
@@ -304,37 +305,16 @@ static int run_rank(void) {
   return 0;
 }
 
-static int free_port(void) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a;
-  memset(&a, 0, sizeof(a));
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(a);
-  T_ASSERT(bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0);
-  T_ASSERT(getsockname(fd, (struct sockaddr *)&a, &len) == 0);
-  close(fd);
-  return ntohs(a.sin_port);
-}
-
 /* Forks p ranks on loopback with the environment the launcher would set; all must exit 0. */
 static void run_world(int p) {
-  int port = free_port();
+  int port = th_free_port();
   fflush(NULL); /* the ranks exit(): nothing buffered here may be written twice */
   pid_t pids[16];
   for (int r = 0; r < p; r++) {
     pids[r] = fork();
     T_ASSERT(pids[r] >= 0);
     if (pids[r] == 0) {
-      char b[32];
-      snprintf(b, sizeof(b), "%d", r);
-      setenv("DISTML_RANK", b, 1);
-      snprintf(b, sizeof(b), "%d", p);
-      setenv("DISTML_WORLD_SIZE", b, 1);
-      setenv("MASTER_ADDR", "127.0.0.1", 1);
-      snprintf(b, sizeof(b), "%d", port);
-      setenv("MASTER_PORT", b, 1);
-      setenv("DISTML_BACKEND", "tcp", 1);
+      th_set_rank_env(r, p, port);
       alarm(240);       /* a hang fails the test instead of stalling CTest */
       exit(run_rank()); /* exit, not _exit: LeakSanitizer checks the rank */
     }

@@ -38,6 +38,19 @@ static inline int th_free_port(void) {
   return ntohs(sa.sin_port);
 }
 
+/* In a forked rank: the environment the launcher would set for rank r of n on loopback, tcp. */
+static inline void th_set_rank_env(int r, int n, int port) {
+  char b[32];
+  snprintf(b, sizeof(b), "%d", r);
+  setenv("DISTML_RANK", b, 1);
+  snprintf(b, sizeof(b), "%d", n);
+  setenv("DISTML_WORLD_SIZE", b, 1);
+  setenv("MASTER_ADDR", "127.0.0.1", 1);
+  snprintf(b, sizeof(b), "%d", port);
+  setenv("MASTER_PORT", b, 1);
+  setenv("DISTML_BACKEND", "tcp", 1);
+}
+
 /* Remove every launcher variable so that options alone decide. */
 static inline void th_clear_env(void) {
   const char *vars[] = {
