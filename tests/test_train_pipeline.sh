@@ -21,5 +21,6 @@ for aug in "" "--augment shift,flip,noise"; do
 done
 "$DISTML" gen sparse --rows 100 --features 50 --out "$TMP/s.svm" 2>/dev/null
 expect_fail 1 "pipeline" "sparse" -- "$DISTML" train --model logreg --data "$TMP/s.svm" --loader-threads 2 --epochs 1
+expect_fail 2 "--strategy ps" "--loader-threads" -- "$DISTML" train --strategy ps -n 1 --model logreg --data "$TMP/s.svm" --loader-threads 2
 expect_fail 2 "--augment" "rotate" -- "$DISTML" train --data fashion-mnist --augment rotate
 finish

@@ -129,6 +129,10 @@ int dml_cli_train_main(int argc, char **argv) {
   dml_cli_train_flags_parse(&f, argc, argv);
   int launched = launched_env();
   int want_ps = f.strategy != NULL && strcmp(f.strategy, "ps") == 0;
+  if (want_ps && (f.loader_threads > 0 || f.augment != NULL))
+    dml_cli_usage_error("train",
+                        "--strategy ps does not take its batches from the input pipeline yet: "
+                        "drop --loader-threads/--augment");
   if ((f.nproc > 1 || want_ps) && !launched) {
     if (f.backend != NULL && strcmp(f.backend, "mpi") == 0)
       dml_cli_usage_error("train",
