@@ -8,6 +8,7 @@
 # A test file may carry a line "test-labels: a b c" (in a comment) to give its CTest labels:
 #   slow  trains on real data (skipped under the sanitizers), mpi  runs under mpirun,
 #   tsan  threaded: also run in the ThreadSanitizer build.
+#   install  builds a program against the installed library (not in the sanitizer builds).
 
 function(distml_labels name src)
   file(STRINGS ${src} line REGEX "test-labels:" LIMIT_COUNT 1)

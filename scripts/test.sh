@@ -2,7 +2,8 @@
 # The whole test suite, as CI runs it (.ci/run calls exactly this): set-up, a clang-format check,
 # then four builds, each with its CTest run:
 #   release   every test, including training on Fashion-MNIST
-#   asan      AddressSanitizer+UndefinedBehaviorSanitizer, every test but the "slow" ones
+#   asan      AddressSanitizer+UndefinedBehaviorSanitizer, every test but the "slow" ones and the
+#             install check (a program linked against the installed library has no ASan runtime)
 #   tsan      ThreadSanitizer, the tests labelled "tsan" (threaded code)
 #   fuzz      each libFuzzer target for a short, bounded time on its corpus (clang)
 # Ends with one line "N passed, N failed". Exit status is non-zero if anything failed.
@@ -63,7 +64,7 @@ else
 fi
 
 stage release build -j2 --
-stage asan build-asan -j2 -LE slow -- -DDISTML_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo
+stage asan build-asan -j2 -LE 'slow|install' -- -DDISTML_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo
 stage tsan build-tsan -j2 -L tsan -- -DDISTML_TSAN=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDISTML_MPI=OFF
 CC=clang stage fuzz build-fuzz -j2 -L fuzz -- -DDISTML_FUZZ=ON -DDISTML_TESTS=OFF -DDISTML_MPI=OFF
 
