@@ -466,7 +466,9 @@ int dml_cli_bench_main(int argc, char **argv) {
     dml_cli_usage_error("bench",
                         "--backend mpi: start it under mpirun (mpirun -n %d distml bench ...)", n);
   if (n == 1 && cfg.kind != B_PINGPONG) return run_rank(&cfg);
-  /* Start n ranks of ourselves: same arguments, the launcher sets the environment. */
+  /* Start n ranks of ourselves: same arguments, the launcher sets the environment. The ranks use
+   * no BLAS: keep OpenBLAS from starting threads that spin on the cores the ranks need. */
+  setenv("OPENBLAS_NUM_THREADS", "1", 0);
   char **av = dml__calloc((size_t)(argc - i) + 3, sizeof(char *));
   if (av == NULL) dml_cli_fail("bench", "out of memory");
   int m = 0;

@@ -66,8 +66,8 @@ struct dml__coll_state {
   char *notice_buf;
   int *gone; /* per peer: the error its notice receive ended with (its connection failed) */
   /* scratch reused between collectives; pend[] reused too */
-  void *scratch[3];
-  size_t scratch_cap[3];
+  void *scratch[4];
+  size_t scratch_cap[4];
   dml_comm_req **pend;
   int *pend_peer;
   size_t cappend;
@@ -226,7 +226,7 @@ static void free_state(dml__coll_state *st) {
     dml__free(st->notice_buf);
     dml__free(st->notice_req);
   }
-  for (int i = 0; i < 3; i++) dml__free(st->scratch[i]);
+  for (int i = 0; i < 4; i++) dml__free(st->scratch[i]);
   dml__free(st->gone);
   dml__free(st->pend);
   dml__free(st->pend_peer);
@@ -690,7 +690,9 @@ static int blamed_rank(const char *msg) {
   return atoi(s + 5);
 }
 
-static int run(dml__coll_state *st, dml_coll_req *r, uint32_t seq) {
+/* blocking: run by the caller of a blocking collective, which may poll before it sleeps (the
+ * background thread never does: it would take the core from the caller's computation). */
+static int run(dml__coll_state *st, dml_coll_req *r, uint32_t seq, int blocking) {
   if (st->failed) return st->failed;
   if (st->env_code) {
     st->failed = st->env_code;
@@ -710,7 +712,7 @@ static int run(dml__coll_state *st, dml_coll_req *r, uint32_t seq) {
   if (ctx.timeout_ms <= 0) ctx.timeout_ms = 60000;
   ctx.stall_s = st->stall_s;
   ctx.chunk_bytes = st->chunk_bytes;
-  ctx.spin_us = st->spin_us;
+  ctx.spin_us = blocking ? st->spin_us : 0;
   ctx.pend = st->pend;
   ctx.pend_peer = st->pend_peer;
   ctx.cappend = st->cappend;
@@ -744,7 +746,7 @@ static void *worker_main(void *arg) {
     st->worker_busy = 1;
     uint32_t seq = st->seq++;
     pthread_mutex_unlock(&st->mu);
-    int rc = run(st, r, seq);
+    int rc = run(st, r, seq, 0);
     pthread_mutex_lock(&st->mu);
     r->status = rc;
     r->done = 1;
@@ -761,7 +763,7 @@ static int run_blocking(dml__coll_state *st, dml_coll_req *r) {
   st->caller_busy = 1;
   uint32_t seq = st->seq++;
   pthread_mutex_unlock(&st->mu);
-  int rc = run(st, r, seq);
+  int rc = run(st, r, seq, 1);
   pthread_mutex_lock(&st->mu);
   st->caller_busy = 0;
   pthread_cond_broadcast(&st->cv);

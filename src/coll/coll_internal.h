@@ -40,7 +40,7 @@ typedef struct dml__coll_ctx {
   char err[512]; /* message of the failure, if any */
 } dml__coll_ctx;
 
-/* Scratch buffer i (0..2) of at least bytes; valid until the collective ends. NULL: out of memory
+/* Scratch buffer i (0..3) of at least bytes; valid until the collective ends. NULL: out of memory
  * (the error is recorded in ctx). */
 void *dml__coll_scratch(dml__coll_ctx *ctx, int i, size_t bytes);
 

@@ -1,7 +1,10 @@
 /* The tcp backend: bootstrap through the coordinator's store, one authenticated TCP connection per
  * pair of ranks, and a progress engine (one epoll thread) that moves frames while the caller
- * computes. Receives match on (source, tag) in posting order; messages that arrive first wait in
- * an unexpected-message queue; a posted receive gets the payload straight into its buffer.
+ * computes. A thread that waits for a request moves the bytes itself (it becomes the "driver" and
+ * the progress thread stands aside), as an MPI library's blocking call does: no hand-off between
+ * threads on the critical path. Receives match on (source, tag) in posting order; messages that
+ * arrive first wait in an unexpected-message queue; a posted receive gets the payload straight into
+ * its buffer.
  * It is not a collective library (coll/ builds on it) and does not use shared memory. */
 #include "comm/internal.h"
 
@@ -26,6 +29,11 @@
 /* Bytes one peer may move per turn of the progress loop, so one busy link cannot starve another. */
 #define TURN_BUDGET (8u << 20)
 #define EV_WAKE UINT32_MAX
+/* After a waiter stops driving, the progress thread stays parked this long (ns): waits that follow
+ * each other closely (the steps of a collective) then never wake it. */
+#define PARK_GRACE_NS 10000000ull
+/* A driver sleeps in epoll_wait at most this long (ms) before it looks at its request again. */
+#define DRIVE_SLICE_MS 5
 
 enum { REQ_SEND = 1, REQ_RECV = 2 };
 enum { ST_PENDING = 0, ST_ACTIVE = 1, ST_DONE = 2 };
@@ -87,6 +95,7 @@ typedef struct peer {
   uint8_t ctrl[DML__CTRL_MAX + 1];
   uint8_t *rbuf;
   size_t rpos, rlen;
+  int last_direct; /* the last frame was large: expect another (read its header alone) */
 } peer;
 
 typedef struct tcp {
@@ -107,6 +116,10 @@ typedef struct tcp {
   uint32_t any_ops;
   int listen_fd;
   int nwaiters; /* threads asleep in wait: completions wake them only when there are some */
+  int driving;  /* a waiting thread is moving bytes itself (see drive()) */
+  uint64_t drive_end_ns; /* when the last driver stopped */
+  pthread_cond_t pcv;    /* the progress thread parks on it while waiters drive */
+  int parked;
 } tcp;
 
 static tcp *T(const dml_comm *c) {
@@ -350,6 +363,7 @@ static void on_header(tcp *t, peer *p) {
   p->in_payload = 1;
   p->pgot = 0;
   p->dst = NULL;
+  p->last_direct = p->cur.length >= DIRECT_MIN;
   if (p->cur.kind == DML__F_ABORT) {
     p->dst = p->ctrl;
   } else if (p->cur.kind != DML__F_DATA) {
@@ -435,19 +449,27 @@ static void rx(tcp *t, peer *p) {
     p->rpos = p->rlen = 0;
     if (budget == 0) return; /* level-triggered epoll brings us back */
     ssize_t r;
+    size_t asked;
     uint64_t left = p->in_payload ? p->cur.length - p->pgot : 0;
     if (p->in_payload && p->dst && left >= DIRECT_MIN) {
-      r = recv(p->fd, p->dst + p->pgot, (size_t)left, 0);
+      asked = (size_t)left;
+      r = recv(p->fd, p->dst + p->pgot, asked, 0);
       if (r > 0) {
         p->pgot += (uint64_t)r;
         if (p->pgot == p->cur.length) payload_done(t, p);
       }
     } else {
-      r = recv(p->fd, p->rbuf, RBUF_BYTES, 0);
+      /* After a large frame read in place, take only the next header, so that the next large
+       * payload does not pass through the staging buffer (one more memcpy of up to RBUF_BYTES). */
+      asked = !p->in_payload && p->last_direct ? DML__FRAME_HDR - p->hgot : RBUF_BYTES;
+      r = recv(p->fd, p->rbuf, asked, 0);
       if (r > 0) p->rlen = (size_t)r;
     }
     if (r > 0) {
       budget = (size_t)r >= budget ? 0 : budget - (size_t)r;
+      /* A short read drained the socket: use what came and leave (epoll reports the rest), which
+       * saves the recv that would only say EAGAIN. */
+      if ((size_t)r < asked) budget = 0;
       continue;
     }
     if (r == 0) {
@@ -516,32 +538,65 @@ static void tx(tcp *t, peer *p) {
 /* ---------------------------------------------------------------------------------------------
  * The progress thread. */
 
+/* Moves the bytes of the n ready events (under t->mu). */
+static void handle_events(tcp *t, const struct epoll_event *evs, int n) {
+  for (int i = 0; i < n; i++) {
+    if (evs[i].data.u32 == EV_WAKE) {
+      uint64_t v;
+      if (read(t->evfd, &v, sizeof(v)) < 0) {
+        /* nothing to drain */
+      }
+      continue;
+    }
+    peer *p = &t->peers[evs[i].data.u32];
+    if (p->err) continue;
+    if (evs[i].events & EPOLLOUT) tx(t, p);
+    if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) rx(t, p);
+  }
+}
+
+static void wake_fd(tcp *t) {
+  uint64_t one = 1;
+  if (write(t->evfd, &one, sizeof(one)) < 0) {
+    /* cannot happen with an eventfd below its maximum */
+  }
+}
+
+/* The progress thread: moves bytes while nobody waits (so that non-blocking operations advance
+ * while the caller computes), and stands aside while a waiter drives and shortly after. */
 static void *progress_main(void *arg) {
   tcp *t = arg;
   struct epoll_event evs[64];
+  pthread_mutex_lock(&t->mu);
   for (;;) {
+    while (!t->stop) {
+      uint64_t now = dml_now_ns();
+      if (!t->driving && now >= t->drive_end_ns + PARK_GRACE_NS) break;
+      uint64_t until = t->driving ? now + 5 * PARK_GRACE_NS : t->drive_end_ns + PARK_GRACE_NS;
+      struct timespec ts;
+      clock_gettime(CLOCK_MONOTONIC, &ts);
+      uint64_t abs_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec + (until - now);
+      ts.tv_sec = (time_t)(abs_ns / 1000000000ull);
+      ts.tv_nsec = (long)(abs_ns % 1000000000ull);
+      t->parked = 1;
+      pthread_cond_timedwait(&t->pcv, &t->mu, &ts);
+      t->parked = 0;
+    }
+    if (t->stop) break;
+    pthread_mutex_unlock(&t->mu);
     int n = epoll_wait(t->epfd, evs, 64, -1);
-    if (n < 0 && errno != EINTR) break;
     pthread_mutex_lock(&t->mu);
-    if (t->stop) {
-      pthread_mutex_unlock(&t->mu);
+    if (t->stop) break;
+    if (n < 0) {
+      if (errno == EINTR) continue;
       break;
     }
-    for (int i = 0; i < n; i++) {
-      if (evs[i].data.u32 == EV_WAKE) {
-        uint64_t v;
-        if (read(t->evfd, &v, sizeof(v)) < 0) {
-          /* nothing to drain */
-        }
-        continue;
-      }
-      peer *p = &t->peers[evs[i].data.u32];
-      if (p->err) continue;
-      if (evs[i].events & EPOLLOUT) tx(t, p);
-      if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) rx(t, p);
-    }
-    pthread_mutex_unlock(&t->mu);
+    handle_events(t, evs, n);
+    /* A driver that started meanwhile may sleep in epoll_wait on events we just consumed: let it
+     * look at its request again. */
+    if (t->driving) wake_fd(t);
   }
+  pthread_mutex_unlock(&t->mu);
   return NULL;
 }
 
@@ -678,10 +733,32 @@ static int finish(tcp *t, dml_comm_req *r, int keep) {
   return rc;
 }
 
+/* The waiting thread moves the bytes itself until r is done or the deadline passes (under t->mu,
+ * released while it sleeps in epoll_wait). */
+static void drive(tcp *t, dml_comm_req *r, uint64_t deadline_ns) {
+  struct epoll_event evs[64];
+  t->driving = 1;
+  while (r->state != ST_DONE && !t->stop) {
+    uint64_t now = dml_now_ns();
+    if (now >= deadline_ns) break;
+    uint64_t left_ms = (deadline_ns - now + 999999) / 1000000;
+    int ms = left_ms < DRIVE_SLICE_MS ? (int)left_ms : DRIVE_SLICE_MS;
+    pthread_mutex_unlock(&t->mu);
+    int n = epoll_wait(t->epfd, evs, 64, ms);
+    pthread_mutex_lock(&t->mu);
+    if (n > 0) handle_events(t, evs, n);
+  }
+  t->driving = 0;
+  t->drive_end_ns = dml_now_ns();
+  /* Another waiter may take over; the progress thread resumes after its grace period. */
+  if (t->nwaiters > 0) pthread_cond_broadcast(&t->cv);
+}
+
 static int tcp_wait(dml_comm *c, dml_comm_req *r, int timeout_ms, int keep) {
   tcp *t = T(c);
   pthread_mutex_lock(&t->mu);
   if (r->state != ST_DONE) {
+    uint64_t deadline = dml_now_ns() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000ull;
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     ts.tv_sec += timeout_ms / 1000;
@@ -691,6 +768,14 @@ static int tcp_wait(dml_comm *c, dml_comm_req *r, int timeout_ms, int keep) {
       ts.tv_nsec -= 1000000000L;
     }
     while (r->state != ST_DONE) {
+      if (!t->driving && t->thread_started && !t->stop) {
+        drive(t, r, deadline);
+        if (r->state != ST_DONE && dml_now_ns() >= deadline) {
+          pthread_mutex_unlock(&t->mu);
+          return DML_ETIMEDOUT;
+        }
+        continue;
+      }
       t->nwaiters++;
       int w = pthread_cond_timedwait(&t->cv, &t->mu, &ts);
       t->nwaiters--;
@@ -708,6 +793,18 @@ static int tcp_wait(dml_comm *c, dml_comm_req *r, int timeout_ms, int keep) {
 static int tcp_test(dml_comm *c, dml_comm_req *r, int *done) {
   tcp *t = T(c);
   pthread_mutex_lock(&t->mu);
+  if (r->state != ST_DONE && !t->driving && t->thread_started && !t->stop) {
+    /* Like MPI_Test: move whatever bytes are ready, without sleeping. */
+    struct epoll_event evs[64];
+    t->driving = 1;
+    pthread_mutex_unlock(&t->mu);
+    int n = epoll_wait(t->epfd, evs, 64, 0);
+    pthread_mutex_lock(&t->mu);
+    if (n > 0) handle_events(t, evs, n);
+    t->driving = 0;
+    t->drive_end_ns = dml_now_ns();
+    if (t->nwaiters > 0) pthread_cond_broadcast(&t->cv);
+  }
   *done = r->state == ST_DONE;
   int rc = *done ? finish(t, r, 0) : 0;
   pthread_mutex_unlock(&t->mu);
@@ -810,11 +907,9 @@ static void tcp_fini(dml_comm *c) {
   if (t->thread_started) {
     pthread_mutex_lock(&t->mu);
     t->stop = 1;
+    pthread_cond_broadcast(&t->pcv);
     pthread_mutex_unlock(&t->mu);
-    uint64_t one = 1;
-    if (write(t->evfd, &one, sizeof(one)) < 0) {
-      /* cannot happen with an eventfd below its maximum */
-    }
+    wake_fd(t);
     pthread_join(t->thread, NULL);
   }
   /* Linger until what we sent is acknowledged (so that closing cannot turn into a reset that
@@ -852,6 +947,7 @@ static void tcp_fini(dml_comm *c) {
   if (t->listen_fd >= 0) close(t->listen_fd);
   pthread_mutex_destroy(&t->mu);
   pthread_cond_destroy(&t->cv);
+  pthread_cond_destroy(&t->pcv);
   dml__free(t);
   c->impl = NULL;
 }
@@ -1132,6 +1228,7 @@ static int tcp_init(dml_comm *c, dml_err *err) {
   pthread_condattr_init(&ca);
   pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
   pthread_cond_init(&t->cv, &ca);
+  pthread_cond_init(&t->pcv, &ca);
   pthread_condattr_destroy(&ca);
   int rc = 0;
   t->peers = dml__calloc((size_t)t->n, sizeof(*t->peers));
