@@ -39,6 +39,22 @@ typedef struct dml_ps_config {
   int sync_aggregate;     /* BSP with an optimizer: the pushes of one clock are summed and their
                             mean applied as one optimizer step once every live worker has passed
                             that clock (1 by default); 0: every push is its own step */
+  /* Recovery (dedicated servers only; see docs/ps.md "Recovery"). */
+  const char *checkpoint_dir;       /* server: write DIR/ps-server-<rank>.safetensors atomically
+                                       (NULL: no checkpoints); not owned */
+  double checkpoint_every_s;        /* server: at most this often, in seconds (0: not by time) */
+  uint64_t checkpoint_every_clocks; /* server: whenever the slowest live worker's clock has
+                                       advanced this much since the last one (0: not by clock) */
+  int restore;                      /* server: load checkpoint_dir's shard before serving (a
+                                       restarted server); a missing file is an error */
+  int recover;                      /* 1: on a failed peer, every process re-forms the job: it
+                                       leaves its communicator and joins a new one (same rank,
+                                       world size, rendezvous), servers keep their shards, workers
+                                       resend unacknowledged requests. The replaced communicators
+                                       belong to the ps objects (dml_ps_comm). 0: errors are final */
+  int max_reforms;                  /* re-forms a process may take part in (0: 8) */
+  const dml_comm_opts *comm_opts;   /* options for a re-formed communicator (NULL: defaults, i.e.
+                                       the environment); not owned, must outlive the ps objects */
 } dml_ps_config;
 
 /* Defaults: 1 server, BSP with sync aggregation, FTRL. */
@@ -59,6 +75,15 @@ typedef struct dml_ps_server_stats {
   uint64_t keys;                      /* distinct keys held at the end */
   int dropped_peers;                  /* peers dropped for malformed frames */
   int dead_workers;                   /* workers that died without saying goodbye */
+  uint64_t checkpoints;               /* checkpoints written */
+  int reforms;                        /* communicators re-formed after a failure */
+  int restored;                       /* 1: the shard was loaded from a checkpoint at start */
+  uint64_t restored_clock;            /* slowest worker clock in that checkpoint */
+  uint64_t lost_pushes;               /* restored server: push frames the workers had seen
+                                         acknowledged but the checkpoint did not hold (lost) */
+  uint64_t lost_clocks;               /* restored server: sum over workers of (clock at rejoin -
+                                         clock in the checkpoint): iterations redone from a stale
+                                         shard */
 } dml_ps_server_stats;
 
 /* ---------------------------------------------------------------------------------------------
@@ -87,6 +112,12 @@ int dml_ps_server_checkpoint(dml_ps_server *s, const char *path, dml_err *err);
  * file is treated as hostile: shapes, the optimizer kind, the server rank and world size, key
  * order and ownership are checked and every error names the file (DML_EFORMAT). */
 int dml_ps_server_restore(dml_ps_server *s, const char *path, dml_err *err);
+/* The communicator the server uses now: the one it was created with, or after a re-form
+ * (cfg.recover) a new one it owns and frees in dml_ps_server_free. Use it, not the original,
+ * for any message after dml_ps_server_run. */
+dml_comm *dml_ps_server_comm(const dml_ps_server *s);
+/* DIR/ps-server-<rank>.safetensors into out (bytes): the file checkpoint_dir holds. */
+int dml_ps_checkpoint_path(const char *dir, int rank, char *out, size_t bytes);
 /* Value of key on this shard (0 if absent): for tests. */
 float dml_ps_server_value(const dml_ps_server *s, uint64_t key);
 /* Value of a dense key on this shard (0 if absent): for tests. Dense parts are not checkpointed yet. */
@@ -96,7 +127,8 @@ float dml_ps_server_dense_value(const dml_ps_server *s, uint64_t key);
  * Worker client. Timestamps are per worker, increasing from 1. */
 typedef struct dml_ps dml_ps;
 int dml_ps_create(dml_ps **out, dml_comm *c, const dml_ps_config *cfg, dml_err *err);
-/* Sends BYE to every server (the worker stops counting) and frees; waits for nothing. NULL ok. */
+/* Sends BYE to every server unless dml_ps_finish did (the worker stops counting) and frees,
+ * including a communicator the client owns after a re-form; waits for nothing. NULL ok. */
 void dml_ps_free(dml_ps *ps);
 /* keys: n strictly increasing keys. push: add/apply vals (n). pull: vals_out (n) filled at wait.
  * pushpull: apply grads then read into vals_out (may alias grads). *ts identifies the request.
@@ -121,6 +153,17 @@ int dml_ps_wait(dml_ps *ps, uint64_t ts);
 /* End of an iteration: the worker's clock advances and every server is told. */
 int dml_ps_clock(dml_ps *ps);
 uint64_t dml_ps_clock_value(const dml_ps *ps);
+/* The communicator the client uses now (see dml_ps_server_comm); valid until dml_ps_free, which
+ * frees it when the client owns it -- take what you need from it before. */
+dml_comm *dml_ps_comm(const dml_ps *ps);
+/* Re-forms this client took part in, and request frames it resent after them. */
+int dml_ps_reforms(const dml_ps *ps);
+uint64_t dml_ps_resent_frames(const dml_ps *ps);
+/* Leaves: sends BYE to every server and waits (bounded by the communicator's timeout) until
+ * each server has finished serving every worker (its shutdown message), taking part in a re-form
+ * meanwhile if a server fails (cfg.recover). Returns 0 or the error; dml_ps_free still frees.
+ * The communicator stays usable afterwards (dml_ps_comm) until dml_ps_free. */
+int dml_ps_finish(dml_ps *ps);
 const char *dml_ps_errmsg(const dml_ps *ps);
 
 #ifdef __cplusplus

@@ -13,10 +13,14 @@ typedef struct request {
   int command;
   float *out; /* pull results (n), caller's */
   size_t n;
-  size_t *pos;         /* (n) caller positions grouped by server */
-  size_t *soff;        /* (S+1) offsets into pos */
-  void **frames;       /* (fcap) encoded frames kept until their send completes */
-  dml_comm_req **sreq; /* (fcap) */
+  size_t *pos;          /* (n) caller positions grouped by server */
+  size_t *soff;         /* (S+1) offsets into pos */
+  void **frames;        /* (fcap) encoded frames kept until wait (a re-form resends them) */
+  size_t *fbytes;       /* (fcap) */
+  int *fdst;            /* (fcap) server index of each frame */
+  uint64_t *flo;        /* (fcap) key_lo of each frame (dense replies are matched by it) */
+  unsigned char *fdone; /* (fcap) 1 once the frame's reply arrived */
+  dml_comm_req **sreq;  /* (fcap) */
   int nframes, fcap;
   int *pending; /* (S) replies outstanding from each server */
   int npending;
@@ -36,7 +40,15 @@ struct dml_ps {
   size_t scratch_cap;
   int sticky;
   dml_err err;
+  int own_comm;    /* c was made by a re-form: freed by dml_ps_free */
+  int reforms;     /* re-forms taken part in */
+  uint64_t resent; /* frames resent after re-forms */
+  uint64_t *acked; /* (S) push frames each server acknowledged */
+  int left;        /* BYE sent (dml_ps_finish) */
+  int in_reform;
 };
+
+static int reform(dml_ps *ps, const char *why);
 
 static int fail(dml_ps *ps, int code, const char *fmt, const char *a, const char *b) {
   if (ps->sticky == 0) {
@@ -52,6 +64,25 @@ const char *dml_ps_errmsg(const dml_ps *ps) {
 uint64_t dml_ps_clock_value(const dml_ps *ps) {
   return ps->clock;
 }
+dml_comm *dml_ps_comm(const dml_ps *ps) {
+  return ps->c;
+}
+int dml_ps_reforms(const dml_ps *ps) {
+  return ps->reforms;
+}
+uint64_t dml_ps_resent_frames(const dml_ps *ps) {
+  return ps->resent;
+}
+
+/* A communicator call failed with rc: with recovery, re-form the job and return 0 (the caller
+ * goes on; unanswered frames have been resent); otherwise the sticky error. */
+static int comm_failed(dml_ps *ps, int rc, const char *what, int s) {
+  char why[400];
+  snprintf(why, sizeof why, "%s server %s: %s", what, dml_comm_peer_name(ps->c, s),
+           dml_comm_errmsg(ps->c));
+  if (ps->cfg.recover && !ps->in_reform && ps->sticky == 0) return reform(ps, why);
+  return fail(ps, rc, "ps: %s%s", why, "");
+}
 
 static int server_rank(const dml_ps *ps, int s) {
   (void)ps;
@@ -63,6 +94,9 @@ int dml_ps_create(dml_ps **out, dml_comm *c, const dml_ps_config *cfg, dml_err *
   int n = dml_comm_size(c), me = dml_comm_rank(c);
   if (!dml_ps_is_worker(cfg, me, n))
     return dml_err_set(err, DML_EINVAL, "ps: rank %d is not a worker", me);
+  if (cfg->colocated && cfg->recover)
+    return dml_err_set(err, DML_EUNSUPPORTED,
+                       "ps: recovery needs dedicated servers (not --servers colocated)");
   dml_ps *ps = dml__calloc(1, sizeof(*ps));
   if (ps == NULL) return dml_err_set(err, DML_ENOMEM, "ps: out of memory");
   ps->c = c;
@@ -73,7 +107,10 @@ int dml_ps_create(dml_ps **out, dml_comm *c, const dml_ps_config *cfg, dml_err *
   ps->next_ts = 1;
   ps->nrq = cfg->max_in_flight > 0 ? cfg->max_in_flight : 64;
   ps->rq = dml__calloc((size_t)ps->nrq, sizeof(request));
-  if (ps->rq == NULL) {
+  ps->acked = dml__calloc((size_t)ps->S, sizeof(uint64_t));
+  if (ps->rq == NULL || ps->acked == NULL) {
+    dml__free(ps->rq);
+    dml__free(ps->acked);
     dml__free(ps);
     return dml_err_set(err, DML_ENOMEM, "ps: out of memory");
   }
@@ -82,9 +119,14 @@ int dml_ps_create(dml_ps **out, dml_comm *c, const dml_ps_config *cfg, dml_err *
     r->soff = dml__calloc((size_t)ps->S + 1, sizeof(size_t));
     r->fcap = ps->S;
     r->frames = dml__calloc((size_t)r->fcap, sizeof(void *));
+    r->fbytes = dml__calloc((size_t)r->fcap, sizeof(size_t));
+    r->fdst = dml__calloc((size_t)r->fcap, sizeof(int));
+    r->flo = dml__calloc((size_t)r->fcap, sizeof(uint64_t));
+    r->fdone = dml__calloc((size_t)r->fcap, 1);
     r->sreq = dml__calloc((size_t)r->fcap, sizeof(dml_comm_req *));
     r->pending = dml__calloc((size_t)ps->S, sizeof(int));
-    if (!r->soff || !r->frames || !r->sreq || !r->pending) {
+    if (!r->soff || !r->frames || !r->sreq || !r->pending || !r->fbytes || !r->fdst || !r->flo ||
+        !r->fdone) {
       ps->nrq = i + 1;
       dml_ps_free(ps);
       return dml_err_set(err, DML_ENOMEM, "ps: out of memory");
@@ -119,7 +161,16 @@ static int send_frame(dml_ps *ps, request *r, int s, const dml__ps_msg *m, const
     if (nf) r->frames = nf;
     dml_comm_req **nr = dml__realloc(r->sreq, (size_t)nc * sizeof(dml_comm_req *));
     if (nr) r->sreq = nr;
-    if (!nf || !nr) return fail(ps, DML_ENOMEM, "ps: no memory for a frame%s%s", "", "");
+    size_t *nb = dml__realloc(r->fbytes, (size_t)nc * sizeof(size_t));
+    if (nb) r->fbytes = nb;
+    int *nd = dml__realloc(r->fdst, (size_t)nc * sizeof(int));
+    if (nd) r->fdst = nd;
+    uint64_t *nl = dml__realloc(r->flo, (size_t)nc * sizeof(uint64_t));
+    if (nl) r->flo = nl;
+    unsigned char *ndn = dml__realloc(r->fdone, (size_t)nc);
+    if (ndn) r->fdone = ndn;
+    if (!nf || !nr || !nb || !nd || !nl || !ndn)
+      return fail(ps, DML_ENOMEM, "ps: no memory for a frame%s%s", "", "");
     r->fcap = nc;
   }
   size_t bytes = dml__ps_frame_bytes(m->nkeys, m->nvals);
@@ -128,16 +179,19 @@ static int send_frame(dml_ps *ps, request *r, int s, const dml__ps_msg *m, const
   r->sreq[f] = NULL;
   if (r->frames[f] == NULL) return fail(ps, DML_ENOMEM, "ps: no memory for a frame%s%s", "", "");
   r->nframes++;
+  r->fbytes[f] = bytes;
+  r->fdst[f] = s;
+  r->flo[f] = m->key_lo;
+  r->fdone[f] = 0;
   dml__ps_encode(r->frames[f], m, keys, vals);
+  r->pending[s]++;
+  r->npending++;
   int rc =
       dml_comm_isend(ps->c, server_rank(ps, s), DML__PS_TAG_REQ, r->frames[f], bytes, &r->sreq[f]);
   if (rc) {
     r->sreq[f] = NULL;
-    return fail(ps, rc, "ps: sending to server %s failed: %s",
-                dml_comm_peer_name(ps->c, server_rank(ps, s)), dml_comm_errmsg(ps->c));
+    return comm_failed(ps, rc, "sending to", server_rank(ps, s)); /* a re-form resends it */
   }
-  r->pending[s]++;
-  r->npending++;
   return 0;
 }
 
@@ -285,23 +339,39 @@ int dml_ps_pull_final(dml_ps *ps, const uint64_t *keys, float *vals_out, size_t 
   return post(ps, DML__PS_PULL, DML__PS_CLOCK_FINAL, keys, NULL, vals_out, n, ts);
 }
 
-/* Receives one reply from server s and files it with its request. */
+static void frame_answered(dml_ps *ps, request *r, int f) {
+  int s = r->fdst[f];
+  r->fdone[f] = 1;
+  r->pending[s]--;
+  r->npending--;
+  if (r->command == DML__PS_PUSH || r->command == DML__PS_PUSHPULL) ps->acked[s]++;
+}
+
+/* Receives one message from server s and files a reply with its request. Returns 1 for a
+ * server's shutdown message, 0 or the sticky error otherwise. */
 static int receive_one(dml_ps *ps, int s) {
   int srank = server_rank(ps, s);
   const char *peer = dml_comm_peer_name(ps->c, srank);
   void *buf = NULL;
   size_t bytes = 0;
   int rc = dml_comm_recv_alloc(ps->c, srank, DML__PS_TAG_REP, &buf, &bytes, NULL);
-  if (rc) return fail(ps, rc, "ps: waiting for server %s: %s", peer, dml_comm_errmsg(ps->c));
+  if (rc) return comm_failed(ps, rc, "waiting for", srank);
   dml__ps_msg m;
   dml_err derr;
   rc = dml__ps_decode(buf, bytes, peer, &m, &derr);
   dml_comm_buf_free(buf);
   if (rc) return fail(ps, rc, "%s%s", dml_err_msg(&derr), "");
+  if (m.command == DML__PS_BYE) { /* a server's shutdown: dml_ps_finish counts them */
+    dml__ps_msg_free(&m);
+    return 1;
+  }
   request *r = NULL;
   for (int i = 0; i < ps->nrq; i++)
     if (ps->rq[i].active && ps->rq[i].ts == m.timestamp && ps->rq[i].pending[s]) r = &ps->rq[i];
-  if (m.command != DML__PS_REPLY || r == NULL) {
+  int f = -1;
+  for (int k = 0; r && k < r->nframes && f < 0; k++)
+    if (r->fdst[k] == s && !r->fdone[k] && (!r->dense || r->flo[k] == m.key_lo)) f = k;
+  if (m.command != DML__PS_REPLY || r == NULL || f < 0) {
     dml__ps_msg_free(&m);
     return fail(ps, DML_EPROTO, "ps: server %s answered a request this worker did not make%s", peer,
                 "");
@@ -319,8 +389,7 @@ static int receive_one(dml_ps *ps, int s) {
     if (r->command != DML__PS_PUSH)
       memcpy(r->out + (m.key_lo - r->dense_lo), m.vals, (size_t)cnt * sizeof(float));
     dml__ps_msg_free(&m);
-    r->pending[s]--;
-    r->npending--;
+    frame_answered(ps, r, f);
     return 0;
   }
   size_t cnt = r->soff[s + 1] - r->soff[s];
@@ -332,8 +401,7 @@ static int receive_one(dml_ps *ps, int s) {
     for (size_t j = 0; j < cnt; j++) r->out[r->pos[r->soff[s] + j]] = m.vals[j];
   }
   dml__ps_msg_free(&m);
-  r->pending[s]--;
-  r->npending--;
+  frame_answered(ps, r, f);
   return 0;
 }
 
@@ -354,7 +422,8 @@ int dml_ps_wait(dml_ps *ps, uint64_t ts) {
   return ps->sticky;
 }
 
-static int send_all(dml_ps *ps, int command) {
+/* Sends a header-only command to every server; *bad: the first server that failed. */
+static int send_all(dml_ps *ps, int command, int *bad) {
   dml__ps_msg m;
   memset(&m, 0, sizeof(m));
   m.command = (uint32_t)command;
@@ -365,7 +434,10 @@ static int send_all(dml_ps *ps, int command) {
   int first = 0;
   for (int s = 0; s < ps->S; s++) {
     int rc = dml_comm_send(ps->c, server_rank(ps, s), DML__PS_TAG_REQ, buf, sizeof buf);
-    if (rc && !first) first = rc;
+    if (rc && !first) {
+      first = rc;
+      *bad = server_rank(ps, s);
+    }
   }
   return first;
 }
@@ -373,10 +445,105 @@ static int send_all(dml_ps *ps, int command) {
 int dml_ps_clock(dml_ps *ps) {
   if (ps->sticky) return ps->sticky;
   ps->clock++;
-  int rc = send_all(ps, DML__PS_CLOCK);
-  if (rc)
-    return fail(ps, rc, "ps: telling the servers the clock: %s%s", dml_comm_errmsg(ps->c), "");
+  int bad = -1;
+  int rc = send_all(ps, DML__PS_CLOCK, &bad);
+  if (rc) return comm_failed(ps, rc, "telling the clock to", bad); /* REJOIN carries it */
   return 0;
+}
+
+/* Leaves the failed communicator and joins a new one with every process of the job, tells each
+ * server this worker's clock, acknowledged pushes and whether it has left (REJOIN), and resends
+ * every frame that has no reply yet (servers apply a resent push once). */
+static int reform(dml_ps *ps, const char *why) {
+  int max = ps->cfg.max_reforms > 0 ? ps->cfg.max_reforms : 8;
+  if (ps->reforms >= max)
+    return fail(ps, DML_ECLOSED, "ps: %s (after %s re-forms)", why, max == 8 ? "8" : "the allowed");
+  ps->in_reform = 1;
+  dml_log(DML_LOG_WARN, "ps worker %d: %s; re-forming the job", ps->me, why);
+  int ignore;
+  send_all(ps, DML__PS_REFORM, &ignore); /* servers that are alive re-form too */
+  dml_comm_abort(ps->c, "ps: re-forming the job after a failure");
+  for (int i = 0; i < ps->nrq; i++) {
+    request *r = &ps->rq[i];
+    for (int f = 0; r->active && f < r->nframes; f++)
+      if (r->sreq[f]) {
+        dml_comm_wait(ps->c, r->sreq[f], -1); /* fails at once: the communicator is aborted */
+        r->sreq[f] = NULL;
+      }
+  }
+  if (ps->own_comm) dml_comm_free(ps->c);
+  ps->c = NULL;
+  ps->own_comm = 0;
+  dml_err ierr;
+  dml_err_clear(&ierr);
+  dml_comm *nc = NULL;
+  int rc = dml_comm_init(&nc, ps->cfg.comm_opts, &ierr);
+  if (rc == 0 && (dml_comm_rank(nc) != ps->me || dml_comm_size(nc) != ps->n)) {
+    rc = dml_err_set(&ierr, DML_EMISMATCH, "the new communicator has rank %d of %d",
+                     dml_comm_rank(nc), dml_comm_size(nc));
+    dml_comm_free(nc);
+  }
+  ps->in_reform = 0;
+  if (rc) {
+    ps->c = NULL;
+    return fail(ps, rc, "ps: re-forming the job after %s: %s", why, dml_err_msg(&ierr));
+  }
+  ps->c = nc;
+  ps->own_comm = 1;
+  ps->reforms++;
+  for (int s = 0; s < ps->S; s++) {
+    dml__ps_msg m;
+    memset(&m, 0, sizeof(m));
+    m.command = DML__PS_REJOIN;
+    m.sender = (uint32_t)ps->me;
+    m.clock = ps->clock;
+    m.key_lo = ps->acked[s];
+    m.key_hi = ps->left ? 1 : 0;
+    unsigned char buf[DML__PS_HEADER_BYTES];
+    dml__ps_encode(buf, &m, NULL, NULL);
+    rc = dml_comm_send(ps->c, server_rank(ps, s), DML__PS_TAG_REQ, buf, sizeof buf);
+    if (rc)
+      return fail(ps, rc, "ps: rejoining server %s: %s", dml_comm_peer_name(ps->c, s),
+                  dml_comm_errmsg(ps->c));
+  }
+  for (int i = 0; i < ps->nrq; i++) {
+    request *r = &ps->rq[i];
+    for (int f = 0; r->active && f < r->nframes; f++) {
+      if (r->fdone[f]) continue;
+      rc = dml_comm_isend(ps->c, server_rank(ps, r->fdst[f]), DML__PS_TAG_REQ, r->frames[f],
+                          r->fbytes[f], &r->sreq[f]);
+      if (rc) {
+        r->sreq[f] = NULL;
+        return fail(ps, rc, "ps: resending to server %s: %s", dml_comm_peer_name(ps->c, r->fdst[f]),
+                    dml_comm_errmsg(ps->c));
+      }
+      ps->resent++;
+    }
+  }
+  dml_log(DML_LOG_INFO, "ps worker %d: re-formed the job (re-form %d, %llu frames resent so far)",
+          ps->me, ps->reforms, (unsigned long long)ps->resent);
+  return 0;
+}
+
+int dml_ps_finish(dml_ps *ps) {
+  if (ps->sticky) return ps->sticky;
+  for (int i = 0; i < ps->nrq; i++)
+    if (ps->rq[i].active) dml_ps_wait(ps, ps->rq[i].ts);
+  if (ps->sticky) return ps->sticky;
+  ps->left = 1;
+  int bad = -1;
+  int rc = send_all(ps, DML__PS_BYE, &bad);
+  if (rc && (rc = comm_failed(ps, rc, "saying goodbye to", bad)) != 0) return rc;
+  for (int s = 0; s < ps->S && ps->sticky == 0; s++) {
+    /* after a re-form every server answers again: start over */
+    int gen = ps->reforms;
+    rc = receive_one(ps, s);
+    if (ps->reforms != gen)
+      s = -1;
+    else if (rc != 1)
+      s--;
+  }
+  return ps->sticky;
 }
 
 void dml_ps_free(dml_ps *ps) {
@@ -387,10 +554,17 @@ void dml_ps_free(dml_ps *ps) {
       if (r->active) request_release(ps, r);
       dml__free(r->soff);
       dml__free(r->frames);
+      dml__free(r->fbytes);
+      dml__free(r->fdst);
+      dml__free(r->flo);
+      dml__free(r->fdone);
       dml__free(r->sreq);
       dml__free(r->pending);
     }
-  send_all(ps, DML__PS_BYE);
+  int ignore;
+  if (!ps->left && ps->c) send_all(ps, DML__PS_BYE, &ignore);
+  if (ps->own_comm) dml_comm_free(ps->c);
+  dml__free(ps->acked);
   dml__free(ps->rq);
   dml__free(ps->kscratch);
   dml__free(ps->vscratch);

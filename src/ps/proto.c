@@ -98,7 +98,7 @@ int dml__ps_decode(const void *buf, size_t len, const char *peer, dml__ps_msg *m
     return dml_err_set(err, DML_EPROTO, "ps: %s speaks version %u at byte 4 (this build speaks %d)",
                        peer, version, DML__PS_VERSION);
   m->command = get_u16(p + 6);
-  if (m->command < DML__PS_PUSH || m->command > DML__PS_BYE)
+  if (m->command < DML__PS_PUSH || m->command > DML__PS_REJOIN)
     return dml_err_set(err, DML_EPROTO, "ps: %s sent unknown command %u at byte 6", peer,
                        m->command);
   m->sender = get_u32(p + 8);
@@ -133,7 +133,8 @@ int dml__ps_decode(const void *buf, size_t len, const char *peer, dml__ps_msg *m
     return dml_err_set(err, DML_EPROTO, "ps: %s sent value type %u at byte 12 with %llu values",
                        peer, m->value_type, (unsigned long long)m->nvals);
   int needs_vals = m->command == DML__PS_PUSH || m->command == DML__PS_PUSHPULL;
-  int no_keys = m->command == DML__PS_CLOCK || m->command == DML__PS_BYE;
+  int no_keys = m->command == DML__PS_CLOCK || m->command == DML__PS_BYE ||
+                m->command == DML__PS_REFORM || m->command == DML__PS_REJOIN;
   if (m->flags & DML__PS_FLAG_DENSE) {
     /* a dense frame: no keys, one aligned part [key_lo, key_hi] */
     if (no_keys || m->nkeys != 0 || m->key_lo > m->key_hi ||

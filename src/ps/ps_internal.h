@@ -32,7 +32,12 @@ enum {
   DML__PS_PUSHPULL = 3, /* keys + values: apply, then read the same keys */
   DML__PS_REPLY = 4,    /* server -> worker: ack (no keys) or the values of a pull */
   DML__PS_CLOCK = 5,    /* worker finished iteration `clock` - 1 (its clock is now `clock`) */
-  DML__PS_BYE = 6       /* worker leaves: its clock no longer holds anyone back */
+  DML__PS_BYE = 6,      /* worker leaves: its clock no longer holds anyone back; server ->
+                           worker on the reply tag: the server has finished (orderly shutdown) */
+  DML__PS_REFORM = 7, /* worker -> server: a peer failed, every process joins a new communicator */
+  DML__PS_REJOIN = 8  /* worker -> server, first frame on a re-formed communicator: clock = the
+                           worker's clock, key_lo = push frames this server acknowledged to it,
+                           key_hi = 1 if the worker has left (sent BYE) */
 };
 enum { DML__PS_VT_NONE = 0, DML__PS_VT_F32 = 1 };
 /* Header flags (byte 14). DENSE: no keys on the wire; the frame covers every key of

@@ -22,6 +22,10 @@ typedef struct worker_state {
   uint64_t last_push_lo; /* key_lo of that push's last frame here (a dense request sends several
                             frames with one timestamp, in increasing key order) */
   dml_comm_req *watch;   /* receive that never completes unless the peer dies */
+  uint64_t applied;      /* push frames from this worker applied (or aggregated) here */
+  uint64_t ckpt_applied; /* restored server: `applied` in the checkpoint */
+  uint64_t ckpt_clock;   /* restored server: `clock` in the checkpoint */
+  int rejoined;          /* restored server: its REJOIN arrived (losses counted once) */
 } worker_state;
 
 /* A dense part: DML__PS_DENSE_PART consecutive keys of the dense namespace in flat arrays. */
@@ -67,6 +71,10 @@ struct dml_ps_server {
   pthread_t thread, watcher;
   int thread_started, watcher_started;
   int stop_watch; /* set by the loop, read by the watcher: __atomic accesses */
+  int own_comm;   /* c was made by a re-form: freed with the server */
+  int reform_wanted;
+  double last_ckpt_s;
+  uint64_t last_ckpt_clock;
   int thread_rc;
   dml_err thread_err;
 };
@@ -428,6 +436,27 @@ static void worker_leaves(dml_ps_server *s, int r, int died) {
   s->live--;
 }
 
+/* The first frame of a worker on a re-formed communicator: its clock and whether it has left
+ * are the truth; a server restored from a checkpoint counts what the checkpoint missed. */
+static void worker_rejoins(dml_ps_server *s, int r, const dml__ps_msg *m) {
+  worker_state *w = &s->w[r];
+  if (s->st.restored && !w->rejoined) {
+    w->rejoined = 1;
+    uint64_t lost = m->key_lo > w->ckpt_applied ? m->key_lo - w->ckpt_applied : 0;
+    uint64_t clocks = m->clock > w->ckpt_clock ? m->clock - w->ckpt_clock : 0;
+    s->st.lost_pushes += lost;
+    s->st.lost_clocks += clocks;
+    dml_log(
+        DML_LOG_WARN,
+        "ps server %d: worker %d rejoined at clock %llu; the checkpoint (clock %llu) lacks %llu "
+        "of its acknowledged pushes: lost",
+        s->me, r, (unsigned long long)m->clock, (unsigned long long)w->ckpt_clock,
+        (unsigned long long)lost);
+  }
+  if (m->clock > w->clock || s->st.restored) w->clock = m->clock;
+  if (m->key_hi == 1) worker_leaves(s, r, 0);
+}
+
 int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t bytes, dml_err *err) {
   dml__ps_msg m;
   const char *peer = dml_comm_peer_name(s->c, src);
@@ -486,6 +515,7 @@ int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t by
         if (rc) break;
         w->last_push_ts = m.timestamp;
         w->last_push_lo = m.key_lo;
+        w->applied++;
         s->st.pushes++;
       }
       if (m.command == DML__PS_PUSH) {
@@ -524,6 +554,13 @@ int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t by
       break;
     case DML__PS_BYE:
       worker_leaves(s, src, 0);
+      serve_deferred(s, err);
+      break;
+    case DML__PS_REFORM:
+      if (s->cfg.recover) s->reform_wanted = 1;
+      break;
+    case DML__PS_REJOIN:
+      worker_rejoins(s, src, &m);
       serve_deferred(s, err);
       break;
     default:
@@ -582,6 +619,9 @@ int dml_ps_server_create(dml_ps_server **out, dml_comm *c, const dml_ps_config *
                        cfg->num_servers, cfg->num_servers + 1, n);
   if (!dml_ps_is_server(cfg, me))
     return dml_err_set(err, DML_EINVAL, "ps: rank %d is not a server", me);
+  if (cfg->colocated && (cfg->recover || cfg->restore))
+    return dml_err_set(err, DML_EUNSUPPORTED,
+                       "ps: recovery needs dedicated servers (not --servers colocated)");
   dml_ps_server *s = dml__calloc(1, sizeof(*s));
   if (s == NULL) return dml_err_set(err, DML_ENOMEM, "ps server: out of memory");
   s->c = c;
@@ -637,11 +677,131 @@ static void *watch_main(void *arg) {
   return NULL;
 }
 
-int dml_ps_server_run(dml_ps_server *s, dml_err *err) {
-  int rc = 0;
+int dml_ps_checkpoint_path(const char *dir, int rank, char *out, size_t bytes) {
+  int len = snprintf(out, bytes, "%s/ps-server-%d.safetensors", dir, rank);
+  return len < 0 || (size_t)len >= bytes ? DML_EINVAL : 0;
+}
+
+dml_comm *dml_ps_server_comm(const dml_ps_server *s) {
+  return s->c;
+}
+
+static int watcher_start(dml_ps_server *s, dml_err *err) {
+  __atomic_store_n(&s->stop_watch, 0, __ATOMIC_RELEASE);
+  for (int r = 0; r < s->n; r++) s->w[r].watch = NULL;
   if (pthread_create(&s->watcher, NULL, watch_main, s) != 0)
     return dml_err_set(err, DML_ESYS, "ps server: cannot start the watcher thread");
   s->watcher_started = 1;
+  return 0;
+}
+
+static void watcher_stop(dml_ps_server *s) {
+  if (!s->watcher_started) return;
+  __atomic_store_n(&s->stop_watch, 1, __ATOMIC_RELEASE);
+  pthread_join(s->watcher, NULL);
+  s->watcher_started = 0;
+}
+
+/* Writes the periodic checkpoint when one is due and no BSP aggregate is open (a checkpoint then
+ * holds every push it counts as applied). */
+static void maybe_checkpoint(dml_ps_server *s) {
+  const dml_ps_config *cfg = &s->cfg;
+  if (cfg->checkpoint_dir == NULL || s->agg_pushes != 0) return;
+  double now = dml_now_s();
+  uint64_t mc = min_live_clock(s, -1);
+  int by_time = cfg->checkpoint_every_s > 0 && now - s->last_ckpt_s >= cfg->checkpoint_every_s;
+  int by_clock = cfg->checkpoint_every_clocks > 0 && mc != UINT64_MAX &&
+                 mc >= s->last_ckpt_clock + cfg->checkpoint_every_clocks;
+  if (!by_time && !by_clock) return;
+  char path[4096];
+  dml_err e;
+  dml_err_clear(&e);
+  s->last_ckpt_s = now;
+  if (mc != UINT64_MAX) s->last_ckpt_clock = mc;
+  if (dml_ps_checkpoint_path(cfg->checkpoint_dir, s->me, path, sizeof path) != 0 ||
+      dml_ps_server_checkpoint(s, path, &e) != 0) {
+    dml_log(DML_LOG_WARN, "ps server %d: checkpoint not written: %s", s->me, dml_err_msg(&e));
+    return;
+  }
+  s->st.checkpoints++;
+}
+
+/* Leaves the current communicator and joins a new one with every other process of the job (same
+ * rank, world size and rendezvous): the shard, clocks and applied pushes stay; pulls waiting for
+ * an answer are dropped (their workers resend them); every rank that joins is alive. */
+static int reform(dml_ps_server *s, const char *why, dml_err *err) {
+  int max = s->cfg.max_reforms > 0 ? s->cfg.max_reforms : 8;
+  if (s->st.reforms >= max)
+    return dml_err_set(err, DML_ECLOSED, "ps server %d: %s, and %d re-forms were already made",
+                       s->me, why, max);
+  dml_log(DML_LOG_WARN, "ps server %d: %s; re-forming the job", s->me, why);
+  watcher_stop(s);
+  dml_comm_abort(s->c, "ps: re-forming the job after a failure");
+  if (s->own_comm) dml_comm_free(s->c);
+  s->c = NULL;
+  s->own_comm = 0;
+  dml_comm *nc = NULL;
+  dml_err ierr;
+  dml_err_clear(&ierr);
+  int rc = dml_comm_init(&nc, s->cfg.comm_opts, &ierr);
+  if (rc == 0 && (dml_comm_rank(nc) != s->me || dml_comm_size(nc) != s->n)) {
+    rc = dml_err_set(&ierr, DML_EMISMATCH, "the new communicator has rank %d of %d",
+                     dml_comm_rank(nc), dml_comm_size(nc));
+    dml_comm_free(nc);
+    nc = NULL;
+  }
+  if (rc)
+    return dml_err_set(err, rc, "ps server %d: re-forming the job after %s: %s", s->me, why,
+                       dml_err_msg(&ierr));
+  s->c = nc;
+  s->own_comm = 1;
+  s->st.reforms++;
+  for (size_t i = 0; i < s->ndq; i++) dml__ps_msg_free(&s->dq[i].m);
+  s->ndq = 0;
+  for (int r = 0; r < s->n; r++) {
+    worker_state *w = &s->w[r];
+    if (w->is_worker && w->dead && !w->dropped) {
+      w->dead = 0;
+      s->st.dead_workers--;
+      s->live++;
+    }
+  }
+  dml_log(DML_LOG_INFO, "ps server %d: re-formed the job (re-form %d)", s->me, s->st.reforms);
+  return watcher_start(s, err);
+}
+
+/* Orderly shutdown: every worker still here hears that this server is done (a BYE on the reply
+ * tag), so it can leave without taking the end of the connection for a failure. */
+static void send_shutdown(dml_ps_server *s) {
+  dml__ps_msg m;
+  memset(&m, 0, sizeof(m));
+  m.command = DML__PS_BYE;
+  m.sender = (uint32_t)s->me;
+  unsigned char buf[DML__PS_HEADER_BYTES];
+  dml__ps_encode(buf, &m, NULL, NULL);
+  for (int r = 0; r < s->n; r++) {
+    const worker_state *w = &s->w[r];
+    if (!w->is_worker || w->dead || w->dropped) continue;
+    dml_comm_send(s->c, r, DML__PS_TAG_REP, buf, sizeof buf);
+  }
+}
+
+int dml_ps_server_run(dml_ps_server *s, dml_err *err) {
+  int rc = 0;
+  if (s->cfg.restore && !s->st.restored) {
+    char path[4096];
+    if (s->cfg.checkpoint_dir == NULL ||
+        dml_ps_checkpoint_path(s->cfg.checkpoint_dir, s->me, path, sizeof path) != 0)
+      return dml_err_set(err, DML_EINVAL, "ps server %d: restore needs a checkpoint directory",
+                         s->me);
+    if ((rc = dml_ps_server_restore(s, path, err)) != 0) return rc;
+    dml_log(DML_LOG_WARN,
+            "ps server %d: restarted from %s (%zu keys, slowest worker at clock %llu)", s->me, path,
+            s->nkeys, (unsigned long long)s->st.restored_clock);
+  }
+  if ((rc = watcher_start(s, err)) != 0) return rc;
+  s->last_ckpt_s = dml_now_s();
+  s->last_ckpt_clock = s->st.restored ? s->st.restored_clock : 0;
   while (s->live > 0) {
     void *buf = NULL;
     size_t bytes = 0;
@@ -649,6 +809,12 @@ int dml_ps_server_run(dml_ps_server *s, dml_err *err) {
     rc = dml_comm_recv_alloc(s->c, DML_ANY_SOURCE, DML__PS_TAG_REQ, &buf, &bytes, &src);
     if (rc == DML_ETIMEDOUT) {
       rc = 0;
+      continue;
+    }
+    if (rc && s->cfg.recover) {
+      char why[300];
+      snprintf(why, sizeof why, "receive failed: %.250s", dml_comm_errmsg(s->c));
+      if ((rc = reform(s, why, err)) != 0) break;
       continue;
     }
     if (rc) {
@@ -663,11 +829,18 @@ int dml_ps_server_run(dml_ps_server *s, dml_err *err) {
       rc = dml_err_set(err, hrc, "%s", dml_err_msg(&herr));
       break;
     }
+    if (s->reform_wanted) {
+      s->reform_wanted = 0;
+      char why[64];
+      snprintf(why, sizeof why, "worker %d asked for a re-form", src);
+      if ((rc = reform(s, why, err)) != 0) break;
+      continue;
+    }
+    maybe_checkpoint(s);
   }
   flush_aggregate(s);
-  __atomic_store_n(&s->stop_watch, 1, __ATOMIC_RELEASE);
-  pthread_join(s->watcher, NULL);
-  s->watcher_started = 0;
+  watcher_stop(s);
+  if (rc == 0) send_shutdown(s);
   s->st.keys = s->nkeys;
   return rc;
 }
@@ -719,6 +892,7 @@ void dml_ps_server_free(dml_ps_server *s) {
   dml__free(s->agg_list);
   dml__free(s->agg_grads);
   dml__free(s->w);
+  if (s->own_comm) dml_comm_free(s->c);
   dml__free(s);
 }
 
@@ -726,9 +900,12 @@ void dml_ps_server_free(dml_ps_server *s) {
  * Checkpoints. Slots are handed out in insertion order, so slots 0..nkeys-1 are exactly the live
  * values and state entries. */
 
-/* which: 0 last push timestamp, 1 clock, 2 last push key_lo */
+/* which: 0 last push timestamp, 1 clock, 2 last push key_lo, 3 push frames applied */
 static uint64_t field(const worker_state *w, int which) {
-  return which == 1 ? w->clock : which == 2 ? w->last_push_lo : w->last_push_ts;
+  return which == 1   ? w->clock
+         : which == 2 ? w->last_push_lo
+         : which == 3 ? w->applied
+                      : w->last_push_ts;
 }
 
 static int list_u64(char **out, const worker_state *w, int n, int which) {
@@ -750,7 +927,7 @@ int dml_ps_server_checkpoint(dml_ps_server *s, const char *path, dml_err *err) {
   dml_st_tensor t[2 + 8];
   float *keybits = dml__malloc((n ? n : 1) * sizeof(uint64_t));
   float *state = NULL;
-  char *clocks = NULL, *pushes = NULL, *push_lo = NULL;
+  char *clocks = NULL, *pushes = NULL, *push_lo = NULL, *applied = NULL;
   int rc = keybits ? 0 : DML_ENOMEM;
   if (rc == 0 && ns > 0) {
     state = dml__malloc((n ? n : 1) * sizeof(float) * (size_t)ns);
@@ -759,6 +936,7 @@ int dml_ps_server_checkpoint(dml_ps_server *s, const char *path, dml_err *err) {
   if (rc == 0) rc = list_u64(&clocks, s->w, s->n, 1);
   if (rc == 0) rc = list_u64(&pushes, s->w, s->n, 0);
   if (rc == 0) rc = list_u64(&push_lo, s->w, s->n, 2);
+  if (rc == 0) rc = list_u64(&applied, s->w, s->n, 3);
   if (rc) {
     dml_err_set(err, rc, "ps checkpoint %s: out of memory", path);
     goto out;
@@ -793,7 +971,8 @@ int dml_ps_server_checkpoint(dml_ps_server *s, const char *path, dml_err *err) {
       {"ps.world", world},
       {"ps.clocks", clocks},
       {"ps.last_push_ts", pushes},
-      {"ps.last_push_lo", push_lo}};
+      {"ps.last_push_lo", push_lo},
+      {"ps.applied", applied}};
   rc = dml_safetensors_write(path, t, nt, meta, (int)DML__ARRAY_LEN(meta), err);
 out:
   dml__free(keybits);
@@ -801,6 +980,7 @@ out:
   dml__free(clocks);
   dml__free(pushes);
   dml__free(push_lo);
+  dml__free(applied);
   return rc;
 }
 
@@ -815,6 +995,8 @@ static int parse_list(const char *text, worker_state *w, int n, int which) {
       w[r].clock = v;
     else if (which == 2)
       w[r].last_push_lo = v;
+    else if (which == 3)
+      w[r].applied = v;
     else
       w[r].last_push_ts = v;
     p = end;
@@ -865,11 +1047,13 @@ int dml_ps_server_restore(dml_ps_server *s, const char *path, dml_err *err) {
   }
   if (parse_list(dml_safetensors_meta(st, "ps.clocks"), s->w, s->n, 1) != 0 ||
       parse_list(dml_safetensors_meta(st, "ps.last_push_ts"), s->w, s->n, 0) != 0 ||
-      parse_list(dml_safetensors_meta(st, "ps.last_push_lo"), s->w, s->n, 2) != 0) {
+      parse_list(dml_safetensors_meta(st, "ps.last_push_lo"), s->w, s->n, 2) != 0 ||
+      parse_list(dml_safetensors_meta(st, "ps.applied"), s->w, s->n, 3) != 0) {
     rc = dml_err_set(
         err, DML_EFORMAT,
-        "ps restore %s: ps.clocks / ps.last_push_ts / ps.last_push_lo must list %d numbers", path,
-        s->n);
+        "ps restore %s: ps.clocks / ps.last_push_ts / ps.last_push_lo / ps.applied must list %d "
+        "numbers",
+        path, s->n);
     goto out;
   }
   int S = dml_ps_num_servers(&s->cfg, s->n);
@@ -909,6 +1093,15 @@ int dml_ps_server_restore(dml_ps_server *s, const char *path, dml_err *err) {
     dml_optim_set_step_count(s->opt, strtoull(step, NULL, 10));
   }
   s->st.keys = s->nkeys;
+  s->st.restored = 1;
+  s->st.restored_clock = UINT64_MAX;
+  for (int r = 0; r < s->n; r++) {
+    worker_state *w = &s->w[r];
+    w->ckpt_applied = w->applied;
+    w->ckpt_clock = w->clock;
+    if (w->is_worker && w->clock < s->st.restored_clock) s->st.restored_clock = w->clock;
+  }
+  if (s->st.restored_clock == UINT64_MAX) s->st.restored_clock = 0;
 out:
   dml_safetensors_free(st);
   return rc;
