@@ -2,8 +2,9 @@
 # test-labels: slow
 # Training fed by the input pipeline (issue "Task-parallel"): the batches depend on the seed, not
 # on the number of loader threads, so 1 and 2 threads train the same model (same accuracy and
-# loss to the last digit), with and without augmentation; the input stall is reported; the
-# pipeline refuses sparse data and unknown augmentations clearly.
+# loss to the last digit), with and without augmentation; the input stall is reported; an
+# unknown augmentation is refused clearly. Sparse data through the pipeline (every strategy):
+# test_train_pipeline_sparse.sh.
 source "$(dirname "$0")/lib.sh"
 common=(--model mlp --hidden 128 --data fashion-mnist --epochs 2 --json --quiet --threads 1)
 for aug in "" "--augment shift,flip,noise"; do
@@ -19,8 +20,5 @@ for aug in "" "--augment shift,flip,noise"; do
   s=$(json_field input_stall_pct <<<"$o2")
   ge "$s" 0 && ok "input stall reported: $s% of the epoch" || fail "no input_stall_pct: $o2"
 done
-"$DISTML" gen sparse --rows 100 --features 50 --out "$TMP/s.svm" 2>/dev/null
-expect_fail 1 "pipeline" "sparse" -- "$DISTML" train --model logreg --data "$TMP/s.svm" --loader-threads 2 --epochs 1
-expect_fail 2 "--strategy ps" "--loader-threads" -- "$DISTML" train --strategy ps -n 1 --model logreg --data "$TMP/s.svm" --loader-threads 2
 expect_fail 2 "--augment" "rotate" -- "$DISTML" train --data fashion-mnist --augment rotate
 finish

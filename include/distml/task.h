@@ -142,8 +142,15 @@ void dml_future_release(dml_future *f);
  * batch is fixed by (seed, epoch) before any element is mapped; map then runs in parallel on the
  * pool and a batch is collated by whichever task maps its last piece. Results depend only on
  * (seed, epoch), never on thread timing: map gets a generator seeded from (seed, epoch, element
- * index). The pipeline knows nothing of the element type: map fills an element buffer of
- * elem_bytes, collate gathers the elements of a batch into a buffer of batch_bytes. */
+ * index). Two kinds of element:
+ *  - opaque, of a fixed size: map fills an element buffer of elem_bytes, collate gathers the
+ *    elements of a batch into a buffer of batch_bytes (the pipeline knows nothing of the type);
+ *  - rows of a CSR matrix (opts.csr): the pipeline itself copies each batch's rows into one CSR
+ *    batch (indptr, indices, values, labels), the same rows in the same order as
+ *    dml_dataset_gather (data.h) gives for the batch's indices. Rows differ in length, so the
+ *    batch buffers are sized per batch and the byte budget counts the CSR bytes of the batches
+ *    in flight. No map or collate callbacks, and no augmentation (nothing here knows what a
+ *    sparse row means). */
 
 typedef struct dml_pipe dml_pipe;
 
@@ -157,11 +164,22 @@ typedef int (*dml_pipe_map_fn)(void *ctx, uint64_t epoch, uint64_t index, dml_rn
 typedef int (*dml_pipe_collate_fn)(void *ctx, void *const *elems, const uint64_t *idx, size_t count,
                                    void *batch);
 
+/* Rows of a CSR matrix as the pipeline's elements: element index i is row first_row + i, which
+ * is [indptr[r], indptr[r + 1]) of indices/values. The arrays stay owned by the caller and must
+ * not change while the pipeline runs; indptr must have first_row + n + 1 entries. */
+typedef struct dml_pipe_csr {
+  const uint64_t *indptr;  /* non-NULL selects CSR mode */
+  const uint32_t *indices; /* may be NULL when the matrix has no entries */
+  const float *values;
+  const int32_t *y;   /* a label per row, or NULL (then the batches carry no labels) */
+  uint64_t first_row; /* element 0 is this row (a rank's shard) */
+} dml_pipe_csr;
+
 typedef struct dml_pipe_opts {
   uint64_t n;            /* elements per epoch */
-  size_t elem_bytes;     /* size of one mapped element (> 0) */
+  size_t elem_bytes;     /* size of one mapped element (> 0; 0 in CSR mode) */
   size_t batch_size;     /* elements per batch (> 0) */
-  size_t batch_bytes;    /* size of one collated batch (> 0) */
+  size_t batch_bytes;    /* size of one collated batch (> 0; 0 in CSR mode) */
   int drop_last;         /* 1: drop a last partial batch */
   int shuffle_order;     /* 1: the source visits 0..n-1 in a random order per (seed, epoch) */
   size_t shuffle_buffer; /* shuffle buffer (indices) after the source; 0 or 1: none */
@@ -170,20 +188,32 @@ typedef struct dml_pipe_opts {
   size_t prefetch;       /* batches prepared ahead of the one the consumer holds; 0: 2 */
   size_t map_chunk;      /* elements per map task; 0: batch_size / (2 x threads), at least 1 */
   uint64_t byte_budget;  /* cap on bytes of batch slots (elements + batch); 0: 256 MiB. The
-                               number of slots (prefetch + 1) is cut to fit; one must fit. */
+                               number of slots (prefetch + 1) is cut to fit; one must fit.
+                               CSR mode: cap on the CSR bytes of the batches scheduled, ready
+                               or held; a batch waits until it fits (one larger than the whole
+                               budget is prepared when no other batch is in flight). */
   uint64_t seed;
-  dml_pipe_map_fn map;
-  dml_pipe_collate_fn collate;
-  void *ctx; /* passed to map and collate */
+  dml_pipe_map_fn map;         /* NULL in CSR mode */
+  dml_pipe_collate_fn collate; /* NULL in CSR mode */
+  void *ctx;                   /* passed to map and collate */
+  dml_pipe_csr csr;            /* CSR mode when csr.indptr != NULL */
 } dml_pipe_opts;
 
 /* One batch handed to the consumer. */
 typedef struct dml_pipe_batch {
-  void *data;   /* batch_bytes bytes filled by collate; owned by the pipeline */
+  void *data;   /* batch_bytes bytes filled by collate (CSR mode: bytes bytes holding the
+                   arrays below); owned by the pipeline */
   size_t count; /* elements in it (batch_size, or fewer for a last partial batch) */
   uint64_t epoch;
   uint64_t number;     /* batch number within the epoch */
   const uint64_t *idx; /* the element indices, count of them, in batch order */
+  /* CSR mode only (NULL/0 otherwise), pointing into data: */
+  const uint64_t *indptr;  /* count + 1, indptr[0] == 0 */
+  const uint32_t *indices; /* indptr[count] column indices */
+  const float *values;     /* indptr[count] values */
+  const int32_t *y;        /* count labels, or NULL when opts.csr.y is NULL */
+  uint64_t nnz;            /* indptr[count] */
+  size_t bytes;            /* bytes of data this batch uses (what the byte budget counts) */
 } dml_pipe_batch;
 
 /* Per-stage times in ns, summed over threads. map_busy: inside map callbacks; map_wait: from a
@@ -197,7 +227,8 @@ typedef struct dml_pipe_stats {
   uint64_t batch_busy_ns, batch_wait_ns;
   uint64_t consumer_wait_ns;
   uint64_t batches, elements;      /* delivered */
-  uint64_t bytes_live, bytes_peak; /* bytes of slots in use now, and the most at once */
+  uint64_t bytes_live, bytes_peak; /* bytes of slots in use now, and the most at once (CSR
+                                      mode: CSR bytes of the batches in flight) */
   size_t slots;                    /* batch slots the budget allowed */
 } dml_pipe_stats;
 
@@ -209,9 +240,11 @@ int dml_pipe_create(dml_pool *pool, const dml_pipe_opts *opts, dml_pipe **out, d
  * any the consumer still holds (their data becomes invalid). */
 int dml_pipe_start(dml_pipe *p, uint64_t epoch);
 /* Next batch of the epoch in *out (blocking). Must be called from a thread outside the pool.
- * Returns 0, DML_ECLOSED at the end of the epoch, DML_ESTATE when the consumer holds every slot,
- * or the error of a map/collate callback (dml_pipe_errmsg names the element index); after a
- * callback error the epoch is over (later calls return the same error until dml_pipe_start).
+ * Returns 0, DML_ECLOSED at the end of the epoch, DML_ESTATE when the consumer holds every slot
+ * (CSR mode: or holds so many bytes that the next batch does not fit the budget), or the error
+ * of a map/collate callback (dml_pipe_errmsg names the element index; CSR mode: DML_ENOMEM for
+ * a batch buffer, DML_ERANGE for a row whose indptr decreases); after such an error the epoch
+ * is over (later calls return the same error until dml_pipe_start).
  * A batch must be given back with dml_pipe_release for its slot to be reused. */
 int dml_pipe_next(dml_pipe *p, dml_pipe_batch *out);
 void dml_pipe_release(dml_pipe *p, dml_pipe_batch *b);

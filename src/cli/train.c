@@ -129,10 +129,6 @@ int dml_cli_train_main(int argc, char **argv) {
   dml_cli_train_flags_parse(&f, argc, argv);
   int launched = launched_env();
   int want_ps = f.strategy != NULL && strcmp(f.strategy, "ps") == 0;
-  if (want_ps && (f.loader_threads > 0 || f.augment != NULL))
-    dml_cli_usage_error("train",
-                        "--strategy ps does not take its batches from the input pipeline yet: "
-                        "drop --loader-threads/--augment");
   if ((f.nproc > 1 || want_ps) && !launched) {
     if (f.backend != NULL && strcmp(f.backend, "mpi") == 0)
       dml_cli_usage_error("train",
@@ -268,6 +264,11 @@ int dml_cli_train_main(int argc, char **argv) {
             train.name, train.n, train.dim, train.num_classes, f.test ? "; test " : "",
             f.test ? test.name : "", dml_now_s() - l0, world, world > 1 ? "s" : "",
             dml_cli_blas_info());
+  if (f.augment != NULL && train.x == NULL)
+    dml_cli_usage_error("train",
+                        "--augment shifts, flips and adds noise to images; %s is sparse (LIBSVM) "
+                        "data, which has no pixels: drop --augment (--loader-threads alone works)",
+                        train.name);
   if (f.test != NULL && test.dim != train.dim)
     dml_cli_fail("train", "%s has %d features but %s has %d", test.name, test.dim, train.name,
                  train.dim);

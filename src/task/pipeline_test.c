@@ -1,7 +1,9 @@
 /* Tests for the input pipeline and image augmentation: 1, 2 and 3 threads give bitwise-identical
  * batches for a seed (with shuffling and random augmentation on), unordered delivery gives the
  * same batches, each epoch is a permutation, the byte budget caps the slots, callback errors
- * name the element, and the augmentation functions do what they say.
+ * name the element, and the augmentation functions do what they say. CSR rows: batches equal a
+ * serial gather of their indices for 1, 2, 3 threads and odd batch sizes, with empty rows; the
+ * budget counts CSR bytes; a bad indptr names the row.
  * test-labels: tsan */
 #include <stdatomic.h>
 #include <stdint.h>
@@ -349,11 +351,286 @@ static void test_augment(void) {
   T_NEAR(sqrt(v), 0.5, 0.02);
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * CSR rows. The reference is a serial gather with dml_dataset_gather's contract (data.h: rows in
+ * the given order, repeats allowed, indptr rebased to 0, labels alongside); this unit test links
+ * only the task layer, so it carries its own copy of that contract rather than calling it. */
+
+enum { SR = 1001, SDIM = 700, SFIRST = 13 }; /* rows in the matrix, columns, the shard's start */
+
+typedef struct csr_mat {
+  uint64_t indptr[SR + SFIRST + 1];
+  uint32_t *indices;
+  float *values;
+  int32_t y[SR + SFIRST];
+} csr_mat;
+
+/* Rows of lengths 0..40, every 7th row empty, strictly increasing columns, values from the row. */
+static void csr_make(csr_mat *m) {
+  uint64_t nnz = 0;
+  for (int r = 0; r < SR + SFIRST; r++) nnz += (r % 7 == 0) ? 0 : (uint64_t)((r * 13) % 41);
+  m->indices = dml__malloc(nnz * sizeof(uint32_t) + 4);
+  m->values = dml__malloc(nnz * sizeof(float) + 4);
+  T_ASSERT(m->indices != NULL && m->values != NULL);
+  uint64_t at = 0;
+  m->indptr[0] = 0;
+  for (int r = 0; r < SR + SFIRST; r++) {
+    int len = (r % 7 == 0) ? 0 : (r * 13) % 41;
+    uint32_t col = (uint32_t)(r % 5);
+    for (int k = 0; k < len; k++) {
+      col += 1 + (uint32_t)((r + k) % 16);
+      m->indices[at] = col;
+      m->values[at] = (float)r + (float)k / 64.0f;
+      at++;
+    }
+    T_ASSERT(col < SDIM);
+    m->indptr[r + 1] = at;
+    m->y[r] = (r * 7) % 3;
+  }
+  T_EQ_INT(at, nnz);
+}
+
+static void csr_opts(dml_pipe_opts *o, csr_mat *m, size_t batch) {
+  dml_pipe_opts_default(o);
+  o->n = SR;
+  o->batch_size = batch;
+  o->shuffle_order = 1;
+  o->shuffle_buffer = 29;
+  o->seed = 99;
+  o->csr.indptr = m->indptr;
+  o->csr.indices = m->indices;
+  o->csr.values = m->values;
+  o->csr.y = m->y;
+  o->csr.first_row = SFIRST;
+}
+
+static uint64_t fnv(uint64_t h, const void *data, size_t n) {
+  const unsigned char *c = data;
+  for (size_t i = 0; i < n; i++) h = (h ^ c[i]) * 0x100000001b3ull;
+  return h;
+}
+
+/* b equals the reference gather of its indices (shifted by the shard start); returns a hash of
+ * its arrays. */
+static uint64_t csr_check_batch(const csr_mat *m, const dml_pipe_batch *b) {
+  T_ASSERT(b->indptr != NULL && b->y != NULL);
+  T_EQ_INT(b->indptr[0], 0);
+  uint64_t at = 0;
+  for (size_t i = 0; i < b->count; i++) {
+    uint64_t row = SFIRST + b->idx[i];
+    uint64_t beg = m->indptr[row], len = m->indptr[row + 1] - beg;
+    T_EQ_INT(b->y[i], m->y[row]);
+    T_EQ_INT(b->indptr[i + 1] - b->indptr[i], len);
+    T_EQ_INT(b->indptr[i], at);
+    if (len > 0) {
+      T_ASSERT(memcmp(b->indices + at, m->indices + beg, len * sizeof(uint32_t)) == 0);
+      T_ASSERT(memcmp(b->values + at, m->values + beg, len * sizeof(float)) == 0);
+    }
+    at += len;
+  }
+  T_EQ_INT(b->nnz, at);
+  /* The byte budget counts exactly the CSR arrays. */
+  T_EQ_INT(b->bytes, (b->count + 1) * 8 + b->count * 4 + at * 8);
+  uint64_t h = fnv(0xcbf29ce484222325ull, b->indptr, (b->count + 1) * sizeof(uint64_t));
+  h = fnv(h, b->y, b->count * sizeof(int32_t));
+  h = fnv(h, b->indices, at * sizeof(uint32_t));
+  h = fnv(h, b->values, at * sizeof(float));
+  return fnv(h, b->idx, b->count * sizeof(uint64_t));
+}
+
+static void test_csr_batches(void) {
+  csr_mat *m = dml__calloc(1, sizeof *m);
+  T_ASSERT(m != NULL);
+  csr_make(m);
+  size_t sizes[] = {1, 7, 64, SR + 5}; /* odd sizes, and one batch bigger than the epoch */
+  for (size_t si = 0; si < DML__ARRAY_LEN(sizes); si++) {
+    size_t bs = sizes[si], nb = (SR + bs - 1) / bs;
+    uint64_t *ref = dml__calloc(2 * nb, sizeof(uint64_t));
+    uint64_t *got = dml__calloc(2 * nb, sizeof(uint64_t));
+    unsigned char *seen = dml__calloc(SR, 1);
+    T_ASSERT(ref != NULL && got != NULL && seen != NULL);
+    unsigned threads[] = {1, 2, 3};
+    for (size_t t = 0; t < DML__ARRAY_LEN(threads); t++) {
+      dml_pool *pool = make_pool(threads[t]);
+      dml_pipe_opts o;
+      csr_opts(&o, m, bs);
+      o.unordered = t == 2;
+      o.map_chunk = t == 1 ? 3 : 0;
+      dml_pipe *p = NULL;
+      dml_err e = {0};
+      if (dml_pipe_create(pool, &o, &p, &e) != 0) T_FAIL("create: %s", dml_err_msg(&e));
+      for (uint64_t epoch = 0; epoch < 2; epoch++) {
+        T_OK(dml_pipe_start(p, epoch));
+        memset(seen, 0, SR);
+        dml_pipe_batch b;
+        int rc;
+        size_t k = 0;
+        while ((rc = dml_pipe_next(p, &b)) == 0) {
+          T_ASSERT(b.number < nb);
+          T_EQ_INT(b.count, b.number + 1 < nb ? bs : SR - (nb - 1) * bs);
+          for (size_t i = 0; i < b.count; i++) seen[b.idx[i]]++;
+          got[epoch * nb + b.number] = csr_check_batch(m, &b);
+          dml_pipe_release(p, &b);
+          k++;
+        }
+        T_EQ_INT(rc, DML_ECLOSED);
+        T_EQ_INT(k, nb);
+        for (size_t r = 0; r < SR; r++) T_EQ_INT(seen[r], 1); /* a permutation */
+      }
+      dml_pipe_stats st;
+      dml_pipe_get_stats(p, &st);
+      T_EQ_INT(st.elements, 2 * SR);
+      T_EQ_INT(st.bytes_live, 0);
+      dml_pipe_destroy(p);
+      dml_pool_destroy(pool);
+      if (t == 0)
+        memcpy(ref, got, 2 * nb * sizeof(uint64_t));
+      else /* bitwise the same batches whatever the threads */
+        T_ASSERT(memcmp(ref, got, 2 * nb * sizeof(uint64_t)) == 0);
+    }
+    if (nb > 1) T_ASSERT(memcmp(ref, ref + nb, nb * sizeof(uint64_t)) != 0); /* epochs differ */
+    dml__free(ref);
+    dml__free(got);
+    dml__free(seen);
+  }
+  dml__free(m->indices);
+  dml__free(m->values);
+  dml__free(m);
+}
+
+static void test_csr_budget_and_errors(void) {
+  csr_mat *m = dml__calloc(1, sizeof *m);
+  T_ASSERT(m != NULL);
+  csr_make(m);
+  dml_pool *pool = make_pool(2);
+  dml_pipe_opts o;
+  csr_opts(&o, m, 50);
+  o.shuffle_order = 0;
+  o.shuffle_buffer = 0;
+  o.prefetch = 6;
+  /* The largest batch of 50 rows in plain order: the budget holds two of them at most. */
+  uint64_t maxb = 0;
+  for (size_t b0 = 0; b0 < SR; b0 += 50) {
+    size_t cnt = DML__MIN((size_t)50, SR - b0);
+    uint64_t nnz = m->indptr[SFIRST + b0 + cnt] - m->indptr[SFIRST + b0];
+    uint64_t bytes = (cnt + 1) * 8 + cnt * 4 + nnz * 8;
+    if (bytes > maxb) maxb = bytes;
+  }
+  o.byte_budget = 2 * maxb + maxb / 2;
+  dml_pipe *p = NULL;
+  dml_err e = {0};
+  T_OK(dml_pipe_create(pool, &o, &p, &e));
+  T_OK(dml_pipe_start(p, 0));
+  dml_pipe_batch b;
+  int rc;
+  uint64_t next_row = 0;
+  while ((rc = dml_pipe_next(p, &b)) == 0) {
+    T_EQ_INT(b.idx[0], next_row);
+    (void)csr_check_batch(m, &b);
+    next_row += b.count;
+    dml_pipe_release(p, &b);
+  }
+  T_EQ_INT(rc, DML_ECLOSED);
+  T_EQ_INT(next_row, SR);
+  dml_pipe_stats st;
+  dml_pipe_get_stats(p, &st);
+  T_ASSERT(st.bytes_peak <= o.byte_budget);
+  T_ASSERT(st.bytes_peak >= maxb);
+  /* Holding batches until the next does not fit: an error naming the budget, not a hang. */
+  T_OK(dml_pipe_start(p, 1));
+  dml_pipe_batch held[8];
+  int nheld = 0;
+  while ((rc = dml_pipe_next(p, &held[nheld])) == 0) {
+    nheld++;
+    T_ASSERT(nheld < 8);
+  }
+  T_EQ_INT(rc, DML_ESTATE);
+  T_ASSERT(nheld >= 2);
+  T_CONTAINS(dml_pipe_errmsg(p), "byte budget");
+  for (int i = 0; i < nheld; i++) dml_pipe_release(p, &held[i]);
+  T_OK(dml_pipe_next(p, &b)); /* released: it goes on */
+  T_EQ_INT(b.number, (uint64_t)nheld);
+  dml_pipe_release(p, &b);
+  dml_pipe_destroy(p);
+
+  /* A budget below one batch: each batch is still prepared, alone. */
+  o.byte_budget = 1;
+  T_OK(dml_pipe_create(pool, &o, &p, &e));
+  T_OK(dml_pipe_start(p, 0));
+  int nb = 0;
+  while ((rc = dml_pipe_next(p, &b)) == 0) {
+    nb++;
+    dml_pipe_release(p, &b);
+  }
+  T_EQ_INT(rc, DML_ECLOSED);
+  T_EQ_INT(nb, (SR + 49) / 50);
+  dml_pipe_get_stats(p, &st);
+  T_EQ_INT(st.bytes_peak, maxb);
+  dml_pipe_destroy(p);
+
+  /* Options that mix the modes are refused with a reason. */
+  o.byte_budget = 0;
+  o.map = map_fn;
+  T_EQ_INT(dml_pipe_create(pool, &o, &p, &e), DML_EINVAL);
+  T_ASSERT(p == NULL);
+  T_CONTAINS(e.msg, "CSR mode");
+  o.map = NULL;
+  o.batch_size = 0;
+  T_EQ_INT(dml_pipe_create(pool, &o, &p, &e), DML_EINVAL);
+  T_CONTAINS(e.msg, "batch_size");
+  o.batch_size = 50;
+
+  /* A row whose indptr decreases fails its batch with the row named; earlier batches arrive. */
+  uint64_t saved = m->indptr[SFIRST + 120 + 1];
+  m->indptr[SFIRST + 120 + 1] = m->indptr[SFIRST + 120] - 1;
+  o.prefetch = 1;
+  T_OK(dml_pipe_create(pool, &o, &p, &e));
+  T_OK(dml_pipe_start(p, 2));
+  int good = 0;
+  while ((rc = dml_pipe_next(p, &b)) == 0) {
+    good++;
+    dml_pipe_release(p, &b);
+  }
+  T_EQ_INT(rc, DML_ERANGE);
+  T_EQ_INT(good, 2);
+  T_CONTAINS(dml_pipe_errmsg(p), "CSR row 133 (element 120");
+  T_EQ_INT(dml_pipe_next(p, &b), DML_ERANGE); /* sticky */
+  dml_pipe_destroy(p);
+  m->indptr[SFIRST + 120 + 1] = saved;
+
+  /* A matrix with no entries at all (NULL arrays, as a reader may leave them): empty rows. */
+  uint64_t zero[SR + SFIRST + 1];
+  memset(zero, 0, sizeof zero);
+  o.csr.indptr = zero;
+  o.csr.indices = NULL;
+  o.csr.values = NULL;
+  o.csr.y = NULL;
+  T_OK(dml_pipe_create(pool, &o, &p, &e));
+  T_OK(dml_pipe_start(p, 0));
+  nb = 0;
+  while ((rc = dml_pipe_next(p, &b)) == 0) {
+    T_EQ_INT(b.nnz, 0);
+    T_ASSERT(b.y == NULL);
+    for (size_t i = 0; i <= b.count; i++) T_EQ_INT(b.indptr[i], 0);
+    nb++;
+    dml_pipe_release(p, &b);
+  }
+  T_EQ_INT(rc, DML_ECLOSED);
+  T_EQ_INT(nb, (SR + 49) / 50);
+  dml_pipe_destroy(p);
+  dml_pool_destroy(pool);
+  dml__free(m->indices);
+  dml__free(m->values);
+  dml__free(m);
+}
+
 int main(void) {
   test_augment();
   test_deterministic();
   test_plain_order_and_budget();
   test_errors();
+  test_csr_batches();
+  test_csr_budget_and_errors();
   printf("pipeline_test: ok\n");
   return 0;
 }

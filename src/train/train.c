@@ -196,8 +196,11 @@ static int wait_buckets(trainer *t) {
 }
 
 /* ---------------------------------------------------------------------------------------------
- * Input pipeline: an element is one row (dim floats, then its int32 label), mapped (copied and
- * augmented) on the pool; a batch is the rows then the labels, ready to train on. */
+ * Input pipeline. Dense data: an element is one row (dim floats, then its int32 label), mapped
+ * (copied and augmented) on the pool; a batch is the rows then the labels, ready to train on.
+ * Sparse data: the pipeline's CSR mode copies the rows itself (no augmentation). Either way the
+ * batches depend on (seed, epoch, rank) only, not on the number of loader threads; they are not
+ * the batches of the path without the pipeline (its epoch order is another permutation). */
 
 typedef struct pipe_ctx {
   const dml_dataset *ds;
@@ -502,11 +505,11 @@ int dml_train_run(const dml_train_config *cfg_in, const dml_dataset *train, cons
     goto out;
   }
   if (cfg->loader_threads > 0 || cfg->augment.flags) {
-    if (train->x == NULL) {
-      rc = dml_err_set(
-          err, DML_EINVAL,
-          "the input pipeline (--loader-threads, --augment) takes dense data; %s is sparse",
-          train->name);
+    if (train->x == NULL && cfg->augment.flags) {
+      rc = dml_err_set(err, DML_EINVAL,
+                       "--augment shifts, flips and adds noise to images; %s is sparse (CSR) "
+                       "data, which has no pixels: drop --augment",
+                       train->name);
       goto out;
     }
     pctx.side = (int)lround(sqrt((double)train->dim));
@@ -523,16 +526,24 @@ int dml_train_run(const dml_train_config *cfg_in, const dml_dataset *train, cons
     dml_pipe_opts pp;
     dml_pipe_opts_default(&pp);
     pp.n = (uint64_t)shard_n;
-    pp.elem_bytes = sizeof(float) * (size_t)train->dim + sizeof(int32_t);
     pp.batch_size = (size_t)local_batch;
-    pp.batch_bytes = (sizeof(float) * (size_t)train->dim + sizeof(int32_t)) * (size_t)local_batch;
+    if (train->x != NULL) {
+      pp.elem_bytes = sizeof(float) * (size_t)train->dim + sizeof(int32_t);
+      pp.batch_bytes = (sizeof(float) * (size_t)train->dim + sizeof(int32_t)) * (size_t)local_batch;
+      pp.map = pipe_map;
+      pp.collate = pipe_collate;
+      pp.ctx = &pctx;
+    } else {
+      pp.csr.indptr = train->indptr;
+      pp.csr.indices = train->indices;
+      pp.csr.values = train->values;
+      pp.csr.y = train->y;
+      pp.csr.first_row = (uint64_t)shard_begin;
+    }
     pp.drop_last = 1;
     pp.shuffle_order = 1;
     pp.prefetch = (size_t)cfg->prefetch;
     pp.seed = cfg->seed * 1000003ull + (uint64_t)t.rank;
-    pp.map = pipe_map;
-    pp.collate = pipe_collate;
-    pp.ctx = &pctx;
     if ((rc = dml_pipe_create(pool, &pp, &pipe, err)) != 0) goto out;
   }
   if (dp) {
@@ -614,8 +625,15 @@ int dml_train_run(const dml_train_config *cfg_in, const dml_dataset *train, cons
           memset(&b, 0, sizeof(b));
           b.n = (int)held.count;
           b.dim = train->dim;
-          b.x = held.data;
-          b.y = (const int32_t *)((const float *)held.data + held.count * (size_t)train->dim);
+          if (held.indptr != NULL) {
+            b.indptr = held.indptr;
+            b.indices = held.indices;
+            b.values = held.values;
+            b.y = held.y;
+          } else {
+            b.x = held.data;
+            b.y = (const int32_t *)((const float *)held.data + held.count * (size_t)train->dim);
+          }
           dml__trace_add(&t.trace, "input wait", "io", 0, c0);
           c0 = dml_now_ns();
         } else {

@@ -1,7 +1,9 @@
 /* The parameter-server strategy's training loop: workers pull the coordinates a batch touches,
  * compute the logistic-regression gradient and push it to the servers, which apply the optimizer
- * (FTRL by default) under BSP, SSP or ASP. It is not the server or the wire protocol (src/ps) and
- * supports only the sparse logreg model for now. */
+ * (FTRL by default) under BSP, SSP or ASP. A worker gathers its batches itself, or with
+ * cfg->loader_threads > 0 takes them from the input pipeline (task.h, CSR mode) prepared ahead
+ * on its own threads. It is not the server or the wire protocol (src/ps) and supports only the
+ * sparse logreg model for now. */
 #include <math.h>
 #include <string.h>
 
@@ -13,8 +15,26 @@
 
 typedef struct ps_result_wire {
   double test_accuracy, test_loss, test_auc, train_loss, train_accuracy, samples_per_s, train_s;
-  double steps, epochs_done;
+  double steps, epochs_done, input_stall_s, input_stall_pct;
 } ps_result_wire;
+
+/* One --metrics line per epoch, written by the first worker: loss and accuracy over its own
+ * rows, samples/s estimated for all workers from its own rate, and the input stall. */
+static void ps_metrics_line(dml_jsonl *j, int epoch, uint64_t step, double loss, double acc,
+                            double sps, double epoch_s, const dml_train_result *r, int piped) {
+  dml_jsonl_begin(j);
+  dml_jsonl_add_int(j, "epoch", epoch);
+  dml_jsonl_add_int(j, "step", (int64_t)step);
+  dml_jsonl_add_double(j, "loss", loss);
+  dml_jsonl_add_double(j, "accuracy", acc);
+  dml_jsonl_add_double(j, "samples_per_s", sps);
+  dml_jsonl_add_double(j, "epoch_s", epoch_s);
+  if (piped) {
+    dml_jsonl_add_double(j, "input_stall_s", r->input_stall_s);
+    dml_jsonl_add_double(j, "input_stall_pct", r->input_stall_pct);
+  }
+  dml_jsonl_end(j);
+}
 
 static int run_worker(const dml_train_config *cfg, const dml_dataset *train,
                       const dml_dataset *test, dml_comm *comm, const dml_ps_config *pcfg, int first,
@@ -25,6 +45,11 @@ static int run_worker(const dml_train_config *cfg, const dml_dataset *train,
   if (train == NULL || train->indptr == NULL)
     return dml_err_set(err, DML_EUNSUPPORTED,
                        "ps train: workers need sparse (LIBSVM) training data");
+  if (cfg->augment.flags)
+    return dml_err_set(err, DML_EINVAL,
+                       "ps train: --augment shifts and flips images; %s is sparse (CSR) data, "
+                       "which has no pixels: drop --augment",
+                       train->name);
   dml_model_config mc = cfg->model;
   if (mc.in_dim == 0) mc.in_dim = train->dim;
   int local_batch = cfg->batch / W > 0 ? cfg->batch / W : 1;
@@ -36,6 +61,12 @@ static int run_worker(const dml_train_config *cfg, const dml_dataset *train,
   float *vals = NULL;
   dml_batch_buf bbuf;
   memset(&bbuf, 0, sizeof(bbuf));
+  dml_pool *pool = NULL;
+  dml_pipe *pipe = NULL;
+  dml_pipe_batch held = {0};
+  int holding = 0;
+  dml_jsonl metrics = {0};
+  int metrics_open = 0;
   int64_t b0 = 0, b1 = 0;
   int rc = dml_model_create(&m, &mc, err);
   if (rc) goto out;
@@ -51,22 +82,73 @@ static int run_worker(const dml_train_config *cfg, const dml_dataset *train,
     rc = dml_err_set(err, DML_ENOMEM, "ps train: out of memory");
     goto out;
   }
+  if (cfg->loader_threads > 0) {
+    dml_pool_opts po;
+    dml_pool_opts_default(&po);
+    po.nthreads = (unsigned)cfg->loader_threads;
+    po.name = "loader";
+    if ((rc = dml_pool_create(&po, &pool, err)) != 0) goto out;
+    dml_pipe_opts pp;
+    dml_pipe_opts_default(&pp);
+    pp.n = (uint64_t)(b1 - b0);
+    pp.batch_size = (size_t)local_batch;
+    pp.shuffle_order = 1;
+    pp.prefetch = (size_t)cfg->prefetch;
+    pp.seed = cfg->seed * 1000003ull + (uint64_t)widx;
+    pp.csr.indptr = train->indptr;
+    pp.csr.indices = train->indices;
+    pp.csr.values = train->values;
+    pp.csr.y = train->y;
+    pp.csr.first_row = (uint64_t)b0;
+    if ((rc = dml_pipe_create(pool, &pp, &pipe, err)) != 0) goto out;
+  }
+  if (first && cfg->metrics_path != NULL) {
+    if ((rc = dml_jsonl_open(&metrics, cfg->metrics_path, err)) != 0) goto out;
+    metrics_open = 1;
+  }
   if ((rc = dml_ps_create(&ps, comm, pcfg, err)) != 0) goto out;
   float *params = dml_model_params(m), *grads = dml_model_grads(m);
   double t_train = 0, loss_sum = 0;
   uint64_t steps = 0, correct = 0, rows = 0;
   int shard_n = (int)(b1 - b0);
   for (int epoch = 0; epoch < cfg->epochs; epoch++) {
-    dml_epoch_order(order, (size_t)shard_n, cfg->seed * 1000003ull + (uint64_t)widx,
-                    (uint64_t)epoch);
-    for (int i = 0; i < shard_n; i++) order[i] += (uint32_t)b0;
+    dml_pipe_stats ps0 = {0};
+    if (pipe != NULL) {
+      if ((rc = dml_pipe_start(pipe, (uint64_t)epoch)) != 0) {
+        dml_err_set(err, rc, "ps train: input pipeline: %s", dml_pipe_errmsg(pipe));
+        goto out;
+      }
+      holding = 0;
+      dml_pipe_get_stats(pipe, &ps0);
+    } else {
+      dml_epoch_order(order, (size_t)shard_n, cfg->seed * 1000003ull + (uint64_t)widx,
+                      (uint64_t)epoch);
+      for (int i = 0; i < shard_n; i++) order[i] += (uint32_t)b0;
+    }
     loss_sum = 0;
     correct = rows = 0;
     double t0 = dml_now_s();
     for (int off = 0; off < shard_n; off += local_batch) {
       int cnt = DML__MIN(local_batch, shard_n - off);
       dml_batch b;
-      if ((rc = dml_dataset_gather(train, order + off, cnt, &bbuf, &b, err)) != 0) goto out;
+      if (pipe != NULL) { /* the same rows per batch (cnt), in the pipeline's seeded order */
+        if (holding) dml_pipe_release(pipe, &held);
+        holding = 0;
+        if ((rc = dml_pipe_next(pipe, &held)) != 0) {
+          dml_err_set(err, rc, "ps train: input pipeline: %s", dml_pipe_errmsg(pipe));
+          goto out;
+        }
+        holding = 1;
+        memset(&b, 0, sizeof(b));
+        b.n = (int)held.count;
+        b.dim = train->dim;
+        b.indptr = held.indptr;
+        b.indices = held.indices;
+        b.values = held.values;
+        b.y = held.y;
+      } else if ((rc = dml_dataset_gather(train, order + off, cnt, &bbuf, &b, err)) != 0) {
+        goto out;
+      }
       const uint32_t *idx;
       size_t nk;
       if ((rc = dml_model_batch_keys(m, &b, &idx, &nk, err)) != 0) goto out;
@@ -88,8 +170,21 @@ static int run_worker(const dml_train_config *cfg, const dml_dataset *train,
       rows += (uint64_t)cnt;
       steps++;
     }
-    t_train += dml_now_s() - t0;
+    double epoch_s = dml_now_s() - t0;
+    t_train += epoch_s;
     res->epochs_done = epoch + 1;
+    if (pipe != NULL) {
+      if (holding) dml_pipe_release(pipe, &held);
+      holding = 0;
+      dml_pipe_stats ps1;
+      dml_pipe_get_stats(pipe, &ps1);
+      res->input_stall_s = (double)(ps1.consumer_wait_ns - ps0.consumer_wait_ns) * 1e-9;
+      res->input_stall_pct = epoch_s > 0 ? 100.0 * res->input_stall_s / epoch_s : 0;
+    }
+    if (metrics_open)
+      ps_metrics_line(&metrics, epoch + 1, steps, rows ? loss_sum / (double)rows : NAN,
+                      rows ? (double)correct / (double)rows : NAN,
+                      epoch_s > 0 ? (double)rows * W / epoch_s : 0, epoch_s, res, pipe != NULL);
   }
   res->steps = steps;
   res->train_s = t_train;
@@ -116,6 +211,10 @@ static int run_worker(const dml_train_config *cfg, const dml_dataset *train,
 ps_fail:
   dml_err_set(err, rc, "%s", dml_ps_errmsg(ps));
 out:
+  if (pipe != NULL && holding) dml_pipe_release(pipe, &held);
+  dml_pipe_destroy(pipe);
+  dml_pool_destroy(pool);
+  if (metrics_open) dml_jsonl_close(&metrics);
   dml_ps_free(ps);
   dml_batch_buf_free(&bbuf);
   dml__free(order);
@@ -173,7 +272,8 @@ int dml_train_ps_run(const dml_train_config *cfg, const dml_dataset *train, cons
   if (rank == first_worker && rank != 0) {
     ps_result_wire w = {res->test_accuracy, res->test_loss,      res->test_auc,
                         res->train_loss,    res->train_accuracy, res->samples_per_s,
-                        res->train_s,       (double)res->steps,  (double)res->epochs_done};
+                        res->train_s,       (double)res->steps,  (double)res->epochs_done,
+                        res->input_stall_s, res->input_stall_pct};
     rc = dml_comm_send(comm, 0, PS_TAG_RESULT, &w, sizeof w);
     if (rc)
       dml_err_set(err, rc, "ps train: sending the result to rank 0: %s", dml_comm_errmsg(comm));
@@ -193,6 +293,8 @@ int dml_train_ps_run(const dml_train_config *cfg, const dml_dataset *train, cons
     res->train_s = w.train_s;
     res->steps = (uint64_t)w.steps;
     res->epochs_done = (int)w.epochs_done;
+    res->input_stall_s = w.input_stall_s;
+    res->input_stall_pct = w.input_stall_pct;
   }
 out:
   res->wall_s = dml_now_s() - t0;
