@@ -35,6 +35,8 @@ typedef struct child {
   pid_t pid;
   int alive;
   int status; /* from waitpid */
+  int restarts;
+  int lost; /* failed under the continue policy: the others went on without it */
   stream s[2];
 } child;
 
@@ -170,7 +172,7 @@ static void set_env_int(const char *name, long v) {
 
 /* In the child: never returns. */
 static void exec_child(int rank, int n, int port, char *const argv[], const dml_launch_opts *o,
-                       int out_fd, int err_fd) {
+                       int restart, int out_fd, int err_fd) {
   struct sigaction dfl;
   memset(&dfl, 0, sizeof(dfl));
   dfl.sa_handler = SIG_DFL;
@@ -194,6 +196,10 @@ static void exec_child(int rank, int n, int port, char *const argv[], const dml_
   set_env_int("LOCAL_WORLD_SIZE", n);
   setenv("MASTER_ADDR", "127.0.0.1", 1);
   set_env_int("MASTER_PORT", port);
+  if (restart > 0)
+    set_env_int("DISTML_RESTART", restart);
+  else
+    unsetenv("DISTML_RESTART");
   if (o->child_setup && o->child_setup(rank, n, o->user) != 0) _exit(127);
   const char *path = o->exec_path ? o->exec_path : argv[0];
   execvp(path, argv);
@@ -202,6 +208,58 @@ static void exec_child(int rank, int n, int port, char *const argv[], const dml_
                      o->name ? o->name : "launch", path, strerror(errno));
   if (len > 0) write_all(2, msg, (size_t)len < sizeof(msg) ? (size_t)len : sizeof(msg) - 1);
   _exit(127);
+}
+
+/* Forks rank i (its restart-th start) with its output pipes; 0 or -1 (printed). */
+static int spawn_rank(child *c, int i, int n, int port, char *const argv[],
+                      const dml_launch_opts *opts, const char *name) {
+  int po[2] = {-1, -1}, pe[2] = {-1, -1};
+  if (opts->prefix_output) {
+    if (pipe2(po, O_CLOEXEC) != 0 || pipe2(pe, O_CLOEXEC) != 0) {
+      fprintf(stderr, "distml %s: error: pipe: %s\n", name, strerror(errno));
+      if (po[0] >= 0) close(po[0]), close(po[1]);
+      return -1;
+    }
+  }
+  pid_t pid = fork();
+  if (pid < 0) {
+    fprintf(stderr, "distml %s: error: fork for rank %d: %s\n", name, i, strerror(errno));
+    if (po[0] >= 0) close(po[0]), close(po[1]), close(pe[0]), close(pe[1]);
+    return -1;
+  }
+  if (pid == 0) exec_child(i, n, port, argv, opts, c->restarts, po[1], pe[1]);
+  setpgid(pid, pid);
+  c->pid = pid;
+  c->alive = 1;
+  for (int k = 0; k < 2; k++) {
+    int *pp = k == 0 ? po : pe;
+    c->s[k].out_fd = k + 1;
+    if (pp[0] >= 0) {
+      close(pp[1]);
+      c->s[k].fd = pp[0];
+      c->s[k].len = 0;
+      if (c->s[k].buf == NULL) c->s[k].buf = dml__malloc(LINE_MAX_BYTES);
+      if (c->s[k].buf == NULL) {
+        close(pp[0]);
+        c->s[k].fd = -1;
+      }
+    }
+  }
+  return 0;
+}
+
+/* A dead rank's pipes before it is started again: relay what is left (its writers are gone). */
+static void drain_streams(child *c, int rank) {
+  for (int k = 0; k < 2; k++)
+    for (int guard = 0; c->s[k].fd >= 0 && guard < 4096; guard++) {
+      struct pollfd p = {c->s[k].fd, POLLIN, 0};
+      if (poll(&p, 1, 100) <= 0) {
+        close(c->s[k].fd); /* a grandchild keeps it open: stop relaying it */
+        c->s[k].fd = -1;
+        break;
+      }
+      pump(&c->s[k], rank);
+    }
 }
 
 int dml_launch_run(int n, char *const argv[], const dml_launch_opts *opts) {
@@ -251,41 +309,13 @@ int dml_launch_run(int n, char *const argv[], const dml_launch_opts *opts) {
 
   int status = 0, first_fail = -1, started = 0;
   for (int i = 0; i < n; i++) {
-    int po[2] = {-1, -1}, pe[2] = {-1, -1};
-    if (opts->prefix_output) {
-      if (pipe2(po, O_CLOEXEC) != 0 || pipe2(pe, O_CLOEXEC) != 0) {
-        fprintf(stderr, "distml %s: error: pipe: %s\n", name, strerror(errno));
-        if (po[0] >= 0) close(po[0]), close(po[1]);
-        status = 1;
-        break;
-      }
-    }
-    pid_t pid = fork();
-    if (pid < 0) {
-      fprintf(stderr, "distml %s: error: fork for rank %d: %s\n", name, i, strerror(errno));
-      if (po[0] >= 0) close(po[0]), close(po[1]), close(pe[0]), close(pe[1]);
+    if (spawn_rank(&ch[i], i, n, port, argv, opts, name) != 0) {
       status = 1;
       break;
     }
-    if (pid == 0) exec_child(i, n, port, argv, opts, po[1], pe[1]);
-    setpgid(pid, pid);
-    ch[i].pid = pid;
-    ch[i].alive = 1;
     started++;
-    for (int k = 0; k < 2; k++) {
-      int *pp = k == 0 ? po : pe;
-      ch[i].s[k].out_fd = k + 1;
-      if (pp[0] >= 0) {
-        close(pp[1]);
-        ch[i].s[k].fd = pp[0];
-        ch[i].s[k].buf = dml__malloc(LINE_MAX_BYTES);
-        if (ch[i].s[k].buf == NULL) {
-          close(pp[0]);
-          ch[i].s[k].fd = -1;
-        }
-      }
-    }
   }
+  int max_restarts = opts->max_restarts > 0 ? opts->max_restarts : 3;
 
   double t0 = dml_now_s();
   int stopping = status != 0; /* a failed start stops the ranks already running */
@@ -367,6 +397,32 @@ int dml_launch_run(int n, char *const argv[], const dml_launch_opts *opts) {
       pid_t w = waitpid(ch[i].pid, &ch[i].status, WNOHANG);
       if (w != ch[i].pid) continue;
       ch[i].alive = 0;
+      int policy = failed(&ch[i]) && !stopping && opts->failure_policy
+                       ? opts->failure_policy(i, n, opts->user)
+                       : DML_LAUNCH_STOP_ALL;
+      if (policy == DML_LAUNCH_RESTART && ch[i].restarts < max_restarts) {
+        char what[160];
+        describe(&ch[i], i, what, sizeof(what));
+        ch[i].restarts++;
+        fprintf(stderr, "distml %s: %s; restarting it (restart %d of %d)\n", name, what,
+                ch[i].restarts, max_restarts);
+        drain_streams(&ch[i], i);
+        if (spawn_rank(&ch[i], i, n, port, argv, opts, name) == 0) continue;
+      } else if (policy == DML_LAUNCH_RESTART) {
+        char what[160];
+        describe(&ch[i], i, what, sizeof(what));
+        fprintf(stderr, "distml %s: %s after %d restarts; giving up\n", name, what, ch[i].restarts);
+      }
+      if (policy == DML_LAUNCH_CONTINUE) {
+        int others = 0;
+        for (int j = 0; j < started; j++) others += ch[j].alive;
+        char what[160];
+        describe(&ch[i], i, what, sizeof(what));
+        fprintf(stderr, "distml %s: %s; the other %d rank%s go on without it\n", name, what, others,
+                others == 1 ? "" : "s");
+        ch[i].lost = 1;
+        continue;
+      }
       if (failed(&ch[i]) && !stopping) {
         first_fail = i;
         stopping = 1;
@@ -432,11 +488,25 @@ int dml_launch_run(int n, char *const argv[], const dml_launch_opts *opts) {
               interrupted == SIGINT ? "SIGINT" : "SIGTERM", started, started == 1 ? "" : "s");
       status = 128 + interrupted;
     } else {
-      for (int i = 0; i < started; i++)
-        if (failed(&ch[i])) {
+      int lost = 0, ok = 0;
+      for (int i = 0; i < started; i++) {
+        if (ch[i].lost)
+          lost++;
+        else if (failed(&ch[i]))
           status = 1;
-          break;
-        }
+        else
+          ok++;
+      }
+      if (status == 0 && lost > 0 && ok == 0) status = 1; /* nobody finished */
+      if (status == 0 && lost > 0) {
+        char list[256] = "";
+        size_t off = 0;
+        for (int i = 0; i < started && off < sizeof(list) - 16; i++)
+          if (ch[i].lost)
+            off += (size_t)snprintf(list + off, sizeof(list) - off, "%s%d", off ? ", " : "", i);
+        fprintf(stderr, "distml %s: completed without rank%s %s (failed and left behind)\n", name,
+                lost == 1 ? "" : "s", list);
+      }
     }
   }
 
@@ -459,6 +529,31 @@ int dml_launch_run(int n, char *const argv[], const dml_launch_opts *opts) {
   return status;
 }
 
+/* `distml launch --restart/--continue`: the policy of each rank (n entries). */
+static int policy_of_rank(int rank, int world_size, void *user) {
+  const unsigned char *p = user;
+  return rank < world_size ? p[rank] : DML_LAUNCH_STOP_ALL;
+}
+
+/* "all" or a comma-separated list of ranks below n: sets their policy. */
+static void parse_rank_list(const char *flag, const char *v, int n, int policy, unsigned char *p) {
+  if (strcmp(v, "all") == 0) {
+    for (int r = 0; r < n; r++) p[r] = (unsigned char)policy;
+    return;
+  }
+  const char *q = v;
+  while (*q) {
+    char *end;
+    errno = 0;
+    long r = strtol(q, &end, 10);
+    if (end == q || errno || r < 0 || r >= n || (*end != ',' && *end != 0))
+      dml_cli_usage_error("launch", "%s %s: want 'all' or ranks in 0..%d separated by commas", flag,
+                          v, n - 1);
+    p[r] = (unsigned char)policy;
+    q = *end ? end + 1 : end;
+  }
+}
+
 static void launch_usage(FILE *f) {
   fprintf(
       f,
@@ -475,6 +570,10 @@ static void launch_usage(FILE *f) {
       "  --grace S     seconds between SIGTERM and SIGKILL when stopping (default 5)\n"
       "  --port P      MASTER_PORT to use instead of a free one\n"
       "  --no-prefix   let the ranks write to this terminal directly\n"
+      "  --restart R   ranks R ('all' or a list: 0,2) are started again when they fail\n"
+      "                (DISTML_RESTART=k in the k-th restart's environment)\n"
+      "  --max-restarts K  restarts allowed per rank (default 3), then all stop\n"
+      "  --continue R  when ranks R fail the others go on; the launch succeeds if they do\n"
       "\n"
       "exit status: 0 if every rank succeeded; else the failing rank's status (128+signal\n"
       "if it was killed), 124 on timeout, 128+signal if interrupted, 2 for usage errors.\n");
@@ -485,6 +584,7 @@ int dml_cli_launch_main(int argc, char **argv) {
   dml_launch_opts o;
   dml_launch_opts_default(&o);
   o.name = "launch";
+  const char *restart = NULL, *cont = NULL;
   int i = 1;
   for (; i < argc; i++) {
     const char *a = argv[i];
@@ -498,7 +598,9 @@ int dml_cli_launch_main(int argc, char **argv) {
     }
     if (a[0] != '-') break; /* the program */
     int has_value = strcmp(a, "-n") == 0 || strcmp(a, "--timeout") == 0 ||
-                    strcmp(a, "--grace") == 0 || strcmp(a, "--port") == 0;
+                    strcmp(a, "--grace") == 0 || strcmp(a, "--port") == 0 ||
+                    strcmp(a, "--restart") == 0 || strcmp(a, "--continue") == 0 ||
+                    strcmp(a, "--max-restarts") == 0;
     if (strcmp(a, "--no-prefix") == 0) {
       o.prefix_output = 0;
       continue;
@@ -512,11 +614,28 @@ int dml_cli_launch_main(int argc, char **argv) {
       o.timeout_s = dml_cli_double("launch", "--timeout", v, 0.001, 1e7);
     else if (strcmp(a, "--grace") == 0)
       o.grace_s = dml_cli_double("launch", "--grace", v, 0.001, 3600);
+    else if (strcmp(a, "--restart") == 0)
+      restart = v;
+    else if (strcmp(a, "--continue") == 0)
+      cont = v;
+    else if (strcmp(a, "--max-restarts") == 0)
+      o.max_restarts = (int)dml_cli_int("launch", "--max-restarts", v, 1, 1000);
     else
       o.master_port = (int)dml_cli_int("launch", "--port", v, 1, 65535);
   }
   if (n < 0) dml_cli_usage_error("launch", "-n N is required");
   if (i >= argc)
     dml_cli_usage_error("launch", "no program given (distml launch -n N -- PROG ARGS)");
-  return dml_launch_run(n, argv + i, &o);
+  unsigned char *policy = NULL;
+  if (restart || cont) {
+    policy = dml__calloc((size_t)n, 1);
+    if (policy == NULL) dml_cli_fail("launch", "out of memory");
+    if (restart) parse_rank_list("--restart", restart, n, DML_LAUNCH_RESTART, policy);
+    if (cont) parse_rank_list("--continue", cont, n, DML_LAUNCH_CONTINUE, policy);
+    o.failure_policy = policy_of_rank;
+    o.user = policy;
+  }
+  int st = dml_launch_run(n, argv + i, &o);
+  dml__free(policy);
+  return st;
 }

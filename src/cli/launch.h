@@ -1,6 +1,7 @@
 /* The local launcher behind `distml launch` and `distml train -n N`: starts N copies of a program
  * on this machine with the rendezvous environment set, relays their output line by line with a
- * rank prefix, forwards SIGINT/SIGTERM, and stops them all when one fails. It starts processes
+ * rank prefix, forwards SIGINT/SIGTERM, and when one fails stops them all, restarts it or goes on
+ * without it (a per-rank policy). It starts processes
  * only; the processes find each other themselves (comm.h reads the environment it sets). */
 #ifndef DISTML_CLI_LAUNCH_H
 #define DISTML_CLI_LAUNCH_H
@@ -16,8 +17,18 @@ typedef struct dml_launch_opts {
    * setenv() per-rank variables (e.g. DISTML_ROLE). Non-zero: the child exits with status 127.
    * It runs in a forked child: no locks, no stdio buffers shared with the parent. */
   int (*child_setup)(int rank, int world_size, void *user);
-  void *user; /* passed to child_setup */
+  void *user; /* passed to child_setup and failure_policy */
+  /* What to do when a rank fails (non-zero exit or a signal), asked per rank in the parent:
+   * DML_LAUNCH_STOP_ALL (NULL hook: every rank) stops the others and the launch fails;
+   * DML_LAUNCH_RESTART starts the rank again (same rank and environment, plus DISTML_RESTART=k
+   * for its k-th restart) up to max_restarts times, then stops all; DML_LAUNCH_CONTINUE lets the
+   * others go on without it: the launch succeeds if every other rank does, and says which rank
+   * it lost. Not asked once the launcher is stopping (timeout, signal, another failure). */
+  int (*failure_policy)(int rank, int world_size, void *user);
+  int max_restarts; /* restarts allowed per rank (0: 3) */
 } dml_launch_opts;
+
+enum { DML_LAUNCH_STOP_ALL = 0, DML_LAUNCH_RESTART = 1, DML_LAUNCH_CONTINUE = 2 };
 
 /* A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0 and released), or -1. */
 int dml_launch_free_port(void);
