@@ -1,11 +1,13 @@
-/* The parameter-server strategy's CLI glue: --servers and --sync parsing and the launcher hook
- * that gives each child its role. It does not parse the other train flags or run training. */
+/* The parameter-server strategy's CLI glue: --servers and --sync parsing and the launcher hooks
+ * that give each child its role and decide what a failed rank means. It does not parse the other train flags or run training. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "cli/ps_launch.h"
+
+#include "cli/launch.h"
 
 int dml_cli_ps_config(const char *servers, const char *sync, int world, dml_ps_config *cfg,
                       dml_err *err) {
@@ -37,4 +39,13 @@ int dml_cli_ps_child_setup(int rank, int world_size, void *user) {
                      world_size, role, (long)getpid());
   if (len > 0 && write(2, line, (size_t)len) < 0) return 0; /* the announcement is best effort */
   return 0;
+}
+
+int dml_cli_ps_failure_policy(int rank, int world_size, void *user) {
+  const dml_ps_config *cfg = user;
+  (void)world_size;
+  if (cfg->colocated) return DML_LAUNCH_STOP_ALL;
+  if (rank < cfg->num_servers)
+    return cfg->checkpoint_dir != NULL ? DML_LAUNCH_RESTART : DML_LAUNCH_STOP_ALL;
+  return rank == cfg->num_servers ? DML_LAUNCH_STOP_ALL : DML_LAUNCH_CONTINUE;
 }

@@ -153,6 +153,8 @@ int dml_cli_train_main(int argc, char **argv) {
     if (want_ps) {
       nprocs += roles.num_servers;
       lo.child_setup = dml_cli_ps_child_setup;
+      lo.failure_policy = dml_cli_ps_failure_policy; /* restart servers, go on without workers */
+      roles.checkpoint_dir = f.checkpoint;
       lo.user = &roles;
     }
     int st = dml_launch_run(nprocs, rargv, &lo);

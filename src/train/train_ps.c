@@ -4,8 +4,11 @@
  * cfg->loader_threads > 0 takes them from the input pipeline (task.h, CSR mode) prepared ahead
  * on its own threads. It is not the server or the wire protocol (src/ps) and supports only the
  * sparse logreg model for now. */
+#include <errno.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "core/internal.h"
 #include "train/train_ps.h"
@@ -36,9 +39,19 @@ static void ps_metrics_line(dml_jsonl *j, int epoch, uint64_t step, double loss,
   dml_jsonl_end(j);
 }
 
+static void result_to_wire(const dml_train_result *res, ps_result_wire *w) {
+  *w = (ps_result_wire){res->test_accuracy, res->test_loss,      res->test_auc,
+                        res->train_loss,    res->train_accuracy, res->samples_per_s,
+                        res->train_s,       (double)res->steps,  (double)res->epochs_done,
+                        res->input_stall_s, res->input_stall_pct};
+}
+
+/* report_to: the rank the first worker sends the result to (-1: none). The worker leaves in
+ * order (dml_ps_finish) and sends the result on the client's communicator, which is the job's
+ * current one after a re-form. */
 static int run_worker(const dml_train_config *cfg, const dml_dataset *train,
                       const dml_dataset *test, dml_comm *comm, const dml_ps_config *pcfg, int first,
-                      dml_train_result *res, dml_err *err) {
+                      int report_to, dml_train_result *res, dml_err *err) {
   int n = dml_comm_size(comm), rank = dml_comm_rank(comm);
   int W = dml_ps_num_workers(pcfg, n);
   int widx = pcfg->colocated ? rank : rank - pcfg->num_servers;
@@ -207,6 +220,19 @@ static int run_worker(const dml_train_config *cfg, const dml_dataset *train,
         (rc = dml_model_save(m, cfg->save_path, NULL, 0, NULL, 0, err)) != 0)
       goto out;
   }
+  if ((rc = dml_ps_finish(ps)) != 0) goto ps_fail;
+  if (dml_ps_reforms(ps) > 0)
+    dml_log(DML_LOG_INFO, "ps worker %d: finished after %d re-form%s, %llu frames resent", rank,
+            dml_ps_reforms(ps), dml_ps_reforms(ps) == 1 ? "" : "s",
+            (unsigned long long)dml_ps_resent_frames(ps));
+  if (first && report_to >= 0) {
+    ps_result_wire w;
+    result_to_wire(res, &w);
+    dml_comm *pc = dml_ps_comm(ps);
+    if ((rc = dml_comm_send(pc, report_to, PS_TAG_RESULT, &w, sizeof w)) != 0)
+      dml_err_set(err, rc, "ps train: sending the result to rank %d: %s", report_to,
+                  dml_comm_errmsg(pc));
+  }
   goto out;
 ps_fail:
   dml_err_set(err, rc, "%s", dml_ps_errmsg(ps));
@@ -240,6 +266,19 @@ int dml_train_ps_run(const dml_train_config *cfg, const dml_dataset *train, cons
     return dml_err_set(err, DML_EINVAL, "ps train: %d servers need at least %d processes (have %d)",
                        pcfg.num_servers, pcfg.num_servers + 1, n);
   int first_worker = pcfg.colocated ? 0 : pcfg.num_servers;
+  if (!pcfg.colocated && cfg->checkpoint_dir != NULL) {
+    /* Recovery: servers checkpoint every checkpoint_every seconds; a server the launcher
+     * restarted (DISTML_RESTART) reloads its shard; every process re-forms the job when a peer
+     * fails. */
+    const char *restart = getenv("DISTML_RESTART");
+    if (mkdir(cfg->checkpoint_dir, 0755) != 0 && errno != EEXIST)
+      return dml_err_set(err, DML_EIO, "ps train: cannot create %s: %s", cfg->checkpoint_dir,
+                         strerror(errno));
+    pcfg.checkpoint_dir = cfg->checkpoint_dir;
+    pcfg.checkpoint_every_s = cfg->checkpoint_every > 0 ? cfg->checkpoint_every : 1;
+    pcfg.recover = 1;
+    pcfg.restore = dml_ps_is_server(&pcfg, rank) && restart != NULL && atoi(restart) > 0;
+  }
   double t0 = dml_now_s();
   dml_ps_server *srv = NULL;
   int rc = 0;
@@ -253,15 +292,26 @@ int dml_train_ps_run(const dml_train_config *cfg, const dml_dataset *train, cons
       dml_ps_server_stats_get(srv, &st);
       dml_log(DML_LOG_INFO,
               "ps server %d: %llu pushes, %llu pulls, %llu keys, %llu bytes in, %d dead workers, "
-              "%d dropped peers",
+              "%d dropped peers, %llu checkpoints, %d re-forms",
               rank, (unsigned long long)st.pushes, (unsigned long long)st.pulls,
               (unsigned long long)st.keys, (unsigned long long)st.bytes_in, st.dead_workers,
-              st.dropped_peers);
+              st.dropped_peers, (unsigned long long)st.checkpoints, st.reforms);
+      if (st.restored)
+        dml_log(DML_LOG_WARN,
+                "ps server %d: restarted from its checkpoint (slowest worker at clock %llu): %llu "
+                "acknowledged pushes lost, %llu worker iterations since the checkpoint",
+                rank, (unsigned long long)st.restored_clock, (unsigned long long)st.lost_pushes,
+                (unsigned long long)st.lost_clocks);
+      if (st.dead_workers > 0)
+        dml_log(DML_LOG_WARN, "ps server %d: %d worker%s died; training went on without %s", rank,
+                st.dead_workers, st.dead_workers == 1 ? "" : "s",
+                st.dead_workers == 1 ? "it" : "them");
       if (rc) goto out;
     }
   }
   if (dml_ps_is_worker(&pcfg, rank, n)) {
-    rc = run_worker(cfg, train, test, comm, &pcfg, rank == first_worker, res, err);
+    rc = run_worker(cfg, train, test, comm, &pcfg, rank == first_worker,
+                    rank == first_worker && rank != 0 ? 0 : -1, res, err);
     if (srv) {
       dml_err jerr;
       int jrc = dml_ps_server_join(srv, &jerr);
@@ -269,19 +319,12 @@ int dml_train_ps_run(const dml_train_config *cfg, const dml_dataset *train, cons
     }
     if (rc) goto out;
   }
-  if (rank == first_worker && rank != 0) {
-    ps_result_wire w = {res->test_accuracy, res->test_loss,      res->test_auc,
-                        res->train_loss,    res->train_accuracy, res->samples_per_s,
-                        res->train_s,       (double)res->steps,  (double)res->epochs_done,
-                        res->input_stall_s, res->input_stall_pct};
-    rc = dml_comm_send(comm, 0, PS_TAG_RESULT, &w, sizeof w);
-    if (rc)
-      dml_err_set(err, rc, "ps train: sending the result to rank 0: %s", dml_comm_errmsg(comm));
-  } else if (rank == 0 && first_worker != 0) {
+  if (rank == 0 && first_worker != 0) {
     ps_result_wire w;
-    rc = dml_comm_recv(comm, first_worker, PS_TAG_RESULT, &w, sizeof w);
+    dml_comm *sc = dml_ps_server_comm(srv);
+    rc = dml_comm_recv(sc, first_worker, PS_TAG_RESULT, &w, sizeof w);
     if (rc) {
-      dml_err_set(err, rc, "ps train: no result from the first worker: %s", dml_comm_errmsg(comm));
+      dml_err_set(err, rc, "ps train: no result from the first worker: %s", dml_comm_errmsg(sc));
       goto out;
     }
     res->test_accuracy = w.test_accuracy;

@@ -14,7 +14,12 @@
  * other worker has finished or died, evaluates it on test, and sends the result to rank 0; result
  * is filled on rank 0 and on the first worker. Only the logreg model is supported
  * (DML_EUNSUPPORTED otherwise). comm must not be NULL. Dedicated servers never read train or test
- * (they may be NULL there); workers need the whole sparse training set (they shard it). */
+ * (they may be NULL there); workers need the whole sparse training set (they shard it).
+ * Recovery (dedicated servers with cfg->checkpoint_dir): servers write their shards into the
+ * directory every cfg->checkpoint_every seconds (for this strategy N counts seconds, not epochs);
+ * a server process whose environment has DISTML_RESTART >= 1 (the launcher's restart) reloads
+ * its shard; when a peer fails every process re-forms the job (ps.h cfg.recover) and the
+ * restarted server logs the acknowledged pushes lost since its checkpoint. */
 int dml_train_ps_run(const dml_train_config *cfg, const dml_dataset *train, const dml_dataset *test,
                      dml_comm *comm, const dml_ps_config *ps, dml_train_result *result,
                      dml_err *err);

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Parameter-server recovery through the CLI (issue 5, "Must show"): `distml train --strategy ps
+# -n 2 --servers 2 --checkpoint DIR` with a server SIGKILLed mid-run -- the launcher restarts it,
+# it reloads its checkpoint, the job re-forms, training completes with a sound AUC and the lost
+# pushes are reported; and a worker SIGKILLed under ASP (and under BSP) -- the others finish, the
+# run succeeds and says it went on without that worker. Processes are killed by the pids the
+# launcher announces.
+source "${DISTML_SRC:?}/tests/lib.sh"
+d="$DISTML"
+"$d" gen sparse --rows 40000 --features 100000 --nnz 20 --seed 5 --out "$TMP/train.svm" \
+  --test-rows 10000 --test-out "$TMP/test.svm" 2>/dev/null || fail "gen failed"
+common=(--model logreg --data "$TMP/train.svm" --test "$TMP/test.svm" --features 100000
+  --batch 64 --json)
+
+# pid_of RANK ERRFILE: the pid the launcher announced for RANK (waits for the line)
+pid_of() {
+  local p=""
+  for _ in $(seq 200); do
+    p=$(grep -o "rank $1 of 4 role [a-z]* pid [0-9]*" "$2" 2>/dev/null | head -1 | awk '{print $NF}')
+    [[ -n $p ]] && break
+    sleep 0.05
+  done
+  echo "$p"
+}
+
+# 1. a server dies; it is restarted from its checkpoint
+"$d" train --strategy ps -n 2 --servers 2 --sync bsp "${common[@]}" --epochs 15 \
+  --checkpoint "$TMP/ck" --checkpoint-every 1 >"$TMP/s.json" 2>"$TMP/s.err" &
+job=$!
+for _ in $(seq 600); do [[ -f $TMP/ck/ps-server-1.safetensors ]] && break; sleep 0.05; done
+[[ -f $TMP/ck/ps-server-1.safetensors ]] || fail "server 1 wrote no checkpoint: $(cat "$TMP/s.err")"
+sleep 0.3
+victim=$(pid_of 1 "$TMP/s.err")
+kill -9 "$victim" || fail "server 1 (pid $victim) was not running to be killed"
+wait $job
+st=$?
+[[ $st == 0 ]] || fail "server kill: status $st; stderr: $(tail -20 "$TMP/s.err")"
+grep -q "rank 1 (pid $victim) killed by signal 9 (Killed); restarting it (restart 1 of 3)" \
+  "$TMP/s.err" || fail "no restart message: $(cat "$TMP/s.err")"
+grep -q "ps server 1: restarted from .*ps-server-1.safetensors" "$TMP/s.err" ||
+  fail "the restarted server did not load its checkpoint"
+lost=$(grep -o "ps server 1: restarted from its checkpoint .*: [0-9]* acknowledged pushes lost" \
+  "$TMP/s.err" | grep -o "[0-9]* acknowledged" | awk '{print $1}')
+[[ -n $lost ]] || fail "the lost pushes were not reported: $(cat "$TMP/s.err")"
+grep -q "ps worker 2: re-formed the job" "$TMP/s.err" && grep -q "ps worker 3: re-formed the job" \
+  "$TMP/s.err" || fail "the workers did not re-form"
+auc=$(json_field test_auc <"$TMP/s.json")
+ge "$auc" 0.70 && ok "server killed and restarted: run completes, AUC $auc, $lost pushes lost" ||
+  fail "AUC $auc after the server's restart"
+
+# 2. a worker dies under ASP, and under BSP: the others finish
+for sync in asp bsp; do
+  "$d" train --strategy ps -n 3 --servers 1 --sync $sync "${common[@]}" --epochs 12 \
+    >"$TMP/w.json" 2>"$TMP/w.err" &
+  job=$!
+  victim=$(pid_of 3 "$TMP/w.err")
+  for _ in $(seq 600); do grep -q "rows x" "$TMP/w.err" && break; sleep 0.05; done
+  sleep 0.5
+  kill -9 "$victim" || fail "$sync: worker 3 (pid $victim) was not running to be killed"
+  wait $job
+  st=$?
+  [[ $st == 0 ]] || fail "$sync worker kill: status $st; stderr: $(tail -20 "$TMP/w.err")"
+  grep -q "rank 3 (pid $victim) killed by signal 9 (Killed); the other 3 ranks go on without it" \
+    "$TMP/w.err" || fail "$sync: no continue message: $(cat "$TMP/w.err")"
+  grep -q "completed without rank 3" "$TMP/w.err" || fail "$sync: no summary"
+  grep -q "ps server 0: 1 worker died; training went on without it" "$TMP/w.err" ||
+    fail "$sync: the server did not report the dead worker: $(cat "$TMP/w.err")"
+  auc=$(json_field test_auc <"$TMP/w.json")
+  ge "$auc" 0.70 && ok "$sync: worker killed, the run completes (AUC $auc)" ||
+    fail "$sync: AUC $auc after losing a worker"
+done
+finish
