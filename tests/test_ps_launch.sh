@@ -3,7 +3,8 @@
 # recovery relies on them): --restart starts a failed rank again with DISTML_RESTART=k and the run
 # succeeds when the restart does; a rank that keeps failing is given up after --max-restarts;
 # --continue lets the others finish and the launch succeeds, naming the rank it lost; a rank with
-# no policy still stops everything.
+# no policy still stops everything; `distml tune` goes on when a farm worker dies (its trial is
+# run by another).
 # test-labels: launch
 source "${DISTML_SRC:?}/tests/lib.sh"
 d="$DISTML"
@@ -46,4 +47,29 @@ ok "--continue: the others finish, status 0"
 expect_fail 3 "rank 0 (pid" "exited with status 3" -- \
   "$d" launch -n 3 --continue 2 -- sh -c 'if [ "$DISTML_RANK" = 0 ]; then exit 3; fi; sleep 30'
 expect_fail 2 "--continue 7" -- "$d" launch -n 2 --continue 7 -- true
+# distml tune: a farm worker killed mid-search (with its trial) does not stop the search; its
+# trial goes to the other worker and every trial has a result
+"$d" gen dense --rows 3000 --dim 20 --classes 4 --seed 2 --out "$TMP/d.svm" --test-rows 1000 \
+  --test-out "$TMP/t.svm" 2>/dev/null || fail "gen dense"
+"$d" tune -n 2 --data "$TMP/d.svm" --test "$TMP/t.svm" --lr 0.001,0.002,0.005,0.01,0.02,0.05 \
+  --epochs 40 --json >"$TMP/tune.json" 2>"$TMP/tune.err" &
+job=$!
+victim=""
+for _ in $(seq 200); do
+  for p in $(pgrep -P $job); do
+    if tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -qx "DISTML_RANK=2"; then victim=$p; fi
+  done
+  [[ -n $victim ]] && break
+  sleep 0.05
+done
+sleep 1
+[[ -n $victim ]] && kill -9 -- "-$victim" || fail "tune: no farm worker rank 2 to kill"
+wait $job
+st=$?
+[[ $st == 0 ]] || fail "tune with a dead worker: status $st; $(cat "$TMP/tune.err")"
+grep -q "rank 2 (pid $victim) killed by signal 9 (Killed); the other 2 ranks go on without it" \
+  "$TMP/tune.err" || fail "tune: no continue message: $(cat "$TMP/tune.err")"
+python3 -c "import json,sys; t=json.load(open(sys.argv[1]))['trials']; sys.exit(0 if len(t)==6 and all('test_accuracy' in x for x in t) else 1)" \
+  "$TMP/tune.json" && ok "tune: a dead farm worker does not stop the search; 6 of 6 trials done" ||
+  fail "tune results: $(cat "$TMP/tune.json")"
 finish

@@ -136,6 +136,14 @@ static int run_trial(void *user, const void *in, size_t in_bytes, void *out, siz
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* The launcher's policy: the farm gives a dead worker's trial to another, so a worker rank that
+ * dies must not stop the search; the coordinator (rank 0) holds the search and stops it. */
+static int farm_rank_policy(int rank, int world_size, void *user) {
+  (void)world_size;
+  (void)user;
+  return rank == 0 ? DML_LAUNCH_STOP_ALL : DML_LAUNCH_CONTINUE;
+}
+
 /* The coordinator: the grid, the farm, the table. */
 
 typedef struct trial {
@@ -397,6 +405,7 @@ int dml_cli_tune_main(int argc, char **argv) {
     lo.name = "tune";
     lo.exec_path = "/proc/self/exe";
     lo.prefix_output = 0;
+    lo.failure_policy = farm_rank_policy;
     char **rargv = calloc((size_t)argc + 2, sizeof(char *));
     rargv[0] = "distml";
     for (int i = 0; i < argc; i++) rargv[i + 1] = argv[i];
