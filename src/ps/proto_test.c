@@ -148,6 +148,33 @@ int main(int argc, char **argv) {
     free(copy);
   }
 
+  /* recovery commands: REJOIN carries clock and counts in the header, no keys; keys are refused */
+  {
+    unsigned char rj[64 + 12];
+    dml__ps_msg r, back;
+    memset(&r, 0, sizeof r);
+    r.command = DML__PS_REJOIN;
+    r.sender = 2;
+    r.clock = 99;
+    r.key_lo = 1234; /* push frames acknowledged */
+    r.key_hi = 1;    /* the worker has left */
+    dml__ps_encode(rj, &r, NULL, NULL);
+    T_OK(dml__ps_decode(rj, 64, "peer", &back, &err));
+    T_EQ_INT(back.command, DML__PS_REJOIN);
+    T_ASSERT(back.clock == 99 && back.key_lo == 1234 && back.key_hi == 1);
+    dml__ps_msg_free(&back);
+    uint64_t k = 5;
+    float v = 1;
+    r.command = DML__PS_REFORM;
+    r.key_lo = r.key_hi = 5;
+    r.nkeys = r.nvals = 1;
+    r.value_type = DML__PS_VT_F32;
+    dml__ps_encode(rj, &r, &k, &v);
+    expect_reject(rj, sizeof rj, "REFORM with keys");
+    rj[6] = DML__PS_REJOIN + 1;
+    expect_reject(rj, 64, "command past REJOIN");
+  }
+
   /* owners: every server gets a share of 100k keys within 20% of even */
   for (int S = 1; S <= 5; S++) {
     int count[5] = {0};
@@ -170,6 +197,10 @@ int main(int argc, char **argv) {
     c.clock = 4;
     dml__ps_encode(hdr, &c, NULL, NULL);
     write_seed(argv[1], "clock", hdr, 64);
+    c.command = DML__PS_REJOIN;
+    c.key_lo = 17;
+    dml__ps_encode(hdr, &c, NULL, NULL);
+    write_seed(argv[1], "rejoin", hdr, 64);
     memcpy(bad, buf, len);
     put64(bad + 64 + 8, 0);
     write_seed(argv[1], "unsorted", bad, len);
