@@ -2,7 +2,8 @@
  * 1 to each key per iteration, so a pull at clock c reads between W*c and W*c + W-1) with 1 and 2 dedicated servers and
  * colocated; the SSP bound (a pull at clock c reads at least W*(c-s)); ASP; a resent push applied
  * once; BSP sync aggregation with a server-side SGD (exact values); hostile ranks (garbage, a huge count, unsorted keys) dropped while the job goes on; and a
- * raw TCP clients writing garbage and huge lengths to the server's ports; a
+ * raw TCP clients writing garbage and huge lengths to the server's ports; registered dense tensors
+ * cut into <= 4 MB parts over 2 servers (the second part on the other server); a
  * worker killed mid-run under ASP and BSP: the others finish and the server counts it dead.
  * test-labels: tsan */
 #include <signal.h>
@@ -22,6 +23,7 @@ typedef struct scenario {
   int raw_hostile;  /* the first worker opens raw TCP connections to the server's ports and
                         sends garbage and a huge length before the job starts */
   int dense;        /* the same through the dense API over 200k keys (several parts) */
+  int layout;       /* dense, over a registered tensor of 1.2M keys split over 2 servers */
   int sgd;          /* server-side SGD lr 1 with BSP sync aggregation: a pull at clock c reads
                         exactly -c (the mean of the W pushes of 1 per clock, one step per clock) */
 } scenario;
@@ -37,6 +39,14 @@ static int check_server(int rank, dml_ps_server *s, const scenario *sc) {
   if (sc->victim && st.dead_workers != 1) {
     fprintf(stderr, "rank %d: %d dead workers, want 1\n", rank, st.dead_workers);
     return 1;
+  }
+  if (sc->layout) { /* key 1.1M is in tensor 0's second part: server 1 holds it, server 0 not */
+    float v = dml_ps_server_dense_value(s, 1100000), want = rank == 1 ? 2.0f * ITERS : 0.0f;
+    if (v != want) {
+      fprintf(stderr, "rank %d: dense key 1100000 holds %g, want %g\n", rank, (double)v,
+              (double)want);
+      return 1;
+    }
   }
   if (!sc->victim && st.dead_workers != 0) {
     fprintf(stderr, "rank %d: %d dead workers, want 0\n", rank, st.dead_workers);
@@ -150,6 +160,11 @@ static int rank_main(int rank, int n, int port, void *arg) {
   cfg.colocated = sc->colocated;
   cfg.staleness = sc->staleness;
   cfg.sum_only = !sc->sgd;
+  static const uint64_t sizes[2] = {1200000, 200000};
+  if (sc->layout) {
+    cfg.dense_sizes = sizes;
+    cfg.num_dense = 2;
+  }
   if (sc->sgd) {
     dml_optim_config_init(&cfg.optim, DML_OPT_SGD);
     cfg.optim.lr = 1.0f;
@@ -183,13 +198,23 @@ static int rank_main(int rank, int n, int port, void *arg) {
   if (sc->raw_hostile && rank == (cfg.colocated ? 0 : cfg.num_servers)) raw_hostile(c, port);
   dml_ps *ps;
   RK_OK(dml_ps_create(&ps, c, &cfg, &err));
-  enum { DLO = 1000, DN = 200000 };
+  /* registered layout: tensor 0 (1.2M keys) is cut into a 4 MB part and a 151,424-key part, which
+   * land on different servers (greedy by bytes: 4 MB -> 0, tensor 1 -> 1, the rest -> 1) */
+  uint64_t DLO = 1000, DN = 200000;
+  if (sc->layout) {
+    uint64_t off[2], bytes[2];
+    RK_OK(dml_ps_dense_layout(&cfg, n, off, bytes, &err));
+    R_ASSERT(off[0] == 0 && off[1] == 19 * 65536); /* 1.2M keys take 19 chunks */
+    R_ASSERT(bytes[0] == 4 * 1048576 && bytes[1] == 4 * (200000 + 1200000 - 1048576));
+    DLO = off[0];
+    DN = cfg.dense_sizes[0];
+  }
   size_t nk = sc->dense ? DN : NKEYS;
   uint64_t keys[NKEYS];
   float *ones = malloc(DN * sizeof(float)), *got = malloc(DN * sizeof(float));
   R_ASSERT(ones && got);
   for (int i = 0; i < NKEYS; i++) keys[i] = (uint64_t)i * 1000003u + 7;
-  for (int i = 0; i < DN; i++) ones[i] = 1.0f;
+  for (uint64_t i = 0; i < DN; i++) ones[i] = 1.0f;
   for (int it = 0; it < ITERS && rc == 0; it++) {
     if (sc->victim && rank == sc->victim && it == 3) raise(SIGKILL);
     uint64_t ts, ts2;
@@ -276,6 +301,8 @@ int main(void) {
   run("dense API, BSP 2 servers 2 workers: values in bounds", 4,
       (scenario){.servers = 2, .dense = 1});
   run("dense API, colocated 2 ranks: values in bounds", 2, (scenario){.colocated = 1, .dense = 1});
+  run("dense API, registered tensors split into <= 4 MB parts over 2 servers", 4,
+      (scenario){.servers = 2, .dense = 1, .layout = 1});
   run("BSP sync aggregation, server SGD: exact values", 4, (scenario){.servers = 1, .sgd = 1});
   run("BSP sync aggregation colocated: exact values", 3, (scenario){.colocated = 1, .sgd = 1});
   run("SSP:2 1 server 3 workers: bound held", 4, (scenario){.servers = 1, .staleness = 2});

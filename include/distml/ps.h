@@ -39,6 +39,12 @@ typedef struct dml_ps_config {
   int sync_aggregate;     /* BSP with an optimizer: the pushes of one clock are summed and their
                             mean applied as one optimizer step once every live worker has passed
                             that clock (1 by default); 0: every push is its own step */
+  /* Dense tensors registered up front (may be NULL/0): tensor t holds dense_sizes[t] keys at
+   * dml_ps_dense_layout's offset; each is cut into parts of at most 4 MB assigned to servers
+   * greedily by bytes (largest first). Dense keys past them are dealt round-robin in 64K-key
+   * chunks. Every process must pass the same list. Not owned. */
+  const uint64_t *dense_sizes;
+  int num_dense;
   /* Recovery (dedicated servers only; see docs/ps.md "Recovery"). */
   const char *checkpoint_dir;       /* server: write DIR/ps-server-<rank>.safetensors atomically
                                        (NULL: no checkpoints); not owned */
@@ -64,6 +70,14 @@ int dml_ps_sync_parse(const char *s, int *staleness, dml_err *err);
 /* Number of workers and servers in a communicator of size n under cfg. */
 int dml_ps_num_workers(const dml_ps_config *cfg, int n);
 int dml_ps_num_servers(const dml_ps_config *cfg, int n);
+/* The registered dense tensors of cfg in a world of n processes: offsets (cfg->num_dense, may be
+ * NULL) gets the first dense key of each tensor; server_bytes (the number of servers, may be
+ * NULL) the value bytes each server holds of them. Pure: what every process computes. */
+int dml_ps_dense_layout(const dml_ps_config *cfg, int n, uint64_t *offsets, uint64_t *server_bytes,
+                        dml_err *err);
+/* Keys 0..nkeys-1 of the sparse namespace hashed to servers: server_bytes (S) gets 4 bytes per
+ * key each server would hold (the load of a model whose every key is touched). */
+void dml_ps_sparse_load(const dml_ps_config *cfg, int n, uint64_t nkeys, uint64_t *server_bytes);
 /* This rank's role: 1 if it holds a shard / is a worker. */
 int dml_ps_is_server(const dml_ps_config *cfg, int rank);
 int dml_ps_is_worker(const dml_ps_config *cfg, int rank, int n);
@@ -138,8 +152,9 @@ int dml_ps_pull(dml_ps *ps, const uint64_t *keys, float *vals_out, size_t n, uin
 int dml_ps_pushpull(dml_ps *ps, const uint64_t *keys, const float *grads, float *vals_out, size_t n,
                     uint64_t *ts);
 /* Dense ranges: keys [lo, lo + n) of a separate dense namespace (a dense key and a sparse key with
- * the same number are different parameters), held by the servers in flat arrays in parts of 64K
- * keys dealt round-robin; no keys travel on the wire. Same timestamps, wait and errors as above.
+ * the same number are different parameters), held by the servers in flat arrays in chunks of 64K
+ * keys (the registered tensors' parts, see dense_sizes, else round-robin); no keys travel on the
+ * wire. Same timestamps, wait and errors as above.
  * Under BSP aggregation dense pushes are still applied one optimizer step per push. */
 int dml_ps_push_dense(dml_ps *ps, uint64_t lo, const float *vals, size_t n, uint64_t *ts);
 int dml_ps_pull_dense(dml_ps *ps, uint64_t lo, float *vals_out, size_t n, uint64_t *ts);

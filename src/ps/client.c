@@ -44,7 +44,8 @@ struct dml_ps {
   int reforms;     /* re-forms taken part in */
   uint64_t resent; /* frames resent after re-forms */
   uint64_t *acked; /* (S) push frames each server acknowledged */
-  int left;        /* BYE sent (dml_ps_finish) */
+  dml__ps_dense_layout layout;
+  int left; /* BYE sent (dml_ps_finish) */
   int in_reform;
 };
 
@@ -113,6 +114,13 @@ int dml_ps_create(dml_ps **out, dml_comm *c, const dml_ps_config *cfg, dml_err *
     dml__free(ps->acked);
     dml__free(ps);
     return dml_err_set(err, DML_ENOMEM, "ps: out of memory");
+  }
+  int lrc = dml__ps_dense_layout_build(&ps->layout, cfg->dense_sizes, cfg->num_dense, ps->S, err);
+  if (lrc) {
+    dml__free(ps->rq);
+    dml__free(ps->acked);
+    dml__free(ps);
+    return lrc;
   }
   for (int i = 0; i < ps->nrq; i++) {
     request *r = &ps->rq[i];
@@ -233,7 +241,7 @@ static int post_dense(dml_ps *ps, int command, uint64_t lo, const float *vals, f
     m.key_hi = b - 1;
     m.nvals = with_vals ? b - a : 0;
     m.value_type = with_vals ? DML__PS_VT_F32 : DML__PS_VT_NONE;
-    if (send_frame(ps, r, DML__PS_DENSE_OWNER(a, ps->S), &m, NULL,
+    if (send_frame(ps, r, dml__ps_dense_owner(&ps->layout, a), &m, NULL,
                    with_vals ? vals + (a - lo) : NULL) != 0) {
       request_release(ps, r);
       return ps->sticky;
@@ -565,6 +573,7 @@ void dml_ps_free(dml_ps *ps) {
   if (!ps->left && ps->c) send_all(ps, DML__PS_BYE, &ignore);
   if (ps->own_comm) dml_comm_free(ps->c);
   dml__free(ps->acked);
+  dml__ps_dense_layout_free(&ps->layout);
   dml__free(ps->rq);
   dml__free(ps->kscratch);
   dml__free(ps->vscratch);

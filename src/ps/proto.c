@@ -1,6 +1,8 @@
 /* The parameter server's wire frame: a fixed 64-byte little-endian header followed by strictly
  * increasing u64 keys and f32 values (docs/ps.md), with an encoder and a pure decoder over a byte
- * buffer. It does no I/O and knows nothing of servers, clocks or optimizers. */
+ * buffer, and the maps from keys to servers (hashed sparse keys, the dense layout). It does no
+ * I/O and knows nothing of servers' state, clocks or optimizers. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/internal.h"
@@ -227,4 +229,85 @@ static uint64_t mix64(uint64_t x) {
 int dml__ps_owner(uint64_t key, int nservers) {
   if (nservers <= 1) return 0;
   return (int)((mix64(key) % DML__PS_VRANGES) % (uint64_t)nservers);
+}
+
+typedef struct dense_piece {
+  uint64_t first_chunk, nchunks, keys;
+} dense_piece;
+
+static int piece_cmp(const void *a, const void *b) {
+  const dense_piece *x = a, *y = b;
+  if (x->keys != y->keys) return x->keys > y->keys ? -1 : 1; /* largest first */
+  return x->first_chunk < y->first_chunk ? -1 : x->first_chunk > y->first_chunk;
+}
+
+void dml__ps_dense_layout_free(dml__ps_dense_layout *l) {
+  if (l == NULL) return;
+  dml__free(l->owner);
+  dml__free(l->offset);
+  dml__free(l->bytes);
+  memset(l, 0, sizeof(*l));
+}
+
+int dml__ps_dense_layout_build(dml__ps_dense_layout *l, const uint64_t *sizes, int ntensors, int S,
+                               dml_err *err) {
+  memset(l, 0, sizeof(*l));
+  l->S = S > 0 ? S : 1;
+  l->ntensors = ntensors > 0 ? ntensors : 0;
+  l->bytes = dml__calloc((size_t)l->S, sizeof(uint64_t));
+  if (l->bytes == NULL) return dml_err_set(err, DML_ENOMEM, "ps: out of memory");
+  if (l->ntensors == 0) return 0;
+  const uint64_t per_part = DML__PS_DENSE_MAX_PART / DML__PS_DENSE_PART; /* chunks in a part */
+  uint64_t nchunks = 0, npieces = 0;
+  for (int t = 0; t < ntensors; t++) {
+    if (sizes[t] == 0 || sizes[t] > ((uint64_t)1 << 40))
+      return dml_err_set(err, DML_EINVAL, "ps: dense tensor %d has %llu keys (want 1..2^40)", t,
+                         (unsigned long long)sizes[t]);
+    uint64_t c = (sizes[t] + DML__PS_DENSE_PART - 1) / DML__PS_DENSE_PART;
+    nchunks += c;
+    npieces += (c + per_part - 1) / per_part;
+  }
+  if (nchunks > ((uint64_t)1 << 26))
+    return dml_err_set(err, DML_EINVAL, "ps: %llu dense chunks registered (max 2^26)",
+                       (unsigned long long)nchunks);
+  l->owner = dml__malloc((size_t)nchunks * sizeof(int));
+  l->offset = dml__malloc((size_t)ntensors * sizeof(uint64_t));
+  dense_piece *pc = dml__malloc((size_t)npieces * sizeof(dense_piece));
+  if (l->owner == NULL || l->offset == NULL || pc == NULL) {
+    dml__free(pc);
+    dml__ps_dense_layout_free(l);
+    return dml_err_set(err, DML_ENOMEM, "ps: no memory for a layout of %llu dense chunks",
+                       (unsigned long long)nchunks);
+  }
+  l->nchunks = nchunks;
+  uint64_t chunk = 0, np = 0;
+  for (int t = 0; t < ntensors; t++) {
+    l->offset[t] = chunk * DML__PS_DENSE_PART;
+    uint64_t left = sizes[t];
+    while (left > 0) {
+      uint64_t keys = left < DML__PS_DENSE_MAX_PART ? left : DML__PS_DENSE_MAX_PART;
+      pc[np].first_chunk = chunk;
+      pc[np].nchunks = (keys + DML__PS_DENSE_PART - 1) / DML__PS_DENSE_PART;
+      pc[np].keys = keys;
+      chunk += pc[np].nchunks;
+      left -= keys;
+      np++;
+    }
+  }
+  qsort(pc, (size_t)np, sizeof(dense_piece), piece_cmp);
+  for (uint64_t i = 0; i < np; i++) {
+    int best = 0;
+    for (int s = 1; s < l->S; s++)
+      if (l->bytes[s] < l->bytes[best]) best = s;
+    l->bytes[best] += pc[i].keys * sizeof(float);
+    for (uint64_t c = 0; c < pc[i].nchunks; c++) l->owner[pc[i].first_chunk + c] = best;
+  }
+  dml__free(pc);
+  return 0;
+}
+
+int dml__ps_dense_owner(const dml__ps_dense_layout *l, uint64_t key) {
+  uint64_t chunk = key / DML__PS_DENSE_PART;
+  if (chunk < l->nchunks) return l->owner[chunk];
+  return (int)(chunk % (uint64_t)l->S);
 }

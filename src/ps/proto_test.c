@@ -175,6 +175,44 @@ int main(int argc, char **argv) {
     expect_reject(rj, 64, "command past REJOIN");
   }
 
+  /* dense layout: parts of <= 1M keys (4 MB), chunk-aligned tensors, greedy by bytes */
+  {
+    const uint64_t M = 1048576;
+    uint64_t sizes[5] = {3 * M, M, 300000, 65536, 1};
+    dml__ps_dense_layout l;
+    T_OK(dml__ps_dense_layout_build(&l, sizes, 5, 2, &err));
+    /* parts 1M x4 (in key order), 300000, 65536, 1 -> 0, 1, 0, 1, 0 (+300000), 1, 1 */
+    T_ASSERT(l.bytes[0] == 4 * (2 * M + 300000) && l.bytes[1] == 4 * (2 * M + 65536 + 1));
+    T_ASSERT(l.offset[0] == 0 && l.offset[1] == 3 * M && l.offset[2] == 4 * M);
+    T_ASSERT(l.offset[3] == 4 * M + 5 * 65536 && l.offset[4] == l.offset[3] + 65536);
+    T_EQ_INT(dml__ps_dense_owner(&l, 0), 0);
+    T_EQ_INT(dml__ps_dense_owner(&l, M - 1), 0);
+    T_EQ_INT(dml__ps_dense_owner(&l, M), 1);
+    T_EQ_INT(dml__ps_dense_owner(&l, 2 * M + 5), 0);
+    T_EQ_INT(dml__ps_dense_owner(&l, 3 * M), 1);
+    T_EQ_INT(dml__ps_dense_owner(&l, l.offset[2]), 0);
+    T_EQ_INT(dml__ps_dense_owner(&l, l.offset[3]), 1);
+    T_EQ_INT(dml__ps_dense_owner(&l, l.offset[4]), 1);
+    uint64_t past = l.nchunks * 65536; /* beyond the tensors: round-robin chunks */
+    T_EQ_INT(dml__ps_dense_owner(&l, past), (int)(l.nchunks % 2));
+    T_EQ_INT(dml__ps_dense_owner(&l, past + 65536), (int)((l.nchunks + 1) % 2));
+    dml__ps_dense_layout_free(&l);
+    /* 3 servers: every byte placed once, no server above the lightest by more than one part */
+    T_OK(dml__ps_dense_layout_build(&l, sizes, 5, 3, &err));
+    uint64_t total = 0, lo = UINT64_MAX, hi = 0;
+    for (int k = 0; k < 3; k++) {
+      total += l.bytes[k];
+      lo = l.bytes[k] < lo ? l.bytes[k] : lo;
+      hi = l.bytes[k] > hi ? l.bytes[k] : hi;
+    }
+    T_ASSERT(total == 4 * (4 * M + 300000 + 65536 + 1) && hi - lo <= 4 * M);
+    dml__ps_dense_layout_free(&l);
+    uint64_t zero = 0;
+    T_ASSERT(dml__ps_dense_layout_build(&l, &zero, 1, 2, &err) == DML_EINVAL);
+    T_CONTAINS(err.msg, "dense tensor 0");
+    dml__ps_dense_layout_free(&l);
+  }
+
   /* owners: every server gets a share of 100k keys within 20% of even */
   for (int S = 1; S <= 5; S++) {
     int count[5] = {0};

@@ -45,9 +45,29 @@ enum { DML__PS_VT_NONE = 0, DML__PS_VT_F32 = 1 };
  * keys are a namespace of their own, separate from sparse keys. */
 #define DML__PS_FLAG_DENSE 1u
 #define DML__PS_DENSE_PART ((uint64_t)1 << 16)
-/* The server of a dense part: parts are dealt round-robin. */
+/* The server of a dense chunk outside the registered tensors: chunks are dealt round-robin. */
 #define DML__PS_DENSE_OWNER(key, nservers) \
   ((int)(((key) / DML__PS_DENSE_PART) % (uint64_t)(nservers)))
+/* Registered dense tensors (dml_ps_config.dense_sizes) are cut into parts of at most this many
+ * keys (4 MB of f32), each a run of whole chunks; a chunk (DML__PS_DENSE_PART keys) is still the
+ * unit of a frame and of a server's storage. */
+#define DML__PS_DENSE_MAX_PART ((uint64_t)1 << 20)
+
+/* Where the registered dense tensors live: tensor t starts at offset[t] (chunk-aligned, in order),
+ * its parts are assigned greedily by bytes, largest first, each to the server with the fewest
+ * bytes so far (ties: the lower index), so every process computes the same table. */
+typedef struct dml__ps_dense_layout {
+  int S, ntensors;
+  uint64_t nchunks; /* chunks covered by the registered tensors, from key 0 */
+  int *owner;       /* (nchunks) server of each chunk */
+  uint64_t *offset; /* (ntensors) first key of each tensor */
+  uint64_t *bytes;  /* (S) value bytes of the registered tensors on each server */
+} dml__ps_dense_layout;
+int dml__ps_dense_layout_build(dml__ps_dense_layout *l, const uint64_t *sizes, int ntensors, int S,
+                               dml_err *err);
+void dml__ps_dense_layout_free(dml__ps_dense_layout *l);
+/* The server of dense key: from the table inside the registered range, round-robin beyond. */
+int dml__ps_dense_owner(const dml__ps_dense_layout *l, uint64_t key);
 
 typedef struct dml__ps_msg {
   uint32_t command;

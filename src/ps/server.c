@@ -67,6 +67,7 @@ struct dml_ps_server {
   size_t ndq, dq_cap;
   dense_part *dparts;
   size_t ndparts, dparts_cap;
+  dml__ps_dense_layout layout;
   dml_ps_server_stats st;
   pthread_t thread, watcher;
   int thread_started, watcher_started;
@@ -469,7 +470,7 @@ int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t by
     rc =
         dml_err_set(err, DML_EPROTO, "ps: %s is not a worker but sent command %u", peer, m.command);
   if (rc == 0 && (m.flags & DML__PS_FLAG_DENSE) &&
-      DML__PS_DENSE_OWNER(m.key_lo, dml_ps_num_servers(&s->cfg, s->n)) != s->me)
+      dml__ps_dense_owner(&s->layout, m.key_lo) != s->me)
     rc = dml_err_set(err, DML_EPROTO,
                      "ps: %s sent dense keys [%llu, %llu], which server %d does not own", peer,
                      (unsigned long long)m.key_lo, (unsigned long long)m.key_hi, s->me);
@@ -598,6 +599,24 @@ int dml_ps_sync_parse(const char *s, int *staleness, dml_err *err) {
   return dml_err_set(err, DML_EINVAL, "--sync %s: want bsp, ssp:S or asp", s);
 }
 
+int dml_ps_dense_layout(const dml_ps_config *cfg, int n, uint64_t *offsets, uint64_t *server_bytes,
+                        dml_err *err) {
+  dml__ps_dense_layout l;
+  int S = dml_ps_num_servers(cfg, n);
+  int rc = dml__ps_dense_layout_build(&l, cfg->dense_sizes, cfg->num_dense, S, err);
+  if (rc) return rc;
+  for (int t = 0; offsets && t < cfg->num_dense; t++) offsets[t] = l.offset[t];
+  for (int k = 0; server_bytes && k < S; k++) server_bytes[k] = l.bytes[k];
+  dml__ps_dense_layout_free(&l);
+  return 0;
+}
+
+void dml_ps_sparse_load(const dml_ps_config *cfg, int n, uint64_t nkeys, uint64_t *server_bytes) {
+  int S = dml_ps_num_servers(cfg, n);
+  for (int k = 0; k < S; k++) server_bytes[k] = 0;
+  for (uint64_t key = 0; key < nkeys; key++) server_bytes[dml__ps_owner(key, S)] += sizeof(float);
+}
+
 int dml_ps_num_servers(const dml_ps_config *cfg, int n) {
   return cfg->colocated ? n : cfg->num_servers;
 }
@@ -631,6 +650,9 @@ int dml_ps_server_create(dml_ps_server **out, dml_comm *c, const dml_ps_config *
   s->aggregating = cfg->sync_aggregate && cfg->staleness == 0 && !cfg->sum_only;
   s->w = dml__calloc((size_t)n, sizeof(worker_state));
   int rc = s->w ? 0 : dml_err_set(err, DML_ENOMEM, "ps server: out of memory");
+  if (rc == 0)
+    rc = dml__ps_dense_layout_build(&s->layout, cfg->dense_sizes, cfg->num_dense,
+                                    dml_ps_num_servers(cfg, n), err);
   if (rc == 0) rc = grow_values(s, err);
   if (rc == 0) rc = grow_map(s, err);
   if (rc) {
@@ -882,6 +904,7 @@ void dml_ps_server_free(dml_ps_server *s) {
     dml_optim_free(s->dparts[i].opt);
   }
   dml__free(s->dparts);
+  dml__ps_dense_layout_free(&s->layout);
   dml_optim_free(s->opt);
   dml__free(s->vals);
   dml__free(s->hkeys);

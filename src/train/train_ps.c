@@ -46,6 +46,24 @@ static void result_to_wire(const dml_train_result *res, ps_result_wire *w) {
                         res->input_stall_s, res->input_stall_pct};
 }
 
+/* The bytes each server will hold if every one of the model's nkeys sparse keys is touched
+ * (hashed into virtual ranges, docs/ps.md), printed once at start by the first worker. */
+static void log_server_load(const dml_ps_config *pcfg, int n, uint64_t nkeys) {
+  int S = dml_ps_num_servers(pcfg, n);
+  uint64_t *bytes = dml__calloc((size_t)S, sizeof(uint64_t));
+  char line[1024];
+  if (bytes == NULL) return;
+  dml_ps_sparse_load(pcfg, n, nkeys, bytes);
+  size_t off = 0;
+  for (int k = 0; k < S && off < sizeof line - 64; k++)
+    off += (size_t)snprintf(line + off, sizeof line - off, "%sserver %d %llu bytes (%.1f%%)",
+                            k ? ", " : "", k, (unsigned long long)bytes[k],
+                            100.0 * (double)bytes[k] / (double)(nkeys * sizeof(float)));
+  dml_log(DML_LOG_INFO, "ps: load per server for %llu sparse keys: %s", (unsigned long long)nkeys,
+          line);
+  dml__free(bytes);
+}
+
 /* report_to: the rank the first worker sends the result to (-1: none). The worker leaves in
  * order (dml_ps_finish) and sends the result on the client's communicator, which is the job's
  * current one after a re-form. */
@@ -120,6 +138,7 @@ static int run_worker(const dml_train_config *cfg, const dml_dataset *train,
     metrics_open = 1;
   }
   if ((rc = dml_ps_create(&ps, comm, pcfg, err)) != 0) goto out;
+  if (first) log_server_load(pcfg, n, (uint64_t)nk_max);
   float *params = dml_model_params(m), *grads = dml_model_grads(m);
   double t_train = 0, loss_sum = 0;
   uint64_t steps = 0, correct = 0, rows = 0;
