@@ -46,6 +46,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
         break;
       }
+      case DML__F_CMA: {
+        uint64_t addr, len;
+        if (dml__cma_decode(p, n, max_data, &addr, &len, why, sizeof(why)) == 0) {
+          uint8_t out[16];
+          if (len > max_data || dml__cma_encode(out, addr, len) != n || memcmp(out, p, n) != 0)
+            __builtin_trap();
+        } else if (why[0] == '\0') {
+          __builtin_trap();
+        }
+        break;
+      }
       case DML__F_HELLO: {
         dml__hello h;
         if (dml__hello_decode(p, n, &h, why, sizeof(why)) == 0 && h.rank >= h.world_size)

@@ -305,8 +305,11 @@ static int run_rank(void) {
   return 0;
 }
 
-/* Forks p ranks on loopback with the environment the launcher would set; all must exit 0. */
-static void run_world(int p) {
+/* Forks p ranks on loopback with the environment the launcher would set; all must exit 0.
+ * cma: -1 leaves large messages to the default (copied out of the sender's memory between
+ * processes of this machine), 0 turns that off for every rank (sockets only), r > 0 for rank r
+ * only (a mixed world). */
+static void run_world(int p, int cma) {
   int port = th_free_port();
   fflush(NULL); /* the ranks exit(): nothing buffered here may be written twice */
   pid_t pids[16];
@@ -315,6 +318,7 @@ static void run_world(int p) {
     T_ASSERT(pids[r] >= 0);
     if (pids[r] == 0) {
       th_set_rank_env(r, p, port);
+      if (cma == 0 || cma == r) setenv("DISTML_CMA", "0", 1);
       alarm(240);       /* a hang fails the test instead of stalling CTest */
       exit(run_rank()); /* exit, not _exit: LeakSanitizer checks the rank */
     }
@@ -331,7 +335,8 @@ static void run_world(int p) {
     }
   }
   if (failed) T_FAIL("world of %d ranks failed", p);
-  printf("world of %d ranks: ok\n", p);
+  printf("world of %d ranks%s: ok\n", p,
+         cma == 0 ? " (sockets only)" : cma > 0 ? " (one rank without CMA)" : "");
   fflush(stdout);
 }
 
@@ -342,7 +347,11 @@ int main(int argc, char **argv) {
   if (getenv("DISTML_TIMEOUT_MS") == NULL) setenv("DISTML_TIMEOUT_MS", "60000", 1);
   for (size_t i = 0; i < ARRAY_LEN(worlds); i++) {
     if (argc > 1 && atoi(argv[1]) != worlds[i]) continue; /* one world size: test_coll_grid P */
-    run_world(worlds[i]);
+    run_world(worlds[i], -1);
+  }
+  if (argc <= 1) {
+    run_world(2, 0);
+    run_world(3, 1);
   }
   printf("test_coll_grid: ok\n");
   return 0;

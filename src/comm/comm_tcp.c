@@ -4,7 +4,9 @@
  * the progress thread stands aside), as an MPI library's blocking call does: no hand-off between
  * threads on the critical path. Receives match on (source, tag) in posting order; messages that
  * arrive first wait in an unexpected-message queue; a posted receive gets the payload straight into
- * its buffer.
+ * its buffer. Between processes of one machine, a large message can skip the socket: its frame
+ * says where it lies and the receiver copies it straight out of the sender's memory
+ * (process_vm_readv, "CMA", as Open MPI's shared-memory transport does), then acknowledges.
  * It is not a collective library (coll/ builds on it) and does not use shared memory. */
 #include "comm/internal.h"
 
@@ -17,6 +19,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -32,6 +35,8 @@
 /* After a waiter stops driving, the progress thread stays parked this long (ns): waits that follow
  * each other closely (the steps of a collective) then never wake it. */
 #define PARK_GRACE_NS 10000000ull
+/* Messages at least this long go by CMA to a peer that can read us (DISTML_CMA_MIN_BYTES). */
+#define CMA_MIN_DEFAULT (64 * 1024)
 /* A driver sleeps in epoll_wait at most this long (ms) before it looks at its request again. */
 #define DRIVE_SLICE_MS 5
 
@@ -56,9 +61,11 @@ struct dml_comm_req {
   int status;
   char msg[400];
   uint8_t hdr[DML__FRAME_HDR];
-  size_t off;                        /* send: bytes of hdr+payload written */
-  umsg *claimed;                     /* receive matched to an unexpected message still arriving */
-  dml_comm_req *next;                /* in a send queue or the posted list */
+  int cma;             /* send: goes by CMA (the frame carries cma_pay; done on the peer's ack) */
+  uint8_t cma_pay[16]; /* address and length of sbuf */
+  size_t off;          /* send: bytes of hdr+payload written */
+  umsg *claimed;       /* receive matched to an unexpected message still arriving */
+  dml_comm_req *next;  /* in a send queue or the posted list */
   dml_comm_req *all_prev, *all_next; /* every live request, for cleanup */
 };
 
@@ -96,6 +103,13 @@ typedef struct peer {
   uint8_t *rbuf;
   size_t rpos, rlen;
   int last_direct; /* the last frame was large: expect another (read its header alone) */
+  /* CMA (same machine): we may send it CMA frames (it can read our memory); we can read its. */
+  int cma_send, cma_recv;
+  pid_t pid;
+  dml_comm_req *ack_head, *ack_tail; /* CMA sends written, waiting for the peer's ack */
+  uint32_t acks_owed;                /* CMA messages we copied and have not acknowledged yet */
+  uint8_t ack_hdr[DML__FRAME_HDR];
+  size_t ack_off; /* bytes of the ack frame being written (0: none started) */
 } peer;
 
 typedef struct tcp {
@@ -120,6 +134,8 @@ typedef struct tcp {
   uint64_t drive_end_ns; /* when the last driver stopped */
   pthread_cond_t pcv;    /* the progress thread parks on it while waiters drive */
   int parked;
+  size_t cma_min;      /* 0: CMA off */
+  uint64_t cma_cookie; /* peers read it to check that they can read our memory */
 } tcp;
 
 static tcp *T(const dml_comm *c) {
@@ -263,7 +279,8 @@ static void fail_peer(tcp *t, peer *p, int code, const char *fmt, ...) {
   p->err = code;
   snprintf(p->errmsg, sizeof(p->errmsg), "%s: %s", p->name, why);
   int rank = (int)(p - t->peers);
-  int busy = p->sq_head != NULL || p->rreq != NULL || p->in_payload || p->hgot > 0;
+  int busy =
+      p->sq_head != NULL || p->ack_head != NULL || p->rreq != NULL || p->in_payload || p->hgot > 0;
   for (dml_comm_req *r = t->posted_head; r && !busy; r = r->next) busy = r->peer == rank;
   /* A peer that leaves between messages with nothing pending on it may simply be done. */
   if (!t->aborted)
@@ -278,6 +295,13 @@ static void fail_peer(tcp *t, peer *p, int code, const char *fmt, ...) {
     sendq_remove(p, r);
     req_done(t, r, code, why);
   }
+  while (p->ack_head) {
+    dml_comm_req *r = p->ack_head;
+    p->ack_head = r->next;
+    r->next = NULL;
+    req_done(t, r, code, why);
+  }
+  p->ack_tail = NULL;
   if (p->rreq) {
     req_done(t, p->rreq, code, why);
     p->rreq = NULL;
@@ -318,10 +342,102 @@ static void fail_peer(tcp *t, peer *p, int code, const char *fmt, ...) {
 /* ---------------------------------------------------------------------------------------------
  * Receiving. */
 
+static void tx(tcp *t, peer *p);
+
+/* Copies len bytes at addr in process pid into dst (process_vm_readv). 0 or an errno value. */
+static int cma_read(pid_t pid, uint8_t *dst, uint64_t addr, uint64_t len) {
+  uint64_t done = 0;
+  while (done < len) {
+    struct iovec l = {dst + done, (size_t)(len - done)};
+    struct iovec r = {(void *)(uintptr_t)(addr + done), (size_t)(len - done)};
+    ssize_t n = process_vm_readv(pid, &l, 1, &r, 1, 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    if (n == 0) return EFAULT;
+    done += (uint64_t)n;
+  }
+  return 0;
+}
+
+/* A CMA frame's payload is in p->ctrl: copy the message out of the peer's memory into the posted
+ * receive that matches it (or a new unexpected message), then owe the peer an ack. */
+static void cma_deliver(tcp *t, peer *p) {
+  int rank = (int)(p - t->peers);
+  char why[200];
+  uint64_t addr, len;
+  if (dml__cma_decode(p->ctrl, (size_t)p->cur.length, t->c->cfg.max_message_bytes, &addr, &len, why,
+                      sizeof(why)) != 0) {
+    fail_peer(t, p, DML_EPROTO, "protocol error: %s", why);
+    return;
+  }
+  int tag = (int)p->cur.tag;
+  dml_comm_req *r = match_posted(t, rank, tag);
+  uint8_t *dst = NULL;
+  umsg *m = NULL;
+  if (r != NULL) {
+    posted_remove(t, r);
+    r->state = ST_ACTIVE;
+    if (r->alloc) {
+      r->abuf = dml__malloc(len ? (size_t)len : 1);
+      if (r->abuf == NULL) {
+        req_done(t, r, DML_ENOMEM, "out of memory for the message");
+        r = NULL;
+      } else {
+        dst = r->abuf;
+      }
+    } else if (len != r->bytes) {
+      snprintf(why, sizeof(why), "message of %llu bytes, the receive expects %zu",
+               (unsigned long long)len, r->bytes);
+      req_done(t, r, DML_EPROTO, why);
+      r = NULL;
+    } else {
+      dst = r->rbuf;
+    }
+  } else {
+    m = dml__calloc(1, sizeof(*m));
+    uint8_t *data = m ? dml__malloc(len ? (size_t)len : 1) : NULL;
+    if (data == NULL) {
+      dml__free(m);
+      fail_peer(t, p, DML_ENOMEM, "out of memory buffering an unexpected message of %llu bytes",
+                (unsigned long long)len);
+      return;
+    }
+    *m = (umsg){.src = rank, .tag = tag, .data = data, .len = (size_t)len, .complete = 1};
+    dst = data;
+  }
+  int e = dst && len ? cma_read(p->pid, dst, addr, len) : 0;
+  if (e != 0) {
+    if (r) req_done(t, r, DML_EPROTO, "could not copy the message out of the sender's memory");
+    if (m) {
+      dml__free(m->data);
+      dml__free(m);
+    }
+    fail_peer(t, p, DML_EPROTO, "could not copy a %llu-byte message out of its memory: %s",
+              (unsigned long long)len, strerror(e));
+    return;
+  }
+  if (r) {
+    r->src = rank;
+    if (r->alloc) r->alen = (size_t)len;
+    req_done(t, r, 0, NULL);
+  } else if (m) {
+    umsg_append(t, m);
+  }
+  p->acks_owed++;
+  tx(t, p);
+}
+
 static void payload_done(tcp *t, peer *p) {
   int rank = (int)(p - t->peers);
   p->in_payload = 0;
   p->hgot = 0;
+  if (p->cur.kind == DML__F_CMA) {
+    p->dst = NULL;
+    cma_deliver(t, p);
+    return;
+  }
   if (p->cur.kind == DML__F_ABORT) {
     p->ctrl[p->cur.length] = 0;
     for (uint64_t i = 0; i < p->cur.length; i++)
@@ -365,6 +481,35 @@ static void on_header(tcp *t, peer *p) {
   p->dst = NULL;
   p->last_direct = p->cur.length >= DIRECT_MIN;
   if (p->cur.kind == DML__F_ABORT) {
+    p->dst = p->ctrl;
+  } else if (p->cur.kind == DML__F_CMA_ACK) {
+    dml_comm_req *r = p->ack_head;
+    if (r == NULL || p->cur.length != 0) {
+      fail_peer(t, p, DML_EPROTO, "protocol error: CMA ack %s",
+                r == NULL ? "for no message" : "with a payload");
+      return;
+    }
+    p->ack_head = r->next;
+    if (p->ack_head == NULL) p->ack_tail = NULL;
+    r->next = NULL;
+    atomic_fetch_add(&t->c->bytes_sent, r->bytes);
+    req_done(t, r, 0, NULL);
+    p->in_payload = 0;
+    p->hgot = 0;
+    return;
+  } else if (p->cur.kind == DML__F_CMA) {
+    if (!p->cma_recv || p->cur.length != 16) {
+      fail_peer(t, p, DML_EPROTO, "protocol error: %s",
+                p->cma_recv ? "CMA frame of the wrong length"
+                            : "CMA frame from a peer whose memory we cannot read");
+      return;
+    }
+    if (p->cur.seq != p->wire_recv_seq || p->cur.tag > INT_MAX) {
+      fail_peer(t, p, DML_EPROTO, "protocol error: CMA frame sequence %u (expected %u), tag %u",
+                (unsigned)p->cur.seq, (unsigned)p->wire_recv_seq, (unsigned)p->cur.tag);
+      return;
+    }
+    p->wire_recv_seq++;
     p->dst = p->ctrl;
   } else if (p->cur.kind != DML__F_DATA) {
     fail_peer(t, p, DML_EPROTO, "protocol error: unexpected frame kind %d on a data link",
@@ -495,18 +640,49 @@ static void set_want_out(tcp *t, peer *p, int on) {
   p->want_out = on;
 }
 
+/* Writes the acks we owe, whole frames only between messages. 0: all written; 1: the socket is
+ * full; -1: the peer failed. */
+static int tx_acks(tcp *t, peer *p) {
+  while (p->ack_off > 0 || p->acks_owed > 0) {
+    if (p->ack_off == 0) dml__frame_encode(p->ack_hdr, DML__F_CMA_ACK, 0, 0, 0);
+    ssize_t w = send(p->fd, p->ack_hdr + p->ack_off, DML__FRAME_HDR - p->ack_off, MSG_NOSIGNAL);
+    if (w > 0) {
+      if (p->ack_off == 0) p->acks_owed--;
+      p->ack_off += (size_t)w;
+      if (p->ack_off == DML__FRAME_HDR) p->ack_off = 0;
+      continue;
+    }
+    if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return 1;
+    if (w < 0 && errno == EINTR) continue;
+    int e = w < 0 ? errno : EPIPE;
+    fail_peer(t, p, (e == EPIPE || e == ECONNRESET) ? DML_ECLOSED : DML_ESYS, "send failed: %s",
+              strerror(e));
+    return -1;
+  }
+  return 0;
+}
+
 static void tx(tcp *t, peer *p) {
   size_t budget = TURN_BUDGET;
-  while (p->sq_head && p->err == 0) {
+  int full = 0;
+  while (p->err == 0 && !full) {
     dml_comm_req *r = p->sq_head;
-    size_t total = DML__FRAME_HDR + r->bytes;
+    if (p->ack_off > 0 || (p->acks_owed > 0 && (r == NULL || r->off == 0))) {
+      int a = tx_acks(t, p);
+      if (a < 0) return;
+      if (a > 0) break;
+    }
+    if (r == NULL) break;
+    size_t plen = r->cma ? sizeof(r->cma_pay) : r->bytes;
+    const uint8_t *pay = r->cma ? r->cma_pay : r->sbuf;
+    size_t total = DML__FRAME_HDR + plen;
     struct iovec iov[2];
     int niov = 0;
     if (r->off < DML__FRAME_HDR) {
       iov[niov++] = (struct iovec){r->hdr + r->off, DML__FRAME_HDR - r->off};
-      if (r->bytes) iov[niov++] = (struct iovec){(void *)r->sbuf, r->bytes};
+      if (plen) iov[niov++] = (struct iovec){(void *)pay, plen};
     } else {
-      iov[niov++] = (struct iovec){(void *)(r->sbuf + (r->off - DML__FRAME_HDR)), total - r->off};
+      iov[niov++] = (struct iovec){(void *)(pay + (r->off - DML__FRAME_HDR)), total - r->off};
     }
     struct msghdr mh;
     memset(&mh, 0, sizeof(mh));
@@ -518,21 +694,33 @@ static void tx(tcp *t, peer *p) {
       r->state = ST_ACTIVE;
       if (r->off == total) {
         sendq_remove(p, r);
-        atomic_fetch_add(&t->c->bytes_sent, r->bytes);
-        req_done(t, r, 0, NULL);
+        if (r->cma) {
+          /* Done when the peer says it has copied the message. */
+          if (p->ack_tail)
+            p->ack_tail->next = r;
+          else
+            p->ack_head = r;
+          p->ack_tail = r;
+        } else {
+          atomic_fetch_add(&t->c->bytes_sent, r->bytes);
+          req_done(t, r, 0, NULL);
+        }
       }
       budget = (size_t)w >= budget ? 0 : budget - (size_t)w;
       if (budget == 0) break;
       continue;
     }
-    if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+    if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      full = 1;
+      break;
+    }
     if (w < 0 && errno == EINTR) continue;
     int e = errno;
     fail_peer(t, p, (e == EPIPE || e == ECONNRESET) ? DML_ECLOSED : DML_ESYS, "send failed: %s",
               strerror(e));
     return;
   }
-  set_want_out(t, p, p->sq_head != NULL);
+  if (p->err == 0) set_want_out(t, p, p->sq_head != NULL || p->acks_owed > 0 || p->ack_off > 0);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -664,7 +852,13 @@ static int tcp_isend(dml_comm *c, int peer_rank, int tag, const void *buf, size_
     deliver_local(t, tag, buf, bytes, &st);
     req_done(t, r, st, st ? "out of memory" : NULL);
   } else {
-    dml__frame_encode(r->hdr, DML__F_DATA, (uint32_t)tag, p->wire_send_seq++, bytes);
+    if (p->cma_send && t->cma_min > 0 && bytes >= t->cma_min) {
+      r->cma = 1;
+      dml__cma_encode(r->cma_pay, (uint64_t)(uintptr_t)buf, bytes);
+      dml__frame_encode(r->hdr, DML__F_CMA, (uint32_t)tag, p->wire_send_seq++, sizeof(r->cma_pay));
+    } else {
+      dml__frame_encode(r->hdr, DML__F_DATA, (uint32_t)tag, p->wire_send_seq++, bytes);
+    }
     if (p->sq_tail)
       p->sq_tail->next = r;
     else
@@ -872,7 +1066,7 @@ static void tcp_abort(dml_comm *c, const char *reason) {
     peer *p = &t->peers[i];
     if (i == t->me || p->err || p->fd < 0) continue;
     /* Tell the peer why, unless a frame is half-written (then the close alone must do). */
-    if (p->sq_head == NULL || p->sq_head->off == 0) {
+    if ((p->sq_head == NULL || p->sq_head->off == 0) && p->ack_off == 0) {
       uint8_t buf[DML__FRAME_HDR + 256];
       size_t n = DML__MIN(strlen(reason), (size_t)256);
       dml__frame_encode(buf, DML__F_ABORT, 0, 0, n);
@@ -1072,11 +1266,58 @@ out:
   return rc;
 }
 
-static int parse_addr(const char *v, int *world, char *host, size_t host_len, int *port) {
-  char h[64];
-  if (sscanf(v, "%d %63s %d", world, h, port) != 3 || *port <= 0 || *port > 65535) return -1;
-  snprintf(host, host_len, "%s", h);
+/* "WORLD HOST PORT BOOT_ID PID COOKIE_ADDR COOKIE": where a rank listens, and what a peer on the
+ * same machine needs to check that it can read the rank's memory (see cma_probe). */
+typedef struct rank_addr {
+  int world, port;
+  char host[64];
+  char boot[40];
+  long pid;
+  unsigned long long cookie_addr, cookie;
+} rank_addr;
+
+static int parse_addr(const char *v, rank_addr *a) {
+  memset(a, 0, sizeof(*a));
+  int n = sscanf(v, "%d %63s %d %39s %ld %llx %llx", &a->world, a->host, &a->port, a->boot, &a->pid,
+                 &a->cookie_addr, &a->cookie);
+  if (n != 3 && n != 7) return -1;
+  if (a->port <= 0 || a->port > 65535) return -1;
+  if (n == 3) a->boot[0] = 0;
   return 0;
+}
+
+/* This machine's boot id ("" when unknown): equal boot ids mean one kernel, so CMA may work. */
+static void read_boot_id(char *out, size_t len) {
+  out[0] = 0;
+  FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
+  if (f == NULL) return;
+  char b[64];
+  if (fgets(b, sizeof(b), f)) {
+    b[strcspn(b, "\n ")] = 0;
+    if (strlen(b) < len) memcpy(out, b, strlen(b) + 1);
+  }
+  fclose(f);
+}
+
+/* Lets peers read our memory where Yama restricts it to ancestors (as Open MPI does for its
+ * shared-memory transport). */
+static void cma_allow_peers(void) {
+  FILE *f = fopen("/proc/sys/kernel/yama/ptrace_scope", "r");
+  if (f == NULL) return;
+  int scope = 0;
+  if (fscanf(f, "%d", &scope) == 1 && scope == 1) {
+    if (prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY, 0, 0, 0) != 0) {
+      /* CMA then fails its probe and stays off */
+    }
+  }
+  fclose(f);
+}
+
+/* 1 when we can copy out of the peer's memory: its cookie reads back as published. */
+static int cma_probe(const rank_addr *a) {
+  uint64_t v = 0;
+  if (a->pid <= 0 || a->cookie_addr == 0) return 0;
+  return cma_read((pid_t)a->pid, (uint8_t *)&v, a->cookie_addr, sizeof(v)) == 0 && v == a->cookie;
 }
 
 static int bootstrap(tcp *t, dml_err *err) {
@@ -1105,9 +1346,17 @@ static int bootstrap(tcp *t, dml_err *err) {
   int port = 0;
   rc = dml__net_listen(host, 0, &t->listen_fd, &port, err);
   if (rc) goto out;
-  char key[32], av[128];
+  char key[32], av[192];
   snprintf(key, sizeof(key), "addr/%d", t->me);
-  snprintf(av, sizeof(av), "%d %s %d", t->n, host, port);
+  char boot[40];
+  read_boot_id(boot, sizeof(boot));
+  if (t->cma_min > 0 && boot[0]) {
+    cma_allow_peers();
+    snprintf(av, sizeof(av), "%d %s %d %s %ld %llx %llx", t->n, host, port, boot, (long)getpid(),
+             (unsigned long long)(uintptr_t)&t->cma_cookie, (unsigned long long)t->cma_cookie);
+  } else {
+    snprintf(av, sizeof(av), "%d %s %d", t->n, host, port);
+  }
   rc = dml__store_set(st, key, av, strlen(av), err);
   if (rc) goto out;
   snprintf(t->peers[t->me].host, sizeof(t->peers[t->me].host), "%s", host);
@@ -1176,20 +1425,55 @@ static int bootstrap(tcp *t, dml_err *err) {
                     t->me, j, cfg->timeout_ms, cfg->master_addr, cfg->master_port);
       goto out;
     }
-    int w;
     peer *p = &t->peers[j];
-    if (parse_addr(val, &w, p->host, sizeof(p->host), &p->port) != 0) {
+    rank_addr ra;
+    if (parse_addr(val, &ra) != 0) {
       rc =
           dml_err_set(err, DML_EPROTO, "bad address '%s' for rank %d from the coordinator", val, j);
       goto out;
     }
-    if (w != t->n) {
-      rc = dml_err_set(err, DML_EMISMATCH, "rank %d says world size %d, we have %d", j, w, t->n);
+    if (ra.world != t->n) {
+      rc = dml_err_set(err, DML_EMISMATCH, "rank %d says world size %d, we have %d", j, ra.world,
+                       t->n);
       goto out;
+    }
+    snprintf(p->host, sizeof(p->host), "%s", ra.host);
+    p->port = ra.port;
+    if (t->cma_min > 0 && boot[0] && strcmp(ra.boot, boot) == 0) {
+      p->pid = (pid_t)ra.pid;
+      p->cma_recv = cma_probe(&ra);
     }
     snprintf(p->name, sizeof(p->name), "rank %d (%s:%d)", j, p->host, p->port);
     dml__free(val);
     val = NULL;
+  }
+  /* Which same-machine peers can read us: each rank publishes whom it can read. */
+  if (t->cma_min > 0 && boot[0]) {
+    char *can = dml__malloc((size_t)t->n + 1);
+    if (can == NULL) {
+      rc = dml_err_set(err, DML_ENOMEM, "out of memory");
+      goto out;
+    }
+    for (int j = 0; j < t->n; j++) can[j] = t->peers[j].cma_recv ? '1' : '0';
+    can[t->n] = 0;
+    snprintf(key, sizeof(key), "cma/%d", t->me);
+    rc = dml__store_set(st, key, can, (size_t)t->n, err);
+    dml__free(can);
+    if (rc) goto out;
+    for (int j = 0; j < t->n; j++) {
+      if (j == t->me || t->peers[j].pid == 0) continue; /* another machine: it publishes none */
+      snprintf(key, sizeof(key), "cma/%d", j);
+      rc = dml__store_get(st, key, deadline, &val, &vn, err);
+      if (rc) goto out;
+      t->peers[j].cma_send = vn == (size_t)t->n && val[t->me] == '1';
+      if (t->peers[j].cma_send)
+        dml_log(DML_LOG_DEBUG,
+                "rank %d: messages of %zu bytes or more to rank %d go by CMA (it copies them "
+                "out of our memory)",
+                t->me, t->cma_min, j);
+      dml__free(val);
+      val = NULL;
+    }
   }
   /* Lower ranks listen, higher ranks connect. */
   for (int j = 0; j < t->me; j++) {
@@ -1223,6 +1507,16 @@ static int tcp_init(dml_comm *c, dml_err *err) {
   t->n = c->cfg.world_size;
   t->me = c->cfg.rank;
   t->epfd = t->evfd = t->listen_fd = -1;
+  int64_t cma_on = 1, cma_min = CMA_MIN_DEFAULT;
+  dml_err ee = {0};
+  if (dml_env_i64("DISTML_CMA", 1, 0, 1, &cma_on, &ee) != 0 ||
+      dml_env_i64("DISTML_CMA_MIN_BYTES", CMA_MIN_DEFAULT, 1, INT64_MAX, &cma_min, &ee) != 0) {
+    dml__free(t);
+    c->impl = NULL;
+    return dml_err_set(err, DML_EINVAL, "%s", ee.msg);
+  }
+  t->cma_min = cma_on ? (size_t)cma_min : 0;
+  dml__random_bytes(&t->cma_cookie, sizeof(t->cma_cookie));
   pthread_mutex_init(&t->mu, NULL);
   pthread_condattr_t ca;
   pthread_condattr_init(&ca);

@@ -55,6 +55,20 @@ static void test_codecs(void) {
   T_OK(dml__hello_decode(b, n, &h2, why, sizeof(why)));
   T_ASSERT(h2.rank == 3 && h2.world_size == 8 && h2.job == h.job);
   T_EQ_INT(dml__hello_decode(b, n - 1, &h2, why, sizeof(why)), DML_EPROTO);
+  {
+    uint8_t cb[16];
+    uint64_t ad, ln;
+    T_EQ_INT((int)dml__cma_encode(cb, 0x7f0012345000ull, 4096), 16);
+    T_OK(dml__cma_decode(cb, 16, 1 << 20, &ad, &ln, why, sizeof(why)));
+    T_ASSERT(ad == 0x7f0012345000ull && ln == 4096);
+    T_EQ_INT(dml__cma_decode(cb, 15, 1 << 20, &ad, &ln, why, sizeof(why)), DML_EPROTO);
+    T_EQ_INT(dml__cma_decode(cb, 16, 1024, &ad, &ln, why, sizeof(why)), DML_EPROTO);
+    T_CONTAINS(why, "exceeds the maximum");
+    dml__cma_encode(cb, UINT64_MAX - 10, 4096); /* wraps around the address space */
+    T_EQ_INT(dml__cma_decode(cb, 16, 1 << 20, &ad, &ln, why, sizeof(why)), DML_EPROTO);
+    dml__cma_encode(cb, 0, 4096);
+    T_EQ_INT(dml__cma_decode(cb, 16, 1 << 20, &ad, &ln, why, sizeof(why)), DML_EPROTO);
+  }
   h.rank = 8;
   n = dml__hello_encode(b, &h);
   T_EQ_INT(dml__hello_decode(b, n, &h2, why, sizeof(why)), DML_EPROTO);
@@ -120,7 +134,17 @@ static int real_rank0(int port, const char *expect, uint64_t max_bytes) {
 }
 
 /* This process as rank 1, by hand: join through the store, connect to rank 0, then send bad. */
-static void forged_rank1(int port, const uint8_t *bad, size_t bad_len) {
+/* A cookie this forged rank publishes so that rank 0 finds it can read our memory (CMA). */
+static uint64_t g_cookie = 0x5eedf00dcafe1234ull;
+
+static void boot_id(char *out, size_t len) {
+  FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
+  T_ASSERT(f != NULL && fgets(out, (int)len, f) != NULL);
+  out[strcspn(out, "\n")] = 0;
+  fclose(f);
+}
+
+static void forged_rank1(int port, const uint8_t *bad, size_t bad_len, int cma) {
   dml__comm_cfg cfg = {.rank = 1,
                        .world_size = 2,
                        .master_addr = "127.0.0.1",
@@ -132,7 +156,16 @@ static void forged_rank1(int port, const uint8_t *bad, size_t bad_len) {
   dml_err e = {0};
   dml__store *st;
   T_OK(dml__store_connect(&st, &cfg, &e));
-  T_OK(dml__store_set(st, "addr/1", "2 127.0.0.1 9", 13, &e));
+  if (cma) {
+    char boot[64], av[256];
+    boot_id(boot, sizeof(boot));
+    snprintf(av, sizeof(av), "2 127.0.0.1 9 %s %ld %llx %llx", boot, (long)getpid(),
+             (unsigned long long)(uintptr_t)&g_cookie, (unsigned long long)g_cookie);
+    T_OK(dml__store_set(st, "addr/1", av, strlen(av), &e));
+    T_OK(dml__store_set(st, "cma/1", "11", 2, &e));
+  } else {
+    T_OK(dml__store_set(st, "addr/1", "2 127.0.0.1 9", 13, &e));
+  }
   uint64_t deadline = dml_now_ns() + 10000000000ull;
   char *job, *addr0;
   size_t n;
@@ -161,20 +194,25 @@ static void forged_rank1(int port, const uint8_t *bad, size_t bad_len) {
   close(fd);
 }
 
-static void run_forged(const char *what, const uint8_t *bad, size_t bad_len, const char *expect,
-                       uint64_t max) {
+static void run_forged_as(const char *what, const uint8_t *bad, size_t bad_len, const char *expect,
+                          uint64_t max, int cma) {
   int port = free_port();
   fflush(stdout);
   fflush(stderr);
   pid_t pid = fork();
   T_ASSERT(pid >= 0);
   if (pid == 0) exit(real_rank0(port, expect, max));
-  forged_rank1(port, bad, bad_len);
+  forged_rank1(port, bad, bad_len, cma);
   int st;
   T_ASSERT(waitpid(pid, &st, 0) == pid);
   if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
     T_FAIL("forged peer (%s): rank 0 did not report it as expected", what);
   printf("forged peer, %s: ok\n", what);
+}
+
+static void run_forged(const char *what, const uint8_t *bad, size_t bad_len, const char *expect,
+                       uint64_t max) {
+  run_forged_as(what, bad, bad_len, expect, max, 0);
 }
 
 static void test_forged_peer(void) {
@@ -190,6 +228,17 @@ static void test_forged_peer(void) {
   run_forged("above max_message_bytes", b, DML__FRAME_HDR + 2048, "exceeds the maximum 1024", 1024);
   dml__frame_encode(b, DML__F_SET, 0, 0, 4);
   run_forged("control frame on a data link", b, DML__FRAME_HDR + 4, "unexpected frame kind 7", 0);
+  /* CMA (copying out of the sender's memory): only from a peer that proved it can be read, only
+   * from addresses that exist, never more than the maximum. */
+  dml__frame_encode(b, DML__F_CMA, 5, 0, 16);
+  dml__cma_encode(b + DML__FRAME_HDR, (uint64_t)(uintptr_t)&g_cookie, 16);
+  run_forged("CMA from a peer we cannot read", b, DML__FRAME_HDR + 16, "cannot read", 0);
+  dml__cma_encode(b + DML__FRAME_HDR, 4096, 16);
+  run_forged_as("CMA at an unmapped address", b, DML__FRAME_HDR + 16, "could not copy", 0, 1);
+  dml__cma_encode(b + DML__FRAME_HDR, (uint64_t)(uintptr_t)&g_cookie, 1ull << 40);
+  run_forged_as("CMA of 1 TiB", b, DML__FRAME_HDR + 16, "exceeds the maximum", 0, 1);
+  dml__frame_encode(b, DML__F_CMA_ACK, 0, 0, 0);
+  run_forged_as("CMA ack for nothing", b, DML__FRAME_HDR, "ack for no message", 0, 1);
 }
 
 /* Out-of-memory injection: allocation number fail_at fails. */

@@ -124,6 +124,26 @@ int dml__hello_decode(const uint8_t *p, size_t n, dml__hello *out, char *why, si
   return 0;
 }
 
+int dml__cma_decode(const uint8_t *p, size_t n, uint64_t max_bytes, uint64_t *addr, uint64_t *len,
+                    char *why, size_t why_len) {
+  if (n != 16) return why_set(why, why_len, "CMA frame of %zu bytes (expected 16)", n);
+  *addr = get_u64(p);
+  *len = get_u64(p + 8);
+  if (*len > max_bytes)
+    return why_set(why, why_len, "CMA message of %llu bytes exceeds the maximum %llu",
+                   (unsigned long long)*len, (unsigned long long)max_bytes);
+  if (*len > 0 && (*addr == 0 || *addr + *len < *addr))
+    return why_set(why, why_len, "CMA message at a bad address (0x%llx, %llu bytes)",
+                   (unsigned long long)*addr, (unsigned long long)*len);
+  return 0;
+}
+
+size_t dml__cma_encode(uint8_t *out, uint64_t addr, uint64_t len) {
+  put_u64(out, addr);
+  put_u64(out + 8, len);
+  return 16;
+}
+
 size_t dml__hello_encode(uint8_t *out, const dml__hello *h) {
   put_u32(out, h->rank);
   put_u32(out + 4, h->world_size);

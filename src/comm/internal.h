@@ -118,7 +118,11 @@ typedef enum {
   DML__F_GET = 8,       /* store: key; answered with VAL when the key exists */
   DML__F_VAL = 9,       /* store: u16 key length, key, value */
   DML__F_ABORT = 10,    /* peer link: reason text; the sender then closes */
-  DML__F_KIND_MAX = 10
+  DML__F_CMA = 11,      /* peer link, same host: a message the receiver copies out of the sender's
+                           memory (process_vm_readv); payload u64 address, u64 length; tag and
+                           seq as DATA */
+  DML__F_CMA_ACK = 12,  /* peer link: the oldest CMA message has been copied; no payload */
+  DML__F_KIND_MAX = 12
 } dml__frame_kind;
 
 typedef struct dml__frame {
@@ -154,6 +158,11 @@ int dml__challenge_decode(const uint8_t *p, size_t n, dml__challenge *out, char 
                           size_t why_len);
 int dml__auth_decode(const uint8_t *p, size_t n, dml__auth *out, char *why, size_t why_len);
 int dml__hello_decode(const uint8_t *p, size_t n, dml__hello *out, char *why, size_t why_len);
+/* CMA: where the message lies in the sender's memory; a length above max_bytes, a null address
+ * or a range that wraps is an error. */
+int dml__cma_decode(const uint8_t *p, size_t n, uint64_t max_bytes, uint64_t *addr, uint64_t *len,
+                    char *why, size_t why_len);
+size_t dml__cma_encode(uint8_t *out, uint64_t addr, uint64_t len);
 /* SET/VAL: key (1..255 bytes, printable) and value; GET: key only (value_len 0, value NULL). */
 int dml__kv_decode(const uint8_t *p, size_t n, int with_value, const char **key, size_t *key_len,
                    const uint8_t **value, size_t *value_len, char *why, size_t why_len);
