@@ -54,11 +54,11 @@ typedef struct dml_train_config {
                                 a set of N rows (the other rows were never kept) */
   int loader_threads;    /* 0: batches are gathered on the training thread; T > 0: the input
                                 pipeline (task.h) prepares them on a pool of T threads ahead of
-                                the trainer (dense data only); batches depend on the seed only,
-                                not on T */
+                                the trainer (dense rows or CSR rows, every strategy); batches
+                                depend on the seed only, not on T */
   int prefetch;          /* pipeline: batches prepared ahead (0: 2) */
   dml_augment augment;   /* pipeline: random image augmentation (flags 0: none); rows are
-                                taken as square single-channel images */
+                                taken as square single-channel images; refused for sparse data */
   int lr_cosine;         /* 1: the learning rate follows a cosine from optim.lr at the first
                                 step to 0 after the last (per optimizer step); 0: constant */
   int stop_after_epoch;  /* testing: return DML_ECANCELED after this epoch (0: never) */
