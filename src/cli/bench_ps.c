@@ -1,8 +1,8 @@
 /* `distml bench ps [--max-bytes B] [--json]`: forks local ranks for each layout (1 worker x 1
- * server, 2x1, 2x2, colocated 2) and times a dense pushpull (dml_ps_pushpull_dense: values only,
- * in parts of 64K keys) of M bytes of values per iteration
- * (sum-only server) for M = 4 KB .. B, with the bytes each server received per iteration, the
- * cost model's prediction and distml's all-reduce of the same M bytes over the same processes.
+ * server, 2x1, 2x2, colocated 2) and times dense push, pull and pushpull (values only, in chunks
+ * of 64K keys; sum-only server, BSP) of M bytes of values per worker per iteration for
+ * M = 4 KB .. B, each beside the bytes each server received per iteration, the cost model's
+ * prediction and distml's all-reduce of the same M bytes over the same processes.
  * Measurement only: nothing is tuned here. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -27,40 +27,68 @@ typedef struct layout {
   int workers, servers, colocated;
 } layout;
 
+static int g_iters; /* --iters: timed iterations per figure (0: by size) */
+
 static int iters_for(size_t bytes) {
-  size_t it = (size_t)(32u << 20) / bytes;
-  return it < 10 ? 10 : it > 200 ? 200 : (int)it;
+  if (g_iters > 0) return g_iters;
+  size_t it = (size_t)(64u << 20) / bytes;
+  return it < 20 ? 20 : it > 200 ? 200 : (int)it;
 }
 
-static void report(int json, const layout *L, size_t bytes, int iters, double t_ps,
-                   double per_server_bytes, double value_bytes, double predicted, double t_ar) {
+enum { OP_PUSH, OP_PULL, OP_PUSHPULL, NOPS };
+static const char *const k_op_name[NOPS] = {"push", "pull", "pushpull"};
+
+/* The cost model, bytes per iteration. in: what one server receives (values of the pushes: W*M/S
+ * with S dedicated servers -- one server takes W*M -- nothing but headers for a pull). wire: what
+ * the busiest process moves over the network: a dedicated server takes W*M/S in (push) and sends
+ * W*M/S out (pull); colocated, a process sends and receives the (W-1)/W of M that other shards
+ * hold, 2(W-1)M/W for a pushpull -- the same as a ring all-reduce. */
+static void cost_model(const layout *L, int op, double M, double *in, double *wire) {
+  double W = L->workers, S = L->colocated ? L->workers : L->servers;
+  double push = op != OP_PULL, pull = op != OP_PUSH;
+  *in = push * W * M / S;
+  if (L->colocated)
+    *wire = (push + pull) * (W - 1) * M / W;
+  else
+    *wire = (push + pull) * W * M / S > M * (push + pull) ? (push + pull) * W * M / S
+                                                          : M * (push + pull);
+}
+
+static void report(int json, const layout *L, int op, size_t bytes, int iters, double t_ps,
+                   double per_server_bytes, double t_ar) {
+  double in, wire;
+  cost_model(L, op, (double)bytes, &in, &wire);
   if (json) {
     dml_jsonl j;
     dml_jsonl_init_stream(&j, stdout);
     dml_jsonl_begin(&j);
     dml_jsonl_add_str(&j, "bench", "ps");
     dml_jsonl_add_str(&j, "layout", L->name);
+    dml_jsonl_add_str(&j, "op", k_op_name[op]);
     dml_jsonl_add_int(&j, "workers", L->workers);
-    dml_jsonl_add_int(&j, "servers", L->servers);
+    dml_jsonl_add_int(&j, "servers", L->colocated ? L->workers : L->servers);
+    dml_jsonl_add_int(&j, "colocated", L->colocated);
     dml_jsonl_add_int(&j, "bytes", (int64_t)bytes);
     dml_jsonl_add_int(&j, "iters", iters);
-    dml_jsonl_add_double(&j, "pushpull_ms", t_ps * 1e3);
+    dml_jsonl_add_double(&j, "ms", t_ps * 1e3);
     dml_jsonl_add_double(&j, "server_frame_bytes_per_iter", per_server_bytes);
-    dml_jsonl_add_double(&j, "server_value_bytes_per_iter", value_bytes);
-    dml_jsonl_add_double(&j, "model_value_bytes_per_iter", predicted);
+    dml_jsonl_add_double(&j, "model_server_value_bytes_per_iter", in);
+    dml_jsonl_add_double(&j, "model_wire_bytes_per_iter", wire);
     dml_jsonl_add_double(&j, "allreduce_ms", t_ar * 1e3);
+    dml_jsonl_add_double(&j, "ratio_to_allreduce", t_ar > 0 ? t_ps / t_ar : 0.0);
     dml_jsonl_end(&j);
     dml_jsonl_close(&j);
   } else {
-    printf("%-10s %10zu %6d %12.3f %14.0f %14.0f %14.0f %12.3f %6.2f\n", L->name, bytes, iters,
-           t_ps * 1e3, per_server_bytes, value_bytes, predicted, t_ar * 1e3,
+    printf("%-10s %-8s %9zu %5d %10.3f %12.0f %12.0f %12.0f %10.3f %6.2f\n", L->name, k_op_name[op],
+           bytes, iters, t_ps * 1e3, per_server_bytes, in, wire, t_ar * 1e3,
            t_ar > 0 ? t_ps / t_ar : 0.0);
   }
   fflush(stdout);
 }
 
 /* One rank of one layout: for each size, serve or push+pull, then all-reduce the same bytes. */
-static int bench_rank(const layout *L, int rank, int port, size_t max_bytes, int json) {
+static int bench_rank(const layout *L, int rank, int port, size_t min_bytes, size_t max_bytes,
+                      int json) {
   int n = L->colocated ? L->workers : L->workers + L->servers;
   dml_comm_opts co;
   dml_comm_opts_default(&co);
@@ -84,53 +112,12 @@ static int bench_rank(const layout *L, int rank, int port, size_t max_bytes, int
   cfg.sum_only = 1;
   cfg.staleness = 0;
   int S = dml_ps_num_servers(&cfg, n), first = L->colocated ? 0 : L->servers;
-  for (size_t bytes = 4096; bytes <= max_bytes && rc == 0; bytes *= 4) {
+  for (size_t bytes = min_bytes; bytes <= max_bytes && rc == 0; bytes *= 4) {
     size_t K = bytes / 4;
     int iters = iters_for(bytes), warm = 2;
     float *g = dml__malloc(K * sizeof(float)), *v = dml__malloc(K * sizeof(float));
     if (!g || !v) rc = DML_ENOMEM;
     for (size_t k = 0; rc == 0 && k < K; k++) g[k] = 1.0f;
-    dml_ps_server *srv = NULL;
-    double t_ps = 0;
-    if (rc == 0 && dml_ps_is_server(&cfg, rank)) {
-      rc = dml_ps_server_create(&srv, c, &cfg, &e);
-      if (rc == 0) rc = L->colocated ? dml_ps_server_start(srv, &e) : dml_ps_server_run(srv, &e);
-    }
-    if (rc == 0 && dml_ps_is_worker(&cfg, rank, n)) {
-      dml_ps *ps = NULL;
-      rc = dml_ps_create(&ps, c, &cfg, &e);
-      double t0 = 0;
-      for (int it = 0; rc == 0 && it < warm + iters; it++) {
-        if (it == warm) t0 = dml_now_s();
-        uint64_t ts;
-        rc = dml_ps_pushpull_dense(ps, 0, g, v, K, &ts);
-        if (rc == 0) rc = dml_ps_wait(ps, ts);
-        if (rc == 0) rc = dml_ps_clock(ps);
-        if (rc) snprintf(e.msg, sizeof e.msg, "%s", dml_ps_errmsg(ps));
-      }
-      t_ps = (dml_now_s() - t0) / iters;
-      dml_ps_free(ps);
-    }
-    if (srv && L->colocated && rc == 0) rc = dml_ps_server_join(srv, &e);
-    /* server byte counts to the first worker */
-    double sbytes = 0;
-    if (rc == 0 && srv) {
-      dml_ps_server_stats st;
-      dml_ps_server_stats_get(srv, &st);
-      double b = (double)st.bytes_in / (warm + iters);
-      if (rank != first)
-        rc = dml_comm_send(c, first, STATS_TAG, &b, sizeof b);
-      else
-        sbytes += b;
-    }
-    if (rc == 0 && rank == first)
-      for (int s = 0; s < S && rc == 0; s++) {
-        if (s == first) continue;
-        double b;
-        rc = dml_comm_recv(c, s, STATS_TAG, &b, sizeof b);
-        sbytes += b;
-      }
-    dml_ps_server_free(srv);
     /* distml's all-reduce of the same bytes over the same processes */
     double t_ar = 0;
     if (rc == 0) {
@@ -142,12 +129,53 @@ static int bench_rank(const layout *L, int rank, int port, size_t max_bytes, int
       t_ar = (dml_now_s() - t0) / iters;
       if (rc) snprintf(e.msg, sizeof e.msg, "allreduce: %s", dml_comm_errmsg(c));
     }
-    if (rc == 0 && rank == first) {
-      double per_server = sbytes / S;
-      /* dense frames carry values only, plus a 64-byte header per part and per clock */
-      double value_bytes = per_server;
-      double predicted = (double)L->workers * (double)bytes / S;
-      report(json, L, bytes, iters, t_ps, per_server, value_bytes, predicted, t_ar);
+    for (int op = 0; op < NOPS && rc == 0; op++) {
+      dml_ps_server *srv = NULL;
+      double t_ps = 0;
+      if (dml_ps_is_server(&cfg, rank)) {
+        rc = dml_ps_server_create(&srv, c, &cfg, &e);
+        if (rc == 0) rc = L->colocated ? dml_ps_server_start(srv, &e) : dml_ps_server_run(srv, &e);
+      }
+      if (rc == 0 && dml_ps_is_worker(&cfg, rank, n)) {
+        dml_ps *ps = NULL;
+        rc = dml_ps_create(&ps, c, &cfg, &e);
+        double t0 = 0;
+        for (int it = 0; rc == 0 && it < warm + iters; it++) {
+          if (it == warm) t0 = dml_now_s();
+          uint64_t ts;
+          rc = op == OP_PUSH   ? dml_ps_push_dense(ps, 0, g, K, &ts)
+               : op == OP_PULL ? dml_ps_pull_dense(ps, 0, v, K, &ts)
+                               : dml_ps_pushpull_dense(ps, 0, g, v, K, &ts);
+          if (rc == 0) rc = dml_ps_wait(ps, ts);
+          if (rc == 0) rc = dml_ps_clock(ps);
+          if (rc) snprintf(e.msg, sizeof e.msg, "%s", dml_ps_errmsg(ps));
+        }
+        t_ps = (dml_now_s() - t0) / iters;
+        if (rc == 0 && (rc = dml_ps_finish(ps)) != 0)
+          snprintf(e.msg, sizeof e.msg, "%s", dml_ps_errmsg(ps));
+        dml_ps_free(ps);
+      }
+      if (srv && L->colocated && rc == 0) rc = dml_ps_server_join(srv, &e);
+      /* server byte counts to the first worker */
+      double sbytes = 0;
+      if (rc == 0 && srv) {
+        dml_ps_server_stats st;
+        dml_ps_server_stats_get(srv, &st);
+        double b = (double)st.bytes_in / (warm + iters);
+        if (rank != first)
+          rc = dml_comm_send(c, first, STATS_TAG, &b, sizeof b);
+        else
+          sbytes += b;
+      }
+      if (rc == 0 && rank == first)
+        for (int s = 0; s < S && rc == 0; s++) {
+          if (s == first) continue;
+          double b;
+          rc = dml_comm_recv(c, s, STATS_TAG, &b, sizeof b);
+          sbytes += b;
+        }
+      dml_ps_server_free(srv);
+      if (rc == 0 && rank == first) report(json, L, op, bytes, iters, t_ps, sbytes / S, t_ar);
     }
     dml__free(g);
     dml__free(v);
@@ -158,7 +186,7 @@ static int bench_rank(const layout *L, int rank, int port, size_t max_bytes, int
   return rc ? 1 : 0;
 }
 
-static int run_layout(const layout *L, size_t max_bytes, int json) {
+static int run_layout(const layout *L, size_t min_bytes, size_t max_bytes, int json) {
   int n = L->colocated ? L->workers : L->workers + L->servers;
   int port = dml_launch_free_port();
   if (port < 0) return 1;
@@ -168,7 +196,7 @@ static int run_layout(const layout *L, size_t max_bytes, int json) {
   for (int r = 0; r < n; r++) {
     pid[r] = fork();
     if (pid[r] < 0) return 1;
-    if (pid[r] == 0) _exit(bench_rank(L, r, port, max_bytes, json));
+    if (pid[r] == 0) _exit(bench_rank(L, r, port, min_bytes, max_bytes, json));
   }
   int bad = 0;
   for (int r = 0; r < n; r++) {
@@ -181,11 +209,26 @@ static int run_layout(const layout *L, size_t max_bytes, int json) {
 
 int dml_cli_bench_ps_main(int argc, char **argv) {
   int json = 0;
-  uint64_t max_bytes = 4u << 20;
+  uint64_t max_bytes = 4u << 20, min_bytes = 4096;
+  const char *only = NULL;
   for (int i = 1; i < argc; i++) {
     dml_err e = {0};
     if (strcmp(argv[i], "--json") == 0) {
       json = 1;
+    } else if (strcmp(argv[i], "--layouts") == 0 && i + 1 < argc) {
+      only = argv[++i];
+    } else if (strcmp(argv[i], "--iters") == 0 && i + 1 < argc) {
+      int64_t v;
+      if (dml_parse_i64(argv[++i], 1, 100000, &v, &e) != 0) {
+        fprintf(stderr, "distml bench ps: --iters %s: want 1..100000\n", argv[i]);
+        return 2;
+      }
+      g_iters = (int)v;
+    } else if (strcmp(argv[i], "--min-bytes") == 0 && i + 1 < argc) {
+      if (dml_parse_size(argv[++i], (uint64_t)1 << 30, &min_bytes, &e) != 0 || min_bytes < 4096) {
+        fprintf(stderr, "distml bench ps: --min-bytes %s: want a size from 4K to 1G\n", argv[i]);
+        return 2;
+      }
     } else if (strcmp(argv[i], "--max-bytes") == 0 && i + 1 < argc) {
       if (dml_parse_size(argv[++i], (uint64_t)1 << 30, &max_bytes, &e) != 0 || max_bytes < 4096) {
         fprintf(stderr, "distml bench ps: --max-bytes %s: want a size from 4K to 1G\n", argv[i]);
@@ -193,23 +236,33 @@ int dml_cli_bench_ps_main(int argc, char **argv) {
       }
     } else {
       fprintf(stderr,
-              "usage: distml bench ps [--max-bytes B] [--json]\n"
-              "  dense pushpull of M value bytes per worker per iteration (M = 4K, 16K, ... B; "
-              "default 4M)\n"
-              "  columns: layout (WxS), M, iterations, pushpull ms, frame bytes in per server per "
-              "iteration,\n"
-              "  the value share of them, the cost model's W*M/S, all-reduce ms of M bytes, "
-              "ps/allreduce\n");
+              "usage: distml bench ps [--min-bytes B] [--max-bytes B] [--layouts L,L] [--iters N] "
+              "[--json]\n"
+              "  layouts: 1x1, 2x1, 2x2, colocated2 (default: all); sizes B, 4B, 16B ...\n"
+              "  dense push, pull and pushpull of M value bytes per worker per iteration (M = 4K, "
+              "16K, ... B; default 4M)\n"
+              "  columns: layout (WxS), op, M, iterations, ms per iteration, frame bytes in per "
+              "server per iteration,\n"
+              "  the cost model's value bytes in per server (W*M/S; pull: 0) and wire bytes of the "
+              "busiest process\n"
+              "  (dedicated: W*M/S per direction; colocated: 2(W-1)M/W for pushpull), all-reduce "
+              "ms of M bytes, ps/allreduce\n");
       return 2;
     }
   }
   const layout layouts[] = {
       {"1x1", 1, 1, 0}, {"2x1", 2, 1, 0}, {"2x2", 2, 2, 0}, {"colocated2", 2, 2, 1}};
   if (!json)
-    printf("%-10s %10s %6s %12s %14s %14s %14s %12s %6s\n", "layout", "bytes", "iters",
-           "pushpull_ms", "srv_frame_B", "srv_value_B", "model_W*M/S", "allreduce_ms", "ratio");
+    printf("%-10s %-8s %9s %5s %10s %12s %12s %12s %10s %6s\n", "layout", "op", "bytes", "iters",
+           "ms", "srv_in_B", "model_in_B", "model_wire_B", "allred_ms", "ratio");
   int bad = 0;
-  for (size_t i = 0; i < sizeof layouts / sizeof layouts[0]; i++)
-    bad |= run_layout(&layouts[i], max_bytes, json);
+  for (size_t i = 0; i < sizeof layouts / sizeof layouts[0]; i++) {
+    if (only != NULL) {
+      size_t nl = strlen(layouts[i].name);
+      const char *p = strstr(only, layouts[i].name);
+      if (p == NULL || (p != only && p[-1] != ',') || (p[nl] != 0 && p[nl] != ',')) continue;
+    }
+    bad |= run_layout(&layouts[i], min_bytes, max_bytes, json);
+  }
   return bad ? 1 : 0;
 }

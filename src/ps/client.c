@@ -366,11 +366,14 @@ static int receive_one(dml_ps *ps, int s) {
   if (rc) return comm_failed(ps, rc, "waiting for", srank);
   dml__ps_msg m;
   dml_err derr;
-  rc = dml__ps_decode(buf, bytes, peer, &m, &derr);
-  dml_comm_buf_free(buf);
-  if (rc) return fail(ps, rc, "%s%s", dml_err_msg(&derr), "");
+  rc = dml__ps_decode_view(buf, bytes, peer, &m, &derr); /* m may point into buf */
+  if (rc) {
+    dml_comm_buf_free(buf);
+    return fail(ps, rc, "%s%s", dml_err_msg(&derr), "");
+  }
   if (m.command == DML__PS_BYE) { /* a server's shutdown: dml_ps_finish counts them */
     dml__ps_msg_free(&m);
+    dml_comm_buf_free(buf);
     return 1;
   }
   request *r = NULL;
@@ -381,6 +384,7 @@ static int receive_one(dml_ps *ps, int s) {
     if (r->fdst[k] == s && !r->fdone[k] && (!r->dense || r->flo[k] == m.key_lo)) f = k;
   if (m.command != DML__PS_REPLY || r == NULL || f < 0) {
     dml__ps_msg_free(&m);
+    dml_comm_buf_free(buf);
     return fail(ps, DML_EPROTO, "ps: server %s answered a request this worker did not make%s", peer,
                 "");
   }
@@ -391,12 +395,14 @@ static int receive_one(dml_ps *ps, int s) {
               (r->command != DML__PS_PUSH && cnt != m.key_hi - m.key_lo + 1);
     if (bad) {
       dml__ps_msg_free(&m);
+      dml_comm_buf_free(buf);
       return fail(ps, DML_EPROTO,
                   "ps: server %s returned a dense range this request did not ask for%s", peer, "");
     }
     if (r->command != DML__PS_PUSH)
       memcpy(r->out + (m.key_lo - r->dense_lo), m.vals, (size_t)cnt * sizeof(float));
     dml__ps_msg_free(&m);
+    dml_comm_buf_free(buf);
     frame_answered(ps, r, f);
     return 0;
   }
@@ -404,11 +410,13 @@ static int receive_one(dml_ps *ps, int s) {
   if (r->command != DML__PS_PUSH) {
     if (m.nkeys != cnt || m.nvals != cnt) {
       dml__ps_msg_free(&m);
+      dml_comm_buf_free(buf);
       return fail(ps, DML_EPROTO, "ps: server %s returned the wrong number of values%s", peer, "");
     }
     for (size_t j = 0; j < cnt; j++) r->out[r->pos[r->soff[s] + j]] = m.vals[j];
   }
   dml__ps_msg_free(&m);
+  dml_comm_buf_free(buf);
   frame_answered(ps, r, f);
   return 0;
 }

@@ -77,13 +77,46 @@ void dml__ps_encode(void *buf, const dml__ps_msg *m, const uint64_t *keys, const
 
 void dml__ps_msg_free(dml__ps_msg *m) {
   if (m == NULL) return;
-  dml__free(m->keys);
-  dml__free(m->vals);
+  if (!m->borrowed) {
+    dml__free(m->keys);
+    dml__free(m->vals);
+  }
   m->keys = NULL;
   m->vals = NULL;
+  m->borrowed = 0;
 }
 
+int dml__ps_msg_own(dml__ps_msg *m) {
+  if (!m->borrowed) return 0;
+  uint64_t *k = m->nkeys ? dml__malloc((size_t)m->nkeys * 8) : NULL;
+  float *v = m->nvals ? dml__malloc((size_t)m->nvals * 4) : NULL;
+  if ((m->nkeys && k == NULL) || (m->nvals && v == NULL)) {
+    dml__free(k);
+    dml__free(v);
+    return DML_ENOMEM;
+  }
+  if (k) memcpy(k, m->keys, (size_t)m->nkeys * 8);
+  if (v) memcpy(v, m->vals, (size_t)m->nvals * 4);
+  m->keys = k;
+  m->vals = v;
+  m->borrowed = 0;
+  return 0;
+}
+
+static int decode(const void *buf, size_t len, const char *peer, dml__ps_msg *m, dml_err *err,
+                  int view);
+
 int dml__ps_decode(const void *buf, size_t len, const char *peer, dml__ps_msg *m, dml_err *err) {
+  return decode(buf, len, peer, m, err, 0);
+}
+
+int dml__ps_decode_view(const void *buf, size_t len, const char *peer, dml__ps_msg *m,
+                        dml_err *err) {
+  return decode(buf, len, peer, m, err, 1);
+}
+
+static int decode(const void *buf, size_t len, const char *peer, dml__ps_msg *m, dml_err *err,
+                  int view) {
   const unsigned char *p = buf;
   memset(m, 0, sizeof(*m));
   if (peer == NULL) peer = "peer";
@@ -189,6 +222,13 @@ int dml__ps_decode(const void *buf, size_t len, const char *peer, dml__ps_msg *m
                          (unsigned long long)key, (unsigned long long)i,
                          (size_t)(DML__PS_HEADER_BYTES + 8 * i));
     prev = key;
+  }
+  const unsigned char *vp = k + 8 * m->nkeys;
+  if (view && HOST_LE && ((uintptr_t)k % 8) == 0 && ((uintptr_t)vp % 4) == 0) {
+    m->keys = m->nkeys ? (uint64_t *)(void *)k : NULL;
+    m->vals = m->nvals ? (float *)(void *)vp : NULL;
+    m->borrowed = 1;
+    return 0;
   }
   if (m->nkeys) {
     m->keys = dml__malloc((size_t)m->nkeys * 8);

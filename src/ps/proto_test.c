@@ -67,6 +67,25 @@ int main(int argc, char **argv) {
     T_ASSERT(m.vals[i] == vals[i]);
   }
   dml__ps_msg_free(&m);
+  /* the view decoder: the same message, keys and values inside the (aligned) frame, until owned */
+  {
+    uint64_t *abuf = malloc(len + 8); /* 8-byte aligned */
+    memcpy(abuf, buf, len);
+    T_OK(dml__ps_decode_view(abuf, len, "peer", &m, &err));
+    T_ASSERT(m.borrowed && (void *)m.keys == (unsigned char *)abuf + 64);
+    T_ASSERT((void *)m.vals == (unsigned char *)abuf + 64 + 40);
+    for (int i = 0; i < 5; i++) T_ASSERT(m.keys[i] == keys[i] && m.vals[i] == vals[i]);
+    T_OK(dml__ps_msg_own(&m));
+    memset(abuf, 0, len); /* the owned copy survives its frame */
+    T_ASSERT(!m.borrowed && m.keys[4] == keys[4] && m.vals[4] == vals[4]);
+    dml__ps_msg_free(&m);
+    unsigned char *odd = (unsigned char *)abuf + 1; /* misaligned: decoded by copy */
+    memmove(odd, buf, len);
+    T_OK(dml__ps_decode_view(odd, len, "peer", &m, &err));
+    T_ASSERT(!m.borrowed && m.keys[2] == keys[2]);
+    dml__ps_msg_free(&m);
+    free(abuf);
+  }
   /* little-endian on the wire whatever the host */
   T_EQ_INT(buf[0], 0x44);
   T_EQ_INT(buf[48], 5);

@@ -78,8 +78,10 @@ typedef struct dml__ps_msg {
   uint64_t clock;          /* sender's clock when it sent the request */
   uint64_t key_lo, key_hi; /* every key is in [key_lo, key_hi] */
   uint64_t nkeys, nvals;
-  uint64_t *keys; /* (nkeys) strictly increasing; owned by the msg (dml__ps_msg_free) */
+  uint64_t *keys; /* (nkeys) strictly increasing; owned by the msg (dml__ps_msg_free) unless
+                     borrowed */
   float *vals;    /* (nvals) == nkeys or 0 */
+  int borrowed;   /* keys and vals point into the decoded buffer (dml__ps_decode_view) */
 } dml__ps_msg;
 
 /* Bytes of a frame with nkeys keys and nvals values. */
@@ -91,6 +93,13 @@ void dml__ps_encode(void *buf, const dml__ps_msg *m, const uint64_t *keys, const
  * key order and range before allocating; on success *m owns copies of keys and values. peer names
  * the sender in err ("rank 3 (127.0.0.1:4000)"). Returns 0, DML_EPROTO or DML_ENOMEM. */
 int dml__ps_decode(const void *buf, size_t len, const char *peer, dml__ps_msg *m, dml_err *err);
+/* The same checks without copies: keys and vals point into buf (which must stay valid and
+ * unchanged while m is used) when buf is aligned for them on a little-endian host; otherwise
+ * this copies like dml__ps_decode. dml__ps_msg_free releases either kind. */
+int dml__ps_decode_view(const void *buf, size_t len, const char *peer, dml__ps_msg *m,
+                        dml_err *err);
+/* Makes a borrowed message own copies of its keys and values (before its buffer goes away). */
+int dml__ps_msg_own(dml__ps_msg *m);
 void dml__ps_msg_free(dml__ps_msg *m);
 
 /* The server that owns key among nservers: the key is hashed into one of DML__PS_VRANGES virtual

@@ -279,8 +279,9 @@ static int apply_dense(dml_ps_server *s, const dml__ps_msg *m, dml_err *err) {
   if (rc) return rc;
   size_t off = (size_t)(m->key_lo % DML__PS_DENSE_PART), cnt = (size_t)m->nvals;
   if (d->opt == NULL) {
-    float *v = d->vals + off;
-    for (size_t i = 0; i < cnt; i++) v[i] += m->vals[i];
+    float *restrict v = d->vals + off;
+    const float *restrict g = m->vals; /* the received frame: never the part itself */
+    for (size_t i = 0; i < cnt; i++) v[i] += g[i];
     return 0;
   }
   memcpy(d->grads + off, m->vals, cnt * sizeof(float));
@@ -462,7 +463,7 @@ int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t by
   dml__ps_msg m;
   const char *peer = dml_comm_peer_name(s->c, src);
   s->st.bytes_in += bytes;
-  int rc = dml__ps_decode(frame, bytes, peer, &m, err);
+  int rc = dml__ps_decode_view(frame, bytes, peer, &m, err); /* frame outlives m, or m owns */
   if (rc == 0 && src != s->me && m.sender != (uint32_t)src)
     rc = dml_err_set(err, DML_EPROTO, "ps: %s sent a frame claiming to come from rank %u", peer,
                      m.sender);
@@ -542,6 +543,10 @@ int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t by
           }
           s->dq = nd;
           s->dq_cap = nc;
+        }
+        if (dml__ps_msg_own(&m) != 0) { /* the frame is freed after this call */
+          rc = dml_err_set(err, DML_ENOMEM, "ps server: no memory to defer a pull");
+          break;
         }
         s->dq[s->ndq].src = src;
         s->dq[s->ndq].m = m;
