@@ -118,7 +118,9 @@ void dml_ps_server_free(dml_ps_server *s);
 int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t bytes, dml_err *err);
 /* Writes the shard atomically to path (safetensors: "ps.keys" (n, 2) holds the u64 keys as raw
  * little-endian bits, "ps.values" (n), "ps.optim.<state>" (n) each, metadata: optimizer kind and
- * step, server rank, world size, every worker's clock and last applied push timestamp). Pushes
+ * step, server rank, world size, every worker's clock, last applied push timestamp and pushes
+ * applied; dense chunks as "ps.dense.chunks", "ps.dense.steps" (n, 2) raw u64 bits,
+ * "ps.dense.values" and "ps.dense.optim.<state>" (n, 65536)). Pushes
  * still summed in an open BSP aggregate are not in it. Call from the thread that runs the loop
  * (or when it is not running). */
 int dml_ps_server_checkpoint(dml_ps_server *s, const char *path, dml_err *err);
@@ -134,7 +136,7 @@ dml_comm *dml_ps_server_comm(const dml_ps_server *s);
 int dml_ps_checkpoint_path(const char *dir, int rank, char *out, size_t bytes);
 /* Value of key on this shard (0 if absent): for tests. */
 float dml_ps_server_value(const dml_ps_server *s, uint64_t key);
-/* Value of a dense key on this shard (0 if absent): for tests. Dense parts are not checkpointed yet. */
+/* Value of a dense key on this shard (0 if absent): for tests. */
 float dml_ps_server_dense_value(const dml_ps_server *s, uint64_t key);
 
 /* ---------------------------------------------------------------------------------------------

@@ -952,7 +952,10 @@ static int list_u64(char **out, const worker_state *w, int n, int which) {
 int dml_ps_server_checkpoint(dml_ps_server *s, const char *path, dml_err *err) {
   size_t n = s->nkeys;
   int ns = s->opt ? dml_optim_num_state(s->opt) : 0;
-  dml_st_tensor t[2 + 8];
+  dml_st_tensor t[2 + 8 + 3 + 8];
+  size_t nd = s->ndparts, P = DML__PS_DENSE_PART;
+  int nds = nd && s->dparts[0].opt ? dml_optim_num_state(s->dparts[0].opt) : 0;
+  float *dparts = NULL, *dsteps = NULL, *dvals = NULL, *dstate = NULL;
   float *keybits = dml__malloc((n ? n : 1) * sizeof(uint64_t));
   float *state = NULL;
   char *clocks = NULL, *pushes = NULL, *push_lo = NULL, *applied = NULL;
@@ -965,6 +968,14 @@ int dml_ps_server_checkpoint(dml_ps_server *s, const char *path, dml_err *err) {
   if (rc == 0) rc = list_u64(&pushes, s->w, s->n, 0);
   if (rc == 0) rc = list_u64(&push_lo, s->w, s->n, 2);
   if (rc == 0) rc = list_u64(&applied, s->w, s->n, 3);
+  if (rc == 0 && nd > 0) {
+    /* dense chunks: their indices and step counts as raw u64 bits, values and state (nd, P) */
+    dparts = dml__malloc(nd * sizeof(uint64_t));
+    dsteps = dml__malloc(nd * sizeof(uint64_t));
+    dvals = dml__malloc(nd * P * sizeof(float));
+    if (nds > 0) dstate = dml__malloc(nd * P * sizeof(float) * (size_t)nds);
+    if (!dparts || !dsteps || !dvals || (nds > 0 && !dstate)) rc = DML_ENOMEM;
+  }
   if (rc) {
     dml_err_set(err, rc, "ps checkpoint %s: out of memory", path);
     goto out;
@@ -1001,8 +1012,34 @@ int dml_ps_server_checkpoint(dml_ps_server *s, const char *path, dml_err *err) {
       {"ps.last_push_ts", pushes},
       {"ps.last_push_lo", push_lo},
       {"ps.applied", applied}};
+  char dnames[8][DML_TENSOR_NAME_MAX + 24];
+  if (nd > 0) {
+    uint64_t *pi = (uint64_t *)(void *)dparts, *si = (uint64_t *)(void *)dsteps;
+    for (size_t i = 0; i < nd; i++) {
+      const dense_part *d = &s->dparts[i];
+      pi[i] = d->part;
+      si[i] = d->opt ? dml_optim_step_count(d->opt) : 0;
+      memcpy(dvals + i * P, d->vals, P * sizeof(float));
+      for (int k = 0; k < nds; k++)
+        memcpy(dstate + ((size_t)k * nd + i) * P, dml_optim_state_data(d->opt) + (size_t)k * P,
+               P * sizeof(float));
+    }
+    t[nt++] = (dml_st_tensor){"ps.dense.chunks", 2, {(int64_t)nd, 2, 0, 0}, dparts};
+    t[nt++] = (dml_st_tensor){"ps.dense.steps", 2, {(int64_t)nd, 2, 0, 0}, dsteps};
+    t[nt++] = (dml_st_tensor){"ps.dense.values", 2, {(int64_t)nd, (int64_t)P, 0, 0}, dvals};
+    for (int k = 0; k < nds && k < 8; k++) {
+      snprintf(dnames[k], sizeof dnames[k], "ps.dense.optim.%s",
+               dml_optim_state_tensor(s->dparts[0].opt, k)->name);
+      t[nt++] = (dml_st_tensor){
+          dnames[k], 2, {(int64_t)nd, (int64_t)P, 0, 0}, dstate + (size_t)k * nd * P};
+    }
+  }
   rc = dml_safetensors_write(path, t, nt, meta, (int)DML__ARRAY_LEN(meta), err);
 out:
+  dml__free(dparts);
+  dml__free(dsteps);
+  dml__free(dvals);
+  dml__free(dstate);
   dml__free(keybits);
   dml__free(state);
   dml__free(clocks);
@@ -1034,6 +1071,53 @@ static int parse_list(const char *text, worker_state *w, int n, int which) {
     }
   }
   return *p == 0 ? 0 : -1;
+}
+
+/* The dense chunks of a checkpoint (absent: none), checked like the sparse part. */
+static int restore_dense(dml_ps_server *s, const dml_safetensors *st, const char *path,
+                         dml_err *err) {
+  const dml_st_tensor *tc = dml_safetensors_find(st, "ps.dense.chunks"),
+                      *ts = dml_safetensors_find(st, "ps.dense.steps"),
+                      *tv = dml_safetensors_find(st, "ps.dense.values");
+  if (tc == NULL && ts == NULL && tv == NULL) return 0;
+  const int64_t P = (int64_t)DML__PS_DENSE_PART;
+  int64_t nd = tc && tc->ndim == 2 && tc->shape[1] == 2 ? tc->shape[0] : -1;
+  if (nd < 0 || !ts || ts->ndim != 2 || ts->shape[0] != nd || ts->shape[1] != 2 || !tv ||
+      tv->ndim != 2 || tv->shape[0] != nd || tv->shape[1] != P)
+    return dml_err_set(err, DML_EFORMAT,
+                       "ps restore %s: ps.dense.chunks (n, 2), ps.dense.steps (n, 2) and "
+                       "ps.dense.values (n, %lld) must go together",
+                       path, (long long)P);
+  for (int64_t i = 0; i < nd; i++) {
+    uint64_t part, steps;
+    memcpy(&part, tc->data + 2 * i, sizeof part);
+    memcpy(&steps, ts->data + 2 * i, sizeof steps);
+    if (part > (UINT64_MAX / DML__PS_DENSE_PART) ||
+        dml__ps_dense_owner(&s->layout, part * DML__PS_DENSE_PART) != s->me || find_part(s, part))
+      return dml_err_set(err, DML_EFORMAT,
+                         "ps restore %s: dense chunk %llu (#%lld) belongs to another server or "
+                         "appears twice",
+                         path, (unsigned long long)part, (long long)i);
+    dense_part *d;
+    int rc = dense_part_get(s, part, &d, err);
+    if (rc) return rc;
+    memcpy(d->vals, tv->data + i * P, (size_t)P * sizeof(float));
+    if (d->opt) {
+      int ns = dml_optim_num_state(d->opt);
+      for (int k = 0; k < ns; k++) {
+        char name[DML_TENSOR_NAME_MAX + 24];
+        snprintf(name, sizeof name, "ps.dense.optim.%s", dml_optim_state_tensor(d->opt, k)->name);
+        const dml_st_tensor *to = dml_safetensors_find(st, name);
+        if (to == NULL || to->ndim != 2 || to->shape[0] != nd || to->shape[1] != P)
+          return dml_err_set(err, DML_EFORMAT, "ps restore %s: %s missing or not (%lld, %lld)",
+                             path, name, (long long)nd, (long long)P);
+        memcpy(dml_optim_state_data(d->opt) + (size_t)k * (size_t)P, to->data + i * P,
+               (size_t)P * sizeof(float));
+      }
+      dml_optim_set_step_count(d->opt, steps);
+    }
+  }
+  return 0;
 }
 
 int dml_ps_server_restore(dml_ps_server *s, const char *path, dml_err *err) {
@@ -1120,6 +1204,7 @@ int dml_ps_server_restore(dml_ps_server *s, const char *path, dml_err *err) {
     }
     dml_optim_set_step_count(s->opt, strtoull(step, NULL, 10));
   }
+  if ((rc = restore_dense(s, st, path, err)) != 0) goto out;
   s->st.keys = s->nkeys;
   s->st.restored = 1;
   s->st.restored_clock = UINT64_MAX;

@@ -1,7 +1,8 @@
 /* Unit tests of one parameter-server shard driven frame by frame in a one-process communicator:
  * missing keys read as zero, pushes go through the server-side optimizer, a checkpoint restored
  * into a fresh server gives the same values and the same next update (optimizer state and step
- * count kept), and bad checkpoints are rejected with the file named. */
+ * count kept) for sparse keys and dense chunks, and bad checkpoints are rejected with the file
+ * named. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +36,29 @@ static void push(dml_ps_server *s, uint64_t ts, const uint64_t *keys, const floa
   dml_comm_buf_free(rep);
 }
 
+/* A dense push of n values at keys [lo, lo + n) (inside one chunk). */
+static void push_dense(dml_ps_server *s, uint64_t ts, uint64_t lo, const float *vals, size_t n) {
+  dml__ps_msg m;
+  memset(&m, 0, sizeof m);
+  m.command = DML__PS_PUSH;
+  m.flags = DML__PS_FLAG_DENSE;
+  m.timestamp = ts;
+  m.key_lo = lo;
+  m.key_hi = lo + n - 1;
+  m.nvals = n;
+  m.value_type = DML__PS_VT_F32;
+  size_t bytes = dml__ps_frame_bytes(0, n);
+  void *buf = malloc(bytes);
+  dml__ps_encode(buf, &m, NULL, vals);
+  dml_err err;
+  T_OK(dml_ps_server_handle(s, 0, buf, bytes, &err));
+  free(buf);
+  void *rep;
+  size_t len;
+  T_OK(dml_comm_recv_alloc(comm, 0, DML__PS_TAG_REP, &rep, &len, NULL));
+  dml_comm_buf_free(rep);
+}
+
 static dml_ps_server *make(dml_optim_kind kind) {
   dml_ps_config cfg;
   dml_ps_config_init(&cfg);
@@ -57,22 +81,36 @@ static void roundtrip(dml_optim_kind kind, const char *path) {
   }
   dml_ps_server *a = make(kind);
   T_ASSERT(dml_ps_server_value(a, keys[5]) == 0.0f);
-  for (int t = 1; t <= 4; t++) push(a, (uint64_t)t, keys, g, N);
+  /* dense chunks 0 and 3 too (one timestamp per request: the sparse push, then the dense ones) */
+  const uint64_t D3 = 3 * 65536 + 10;
+  for (int t = 1; t <= 4; t++) {
+    push(a, (uint64_t)(3 * t), keys, g, N);
+    push_dense(a, (uint64_t)(3 * t + 1), 0, g, 1000);
+    push_dense(a, (uint64_t)(3 * t + 2), D3, g + 7, 500);
+  }
   T_ASSERT(dml_ps_server_value(a, keys[0]) != 0.0f); /* g[0] = -0.6: every optimizer moves it */
+  T_ASSERT(dml_ps_server_dense_value(a, 0) != 0.0f && dml_ps_server_dense_value(a, D3 + 1) != 0);
   dml_err err;
   T_OK(dml_ps_server_checkpoint(a, path, &err));
   dml_ps_server *b = make(kind);
   T_OK(dml_ps_server_restore(b, path, &err));
   for (int i = 0; i < N; i++)
     T_ASSERT(dml_ps_server_value(a, keys[i]) == dml_ps_server_value(b, keys[i]));
+  for (uint64_t k = 0; k < 4 * 65536; k += 37)
+    T_ASSERT(dml_ps_server_dense_value(a, k) == dml_ps_server_dense_value(b, k));
   /* the next step depends on the optimizer state and (Adam) the step count */
-  push(a, 5, keys, g, N);
-  push(b, 5, keys, g, N);
+  push(a, 15, keys, g, N);
+  push(b, 15, keys, g, N);
+  push_dense(a, 16, D3, g + 7, 500);
+  push_dense(b, 16, D3, g + 7, 500);
   for (int i = 0; i < N; i++)
     T_ASSERT(dml_ps_server_value(a, keys[i]) == dml_ps_server_value(b, keys[i]));
+  for (uint64_t k = D3; k < D3 + 500; k++)
+    T_ASSERT(dml_ps_server_dense_value(a, k) == dml_ps_server_dense_value(b, k));
+  T_ASSERT(dml_ps_server_dense_value(b, D3) != dml_ps_server_dense_value(b, D3 + 100000));
   /* a resent push (same timestamp) is applied once, also after a restore */
   float before = dml_ps_server_value(b, keys[0]);
-  push(b, 5, keys, g, N);
+  push(b, 15, keys, g, N);
   T_ASSERT(dml_ps_server_value(b, keys[0]) == before);
   dml_ps_server_stats st;
   dml_ps_server_stats_get(b, &st);
