@@ -124,6 +124,10 @@ int dml_iallreduce_f32_compressed(dml_comm *c, float *buf, size_t count, dml_dty
  * communicator's timeout). Returns the collective's status and releases req, or DML_ETIMEDOUT
  * and leaves req valid. */
 int dml_coll_wait(dml_coll_req *req, int timeout_ms);
+/* dml_coll_wait that also tells when the collective itself ran: *start_ns when the background
+ * thread started it (after the collectives queued before it), *done_ns when it completed, on the
+ * dml_now_ns() clock (both 0 if it never ran). Either pointer may be NULL. */
+int dml_coll_wait_timed(dml_coll_req *req, int timeout_ms, uint64_t *start_ns, uint64_t *done_ns);
 /* *done = 1 when complete: then req is released and the return value is its status. */
 int dml_coll_test(dml_coll_req *req, int *done);
 

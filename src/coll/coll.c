@@ -36,7 +36,8 @@ struct dml_coll_req {
   int root;
   int status;
   int done;
-  int heap; /* 1: made by a non-blocking call, freed by wait/test */
+  int heap;                   /* 1: made by a non-blocking call, freed by wait/test */
+  uint64_t start_ns, done_ns; /* when the background thread ran it */
   struct dml_coll_req *next;
 };
 
@@ -746,8 +747,11 @@ static void *worker_main(void *arg) {
     st->worker_busy = 1;
     uint32_t seq = st->seq++;
     pthread_mutex_unlock(&st->mu);
+    r->start_ns = dml_now_ns();
     int rc = run(st, r, seq, 0);
+    uint64_t t1 = dml_now_ns();
     pthread_mutex_lock(&st->mu);
+    r->done_ns = t1;
     r->status = rc;
     r->done = 1;
     st->worker_busy = 0;
@@ -797,7 +801,7 @@ static int enqueue(dml__coll_state *st, const dml_coll_req *proto, dml_coll_req 
   return 0;
 }
 
-int dml_coll_wait(dml_coll_req *req, int timeout_ms) {
+int dml_coll_wait_timed(dml_coll_req *req, int timeout_ms, uint64_t *start_ns, uint64_t *done_ns) {
   if (req == NULL) return DML_EINVAL;
   dml__coll_state *st = req->st;
   pthread_mutex_lock(&st->mu);
@@ -820,9 +824,15 @@ int dml_coll_wait(dml_coll_req *req, int timeout_ms) {
     }
   }
   int rc = req->status;
+  if (start_ns) *start_ns = req->start_ns;
+  if (done_ns) *done_ns = req->done_ns;
   pthread_mutex_unlock(&st->mu);
   dml__free(req);
   return rc;
+}
+
+int dml_coll_wait(dml_coll_req *req, int timeout_ms) {
+  return dml_coll_wait_timed(req, timeout_ms, NULL, NULL);
 }
 
 int dml_coll_test(dml_coll_req *req, int *done) {

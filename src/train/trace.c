@@ -14,9 +14,9 @@ void dml__trace_init(dml__trace *t, int enabled) {
   pthread_mutex_init(&t->lock, NULL);
 }
 
-void dml__trace_add(dml__trace *t, const char *name, const char *cat, int tid, uint64_t start_ns) {
+void dml__trace_span(dml__trace *t, const char *name, const char *cat, int tid, uint64_t start_ns,
+                     uint64_t end) {
   if (!t->enabled) return;
-  uint64_t end = dml_now_ns();
   pthread_mutex_lock(&t->lock);
   if (t->n == t->cap) {
     size_t cap = t->cap ? t->cap * 2 : 4096;
@@ -33,9 +33,13 @@ void dml__trace_add(dml__trace *t, const char *name, const char *cat, int tid, u
   snprintf(e->name, sizeof(e->name), "%s", name);
   snprintf(e->cat, sizeof(e->cat), "%s", cat);
   e->start_ns = start_ns > t->t0_ns ? start_ns - t->t0_ns : 0;
-  e->dur_ns = end - start_ns;
+  e->dur_ns = end > start_ns ? end - start_ns : 0;
   e->tid = tid;
   pthread_mutex_unlock(&t->lock);
+}
+
+void dml__trace_add(dml__trace *t, const char *name, const char *cat, int tid, uint64_t start_ns) {
+  if (t->enabled) dml__trace_span(t, name, cat, tid, start_ns, dml_now_ns());
 }
 
 /* Copies src into dst keeping only characters that need no JSON escaping. */

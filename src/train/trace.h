@@ -30,6 +30,9 @@ typedef struct dml__trace {
 void dml__trace_init(dml__trace *t, int enabled);
 /* Records one event from start_ns (dml_now_ns) to now. */
 void dml__trace_add(dml__trace *t, const char *name, const char *cat, int tid, uint64_t start_ns);
+/* Records one event from start_ns to end_ns (dml_now_ns clock). */
+void dml__trace_span(dml__trace *t, const char *name, const char *cat, int tid, uint64_t start_ns,
+                     uint64_t end_ns);
 /* Rank 0 gathers all ranks' events over comm (may be NULL for one process) and writes path
  * atomically; other ranks send theirs. Collective: every rank calls it. */
 int dml__trace_write(dml__trace *t, dml_comm *comm, const char *path, dml_err *err);

@@ -40,7 +40,6 @@ typedef struct bucket {
   size_t offset, count; /* floats of the gradient buffer */
   int first_layer;      /* the lowest layer index in the bucket: its completion launches it */
   dml_coll_req *req;    /* in flight, or NULL */
-  uint64_t start_ns;
 } bucket;
 
 typedef struct trainer {
@@ -142,7 +141,6 @@ static int launch_bucket(trainer *t, bucket *b) {
   float *g = dml_model_grads(t->m) + b->offset;
   if (t->grad_scale != 1.0f)
     for (size_t i = 0; i < b->count; i++) g[i] *= t->grad_scale;
-  b->start_ns = dml_now_ns();
   int rc = t->cfg->wire_dtype == DML_F32
                ? dml_iallreduce(t->comm, g, b->count, DML_F32, DML_SUM, &b->req)
                : dml_iallreduce_f32_compressed(t->comm, g, b->count, t->cfg->wire_dtype, DML_SUM,
@@ -176,15 +174,17 @@ static int wait_buckets(trainer *t) {
     bucket *b = &t->buckets[i];
     if (b->req == NULL) continue;
     uint64_t w0 = dml_now_ns();
-    int r = dml_coll_wait(b->req, -1);
+    uint64_t ran0 = 0, ran1 = 0;
+    int r = dml_coll_wait_timed(b->req, -1, &ran0, &ran1);
     uint64_t w1 = dml_now_ns();
     b->req = NULL;
     t->wait_ns += w1 - w0;
-    t->comm_ns += w1 - b->start_ns;
+    /* The all-reduce's own time: not its wait in the queue, nor the time until we looked. */
+    if (ran1 > ran0) t->comm_ns += ran1 - ran0;
     if (t->trace.enabled) {
       char name[24];
       snprintf(name, sizeof(name), "allreduce b%d", i);
-      dml__trace_add(&t->trace, name, "allreduce", 1, b->start_ns);
+      if (ran1 > ran0) dml__trace_span(&t->trace, name, "allreduce", 1, ran0, ran1);
       dml__trace_add(&t->trace, "wait", "wait", 0, w0);
     }
     if (r != 0 && rc == 0)
