@@ -1,7 +1,7 @@
 /* Parameter server over real processes on loopback: exact values under BSP (every worker pushes
  * 1 to each key per iteration, so a pull at clock c reads between W*c and W*c + W-1) with 1 and 2 dedicated servers and
  * colocated; the SSP bound (a pull at clock c reads at least W*(c-s)); ASP; a resent push applied
- * once; BSP sync aggregation with a server-side SGD (exact values); hostile ranks (garbage, a huge count, unsorted keys) dropped while the job goes on; and a
+ * once; BSP sync aggregation with a server-side SGD, sparse and dense (exact values); hostile ranks (garbage, a huge count, unsorted keys) dropped while the job goes on; and a
  * raw TCP clients writing garbage and huge lengths to the server's ports; registered dense tensors
  * cut into <= 4 MB parts over 2 servers (the second part on the other server); a
  * worker killed mid-run under ASP and BSP: the others finish and the server counts it dead.
@@ -305,6 +305,8 @@ int main(void) {
       (scenario){.servers = 2, .dense = 1, .layout = 1});
   run("BSP sync aggregation, server SGD: exact values", 4, (scenario){.servers = 1, .sgd = 1});
   run("BSP sync aggregation colocated: exact values", 3, (scenario){.colocated = 1, .sgd = 1});
+  run("dense BSP sync aggregation, server SGD, 2 servers: exact values", 4,
+      (scenario){.servers = 2, .sgd = 1, .dense = 1});
   run("SSP:2 1 server 3 workers: bound held", 4, (scenario){.servers = 1, .staleness = 2});
   run("ASP 1 server 2 workers", 3, (scenario){.servers = 1, .staleness = DML_PS_ASP});
   run("resent push applied once", 2, (scenario){.servers = 1, .dup = 1});

@@ -157,7 +157,8 @@ int dml_ps_pushpull(dml_ps *ps, const uint64_t *keys, const float *grads, float 
  * the same number are different parameters), held by the servers in flat arrays in chunks of 64K
  * keys (the registered tensors' parts, see dense_sizes, else round-robin); no keys travel on the
  * wire. Same timestamps, wait and errors as above.
- * Under BSP aggregation dense pushes are still applied one optimizer step per push. */
+ * Under BSP sync aggregation dense pushes are summed per chunk and their mean applied once per
+ * clock, like sparse ones. */
 int dml_ps_push_dense(dml_ps *ps, uint64_t lo, const float *vals, size_t n, uint64_t *ts);
 int dml_ps_pull_dense(dml_ps *ps, uint64_t lo, float *vals_out, size_t n, uint64_t *ts);
 int dml_ps_pushpull_dense(dml_ps *ps, uint64_t lo, const float *grads, float *vals_out, size_t n,

@@ -34,6 +34,9 @@ typedef struct dense_part {
   float *vals;    /* (DML__PS_DENSE_PART) */
   float *grads;   /* (DML__PS_DENSE_PART) scratch: a frame's values at their offsets */
   dml_optim *opt; /* NULL when sum_only */
+  float *agg;     /* (DML__PS_DENSE_PART) BSP aggregation: pushes of the open clock, summed */
+  uint32_t agg_n; /* pushes summed into agg */
+  size_t agg_lo, agg_hi; /* offsets they touched: [agg_lo, agg_hi) */
 } dense_part;
 
 typedef struct deferred {
@@ -63,6 +66,7 @@ struct dml_ps_server {
   size_t nagg, agg_list_cap;
   float *agg_grads; /* (agg_list_cap) compact mean for the optimizer */
   uint64_t agg_pushes, agg_clock;
+  uint64_t dense_agg_pushes; /* dense frames summed into their parts' agg this clock */
   deferred *dq;
   size_t ndq, dq_cap;
   dense_part *dparts;
@@ -284,6 +288,19 @@ static int apply_dense(dml_ps_server *s, const dml__ps_msg *m, dml_err *err) {
     for (size_t i = 0; i < cnt; i++) v[i] += g[i];
     return 0;
   }
+  if (s->aggregating) { /* summed now, applied as the mean once every live worker passed the clock */
+    if (d->agg == NULL && (d->agg = dml__calloc(DML__PS_DENSE_PART, sizeof(float))) == NULL)
+      return dml_err_set(err, DML_ENOMEM, "ps server: no memory to aggregate a dense part");
+    float *restrict a = d->agg + off;
+    const float *restrict g = m->vals;
+    for (size_t i = 0; i < cnt; i++) a[i] += g[i];
+    if (d->agg_n == 0 || off < d->agg_lo) d->agg_lo = off;
+    if (d->agg_n == 0 || off + cnt > d->agg_hi) d->agg_hi = off + cnt;
+    d->agg_n++;
+    s->dense_agg_pushes++;
+    if (m->clock > s->agg_clock) s->agg_clock = m->clock;
+    return 0;
+  }
   memcpy(d->grads + off, m->vals, cnt * sizeof(float));
   dml_optim_begin_step(d->opt);
   rc = dml_optim_update_range(d->opt, d->vals, d->grads, off, cnt);
@@ -392,10 +409,28 @@ static int pull_ready(const dml_ps_server *s, int src, const dml__ps_msg *m) {
 }
 
 /* BSP: once every live worker has passed the aggregated clock, apply the mean of its pushes. */
+static void flush_dense_aggregate(dml_ps_server *s) {
+  for (size_t p = 0; p < s->ndparts; p++) {
+    dense_part *d = &s->dparts[p];
+    if (d->agg_n == 0) continue;
+    float scale = 1.0f / (float)d->agg_n;
+    for (size_t i = d->agg_lo; i < d->agg_hi; i++) {
+      d->grads[i] = d->agg[i] * scale;
+      d->agg[i] = 0;
+    }
+    dml_optim_begin_step(d->opt);
+    dml_optim_update_range(d->opt, d->vals, d->grads, d->agg_lo, d->agg_hi - d->agg_lo);
+    d->agg_n = 0;
+  }
+  s->dense_agg_pushes = 0;
+}
+
 static void flush_aggregate(dml_ps_server *s) {
-  if (!s->aggregating || s->agg_pushes == 0) return;
+  if (!s->aggregating || (s->agg_pushes == 0 && s->dense_agg_pushes == 0)) return;
   uint64_t mc = min_live_clock(s, -1);
   if (mc != UINT64_MAX && mc <= s->agg_clock) return;
+  if (s->dense_agg_pushes) flush_dense_aggregate(s);
+  if (s->agg_pushes == 0) return;
   float scale = 1.0f / (float)s->agg_pushes;
   for (size_t i = 0; i < s->nagg; i++) {
     uint32_t slot = s->agg_list[i];
@@ -733,7 +768,7 @@ static void watcher_stop(dml_ps_server *s) {
  * holds every push it counts as applied). */
 static void maybe_checkpoint(dml_ps_server *s) {
   const dml_ps_config *cfg = &s->cfg;
-  if (cfg->checkpoint_dir == NULL || s->agg_pushes != 0) return;
+  if (cfg->checkpoint_dir == NULL || s->agg_pushes != 0 || s->dense_agg_pushes != 0) return;
   double now = dml_now_s();
   uint64_t mc = min_live_clock(s, -1);
   int by_time = cfg->checkpoint_every_s > 0 && now - s->last_ckpt_s >= cfg->checkpoint_every_s;
@@ -906,6 +941,7 @@ void dml_ps_server_free(dml_ps_server *s) {
   for (size_t i = 0; i < s->ndparts; i++) {
     dml__free(s->dparts[i].vals);
     dml__free(s->dparts[i].grads);
+    dml__free(s->dparts[i].agg);
     dml_optim_free(s->dparts[i].opt);
   }
   dml__free(s->dparts);
