@@ -163,6 +163,8 @@ int dml_ps_push_dense(dml_ps *ps, uint64_t lo, const float *vals, size_t n, uint
 int dml_ps_pull_dense(dml_ps *ps, uint64_t lo, float *vals_out, size_t n, uint64_t *ts);
 int dml_ps_pushpull_dense(dml_ps *ps, uint64_t lo, const float *grads, float *vals_out, size_t n,
                           uint64_t *ts);
+/* The dense form of dml_ps_pull_final. */
+int dml_ps_pull_dense_final(dml_ps *ps, uint64_t lo, float *vals_out, size_t n, uint64_t *ts);
 /* Pull that is answered only when every other worker has left or died (the final model). */
 int dml_ps_pull_final(dml_ps *ps, const uint64_t *keys, float *vals_out, size_t n, uint64_t *ts);
 /* Waits for request ts (bounded by the communicator's timeout: a server that stays silent is an

@@ -210,8 +210,8 @@ static request *free_slot(dml_ps *ps) {
   return NULL;
 }
 
-static int post_dense(dml_ps *ps, int command, uint64_t lo, const float *vals, float *out, size_t n,
-                      uint64_t *ts) {
+static int post_dense(dml_ps *ps, int command, uint64_t clock, uint64_t lo, const float *vals,
+                      float *out, size_t n, uint64_t *ts) {
   *ts = 0;
   if (ps->sticky) return ps->sticky;
   if (n == 0 || lo + n < lo)
@@ -236,7 +236,7 @@ static int post_dense(dml_ps *ps, int command, uint64_t lo, const float *vals, f
     m.sender = (uint32_t)ps->me;
     m.flags = DML__PS_FLAG_DENSE;
     m.timestamp = r->ts;
-    m.clock = ps->clock;
+    m.clock = clock;
     m.key_lo = a;
     m.key_hi = b - 1;
     m.nvals = with_vals ? b - a : 0;
@@ -253,14 +253,17 @@ static int post_dense(dml_ps *ps, int command, uint64_t lo, const float *vals, f
 }
 
 int dml_ps_push_dense(dml_ps *ps, uint64_t lo, const float *vals, size_t n, uint64_t *ts) {
-  return post_dense(ps, DML__PS_PUSH, lo, vals, NULL, n, ts);
+  return post_dense(ps, DML__PS_PUSH, ps->clock, lo, vals, NULL, n, ts);
 }
 int dml_ps_pull_dense(dml_ps *ps, uint64_t lo, float *vals_out, size_t n, uint64_t *ts) {
-  return post_dense(ps, DML__PS_PULL, lo, NULL, vals_out, n, ts);
+  return post_dense(ps, DML__PS_PULL, ps->clock, lo, NULL, vals_out, n, ts);
+}
+int dml_ps_pull_dense_final(dml_ps *ps, uint64_t lo, float *vals_out, size_t n, uint64_t *ts) {
+  return post_dense(ps, DML__PS_PULL, DML__PS_CLOCK_FINAL, lo, NULL, vals_out, n, ts);
 }
 int dml_ps_pushpull_dense(dml_ps *ps, uint64_t lo, const float *grads, float *vals_out, size_t n,
                           uint64_t *ts) {
-  return post_dense(ps, DML__PS_PUSHPULL, lo, grads, vals_out, n, ts);
+  return post_dense(ps, DML__PS_PUSHPULL, ps->clock, lo, grads, vals_out, n, ts);
 }
 
 static int post(dml_ps *ps, int command, uint64_t clock, const uint64_t *keys, const float *vals,

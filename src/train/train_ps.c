@@ -2,8 +2,9 @@
  * compute the logistic-regression gradient and push it to the servers, which apply the optimizer
  * (FTRL by default) under BSP, SSP or ASP. A worker gathers its batches itself, or with
  * cfg->loader_threads > 0 takes them from the input pipeline (task.h, CSR mode) prepared ahead
- * on its own threads. It is not the server or the wire protocol (src/ps) and supports only the
- * sparse logreg model for now. */
+ * on its own threads. The dense models (softmax, MLP) go through the dense API: the whole flat
+ * parameter buffer is pulled and its gradient pushed each iteration. It is not the server or the
+ * wire protocol (src/ps). */
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
@@ -48,6 +49,22 @@ static void result_to_wire(const dml_train_result *res, ps_result_wire *w) {
 
 /* The bytes each server will hold if every one of the model's nkeys sparse keys is touched
  * (hashed into virtual ranges, docs/ps.md), printed once at start by the first worker. */
+static void log_dense_load(const dml_ps_config *pcfg, int n, uint64_t nparams) {
+  int S = dml_ps_num_servers(pcfg, n);
+  uint64_t chunk = (uint64_t)1 << 16, nchunks = (nparams + chunk - 1) / chunk;
+  char line[1024];
+  size_t off = 0;
+  for (int k = 0; k < S && off < sizeof line - 64; k++) {
+    uint64_t keys = 0; /* chunks dealt round-robin, the last one partial */
+    for (uint64_t c = (uint64_t)k; c < nchunks; c += (uint64_t)S)
+      keys += c + 1 < nchunks ? chunk : nparams - c * chunk;
+    off += (size_t)snprintf(line + off, sizeof line - off, "%sserver %d %llu bytes", k ? ", " : "",
+                            k, (unsigned long long)(keys * sizeof(float)));
+  }
+  dml_log(DML_LOG_INFO, "ps: load per server for %llu dense parameters: %s",
+          (unsigned long long)nparams, line);
+}
+
 static void log_server_load(const dml_ps_config *pcfg, int n, uint64_t nkeys) {
   int S = dml_ps_num_servers(pcfg, n);
   uint64_t *bytes = dml__calloc((size_t)S, sizeof(uint64_t));
@@ -62,6 +79,141 @@ static void log_server_load(const dml_ps_config *pcfg, int n, uint64_t nkeys) {
   dml_log(DML_LOG_INFO, "ps: load per server for %llu sparse keys: %s", (unsigned long long)nkeys,
           line);
   dml__free(bytes);
+}
+
+/* Dense models (softmax, MLP): the servers hold the model's whole flat parameter buffer as a dense
+ * range (64K-key chunks dealt round-robin) of DELTAS from the initial parameters, which every
+ * worker computes identically from the seed: a worker's parameters are init + pulled delta. Each
+ * iteration pulls the delta, runs forward/backward on batch / W rows, pushes the gradient (the
+ * servers apply cfg->optim; under BSP the W pushes of a clock are averaged into one step: the
+ * local run's step on the global batch) and advances the clock. Weight decay, if any, acts on
+ * the delta. */
+static int run_dense_worker(const dml_train_config *cfg, const dml_dataset *train,
+                            const dml_dataset *test, dml_comm *comm, const dml_ps_config *pcfg,
+                            int first, int report_to, dml_train_result *res, dml_err *err) {
+  int n = dml_comm_size(comm), rank = dml_comm_rank(comm);
+  int W = dml_ps_num_workers(pcfg, n);
+  int widx = pcfg->colocated ? rank : rank - pcfg->num_servers;
+  if (train == NULL || train->n == 0)
+    return dml_err_set(err, DML_EINVAL, "ps train: workers need the training set");
+  if (cfg->loader_threads > 0 || cfg->augment.flags)
+    return dml_err_set(err, DML_EUNSUPPORTED,
+                       "ps train: --model %s through the parameter server gathers its own "
+                       "batches: drop --loader-threads/--augment",
+                       dml_model_kind_name(cfg->model.kind));
+  dml_model_config mc = cfg->model;
+  if (mc.in_dim == 0) mc.in_dim = train->dim;
+  if (mc.num_classes == 0) mc.num_classes = train->num_classes;
+  int local_batch = cfg->batch / W > 0 ? cfg->batch / W : 1;
+  if (mc.max_batch < local_batch) mc.max_batch = local_batch;
+  dml_model *m = NULL;
+  dml_ps *ps = NULL;
+  uint32_t *order = NULL;
+  float *init = NULL, *delta = NULL;
+  dml_batch_buf bbuf;
+  memset(&bbuf, 0, sizeof(bbuf));
+  dml_jsonl metrics = {0};
+  int metrics_open = 0;
+  int64_t b0 = 0, b1 = 0;
+  int rc = dml_model_create(&m, &mc, err);
+  if (rc) goto out;
+  if ((rc = dml_shard_range(train->n, widx, W, &b0, &b1)) != 0) {
+    dml_err_set(err, rc, "ps train: sharding %d rows over %d workers", train->n, W);
+    goto out;
+  }
+  size_t P = dml_model_num_params(m);
+  float *params = dml_model_params(m), *grads = dml_model_grads(m);
+  order = dml__malloc((size_t)(b1 - b0 + 1) * sizeof(uint32_t));
+  init = dml__malloc(P * sizeof(float));
+  delta = dml__malloc(P * sizeof(float));
+  if (!order || !init || !delta) {
+    rc = dml_err_set(err, DML_ENOMEM, "ps train: out of memory");
+    goto out;
+  }
+  memcpy(init, params, P * sizeof(float));
+  if (first && cfg->metrics_path != NULL) {
+    if ((rc = dml_jsonl_open(&metrics, cfg->metrics_path, err)) != 0) goto out;
+    metrics_open = 1;
+  }
+  if ((rc = dml_ps_create(&ps, comm, pcfg, err)) != 0) goto out;
+  if (first) log_dense_load(pcfg, n, P);
+  double t_train = 0, loss_sum = 0;
+  uint64_t steps = 0, correct = 0, rows = 0;
+  int shard_n = (int)(b1 - b0);
+  for (int epoch = 0; epoch < cfg->epochs; epoch++) {
+    dml_epoch_order(order, (size_t)shard_n, cfg->seed * 1000003ull + (uint64_t)widx,
+                    (uint64_t)epoch);
+    for (int i = 0; i < shard_n; i++) order[i] += (uint32_t)b0;
+    loss_sum = 0;
+    correct = rows = 0;
+    double t0 = dml_now_s();
+    for (int off = 0; off < shard_n; off += local_batch) {
+      int cnt = DML__MIN(local_batch, shard_n - off);
+      dml_batch b;
+      if ((rc = dml_dataset_gather(train, order + off, cnt, &bbuf, &b, err)) != 0) goto out;
+      uint64_t ts;
+      if ((rc = dml_ps_pull_dense(ps, 0, delta, P, &ts)) != 0 || (rc = dml_ps_wait(ps, ts)) != 0)
+        goto ps_fail;
+      for (size_t k = 0; k < P; k++) params[k] = init[k] + delta[k];
+      float loss;
+      int ok;
+      if ((rc = dml_model_forward_backward(m, &b, &loss, &ok, NULL, NULL, err)) != 0) goto out;
+      if ((rc = dml_ps_push_dense(ps, 0, grads, P, &ts)) != 0 || (rc = dml_ps_wait(ps, ts)) != 0)
+        goto ps_fail;
+      if ((rc = dml_ps_clock(ps)) != 0) goto ps_fail;
+      loss_sum += (double)loss * cnt;
+      correct += (uint64_t)ok;
+      rows += (uint64_t)cnt;
+      steps++;
+    }
+    double epoch_s = dml_now_s() - t0;
+    t_train += epoch_s;
+    res->epochs_done = epoch + 1;
+    if (metrics_open)
+      ps_metrics_line(&metrics, epoch + 1, steps, rows ? loss_sum / (double)rows : NAN,
+                      rows ? (double)correct / (double)rows : NAN,
+                      epoch_s > 0 ? (double)rows * W / epoch_s : 0, epoch_s, res, 0);
+  }
+  res->steps = steps;
+  res->train_s = t_train;
+  res->train_loss = rows ? loss_sum / (double)rows : NAN;
+  res->train_accuracy = rows ? (double)correct / (double)rows : NAN;
+  res->samples_per_s = t_train > 0 ? (double)rows * cfg->epochs * W / t_train : 0;
+  if (first) {
+    uint64_t ts;
+    if ((rc = dml_ps_pull_dense_final(ps, 0, delta, P, &ts)) != 0 ||
+        (rc = dml_ps_wait(ps, ts)) != 0)
+      goto ps_fail;
+    for (size_t k = 0; k < P; k++) params[k] = init[k] + delta[k];
+    if (test != NULL) {
+      rc = dml_evaluate(m, test, NULL, &res->test_accuracy, &res->test_loss, &res->test_auc, err);
+      if (rc) goto out;
+    }
+    if (cfg->save_path != NULL &&
+        (rc = dml_model_save(m, cfg->save_path, NULL, 0, NULL, 0, err)) != 0)
+      goto out;
+  }
+  if ((rc = dml_ps_finish(ps)) != 0) goto ps_fail;
+  if (first && report_to >= 0) {
+    ps_result_wire w;
+    result_to_wire(res, &w);
+    dml_comm *pc = dml_ps_comm(ps);
+    if ((rc = dml_comm_send(pc, report_to, PS_TAG_RESULT, &w, sizeof w)) != 0)
+      dml_err_set(err, rc, "ps train: sending the result to rank %d: %s", report_to,
+                  dml_comm_errmsg(pc));
+  }
+  goto out;
+ps_fail:
+  dml_err_set(err, rc, "%s", dml_ps_errmsg(ps));
+out:
+  if (metrics_open) dml_jsonl_close(&metrics);
+  dml_ps_free(ps);
+  dml_batch_buf_free(&bbuf);
+  dml__free(order);
+  dml__free(init);
+  dml__free(delta);
+  dml_model_free(m);
+  return rc;
 }
 
 /* report_to: the rank the first worker sends the result to (-1: none). The worker leaves in
@@ -275,9 +427,7 @@ int dml_train_ps_run(const dml_train_config *cfg, const dml_dataset *train, cons
   memset(res, 0, sizeof(*res));
   res->test_auc = NAN;
   if (comm == NULL) return dml_err_set(err, DML_EINVAL, "ps train: needs a communicator");
-  if (cfg->model.kind != DML_MODEL_LOGREG)
-    return dml_err_set(err, DML_EUNSUPPORTED,
-                       "ps train: only --model logreg trains through the parameter server");
+  int dense_model = cfg->model.kind != DML_MODEL_LOGREG;
   dml_ps_config pcfg = *pcfg_in;
   pcfg.optim = cfg->optim;
   int n = dml_comm_size(comm), rank = dml_comm_rank(comm);
@@ -329,8 +479,9 @@ int dml_train_ps_run(const dml_train_config *cfg, const dml_dataset *train, cons
     }
   }
   if (dml_ps_is_worker(&pcfg, rank, n)) {
-    rc = run_worker(cfg, train, test, comm, &pcfg, rank == first_worker,
-                    rank == first_worker && rank != 0 ? 0 : -1, res, err);
+    rc = (dense_model ? run_dense_worker : run_worker)(
+        cfg, train, test, comm, &pcfg, rank == first_worker,
+        rank == first_worker && rank != 0 ? 0 : -1, res, err);
     if (srv) {
       dml_err jerr;
       int jrc = dml_ps_server_join(srv, &jerr);

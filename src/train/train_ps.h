@@ -1,5 +1,5 @@
-/* The parameter-server training driver (train_ps.c): sparse logistic regression trained through
- * dml_ps servers and workers. Declared here rather than in train.h, which its owner keeps; the
+/* The parameter-server training driver (train_ps.c): sparse logistic regression and the dense
+ * models trained through dml_ps servers and workers. Declared here rather than in train.h, which its owner keeps; the
  * CLI includes "train/train_ps.h". */
 #ifndef DISTML_TRAIN_PS_H
 #define DISTML_TRAIN_PS_H
@@ -12,8 +12,9 @@
  * batch, each worker takes batch / W rows per push). cfg->optim is used as the servers' optimizer
  * (ps->optim is ignored). After the last epoch the first worker pulls the whole model once every
  * other worker has finished or died, evaluates it on test, and sends the result to rank 0; result
- * is filled on rank 0 and on the first worker. Only the logreg model is supported
- * (DML_EUNSUPPORTED otherwise). comm must not be NULL. Dedicated servers never read train or test
+ * is filled on rank 0 and on the first worker. logreg trains on sparse keys (a batch pulls and
+ * pushes only the coordinates it touches); softmax and mlp through the dense API (the whole
+ * parameter buffer, as deltas from the seeded initialisation, see train_ps.c). comm must not be NULL. Dedicated servers never read train or test
  * (they may be NULL there); workers need the whole sparse training set (they shard it).
  * Recovery (dedicated servers with cfg->checkpoint_dir): servers write their shards into the
  * directory every cfg->checkpoint_every seconds (for this strategy N counts seconds, not epochs);
