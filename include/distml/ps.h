@@ -112,6 +112,7 @@ int dml_ps_server_run(dml_ps_server *s, dml_err *err);
 int dml_ps_server_start(dml_ps_server *s, dml_err *err);
 int dml_ps_server_join(dml_ps_server *s, dml_err *err);
 void dml_ps_server_stats_get(const dml_ps_server *s, dml_ps_server_stats *st);
+/* Waits for replies still in flight (the communicator must still exist), frees. NULL ok. */
 void dml_ps_server_free(dml_ps_server *s);
 /* Test hook: handle one already-received frame from src as the loop would (returns the decode or
  * apply status; a reply, if any, is sent through the communicator). */

@@ -44,6 +44,20 @@ typedef struct deferred {
   dml__ps_msg m;
 } deferred;
 
+/* A reply on its way: sent without blocking (the loop goes on serving while the worker takes it),
+ * its frame freed once the send completes. */
+typedef struct outgoing {
+  dml_comm_req *req;
+  void *buf;
+  size_t bytes;
+  int dst;
+} outgoing;
+
+/* Replies in flight at most (count and bytes) before the loop waits for the oldest: a worker that
+ * never reads its replies cannot make the server allocate without bound. */
+#define MAX_OUTGOING 1024
+#define MAX_OUTGOING_BYTES ((size_t)256 << 20)
+
 struct dml_ps_server {
   dml_comm *c;
   dml_ps_config cfg;
@@ -72,6 +86,8 @@ struct dml_ps_server {
   dense_part *dparts;
   size_t ndparts, dparts_cap;
   dml__ps_dense_layout layout;
+  outgoing *out;
+  size_t nout, out_cap, out_bytes;
   dml_ps_server_stats st;
   pthread_t thread, watcher;
   int thread_started, watcher_started;
@@ -307,6 +323,72 @@ static int apply_dense(dml_ps_server *s, const dml__ps_msg *m, dml_err *err) {
   return rc ? dml_err_set(err, rc, "ps server: dense optimizer update failed") : 0;
 }
 
+/* A worker that cannot be answered is gone: it stops counting, the server goes on. */
+static void reply_failed(dml_ps_server *s, int dst) {
+  dml_log(DML_LOG_WARN, "ps server %d: reply to %s failed: %s", s->me,
+          dml_comm_peer_name(s->c, dst), dml_comm_errmsg(s->c));
+  if (dst >= 0 && dst < s->n && s->w[dst].is_worker && !s->w[dst].done && !s->w[dst].dead) {
+    s->w[dst].dead = 1;
+    s->live--;
+    s->st.dead_workers++;
+  }
+}
+
+/* Releases the replies whose sends completed; with wait_all (or over the limits) waits for them
+ * (each wait bounded by the communicator's timeout). */
+static void reap_replies(dml_ps_server *s, int wait_all) {
+  size_t k = 0;
+  for (size_t i = 0; i < s->nout; i++) {
+    outgoing *o = &s->out[i];
+    int done = 0, rc;
+    int must = wait_all || s->nout - i > MAX_OUTGOING || s->out_bytes > MAX_OUTGOING_BYTES;
+    if (must) {
+      rc = dml_comm_wait(s->c, o->req, -1);
+      done = rc != DML_ETIMEDOUT;
+      if (!done) {
+        /* Still pending after the timeout: the worker does not read its replies. It stops
+         * counting; the frame stays with the pending send (not freed under it) and is lost. */
+        reply_failed(s, o->dst);
+        s->out_bytes -= o->bytes;
+        continue;
+      }
+    } else {
+      rc = dml_comm_test(s->c, o->req, &done);
+    }
+    if (!done) {
+      s->out[k++] = *o;
+      continue;
+    }
+    if (rc) reply_failed(s, o->dst);
+    s->out_bytes -= o->bytes;
+    dml__free(o->buf);
+  }
+  s->nout = k;
+}
+
+static int post_reply(dml_ps_server *s, int dst, void *buf, size_t bytes, dml_err *err) {
+  if (s->nout == s->out_cap) {
+    size_t nc = s->out_cap ? 2 * s->out_cap : 64;
+    outgoing *no = dml__realloc(s->out, nc * sizeof(outgoing));
+    if (no == NULL) {
+      dml__free(buf);
+      return dml_err_set(err, DML_ENOMEM, "ps server: no memory for a reply");
+    }
+    s->out = no;
+    s->out_cap = nc;
+  }
+  dml_comm_req *req = NULL;
+  if (dml_comm_isend(s->c, dst, DML__PS_TAG_REP, buf, bytes, &req) != 0) {
+    dml__free(buf);
+    reply_failed(s, dst);
+    return 0;
+  }
+  s->out[s->nout++] = (outgoing){req, buf, bytes, dst};
+  s->out_bytes += bytes;
+  if (s->nout > MAX_OUTGOING || s->out_bytes > MAX_OUTGOING_BYTES) reap_replies(s, 0);
+  return 0;
+}
+
 static int send_reply(dml_ps_server *s, int dst, const dml__ps_msg *req, int with_values,
                       const uint32_t *slots, dml_err *err) {
   dml__ps_msg r;
@@ -338,17 +420,7 @@ static int send_reply(dml_ps_server *s, int dst, const dml__ps_msg *req, int wit
     }
     dml__ps_encode(dbuf, &r, NULL, src);
     dml__free(zeros);
-    int drc = dml_comm_send(s->c, dst, DML__PS_TAG_REP, dbuf, dbytes);
-    dml__free(dbuf);
-    if (drc && dst >= 0 && dst < s->n && s->w[dst].is_worker && !s->w[dst].done &&
-        !s->w[dst].dead) {
-      dml_log(DML_LOG_WARN, "ps server %d: reply to %s failed: %s", s->me,
-              dml_comm_peer_name(s->c, dst), dml_comm_errmsg(s->c));
-      s->w[dst].dead = 1;
-      s->live--;
-      s->st.dead_workers++;
-    }
-    return 0;
+    return post_reply(s, dst, dbuf, dbytes, err);
   }
   r.timestamp = req->timestamp;
   r.clock = req->clock;
@@ -375,19 +447,7 @@ static int send_reply(dml_ps_server *s, int dst, const dml__ps_msg *req, int wit
   }
   dml__ps_encode(buf, &r, req->keys, v);
   dml__free(v);
-  int rc = dml_comm_send(s->c, dst, DML__PS_TAG_REP, buf, bytes);
-  dml__free(buf);
-  if (rc) {
-    /* A worker that cannot be answered is gone: it stops counting, the server goes on. */
-    dml_log(DML_LOG_WARN, "ps server %d: reply to %s failed: %s", s->me,
-            dml_comm_peer_name(s->c, dst), dml_comm_errmsg(s->c));
-    if (dst >= 0 && dst < s->n && s->w[dst].is_worker && !s->w[dst].done && !s->w[dst].dead) {
-      s->w[dst].dead = 1;
-      s->live--;
-      s->st.dead_workers++;
-    }
-  }
-  return 0;
+  return post_reply(s, dst, buf, bytes, err);
 }
 
 static uint64_t min_live_clock(const dml_ps_server *s, int except) {
@@ -799,6 +859,7 @@ static int reform(dml_ps_server *s, const char *why, dml_err *err) {
   dml_log(DML_LOG_WARN, "ps server %d: %s; re-forming the job", s->me, why);
   watcher_stop(s);
   dml_comm_abort(s->c, "ps: re-forming the job after a failure");
+  reap_replies(s, 1); /* they fail at once on the aborted communicator */
   if (s->own_comm) dml_comm_free(s->c);
   s->c = NULL;
   s->own_comm = 0;
@@ -891,6 +952,7 @@ int dml_ps_server_run(dml_ps_server *s, dml_err *err) {
       rc = dml_err_set(err, hrc, "%s", dml_err_msg(&herr));
       break;
     }
+    if (s->nout) reap_replies(s, 0);
     if (s->reform_wanted) {
       s->reform_wanted = 0;
       char why[64];
@@ -902,6 +964,7 @@ int dml_ps_server_run(dml_ps_server *s, dml_err *err) {
   }
   flush_aggregate(s);
   watcher_stop(s);
+  reap_replies(s, 1);
   if (rc == 0) send_shutdown(s);
   s->st.keys = s->nkeys;
   return rc;
@@ -936,6 +999,8 @@ void dml_ps_server_stats_get(const dml_ps_server *s, dml_ps_server_stats *st) {
 
 void dml_ps_server_free(dml_ps_server *s) {
   if (s == NULL) return;
+  if (s->c) reap_replies(s, 1);
+  dml__free(s->out);
   for (size_t i = 0; i < s->ndq; i++) dml__ps_msg_free(&s->dq[i].m);
   dml__free(s->dq);
   for (size_t i = 0; i < s->ndparts; i++) {
