@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Parameter-server recovery through the CLI (issue 5, "Must show"): `distml train --strategy ps
-# -n 2 --servers 2 --checkpoint DIR` with a server SIGKILLed mid-run -- the launcher restarts it,
+# -n 2 --servers 2 --checkpoint DIR` with a server SIGKILLed mid-run (rank 1, and rank 0, which is
+# also the job's coordinator) -- the launcher restarts it,
 # it reloads its checkpoint, the job re-forms, training completes with a sound AUC and the lost
 # pushes are reported; and a worker SIGKILLed under ASP (and under BSP) -- the others finish, the
 # run succeeds and says it went on without that worker. Processes are killed by the pids the
@@ -23,30 +24,33 @@ pid_of() {
   echo "$p"
 }
 
-# 1. a server dies; it is restarted from its checkpoint
-"$d" train --strategy ps -n 2 --servers 2 --sync bsp "${common[@]}" --epochs 15 \
-  --checkpoint "$TMP/ck" --checkpoint-every 1 >"$TMP/s.json" 2>"$TMP/s.err" &
-job=$!
-for _ in $(seq 600); do [[ -f $TMP/ck/ps-server-1.safetensors ]] && break; sleep 0.05; done
-[[ -f $TMP/ck/ps-server-1.safetensors ]] || fail "server 1 wrote no checkpoint: $(cat "$TMP/s.err")"
-sleep 0.3
-victim=$(pid_of 1 "$TMP/s.err")
-kill -9 "$victim" || fail "server 1 (pid $victim) was not running to be killed"
-wait $job
-st=$?
-[[ $st == 0 ]] || fail "server kill: status $st; stderr: $(tail -20 "$TMP/s.err")"
-grep -q "rank 1 (pid $victim) killed by signal 9 (Killed); restarting it (restart 1 of 3)" \
-  "$TMP/s.err" || fail "no restart message: $(cat "$TMP/s.err")"
-grep -q "ps server 1: restarted from .*ps-server-1.safetensors" "$TMP/s.err" ||
-  fail "the restarted server did not load its checkpoint"
-lost=$(grep -o "ps server 1: restarted from its checkpoint .*: [0-9]* acknowledged pushes lost" \
-  "$TMP/s.err" | grep -o "[0-9]* acknowledged" | awk '{print $1}')
-[[ -n $lost ]] || fail "the lost pushes were not reported: $(cat "$TMP/s.err")"
-grep -q "ps worker 2: re-formed the job" "$TMP/s.err" && grep -q "ps worker 3: re-formed the job" \
-  "$TMP/s.err" || fail "the workers did not re-form"
-auc=$(json_field test_auc <"$TMP/s.json")
-ge "$auc" 0.70 && ok "server killed and restarted: run completes, AUC $auc, $lost pushes lost" ||
-  fail "AUC $auc after the server's restart"
+# 1. a server dies (rank 1, then rank 0: the coordinator); it is restarted from its checkpoint
+for v in 1 0; do
+  rm -rf "$TMP/ck"
+  "$d" train --strategy ps -n 2 --servers 2 --sync bsp "${common[@]}" --epochs 15 \
+    --checkpoint "$TMP/ck" --checkpoint-every 1 >"$TMP/s.json" 2>"$TMP/s.err" &
+  job=$!
+  for _ in $(seq 600); do [[ -f $TMP/ck/ps-server-$v.safetensors ]] && break; sleep 0.05; done
+  [[ -f $TMP/ck/ps-server-$v.safetensors ]] || fail "server $v wrote no checkpoint: $(cat "$TMP/s.err")"
+  sleep 0.3
+  victim=$(pid_of $v "$TMP/s.err")
+  kill -9 "$victim" || fail "server $v (pid $victim) was not running to be killed"
+  wait $job
+  st=$?
+  [[ $st == 0 ]] || fail "server $v kill: status $st; stderr: $(tail -20 "$TMP/s.err")"
+  grep -q "rank $v (pid $victim) killed by signal 9 (Killed); restarting it (restart 1 of 3)" \
+    "$TMP/s.err" || fail "no restart message: $(cat "$TMP/s.err")"
+  grep -q "ps server $v: restarted from .*ps-server-$v.safetensors" "$TMP/s.err" ||
+    fail "the restarted server $v did not load its checkpoint"
+  lost=$(grep -o "ps server $v: restarted from its checkpoint .*: [0-9]* acknowledged pushes lost" \
+    "$TMP/s.err" | grep -o "[0-9]* acknowledged" | awk '{print $1}')
+  [[ -n $lost ]] || fail "the lost pushes were not reported: $(cat "$TMP/s.err")"
+  grep -q "ps worker 2: re-formed the job" "$TMP/s.err" && grep -q "ps worker 3: re-formed the job" \
+    "$TMP/s.err" || fail "the workers did not re-form"
+  auc=$(json_field test_auc <"$TMP/s.json")
+  ge "$auc" 0.70 && ok "server $v killed and restarted: run completes, AUC $auc, $lost pushes lost" ||
+    fail "AUC $auc after server $v's restart"
+done
 
 # 2. a worker dies under ASP, and under BSP: the others finish
 for sync in asp bsp; do

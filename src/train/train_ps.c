@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "core/internal.h"
 #include "train/train_ps.h"
@@ -447,6 +448,17 @@ int dml_train_ps_run(const dml_train_config *cfg, const dml_dataset *train, cons
     pcfg.checkpoint_every_s = cfg->checkpoint_every > 0 ? cfg->checkpoint_every : 1;
     pcfg.recover = 1;
     pcfg.restore = dml_ps_is_server(&pcfg, rank) && restart != NULL && atoi(restart) > 0;
+    char path[4096];
+    if (pcfg.restore &&
+        (dml_ps_checkpoint_path(cfg->checkpoint_dir, rank, path, sizeof path) != 0 ||
+         access(path, F_OK) != 0)) {
+      /* killed before its first checkpoint: it starts empty and everything it held is lost */
+      dml_log(DML_LOG_WARN,
+              "ps server %d: restarted, but %s does not exist yet: starting from an empty shard "
+              "(every update it held is lost)",
+              rank, path);
+      pcfg.restore = 0;
+    }
   }
   double t0 = dml_now_s();
   dml_ps_server *srv = NULL;
