@@ -34,7 +34,7 @@
 #define EV_WAKE UINT32_MAX
 /* After a waiter stops driving, the progress thread stays parked this long (ns): waits that follow
  * each other closely (the steps of a collective) then never wake it. */
-#define PARK_GRACE_NS 10000000ull
+#define PARK_GRACE_NS 2000000ull
 /* Messages at least this long go by CMA to a peer that can read us (DISTML_CMA_MIN_BYTES). */
 #define CMA_MIN_DEFAULT (64 * 1024)
 /* A driver sleeps in epoll_wait at most this long (ms) before it looks at its request again. */
