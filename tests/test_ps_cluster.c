@@ -4,7 +4,8 @@
  * once; BSP sync aggregation with a server-side SGD, sparse and dense (exact values); hostile ranks (garbage, a huge count, unsorted keys) dropped while the job goes on; and a
  * raw TCP clients writing garbage and huge lengths to the server's ports; registered dense tensors
  * cut into <= 4 MB parts over 2 servers (the second part on the other server); a
- * worker killed mid-run under ASP and BSP: the others finish and the server counts it dead.
+ * worker killed mid-run under ASP and BSP: the others finish and the server counts it dead; and
+ * several of these with 2-3 request-handling threads per server process.
  * test-labels: tsan */
 #include <signal.h>
 
@@ -24,6 +25,7 @@ typedef struct scenario {
                         sends garbage and a huge length before the job starts */
   int dense;        /* the same through the dense API over 200k keys (several parts) */
   int layout;       /* dense, over a registered tensor of 1.2M keys split over 2 servers */
+  int handlers;     /* request-handling threads per server process (0: 1) */
   int sgd;          /* server-side SGD lr 1 with BSP sync aggregation: a pull at clock c reads
                         exactly -c (the mean of the W pushes of 1 per clock, one step per clock) */
 } scenario;
@@ -46,6 +48,18 @@ static int check_server(int rank, dml_ps_server *s, const scenario *sc) {
       fprintf(stderr, "rank %d: dense key 1100000 holds %g, want %g\n", rank, (double)v,
               (double)want);
       return 1;
+    }
+  }
+  if (sc->handlers > 1 && !sc->dense && !sc->sgd && !sc->victim && !sc->colocated) {
+    /* every key of this process, held by the handler that owns it, has all 2 x ITERS pushes */
+    for (int i = 0; i < NKEYS; i++) {
+      uint64_t key = (uint64_t)i * 1000003u + 7;
+      if (dml__ps_owner(key, sc->servers * sc->handlers) % sc->servers != rank) continue;
+      if (dml_ps_server_value(s, key) != 2.0f * ITERS) {
+        fprintf(stderr, "rank %d: key %llu holds %g, want %d\n", rank, (unsigned long long)key,
+                (double)dml_ps_server_value(s, key), 2 * ITERS);
+        return 1;
+      }
     }
   }
   if (!sc->victim && st.dead_workers != 0) {
@@ -160,6 +174,7 @@ static int rank_main(int rank, int n, int port, void *arg) {
   cfg.colocated = sc->colocated;
   cfg.staleness = sc->staleness;
   cfg.sum_only = !sc->sgd;
+  cfg.handler_threads = sc->handlers;
   static const uint64_t sizes[2] = {1200000, 200000};
   if (sc->layout) {
     cfg.dense_sizes = sizes;
@@ -316,5 +331,13 @@ int main(void) {
   run("worker killed under ASP: run completes", 4,
       (scenario){.servers = 1, .staleness = DML_PS_ASP, .victim = 3});
   run("worker killed under BSP: the others stop waiting", 4, (scenario){.servers = 1, .victim = 3});
+  run("BSP 2 servers x 3 handler threads: values in bounds", 4,
+      (scenario){.servers = 2, .handlers = 3});
+  run("dense API, colocated 2 ranks x 2 handler threads", 2,
+      (scenario){.colocated = 1, .dense = 1, .handlers = 2});
+  run("dense BSP sync aggregation, 2 servers x 2 handler threads: exact values", 4,
+      (scenario){.servers = 2, .sgd = 1, .dense = 1, .handlers = 2});
+  run("worker killed under BSP, 2 handler threads: the others stop waiting", 4,
+      (scenario){.servers = 1, .victim = 3, .handlers = 2});
   return 0;
 }

@@ -36,6 +36,11 @@ typedef struct dml_ps_config {
   int sum_only;           /* 1: the server adds pushed values (the worker optimizes) */
   dml_optim_config optim; /* server-side optimizer when !sum_only (SGD, AdaGrad, Adam, FTRL) */
   int max_in_flight;      /* worker: requests outstanding at once (0: 64) */
+  int handler_threads;    /* request-handling threads per server process (0: 1, at most 64).
+                            The keys (virtual ranges, dense chunks) are dealt over S * K
+                            handlers; each has its own thread, tags, shard, clocks and watcher
+                            and shares nothing with the others (no lock). Every process must pass
+                            the same value. Not with checkpoints or recovery. */
   int sync_aggregate;     /* BSP with an optimizer: the pushes of one clock are summed and their
                             mean applied as one optimizer step once every live worker has passed
                             that clock (1 by default); 0: every push is its own step */

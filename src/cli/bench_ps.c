@@ -27,7 +27,8 @@ typedef struct layout {
   int workers, servers, colocated;
 } layout;
 
-static int g_iters; /* --iters: timed iterations per figure (0: by size) */
+static int g_iters;    /* --iters: timed iterations per figure (0: by size) */
+static int g_handlers; /* --handlers: request-handling threads per server process (0: 1) */
 
 static int iters_for(size_t bytes) {
   if (g_iters > 0) return g_iters;
@@ -111,6 +112,7 @@ static int bench_rank(const layout *L, int rank, int port, size_t min_bytes, siz
   cfg.colocated = L->colocated;
   cfg.sum_only = 1;
   cfg.staleness = 0;
+  cfg.handler_threads = g_handlers;
   int S = dml_ps_num_servers(&cfg, n), first = L->colocated ? 0 : L->servers;
   for (size_t bytes = min_bytes; bytes <= max_bytes && rc == 0; bytes *= 4) {
     size_t K = bytes / 4;
@@ -217,6 +219,13 @@ int dml_cli_bench_ps_main(int argc, char **argv) {
       json = 1;
     } else if (strcmp(argv[i], "--layouts") == 0 && i + 1 < argc) {
       only = argv[++i];
+    } else if (strcmp(argv[i], "--handlers") == 0 && i + 1 < argc) {
+      int64_t v;
+      if (dml_parse_i64(argv[++i], 1, 64, &v, &e) != 0) {
+        fprintf(stderr, "distml bench ps: --handlers %s: want 1..64\n", argv[i]);
+        return 2;
+      }
+      g_handlers = (int)v;
     } else if (strcmp(argv[i], "--iters") == 0 && i + 1 < argc) {
       int64_t v;
       if (dml_parse_i64(argv[++i], 1, 100000, &v, &e) != 0) {
@@ -237,7 +246,7 @@ int dml_cli_bench_ps_main(int argc, char **argv) {
     } else {
       fprintf(stderr,
               "usage: distml bench ps [--min-bytes B] [--max-bytes B] [--layouts L,L] [--iters N] "
-              "[--json]\n"
+              "[--handlers K] [--json]\n"
               "  layouts: 1x1, 2x1, 2x2, colocated2 (default: all); sizes B, 4B, 16B ...\n"
               "  dense push, pull and pushpull of M value bytes per worker per iteration (M = 4K, "
               "16K, ... B; default 4M)\n"

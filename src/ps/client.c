@@ -31,7 +31,8 @@ typedef struct request {
 struct dml_ps {
   dml_comm *c;
   dml_ps_config cfg;
-  int me, n, S;
+  int me, n, S; /* S: virtual servers (server processes x handler threads) */
+  int Sproc;    /* server processes */
   uint64_t next_ts, clock;
   request *rq;
   int nrq;
@@ -85,9 +86,17 @@ static int comm_failed(dml_ps *ps, int rc, const char *what, int s) {
   return fail(ps, rc, "ps: %s%s", why, "");
 }
 
+/* Virtual server s (of S = servers * handlers): handler s / servers of server process
+ * s % servers, whose rank is that index (dedicated servers are ranks 0..S-1; colocated, every
+ * rank). */
 static int server_rank(const dml_ps *ps, int s) {
-  (void)ps;
-  return s;
+  return s % ps->Sproc;
+}
+static int req_tag(const dml_ps *ps, int s) {
+  return DML__PS_TAG_REQ + (s / ps->Sproc) * DML__PS_TAG_HANDLER_STEP;
+}
+static int rep_tag(const dml_ps *ps, int s) {
+  return DML__PS_TAG_REP + (s / ps->Sproc) * DML__PS_TAG_HANDLER_STEP;
 }
 
 int dml_ps_create(dml_ps **out, dml_comm *c, const dml_ps_config *cfg, dml_err *err) {
@@ -104,7 +113,14 @@ int dml_ps_create(dml_ps **out, dml_comm *c, const dml_ps_config *cfg, dml_err *
   ps->cfg = *cfg;
   ps->me = me;
   ps->n = n;
-  ps->S = dml_ps_num_servers(cfg, n);
+  ps->Sproc = dml_ps_num_servers(cfg, n);
+  int K = cfg->handler_threads > 0 ? cfg->handler_threads : 1;
+  if (K > DML__PS_MAX_HANDLERS) {
+    dml__free(ps);
+    return dml_err_set(err, DML_EINVAL, "ps: %d handler threads (at most %d)", K,
+                       DML__PS_MAX_HANDLERS);
+  }
+  ps->S = ps->Sproc * K;
   ps->next_ts = 1;
   ps->nrq = cfg->max_in_flight > 0 ? cfg->max_in_flight : 64;
   ps->rq = dml__calloc((size_t)ps->nrq, sizeof(request));
@@ -195,7 +211,7 @@ static int send_frame(dml_ps *ps, request *r, int s, const dml__ps_msg *m, const
   r->pending[s]++;
   r->npending++;
   int rc =
-      dml_comm_isend(ps->c, server_rank(ps, s), DML__PS_TAG_REQ, r->frames[f], bytes, &r->sreq[f]);
+      dml_comm_isend(ps->c, server_rank(ps, s), req_tag(ps, s), r->frames[f], bytes, &r->sreq[f]);
   if (rc) {
     r->sreq[f] = NULL;
     return comm_failed(ps, rc, "sending to", server_rank(ps, s)); /* a re-form resends it */
@@ -365,7 +381,7 @@ static int receive_one(dml_ps *ps, int s) {
   const char *peer = dml_comm_peer_name(ps->c, srank);
   void *buf = NULL;
   size_t bytes = 0;
-  int rc = dml_comm_recv_alloc(ps->c, srank, DML__PS_TAG_REP, &buf, &bytes, NULL);
+  int rc = dml_comm_recv_alloc(ps->c, srank, rep_tag(ps, s), &buf, &bytes, NULL);
   if (rc) return comm_failed(ps, rc, "waiting for", srank);
   dml__ps_msg m;
   dml_err derr;
@@ -452,7 +468,7 @@ static int send_all(dml_ps *ps, int command, int *bad) {
   dml__ps_encode(buf, &m, NULL, NULL);
   int first = 0;
   for (int s = 0; s < ps->S; s++) {
-    int rc = dml_comm_send(ps->c, server_rank(ps, s), DML__PS_TAG_REQ, buf, sizeof buf);
+    int rc = dml_comm_send(ps->c, server_rank(ps, s), req_tag(ps, s), buf, sizeof buf);
     if (rc && !first) {
       first = rc;
       *bad = server_rank(ps, s);
@@ -520,7 +536,7 @@ static int reform(dml_ps *ps, const char *why) {
     m.key_hi = ps->left ? 1 : 0;
     unsigned char buf[DML__PS_HEADER_BYTES];
     dml__ps_encode(buf, &m, NULL, NULL);
-    rc = dml_comm_send(ps->c, server_rank(ps, s), DML__PS_TAG_REQ, buf, sizeof buf);
+    rc = dml_comm_send(ps->c, server_rank(ps, s), req_tag(ps, s), buf, sizeof buf);
     if (rc)
       return fail(ps, rc, "ps: rejoining server %s: %s", dml_comm_peer_name(ps->c, s),
                   dml_comm_errmsg(ps->c));
@@ -529,7 +545,7 @@ static int reform(dml_ps *ps, const char *why) {
     request *r = &ps->rq[i];
     for (int f = 0; r->active && f < r->nframes; f++) {
       if (r->fdone[f]) continue;
-      rc = dml_comm_isend(ps->c, server_rank(ps, r->fdst[f]), DML__PS_TAG_REQ, r->frames[f],
+      rc = dml_comm_isend(ps->c, server_rank(ps, r->fdst[f]), req_tag(ps, r->fdst[f]), r->frames[f],
                           r->fbytes[f], &r->sreq[f]);
       if (rc) {
         r->sreq[f] = NULL;

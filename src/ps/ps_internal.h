@@ -16,6 +16,9 @@
 #define DML__PS_TAG_WATCH \
   (DML_TAG_RESERVED + 0x09100002) /* never sent: a receive that fails when the peer dies */
 #define DML__PS_TAG_RESULT (DML_TAG_RESERVED + 0x09100003) /* train driver: result to rank 0 */
+/* Handler h of a server process uses the request, reply and watch tags above plus h * this. */
+#define DML__PS_TAG_HANDLER_STEP 0x100
+#define DML__PS_MAX_HANDLERS 64
 
 #define DML__PS_MAGIC 0x53504d44u /* "DMPS" little-endian */
 #define DML__PS_VERSION 1

@@ -62,7 +62,11 @@ struct dml_ps_server {
   dml_comm *c;
   dml_ps_config cfg;
   int me, n, live;
-  worker_state *w; /* (n) */
+  int h, K, vme, vS;               /* handler index, handlers per process, virtual server index
+                                     (me + h * servers) and virtual servers (servers * K) */
+  int tag_req, tag_rep, tag_watch; /* this handler's tags */
+  dml_ps_server **subs;            /* handler 0: handlers 1..K-1, run on their own threads */
+  worker_state *w;                 /* (n) */
   /* hash map: hkeys/hslot of hcap (power of two); values and optimizer of vcap slots */
   uint64_t *hkeys;
   uint32_t *hslot;
@@ -214,11 +218,15 @@ static dense_part *find_part(dml_ps_server *s, uint64_t part) {
 }
 
 float dml_ps_server_dense_value(const dml_ps_server *s, uint64_t key) {
+  int v = dml__ps_dense_owner(&s->layout, key), S = s->vS / s->K;
+  if (s->subs && v / S > 0 && v / S < s->K) s = s->subs[v / S - 1];
   dense_part *d = find_part((dml_ps_server *)s, key / DML__PS_DENSE_PART);
   return d ? d->vals[key % DML__PS_DENSE_PART] : 0.0f;
 }
 
 float dml_ps_server_value(const dml_ps_server *s, uint64_t key) {
+  int v = dml__ps_owner(key, s->vS), S = s->vS / s->K;
+  if (s->subs && v / S > 0 && v / S < s->K) s = s->subs[v / S - 1];
   uint32_t slot;
   if (lookup((dml_ps_server *)s, key, 0, &slot, NULL) != 0 || slot == EMPTY_SLOT) return 0.0f;
   return s->vals[slot];
@@ -383,7 +391,7 @@ static int post_reply(dml_ps_server *s, int dst, void *buf, size_t bytes, dml_er
     s->out_cap = nc;
   }
   dml_comm_req *req = NULL;
-  if (dml_comm_isend(s->c, dst, DML__PS_TAG_REP, buf, bytes, &req) != 0) {
+  if (dml_comm_isend(s->c, dst, s->tag_rep, buf, bytes, &req) != 0) {
     dml__free(buf);
     reply_failed(s, dst);
     return 0;
@@ -571,13 +579,13 @@ int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t by
     rc =
         dml_err_set(err, DML_EPROTO, "ps: %s is not a worker but sent command %u", peer, m.command);
   if (rc == 0 && (m.flags & DML__PS_FLAG_DENSE) &&
-      dml__ps_dense_owner(&s->layout, m.key_lo) != s->me)
+      dml__ps_dense_owner(&s->layout, m.key_lo) != s->vme)
     rc = dml_err_set(err, DML_EPROTO,
                      "ps: %s sent dense keys [%llu, %llu], which server %d does not own", peer,
                      (unsigned long long)m.key_lo, (unsigned long long)m.key_hi, s->me);
   if (rc == 0) {
     for (uint64_t i = 0; i < m.nkeys; i++)
-      if (dml__ps_owner(m.keys[i], dml_ps_num_servers(&s->cfg, s->n)) != s->me) {
+      if (dml__ps_owner(m.keys[i], s->vS) != s->vme) {
         rc = dml_err_set(err, DML_EPROTO, "ps: %s sent key %llu, which server %d does not own",
                          peer, (unsigned long long)m.keys[i], s->me);
         break;
@@ -707,19 +715,21 @@ int dml_ps_sync_parse(const char *s, int *staleness, dml_err *err) {
 int dml_ps_dense_layout(const dml_ps_config *cfg, int n, uint64_t *offsets, uint64_t *server_bytes,
                         dml_err *err) {
   dml__ps_dense_layout l;
-  int S = dml_ps_num_servers(cfg, n);
-  int rc = dml__ps_dense_layout_build(&l, cfg->dense_sizes, cfg->num_dense, S, err);
+  int S = dml_ps_num_servers(cfg, n), K = cfg->handler_threads > 0 ? cfg->handler_threads : 1;
+  int rc = dml__ps_dense_layout_build(&l, cfg->dense_sizes, cfg->num_dense, S * K, err);
   if (rc) return rc;
   for (int t = 0; offsets && t < cfg->num_dense; t++) offsets[t] = l.offset[t];
-  for (int k = 0; server_bytes && k < S; k++) server_bytes[k] = l.bytes[k];
+  for (int k = 0; server_bytes && k < S; k++) server_bytes[k] = 0;
+  for (int v = 0; server_bytes && v < S * K; v++) server_bytes[v % S] += l.bytes[v];
   dml__ps_dense_layout_free(&l);
   return 0;
 }
 
 void dml_ps_sparse_load(const dml_ps_config *cfg, int n, uint64_t nkeys, uint64_t *server_bytes) {
-  int S = dml_ps_num_servers(cfg, n);
+  int S = dml_ps_num_servers(cfg, n), K = cfg->handler_threads > 0 ? cfg->handler_threads : 1;
   for (int k = 0; k < S; k++) server_bytes[k] = 0;
-  for (uint64_t key = 0; key < nkeys; key++) server_bytes[dml__ps_owner(key, S)] += sizeof(float);
+  for (uint64_t key = 0; key < nkeys; key++)
+    server_bytes[dml__ps_owner(key, S * K) % S] += sizeof(float);
 }
 
 int dml_ps_num_servers(const dml_ps_config *cfg, int n) {
@@ -735,7 +745,36 @@ int dml_ps_is_worker(const dml_ps_config *cfg, int rank, int n) {
   return rank < n && (cfg->colocated || rank >= cfg->num_servers);
 }
 
+static int create_handler(dml_ps_server **out, dml_comm *c, const dml_ps_config *cfg, int h,
+                          dml_err *err);
+
 int dml_ps_server_create(dml_ps_server **out, dml_comm *c, const dml_ps_config *cfg, dml_err *err) {
+  *out = NULL;
+  int K = cfg->handler_threads > 0 ? cfg->handler_threads : 1;
+  if (K > DML__PS_MAX_HANDLERS)
+    return dml_err_set(err, DML_EINVAL, "ps: %d handler threads (at most %d)", K,
+                       DML__PS_MAX_HANDLERS);
+  if (K > 1 && (cfg->recover || cfg->restore || cfg->checkpoint_dir))
+    return dml_err_set(err, DML_EUNSUPPORTED,
+                       "ps: checkpoints and recovery need one handler thread per server");
+  dml_ps_server *s = NULL;
+  int rc = create_handler(&s, c, cfg, 0, err);
+  if (rc) return rc;
+  if (K > 1) {
+    s->subs = dml__calloc((size_t)K - 1, sizeof(dml_ps_server *));
+    if (s->subs == NULL) rc = dml_err_set(err, DML_ENOMEM, "ps server: out of memory");
+    for (int h = 1; rc == 0 && h < K; h++) rc = create_handler(&s->subs[h - 1], c, cfg, h, err);
+    if (rc) {
+      dml_ps_server_free(s);
+      return rc;
+    }
+  }
+  *out = s;
+  return 0;
+}
+
+static int create_handler(dml_ps_server **out, dml_comm *c, const dml_ps_config *cfg, int h,
+                          dml_err *err) {
   *out = NULL;
   int n = c ? dml_comm_size(c) : 1, me = c ? dml_comm_rank(c) : 0;
   if (!cfg->colocated && (cfg->num_servers < 1 || cfg->num_servers >= n))
@@ -752,12 +791,18 @@ int dml_ps_server_create(dml_ps_server **out, dml_comm *c, const dml_ps_config *
   s->cfg = *cfg;
   s->me = me;
   s->n = n;
+  s->K = cfg->handler_threads > 0 ? cfg->handler_threads : 1;
+  s->h = h;
+  s->vme = me + h * dml_ps_num_servers(cfg, n);
+  s->vS = dml_ps_num_servers(cfg, n) * s->K;
+  s->tag_req = DML__PS_TAG_REQ + h * DML__PS_TAG_HANDLER_STEP;
+  s->tag_rep = DML__PS_TAG_REP + h * DML__PS_TAG_HANDLER_STEP;
+  s->tag_watch = DML__PS_TAG_WATCH + h * DML__PS_TAG_HANDLER_STEP;
   s->aggregating = cfg->sync_aggregate && cfg->staleness == 0 && !cfg->sum_only;
   s->w = dml__calloc((size_t)n, sizeof(worker_state));
   int rc = s->w ? 0 : dml_err_set(err, DML_ENOMEM, "ps server: out of memory");
   if (rc == 0)
-    rc = dml__ps_dense_layout_build(&s->layout, cfg->dense_sizes, cfg->num_dense,
-                                    dml_ps_num_servers(cfg, n), err);
+    rc = dml__ps_dense_layout_build(&s->layout, cfg->dense_sizes, cfg->num_dense, s->vS, err);
   if (rc == 0) rc = grow_values(s, err);
   if (rc == 0) rc = grow_map(s, err);
   if (rc) {
@@ -780,8 +825,7 @@ static void *watch_main(void *arg) {
   static char none;
   for (int r = 0; r < s->n; r++) {
     if (!s->w[r].is_worker || r == s->me) continue;
-    if (dml_comm_irecv(s->c, r, DML__PS_TAG_WATCH, &none, 0, &s->w[r].watch) != 0)
-      s->w[r].watch = NULL;
+    if (dml_comm_irecv(s->c, r, s->tag_watch, &none, 0, &s->w[r].watch) != 0) s->w[r].watch = NULL;
   }
   while (!__atomic_load_n(&s->stop_watch, __ATOMIC_ACQUIRE)) {
     for (int r = 0; r < s->n; r++) {
@@ -796,7 +840,7 @@ static void *watch_main(void *arg) {
       m.sender = (uint32_t)r;
       unsigned char buf[DML__PS_HEADER_BYTES];
       dml__ps_encode(buf, &m, NULL, NULL);
-      dml_comm_send(s->c, s->me, DML__PS_TAG_REQ, buf, sizeof buf);
+      dml_comm_send(s->c, s->me, s->tag_req, buf, sizeof buf);
     }
     struct timespec ts = {0, 20 * 1000000L};
     nanosleep(&ts, NULL);
@@ -910,7 +954,7 @@ static void send_shutdown(dml_ps_server *s) {
   for (int r = 0; r < s->n; r++) {
     const worker_state *w = &s->w[r];
     if (!w->is_worker || w->dead || w->dropped) continue;
-    dml_comm_send(s->c, r, DML__PS_TAG_REP, buf, sizeof buf);
+    dml_comm_send(s->c, r, s->tag_rep, buf, sizeof buf);
   }
 }
 
@@ -927,6 +971,11 @@ int dml_ps_server_run(dml_ps_server *s, dml_err *err) {
             "ps server %d: restarted from %s (%zu keys, slowest worker at clock %llu)", s->me, path,
             s->nkeys, (unsigned long long)s->st.restored_clock);
   }
+  for (int h = 1; s->subs && h < s->K; h++)
+    if ((rc = dml_ps_server_start(s->subs[h - 1], err)) != 0) {
+      for (int j = 1; j < h; j++) dml_ps_server_join(s->subs[j - 1], NULL);
+      return rc;
+    }
   if ((rc = watcher_start(s, err)) != 0) return rc;
   s->last_ckpt_s = dml_now_s();
   s->last_ckpt_clock = s->st.restored ? s->st.restored_clock : 0;
@@ -934,7 +983,7 @@ int dml_ps_server_run(dml_ps_server *s, dml_err *err) {
     void *buf = NULL;
     size_t bytes = 0;
     int src = -1;
-    rc = dml_comm_recv_alloc(s->c, DML_ANY_SOURCE, DML__PS_TAG_REQ, &buf, &bytes, &src);
+    rc = dml_comm_recv_alloc(s->c, DML_ANY_SOURCE, s->tag_req, &buf, &bytes, &src);
     if (rc == DML_ETIMEDOUT) {
       rc = 0;
       continue;
@@ -972,6 +1021,13 @@ int dml_ps_server_run(dml_ps_server *s, dml_err *err) {
   reap_replies(s, 1);
   if (rc == 0) send_shutdown(s);
   s->st.keys = s->nkeys;
+  for (int h = 1; s->subs && h < s->K; h++) {
+    dml_err herr;
+    dml_err_clear(&herr);
+    int hrc = dml_ps_server_join(s->subs[h - 1], &herr);
+    if (hrc && rc == 0)
+      rc = dml_err_set(err, hrc, "ps server %d handler %d: %s", s->me, h, dml_err_msg(&herr));
+  }
   return rc;
 }
 
@@ -993,17 +1049,28 @@ int dml_ps_server_join(dml_ps_server *s, dml_err *err) {
   if (!s->thread_started) return 0;
   pthread_join(s->thread, NULL);
   s->thread_started = 0;
-  if (s->thread_rc) dml_err_set(err, s->thread_rc, "%s", dml_err_msg(&s->thread_err));
+  if (s->thread_rc && err) dml_err_set(err, s->thread_rc, "%s", dml_err_msg(&s->thread_err));
   return s->thread_rc;
 }
 
+/* Counters summed over the handlers; peers dropped or dead as handler 0 saw them. */
 void dml_ps_server_stats_get(const dml_ps_server *s, dml_ps_server_stats *st) {
   *st = s->st;
   st->keys = s->nkeys;
+  for (int h = 1; s->subs && h < s->K; h++) {
+    const dml_ps_server *u = s->subs[h - 1];
+    st->pushes += u->st.pushes;
+    st->pulls += u->st.pulls;
+    st->dup_pushes += u->st.dup_pushes;
+    st->bytes_in += u->st.bytes_in;
+    st->keys += u->nkeys;
+  }
 }
 
 void dml_ps_server_free(dml_ps_server *s) {
   if (s == NULL) return;
+  for (int h = 1; s->subs && h < s->K; h++) dml_ps_server_free(s->subs[h - 1]);
+  dml__free(s->subs);
   if (s->c) reap_replies(s, 1);
   dml__free(s->out);
   for (size_t i = 0; i < s->ndq; i++) dml__ps_msg_free(&s->dq[i].m);
