@@ -184,6 +184,7 @@ static int bench_rank(const layout *L, int rank, int port, size_t min_bytes, siz
   }
   if (rc)
     fprintf(stderr, "distml bench ps: rank %d: %s\n", rank, e.msg[0] ? e.msg : dml_strerror(rc));
+  if (rc == 0) dml_coll_detach(c); /* a clean end, not a failure, for the other ranks */
   dml_comm_free(c);
   return rc ? 1 : 0;
 }
