@@ -99,6 +99,17 @@ static int rep_tag(const dml_ps *ps, int s) {
   return DML__PS_TAG_REP + (s / ps->Sproc) * DML__PS_TAG_HANDLER_STEP;
 }
 
+/* Leaving in order: an empty message on each server's watch tag completes the receive the
+ * server keeps posted to notice this worker's death, so that nothing is pending on this worker
+ * when it exits (the communicator would log its exit as a failure). */
+static void retire_watch(dml_ps *ps) {
+  static const char none = 0;
+  for (int s = 0; s < ps->S; s++)
+    if (server_rank(ps, s) != ps->me)
+      dml_comm_send(ps->c, server_rank(ps, s),
+                    DML__PS_TAG_WATCH + (s / ps->Sproc) * DML__PS_TAG_HANDLER_STEP, &none, 0);
+}
+
 int dml_ps_create(dml_ps **out, dml_comm *c, const dml_ps_config *cfg, dml_err *err) {
   *out = NULL;
   int n = dml_comm_size(c), me = dml_comm_rank(c);
@@ -541,6 +552,7 @@ static int reform(dml_ps *ps, const char *why) {
       return fail(ps, rc, "ps: rejoining server %s: %s", dml_comm_peer_name(ps->c, s),
                   dml_comm_errmsg(ps->c));
   }
+  if (ps->left) retire_watch(ps); /* the new servers' watches, as in dml_ps_finish */
   for (int i = 0; i < ps->nrq; i++) {
     request *r = &ps->rq[i];
     for (int f = 0; r->active && f < r->nframes; f++) {
@@ -569,6 +581,7 @@ int dml_ps_finish(dml_ps *ps) {
   int bad = -1;
   int rc = send_all(ps, DML__PS_BYE, &bad);
   if (rc && (rc = comm_failed(ps, rc, "saying goodbye to", bad)) != 0) return rc;
+  retire_watch(ps);
   for (int s = 0; s < ps->S && ps->sticky == 0; s++) {
     /* after a re-form every server answers again: start over */
     int gen = ps->reforms;
@@ -597,7 +610,10 @@ void dml_ps_free(dml_ps *ps) {
       dml__free(r->pending);
     }
   int ignore;
-  if (!ps->left && ps->c) send_all(ps, DML__PS_BYE, &ignore);
+  if (!ps->left && ps->c) {
+    send_all(ps, DML__PS_BYE, &ignore);
+    retire_watch(ps);
+  }
   if (ps->own_comm) dml_comm_free(ps->c);
   dml__free(ps->acked);
   dml__ps_dense_layout_free(&ps->layout);

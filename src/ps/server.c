@@ -817,8 +817,10 @@ static int create_handler(dml_ps_server **out, dml_comm *c, const dml_ps_config 
   return 0;
 }
 
-/* Polls a never-completing receive per remote worker; a failure means the worker is gone, and
- * the loop hears of it as a self-sent BYE naming the worker (it may be blocked in a receive).
+/* Polls a receive per remote worker that completes only with the worker's empty goodbye (sent
+ * when it leaves in order, so nothing is left pending on a peer that exits) or fails when the
+ * worker is gone; a failure reaches the loop as a self-sent BYE naming the worker (it may be
+ * blocked in a receive).
  * The watcher touches only w[r].watch, which the loop never reads. */
 static void *watch_main(void *arg) {
   dml_ps_server *s = arg;
@@ -831,9 +833,10 @@ static void *watch_main(void *arg) {
     for (int r = 0; r < s->n; r++) {
       if (s->w[r].watch == NULL) continue;
       int done = 0;
-      dml_comm_test(s->c, s->w[r].watch, &done);
+      int wrc = dml_comm_test(s->c, s->w[r].watch, &done);
       if (!done) continue;
       s->w[r].watch = NULL;
+      if (wrc == 0) continue; /* the worker's empty goodbye on this tag: it left in order */
       dml__ps_msg m;
       memset(&m, 0, sizeof(m));
       m.command = DML__PS_BYE;
