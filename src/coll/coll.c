@@ -227,7 +227,7 @@ static void free_state(dml__coll_state *st) {
     dml__free(st->notice_buf);
     dml__free(st->notice_req);
   }
-  for (int i = 0; i < 4; i++) dml__free(st->scratch[i]);
+  for (size_t i = 0; i < DML__ARRAY_LEN(st->scratch); i++) dml__free(st->scratch[i]);
   dml__free(st->gone);
   dml__free(st->pend);
   dml__free(st->pend_peer);
@@ -677,7 +677,7 @@ static void fail_cleanup(dml__coll_ctx *ctx, int blamed) {
   ctx->npend = 0;
   if (leaked) {
     /* The backend still holds requests on our scratch: never free it. */
-    for (int i = 0; i < 3; i++) {
+    for (size_t i = 0; i < DML__ARRAY_LEN(st->scratch); i++) {
       st->scratch[i] = NULL;
       st->scratch_cap[i] = 0;
     }

@@ -15,6 +15,7 @@
 #include <linux/sockios.h>
 #include <poll.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -62,6 +63,7 @@ struct dml_comm_req {
   char msg[400];
   uint8_t hdr[DML__FRAME_HDR];
   int cma;             /* send: goes by CMA (the frame carries cma_pay; done on the peer's ack) */
+  int hdr_made;        /* send: hdr holds the frame header (and took a wire sequence number) */
   uint8_t cma_pay[16]; /* address and length of sbuf */
   size_t off;          /* send: bytes of hdr+payload written */
   umsg *claimed;       /* receive matched to an unexpected message still arriving */
@@ -129,13 +131,13 @@ typedef struct tcp {
   dml_comm_req *all;
   uint32_t any_ops;
   int listen_fd;
-  int nwaiters; /* threads asleep in wait: completions wake them only when there are some */
-  int driving;  /* a waiting thread is moving bytes itself (see drive()) */
+  int nwaiters;     /* threads asleep in wait: completions wake them only when there are some */
+  int driving;      /* a waiting thread is moving bytes itself (see drive()) */
+  pthread_t driver; /* that thread, while driving */
   uint64_t drive_end_ns; /* when the last driver stopped */
   pthread_cond_t pcv;    /* the progress thread parks on it while waiters drive */
-  int parked;
-  size_t cma_min;      /* 0: CMA off */
-  uint64_t cma_cookie; /* peers read it to check that they can read our memory */
+  size_t cma_min;        /* 0: CMA off */
+  uint64_t cma_cookie;   /* peers read it to check that they can read our memory */
 } tcp;
 
 static tcp *T(const dml_comm *c) {
@@ -173,6 +175,8 @@ static const char *peer_label(tcp *t, int rank) {
   return rank == DML_ANY_SOURCE ? any : t->peers[rank].name;
 }
 
+static void wake_fd(tcp *t);
+
 static void req_done(tcp *t, dml_comm_req *r, int status, const char *detail) {
   r->state = ST_DONE;
   r->status = status;
@@ -182,6 +186,9 @@ static void req_done(tcp *t, dml_comm_req *r, int status, const char *detail) {
              peer_label(t, r->peer), r->tag, (unsigned)r->seq,
              detail ? detail : dml_strerror(status));
   if (t->nwaiters > 0) pthread_cond_broadcast(&t->cv);
+  /* A driver asleep in epoll_wait may be waiting for this request (a self-send, a cancel): wake
+   * it, unless it is the thread completing it. */
+  if (t->driving && !pthread_equal(t->driver, pthread_self())) wake_fd(t);
 }
 
 static void posted_remove(tcp *t, dml_comm_req *r) {
@@ -674,6 +681,11 @@ static void tx(tcp *t, peer *p) {
     }
     if (r == NULL) break;
     size_t plen = r->cma ? sizeof(r->cma_pay) : r->bytes;
+    if (r->off == 0 && !r->hdr_made) {
+      dml__frame_encode(r->hdr, r->cma ? DML__F_CMA : DML__F_DATA, (uint32_t)r->tag,
+                        p->wire_send_seq++, plen);
+      r->hdr_made = 1;
+    }
     const uint8_t *pay = r->cma ? r->cma_pay : r->sbuf;
     size_t total = DML__FRAME_HDR + plen;
     struct iovec iov[2];
@@ -766,13 +778,12 @@ static void *progress_main(void *arg) {
       uint64_t abs_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec + (until - now);
       ts.tv_sec = (time_t)(abs_ns / 1000000000ull);
       ts.tv_nsec = (long)(abs_ns % 1000000000ull);
-      t->parked = 1;
       pthread_cond_timedwait(&t->pcv, &t->mu, &ts);
-      t->parked = 0;
     }
     if (t->stop) break;
     pthread_mutex_unlock(&t->mu);
-    int n = epoll_wait(t->epfd, evs, 64, -1);
+    /* A finite timeout: a driver may consume the wake-up fini sends. */
+    int n = epoll_wait(t->epfd, evs, 64, 200);
     pthread_mutex_lock(&t->mu);
     if (t->stop) break;
     if (n < 0) {
@@ -852,12 +863,11 @@ static int tcp_isend(dml_comm *c, int peer_rank, int tag, const void *buf, size_
     deliver_local(t, tag, buf, bytes, &st);
     req_done(t, r, st, st ? "out of memory" : NULL);
   } else {
+    /* The header (and its wire sequence number) is made when the frame starts to leave (tx), so
+     * that a send withdrawn before then leaves no gap in the sequence. */
     if (p->cma_send && t->cma_min > 0 && bytes >= t->cma_min) {
       r->cma = 1;
       dml__cma_encode(r->cma_pay, (uint64_t)(uintptr_t)buf, bytes);
-      dml__frame_encode(r->hdr, DML__F_CMA, (uint32_t)tag, p->wire_send_seq++, sizeof(r->cma_pay));
-    } else {
-      dml__frame_encode(r->hdr, DML__F_DATA, (uint32_t)tag, p->wire_send_seq++, bytes);
     }
     if (p->sq_tail)
       p->sq_tail->next = r;
@@ -932,6 +942,7 @@ static int finish(tcp *t, dml_comm_req *r, int keep) {
 static void drive(tcp *t, dml_comm_req *r, uint64_t deadline_ns) {
   struct epoll_event evs[64];
   t->driving = 1;
+  t->driver = pthread_self();
   while (r->state != ST_DONE && !t->stop) {
     uint64_t now = dml_now_ns();
     if (now >= deadline_ns) break;
@@ -991,12 +1002,13 @@ static int tcp_test(dml_comm *c, dml_comm_req *r, int *done) {
     /* Like MPI_Test: move whatever bytes are ready, without sleeping. */
     struct epoll_event evs[64];
     t->driving = 1;
+    t->driver = pthread_self();
     pthread_mutex_unlock(&t->mu);
     int n = epoll_wait(t->epfd, evs, 64, 0);
     pthread_mutex_lock(&t->mu);
     if (n > 0) handle_events(t, evs, n);
-    t->driving = 0;
-    t->drive_end_ns = dml_now_ns();
+    t->driving = 0; /* drive_end_ns untouched: a caller that polls must not park the progress
+                       thread for good (it keeps moving bytes between polls) */
     if (t->nwaiters > 0) pthread_cond_broadcast(&t->cv);
   }
   *done = r->state == ST_DONE;
@@ -1073,6 +1085,20 @@ static void tcp_abort(dml_comm *c, const char *reason) {
       memcpy(buf + DML__FRAME_HDR, reason, n);
       if (send(p->fd, buf, DML__FRAME_HDR + n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
         /* best effort: the close below tells the peer anyway */
+      }
+    }
+    if (p->ack_head != NULL) {
+      /* The peer may still copy CMA messages out of buffers the abort hands back to their
+       * owners: wait (at most 1 s) until it closes the link, which it does only after reading
+       * every frame before the ABORT. */
+      shutdown(p->fd, SHUT_WR);
+      uint64_t until = dml_now_ns() + 1000000000ull;
+      for (uint64_t now = dml_now_ns(); now < until; now = dml_now_ns()) {
+        struct pollfd pfd = {.fd = p->fd, .events = POLLIN};
+        if (poll(&pfd, 1, (int)((until - now) / 1000000 + 1)) <= 0) break;
+        char sink[4096];
+        ssize_t got = recv(p->fd, sink, sizeof(sink), MSG_DONTWAIT);
+        if (got == 0 || (got < 0 && errno != EAGAIN && errno != EINTR)) break;
       }
     }
     fail_peer(t, p, DML_EABORTED, "%s", why);
@@ -1449,23 +1475,41 @@ static int bootstrap(tcp *t, dml_err *err) {
   }
   /* Which same-machine peers can read us: each rank publishes whom it can read. */
   if (t->cma_min > 0 && boot[0]) {
-    char *can = dml__malloc((size_t)t->n + 1);
+    /* The ranks we can read, as a list ("-" for none): short, however large the world. */
+    size_t cap = 2, len = 0;
+    for (int j = 0; j < t->n; j++) cap += t->peers[j].cma_recv ? 12 : 0;
+    char *can = dml__malloc(cap);
     if (can == NULL) {
       rc = dml_err_set(err, DML_ENOMEM, "out of memory");
       goto out;
     }
-    for (int j = 0; j < t->n; j++) can[j] = t->peers[j].cma_recv ? '1' : '0';
-    can[t->n] = 0;
+    for (int j = 0; j < t->n; j++)
+      if (t->peers[j].cma_recv)
+        len += (size_t)snprintf(can + len, cap - len, "%s%d", len ? " " : "", j);
+    if (len == 0) len = (size_t)snprintf(can, cap, "-");
     snprintf(key, sizeof(key), "cma/%d", t->me);
-    rc = dml__store_set(st, key, can, (size_t)t->n, err);
+    rc = dml__store_set(st, key, can, len, err);
     dml__free(can);
     if (rc) goto out;
     for (int j = 0; j < t->n; j++) {
       if (j == t->me || t->peers[j].pid == 0) continue; /* another machine: it publishes none */
       snprintf(key, sizeof(key), "cma/%d", j);
       rc = dml__store_get(st, key, deadline, &val, &vn, err);
-      if (rc) goto out;
-      t->peers[j].cma_send = vn == (size_t)t->n && val[t->me] == '1';
+      if (rc) {
+        if (rc == DML_ETIMEDOUT)
+          dml_err_set(err, rc, "rank %d: rank %d did not finish joining within %d ms", t->me, j,
+                      cfg->timeout_ms);
+        goto out;
+      }
+      /* Does rank j list us? The value is a NUL-terminated copy from the store. */
+      for (const char *q = val; *q;) {
+        char *end;
+        long who = strtol(q, &end, 10);
+        if (end == q) break;
+        if (who == t->me) t->peers[j].cma_send = 1;
+        q = end;
+        while (*q == ' ') q++;
+      }
       if (t->peers[j].cma_send)
         dml_log(DML_LOG_DEBUG,
                 "rank %d: messages of %zu bytes or more to rank %d go by CMA (it copies them "

@@ -162,7 +162,7 @@ static void forged_rank1(int port, const uint8_t *bad, size_t bad_len, int cma) 
     snprintf(av, sizeof(av), "2 127.0.0.1 9 %s %ld %llx %llx", boot, (long)getpid(),
              (unsigned long long)(uintptr_t)&g_cookie, (unsigned long long)g_cookie);
     T_OK(dml__store_set(st, "addr/1", av, strlen(av), &e));
-    T_OK(dml__store_set(st, "cma/1", "11", 2, &e));
+    T_OK(dml__store_set(st, "cma/1", "0", 1, &e));
   } else {
     T_OK(dml__store_set(st, "addr/1", "2 127.0.0.1 9", 13, &e));
   }
