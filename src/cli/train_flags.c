@@ -157,8 +157,10 @@ static void usage(void) {
       "  --grad-compress C    none|fp16|bf16 values on the wire (default none)\n"
       "  --sync-every H       local SGD: average the models every H steps instead of gradients\n"
       "  --trace FILE         Chrome trace of every rank's compute, wait and all-reduce\n"
-      "  --checkpoint DIR     write checkpoints into DIR\n"
-      "  --checkpoint-every N checkpoint every N epochs (default 1)\n"
+      "  --checkpoint DIR     write checkpoints into DIR (--strategy ps: each server's shard, and\n"
+      "                       a dead server is restarted from it)\n"
+      "  --checkpoint-every N checkpoint every N epochs (default 1); --strategy ps: every N\n"
+      "                       seconds per server\n"
       "  --resume             restart from the last checkpoint in --checkpoint DIR\n");
 }
 
