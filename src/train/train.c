@@ -16,6 +16,7 @@
 
 #include "core/internal.h"
 #include "train/trace.h"
+#include "train/train_ps.h"
 
 void dml_train_config_init(dml_train_config *cfg) {
   memset(cfg, 0, sizeof(*cfg));
@@ -193,6 +194,28 @@ static int wait_buckets(trainer *t) {
   }
   t->next_bucket = 0;
   return rc;
+}
+
+int dml__train_next_batch(dml_pipe *pipe, dml_pipe_batch *held, int *holding, int dim, dml_batch *b,
+                          const char *what, dml_err *err) {
+  if (*holding) dml_pipe_release(pipe, held);
+  *holding = 0;
+  int rc = dml_pipe_next(pipe, held);
+  if (rc != 0) return dml_err_set(err, rc, "%sinput pipeline: %s", what, dml_pipe_errmsg(pipe));
+  *holding = 1;
+  memset(b, 0, sizeof(*b));
+  b->n = (int)held->count;
+  b->dim = dim;
+  if (held->indptr != NULL) {
+    b->indptr = held->indptr;
+    b->indices = held->indices;
+    b->values = held->values;
+    b->y = held->y;
+  } else {
+    b->x = held->data;
+    b->y = (const int32_t *)((const float *)held->data + held->count * (size_t)dim);
+  }
+  return 0;
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -615,25 +638,8 @@ int dml_train_run(const dml_train_config *cfg_in, const dml_dataset *train, cons
         dml_batch b;
         uint64_t c0 = dml_now_ns();
         if (pipe != NULL) {
-          if (holding) dml_pipe_release(pipe, &held);
-          holding = 0;
-          if ((rc = dml_pipe_next(pipe, &held)) != 0) {
-            dml_err_set(err, rc, "input pipeline: %s", dml_pipe_errmsg(pipe));
+          if ((rc = dml__train_next_batch(pipe, &held, &holding, train->dim, &b, "", err)) != 0)
             goto out;
-          }
-          holding = 1;
-          memset(&b, 0, sizeof(b));
-          b.n = (int)held.count;
-          b.dim = train->dim;
-          if (held.indptr != NULL) {
-            b.indptr = held.indptr;
-            b.indices = held.indices;
-            b.values = held.values;
-            b.y = held.y;
-          } else {
-            b.x = held.data;
-            b.y = (const int32_t *)((const float *)held.data + held.count * (size_t)train->dim);
-          }
           dml__trace_add(&t.trace, "input wait", "io", 0, c0);
           c0 = dml_now_ns();
         } else {

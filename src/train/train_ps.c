@@ -50,6 +50,18 @@ static void result_to_wire(const dml_train_result *res, ps_result_wire *w) {
 
 /* The bytes each server will hold if every one of the model's nkeys sparse keys is touched
  * (hashed into virtual ranges, docs/ps.md), printed once at start by the first worker. */
+/* The first worker sends the result to report_to on the job's current communicator. */
+static int send_result(dml_ps *ps, int report_to, const dml_train_result *res, dml_err *err) {
+  ps_result_wire w;
+  result_to_wire(res, &w);
+  dml_comm *pc = dml_ps_comm(ps);
+  int rc = dml_comm_send(pc, report_to, PS_TAG_RESULT, &w, sizeof w);
+  if (rc != 0)
+    dml_err_set(err, rc, "ps train: sending the result to rank %d: %s", report_to,
+                dml_comm_errmsg(pc));
+  return rc;
+}
+
 static void log_dense_load(const dml_ps_config *pcfg, int n, uint64_t nparams) {
   int S = dml_ps_num_servers(pcfg, n);
   uint64_t chunk = (uint64_t)1 << 16, nchunks = (nparams + chunk - 1) / chunk;
@@ -195,14 +207,7 @@ static int run_dense_worker(const dml_train_config *cfg, const dml_dataset *trai
       goto out;
   }
   if ((rc = dml_ps_finish(ps)) != 0) goto ps_fail;
-  if (first && report_to >= 0) {
-    ps_result_wire w;
-    result_to_wire(res, &w);
-    dml_comm *pc = dml_ps_comm(ps);
-    if ((rc = dml_comm_send(pc, report_to, PS_TAG_RESULT, &w, sizeof w)) != 0)
-      dml_err_set(err, rc, "ps train: sending the result to rank %d: %s", report_to,
-                  dml_comm_errmsg(pc));
-  }
+  if (first && report_to >= 0) rc = send_result(ps, report_to, res, err);
   goto out;
 ps_fail:
   dml_err_set(err, rc, "%s", dml_ps_errmsg(ps));
@@ -317,20 +322,9 @@ static int run_worker(const dml_train_config *cfg, const dml_dataset *train,
       int cnt = DML__MIN(local_batch, shard_n - off);
       dml_batch b;
       if (pipe != NULL) { /* the same rows per batch (cnt), in the pipeline's seeded order */
-        if (holding) dml_pipe_release(pipe, &held);
-        holding = 0;
-        if ((rc = dml_pipe_next(pipe, &held)) != 0) {
-          dml_err_set(err, rc, "ps train: input pipeline: %s", dml_pipe_errmsg(pipe));
+        if ((rc = dml__train_next_batch(pipe, &held, &holding, train->dim, &b,
+                                        "ps train: ", err)) != 0)
           goto out;
-        }
-        holding = 1;
-        memset(&b, 0, sizeof(b));
-        b.n = (int)held.count;
-        b.dim = train->dim;
-        b.indptr = held.indptr;
-        b.indices = held.indices;
-        b.values = held.values;
-        b.y = held.y;
       } else if ((rc = dml_dataset_gather(train, order + off, cnt, &bbuf, &b, err)) != 0) {
         goto out;
       }
@@ -397,14 +391,7 @@ static int run_worker(const dml_train_config *cfg, const dml_dataset *train,
     dml_log(DML_LOG_INFO, "ps worker %d: finished after %d re-form%s, %llu frames resent", rank,
             dml_ps_reforms(ps), dml_ps_reforms(ps) == 1 ? "" : "s",
             (unsigned long long)dml_ps_resent_frames(ps));
-  if (first && report_to >= 0) {
-    ps_result_wire w;
-    result_to_wire(res, &w);
-    dml_comm *pc = dml_ps_comm(ps);
-    if ((rc = dml_comm_send(pc, report_to, PS_TAG_RESULT, &w, sizeof w)) != 0)
-      dml_err_set(err, rc, "ps train: sending the result to rank %d: %s", report_to,
-                  dml_comm_errmsg(pc));
-  }
+  if (first && report_to >= 0) rc = send_result(ps, report_to, res, err);
   goto out;
 ps_fail:
   dml_err_set(err, rc, "%s", dml_ps_errmsg(ps));

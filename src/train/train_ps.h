@@ -5,7 +5,14 @@
 #define DISTML_TRAIN_PS_H
 
 #include "distml/ps.h"
+#include "distml/task.h"
 #include "distml/train.h"
+
+/* Shared by the trainers (train.c): gives back the batch held from pipe, if any, and takes the
+ * next one as b (dense rows of dim floats then int32 labels, or CSR rows). what prefixes the
+ * error message. */
+int dml__train_next_batch(dml_pipe *pipe, dml_pipe_batch *held, int *holding, int dim, dml_batch *b,
+                          const char *what, dml_err *err);
 
 /* Every rank calls it with the same configs. Ranks 0..S-1 serve (or every rank, colocated), the
  * others train on their shard of train (rows split among the workers; cfg->batch is the global
