@@ -196,6 +196,15 @@ static int wait_buckets(trainer *t) {
   return rc;
 }
 
+int dml__train_pipe_epoch(dml_pipe *pipe, int epoch, int *holding, dml_pipe_stats *st0,
+                          const char *what, dml_err *err) {
+  int rc = dml_pipe_start(pipe, (uint64_t)epoch);
+  if (rc != 0) return dml_err_set(err, rc, "%sinput pipeline: %s", what, dml_pipe_errmsg(pipe));
+  *holding = 0;
+  dml_pipe_get_stats(pipe, st0);
+  return 0;
+}
+
 int dml__train_next_batch(dml_pipe *pipe, dml_pipe_batch *held, int *holding, int dim, dml_batch *b,
                           const char *what, dml_err *err) {
   if (*holding) dml_pipe_release(pipe, held);
@@ -615,12 +624,7 @@ int dml_train_run(const dml_train_config *cfg_in, const dml_dataset *train, cons
     t.comm_ns = t.wait_ns = 0;
     dml_pipe_stats ps0 = {0};
     if (pipe != NULL) {
-      if ((rc = dml_pipe_start(pipe, (uint64_t)epoch)) != 0) {
-        dml_err_set(err, rc, "input pipeline: %s", dml_pipe_errmsg(pipe));
-        goto out;
-      }
-      holding = 0;
-      dml_pipe_get_stats(pipe, &ps0);
+      if ((rc = dml__train_pipe_epoch(pipe, epoch, &holding, &ps0, "", err)) != 0) goto out;
     } else {
       dml_epoch_order(order, (size_t)shard_n, cfg->seed * 1000003ull + (uint64_t)t.rank,
                       (uint64_t)epoch);

@@ -304,12 +304,8 @@ static int run_worker(const dml_train_config *cfg, const dml_dataset *train,
   for (int epoch = 0; epoch < cfg->epochs; epoch++) {
     dml_pipe_stats ps0 = {0};
     if (pipe != NULL) {
-      if ((rc = dml_pipe_start(pipe, (uint64_t)epoch)) != 0) {
-        dml_err_set(err, rc, "ps train: input pipeline: %s", dml_pipe_errmsg(pipe));
+      if ((rc = dml__train_pipe_epoch(pipe, epoch, &holding, &ps0, "ps train: ", err)) != 0)
         goto out;
-      }
-      holding = 0;
-      dml_pipe_get_stats(pipe, &ps0);
     } else {
       dml_epoch_order(order, (size_t)shard_n, cfg->seed * 1000003ull + (uint64_t)widx,
                       (uint64_t)epoch);

@@ -8,7 +8,11 @@
 #include "distml/task.h"
 #include "distml/train.h"
 
-/* Shared by the trainers (train.c): gives back the batch held from pipe, if any, and takes the
+/* Shared by the trainers (train.c): starts the pipeline's epoch (the caller holds no batch
+ * after it) and records its stats at the start in *st0. */
+int dml__train_pipe_epoch(dml_pipe *pipe, int epoch, int *holding, dml_pipe_stats *st0,
+                          const char *what, dml_err *err);
+/* Gives back the batch held from pipe, if any, and takes the
  * next one as b (dense rows of dim floats then int32 labels, or CSR rows). what prefixes the
  * error message. */
 int dml__train_next_batch(dml_pipe *pipe, dml_pipe_batch *held, int *holding, int dim, dml_batch *b,
