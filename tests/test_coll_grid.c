@@ -336,7 +336,9 @@ static void run_world(int p, int cma) {
   }
   if (failed) T_FAIL("world of %d ranks failed", p);
   printf("world of %d ranks%s: ok\n", p,
-         cma == 0 ? " (sockets only)" : cma > 0 ? " (one rank without CMA)" : "");
+         cma == 0  ? " (sockets only)"
+         : cma > 0 ? " (one rank without CMA)"
+                   : "");
   fflush(stdout);
 }
 
