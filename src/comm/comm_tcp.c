@@ -1034,11 +1034,14 @@ static int tcp_cancel(dml_comm *c, dml_comm_req *r, int code) {
     }
     int started = r->state == ST_ACTIVE;
     if (rank == DML_ANY_SOURCE || (!started && code != DML_ETIMEDOUT) || rank == t->me) {
-      /* Nothing of it is on the wire: withdraw it quietly. */
-      if (r->kind == REQ_SEND)
+      /* Nothing of it is on the wire: withdraw it quietly. A header made but not written (the
+       * socket was full) gives its sequence number back: only the head of the queue has one. */
+      if (r->kind == REQ_SEND) {
+        if (r->hdr_made && r->off == 0 && r->peer != t->me) t->peers[r->peer].wire_send_seq--;
         sendq_remove(&t->peers[r->peer], r);
-      else
+      } else {
         posted_remove(t, r);
+      }
       if (r->claimed) r->claimed->claim = NULL;
       req_done(t, r, code, why);
     } else {
