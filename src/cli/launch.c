@@ -557,8 +557,8 @@ static void parse_rank_list(const char *flag, const char *v, int n, int policy, 
 static void launch_usage(FILE *f) {
   fprintf(
       f,
-      "usage: distml launch -n N [--timeout S] [--grace S] [--port P] [--no-prefix] -- PROG "
-      "[ARGS...]\n"
+      "usage: distml launch -n N [--timeout S] [--grace S] [--port P] [--no-prefix]\n"
+      "                     [--restart R [--max-restarts K]] [--continue R] -- PROG [ARGS...]\n"
       "\n"
       "Starts N processes of PROG on this machine with DISTML_RANK, DISTML_WORLD_SIZE, RANK,\n"
       "WORLD_SIZE, LOCAL_RANK, MASTER_ADDR=127.0.0.1 and MASTER_PORT (a free port) set, prefixes\n"
