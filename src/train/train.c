@@ -269,6 +269,76 @@ static int pipe_collate(void *ctx, void *const *elems, const uint64_t *idx, size
   return 0;
 }
 
+struct dml__loader {
+  dml_pool *pool;
+  dml_pipe *pipe;
+  pipe_ctx ctx; /* the pipeline's map reads it: lives as long as the pipeline */
+};
+
+int dml__loader_create(const dml_train_config *cfg, const dml_dataset *train, int64_t first_row,
+                       int64_t nrows, int batch, uint64_t seed, int drop_last, dml__loader **out,
+                       dml_err *err) {
+  *out = NULL;
+  if (train->x == NULL && cfg->augment.flags)
+    return dml_err_set(err, DML_EINVAL,
+                       "--augment shifts, flips and adds noise to images; %s is sparse (CSR) "
+                       "data, which has no pixels: drop --augment",
+                       train->name);
+  int side = (int)lround(sqrt((double)train->dim));
+  if (cfg->augment.flags && side * side != train->dim)
+    return dml_err_set(err, DML_EINVAL,
+                       "--augment treats rows as square images; %s has %d features", train->name,
+                       train->dim);
+  dml__loader *l = dml__calloc(1, sizeof(*l));
+  if (l == NULL) return dml_err_set(err, DML_ENOMEM, "out of memory");
+  l->ctx = (pipe_ctx){train, first_row, cfg->augment.flags ? &cfg->augment : NULL, side};
+  dml_pool_opts po = {0};
+  po.nthreads = (unsigned)(cfg->loader_threads > 0 ? cfg->loader_threads : 1);
+  po.name = "loader";
+  int rc = dml_pool_create(&po, &l->pool, err);
+  if (rc == 0) {
+    dml_pipe_opts pp;
+    dml_pipe_opts_default(&pp);
+    pp.n = (uint64_t)nrows;
+    pp.batch_size = (size_t)batch;
+    if (train->x != NULL) {
+      pp.elem_bytes = sizeof(float) * (size_t)train->dim + sizeof(int32_t);
+      pp.batch_bytes = pp.elem_bytes * (size_t)batch;
+      pp.map = pipe_map;
+      pp.collate = pipe_collate;
+      pp.ctx = &l->ctx;
+    } else {
+      pp.csr.indptr = train->indptr;
+      pp.csr.indices = train->indices;
+      pp.csr.values = train->values;
+      pp.csr.y = train->y;
+      pp.csr.first_row = (uint64_t)first_row;
+    }
+    pp.drop_last = drop_last;
+    pp.shuffle_order = 1;
+    pp.prefetch = (size_t)cfg->prefetch;
+    pp.seed = seed;
+    rc = dml_pipe_create(l->pool, &pp, &l->pipe, err);
+  }
+  if (rc != 0) {
+    dml__loader_free(l);
+    return rc;
+  }
+  *out = l;
+  return 0;
+}
+
+dml_pipe *dml__loader_pipe(const dml__loader *l) {
+  return l ? l->pipe : NULL;
+}
+
+void dml__loader_free(dml__loader *l) {
+  if (l == NULL) return;
+  dml_pipe_destroy(l->pipe);
+  dml_pool_destroy(l->pool);
+  dml__free(l);
+}
+
 /* ---------------------------------------------------------------------------------------------
  * Evaluation. */
 
@@ -515,9 +585,8 @@ int dml_train_run(const dml_train_config *cfg_in, const dml_dataset *train, cons
 
   uint32_t *order = NULL, *rows = NULL;
   dml_batch_buf bbuf = {0};
-  dml_pool *pool = NULL;
+  dml__loader *loader = NULL;
   dml_pipe *pipe = NULL;
-  pipe_ctx pctx = {train, shard_begin, cfg->augment.flags ? &cfg->augment : NULL, 0};
   dml_pipe_batch held = {0};
   int holding = 0;
   dml_jsonl metrics = {0};
@@ -537,46 +606,10 @@ int dml_train_run(const dml_train_config *cfg_in, const dml_dataset *train, cons
     goto out;
   }
   if (cfg->loader_threads > 0 || cfg->augment.flags) {
-    if (train->x == NULL && cfg->augment.flags) {
-      rc = dml_err_set(err, DML_EINVAL,
-                       "--augment shifts, flips and adds noise to images; %s is sparse (CSR) "
-                       "data, which has no pixels: drop --augment",
-                       train->name);
+    if ((rc = dml__loader_create(cfg, train, shard_begin, shard_n, local_batch,
+                                 cfg->seed * 1000003ull + (uint64_t)t.rank, 1, &loader, err)) != 0)
       goto out;
-    }
-    pctx.side = (int)lround(sqrt((double)train->dim));
-    if (cfg->augment.flags && pctx.side * pctx.side != train->dim) {
-      rc =
-          dml_err_set(err, DML_EINVAL, "--augment treats rows as square images; %s has %d features",
-                      train->name, train->dim);
-      goto out;
-    }
-    dml_pool_opts po = {0};
-    po.nthreads = (unsigned)(cfg->loader_threads > 0 ? cfg->loader_threads : 1);
-    po.name = "loader";
-    if ((rc = dml_pool_create(&po, &pool, err)) != 0) goto out;
-    dml_pipe_opts pp;
-    dml_pipe_opts_default(&pp);
-    pp.n = (uint64_t)shard_n;
-    pp.batch_size = (size_t)local_batch;
-    if (train->x != NULL) {
-      pp.elem_bytes = sizeof(float) * (size_t)train->dim + sizeof(int32_t);
-      pp.batch_bytes = (sizeof(float) * (size_t)train->dim + sizeof(int32_t)) * (size_t)local_batch;
-      pp.map = pipe_map;
-      pp.collate = pipe_collate;
-      pp.ctx = &pctx;
-    } else {
-      pp.csr.indptr = train->indptr;
-      pp.csr.indices = train->indices;
-      pp.csr.values = train->values;
-      pp.csr.y = train->y;
-      pp.csr.first_row = (uint64_t)shard_begin;
-    }
-    pp.drop_last = 1;
-    pp.shuffle_order = 1;
-    pp.prefetch = (size_t)cfg->prefetch;
-    pp.seed = cfg->seed * 1000003ull + (uint64_t)t.rank;
-    if ((rc = dml_pipe_create(pool, &pp, &pipe, err)) != 0) goto out;
+    pipe = dml__loader_pipe(loader);
   }
   if (dp) {
     if ((rc = check_agreement(&t, config_hash(&t), "the model shape, bucket plan and flags")) != 0)
@@ -814,8 +847,7 @@ out:
     for (int i = 0; i < t.nbuckets; i++)
       if (t.buckets[i].req != NULL) (void)dml_coll_wait(t.buckets[i].req, 1000);
   if (pipe != NULL && holding) dml_pipe_release(pipe, &held);
-  dml_pipe_destroy(pipe);
-  dml_pool_destroy(pool);
+  dml__loader_free(loader);
   if (metrics_open) dml_jsonl_close(&metrics);
   dml_batch_buf_free(&bbuf);
   dml__free(order);

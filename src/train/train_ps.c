@@ -1,7 +1,8 @@
 /* The parameter-server strategy's training loop: workers pull the coordinates a batch touches,
  * compute the logistic-regression gradient and push it to the servers, which apply the optimizer
  * (FTRL by default) under BSP, SSP or ASP. A worker gathers its batches itself, or with
- * cfg->loader_threads > 0 takes them from the input pipeline (task.h, CSR mode) prepared ahead
+ * cfg->loader_threads > 0 takes them from the input pipeline (task.h; CSR rows for logreg, dense
+ * rows with --augment for softmax/MLP) prepared ahead
  * on its own threads. The dense models (softmax, MLP) go through the dense API: the whole flat
  * parameter buffer is pulled and its gradient pushed each iteration. It is not the server or the
  * wire protocol (src/ps). */
@@ -109,11 +110,6 @@ static int run_dense_worker(const dml_train_config *cfg, const dml_dataset *trai
   int widx = pcfg->colocated ? rank : rank - pcfg->num_servers;
   if (train == NULL || train->n == 0)
     return dml_err_set(err, DML_EINVAL, "ps train: workers need the training set");
-  if (cfg->loader_threads > 0 || cfg->augment.flags)
-    return dml_err_set(err, DML_EUNSUPPORTED,
-                       "ps train: --model %s through the parameter server gathers its own "
-                       "batches: drop --loader-threads/--augment",
-                       dml_model_kind_name(cfg->model.kind));
   dml_model_config mc = cfg->model;
   if (mc.in_dim == 0) mc.in_dim = train->dim;
   if (mc.num_classes == 0) mc.num_classes = train->num_classes;
@@ -127,12 +123,23 @@ static int run_dense_worker(const dml_train_config *cfg, const dml_dataset *trai
   memset(&bbuf, 0, sizeof(bbuf));
   dml_jsonl metrics = {0};
   int metrics_open = 0;
+  dml__loader *loader = NULL;
+  dml_pipe *pipe = NULL;
+  dml_pipe_batch held = {0};
+  int holding = 0;
   int64_t b0 = 0, b1 = 0;
   int rc = dml_model_create(&m, &mc, err);
   if (rc) goto out;
   if ((rc = dml_shard_range(train->n, widx, W, &b0, &b1)) != 0) {
     dml_err_set(err, rc, "ps train: sharding %d rows over %d workers", train->n, W);
     goto out;
+  }
+  if (cfg->loader_threads > 0 || cfg->augment.flags) {
+    /* The same number of batches per epoch as below (the last one partial). */
+    if ((rc = dml__loader_create(cfg, train, b0, b1 - b0, local_batch,
+                                 cfg->seed * 1000003ull + (uint64_t)widx, 0, &loader, err)) != 0)
+      goto out;
+    pipe = dml__loader_pipe(loader);
   }
   size_t P = dml_model_num_params(m);
   float *params = dml_model_params(m), *grads = dml_model_grads(m);
@@ -154,16 +161,29 @@ static int run_dense_worker(const dml_train_config *cfg, const dml_dataset *trai
   uint64_t steps = 0, correct = 0, rows = 0;
   int shard_n = (int)(b1 - b0);
   for (int epoch = 0; epoch < cfg->epochs; epoch++) {
-    dml_epoch_order(order, (size_t)shard_n, cfg->seed * 1000003ull + (uint64_t)widx,
-                    (uint64_t)epoch);
-    for (int i = 0; i < shard_n; i++) order[i] += (uint32_t)b0;
+    dml_pipe_stats ps0 = {0};
+    if (pipe != NULL) {
+      if ((rc = dml__train_pipe_epoch(pipe, epoch, &holding, &ps0, "ps train: ", err)) != 0)
+        goto out;
+    } else {
+      dml_epoch_order(order, (size_t)shard_n, cfg->seed * 1000003ull + (uint64_t)widx,
+                      (uint64_t)epoch);
+      for (int i = 0; i < shard_n; i++) order[i] += (uint32_t)b0;
+    }
     loss_sum = 0;
     correct = rows = 0;
     double t0 = dml_now_s();
     for (int off = 0; off < shard_n; off += local_batch) {
       int cnt = DML__MIN(local_batch, shard_n - off);
       dml_batch b;
-      if ((rc = dml_dataset_gather(train, order + off, cnt, &bbuf, &b, err)) != 0) goto out;
+      if (pipe != NULL) {
+        if ((rc = dml__train_next_batch(pipe, &held, &holding, train->dim, &b,
+                                        "ps train: ", err)) != 0)
+          goto out;
+        cnt = b.n;
+      } else if ((rc = dml_dataset_gather(train, order + off, cnt, &bbuf, &b, err)) != 0) {
+        goto out;
+      }
       uint64_t ts;
       if ((rc = dml_ps_pull_dense(ps, 0, delta, P, &ts)) != 0 || (rc = dml_ps_wait(ps, ts)) != 0)
         goto ps_fail;
@@ -182,10 +202,18 @@ static int run_dense_worker(const dml_train_config *cfg, const dml_dataset *trai
     double epoch_s = dml_now_s() - t0;
     t_train += epoch_s;
     res->epochs_done = epoch + 1;
+    if (pipe != NULL) {
+      if (holding) dml_pipe_release(pipe, &held);
+      holding = 0;
+      dml_pipe_stats ps1;
+      dml_pipe_get_stats(pipe, &ps1);
+      res->input_stall_s = (double)(ps1.consumer_wait_ns - ps0.consumer_wait_ns) * 1e-9;
+      res->input_stall_pct = epoch_s > 0 ? 100.0 * res->input_stall_s / epoch_s : 0;
+    }
     if (metrics_open)
       ps_metrics_line(&metrics, epoch + 1, steps, rows ? loss_sum / (double)rows : NAN,
                       rows ? (double)correct / (double)rows : NAN,
-                      epoch_s > 0 ? (double)rows * W / epoch_s : 0, epoch_s, res, 0);
+                      epoch_s > 0 ? (double)rows * W / epoch_s : 0, epoch_s, res, pipe != NULL);
   }
   res->steps = steps;
   res->train_s = t_train;
@@ -212,6 +240,8 @@ static int run_dense_worker(const dml_train_config *cfg, const dml_dataset *trai
 ps_fail:
   dml_err_set(err, rc, "%s", dml_ps_errmsg(ps));
 out:
+  if (pipe != NULL && holding) dml_pipe_release(pipe, &held);
+  dml__loader_free(loader);
   if (metrics_open) dml_jsonl_close(&metrics);
   dml_ps_free(ps);
   dml_batch_buf_free(&bbuf);
@@ -250,7 +280,7 @@ static int run_worker(const dml_train_config *cfg, const dml_dataset *train,
   float *vals = NULL;
   dml_batch_buf bbuf;
   memset(&bbuf, 0, sizeof(bbuf));
-  dml_pool *pool = NULL;
+  dml__loader *loader = NULL;
   dml_pipe *pipe = NULL;
   dml_pipe_batch held = {0};
   int holding = 0;
@@ -272,24 +302,10 @@ static int run_worker(const dml_train_config *cfg, const dml_dataset *train,
     goto out;
   }
   if (cfg->loader_threads > 0) {
-    dml_pool_opts po;
-    dml_pool_opts_default(&po);
-    po.nthreads = (unsigned)cfg->loader_threads;
-    po.name = "loader";
-    if ((rc = dml_pool_create(&po, &pool, err)) != 0) goto out;
-    dml_pipe_opts pp;
-    dml_pipe_opts_default(&pp);
-    pp.n = (uint64_t)(b1 - b0);
-    pp.batch_size = (size_t)local_batch;
-    pp.shuffle_order = 1;
-    pp.prefetch = (size_t)cfg->prefetch;
-    pp.seed = cfg->seed * 1000003ull + (uint64_t)widx;
-    pp.csr.indptr = train->indptr;
-    pp.csr.indices = train->indices;
-    pp.csr.values = train->values;
-    pp.csr.y = train->y;
-    pp.csr.first_row = (uint64_t)b0;
-    if ((rc = dml_pipe_create(pool, &pp, &pipe, err)) != 0) goto out;
+    if ((rc = dml__loader_create(cfg, train, b0, b1 - b0, local_batch,
+                                 cfg->seed * 1000003ull + (uint64_t)widx, 0, &loader, err)) != 0)
+      goto out;
+    pipe = dml__loader_pipe(loader);
   }
   if (first && cfg->metrics_path != NULL) {
     if ((rc = dml_jsonl_open(&metrics, cfg->metrics_path, err)) != 0) goto out;
@@ -393,8 +409,7 @@ ps_fail:
   dml_err_set(err, rc, "%s", dml_ps_errmsg(ps));
 out:
   if (pipe != NULL && holding) dml_pipe_release(pipe, &held);
-  dml_pipe_destroy(pipe);
-  dml_pool_destroy(pool);
+  dml__loader_free(loader);
   if (metrics_open) dml_jsonl_close(&metrics);
   dml_ps_free(ps);
   dml_batch_buf_free(&bbuf);

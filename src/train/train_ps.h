@@ -8,7 +8,17 @@
 #include "distml/task.h"
 #include "distml/train.h"
 
-/* Shared by the trainers (train.c): starts the pipeline's epoch (the caller holds no batch
+/* Shared by the trainers (train.c): the input pipeline over rows [first_row, first_row + nrows)
+ * of train, batches of batch rows (dense: rows then int32 labels, augmented by cfg->augment;
+ * sparse: CSR), on cfg->loader_threads threads, shuffled from seed; drop_last: the last partial
+ * batch is dropped. Errors name the data set (--augment on sparse or non-square rows). */
+typedef struct dml__loader dml__loader;
+int dml__loader_create(const dml_train_config *cfg, const dml_dataset *train, int64_t first_row,
+                       int64_t nrows, int batch, uint64_t seed, int drop_last, dml__loader **out,
+                       dml_err *err);
+dml_pipe *dml__loader_pipe(const dml__loader *l);
+void dml__loader_free(dml__loader *l);
+/* Starts the pipeline's epoch (the caller holds no batch
  * after it) and records its stats at the start in *st0. */
 int dml__train_pipe_epoch(dml_pipe *pipe, int epoch, int *holding, dml_pipe_stats *st0,
                           const char *what, dml_err *err);
