@@ -205,6 +205,16 @@ int dml__train_pipe_epoch(dml_pipe *pipe, int epoch, int *holding, dml_pipe_stat
   return 0;
 }
 
+void dml__train_pipe_epoch_end(dml_pipe *pipe, dml_pipe_batch *held, int *holding,
+                               const dml_pipe_stats *st0, double epoch_s, dml_train_result *res) {
+  if (*holding) dml_pipe_release(pipe, held);
+  *holding = 0;
+  dml_pipe_stats st1;
+  dml_pipe_get_stats(pipe, &st1);
+  res->input_stall_s = (double)(st1.consumer_wait_ns - st0->consumer_wait_ns) * 1e-9;
+  res->input_stall_pct = epoch_s > 0 ? 100.0 * res->input_stall_s / epoch_s : 0;
+}
+
 int dml__train_next_batch(dml_pipe *pipe, dml_pipe_batch *held, int *holding, int dim, dml_batch *b,
                           const char *what, dml_err *err) {
   if (*holding) dml_pipe_release(pipe, held);
@@ -766,14 +776,7 @@ int dml_train_run(const dml_train_config *cfg_in, const dml_dataset *train, cons
     }
     double epoch_train_s = dml_now_s() - e0;
     train_s += epoch_train_s;
-    if (pipe != NULL) {
-      if (holding) dml_pipe_release(pipe, &held);
-      holding = 0;
-      dml_pipe_stats ps1;
-      dml_pipe_get_stats(pipe, &ps1);
-      res->input_stall_s = (double)(ps1.consumer_wait_ns - ps0.consumer_wait_ns) * 1e-9;
-      res->input_stall_pct = 100.0 * res->input_stall_s / epoch_train_s;
-    }
+    if (pipe != NULL) dml__train_pipe_epoch_end(pipe, &held, &holding, &ps0, epoch_train_s, res);
     /* Training loss and accuracy over all ranks. */
     double sums[3] = {loss_sum, correct_sum, rows_sum};
     if (dp && (rc = dml_allreduce(comm, sums, 3, DML_F64, DML_SUM)) != 0) {

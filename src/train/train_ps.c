@@ -42,6 +42,17 @@ static void ps_metrics_line(dml_jsonl *j, int epoch, uint64_t step, double loss,
   dml_jsonl_end(j);
 }
 
+/* The training figures of a worker's run (rows: of its last epoch; samples/s estimated for all
+ * W workers from its own rate). */
+static void train_totals(dml_train_result *res, uint64_t steps, double t_train, double loss_sum,
+                         uint64_t correct, uint64_t rows, int epochs, int W) {
+  res->steps = steps;
+  res->train_s = t_train;
+  res->train_loss = rows ? loss_sum / (double)rows : NAN;
+  res->train_accuracy = rows ? (double)correct / (double)rows : NAN;
+  res->samples_per_s = t_train > 0 ? (double)rows * epochs * W / t_train : 0;
+}
+
 static void result_to_wire(const dml_train_result *res, ps_result_wire *w) {
   *w = (ps_result_wire){res->test_accuracy, res->test_loss,      res->test_auc,
                         res->train_loss,    res->train_accuracy, res->samples_per_s,
@@ -202,24 +213,13 @@ static int run_dense_worker(const dml_train_config *cfg, const dml_dataset *trai
     double epoch_s = dml_now_s() - t0;
     t_train += epoch_s;
     res->epochs_done = epoch + 1;
-    if (pipe != NULL) {
-      if (holding) dml_pipe_release(pipe, &held);
-      holding = 0;
-      dml_pipe_stats ps1;
-      dml_pipe_get_stats(pipe, &ps1);
-      res->input_stall_s = (double)(ps1.consumer_wait_ns - ps0.consumer_wait_ns) * 1e-9;
-      res->input_stall_pct = epoch_s > 0 ? 100.0 * res->input_stall_s / epoch_s : 0;
-    }
+    if (pipe != NULL) dml__train_pipe_epoch_end(pipe, &held, &holding, &ps0, epoch_s, res);
     if (metrics_open)
       ps_metrics_line(&metrics, epoch + 1, steps, rows ? loss_sum / (double)rows : NAN,
                       rows ? (double)correct / (double)rows : NAN,
                       epoch_s > 0 ? (double)rows * W / epoch_s : 0, epoch_s, res, pipe != NULL);
   }
-  res->steps = steps;
-  res->train_s = t_train;
-  res->train_loss = rows ? loss_sum / (double)rows : NAN;
-  res->train_accuracy = rows ? (double)correct / (double)rows : NAN;
-  res->samples_per_s = t_train > 0 ? (double)rows * cfg->epochs * W / t_train : 0;
+  train_totals(res, steps, t_train, loss_sum, correct, rows, cfg->epochs, W);
   if (first) {
     uint64_t ts;
     if ((rc = dml_ps_pull_dense_final(ps, 0, delta, P, &ts)) != 0 ||
@@ -364,24 +364,13 @@ static int run_worker(const dml_train_config *cfg, const dml_dataset *train,
     double epoch_s = dml_now_s() - t0;
     t_train += epoch_s;
     res->epochs_done = epoch + 1;
-    if (pipe != NULL) {
-      if (holding) dml_pipe_release(pipe, &held);
-      holding = 0;
-      dml_pipe_stats ps1;
-      dml_pipe_get_stats(pipe, &ps1);
-      res->input_stall_s = (double)(ps1.consumer_wait_ns - ps0.consumer_wait_ns) * 1e-9;
-      res->input_stall_pct = epoch_s > 0 ? 100.0 * res->input_stall_s / epoch_s : 0;
-    }
+    if (pipe != NULL) dml__train_pipe_epoch_end(pipe, &held, &holding, &ps0, epoch_s, res);
     if (metrics_open)
       ps_metrics_line(&metrics, epoch + 1, steps, rows ? loss_sum / (double)rows : NAN,
                       rows ? (double)correct / (double)rows : NAN,
                       epoch_s > 0 ? (double)rows * W / epoch_s : 0, epoch_s, res, pipe != NULL);
   }
-  res->steps = steps;
-  res->train_s = t_train;
-  res->train_loss = rows ? loss_sum / (double)rows : NAN;
-  res->train_accuracy = rows ? (double)correct / (double)rows : NAN;
-  res->samples_per_s = t_train > 0 ? (double)rows * cfg->epochs * W / t_train : 0;
+  train_totals(res, steps, t_train, loss_sum, correct, rows, cfg->epochs, W);
   if (first) {
     /* The final model: every key, once every other worker has finished or died. */
     for (size_t k = 0; k < nk_max; k++) keys[k] = k;

@@ -22,6 +22,10 @@ void dml__loader_free(dml__loader *l);
  * after it) and records its stats at the start in *st0. */
 int dml__train_pipe_epoch(dml_pipe *pipe, int epoch, int *holding, dml_pipe_stats *st0,
                           const char *what, dml_err *err);
+/* Ends the pipeline's epoch: gives back the batch held, and puts the input stall since *st0
+ * (seconds, and percent of epoch_s) into res. */
+void dml__train_pipe_epoch_end(dml_pipe *pipe, dml_pipe_batch *held, int *holding,
+                               const dml_pipe_stats *st0, double epoch_s, dml_train_result *res);
 /* Gives back the batch held from pipe, if any, and takes the
  * next one as b (dense rows of dim floats then int32 labels, or CSR rows). what prefixes the
  * error message. */
