@@ -939,24 +939,38 @@ static int finish(tcp *t, dml_comm_req *r, int keep) {
 
 /* The waiting thread moves the bytes itself until r is done or the deadline passes (under t->mu,
  * released while it sleeps in epoll_wait). */
-static void drive(tcp *t, dml_comm_req *r, uint64_t deadline_ns) {
-  struct epoll_event evs[64];
+static void drive_begin(tcp *t) {
   t->driving = 1;
   t->driver = pthread_self();
+}
+
+/* One turn: sleep up to ms in epoll_wait (t->mu released), then move what is ready. */
+static void drive_turn(tcp *t, int ms) {
+  struct epoll_event evs[64];
+  pthread_mutex_unlock(&t->mu);
+  int n = epoll_wait(t->epfd, evs, 64, ms);
+  pthread_mutex_lock(&t->mu);
+  if (n > 0) handle_events(t, evs, n);
+}
+
+/* park: keep the progress thread parked for its grace period (a waiter that slept; not a poll,
+ * or a caller that polls often would park it for good). */
+static void drive_end(tcp *t, int park) {
+  t->driving = 0;
+  if (park) t->drive_end_ns = dml_now_ns();
+  /* Another waiter may take over. */
+  if (t->nwaiters > 0) pthread_cond_broadcast(&t->cv);
+}
+
+static void drive(tcp *t, dml_comm_req *r, uint64_t deadline_ns) {
+  drive_begin(t);
   while (r->state != ST_DONE && !t->stop) {
     uint64_t now = dml_now_ns();
     if (now >= deadline_ns) break;
     uint64_t left_ms = (deadline_ns - now + 999999) / 1000000;
-    int ms = left_ms < DRIVE_SLICE_MS ? (int)left_ms : DRIVE_SLICE_MS;
-    pthread_mutex_unlock(&t->mu);
-    int n = epoll_wait(t->epfd, evs, 64, ms);
-    pthread_mutex_lock(&t->mu);
-    if (n > 0) handle_events(t, evs, n);
+    drive_turn(t, left_ms < DRIVE_SLICE_MS ? (int)left_ms : DRIVE_SLICE_MS);
   }
-  t->driving = 0;
-  t->drive_end_ns = dml_now_ns();
-  /* Another waiter may take over; the progress thread resumes after its grace period. */
-  if (t->nwaiters > 0) pthread_cond_broadcast(&t->cv);
+  drive_end(t, 1);
 }
 
 static int tcp_wait(dml_comm *c, dml_comm_req *r, int timeout_ms, int keep) {
@@ -1000,16 +1014,9 @@ static int tcp_test(dml_comm *c, dml_comm_req *r, int *done) {
   pthread_mutex_lock(&t->mu);
   if (r->state != ST_DONE && !t->driving && t->thread_started && !t->stop) {
     /* Like MPI_Test: move whatever bytes are ready, without sleeping. */
-    struct epoll_event evs[64];
-    t->driving = 1;
-    t->driver = pthread_self();
-    pthread_mutex_unlock(&t->mu);
-    int n = epoll_wait(t->epfd, evs, 64, 0);
-    pthread_mutex_lock(&t->mu);
-    if (n > 0) handle_events(t, evs, n);
-    t->driving = 0; /* drive_end_ns untouched: a caller that polls must not park the progress
-                       thread for good (it keeps moving bytes between polls) */
-    if (t->nwaiters > 0) pthread_cond_broadcast(&t->cv);
+    drive_begin(t);
+    drive_turn(t, 0);
+    drive_end(t, 0);
   }
   *done = r->state == ST_DONE;
   int rc = *done ? finish(t, r, 0) : 0;
