@@ -822,12 +822,27 @@ static int create_handler(dml_ps_server **out, dml_comm *c, const dml_ps_config 
  * worker is gone; a failure reaches the loop as a self-sent BYE naming the worker (it may be
  * blocked in a receive).
  * The watcher touches only w[r].watch, which the loop never reads. */
+static void report_dead(dml_ps_server *s, int r) {
+  dml__ps_msg m;
+  memset(&m, 0, sizeof(m));
+  m.command = DML__PS_BYE;
+  m.sender = (uint32_t)r;
+  unsigned char buf[DML__PS_HEADER_BYTES];
+  dml__ps_encode(buf, &m, NULL, NULL);
+  dml_comm_send(s->c, s->me, s->tag_req, buf, sizeof buf);
+}
+
 static void *watch_main(void *arg) {
   dml_ps_server *s = arg;
   static char none;
   for (int r = 0; r < s->n; r++) {
     if (!s->w[r].is_worker || r == s->me) continue;
-    if (dml_comm_irecv(s->c, r, s->tag_watch, &none, 0, &s->w[r].watch) != 0) s->w[r].watch = NULL;
+    /* The receive cannot be posted when the worker already failed (it may die before this
+     * thread first runs): that is its death report. */
+    if (dml_comm_irecv(s->c, r, s->tag_watch, &none, 0, &s->w[r].watch) != 0) {
+      s->w[r].watch = NULL;
+      report_dead(s, r);
+    }
   }
   while (!__atomic_load_n(&s->stop_watch, __ATOMIC_ACQUIRE)) {
     for (int r = 0; r < s->n; r++) {
@@ -837,13 +852,7 @@ static void *watch_main(void *arg) {
       if (!done) continue;
       s->w[r].watch = NULL;
       if (wrc == 0) continue; /* the worker's empty goodbye on this tag: it left in order */
-      dml__ps_msg m;
-      memset(&m, 0, sizeof(m));
-      m.command = DML__PS_BYE;
-      m.sender = (uint32_t)r;
-      unsigned char buf[DML__PS_HEADER_BYTES];
-      dml__ps_encode(buf, &m, NULL, NULL);
-      dml_comm_send(s->c, s->me, s->tag_req, buf, sizeof buf);
+      report_dead(s, r);
     }
     struct timespec ts = {0, 20 * 1000000L};
     nanosleep(&ts, NULL);
