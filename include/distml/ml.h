@@ -140,6 +140,10 @@ int dml_model_forward_backward(dml_model *m, const dml_batch *batch, float *loss
 
 /* Accumulate mode (0 = overwrite, the default). */
 void dml_model_set_accumulate(dml_model *m, int on);
+/* Multiplies every gradient forward_backward writes by scale (default 1), at no cost: it is
+ * folded into the loss gradient. A data-parallel trainer sets local rows / global rows so that
+ * the all-reduced sum is the global mean without a pass over the buffer. */
+void dml_model_set_grad_scale(dml_model *m, float scale);
 /* Zeroes the gradient buffer (logreg: only the touched coordinates) and the touched set. */
 void dml_model_zero_grads(dml_model *m);
 

@@ -40,6 +40,7 @@ struct dml_model {
   fbuf xdense;    /* (max_batch, in_dim): CSR rows densified for softmax/mlp; lazy */
   float *probs;   /* (max_batch, K) for predict/evaluate scores (inside work) */
   int accumulate;
+  float grad_scale; /* folded into the loss gradient (1: the mean loss) */
   /* logreg */
   uint32_t *stamp; /* (in_dim+1): == epoch when the coordinate is in the touched set */
   uint32_t epoch;
@@ -217,6 +218,7 @@ int dml_model_create(dml_model **out, const dml_model_config *cfg_in, dml_err *e
   dml_model *m = dml__calloc(1, sizeof(*m));
   if (m == NULL) return dml_err_set(err, DML_ENOMEM, "model: out of memory");
   m->cfg = *cfg_in;
+  m->grad_scale = 1.0f;
   dml_model_config *cfg = &m->cfg;
   if (cfg->max_batch == 0) cfg->max_batch = DEFAULT_MAX_BATCH;
   if (cfg->kind == DML_MODEL_LOGREG) cfg->num_classes = 2;
@@ -375,6 +377,10 @@ void dml_model_set_accumulate(dml_model *m, int on) {
   m->accumulate = on != 0;
 }
 
+void dml_model_set_grad_scale(dml_model *m, float scale) {
+  m->grad_scale = scale;
+}
+
 void dml_model_zero_grads(dml_model *m) {
   if (m->cfg.kind != DML_MODEL_LOGREG) {
     memset(m->grads.p, 0, m->nparams * sizeof(float));
@@ -498,7 +504,7 @@ static int dense_forward_backward(dml_model *m, const dml_batch *b, float *loss,
   double loss_sum = 0;
   int corr = 0;
   float *d = m->act[m->nlayers - 1]; /* dlogits overwrite the logits in place */
-  dml_softmax_xent(d, b->y, n, K, 1.0f / (float)n, d, &loss_sum, &corr);
+  dml_softmax_xent(d, b->y, n, K, m->grad_scale / (float)n, d, &loss_sum, &corr);
   float beta = m->accumulate ? 1.0f : 0.0f;
   int cur = 0;
   for (int l = m->nlayers - 1; l >= 0; l--) {
@@ -575,7 +581,7 @@ static int logreg_forward_backward(dml_model *m, const dml_batch *b, float *loss
   logreg_logits(m, b, 0, n, z);
   double loss_sum = 0;
   int corr = 0;
-  dml_logistic_loss(z, b->y, n, 1.0f / (float)n, z, &loss_sum, &corr);
+  dml_logistic_loss(z, b->y, n, m->grad_scale / (float)n, z, &loss_sum, &corr);
   size_t before = m->ntouched;
   if (b->x != NULL) {
     cblas_sgemv(CblasRowMajor, CblasTrans, n, in, 1.0f, b->x, in, z, 1, 1.0f, g, 1);

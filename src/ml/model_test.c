@@ -1,6 +1,6 @@
 /* Tests for the models: finite-difference gradient checks of every model (softmax, MLP with one
  * and two hidden layers, sparse and dense logistic regression), the gradient-ready callback order
- * and coverage, accumulation, the touched set of the sparse model, CSR == dense input, evaluation
+ * and coverage, accumulation, the gradient scale, the touched set of the sparse model, CSR == dense input, evaluation
  * and batch validation. */
 #include "core/internal.h"
 #include "distml/ml.h"
@@ -236,6 +236,39 @@ static void test_accumulate(void) {
   dml__free(g2);
 }
 
+/* A gradient scale multiplies every gradient (MLP and sparse logreg) and leaves the loss alone. */
+static void test_grad_scale(void) {
+  test_data d;
+  make_data(&d, 8, 10, 3, 21);
+  dml_batch dense = dense_batch(&d);
+  for (int kind = 0; kind < 2; kind++) {
+    dml_model *m = kind == 0 ? make_model(DML_MODEL_MLP, 10, 3, "7", 23)
+                             : make_model(DML_MODEL_LOGREG, 10, 2, NULL, 23);
+    dml_batch b = dense;
+    int32_t y01[64];
+    if (kind == 1) { /* logreg labels are 0/1 */
+      for (int i = 0; i < d.n; i++) y01[i] = d.y[i] % 2;
+      b.y = y01;
+    }
+    size_t np = dml_model_num_params(m);
+    float *g1 = dml__malloc(np * sizeof(float)), loss1, loss2;
+    T_OK(dml_model_forward_backward(m, &b, &loss1, NULL, NULL, NULL, NULL));
+    memcpy(g1, dml_model_grads(m), np * sizeof(float));
+    dml_model_set_grad_scale(m, 0.25f);
+    T_OK(dml_model_forward_backward(m, &b, &loss2, NULL, NULL, NULL, NULL));
+    const float *g = dml_model_grads(m);
+    double norm = 0;
+    for (size_t i = 0; i < np; i++) {
+      T_NEAR(g[i], 0.25f * g1[i], 1e-7 + 1e-5 * fabs(g1[i]));
+      norm += fabs(g1[i]);
+    }
+    T_ASSERT(norm > 0);
+    T_NEAR(loss2, loss1, 1e-7);
+    dml_model_free(m);
+    dml__free(g1);
+  }
+}
+
 static void test_touched(void) {
   /* Two sparse batches over disjoint features: after the second (overwrite mode), the first
    * batch's coordinates are zero again and the touched set is exactly the second's features. */
@@ -413,6 +446,7 @@ int main(void) {
   test_gradcheck();
   test_callback();
   test_accumulate();
+  test_grad_scale();
   test_touched();
   test_csr_equals_dense_and_eval();
   test_validation();

@@ -56,7 +56,7 @@ typedef struct trainer {
   int layers_done; /* callbacks seen in this backward */
   int nlayers;
   int sync_now;     /* this backward ends a step whose gradients are all-reduced */
-  float grad_scale; /* local rows / global rows of the step */
+  float grad_scale; /* local rows / global rows of the step (the model applies it) */
   int failed;       /* an all-reduce could not be started */
   dml__trace trace;
   uint64_t comm_ns, wait_ns;
@@ -139,9 +139,7 @@ static int check_agreement(trainer *t, uint64_t h, const char *what) {
 }
 
 static int launch_bucket(trainer *t, bucket *b) {
-  float *g = dml_model_grads(t->m) + b->offset;
-  if (t->grad_scale != 1.0f)
-    for (size_t i = 0; i < b->count; i++) g[i] *= t->grad_scale;
+  float *g = dml_model_grads(t->m) + b->offset; /* already scaled: dml_model_set_grad_scale */
   int rc = t->cfg->wire_dtype == DML_F32
                ? dml_iallreduce(t->comm, g, b->count, DML_F32, DML_SUM, &b->req)
                : dml_iallreduce_f32_compressed(t->comm, g, b->count, t->cfg->wire_dtype, DML_SUM,
@@ -658,6 +656,7 @@ int dml_train_run(const dml_train_config *cfg_in, const dml_dataset *train, cons
   t.grad_scale =
       sync_grads ? (float)local_batch / (float)global_rows_per_step : 1.0f / (float)cfg->accumulate;
   dml_model_set_accumulate(t.m, cfg->accumulate > 1);
+  dml_model_set_grad_scale(t.m, t.grad_scale);
   uint64_t bytes0 = comm ? dml_comm_bytes_sent(comm) : 0;
   double train_s = 0;
 
@@ -717,13 +716,6 @@ int dml_train_run(const dml_train_config *cfg_in, const dml_dataset *train, cons
       const uint32_t *touched = NULL;
       size_t ntouched = 0;
       if (!sync_grads) dml_model_touched(t.m, &touched, &ntouched);
-      if (!sync_grads && t.grad_scale != 1.0f) { /* accumulate without sync: mean of the means */
-        float *g = dml_model_grads(t.m);
-        if (touched != NULL)
-          for (size_t i = 0; i < ntouched; i++) g[touched[i]] *= t.grad_scale;
-        else
-          for (size_t i = 0; i < t.n; i++) g[i] *= t.grad_scale;
-      }
       if (cfg->lr_cosine) {
         double total = (double)steps_per_epoch * cfg->epochs;
         dml_optim_set_lr(t.o,
