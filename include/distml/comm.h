@@ -94,6 +94,12 @@ int dml_comm_irecv(dml_comm *c, int peer, int tag, void *buf, size_t bytes, dml_
 int dml_comm_wait(dml_comm *c, dml_comm_req *req, int timeout_ms);
 /* *done = 1 when complete (then req is released; the return value is the request's status). */
 int dml_comm_test(dml_comm *c, dml_comm_req *req, int *done);
+/* The calling thread's waits (dml_comm_wait and the blocking calls) poll for up to us
+ * microseconds before they sleep (tcp backend; 0, the default, sleeps at once). Polling saves the
+ * wake-up of a sleeping thread (tens of microseconds on a virtual machine) but takes the core: set
+ * it only in a thread that has its core to itself while it waits. Per thread. */
+void dml_comm_set_spin_us(int us);
+int dml_comm_spin_us(void);
 
 /* Mark the communicator failed with reason: every pending and later call returns DML_EABORTED,
  * and peers see the connection close. */

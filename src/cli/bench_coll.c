@@ -266,6 +266,7 @@ static const char *algo_used(const bench_cfg *cfg, size_t bytes, int p) {
 }
 
 static int run_rank(const bench_cfg *cfg) {
+  dml_cli_pin_local_rank();
   dml_comm_opts o;
   dml_comm_opts_default(&o);
   if (cfg->backend) o.backend = cfg->backend;

@@ -22,6 +22,10 @@ void dml_cli_select_blas(char **argv);
 const char *dml_cli_blas_info(void);
 void dml_cli_set_blas_threads(int threads);
 
+/* A rank started by the local launcher (LOCAL_RANK, LOCAL_WORLD_SIZE) takes core LOCAL_RANK when
+ * there are enough cores; call before any thread starts. DISTML_NO_PIN=1: never. */
+void dml_cli_pin_local_rank(void);
+
 int dml_cli_train_main(int argc, char **argv);
 int dml_cli_eval_main(int argc, char **argv);
 int dml_cli_gen_main(int argc, char **argv);

@@ -106,24 +106,6 @@ static char **argv_for_ranks(int argc, char **argv) {
   return out;
 }
 
-/* A rank started by the local launcher runs on one core of its own when there are at least as many
- * cores as local ranks: its communication threads then share that core with its compute instead
- * of preempting another rank's (measured: 2 ranks on 2 cores, per-worker batch 256, +15%
- * samples/s). Called before any thread exists, so every thread inherits it. DISTML_NO_PIN=1 or a
- * rank count above the cores leaves scheduling alone. */
-static void pin_local_rank(void) {
-  const char *lr = getenv("LOCAL_RANK"), *lws = getenv("LOCAL_WORLD_SIZE");
-  if (lr == NULL || lws == NULL || getenv("DISTML_NO_PIN") != NULL) return;
-  long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-  int rank = atoi(lr), n = atoi(lws);
-  if (n < 2 || ncpu < n || rank < 0 || rank >= n) return;
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(rank, &set);
-  if (sched_setaffinity(0, sizeof(set), &set) != 0)
-    dml_log(DML_LOG_DEBUG, "could not pin rank %d to cpu %d", rank, rank);
-}
-
 int dml_cli_train_main(int argc, char **argv) {
   dml_cli_train_flags f;
   dml_cli_train_flags_parse(&f, argc, argv);
@@ -166,7 +148,7 @@ int dml_cli_train_main(int argc, char **argv) {
   dml_err e = {0};
   int world = 1;
   if (launched) {
-    pin_local_rank();
+    dml_cli_pin_local_rank();
     dml_comm_opts co;
     dml_comm_opts_default(&co);
     co.backend = f.backend;

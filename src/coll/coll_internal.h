@@ -33,7 +33,6 @@ typedef struct dml__coll_ctx {
   int timeout_ms;      /* no progress for this long: DML_ETIMEDOUT */
   double stall_s;      /* no progress for this long: WARN once */
   size_t chunk_bytes;  /* ring pipelining unit (DISTML_RING_CHUNK_BYTES) */
-  int spin_us;         /* poll this long before sleeping in a wait (DISTML_COLL_SPIN_US) */
   dml_comm_req **pend; /* requests in flight */
   int *pend_peer;      /* the peer of each */
   size_t npend, cappend;

@@ -239,6 +239,16 @@ int dml_comm_wait(dml_comm *c, dml_comm_req *req, int timeout_ms) {
   return c->ops->wait(c, req, timeout_ms, 0);
 }
 
+static _Thread_local int spin_us;
+
+void dml_comm_set_spin_us(int us) {
+  spin_us = us > 0 ? us : 0;
+}
+
+int dml_comm_spin_us(void) {
+  return spin_us;
+}
+
 int dml_comm_test(dml_comm *c, dml_comm_req *req, int *done) {
   if (c == NULL || req == NULL || done == NULL) return DML_EINVAL;
   return c->ops->test(c, req, done);

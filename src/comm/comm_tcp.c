@@ -964,6 +964,10 @@ static void drive_end(tcp *t, int park) {
 
 static void drive(tcp *t, dml_comm_req *r, uint64_t deadline_ns) {
   drive_begin(t);
+  /* Poll first if this thread may (dml_comm_set_spin_us): the progress thread stays parked. */
+  uint64_t spin_end = dml_now_ns() + (uint64_t)dml_comm_spin_us() * 1000u;
+  while (r->state != ST_DONE && !t->stop && dml_now_ns() < spin_end && dml_now_ns() < deadline_ns)
+    drive_turn(t, 0);
   while (r->state != ST_DONE && !t->stop) {
     uint64_t now = dml_now_ns();
     if (now >= deadline_ns) break;
