@@ -1,7 +1,8 @@
 /* Point-to-point tests of the communicator over the tcp backend on loopback: forked ranks for
  * world sizes 1..8 exchange messages of 0, 1, 7, 1023 and 2^20+3 bytes with send/recv, sendrecv,
  * isend/irecv/test and recv_alloc, out of tag order and before the receive is posted, and check
- * every byte. With DISTML_BACKEND=mpi set (tests/test_comm_mpi.sh under mpirun) the same checks
+ * every byte; one of three threads sharing the communicator polls before its waits sleep
+ * (dml_comm_set_spin_us). With DISTML_BACKEND=mpi set (tests/test_comm_mpi.sh under mpirun) the same checks
  * run once on the mpi backend with the ranks mpirun started.
  * test-labels: tsan */
 #include "test_comm_harness.h"
@@ -27,6 +28,13 @@ static void *thread_ring(void *p) {
   int dst = (rank + 1) % n, src = (rank + n - 1) % n, tag = 200 + a->tid;
   size_t len = 65536 + (size_t)a->tid;
   uint8_t *sb = malloc(len), *rb = malloc(len);
+  /* Thread 1 polls before its waits sleep (a per-thread budget): it drives beside sleepers. */
+  if (a->tid == 1) {
+    dml_comm_set_spin_us(-3);
+    if (dml_comm_spin_us() != 0) a->failed = 1;
+    dml_comm_set_spin_us(300);
+    if (dml_comm_spin_us() != 300) a->failed = 1;
+  }
   for (int it = 0; it < 20 && sb && rb; it++) {
     th_fill(sb, rank, dst, tag + it, len);
     dml_comm_req *r, *s;
@@ -57,6 +65,7 @@ static int threaded(dml_comm *c) {
     bad |= a[i].failed;
   }
   R_ASSERT(!bad);
+  R_ASSERT(dml_comm_spin_us() == 0); /* thread 1's budget was its own */
   return 0;
 }
 
