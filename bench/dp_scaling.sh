@@ -6,10 +6,10 @@
 #     same model, global batch and optimizer;
 #  3. at a per-worker batch of 64, where the 0.8 MB gradient per step dominates: what overlap,
 #     fp16 compression, accumulation and local SGD buy (samples/s and test accuracy).
-# Usage: bench/dp_scaling.sh [ROUNDS] [EPOCHS]   (needs scripts/setup.sh --bench for PyTorch)
+# Usage: bench/dp_scaling.sh [ROUNDS (default 5)] [EPOCHS]   (needs scripts/setup.sh --bench for PyTorch)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rounds=${1:-3}
+rounds=${1:-5}
 epochs=${2:-1}
 distml=${DISTML:-build/distml}
 [[ -x $distml ]] || scripts/build.sh build >/dev/null
