@@ -162,8 +162,8 @@ size_t dml_allreduce_threshold_bytes(int world_size) {
 
 /* Polling before a blocking collective sleeps pays when every local rank has a core of its own
  * (a sleeping rank on an idle virtual CPU takes 50-200 us to wake; measured: 8-byte all-reduce
- * 80-200 -> 5-9 us, 2 ranks on 2 cores); with more ranks than cores a polling rank would hold the core
- * its peer needs. Unknown local rank count: no polling. */
+ * 80-200 -> 5-9 us, 2 ranks on 2 cores); with more ranks than cores a polling rank would hold
+ * the core its peer needs. Unknown local rank count: no polling. */
 #define DEFAULT_SPIN_US 200
 
 static int64_t default_spin_us(void) {

@@ -817,11 +817,7 @@ static int create_handler(dml_ps_server **out, dml_comm *c, const dml_ps_config 
   return 0;
 }
 
-/* Polls a receive per remote worker that completes only with the worker's empty goodbye (sent
- * when it leaves in order, so nothing is left pending on a peer that exits) or fails when the
- * worker is gone; a failure reaches the loop as a self-sent BYE naming the worker (it may be
- * blocked in a receive).
- * The watcher touches only w[r].watch, which the loop never reads. */
+/* The loop learns of worker r's death as a BYE from this rank naming r. */
 static void report_dead(dml_ps_server *s, int r) {
   dml__ps_msg m;
   memset(&m, 0, sizeof(m));
@@ -832,6 +828,11 @@ static void report_dead(dml_ps_server *s, int r) {
   dml_comm_send(s->c, s->me, s->tag_req, buf, sizeof buf);
 }
 
+/* Polls a receive per remote worker that completes only with the worker's empty goodbye (sent
+ * when it leaves in order, so nothing is left pending on a peer that exits) or fails when the
+ * worker is gone; a failure reaches the loop as a self-sent BYE naming the worker (it may be
+ * blocked in a receive).
+ * The watcher touches only w[r].watch, which the loop never reads. */
 static void *watch_main(void *arg) {
   dml_ps_server *s = arg;
   static char none;
