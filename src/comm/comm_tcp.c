@@ -951,13 +951,15 @@ static void drive_begin(tcp *t) {
   t->driver = pthread_self();
 }
 
-/* One turn: sleep up to ms in epoll_wait (t->mu released), then move what is ready. */
-static void drive_turn(tcp *t, int ms) {
+/* One turn: sleep up to ms in epoll_wait (t->mu released), then move what is ready. Returns
+ * whether anything was ready. */
+static int drive_turn(tcp *t, int ms) {
   struct epoll_event evs[64];
   pthread_mutex_unlock(&t->mu);
   int n = epoll_wait(t->epfd, evs, 64, ms);
   pthread_mutex_lock(&t->mu);
   if (n > 0) handle_events(t, evs, n);
+  return n > 0;
 }
 
 /* park: keep the progress thread parked for its grace period (a waiter that slept; not a poll,
@@ -971,12 +973,17 @@ static void drive_end(tcp *t, int park) {
 
 static void drive(tcp *t, dml_comm_req *r, uint64_t deadline_ns) {
   drive_begin(t);
-  /* Poll first if this thread may (dml_comm_set_spin_us): the progress thread stays parked. */
-  uint64_t spin_end = dml_now_ns() + (uint64_t)dml_comm_spin_us() * 1000u;
-  while (r->state != ST_DONE && !t->stop && dml_now_ns() < spin_end && dml_now_ns() < deadline_ns)
-    drive_turn(t, 0);
+  /* Poll first if this thread may (dml_comm_set_spin_us), for as long as bytes keep moving and
+   * then the budget more: the progress thread stays parked. */
+  uint64_t spin_ns = (uint64_t)dml_comm_spin_us() * 1000u, now = dml_now_ns();
+  uint64_t spin_end = now + spin_ns;
+  while (r->state != ST_DONE && !t->stop && now < spin_end && now < deadline_ns) {
+    int moved = drive_turn(t, 0);
+    now = dml_now_ns();
+    if (moved) spin_end = now + spin_ns;
+  }
   while (r->state != ST_DONE && !t->stop) {
-    uint64_t now = dml_now_ns();
+    now = dml_now_ns();
     if (now >= deadline_ns) break;
     uint64_t left_ms = (deadline_ns - now + 999999) / 1000000;
     drive_turn(t, left_ms < DRIVE_SLICE_MS ? (int)left_ms : DRIVE_SLICE_MS);
