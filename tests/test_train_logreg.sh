@@ -2,7 +2,8 @@
 # Sparse logistic regression with FTRL on a generated data set with a planted model: `distml gen`
 # writes train and test files from one model, training reaches a test AUC well above chance,
 # `distml eval` reproduces it from the saved model, and two workers reach it too, with all-reduce
-# and through parameter servers (BSP, SSP:2, ASP; dedicated and colocated servers).
+# and through parameter servers (BSP, SSP:2, ASP; dedicated and colocated servers; 3 request
+# threads per server), and --server-threads is refused where it cannot apply.
 source "$(dirname "$0")/lib.sh"
 "$DISTML" gen sparse --rows 40000 --features 100000 --nnz 20 --seed 5 --out "$TMP/train.svm" \
   --test-rows 10000 --test-out "$TMP/test.svm" 2>/dev/null || fail "gen failed"
@@ -20,7 +21,8 @@ out2=$("$DISTML" train -n 2 --model logreg --data "$TMP/train.svm" --test "$TMP/
 auc2=$(json_field test_auc <<<"$out2")
 python3 -c "import sys; sys.exit(0 if abs($auc2 - $auc) <= 0.01 else 1)" && ok "-n 2 AUC $auc2 within 0.01 of $auc" \
   || fail "-n 2 AUC $auc2 vs local $auc"
-for v in "--servers 1 --sync bsp" "--servers 2 --sync ssp:2" "--servers colocated --sync asp"; do
+for v in "--servers 1 --sync bsp" "--servers 2 --sync ssp:2" "--servers colocated --sync asp" \
+  "--servers 2 --sync bsp --server-threads 3"; do
   read -r -a flags <<<"$v"
   out3=$("$DISTML" train --strategy ps -n 2 "${flags[@]}" --model logreg --data "$TMP/train.svm" \
     --test "$TMP/test.svm" --features 100000 --epochs 3 --json --quiet 2>"$TMP/ps.err")
@@ -29,4 +31,8 @@ for v in "--servers 1 --sync bsp" "--servers 2 --sync ssp:2" "--servers colocate
     || fail "ps $v: AUC $auc3 vs local $auc"
   grep -q "distml ps: rank 0 of .* role" "$TMP/ps.err" && ok "ps $v: the launcher announced the roles" || fail "no role lines: $(head -3 "$TMP/ps.err")"
 done
+expect_fail 2 "--server-threads" "--checkpoint" -- "$DISTML" train --strategy ps -n 2 \
+  --server-threads 2 --checkpoint "$TMP/ck" --model logreg --data "$TMP/train.svm" --features 100000
+expect_fail 2 "--server-threads applies to --strategy ps" -- "$DISTML" train -n 2 \
+  --server-threads 2 --model logreg --data "$TMP/train.svm" --features 100000
 finish

@@ -178,6 +178,7 @@ int dml_cli_train_main(int argc, char **argv) {
       dml_cli_usage_error("train", "--strategy ps needs processes: -n W (workers) [--servers S]");
     psc.colocated = f.servers_colocated;
     psc.num_servers = f.servers_colocated ? 0 : f.servers;
+    psc.handler_threads = f.server_threads;
     if (dml_ps_sync_parse(f.sync, &psc.staleness, &e) != 0)
       dml_cli_usage_error("train", "--sync: %s", dml_err_msg(&e));
     if (dml_ps_num_workers(&psc, world) < 1)

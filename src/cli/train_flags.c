@@ -43,6 +43,7 @@ enum {
   OPT_GRAD_COMPRESS,
   OPT_LR_SCHEDULE,
   OPT_SERVERS,
+  OPT_SERVER_THREADS,
   OPT_SYNC,
   OPT_LOADER_THREADS,
   OPT_PREFETCH,
@@ -83,6 +84,7 @@ static const struct option long_opts[] = {
     {"strategy", required_argument, 0, OPT_STRATEGY},
     {"backend", required_argument, 0, OPT_BACKEND},
     {"servers", required_argument, 0, OPT_SERVERS},
+    {"server-threads", required_argument, 0, OPT_SERVER_THREADS},
     {"sync", required_argument, 0, OPT_SYNC},
     {"bucket-mb", required_argument, 0, OPT_BUCKET_MB},
     {"accumulate", required_argument, 0, OPT_ACCUMULATE},
@@ -151,6 +153,8 @@ static void usage(void) {
       "  --servers S          ps: S server processes besides the -n workers (default 1), or\n"
       "                       'colocated': a server shard inside each worker\n"
       "  --sync M             ps: bsp|ssp:S|asp consistency (default bsp)\n"
+      "  --server-threads K   ps: request-handling threads per server process, each with its\n"
+      "                       own share of the keys (default 1; not with --checkpoint)\n"
       "  --backend B          tcp|mpi (default tcp; mpi under mpirun)\n"
       "  --bucket-mb X        gradient bucket cap in MB (default 1)\n"
       "  --accumulate K       all-reduce every K micro-batches (gradient accumulation, default 1)\n"
@@ -213,6 +217,7 @@ int dml_cli_train_flags_parse(dml_cli_train_flags *f, int argc, char **argv) {
   f->seed = 1;
   f->nproc = 1;
   f->servers = 1;
+  f->server_threads = 1;
   f->sync = "bsp";
   f->bucket_mb = 1.0;
   f->accumulate = 1;
@@ -278,6 +283,9 @@ int dml_cli_train_flags_parse(dml_cli_train_flags *f, int argc, char **argv) {
         }
         break;
       case OPT_SYNC: f->sync = optarg; break;
+      case OPT_SERVER_THREADS:
+        f->server_threads = (int)dml_cli_int("train", "--server-threads", optarg, 1, 64);
+        break;
       case OPT_BACKEND: f->backend = one_of("--backend", optarg, backends); break;
       case OPT_BUCKET_MB:
         f->bucket_mb = dml_cli_double("train", "--bucket-mb", optarg, 0.001, 4096);
@@ -326,6 +334,14 @@ int dml_cli_train_flags_parse(dml_cli_train_flags *f, int argc, char **argv) {
     f->lr_schedule = strcmp(f->optimizer, "ftrl") == 0 ? "constant" : "cosine";
   if (f->resume && f->checkpoint == NULL)
     dml_cli_usage_error("train", "--resume needs --checkpoint DIR");
+  int ps = f->strategy != NULL && strcmp(f->strategy, "ps") == 0;
+  if (f->server_threads > 1 && !ps)
+    dml_cli_usage_error("train", "--server-threads applies to --strategy ps");
+  if (f->server_threads > 1 && f->checkpoint != NULL)
+    dml_cli_usage_error("train",
+                        "--server-threads %d with --checkpoint: server checkpoints and recovery "
+                        "need one thread per server (use --server-threads 1)",
+                        f->server_threads);
   if (f->test == NULL && strncmp(f->data, "fashion-mnist", 13) == 0) f->test = "fashion-mnist:test";
   return 0;
 }

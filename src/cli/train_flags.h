@@ -31,6 +31,7 @@ typedef struct dml_cli_train_flags {
   int servers;           /* ps: dedicated servers (default 1); 0 with servers_colocated */
   int servers_colocated; /* ps: --servers colocated */
   const char *sync;      /* ps: bsp|ssp:S|asp (default bsp) */
+  int server_threads;    /* ps: request-handling threads per server process (default 1) */
   const char *backend;   /* tcp|mpi */
   double bucket_mb;
   int accumulate, sync_every;
