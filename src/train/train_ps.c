@@ -106,6 +106,70 @@ static void log_server_load(const dml_ps_config *pcfg, int n, uint64_t nkeys) {
   dml__free(bytes);
 }
 
+/* A worker's input: its shard of the training set, read in a seeded order per epoch, or through
+ * the input pipeline (--loader-threads, --augment). Both PS workers read it alike. */
+typedef struct worker_input {
+  const dml_dataset *train;
+  int64_t b0, shard_n; /* the shard: rows [b0, b0 + shard_n) */
+  uint64_t seed;       /* of this worker's epoch orders */
+  uint32_t *order;
+  dml_batch_buf bbuf;
+  dml__loader *loader;
+  dml_pipe *pipe; /* NULL: no pipeline */
+  dml_pipe_batch held;
+  int holding;
+  dml_pipe_stats ps0; /* the pipeline's counters at the epoch's start */
+} worker_input;
+
+static int input_open(worker_input *in, const dml_train_config *cfg, const dml_dataset *train,
+                      int widx, int W, int local_batch, dml_err *err) {
+  memset(in, 0, sizeof(*in));
+  in->train = train;
+  in->seed = cfg->seed * 1000003ull + (uint64_t)widx;
+  int64_t b1 = 0;
+  int rc = dml_shard_range(train->n, widx, W, &in->b0, &b1);
+  if (rc) return dml_err_set(err, rc, "ps train: sharding %d rows over %d workers", train->n, W);
+  in->shard_n = b1 - in->b0;
+  if ((in->order = dml__malloc((size_t)(in->shard_n + 1) * sizeof(uint32_t))) == NULL)
+    return dml_err_set(err, DML_ENOMEM, "ps train: out of memory");
+  if (cfg->loader_threads > 0 || cfg->augment.flags) {
+    /* The same number of batches per epoch as without it (the last one partial). */
+    if ((rc = dml__loader_create(cfg, train, in->b0, in->shard_n, local_batch, in->seed, 0,
+                                 &in->loader, err)) != 0)
+      return rc;
+    in->pipe = dml__loader_pipe(in->loader);
+  }
+  return 0;
+}
+
+static int input_epoch(worker_input *in, int epoch, dml_err *err) {
+  if (in->pipe != NULL)
+    return dml__train_pipe_epoch(in->pipe, epoch, &in->holding, &in->ps0, "ps train: ", err);
+  dml_epoch_order(in->order, (size_t)in->shard_n, in->seed, (uint64_t)epoch);
+  for (int64_t i = 0; i < in->shard_n; i++) in->order[i] += (uint32_t)in->b0;
+  return 0;
+}
+
+/* The epoch's batch of cnt rows starting at off (the pipeline's next batch: the same size). */
+static int input_batch(worker_input *in, int off, int cnt, dml_batch *b, dml_err *err) {
+  if (in->pipe != NULL)
+    return dml__train_next_batch(in->pipe, &in->held, &in->holding, in->train->dim, b,
+                                 "ps train: ", err);
+  return dml_dataset_gather(in->train, in->order + off, cnt, &in->bbuf, b, err);
+}
+
+static void input_epoch_end(worker_input *in, double epoch_s, dml_train_result *res) {
+  if (in->pipe != NULL)
+    dml__train_pipe_epoch_end(in->pipe, &in->held, &in->holding, &in->ps0, epoch_s, res);
+}
+
+static void input_close(worker_input *in) {
+  if (in->pipe != NULL && in->holding) dml_pipe_release(in->pipe, &in->held);
+  dml__loader_free(in->loader);
+  dml_batch_buf_free(&in->bbuf);
+  dml__free(in->order);
+}
+
 /* Dense models (softmax, MLP): the servers hold the model's whole flat parameter buffer as a dense
  * range (64K-key chunks dealt round-robin) of DELTAS from the initial parameters, which every
  * worker computes identically from the seed: a worker's parameters are init + pulled delta. Each
@@ -128,36 +192,18 @@ static int run_dense_worker(const dml_train_config *cfg, const dml_dataset *trai
   if (mc.max_batch < local_batch) mc.max_batch = local_batch;
   dml_model *m = NULL;
   dml_ps *ps = NULL;
-  uint32_t *order = NULL;
   float *init = NULL, *delta = NULL;
-  dml_batch_buf bbuf;
-  memset(&bbuf, 0, sizeof(bbuf));
   dml_jsonl metrics = {0};
   int metrics_open = 0;
-  dml__loader *loader = NULL;
-  dml_pipe *pipe = NULL;
-  dml_pipe_batch held = {0};
-  int holding = 0;
-  int64_t b0 = 0, b1 = 0;
-  int rc = dml_model_create(&m, &mc, err);
+  worker_input in;
+  int rc = input_open(&in, cfg, train, widx, W, local_batch, err);
   if (rc) goto out;
-  if ((rc = dml_shard_range(train->n, widx, W, &b0, &b1)) != 0) {
-    dml_err_set(err, rc, "ps train: sharding %d rows over %d workers", train->n, W);
-    goto out;
-  }
-  if (cfg->loader_threads > 0 || cfg->augment.flags) {
-    /* The same number of batches per epoch as below (the last one partial). */
-    if ((rc = dml__loader_create(cfg, train, b0, b1 - b0, local_batch,
-                                 cfg->seed * 1000003ull + (uint64_t)widx, 0, &loader, err)) != 0)
-      goto out;
-    pipe = dml__loader_pipe(loader);
-  }
+  if ((rc = dml_model_create(&m, &mc, err)) != 0) goto out;
   size_t P = dml_model_num_params(m);
   float *params = dml_model_params(m), *grads = dml_model_grads(m);
-  order = dml__malloc((size_t)(b1 - b0 + 1) * sizeof(uint32_t));
   init = dml__malloc(P * sizeof(float));
   delta = dml__malloc(P * sizeof(float));
-  if (!order || !init || !delta) {
+  if (!init || !delta) {
     rc = dml_err_set(err, DML_ENOMEM, "ps train: out of memory");
     goto out;
   }
@@ -170,31 +216,17 @@ static int run_dense_worker(const dml_train_config *cfg, const dml_dataset *trai
   if (first) log_dense_load(pcfg, n, P);
   double t_train = 0, loss_sum = 0;
   uint64_t steps = 0, correct = 0, rows = 0;
-  int shard_n = (int)(b1 - b0);
+  int shard_n = (int)in.shard_n;
   for (int epoch = 0; epoch < cfg->epochs; epoch++) {
-    dml_pipe_stats ps0 = {0};
-    if (pipe != NULL) {
-      if ((rc = dml__train_pipe_epoch(pipe, epoch, &holding, &ps0, "ps train: ", err)) != 0)
-        goto out;
-    } else {
-      dml_epoch_order(order, (size_t)shard_n, cfg->seed * 1000003ull + (uint64_t)widx,
-                      (uint64_t)epoch);
-      for (int i = 0; i < shard_n; i++) order[i] += (uint32_t)b0;
-    }
+    if ((rc = input_epoch(&in, epoch, err)) != 0) goto out;
     loss_sum = 0;
     correct = rows = 0;
     double t0 = dml_now_s();
     for (int off = 0; off < shard_n; off += local_batch) {
       int cnt = DML__MIN(local_batch, shard_n - off);
       dml_batch b;
-      if (pipe != NULL) {
-        if ((rc = dml__train_next_batch(pipe, &held, &holding, train->dim, &b,
-                                        "ps train: ", err)) != 0)
-          goto out;
-        cnt = b.n;
-      } else if ((rc = dml_dataset_gather(train, order + off, cnt, &bbuf, &b, err)) != 0) {
-        goto out;
-      }
+      if ((rc = input_batch(&in, off, cnt, &b, err)) != 0) goto out;
+      cnt = b.n;
       uint64_t ts;
       if ((rc = dml_ps_pull_dense(ps, 0, delta, P, &ts)) != 0 || (rc = dml_ps_wait(ps, ts)) != 0)
         goto ps_fail;
@@ -213,11 +245,11 @@ static int run_dense_worker(const dml_train_config *cfg, const dml_dataset *trai
     double epoch_s = dml_now_s() - t0;
     t_train += epoch_s;
     res->epochs_done = epoch + 1;
-    if (pipe != NULL) dml__train_pipe_epoch_end(pipe, &held, &holding, &ps0, epoch_s, res);
+    input_epoch_end(&in, epoch_s, res);
     if (metrics_open)
       ps_metrics_line(&metrics, epoch + 1, steps, rows ? loss_sum / (double)rows : NAN,
                       rows ? (double)correct / (double)rows : NAN,
-                      epoch_s > 0 ? (double)rows * W / epoch_s : 0, epoch_s, res, pipe != NULL);
+                      epoch_s > 0 ? (double)rows * W / epoch_s : 0, epoch_s, res, in.pipe != NULL);
   }
   train_totals(res, steps, t_train, loss_sum, correct, rows, cfg->epochs, W);
   if (first) {
@@ -240,12 +272,9 @@ static int run_dense_worker(const dml_train_config *cfg, const dml_dataset *trai
 ps_fail:
   dml_err_set(err, rc, "%s", dml_ps_errmsg(ps));
 out:
-  if (pipe != NULL && holding) dml_pipe_release(pipe, &held);
-  dml__loader_free(loader);
+  input_close(&in);
   if (metrics_open) dml_jsonl_close(&metrics);
   dml_ps_free(ps);
-  dml_batch_buf_free(&bbuf);
-  dml__free(order);
   dml__free(init);
   dml__free(delta);
   dml_model_free(m);
@@ -275,37 +304,20 @@ static int run_worker(const dml_train_config *cfg, const dml_dataset *train,
   if (mc.max_batch < local_batch) mc.max_batch = local_batch;
   dml_model *m = NULL;
   dml_ps *ps = NULL;
-  uint32_t *order = NULL;
   uint64_t *keys = NULL;
   float *vals = NULL;
-  dml_batch_buf bbuf;
-  memset(&bbuf, 0, sizeof(bbuf));
-  dml__loader *loader = NULL;
-  dml_pipe *pipe = NULL;
-  dml_pipe_batch held = {0};
-  int holding = 0;
   dml_jsonl metrics = {0};
   int metrics_open = 0;
-  int64_t b0 = 0, b1 = 0;
-  int rc = dml_model_create(&m, &mc, err);
+  worker_input in; /* (--augment was refused above: the pipeline only copies CSR rows) */
+  int rc = input_open(&in, cfg, train, widx, W, local_batch, err);
   if (rc) goto out;
-  if ((rc = dml_shard_range(train->n, widx, W, &b0, &b1)) != 0) {
-    dml_err_set(err, rc, "ps train: sharding %d rows over %d workers", train->n, W);
-    goto out;
-  }
+  if ((rc = dml_model_create(&m, &mc, err)) != 0) goto out;
   size_t nk_max = (size_t)mc.in_dim + 1;
-  order = dml__malloc((size_t)(b1 - b0 + 1) * sizeof(uint32_t));
   keys = dml__malloc(nk_max * sizeof(uint64_t));
   vals = dml__malloc(nk_max * sizeof(float));
-  if (!order || !keys || !vals) {
+  if (!keys || !vals) {
     rc = dml_err_set(err, DML_ENOMEM, "ps train: out of memory");
     goto out;
-  }
-  if (cfg->loader_threads > 0) {
-    if ((rc = dml__loader_create(cfg, train, b0, b1 - b0, local_batch,
-                                 cfg->seed * 1000003ull + (uint64_t)widx, 0, &loader, err)) != 0)
-      goto out;
-    pipe = dml__loader_pipe(loader);
   }
   if (first && cfg->metrics_path != NULL) {
     if ((rc = dml_jsonl_open(&metrics, cfg->metrics_path, err)) != 0) goto out;
@@ -316,30 +328,16 @@ static int run_worker(const dml_train_config *cfg, const dml_dataset *train,
   float *params = dml_model_params(m), *grads = dml_model_grads(m);
   double t_train = 0, loss_sum = 0;
   uint64_t steps = 0, correct = 0, rows = 0;
-  int shard_n = (int)(b1 - b0);
+  int shard_n = (int)in.shard_n;
   for (int epoch = 0; epoch < cfg->epochs; epoch++) {
-    dml_pipe_stats ps0 = {0};
-    if (pipe != NULL) {
-      if ((rc = dml__train_pipe_epoch(pipe, epoch, &holding, &ps0, "ps train: ", err)) != 0)
-        goto out;
-    } else {
-      dml_epoch_order(order, (size_t)shard_n, cfg->seed * 1000003ull + (uint64_t)widx,
-                      (uint64_t)epoch);
-      for (int i = 0; i < shard_n; i++) order[i] += (uint32_t)b0;
-    }
+    if ((rc = input_epoch(&in, epoch, err)) != 0) goto out;
     loss_sum = 0;
     correct = rows = 0;
     double t0 = dml_now_s();
     for (int off = 0; off < shard_n; off += local_batch) {
       int cnt = DML__MIN(local_batch, shard_n - off);
       dml_batch b;
-      if (pipe != NULL) { /* the same rows per batch (cnt), in the pipeline's seeded order */
-        if ((rc = dml__train_next_batch(pipe, &held, &holding, train->dim, &b,
-                                        "ps train: ", err)) != 0)
-          goto out;
-      } else if ((rc = dml_dataset_gather(train, order + off, cnt, &bbuf, &b, err)) != 0) {
-        goto out;
-      }
+      if ((rc = input_batch(&in, off, cnt, &b, err)) != 0) goto out;
       const uint32_t *idx;
       size_t nk;
       if ((rc = dml_model_batch_keys(m, &b, &idx, &nk, err)) != 0) goto out;
@@ -364,11 +362,11 @@ static int run_worker(const dml_train_config *cfg, const dml_dataset *train,
     double epoch_s = dml_now_s() - t0;
     t_train += epoch_s;
     res->epochs_done = epoch + 1;
-    if (pipe != NULL) dml__train_pipe_epoch_end(pipe, &held, &holding, &ps0, epoch_s, res);
+    input_epoch_end(&in, epoch_s, res);
     if (metrics_open)
       ps_metrics_line(&metrics, epoch + 1, steps, rows ? loss_sum / (double)rows : NAN,
                       rows ? (double)correct / (double)rows : NAN,
-                      epoch_s > 0 ? (double)rows * W / epoch_s : 0, epoch_s, res, pipe != NULL);
+                      epoch_s > 0 ? (double)rows * W / epoch_s : 0, epoch_s, res, in.pipe != NULL);
   }
   train_totals(res, steps, t_train, loss_sum, correct, rows, cfg->epochs, W);
   if (first) {
@@ -397,12 +395,9 @@ static int run_worker(const dml_train_config *cfg, const dml_dataset *train,
 ps_fail:
   dml_err_set(err, rc, "%s", dml_ps_errmsg(ps));
 out:
-  if (pipe != NULL && holding) dml_pipe_release(pipe, &held);
-  dml__loader_free(loader);
+  input_close(&in);
   if (metrics_open) dml_jsonl_close(&metrics);
   dml_ps_free(ps);
-  dml_batch_buf_free(&bbuf);
-  dml__free(order);
   dml__free(keys);
   dml__free(vals);
   dml_model_free(m);
