@@ -71,6 +71,18 @@ static inline void th_opts(dml_comm_opts *o, int rank, int n, int port, int time
   o->timeout_ms = timeout_ms;
 }
 
+/* A forked rank joins the tcp job on 127.0.0.1:port without inheriting the test's environment;
+ * a failure is printed with the rank. */
+static inline int th_join(dml_comm **c, int rank, int n, int port, int timeout_ms) {
+  dml_comm_opts o;
+  th_clear_env();
+  th_opts(&o, rank, n, port, timeout_ms);
+  dml_err err = {0};
+  int rc = dml_comm_init(c, &o, &err);
+  if (rc) fprintf(stderr, "rank %d: joining the job: %s\n", rank, err.msg);
+  return rc;
+}
+
 /* Deterministic content: byte i of the message from src to dst with tag and length. */
 static inline uint8_t th_byte(int src, int dst, int tag, size_t len, size_t i) {
   uint64_t x =

@@ -162,12 +162,9 @@ static void raw_hostile(dml_comm *c, int master_port) {
 
 static int rank_main(int rank, int n, int port, void *arg) {
   const scenario *sc = arg;
-  dml_comm_opts o;
-  th_clear_env();
-  th_opts(&o, rank, n, port, 20000);
   dml_comm *c;
+  RK_OK(th_join(&c, rank, n, port, 20000));
   dml_err err;
-  RK_OK(dml_comm_init(&c, &o, &err));
   dml_ps_config cfg;
   dml_ps_config_init(&cfg);
   cfg.num_servers = sc->servers;

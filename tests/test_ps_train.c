@@ -15,12 +15,9 @@ typedef struct job {
 
 static int rank_main(int rank, int n, int port, void *arg) {
   job *j = arg;
-  dml_comm_opts o;
-  th_clear_env();
-  th_opts(&o, rank, n, port, 30000);
   dml_comm *c;
+  RK_OK(th_join(&c, rank, n, port, 30000));
   dml_err err;
-  RK_OK(dml_comm_init(&c, &o, &err));
   dml_train_result res;
   int rc = dml_train_ps_run(&j->cfg, j->train, j->test, c, &j->ps, &res, &err);
   if (rc) fprintf(stderr, "rank %d: %s\n", rank, err.msg);
