@@ -23,6 +23,13 @@ pid_of() {
   done
   echo "$p"
 }
+# kill_and_wait PID JOB WHAT ERRFILE: SIGKILL one rank; the job must still end with status 0.
+kill_and_wait() {
+  kill -9 "$1" || fail "$3 (pid $1) was not running to be killed"
+  wait "$2"
+  local st=$?
+  [[ $st == 0 ]] || fail "$3 killed: job status $st; stderr: $(tail -20 "$4")"
+}
 
 # 1. a server dies (rank 1, then rank 0: the coordinator); it is restarted from its checkpoint
 for v in 1 0; do
@@ -34,10 +41,7 @@ for v in 1 0; do
   [[ -f $TMP/ck/ps-server-$v.safetensors ]] || fail "server $v wrote no checkpoint: $(cat "$TMP/s.err")"
   sleep 0.3
   victim=$(pid_of $v "$TMP/s.err")
-  kill -9 "$victim" || fail "server $v (pid $victim) was not running to be killed"
-  wait $job
-  st=$?
-  [[ $st == 0 ]] || fail "server $v kill: status $st; stderr: $(tail -20 "$TMP/s.err")"
+  kill_and_wait "$victim" $job "server $v" "$TMP/s.err"
   grep -q "rank $v (pid $victim) killed by signal 9 (Killed); restarting it (restart 1 of 3)" \
     "$TMP/s.err" || fail "no restart message: $(cat "$TMP/s.err")"
   grep -q "ps server $v: restarted from .*ps-server-$v.safetensors" "$TMP/s.err" ||
@@ -60,10 +64,7 @@ for sync in asp bsp; do
   victim=$(pid_of 3 "$TMP/w.err")
   for _ in $(seq 600); do grep -q "rows x" "$TMP/w.err" && break; sleep 0.05; done
   sleep 0.5
-  kill -9 "$victim" || fail "$sync: worker 3 (pid $victim) was not running to be killed"
-  wait $job
-  st=$?
-  [[ $st == 0 ]] || fail "$sync worker kill: status $st; stderr: $(tail -20 "$TMP/w.err")"
+  kill_and_wait "$victim" $job "$sync: worker 3" "$TMP/w.err"
   grep -q "rank 3 (pid $victim) killed by signal 9 (Killed); the other 3 ranks go on without it" \
     "$TMP/w.err" || fail "$sync: no continue message: $(cat "$TMP/w.err")"
   grep -q "completed without rank 3" "$TMP/w.err" || fail "$sync: no summary"
