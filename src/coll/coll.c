@@ -722,9 +722,7 @@ static int run(dml__coll_state *st, dml_coll_req *r, uint32_t seq, int blocking)
   ctx.pend = st->pend;
   ctx.pend_peer = st->pend_peer;
   ctx.cappend = st->cappend;
-  /* The caller of a blocking collective polls before it sleeps (its core is its own while it
-   * waits); the background thread never does: it would take the core from the caller's work. */
-  int spin0 = dml_comm_spin_us();
+  int spin0 = dml_comm_spin_us(); /* the caller's own budget, given back after */
   if (blocking && st->spin_us > spin0) dml_comm_set_spin_us(st->spin_us);
   int rc = dispatch(&ctx, r);
   dml_comm_set_spin_us(spin0);
