@@ -35,18 +35,20 @@ res="$work/results"
 for rep in $(seq 1 "$reps"); do
   for b in $sizes; do
     read -r iters warm < <(iters_for "$b")
+    # Each run's output goes to a file and is parsed after it exits: a parser started on a pipe
+    # (python's start-up is tens of ms of CPU) would take a core from the ranks being measured.
     for cma in 0 1; do
-      DISTML_CMA=$cma "$distml" bench allreduce -n "$np" --sizes "$b" --iters "$iters" --warmup "$warm" --json |
-        python3 -c 'import sys,json
+      DISTML_CMA=$cma "$distml" bench allreduce -n "$np" --sizes "$b" --iters "$iters" --warmup "$warm" --json >"$work/out"
+      python3 -c 'import sys,json
 who = "distml" if sys.argv[1] == "0" else "distml_cma"
-for l in sys.stdin:
+for l in open(sys.argv[2]):
     d=json.loads(l); assert d["wrong"]==0, d
-    print(who, d["bytes"], d["time_us"], d["busbw_GBps"], d["algo"])' "$cma" >>"$res"
+    print(who, d["bytes"], d["time_us"], d["busbw_GBps"], d["algo"])' "$cma" "$work/out" >>"$res"
     done
-    "${mpi_tcp[@]}" "$work/mpi_allreduce" "$warm" "$iters" "$b" |
-      awk '{ if ($5 != 0) exit 1; print "mpi_tcp", $1, $2, $4, "-" }' >>"$res"
-    "${mpi_default[@]}" "$work/mpi_allreduce" "$warm" "$iters" "$b" |
-      awk '{ if ($5 != 0) exit 1; print "mpi_shm", $1, $2, $4, "-" }' >>"$res"
+    "${mpi_tcp[@]}" "$work/mpi_allreduce" "$warm" "$iters" "$b" >"$work/out"
+    awk '{ if ($5 != 0) exit 1; print "mpi_tcp", $1, $2, $4, "-" }' "$work/out" >>"$res"
+    "${mpi_default[@]}" "$work/mpi_allreduce" "$warm" "$iters" "$b" >"$work/out"
+    awk '{ if ($5 != 0) exit 1; print "mpi_shm", $1, $2, $4, "-" }' "$work/out" >>"$res"
   done
 done
 
@@ -54,9 +56,11 @@ python3 - "$res" "$reps" "$np" <<'EOF'
 import sys, collections
 path, reps, np_ = sys.argv[1], sys.argv[2], sys.argv[3]
 best = collections.defaultdict(lambda: (float("inf"), 0.0, "-"))
+runs = collections.defaultdict(list)  # (who, bytes) -> [(time, busbw)] in round order
 for line in open(path):
     who, b, t, bw, algo = line.split()
     b, t, bw = int(b), float(t), float(bw)
+    runs[(who, b)].append((t, bw))
     bt, bb, ba = best[(who, b)]
     best[(who, b)] = (min(bt, t), max(bb, bw), algo if algo != "-" else ba)
 sizes = sorted({b for (_, b) in best})
@@ -70,5 +74,16 @@ for b in sizes:
     else:        # bandwidth: ratio of busbw (higher is better for distml)
         r1, r2 = f"busbw x{d[1]/t[1]:.2f}", f"busbw x{c[1]/s[1]:.2f}"
     print(f"  {b:>10} | {d[0]:>10.2f} {d[1]:>11.3f} | {t[0]:>10.2f} {t[1]:>11.3f} | {c[0]:>10.2f} {c[1]:>11.3f} | {s[0]:>10.2f} {s[1]:>11.3f} | {r1:>15} | {r2:>19}   ({d[2]})")
+def median(v):
+    v = sorted(v)
+    return (v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2
+# The same pair round by round: the spread a single run can show.
+for b in sizes:
+    pairs = list(zip(runs[("distml", b)], runs[("mpi_tcp", b)]))
+    if b <= 64:
+        r = [d[0] / m[0] for d, m in pairs]; what = "time"
+    else:
+        r = [d[1] / m[1] for d, m in pairs]; what = "busbw"
+    print(f"# {b:>10} B: sockets/mpi_tcp {what} per round: median x{median(r):.2f}, worst x{(max(r) if b <= 64 else min(r)):.2f}")
 print("# busbw in GB/s; bar (issue 3): distml (sockets) busbw >= OpenMPI tcp at 4 MiB and 64 MiB, 8-byte time <= 2x OpenMPI tcp")
 EOF
