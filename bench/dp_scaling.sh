@@ -20,8 +20,11 @@ best() { printf '%s\n' "$@" | sort -g | tail -n 1; }
 
 n1=() n2=() ddp=() tddp=()
 for r in $(seq 1 "$rounds"); do
-  n1+=("$(run --batch 256 | field samples_per_s)")
-  n2+=("$(run -n 2 --batch 512 | field samples_per_s)")
+  # output parsed after each run exits: a parser on a pipe would take CPU from the ranks
+  out=$(run --batch 256)
+  n1+=("$(field samples_per_s <<<"$out")")
+  out=$(run -n 2 --batch 512)
+  n2+=("$(field samples_per_s <<<"$out")")
   out=$(cd bench && OPENBLAS_CORETYPE=SkylakeX /usr/bin/python3 pytorch_ddp.py -n 2 --batch 512 --epochs "$epochs" 2>/dev/null)
   ddp+=("$(field samples_per_s <<<"$out")")
   echo "round $r: distml -n1 ${n1[-1]}  -n2 ${n2[-1]}  DDP ${ddp[-1]} samples/s" >&2
