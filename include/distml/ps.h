@@ -8,9 +8,10 @@
  * ranges dealt to the servers round-robin.
  * Consistency: a pull sent at worker clock c is answered when every live worker has reached clock
  * c - s (BSP s = 0, SSP s, ASP no wait). A worker that dies or leaves stops counting.
- * Ownership: the caller's key, value and output buffers passed to push/pull/pushpull are read or
- * written until dml_ps_wait for that timestamp returns; values are encoded into a frame at the
- * call (so input values may be reused right away) and pull results written during wait.
+ * Ownership: keys and input values are encoded into frames at the call (both may be reused right
+ * away); a pull's output buffer is written during dml_ps_wait calls (for its timestamp or any
+ * other: replies are filed as they come) and must stay valid until the wait for its timestamp
+ * returns.
  * Threads: one dml_ps per thread. Wire format: docs/ps.md. */
 #ifndef DISTML_PS_H
 #define DISTML_PS_H
