@@ -41,7 +41,7 @@ PY
 
 echo "per-worker batch 64 (-n 2, global batch 128), $epochs epoch(s):"
 printf '  %-34s %12s %10s %10s %10s\n' variant samples/s test_acc overlap% KB/step
-for v in "plain|" "bucket 0.1 MB|--bucket-mb 0.1" "one bucket (no overlap)|--bucket-mb 64" \
+for v in "default (1 MB cap: one bucket)|" "bucket 0.1 MB (fc2, fc1 apart)|--bucket-mb 0.1" \
   "fp16 on the wire|--grad-compress fp16" "bf16 on the wire|--grad-compress bf16" \
   "accumulate 4|--accumulate 4" "local SGD, average every 8|--sync-every 8"; do
   name=${v%%|*}
@@ -50,6 +50,6 @@ for v in "plain|" "bucket 0.1 MB|--bucket-mb 0.1" "one bucket (no overlap)|--buc
   python3 - "$name" "$out" <<'PY'
 import json, sys
 name, out = sys.argv[1], json.loads(sys.argv[2].strip().splitlines()[-1])
-print(f"  {name:34s} {out['samples_per_s']:12.0f} {out['test_accuracy']:10.4f} {out.get('overlap_pct', 0):10.1f} {out.get('bytes_per_step', 0) / 1024:10.1f}")
+print(f"  {name:34s} {out['samples_per_s']:12.0f} {out['test_accuracy']:10.4f} {max(0.0, out.get('overlap_pct', 0)):10.1f} {out.get('bytes_per_step', 0) / 1024:10.1f}")
 PY
 done
