@@ -18,6 +18,14 @@ st=$?
 [ "$st" = 7 ] || fail "failing rank: status $st, want 7"
 grep -q "rank 1 (pid [0-9]*) exited with status 7" "$tmp/err" || fail "message: $(cat "$tmp/err")"
 
+# A rank killed by a signal just after another exited non-zero (as a peer's link to a killed rank
+# breaks before the killed rank is reaped) is reported as the cause, the exit beside it.
+"$d" launch -n 2 -- sh -c 'if [ $DISTML_RANK = 1 ]; then sleep 0.05; kill -9 $$; fi; exit 1' 2>"$tmp/err"
+st=$?
+[ "$st" = 137 ] || fail "killed rank after an exit: status $st, want 137: $(cat "$tmp/err")"
+grep -q "failed: rank 1 (pid [0-9]*) killed by signal 9" "$tmp/err" || fail "cause: $(cat "$tmp/err")"
+grep -q "rank 0 (pid [0-9]*) exited with status 1 too" "$tmp/err" || fail "the exit: $(cat "$tmp/err")"
+
 "$d" launch -n x -- true 2>"$tmp/err"
 st=$?
 [ "$st" = 2 ] || fail "bad -n: status $st, want 2"

@@ -16,6 +16,7 @@
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cli/cli.h"
@@ -36,7 +37,8 @@ typedef struct child {
   int alive;
   int status; /* from waitpid */
   int restarts;
-  int lost; /* failed under the continue policy: the others went on without it */
+  int lost;   /* failed under the continue policy: the others went on without it */
+  int exited; /* reaped in this pass, not handled yet */
   stream s[2];
 } child;
 
@@ -162,6 +164,25 @@ static void describe(const child *c, int rank, char *out, size_t outsz) {
 
 static int failed(const child *c) {
   return WIFSIGNALED(c->status) || (WIFEXITED(c->status) && WEXITSTATUS(c->status) != 0);
+}
+
+/* Rank i exited non-zero and is the first failure seen. If it only exited with a status, it may
+ * have been reacting to a peer killed an instant earlier that is not reaped yet (a peer's memory
+ * goes before the peer becomes a zombie): give the others up to 500 ms to show a death by a
+ * signal, and return that rank as the cause (reaped and marked exited, handled by the caller's
+ * loop), else i. */
+static int killed_sibling(child *ch, int started, int i) {
+  if (WIFSIGNALED(ch[i].status)) return i;
+  for (int tries = 0; tries < 250; tries++) {
+    for (int j = 0; j < started; j++) {
+      if (j == i || !ch[j].alive) continue;
+      if (!ch[j].exited) ch[j].exited = waitpid(ch[j].pid, &ch[j].status, WNOHANG) == ch[j].pid;
+      if (ch[j].exited && WIFSIGNALED(ch[j].status)) return j;
+    }
+    struct timespec ts = {0, 2000000};
+    nanosleep(&ts, NULL);
+  }
+  return i;
 }
 
 static void set_env_int(const char *name, long v) {
@@ -391,11 +412,16 @@ int dml_launch_run(int n, char *const argv[], const dml_launch_opts *opts) {
       for (int j = 1; j < np; j++)
         if (pfd[j].revents) pump(pst[j], prank[j]);
     }
-    /* Reap. */
-    for (int i = 0; i < started; i++) {
-      if (!ch[i].alive) continue;
-      pid_t w = waitpid(ch[i].pid, &ch[i].status, WNOHANG);
-      if (w != ch[i].pid) continue;
+    /* Reap every rank that has exited, then handle those killed by a signal first: a killed
+     * rank's peers fail right after it (their links to it broke), often within one pass, and the
+     * cause to report is the killed rank, not the first index. */
+    for (int i = 0; i < started; i++)
+      if (!ch[i].exited) /* (killed_sibling may have reaped one already) */
+        ch[i].exited = ch[i].alive && waitpid(ch[i].pid, &ch[i].status, WNOHANG) == ch[i].pid;
+    for (int k = 0; k < 2 * started; k++) {
+      int i = k % started;
+      if (!ch[i].exited || (k < started && !WIFSIGNALED(ch[i].status))) continue;
+      ch[i].exited = 0;
       ch[i].alive = 0;
       int policy = failed(&ch[i]) && !stopping && opts->failure_policy
                        ? opts->failure_policy(i, n, opts->user)
@@ -424,13 +450,16 @@ int dml_launch_run(int n, char *const argv[], const dml_launch_opts *opts) {
         continue;
       }
       if (failed(&ch[i]) && !stopping) {
-        first_fail = i;
+        first_fail = killed_sibling(ch, started, i);
         stopping = 1;
         kill_at = dml_now_s() + grace;
         int others = 0;
-        for (int j = 0; j < started; j++) others += ch[j].alive;
-        char what[160];
-        describe(&ch[i], i, what, sizeof(what));
+        for (int j = 0; j < started; j++) others += ch[j].alive && !ch[j].exited;
+        char what[160], also[160];
+        describe(&ch[first_fail], first_fail, what, sizeof(what));
+        describe(&ch[i], i, also, sizeof(also));
+        if (first_fail != i) /* both: the kill first, as the likely cause */
+          fprintf(stderr, "distml %s: %s; %s too\n", name, what, also);
         if (others)
           fprintf(stderr, "distml %s: %s; stopping the other %d rank%s\n", name, what, others,
                   others == 1 ? "" : "s");
