@@ -174,11 +174,14 @@ static int failed(const child *c) {
 static int killed_sibling(child *ch, int started, int i) {
   if (WIFSIGNALED(ch[i].status)) return i;
   for (int tries = 0; tries < 250; tries++) {
+    int running = 0;
     for (int j = 0; j < started; j++) {
       if (j == i || !ch[j].alive) continue;
       if (!ch[j].exited) ch[j].exited = waitpid(ch[j].pid, &ch[j].status, WNOHANG) == ch[j].pid;
       if (ch[j].exited && WIFSIGNALED(ch[j].status)) return j;
+      running += !ch[j].exited;
     }
+    if (running == 0) break; /* nobody left who could still turn out to be the cause */
     struct timespec ts = {0, 2000000};
     nanosleep(&ts, NULL);
   }
