@@ -944,8 +944,6 @@ static int finish(tcp *t, dml_comm_req *r, int keep) {
   return rc;
 }
 
-/* The waiting thread moves the bytes itself until r is done or the deadline passes (under t->mu,
- * released while it sleeps in epoll_wait). */
 static void drive_begin(tcp *t) {
   t->driving = 1;
   t->driver = pthread_self();
@@ -971,6 +969,8 @@ static void drive_end(tcp *t, int park) {
   if (t->nwaiters > 0) pthread_cond_broadcast(&t->cv);
 }
 
+/* The waiting thread moves the bytes itself until r is done or the deadline passes (under t->mu,
+ * released while it sleeps in epoll_wait). */
 static void drive(tcp *t, dml_comm_req *r, uint64_t deadline_ns) {
   drive_begin(t);
   /* Poll first if this thread may (dml_comm_set_spin_us), for as long as bytes keep moving and

@@ -1,7 +1,7 @@
 /* Tests for the models: finite-difference gradient checks of every model (softmax, MLP with one
  * and two hidden layers, sparse and dense logistic regression), the gradient-ready callback order
- * and coverage, accumulation, the gradient scale, the touched set of the sparse model, CSR == dense input, evaluation
- * and batch validation. */
+ * and coverage, accumulation, the gradient scale, the touched set of the sparse model,
+ * CSR == dense input, evaluation and batch validation. */
 #include "core/internal.h"
 #include "distml/ml.h"
 #include "testutil.h"

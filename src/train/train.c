@@ -144,6 +144,20 @@ static int check_agreement(trainer *t, uint64_t h, const char *what) {
   return 0;
 }
 
+/* A blocking all-reduce in the trainer's thread, in the wire type of --grad-compress: counted as
+ * communication nothing hid, and drawn in the trace as name. */
+static int allreduce_here(trainer *t, float *buf, size_t count, dml_redop op, const char *name) {
+  dml_dtype w = t->cfg->wire_dtype;
+  uint64_t a0 = dml_now_ns();
+  int rc = w == DML_F32 ? dml_allreduce(t->comm, buf, count, DML_F32, op)
+                        : dml_allreduce_f32_compressed(t->comm, buf, count, w, op);
+  uint64_t a1 = dml_now_ns();
+  t->comm_ns += a1 - a0;
+  t->wait_ns += a1 - a0;
+  dml__trace_span(&t->trace, name, "allreduce", 0, a0, a1);
+  return rc;
+}
+
 /* Starts bucket b's all-reduce on the communication thread; the step's last bucket instead runs
  * here, blocking: backward is over, so the thread would have nothing to hide it behind, and run
  * here it takes no hand-off between threads and may poll the socket (DISTML_COLL_SPIN_US) where
@@ -156,17 +170,9 @@ static int launch_bucket(trainer *t, bucket *b) {
   dml_dtype w = t->cfg->wire_dtype;
   b->req = NULL;
   if (last) {
-    uint64_t a0 = dml_now_ns();
-    rc = w == DML_F32 ? dml_allreduce(t->comm, g, b->count, DML_F32, DML_SUM)
-                      : dml_allreduce_f32_compressed(t->comm, g, b->count, w, DML_SUM);
-    uint64_t a1 = dml_now_ns();
-    t->comm_ns += a1 - a0; /* in the trainer's time: not hidden */
-    t->wait_ns += a1 - a0;
-    if (t->trace.enabled) {
-      char name[24];
-      snprintf(name, sizeof(name), "allreduce b%d", i);
-      dml__trace_span(&t->trace, name, "allreduce", 0, a0, a1);
-    }
+    char name[24];
+    snprintf(name, sizeof(name), "allreduce b%d", i);
+    rc = allreduce_here(t, g, b->count, DML_SUM, name);
   } else {
     rc = w == DML_F32 ? dml_iallreduce(t->comm, g, b->count, DML_F32, DML_SUM, &b->req)
                       : dml_iallreduce_f32_compressed(t->comm, g, b->count, w, DML_SUM, &b->req);
@@ -771,14 +777,7 @@ int dml_train_run(const dml_train_config *cfg_in, const dml_dataset *train, cons
       step++;
       if (dp && cfg->sync_every > 0 &&
           ((s + 1) % cfg->sync_every == 0 || s + 1 == steps_per_epoch)) {
-        uint64_t a0 = dml_now_ns();
-        rc = cfg->wire_dtype == DML_F32
-                 ? dml_allreduce(comm, dml_model_params(t.m), t.n, DML_F32, DML_AVG)
-                 : dml_allreduce_f32_compressed(comm, dml_model_params(t.m), t.n, cfg->wire_dtype,
-                                                DML_AVG);
-        t.comm_ns += dml_now_ns() - a0;
-        t.wait_ns += dml_now_ns() - a0;
-        dml__trace_add(&t.trace, "model average", "allreduce", 0, a0);
+        rc = allreduce_here(&t, dml_model_params(t.m), t.n, DML_AVG, "model average");
         if (rc != 0) {
           dml_err_set(err, rc, "averaging the models: %s", dml_coll_errmsg(comm));
           goto out;
