@@ -186,6 +186,47 @@ static int exercise(dml_comm *c) {
     RK_OK(dml_comm_send(c, 0, 3, sb, len));
   }
 
+  /* 4b. The same with a non-blocking alloc receive completed by polling (test_alloc) and by
+   *     waits with a short timeout (wait_alloc); then one more receive posted for a message that
+   *     never comes is withdrawn (cancel) and the tag stays usable. */
+  if (rank == 0) {
+    int *seen = calloc((size_t)n, sizeof(int));
+    R_ASSERT(seen);
+    for (int k = 1; k < n; k++) {
+      dml_comm_req *q;
+      RK_OK(dml_comm_irecv_alloc(c, DML_ANY_SOURCE, 4, &q));
+      void *buf = NULL;
+      size_t len = 0;
+      int src = -1, done = 0, rc;
+      if (k % 2) {
+        while (!done) RK_OK(dml_comm_test_alloc(c, q, &done, &buf, &len, &src));
+      } else {
+        while ((rc = dml_comm_wait_alloc(c, q, 1, &buf, &len, &src)) == DML_ETIMEDOUT) {
+        }
+        RK_OK(rc);
+      }
+      R_ASSERT(buf != NULL || len == 0);
+      R_ASSERT(src >= 1 && src < n && !seen[src]);
+      seen[src] = 1;
+      R_ASSERT(len == g_sizes[(src + 1) % NSIZES]);
+      R_ASSERT(th_check(buf, src, 0, 4, len) == -1);
+      dml_comm_buf_free(buf);
+    }
+    free(seen);
+    dml_comm_req *q;
+    RK_OK(dml_comm_irecv_alloc(c, DML_ANY_SOURCE, 4, &q));
+    int done = 1;
+    void *buf = NULL;
+    size_t len = 0;
+    RK_OK(dml_comm_test_alloc(c, q, &done, &buf, &len, NULL));
+    R_ASSERT(!done);
+    R_ASSERT(dml_comm_cancel(c, q) == DML_ECANCELED);
+  } else {
+    size_t len = g_sizes[(rank + 1) % NSIZES];
+    th_fill(sb, rank, 0, 4, len);
+    RK_OK(dml_comm_send(c, 0, 4, sb, len));
+  }
+
   /* 5. Out-of-order tags: rank 0 sends tags 21, 22, 23 to rank n-1, which receives 23, 21, 22;
    *    each message must match its own tag. */
   if (n > 1) {

@@ -94,6 +94,22 @@ int dml_comm_irecv(dml_comm *c, int peer, int tag, void *buf, size_t bytes, dml_
 int dml_comm_wait(dml_comm *c, dml_comm_req *req, int timeout_ms);
 /* *done = 1 when complete (then req is released; the return value is the request's status). */
 int dml_comm_test(dml_comm *c, dml_comm_req *req, int *done);
+/* The non-blocking form of dml_comm_recv_alloc (peer may be DML_ANY_SOURCE): complete it with
+ * dml_comm_test_alloc or dml_comm_wait_alloc (dml_comm_test and dml_comm_wait would drop the
+ * message). */
+int dml_comm_irecv_alloc(dml_comm *c, int peer, int tag, dml_comm_req **req);
+/* *done = 1 when complete: then req is released and, on success, *buf (free with
+ * dml_comm_buf_free), *bytes and *src (may be NULL) are the message's; on failure *buf is NULL. */
+int dml_comm_test_alloc(dml_comm *c, dml_comm_req *req, int *done, void **buf, size_t *bytes,
+                        int *src);
+/* Wait up to timeout_ms (-1: the communicator's timeout) for an alloc receive; as
+ * dml_comm_test_alloc once complete; DML_ETIMEDOUT leaves req valid and pending. */
+int dml_comm_wait_alloc(dml_comm *c, dml_comm_req *req, int timeout_ms, void **buf, size_t *bytes,
+                        int *src);
+/* Withdraw a pending request nobody will complete (a receive for a message that will not come;
+ * a message already on its way is lost and, if partly moved, its peer marked failed) and release
+ * it. Returns DML_ECANCELED, or the request's status if it had completed (its message dropped). */
+int dml_comm_cancel(dml_comm *c, dml_comm_req *req);
 /* The calling thread's waits (dml_comm_wait and the blocking calls) poll for up to us
  * microseconds before they sleep (tcp backend; 0, the default, sleeps at once). Polling saves the
  * wake-up of a sleeping thread (tens of microseconds on a virtual machine) but takes the core: set

@@ -251,7 +251,7 @@ int dml_comm_spin_us(void) {
 
 int dml_comm_test(dml_comm *c, dml_comm_req *req, int *done) {
   if (c == NULL || req == NULL || done == NULL) return DML_EINVAL;
-  return c->ops->test(c, req, done);
+  return c->ops->test(c, req, done, 0);
 }
 
 /* Wait for a request of a blocking call; on timeout give it up (the peer is marked failed). */
@@ -308,6 +308,46 @@ int dml_comm_recv_alloc(dml_comm *c, int peer, int tag, void **buf, size_t *byte
   c->ops->recv_take(c, req, buf, bytes, &s);
   if (src) *src = s;
   return 0;
+}
+
+int dml_comm_irecv_alloc(dml_comm *c, int peer, int tag, dml_comm_req **req) {
+  if (c == NULL || req == NULL) return DML_EINVAL;
+  int rc = check_peer(c, "recv", peer, tag, NULL, 0, 1);
+  if (rc) return rc;
+  return c->ops->irecv(c, peer, tag, NULL, 0, 1, req);
+}
+
+/* A completed alloc receive kept by the backend: hand its message over. */
+static void take(dml_comm *c, dml_comm_req *req, void **buf, size_t *bytes, int *src) {
+  int s;
+  c->ops->recv_take(c, req, buf, bytes, &s);
+  if (src) *src = s;
+}
+
+int dml_comm_test_alloc(dml_comm *c, dml_comm_req *req, int *done, void **buf, size_t *bytes,
+                        int *src) {
+  if (c == NULL || req == NULL || done == NULL || buf == NULL || bytes == NULL) return DML_EINVAL;
+  *buf = NULL;
+  *bytes = 0;
+  int rc = c->ops->test(c, req, done, 1);
+  if (*done && rc == 0) take(c, req, buf, bytes, src);
+  return rc;
+}
+
+int dml_comm_wait_alloc(dml_comm *c, dml_comm_req *req, int timeout_ms, void **buf, size_t *bytes,
+                        int *src) {
+  if (c == NULL || req == NULL || buf == NULL || bytes == NULL) return DML_EINVAL;
+  *buf = NULL;
+  *bytes = 0;
+  if (timeout_ms < 0) timeout_ms = c->cfg.timeout_ms;
+  int rc = c->ops->wait(c, req, timeout_ms, 1);
+  if (rc == 0) take(c, req, buf, bytes, src);
+  return rc;
+}
+
+int dml_comm_cancel(dml_comm *c, dml_comm_req *req) {
+  if (c == NULL || req == NULL) return DML_EINVAL;
+  return c->ops->cancel(c, req, DML_ECANCELED);
 }
 
 void dml_comm_buf_free(void *buf) {

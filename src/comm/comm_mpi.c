@@ -318,13 +318,13 @@ static int mpi_wait(dml_comm *c, dml_comm_req *r, int timeout_ms, int keep) {
   }
 }
 
-static int mpi_test(dml_comm *c, dml_comm_req *r, int *done) {
+static int mpi_test(dml_comm *c, dml_comm_req *r, int *done, int keep) {
   mpi_state *m = M(c);
   lock(m);
   poll_abort_notices(m);
   progress(m, r);
   *done = r->done;
-  int rc = r->done ? finish(c, m, r, 0) : 0;
+  int rc = r->done ? finish(c, m, r, keep) : 0;
   unlock(m);
   return rc;
 }

@@ -29,8 +29,8 @@ static int none_wait(dml_comm *c, dml_comm_req *req, int timeout_ms, int keep) {
   (void)c, (void)req, (void)timeout_ms, (void)keep;
   return DML_EUNSUPPORTED;
 }
-static int none_test(dml_comm *c, dml_comm_req *req, int *done) {
-  (void)c, (void)req;
+static int none_test(dml_comm *c, dml_comm_req *req, int *done, int keep) {
+  (void)c, (void)req, (void)keep;
   *done = 1;
   return DML_EUNSUPPORTED;
 }

@@ -1027,7 +1027,7 @@ static int tcp_wait(dml_comm *c, dml_comm_req *r, int timeout_ms, int keep) {
   return rc;
 }
 
-static int tcp_test(dml_comm *c, dml_comm_req *r, int *done) {
+static int tcp_test(dml_comm *c, dml_comm_req *r, int *done, int keep) {
   tcp *t = T(c);
   pthread_mutex_lock(&t->mu);
   if (r->state != ST_DONE && !t->driving && t->thread_started && !t->stop) {
@@ -1037,7 +1037,7 @@ static int tcp_test(dml_comm *c, dml_comm_req *r, int *done) {
     drive_end(t, 0);
   }
   *done = r->state == ST_DONE;
-  int rc = *done ? finish(t, r, 0) : 0;
+  int rc = *done ? finish(t, r, keep) : 0;
   pthread_mutex_unlock(&t->mu);
   return rc;
 }

@@ -75,9 +75,9 @@ struct dml__comm_backend {
    * keep != 0 (an alloc receive: recv_take must follow).
    * DML_ETIMEDOUT: req stays valid and pending, the peer is not marked failed. */
   int (*wait)(dml_comm *c, dml_comm_req *req, int timeout_ms, int keep);
-  /* Non-blocking wait: *done = 1 and the status when complete (req released), else *done = 0,
-   * returns 0 and req stays valid. */
-  int (*test)(dml_comm *c, dml_comm_req *req, int *done);
+  /* Non-blocking wait: *done = 1 and the status when complete (req released, except a successful
+   * one when keep != 0, as in wait), else *done = 0, returns 0 and req stays valid. */
+  int (*test)(dml_comm *c, dml_comm_req *req, int *done, int keep);
   /* Give up on a pending request whose caller stops waiting (the blocking calls on timeout):
    * the peer involved is marked failed with code (sticky; a half-transferred frame cannot be
    * resumed) and req is released. Returns the code. */
