@@ -220,11 +220,30 @@ static int exercise(dml_comm *c) {
     size_t len = 0;
     RK_OK(dml_comm_test_alloc(c, q, &done, &buf, &len, NULL));
     R_ASSERT(!done);
+    /* wait_any over that silent receive and one on tag 6 that each other rank sends to: it
+     * returns when one is complete, which is always tag 6's */
+    for (int k = 1; k < n; k++) {
+      dml_comm_req *q6, *both[2];
+      RK_OK(dml_comm_irecv_alloc(c, DML_ANY_SOURCE, 6, &q6));
+      both[0] = q;
+      both[1] = q6;
+      int rc;
+      while ((rc = dml_comm_wait_any(c, both, 2, 1)) == DML_ETIMEDOUT) {
+      }
+      RK_OK(rc);
+      RK_OK(dml_comm_test_alloc(c, q, &done, &buf, &len, NULL));
+      R_ASSERT(!done);
+      RK_OK(dml_comm_test_alloc(c, q6, &done, &buf, &len, NULL));
+      R_ASSERT(done && len == 3);
+      dml_comm_buf_free(buf);
+    }
+    R_ASSERT(dml_comm_wait_any(c, &q, 1, 5) == DML_ETIMEDOUT);
     R_ASSERT(dml_comm_cancel(c, q) == DML_ECANCELED);
   } else {
     size_t len = g_sizes[(rank + 1) % NSIZES];
     th_fill(sb, rank, 0, 4, len);
     RK_OK(dml_comm_send(c, 0, 4, sb, len));
+    RK_OK(dml_comm_send(c, 0, 6, "abc", 3));
   }
 
   /* 5. Out-of-order tags: rank 0 sends tags 21, 22, 23 to rank n-1, which receives 23, 21, 22;

@@ -5,7 +5,9 @@
  * raw TCP clients writing garbage and huge lengths to the server's ports; registered dense tensors
  * cut into <= 4 MB parts over 2 servers (the second part on the other server); a
  * worker killed mid-run under ASP and BSP: the others finish and the server counts it dead; and
- * several of these with 2-3 request-handling threads per server process.
+ * several of these with 2-3 request-handling threads per server process; colocated runs where
+ * each worker serves its own shard inside its calls (dml_ps_serve) under BSP, SSP, ASP, sync
+ * aggregation and the dense API.
  * test-labels: tsan */
 #include <signal.h>
 
@@ -28,6 +30,7 @@ typedef struct scenario {
   int handlers;     /* request-handling threads per server process (0: 1) */
   int sgd;          /* server-side SGD lr 1 with BSP sync aggregation: a pull at clock c reads
                         exactly -c (the mean of the W pushes of 1 per clock, one step per clock) */
+  int serve;        /* colocated: each worker serves its own shard (dml_ps_serve), no thread */
 } scenario;
 
 static int check_server(int rank, dml_ps_server *s, const scenario *sc) {
@@ -195,7 +198,7 @@ static int rank_main(int rank, int n, int port, void *arg) {
       dml_comm_free(c);
       return rc;
     }
-    RK_OK(dml_ps_server_start(srv, &err));
+    if (!sc->serve) RK_OK(dml_ps_server_start(srv, &err));
   }
   if (sc->dup) {
     rc = dup_push(rank, c);
@@ -210,6 +213,7 @@ static int rank_main(int rank, int n, int port, void *arg) {
   if (sc->raw_hostile && rank == (cfg.colocated ? 0 : cfg.num_servers)) raw_hostile(c, port);
   dml_ps *ps;
   RK_OK(dml_ps_create(&ps, c, &cfg, &err));
+  if (sc->serve) RK_OK(dml_ps_serve(ps, srv, &err));
   /* registered layout: tensor 0 (1.2M keys) is cut into a 4 MB part and a 151,424-key part, which
    * land on different servers (greedy by bytes: 4 MB -> 0, tensor 1 -> 1, the rest -> 1) */
   uint64_t DLO = 1000, DN = 200000;
@@ -278,6 +282,10 @@ static int rank_main(int rank, int n, int port, void *arg) {
   }
   free(ones);
   free(got);
+  if (sc->serve && rc == 0 && dml_ps_finish(ps) != 0) {
+    fprintf(stderr, "rank %d: finish: %s\n", rank, dml_ps_errmsg(ps));
+    rc = 1;
+  }
   dml_ps_free(ps);
   if (srv) {
     int jrc = dml_ps_server_join(srv, &err);
@@ -330,6 +338,18 @@ int main(void) {
   run("worker killed under BSP: the others stop waiting", 4, (scenario){.servers = 1, .victim = 3});
   run("BSP 2 servers x 3 handler threads: values in bounds", 4,
       (scenario){.servers = 2, .handlers = 3});
+  run("BSP colocated 3 ranks, each worker serving its shard: values in bounds", 3,
+      (scenario){.colocated = 1, .serve = 1});
+  run("dense API, colocated 2 ranks, each worker serving its shard: values in bounds", 2,
+      (scenario){.colocated = 1, .dense = 1, .serve = 1});
+  run("dense API, colocated 2 ranks, registered tensors, workers serving: values in bounds", 2,
+      (scenario){.colocated = 1, .dense = 1, .layout = 1, .serve = 1});
+  run("BSP sync aggregation colocated, workers serving: exact values", 3,
+      (scenario){.colocated = 1, .sgd = 1, .serve = 1});
+  run("SSP:1 colocated 3 ranks, workers serving: bound held", 3,
+      (scenario){.colocated = 1, .staleness = 1, .serve = 1});
+  run("ASP colocated 3 ranks, workers serving", 3,
+      (scenario){.colocated = 1, .staleness = DML_PS_ASP, .serve = 1});
   run("dense API, colocated 2 ranks x 2 handler threads", 2,
       (scenario){.colocated = 1, .dense = 1, .handlers = 2});
   run("dense BSP sync aggregation, 2 servers x 2 handler threads: exact values", 4,

@@ -106,6 +106,10 @@ int dml_comm_test_alloc(dml_comm *c, dml_comm_req *req, int *done, void **buf, s
  * dml_comm_test_alloc once complete; DML_ETIMEDOUT leaves req valid and pending. */
 int dml_comm_wait_alloc(dml_comm *c, dml_comm_req *req, int timeout_ms, void **buf, size_t *bytes,
                         int *src);
+/* Wait up to timeout_ms (-1: the communicator's timeout) until at least one of the n requests
+ * is complete: returns 0 and releases nothing (dml_comm_test or dml_comm_test_alloc then reports
+ * which), or DML_ETIMEDOUT. For a thread that waits for whichever of several messages comes. */
+int dml_comm_wait_any(dml_comm *c, dml_comm_req *const *reqs, int n, int timeout_ms);
 /* Withdraw a pending request nobody will complete (a receive for a message that will not come;
  * a message already on its way is lost and, if partly moved, its peer marked failed) and release
  * it. Returns DML_ECANCELED, or the request's status if it had completed (its message dropped). */

@@ -153,6 +153,17 @@ int dml_ps_create(dml_ps **out, dml_comm *c, const dml_ps_config *cfg, dml_err *
 /* Sends BYE to every server unless dml_ps_finish did (the worker stops counting) and frees,
  * including a communicator the client owns after a re-form; waits for nothing. NULL ok. */
 void dml_ps_free(dml_ps *ps);
+/* Colocated: this worker serves srv, the shard of its own process (created on the same
+ * communicator with the same config, one handler thread, not started on a thread), itself: a
+ * request to that shard is applied and answered in place (no frame, no copy of the caller's
+ * keys and values), and while the worker waits (dml_ps_wait, dml_ps_finish) it answers the other
+ * workers' requests to it, polling for DISTML_PS_SPIN_US microseconds (default: 200 when every
+ * local rank has a core, else 0) before it sleeps. No server thread, no hand-off between
+ * threads. The shard is served only inside this worker's calls: a worker that computes for long
+ * between waits delays the others' requests to its shard by as much. dml_ps_finish serves until
+ * every worker has left; then srv is done (stats readable; free it after dml_ps_finish or
+ * dml_ps_free). Call before the first request. */
+int dml_ps_serve(dml_ps *ps, dml_ps_server *srv, dml_err *err);
 /* keys: n strictly increasing keys. push: add/apply vals (n). pull: vals_out (n) filled at wait.
  * pushpull: apply grads then read into vals_out (may alias grads). *ts identifies the request.
  * DML_EINVAL for unsorted keys, DML_EAGAIN when max_in_flight requests are outstanding. */

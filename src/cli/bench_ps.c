@@ -2,7 +2,8 @@
  * server, 2x1, 2x2, colocated 2) and times dense push, pull and pushpull (values only, in chunks
  * of 64K keys; sum-only server, BSP) of M bytes of values per worker per iteration for
  * M = 4 KB .. B, each beside the bytes each server received per iteration, the cost model's
- * prediction and distml's all-reduce of the same M bytes over the same processes.
+ * prediction and distml's all-reduce of the same M bytes over the same processes. Time per
+ * iteration: the slowest worker's. Colocated, each worker serves its own shard (dml_ps_serve).
  * Measurement only: nothing is tuned here. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -20,7 +21,9 @@
 #include "distml/coll.h"
 #include "distml/ps.h"
 
-#define STATS_TAG 7301 /* server -> first worker: bytes received (user tag range) */
+#define STATS_TAG \
+  7301 /* server -> first worker: bytes received; + 1: worker -> first worker:
+                          its time per iteration (user tag range) */
 
 typedef struct layout {
   const char *name;
@@ -136,11 +139,13 @@ static int bench_rank(const layout *L, int rank, int port, size_t min_bytes, siz
       double t_ps = 0;
       if (dml_ps_is_server(&cfg, rank)) {
         rc = dml_ps_server_create(&srv, c, &cfg, &e);
-        if (rc == 0) rc = L->colocated ? dml_ps_server_start(srv, &e) : dml_ps_server_run(srv, &e);
+        if (rc == 0 && !L->colocated) rc = dml_ps_server_run(srv, &e);
       }
       if (rc == 0 && dml_ps_is_worker(&cfg, rank, n)) {
         dml_ps *ps = NULL;
         rc = dml_ps_create(&ps, c, &cfg, &e);
+        /* colocated: the worker serves its own shard (no server thread) */
+        if (rc == 0 && L->colocated) rc = dml_ps_serve(ps, srv, &e);
         double t0 = 0;
         for (int it = 0; rc == 0 && it < warm + iters; it++) {
           if (it == warm) t0 = dml_now_s();
@@ -157,7 +162,6 @@ static int bench_rank(const layout *L, int rank, int port, size_t min_bytes, siz
           snprintf(e.msg, sizeof e.msg, "%s", dml_ps_errmsg(ps));
         dml_ps_free(ps);
       }
-      if (srv && L->colocated && rc == 0) rc = dml_ps_server_join(srv, &e);
       /* server byte counts to the first worker */
       double sbytes = 0;
       if (rc == 0 && srv) {
@@ -177,6 +181,14 @@ static int bench_rank(const layout *L, int rank, int port, size_t min_bytes, siz
           sbytes += b;
         }
       dml_ps_server_free(srv);
+      /* the time per iteration is the slowest worker's */
+      if (rc == 0 && dml_ps_is_worker(&cfg, rank, n) && rank != first)
+        rc = dml_comm_send(c, first, STATS_TAG + 1, &t_ps, sizeof t_ps);
+      for (int w = first + 1; rc == 0 && rank == first && w < n; w++) {
+        double t;
+        rc = dml_comm_recv(c, w, STATS_TAG + 1, &t, sizeof t);
+        if (t > t_ps) t_ps = t;
+      }
       if (rc == 0 && rank == first) report(json, L, op, bytes, iters, t_ps, sbytes / S, t_ar);
     }
     dml__free(g);
@@ -199,7 +211,13 @@ static int run_layout(const layout *L, size_t min_bytes, size_t max_bytes, int j
   for (int r = 0; r < n; r++) {
     pid[r] = fork();
     if (pid[r] < 0) return 1;
-    if (pid[r] == 0) _exit(bench_rank(L, r, port, min_bytes, max_bytes, json));
+    if (pid[r] == 0) {
+      /* what the launcher tells its ranks: how many share this machine (polling policy) */
+      char lws[16];
+      snprintf(lws, sizeof lws, "%d", n);
+      setenv("LOCAL_WORLD_SIZE", lws, 1);
+      _exit(bench_rank(L, r, port, min_bytes, max_bytes, json));
+    }
   }
   int bad = 0;
   for (int r = 0; r < n; r++) {

@@ -1,4 +1,5 @@
 /* The distml command: dispatches to the subcommands (train, eval, gen, launch, bench). */
+#include <malloc.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -27,6 +28,13 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
+  /* Message buffers of hundreds of KB are allocated and freed every step (parameter-server
+   * frames, received messages). glibc would hand each back to the kernel (mmap above its
+   * threshold, or trimming the top of the heap past 2x the threshold) and fault its pages in
+   * again on the next: measured 13% of a colocated 4 MB push+pull in page faults, 5.3 -> 2.4 ms
+   * per iteration without. Keep freed memory in the process up to these sizes. */
+  mallopt(M_MMAP_THRESHOLD, 64 << 20);
+  mallopt(M_TRIM_THRESHOLD, 256 << 20);
   dml_cli_select_blas(argv);
   if (argc < 2) {
     usage(stderr);

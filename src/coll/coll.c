@@ -4,7 +4,6 @@
  * dead or silent peer into an error naming it. The algorithms themselves are in their own files. */
 #include <errno.h>
 #include <pthread.h>
-#include <sched.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -160,23 +159,6 @@ size_t dml_allreduce_threshold_bytes(int world_size) {
 /* ---------------------------------------------------------------------------------------------
  * Per-communicator state. */
 
-/* Polling before a blocking collective sleeps pays when every local rank has a core of its own
- * (a sleeping rank on an idle virtual CPU takes 50-200 us to wake; measured: 8-byte all-reduce
- * 80-200 -> 5-9 us, 2 ranks on 2 cores); with more ranks than cores a polling rank would hold
- * the core its peer needs. Unknown local rank count: no polling. */
-#define DEFAULT_SPIN_US 200
-
-static int64_t default_spin_us(void) {
-  const char *v = getenv("LOCAL_WORLD_SIZE");
-  if (v == NULL) v = getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
-  long n = v ? strtol(v, NULL, 10) : 0;
-  cpu_set_t allowed;
-  if (n < 1 || sched_getaffinity(0, sizeof(allowed), &allowed) != 0) return 0;
-  /* A rank the launcher pinned has one core of its own (dml_cli_pin_local_rank). */
-  int own_core = getenv("DISTML_PINNED_CPU") != NULL;
-  return n <= CPU_COUNT(&allowed) || own_core ? DEFAULT_SPIN_US : 0;
-}
-
 static void read_env(dml__coll_state *st) {
   dml_err e = {0};
   int64_t v;
@@ -200,7 +182,7 @@ static void read_env(dml__coll_state *st) {
   st->chunk_bytes = (size_t)v;
   if (dml_env_i64("DISTML_STALL_S", 10, 1, 86400, &v, &e) != 0) goto bad;
   st->stall_s = (double)v;
-  if (dml_env_i64("DISTML_COLL_SPIN_US", default_spin_us(), 0, 1000000, &v, &e) != 0) goto bad;
+  if (dml_env_i64("DISTML_COLL_SPIN_US", dml__default_spin_us(), 0, 1000000, &v, &e) != 0) goto bad;
   st->spin_us = (int)v;
   return;
 bad:

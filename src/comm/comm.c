@@ -345,6 +345,14 @@ int dml_comm_wait_alloc(dml_comm *c, dml_comm_req *req, int timeout_ms, void **b
   return rc;
 }
 
+int dml_comm_wait_any(dml_comm *c, dml_comm_req *const *reqs, int n, int timeout_ms) {
+  if (c == NULL || reqs == NULL || n < 1) return DML_EINVAL;
+  for (int i = 0; i < n; i++)
+    if (reqs[i] == NULL) return DML_EINVAL;
+  if (timeout_ms < 0) timeout_ms = c->cfg.timeout_ms;
+  return c->ops->wait_any(c, reqs, n, timeout_ms);
+}
+
 int dml_comm_cancel(dml_comm *c, dml_comm_req *req) {
   if (c == NULL || req == NULL) return DML_EINVAL;
   return c->ops->cancel(c, req, DML_ECANCELED);

@@ -318,6 +318,30 @@ static int mpi_wait(dml_comm *c, dml_comm_req *r, int timeout_ms, int keep) {
   }
 }
 
+static int mpi_wait_any(dml_comm *c, dml_comm_req *const *rs, int n, int timeout_ms) {
+  mpi_state *m = M(c);
+  uint64_t deadline = dml_now_ns() + (uint64_t)timeout_ms * 1000000ull;
+  long sleep_ns = 0;
+  for (int spin = 0;; spin++) {
+    lock(m);
+    if (spin % 64 == 0) poll_abort_notices(m);
+    int any = 0;
+    for (int i = 0; i < n; i++) {
+      progress(m, rs[i]);
+      any |= rs[i]->done;
+    }
+    unlock(m);
+    if (any) return 0;
+    if (dml_now_ns() >= deadline) return DML_ETIMEDOUT;
+    /* as mpi_wait: spin briefly, then back off to at most 1 ms */
+    if (spin > 200) {
+      sleep_ns = sleep_ns ? DML__MIN(sleep_ns * 2, 1000000L) : 1000L;
+      struct timespec ts = {0, sleep_ns};
+      nanosleep(&ts, NULL);
+    }
+  }
+}
+
 static int mpi_test(dml_comm *c, dml_comm_req *r, int *done, int keep) {
   mpi_state *m = M(c);
   lock(m);
@@ -492,6 +516,7 @@ const dml__comm_backend dml__comm_mpi = {
     .irecv = mpi_irecv,
     .wait = mpi_wait,
     .test = mpi_test,
+    .wait_any = mpi_wait_any,
     .cancel = mpi_cancel,
     .recv_take = mpi_recv_take,
     .abort = mpi_abort,

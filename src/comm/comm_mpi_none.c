@@ -34,6 +34,10 @@ static int none_test(dml_comm *c, dml_comm_req *req, int *done, int keep) {
   *done = 1;
   return DML_EUNSUPPORTED;
 }
+static int none_wait_any(dml_comm *c, dml_comm_req *const *reqs, int n, int timeout_ms) {
+  (void)c, (void)reqs, (void)n, (void)timeout_ms;
+  return DML_EUNSUPPORTED;
+}
 static int none_cancel(dml_comm *c, dml_comm_req *req, int code) {
   (void)c, (void)req;
   return code;
@@ -60,6 +64,7 @@ const dml__comm_backend dml__comm_mpi = {
     .irecv = none_irecv,
     .wait = none_wait,
     .test = none_test,
+    .wait_any = none_wait_any,
     .cancel = none_cancel,
     .recv_take = none_recv_take,
     .abort = none_abort,

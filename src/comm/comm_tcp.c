@@ -969,20 +969,26 @@ static void drive_end(tcp *t, int park) {
   if (t->nwaiters > 0) pthread_cond_broadcast(&t->cv);
 }
 
-/* The waiting thread moves the bytes itself until r is done or the deadline passes (under t->mu,
- * released while it sleeps in epoll_wait). */
-static void drive(tcp *t, dml_comm_req *r, uint64_t deadline_ns) {
+static int none_done(dml_comm_req *const *rs, int n) {
+  for (int i = 0; i < n; i++)
+    if (rs[i]->state == ST_DONE) return 0;
+  return 1;
+}
+
+/* The waiting thread moves the bytes itself until one of rs is done or the deadline passes
+ * (under t->mu, released while it sleeps in epoll_wait). */
+static void drive(tcp *t, dml_comm_req *const *rs, int n, uint64_t deadline_ns) {
   drive_begin(t);
   /* Poll first if this thread may (dml_comm_set_spin_us), for as long as bytes keep moving and
    * then the budget more: the progress thread stays parked. */
   uint64_t spin_ns = (uint64_t)dml_comm_spin_us() * 1000u, now = dml_now_ns();
   uint64_t spin_end = now + spin_ns;
-  while (r->state != ST_DONE && !t->stop && now < spin_end && now < deadline_ns) {
+  while (none_done(rs, n) && !t->stop && now < spin_end && now < deadline_ns) {
     int moved = drive_turn(t, 0);
     now = dml_now_ns();
     if (moved) spin_end = now + spin_ns;
   }
-  while (r->state != ST_DONE && !t->stop) {
+  while (none_done(rs, n) && !t->stop) {
     now = dml_now_ns();
     if (now >= deadline_ns) break;
     uint64_t left_ms = (deadline_ns - now + 999999) / 1000000;
@@ -991,38 +997,45 @@ static void drive(tcp *t, dml_comm_req *r, uint64_t deadline_ns) {
   drive_end(t, 1);
 }
 
+/* Until one of rs is done (0) or timeout_ms pass (DML_ETIMEDOUT); under t->mu. */
+static int wait_locked(tcp *t, dml_comm_req *const *rs, int n, int timeout_ms) {
+  if (!none_done(rs, n)) return 0;
+  uint64_t deadline = dml_now_ns() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000ull;
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  ts.tv_sec += timeout_ms / 1000;
+  ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+  if (ts.tv_nsec >= 1000000000L) {
+    ts.tv_sec++;
+    ts.tv_nsec -= 1000000000L;
+  }
+  while (none_done(rs, n)) {
+    if (!t->driving && t->thread_started && !t->stop) {
+      drive(t, rs, n, deadline);
+      if (none_done(rs, n) && dml_now_ns() >= deadline) return DML_ETIMEDOUT;
+      continue;
+    }
+    t->nwaiters++;
+    int w = pthread_cond_timedwait(&t->cv, &t->mu, &ts);
+    t->nwaiters--;
+    if (w == ETIMEDOUT && none_done(rs, n)) return DML_ETIMEDOUT;
+  }
+  return 0;
+}
+
 static int tcp_wait(dml_comm *c, dml_comm_req *r, int timeout_ms, int keep) {
   tcp *t = T(c);
   pthread_mutex_lock(&t->mu);
-  if (r->state != ST_DONE) {
-    uint64_t deadline = dml_now_ns() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000ull;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += timeout_ms / 1000;
-    ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-      ts.tv_sec++;
-      ts.tv_nsec -= 1000000000L;
-    }
-    while (r->state != ST_DONE) {
-      if (!t->driving && t->thread_started && !t->stop) {
-        drive(t, r, deadline);
-        if (r->state != ST_DONE && dml_now_ns() >= deadline) {
-          pthread_mutex_unlock(&t->mu);
-          return DML_ETIMEDOUT;
-        }
-        continue;
-      }
-      t->nwaiters++;
-      int w = pthread_cond_timedwait(&t->cv, &t->mu, &ts);
-      t->nwaiters--;
-      if (w == ETIMEDOUT && r->state != ST_DONE) {
-        pthread_mutex_unlock(&t->mu);
-        return DML_ETIMEDOUT;
-      }
-    }
-  }
-  int rc = finish(t, r, keep);
+  int rc = wait_locked(t, &r, 1, timeout_ms);
+  if (rc == 0) rc = finish(t, r, keep);
+  pthread_mutex_unlock(&t->mu);
+  return rc;
+}
+
+static int tcp_wait_any(dml_comm *c, dml_comm_req *const *rs, int n, int timeout_ms) {
+  tcp *t = T(c);
+  pthread_mutex_lock(&t->mu);
+  int rc = wait_locked(t, rs, n, timeout_ms);
   pthread_mutex_unlock(&t->mu);
   return rc;
 }
@@ -1661,6 +1674,7 @@ const dml__comm_backend dml__comm_tcp = {
     .irecv = tcp_irecv,
     .wait = tcp_wait,
     .test = tcp_test,
+    .wait_any = tcp_wait_any,
     .cancel = tcp_cancel,
     .recv_take = tcp_recv_take,
     .abort = tcp_abort,

@@ -78,6 +78,9 @@ struct dml__comm_backend {
   /* Non-blocking wait: *done = 1 and the status when complete (req released, except a successful
    * one when keep != 0, as in wait), else *done = 0, returns 0 and req stays valid. */
   int (*test)(dml_comm *c, dml_comm_req *req, int *done, int keep);
+  /* Wait up to timeout_ms (>= 0) until at least one of reqs (n >= 1) is complete: 0 (nothing is
+   * released: test tells which), or DML_ETIMEDOUT. */
+  int (*wait_any)(dml_comm *c, dml_comm_req *const *reqs, int n, int timeout_ms);
   /* Give up on a pending request whose caller stops waiting (the blocking calls on timeout):
    * the peer involved is marked failed with code (sticky; a half-transferred frame cannot be
    * resumed) and req is released. Returns the code. */

@@ -1,10 +1,12 @@
-/* Strict number parsing for flags and environment variables: the whole string must be a number,
- * in range, or the caller gets an error that says which and why. */
+/* Strict number parsing for flags and environment variables (the whole string must be a number,
+ * in range, or the caller gets an error that says which and why), and the environment's default
+ * polling budget for waits. */
 #include "core/internal.h"
 
 #include <ctype.h>
 #include <errno.h>
 #include <math.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -66,4 +68,15 @@ int dml_env_i64(const char *name, int64_t def, int64_t min, int64_t max, int64_t
   int rc = dml_parse_i64(s, min, max, out, &e);
   if (rc != 0) return dml_err_set(err, rc, "environment variable %s: %s", name, e.msg);
   return 0;
+}
+
+int dml__default_spin_us(void) {
+  const char *v = getenv("LOCAL_WORLD_SIZE");
+  if (v == NULL) v = getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+  long n = v ? strtol(v, NULL, 10) : 0;
+  cpu_set_t allowed;
+  if (n < 1 || sched_getaffinity(0, sizeof(allowed), &allowed) != 0) return 0;
+  /* A rank the launcher pinned has one core of its own (dml_cli_pin_local_rank). */
+  int own_core = getenv("DISTML_PINNED_CPU") != NULL;
+  return n <= CPU_COUNT(&allowed) || own_core ? 200 : 0;
 }

@@ -48,6 +48,11 @@ struct dml_ps {
   dml__ps_dense_layout layout;
   int left; /* BYE sent (dml_ps_finish) */
   int in_reform;
+  /* dml_ps_serve: the shard of this process, served in place by this worker */
+  dml_ps_server *local;
+  dml_comm_req *repq; /* attached: the posted receive of the next reply (any server) */
+  int shutdowns;      /* attached: servers that said they have finished */
+  int spin_us;        /* attached: polling before a wait sleeps (DISTML_PS_SPIN_US) */
 };
 
 static int reform(dml_ps *ps, const char *why);
@@ -187,9 +192,9 @@ static void request_release(dml_ps *ps, request *r) {
   r->npending = 0;
 }
 
-/* Encodes m (keys/vals as given) into a new frame of request r and sends it to server s. */
-static int send_frame(dml_ps *ps, request *r, int s, const dml__ps_msg *m, const uint64_t *keys,
-                      const float *vals) {
+/* A new frame entry of request r for server s (its buffer and send set by the caller); -1 when
+ * out of memory (sticky error set). */
+static int add_frame(dml_ps *ps, request *r, int s, uint64_t key_lo) {
   if (r->nframes == r->fcap) {
     int nc = 2 * r->fcap;
     void **nf = dml__realloc(r->frames, (size_t)nc * sizeof(void *));
@@ -204,25 +209,52 @@ static int send_frame(dml_ps *ps, request *r, int s, const dml__ps_msg *m, const
     if (nl) r->flo = nl;
     unsigned char *ndn = dml__realloc(r->fdone, (size_t)nc);
     if (ndn) r->fdone = ndn;
-    if (!nf || !nr || !nb || !nd || !nl || !ndn)
-      return fail(ps, DML_ENOMEM, "ps: no memory for a frame%s%s", "", "");
+    if (!nf || !nr || !nb || !nd || !nl || !ndn) {
+      fail(ps, DML_ENOMEM, "ps: no memory for a frame%s%s", "", "");
+      return -1;
+    }
     r->fcap = nc;
   }
-  size_t bytes = dml__ps_frame_bytes(m->nkeys, m->nvals);
-  int f = r->nframes;
-  r->frames[f] = dml__malloc(bytes);
+  int f = r->nframes++;
+  r->frames[f] = NULL;
   r->sreq[f] = NULL;
-  if (r->frames[f] == NULL) return fail(ps, DML_ENOMEM, "ps: no memory for a frame%s%s", "", "");
-  r->nframes++;
-  r->fbytes[f] = bytes;
+  r->fbytes[f] = 0;
   r->fdst[f] = s;
-  r->flo[f] = m->key_lo;
+  r->flo[f] = key_lo;
   r->fdone[f] = 0;
-  dml__ps_encode(r->frames[f], m, keys, vals);
   r->pending[s]++;
   r->npending++;
-  int rc =
-      dml_comm_isend(ps->c, server_rank(ps, s), req_tag(ps, s), r->frames[f], bytes, &r->sreq[f]);
+  return f;
+}
+
+/* Encodes m (keys/vals as given) into a new frame of request r and sends it to server s; with
+ * dml_ps_serve, a request to this process's own shard is handled in place instead: no frame, and
+ * a pull's values go straight to out (answered), unless the pull must wait for other workers. */
+static int send_frame(dml_ps *ps, request *r, int s, dml__ps_msg *m, const uint64_t *keys,
+                      const float *vals, float *out, int *answered) {
+  *answered = 0;
+  if (ps->local && server_rank(ps, s) == ps->me) {
+    m->keys = (uint64_t *)(uintptr_t)keys; /* borrowed, read only */
+    m->vals = (float *)(uintptr_t)vals;
+    dml_err e;
+    dml_err_clear(&e);
+    int rc = dml__ps_server_local(ps->local, m, out, answered, &e);
+    if (rc) return fail(ps, rc, "%s%s", dml_err_msg(&e), "");
+    if (!*answered && add_frame(ps, r, s, m->key_lo) < 0) return ps->sticky;
+    return 0;
+  }
+  size_t bytes = dml__ps_frame_bytes(m->nkeys, m->nvals);
+  void *frame = dml__malloc(bytes);
+  if (frame == NULL) return fail(ps, DML_ENOMEM, "ps: no memory for a frame%s%s", "", "");
+  int f = add_frame(ps, r, s, m->key_lo);
+  if (f < 0) {
+    dml__free(frame);
+    return ps->sticky;
+  }
+  r->frames[f] = frame;
+  r->fbytes[f] = bytes;
+  dml__ps_encode(frame, m, keys, vals);
+  int rc = dml_comm_isend(ps->c, server_rank(ps, s), req_tag(ps, s), frame, bytes, &r->sreq[f]);
   if (rc) {
     r->sreq[f] = NULL;
     return comm_failed(ps, rc, "sending to", server_rank(ps, s)); /* a re-form resends it */
@@ -268,8 +300,10 @@ static int post_dense(dml_ps *ps, int command, uint64_t clock, uint64_t lo, cons
     m.key_hi = b - 1;
     m.nvals = with_vals ? b - a : 0;
     m.value_type = with_vals ? DML__PS_VT_F32 : DML__PS_VT_NONE;
+    int answered;
     if (send_frame(ps, r, dml__ps_dense_owner(&ps->layout, a), &m, NULL,
-                   with_vals ? vals + (a - lo) : NULL) != 0) {
+                   with_vals ? vals + (a - lo) : NULL, out ? out + (a - lo) : NULL,
+                   &answered) != 0) {
       request_release(ps, r);
       return ps->sticky;
     }
@@ -354,10 +388,14 @@ static int post(dml_ps *ps, int command, uint64_t clock, const uint64_t *keys, c
     m.nkeys = cnt;
     m.nvals = with_vals ? cnt : 0;
     m.value_type = with_vals ? DML__PS_VT_F32 : DML__PS_VT_NONE;
-    if (send_frame(ps, r, s, &m, ps->kscratch, with_vals ? ps->vscratch : NULL) != 0) {
+    int answered;
+    if (send_frame(ps, r, s, &m, ps->kscratch, with_vals ? ps->vscratch : NULL, ps->vscratch,
+                   &answered) != 0) {
       request_release(ps, r);
       return ps->sticky;
     }
+    if (answered && command != DML__PS_PUSH)
+      for (size_t j = 0; j < cnt; j++) out[r->pos[r->soff[s] + j]] = ps->vscratch[j];
   }
   *ts = r->ts;
   return 0;
@@ -385,15 +423,11 @@ static void frame_answered(dml_ps *ps, request *r, int f) {
   if (r->command == DML__PS_PUSH || r->command == DML__PS_PUSHPULL) ps->acked[s]++;
 }
 
-/* Receives one message from server s and files a reply with its request. Returns 1 for a
+/* Files a message (buf, freed here) from virtual server s with its request. Returns 1 for a
  * server's shutdown message, 0 or the sticky error otherwise. */
-static int receive_one(dml_ps *ps, int s) {
-  int srank = server_rank(ps, s);
-  const char *peer = dml_comm_peer_name(ps->c, srank);
-  void *buf = NULL;
-  size_t bytes = 0;
-  int rc = dml_comm_recv_alloc(ps->c, srank, rep_tag(ps, s), &buf, &bytes, NULL);
-  if (rc) return comm_failed(ps, rc, "waiting for", srank);
+static int file_reply(dml_ps *ps, int s, void *buf, size_t bytes) {
+  const char *peer = dml_comm_peer_name(ps->c, server_rank(ps, s));
+  int rc;
   dml__ps_msg m;
   dml_err derr;
   rc = dml__ps_decode_view(buf, bytes, peer, &m, &derr); /* m may point into buf */
@@ -451,6 +485,112 @@ static int receive_one(dml_ps *ps, int s) {
   return 0;
 }
 
+/* Receives one message from server s and files it (file_reply). */
+static int receive_one(dml_ps *ps, int s) {
+  int srank = server_rank(ps, s);
+  void *buf = NULL;
+  size_t bytes = 0;
+  int rc = dml_comm_recv_alloc(ps->c, srank, rep_tag(ps, s), &buf, &bytes, NULL);
+  if (rc) return comm_failed(ps, rc, "waiting for", srank);
+  return file_reply(ps, s, buf, bytes);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * dml_ps_serve: the worker serves its own shard inside its calls. Every reply (the other
+ * servers', and its own server's for a pull that had to wait) comes through one posted receive
+ * from any rank; every request to its shard through the server's. */
+
+/* Longest sleep of one wait before the timeout is looked at again (ms). */
+#define SERVE_SLICE_MS 50
+
+/* Serves what has come to the shard, then files the next reply if it has come; first, with
+ * block_ms, sleeps until a reply or a request comes (at most block_ms). *moved: anything
+ * happened. The reply receive is posted only here, while the caller still needs one: a receive
+ * from any rank fails once every other rank has left. */
+static int attached_step(dml_ps *ps, int block_ms, int *moved) {
+  int rc;
+  *moved = 0;
+  if (ps->repq == NULL &&
+      (rc = dml_comm_irecv_alloc(ps->c, DML_ANY_SOURCE, DML__PS_TAG_REP, &ps->repq)) != 0) {
+    ps->repq = NULL;
+    return fail(ps, rc, "ps: waiting for replies: %s%s", dml_comm_errmsg(ps->c), "");
+  }
+  if (block_ms > 0) {
+    dml_comm_req *rs[2] = {ps->repq, dml__ps_server_inreq(ps->local)};
+    rc = dml_comm_wait_any(ps->c, rs, rs[1] ? 2 : 1, block_ms);
+    if (rc == DML_ETIMEDOUT) return 0;
+    if (rc) return fail(ps, rc, "ps: waiting for replies: %s%s", dml_comm_errmsg(ps->c), "");
+  }
+  dml_err e;
+  dml_err_clear(&e);
+  if ((rc = dml__ps_server_poll(ps->local, moved, &e)) != 0)
+    return fail(ps, rc, "%s%s", dml_err_msg(&e), "");
+  void *buf = NULL;
+  size_t bytes = 0;
+  int src = -1, done = 0;
+  rc = dml_comm_test_alloc(ps->c, ps->repq, &done, &buf, &bytes, &src);
+  if (!done) return 0;
+  ps->repq = NULL;
+  if (rc) return fail(ps, rc, "ps: waiting for replies: %s%s", dml_comm_errmsg(ps->c), "");
+  *moved = 1;
+  if (src < 0 || src >= ps->Sproc) {
+    dml_comm_buf_free(buf);
+    return fail(ps, DML_EPROTO, "ps: %s, not a server, sent a reply%s",
+                dml_comm_peer_name(ps->c, src < 0 ? 0 : src), "");
+  }
+  rc = file_reply(ps, src, buf, bytes);
+  if (rc == 1) ps->shutdowns++;
+  return rc == 1 ? 0 : rc;
+}
+
+/* Serves and files replies until request r has all its replies, or (r NULL: leaving) until no
+ * worker is left to serve and every server has said it has finished. Polls for spin_us after the
+ * last thing that happened, then sleeps in slices; nothing at all for the communicator's timeout
+ * is an error naming a server still owing a reply. */
+static int attached_wait(dml_ps *ps, request *r) {
+  uint64_t spin_ns = (uint64_t)ps->spin_us * 1000u, timeout_ns;
+  timeout_ns = (uint64_t)dml_comm_timeout_ms(ps->c) * 1000000u;
+  uint64_t last = dml_now_ns();
+  while (ps->sticky == 0) {
+    if (r == NULL && dml__ps_server_live(ps->local) == 0)
+      ps->shutdowns += dml__ps_server_detach(ps->local); /* tells every worker it has finished */
+    if (r ? r->npending == 0 : dml__ps_server_live(ps->local) == 0 && ps->shutdowns == ps->S) break;
+    uint64_t now = dml_now_ns();
+    int moved = 0;
+    attached_step(ps, now - last >= spin_ns ? SERVE_SLICE_MS : 0, &moved);
+    now = dml_now_ns();
+    if (moved) {
+      last = now;
+    } else if (now - last > timeout_ns) {
+      int s = 0;
+      while (r && s < ps->S - 1 && !r->pending[s]) s++;
+      char why[64];
+      snprintf(why, sizeof why, " in %d ms%s", dml_comm_timeout_ms(ps->c),
+               r ? "" : " (leaving: it has not finished)");
+      return fail(ps, DML_ETIMEDOUT, "ps: nothing from server %s%s",
+                  dml_comm_peer_name(ps->c, server_rank(ps, s)), why);
+    }
+  }
+  return ps->sticky;
+}
+
+int dml_ps_serve(dml_ps *ps, dml_ps_server *srv, dml_err *err) {
+  if (!ps->cfg.colocated || ps->local || ps->next_ts != 1 || ps->S != ps->Sproc)
+    return dml_err_set(err, DML_ESTATE,
+                       "ps: a worker serves its shard itself only colocated, with one handler "
+                       "thread, once, before its first request");
+  int rc = dml__ps_server_attach(srv, err);
+  if (rc) return rc;
+  int64_t v = dml__default_spin_us();
+  if ((rc = dml_env_i64("DISTML_PS_SPIN_US", v, 0, 1000000, &v, err)) != 0) {
+    dml__ps_server_detach(srv);
+    return rc;
+  }
+  ps->spin_us = (int)v;
+  ps->local = srv;
+  return 0;
+}
+
 int dml_ps_wait(dml_ps *ps, uint64_t ts) {
   request *r = NULL;
   for (int i = 0; i < ps->nrq; i++)
@@ -459,6 +599,7 @@ int dml_ps_wait(dml_ps *ps, uint64_t ts) {
     return ps->sticky ? ps->sticky
                       : dml_err_set(&ps->err, DML_EINVAL, "ps: no request %llu in flight",
                                     (unsigned long long)ts);
+  if (ps->local) attached_wait(ps, r);
   while (r->npending > 0 && ps->sticky == 0) {
     int s = 0;
     while (!r->pending[s]) s++;
@@ -479,6 +620,18 @@ static int send_all(dml_ps *ps, int command, int *bad) {
   dml__ps_encode(buf, &m, NULL, NULL);
   int first = 0;
   for (int s = 0; s < ps->S; s++) {
+    if (ps->local && server_rank(ps, s) == ps->me) {
+      dml_err e;
+      dml_err_clear(&e);
+      int answered;
+      dml__ps_msg lm = m;
+      int lrc = dml__ps_server_local(ps->local, &lm, NULL, &answered, &e);
+      if (lrc && !first) {
+        first = fail(ps, lrc, "%s%s", dml_err_msg(&e), "");
+        *bad = ps->me;
+      }
+      continue;
+    }
     int rc = dml_comm_send(ps->c, server_rank(ps, s), req_tag(ps, s), buf, sizeof buf);
     if (rc && !first) {
       first = rc;
@@ -582,6 +735,7 @@ int dml_ps_finish(dml_ps *ps) {
   int rc = send_all(ps, DML__PS_BYE, &bad);
   if (rc && (rc = comm_failed(ps, rc, "saying goodbye to", bad)) != 0) return rc;
   retire_watch(ps);
+  if (ps->local) return attached_wait(ps, NULL);
   for (int s = 0; s < ps->S && ps->sticky == 0; s++) {
     /* after a re-form every server answers again: start over */
     int gen = ps->reforms;
@@ -614,6 +768,7 @@ void dml_ps_free(dml_ps *ps) {
     send_all(ps, DML__PS_BYE, &ignore);
     retire_watch(ps);
   }
+  if (ps->repq) dml_comm_cancel(ps->c, ps->repq);
   if (ps->own_comm) dml_comm_free(ps->c);
   dml__free(ps->acked);
   dml__ps_dense_layout_free(&ps->layout);

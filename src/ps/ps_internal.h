@@ -9,6 +9,7 @@
 
 #include "distml/comm.h"
 #include "distml/core.h"
+#include "distml/ps.h"
 
 /* Tags above the collectives' range, the task farm's and the train trace's (see farm.c, trace.c). */
 #define DML__PS_TAG_REQ (DML_TAG_RESERVED + 0x09100000) /* worker -> server requests */
@@ -108,6 +109,24 @@ void dml__ps_msg_free(dml__ps_msg *m);
 /* The server that owns key among nservers: the key is hashed into one of DML__PS_VRANGES virtual
  * ranges and the ranges are dealt to the servers round-robin. */
 #define DML__PS_VRANGES 4096
+
+/* A server served by the worker of its own process (colocated, dml_ps_serve) instead of a thread:
+ * attach posts the receive for requests and starts the watcher (one handler thread only, no
+ * checkpoints); poll handles every request that has arrived without waiting and sets *moved if
+ * it handled any; inreq is the posted receive (NULL once no worker is left: wait on it with
+ * dml_comm_wait_any, never complete it); local handles the worker's own request m
+ * (keys and values borrowed from the caller, never copied unless a pull must wait): a pull's
+ * values go to out and *answered = 1, or the pull waits and its reply comes as a frame through
+ * the communicator; live counts the workers still to serve; detach ends it (cancels the
+ * receive, stops the watcher, waits for replies in flight and, once no worker is left, tells
+ * every other worker this server has finished and returns 1: it has finished for this process's
+ * worker too; 0 otherwise, and after the first call). Errors other than a dropped hostile peer are fatal. */
+int dml__ps_server_attach(dml_ps_server *s, dml_err *err);
+int dml__ps_server_poll(dml_ps_server *s, int *moved, dml_err *err);
+dml_comm_req *dml__ps_server_inreq(const dml_ps_server *s);
+int dml__ps_server_local(dml_ps_server *s, dml__ps_msg *m, float *out, int *answered, dml_err *err);
+int dml__ps_server_live(const dml_ps_server *s);
+int dml__ps_server_detach(dml_ps_server *s);
 int dml__ps_owner(uint64_t key, int nservers);
 
 #endif

@@ -102,6 +102,8 @@ struct dml_ps_server {
   uint64_t last_ckpt_clock;
   int thread_rc;
   dml_err thread_err;
+  int attached;        /* served by this process's worker (dml__ps_server_attach) */
+  dml_comm_req *inreq; /* attached: the posted receive of the next request */
 };
 
 /* Runs of 64 consecutive keys stay in consecutive buckets (a dense range walks memory in order);
@@ -402,6 +404,34 @@ static int post_reply(dml_ps_server *s, int dst, void *buf, size_t bytes, dml_er
   return 0;
 }
 
+/* A request of this process's own worker handled in place (dml__ps_server_local). */
+typedef struct local_sink {
+  float *out;   /* a pull's values (nkeys, or the dense range's length) */
+  int answered; /* 1: done (values in out); 0: the pull waits and its reply comes as a frame */
+} local_sink;
+
+/* The values of req's keys (slots: already looked up, or NULL) into dst; missing keys read 0. */
+static void read_values(dml_ps_server *s, const dml__ps_msg *req, const uint32_t *slots,
+                        float *dst) {
+  if (req->flags & DML__PS_FLAG_DENSE) {
+    size_t cnt = (size_t)(req->key_hi - req->key_lo + 1);
+    dense_part *d = find_part(s, req->key_lo / DML__PS_DENSE_PART);
+    if (d)
+      memcpy(dst, d->vals + req->key_lo % DML__PS_DENSE_PART, cnt * sizeof(float));
+    else
+      memset(dst, 0, cnt * sizeof(float));
+    return;
+  }
+  for (uint64_t i = 0; i < req->nkeys; i++) {
+    uint32_t slot;
+    if (slots)
+      slot = slots[i];
+    else
+      lookup(s, req->keys[i], 0, &slot, NULL);
+    dst[i] = slot == EMPTY_SLOT ? 0.0f : s->vals[slot];
+  }
+}
+
 static int send_reply(dml_ps_server *s, int dst, const dml__ps_msg *req, int with_values,
                       const uint32_t *slots, dml_err *err) {
   dml__ps_msg r;
@@ -450,14 +480,7 @@ static int send_reply(dml_ps_server *s, int dst, const dml__ps_msg *req, int wit
     dml__free(v);
     return dml_err_set(err, DML_ENOMEM, "ps server: no memory for a %zu-byte reply", bytes);
   }
-  for (uint64_t i = 0; i < r.nvals; i++) {
-    uint32_t slot;
-    if (slots)
-      slot = slots[i];
-    else
-      lookup(s, req->keys[i], 0, &slot, NULL);
-    v[i] = slot == EMPTY_SLOT ? 0.0f : s->vals[slot];
-  }
+  if (r.nvals) read_values(s, req, slots, v);
   dml__ps_encode(buf, &r, req->keys, v);
   dml__free(v);
   return post_reply(s, dst, buf, bytes, err);
@@ -567,42 +590,13 @@ static void worker_rejoins(dml_ps_server *s, int r, const dml__ps_msg *m) {
   if (m->key_hi == 1) worker_leaves(s, r, 0);
 }
 
-int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t bytes, dml_err *err) {
-  dml__ps_msg m;
-  const char *peer = dml_comm_peer_name(s->c, src);
-  s->st.bytes_in += bytes;
-  int rc = dml__ps_decode_view(frame, bytes, peer, &m, err); /* frame outlives m, or m owns */
-  if (rc == 0 && src != s->me && m.sender != (uint32_t)src)
-    rc = dml_err_set(err, DML_EPROTO, "ps: %s sent a frame claiming to come from rank %u", peer,
-                     m.sender);
-  if (rc == 0 && (src < 0 || src >= s->n || (!s->w[src].is_worker && src != s->me)))
-    rc =
-        dml_err_set(err, DML_EPROTO, "ps: %s is not a worker but sent command %u", peer, m.command);
-  if (rc == 0 && (m.flags & DML__PS_FLAG_DENSE) &&
-      dml__ps_dense_owner(&s->layout, m.key_lo) != s->vme)
-    rc = dml_err_set(err, DML_EPROTO,
-                     "ps: %s sent dense keys [%llu, %llu], which server %d does not own", peer,
-                     (unsigned long long)m.key_lo, (unsigned long long)m.key_hi, s->me);
-  if (rc == 0) {
-    for (uint64_t i = 0; i < m.nkeys; i++)
-      if (dml__ps_owner(m.keys[i], s->vS) != s->vme) {
-        rc = dml_err_set(err, DML_EPROTO, "ps: %s sent key %llu, which server %d does not own",
-                         peer, (unsigned long long)m.keys[i], s->me);
-        break;
-      }
-  }
-  if (rc) {
-    dml__ps_msg_free(&m);
-    if (rc == DML_EPROTO && src >= 0 && src < s->n && src != s->me) {
-      dml_log(DML_LOG_WARN, "ps server %d: dropping %s: %s", s->me, peer, dml_err_msg(err));
-      if (!s->w[src].dropped) {
-        s->st.dropped_peers++;
-        if (s->w[src].is_worker && !s->w[src].done && !s->w[src].dead) s->live--;
-        s->w[src].dropped = 1;
-      }
-    }
-    return rc;
-  }
+/* One request from src, decoded and checked (or built in place by this process's worker: sink
+ * not NULL, keys and values borrowed from the caller). A pull's values go to sink->out when
+ * sink is given and the pull can be answered now; otherwise into a reply frame. m is freed (or
+ * kept, owned, with a deferred pull). */
+static int handle_msg(dml_ps_server *s, int src, dml__ps_msg *mp, local_sink *sink, dml_err *err) {
+  dml__ps_msg m = *mp;
+  int rc = 0;
   /* The watcher reports a dead worker as a BYE from this rank naming it. */
   if (src == s->me && m.command == DML__PS_BYE && m.sender != (uint32_t)s->me) {
     if (m.sender < (uint32_t)s->n) worker_leaves(s, (int)m.sender, 1);
@@ -629,7 +623,10 @@ int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t by
         s->st.pushes++;
       }
       if (m.command == DML__PS_PUSH) {
-        rc = send_reply(s, src, &m, 0, NULL, err);
+        if (sink)
+          sink->answered = 1;
+        else
+          rc = send_reply(s, src, &m, 0, NULL, err);
         break;
       }
       /* the pull half */
@@ -640,7 +637,13 @@ int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t by
         /* a pushpull whose push was applied just now has its slots in idx_scratch */
         int fresh = m.command == DML__PS_PUSHPULL && !(m.flags & DML__PS_FLAG_DENSE) &&
                     w->last_push_ts == m.timestamp && s->idx_cap >= m.nkeys;
-        rc = send_reply(s, src, &m, 1, fresh ? s->idx_scratch : NULL, err);
+        const uint32_t *slots = fresh ? s->idx_scratch : NULL;
+        if (sink) {
+          read_values(s, &m, slots, sink->out);
+          sink->answered = 1;
+        } else {
+          rc = send_reply(s, src, &m, 1, slots, err);
+        }
       } else {
         if (s->ndq == s->dq_cap) {
           size_t nc = s->dq_cap ? 2 * s->dq_cap : 16;
@@ -678,10 +681,50 @@ int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t by
       serve_deferred(s, err);
       break;
     default:
-      rc = dml_err_set(err, DML_EPROTO, "ps: %s sent command %u to a server", peer, m.command);
+      rc = dml_err_set(err, DML_EPROTO, "ps: %s sent command %u to a server",
+                       dml_comm_peer_name(s->c, src), m.command);
   }
   dml__ps_msg_free(&m);
   return rc;
+}
+
+int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t bytes, dml_err *err) {
+  dml__ps_msg m;
+  const char *peer = dml_comm_peer_name(s->c, src);
+  s->st.bytes_in += bytes;
+  int rc = dml__ps_decode_view(frame, bytes, peer, &m, err); /* frame outlives m, or m owns */
+  if (rc == 0 && src != s->me && m.sender != (uint32_t)src)
+    rc = dml_err_set(err, DML_EPROTO, "ps: %s sent a frame claiming to come from rank %u", peer,
+                     m.sender);
+  if (rc == 0 && (src < 0 || src >= s->n || (!s->w[src].is_worker && src != s->me)))
+    rc =
+        dml_err_set(err, DML_EPROTO, "ps: %s is not a worker but sent command %u", peer, m.command);
+  if (rc == 0 && (m.flags & DML__PS_FLAG_DENSE) &&
+      dml__ps_dense_owner(&s->layout, m.key_lo) != s->vme)
+    rc = dml_err_set(err, DML_EPROTO,
+                     "ps: %s sent dense keys [%llu, %llu], which server %d does not own", peer,
+                     (unsigned long long)m.key_lo, (unsigned long long)m.key_hi, s->me);
+  if (rc == 0) {
+    for (uint64_t i = 0; i < m.nkeys; i++)
+      if (dml__ps_owner(m.keys[i], s->vS) != s->vme) {
+        rc = dml_err_set(err, DML_EPROTO, "ps: %s sent key %llu, which server %d does not own",
+                         peer, (unsigned long long)m.keys[i], s->me);
+        break;
+      }
+  }
+  if (rc) {
+    dml__ps_msg_free(&m);
+    if (rc == DML_EPROTO && src >= 0 && src < s->n && src != s->me) {
+      dml_log(DML_LOG_WARN, "ps server %d: dropping %s: %s", s->me, peer, dml_err_msg(err));
+      if (!s->w[src].dropped) {
+        s->st.dropped_peers++;
+        if (s->w[src].is_worker && !s->w[src].done && !s->w[src].dead) s->live--;
+        s->w[src].dropped = 1;
+      }
+    }
+    return rc;
+  }
+  return handle_msg(s, src, &m, NULL, err);
 }
 
 void dml_ps_config_init(dml_ps_config *cfg) {
@@ -956,8 +999,9 @@ static int reform(dml_ps_server *s, const char *why, dml_err *err) {
 }
 
 /* Orderly shutdown: every worker still here hears that this server is done (a BYE on the reply
- * tag), so it can leave without taking the end of the connection for a failure. */
-static void send_shutdown(dml_ps_server *s) {
+ * tag), so it can leave without taking the end of the connection for a failure; but_me: not the
+ * worker of this process (it is told in place). */
+static void send_shutdown(dml_ps_server *s, int but_me) {
   dml__ps_msg m;
   memset(&m, 0, sizeof(m));
   m.command = DML__PS_BYE;
@@ -966,7 +1010,7 @@ static void send_shutdown(dml_ps_server *s) {
   dml__ps_encode(buf, &m, NULL, NULL);
   for (int r = 0; r < s->n; r++) {
     const worker_state *w = &s->w[r];
-    if (!w->is_worker || w->dead || w->dropped) continue;
+    if (!w->is_worker || w->dead || w->dropped || (but_me && r == s->me)) continue;
     dml_comm_send(s->c, r, s->tag_rep, buf, sizeof buf);
   }
 }
@@ -1032,7 +1076,7 @@ int dml_ps_server_run(dml_ps_server *s, dml_err *err) {
   flush_aggregate(s);
   watcher_stop(s);
   reap_replies(s, 1);
-  if (rc == 0) send_shutdown(s);
+  if (rc == 0) send_shutdown(s, 0);
   s->st.keys = s->nkeys;
   for (int h = 1; s->subs && h < s->K; h++) {
     dml_err herr;
@@ -1042,6 +1086,91 @@ int dml_ps_server_run(dml_ps_server *s, dml_err *err) {
       rc = dml_err_set(err, hrc, "ps server %d handler %d: %s", s->me, h, dml_err_msg(&herr));
   }
   return rc;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Serving from the worker of this process (colocated, dml_ps_serve): the loop above cut into
+ * steps the worker takes inside its own calls. */
+
+int dml__ps_server_attach(dml_ps_server *s, dml_err *err) {
+  if (s->attached || s->thread_started)
+    return dml_err_set(err, DML_ESTATE, "ps server %d: already running or served", s->me);
+  if (s->subs || s->cfg.recover || s->cfg.restore || s->cfg.checkpoint_dir)
+    return dml_err_set(err, DML_EUNSUPPORTED,
+                       "ps server %d: a worker serves its shard itself only with one handler "
+                       "thread and no checkpoints",
+                       s->me);
+  int rc = dml_comm_irecv_alloc(s->c, DML_ANY_SOURCE, s->tag_req, &s->inreq);
+  if (rc) {
+    s->inreq = NULL;
+    return dml_err_set(err, rc, "ps server %d: %s", s->me, dml_comm_errmsg(s->c));
+  }
+  if ((rc = watcher_start(s, err)) != 0) {
+    dml_comm_cancel(s->c, s->inreq);
+    s->inreq = NULL;
+    return rc;
+  }
+  s->attached = 1;
+  return 0;
+}
+
+int dml__ps_server_live(const dml_ps_server *s) {
+  return s->live;
+}
+
+dml_comm_req *dml__ps_server_inreq(const dml_ps_server *s) {
+  return s->inreq;
+}
+
+int dml__ps_server_poll(dml_ps_server *s, int *moved, dml_err *err) {
+  while (s->inreq != NULL && s->live > 0) {
+    void *buf = NULL;
+    size_t bytes = 0;
+    int src = -1, done = 0;
+    int rc = dml_comm_test_alloc(s->c, s->inreq, &done, &buf, &bytes, &src);
+    if (!done) break;
+    s->inreq = NULL;
+    if (rc)
+      return dml_err_set(err, rc, "ps server %d: receive failed: %s", s->me, dml_comm_errmsg(s->c));
+    *moved = 1;
+    dml_err herr;
+    dml_err_clear(&herr);
+    int hrc = dml_ps_server_handle(s, src, buf, bytes, &herr);
+    dml_comm_buf_free(buf);
+    if (hrc && hrc != DML_EPROTO) return dml_err_set(err, hrc, "%s", dml_err_msg(&herr));
+    if (s->live > 0 && (rc = dml_comm_irecv_alloc(s->c, DML_ANY_SOURCE, s->tag_req, &s->inreq))) {
+      s->inreq = NULL;
+      return dml_err_set(err, rc, "ps server %d: %s", s->me, dml_comm_errmsg(s->c));
+    }
+  }
+  if (s->nout) reap_replies(s, 0);
+  return 0;
+}
+
+int dml__ps_server_local(dml_ps_server *s, dml__ps_msg *m, float *out, int *answered,
+                         dml_err *err) {
+  local_sink sink = {out, 0};
+  s->st.bytes_in += dml__ps_frame_bytes(m->nkeys, m->nvals);
+  m->borrowed = 1;
+  int rc = handle_msg(s, s->me, m, &sink, err);
+  *answered = sink.answered;
+  if (s->nout) reap_replies(s, 0);
+  return rc;
+}
+
+int dml__ps_server_detach(dml_ps_server *s) {
+  if (!s->attached) return 0;
+  s->attached = 0;
+  if (s->inreq) dml_comm_cancel(s->c, s->inreq);
+  s->inreq = NULL;
+  flush_aggregate(s);
+  watcher_stop(s);
+  reap_replies(s, 1);
+  /* A self-sent message could come after the other ranks have exited, and a receive from any
+   * rank fails once no other rank is left: the worker of this process is told by the return. */
+  if (s->live == 0) send_shutdown(s, 1);
+  s->st.keys = s->nkeys;
+  return s->live == 0;
 }
 
 static void *server_thread(void *arg) {
@@ -1082,6 +1211,7 @@ void dml_ps_server_stats_get(const dml_ps_server *s, dml_ps_server_stats *st) {
 
 void dml_ps_server_free(dml_ps_server *s) {
   if (s == NULL) return;
+  dml__ps_server_detach(s);
   for (int h = 1; s->subs && h < s->K; h++) dml_ps_server_free(s->subs[h - 1]);
   dml__free(s->subs);
   if (s->c) reap_replies(s, 1);

@@ -189,7 +189,8 @@ static void input_close(worker_input *in) {
  * the delta. */
 static int run_dense_worker(const dml_train_config *cfg, const dml_dataset *train,
                             const dml_dataset *test, dml_comm *comm, const dml_ps_config *pcfg,
-                            int first, int report_to, dml_train_result *res, dml_err *err) {
+                            int first, int report_to, dml_ps_server *local, dml_train_result *res,
+                            dml_err *err) {
   int n = dml_comm_size(comm), rank = dml_comm_rank(comm);
   int W = dml_ps_num_workers(pcfg, n);
   int widx = pcfg->colocated ? rank : rank - pcfg->num_servers;
@@ -223,6 +224,7 @@ static int run_dense_worker(const dml_train_config *cfg, const dml_dataset *trai
     metrics_open = 1;
   }
   if ((rc = dml_ps_create(&ps, comm, pcfg, err)) != 0) goto out;
+  if (local && (rc = dml_ps_serve(ps, local, err)) != 0) goto out;
   if (first) log_dense_load(pcfg, n, P);
   double t_train = 0, loss_sum = 0;
   uint64_t push_ts = 0; /* the last iteration's push, not waited for yet (wait_push) */
@@ -293,12 +295,14 @@ out:
   return rc;
 }
 
-/* report_to: the rank the first worker sends the result to (-1: none). The worker leaves in
+/* report_to: the rank the first worker sends the result to (-1: none); local: the shard of this
+ * process when the worker serves it itself (colocated, dml_ps_serve), else NULL (run_dense_worker
+ * takes both alike). The worker leaves in
  * order (dml_ps_finish) and sends the result on the client's communicator, which is the job's
  * current one after a re-form. */
 static int run_worker(const dml_train_config *cfg, const dml_dataset *train,
                       const dml_dataset *test, dml_comm *comm, const dml_ps_config *pcfg, int first,
-                      int report_to, dml_train_result *res, dml_err *err) {
+                      int report_to, dml_ps_server *local, dml_train_result *res, dml_err *err) {
   int n = dml_comm_size(comm), rank = dml_comm_rank(comm);
   int W = dml_ps_num_workers(pcfg, n);
   int widx = pcfg->colocated ? rank : rank - pcfg->num_servers;
@@ -336,6 +340,7 @@ static int run_worker(const dml_train_config *cfg, const dml_dataset *train,
     metrics_open = 1;
   }
   if ((rc = dml_ps_create(&ps, comm, pcfg, err)) != 0) goto out;
+  if (local && (rc = dml_ps_serve(ps, local, err)) != 0) goto out;
   if (first) log_server_load(pcfg, n, (uint64_t)nk_max);
   float *params = dml_model_params(m), *grads = dml_model_grads(m);
   double t_train = 0, loss_sum = 0;
@@ -462,7 +467,8 @@ int dml_train_ps_run(const dml_train_config *cfg, const dml_dataset *train, cons
   if (dml_ps_is_server(&pcfg, rank)) {
     if ((rc = dml_ps_server_create(&srv, comm, &pcfg, err)) != 0) return rc;
     if (pcfg.colocated) {
-      if ((rc = dml_ps_server_start(srv, err)) != 0) goto out;
+      /* the worker serves its shard itself (dml_ps_serve) unless it has handler threads */
+      if (pcfg.handler_threads > 1 && (rc = dml_ps_server_start(srv, err)) != 0) goto out;
     } else {
       rc = dml_ps_server_run(srv, err);
       dml_ps_server_stats st;
@@ -489,7 +495,8 @@ int dml_train_ps_run(const dml_train_config *cfg, const dml_dataset *train, cons
   if (dml_ps_is_worker(&pcfg, rank, n)) {
     rc = (dense_model ? run_dense_worker : run_worker)(
         cfg, train, test, comm, &pcfg, rank == first_worker,
-        rank == first_worker && rank != 0 ? 0 : -1, res, err);
+        rank == first_worker && rank != 0 ? 0 : -1,
+        pcfg.colocated && pcfg.handler_threads <= 1 ? srv : NULL, res, err);
     if (srv) {
       dml_err jerr;
       int jrc = dml_ps_server_join(srv, &jerr);
