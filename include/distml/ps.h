@@ -4,7 +4,8 @@
  * dml_comm (tagged messages) and knows nothing of data sets or training loops (src/train/train_ps.c).
  *
  * Roles: with S dedicated servers, ranks 0..S-1 are servers and ranks S..N-1 workers; colocated,
- * every rank is a worker and runs a server shard on a thread. Keys are hashed into 4096 virtual
+ * every rank is a worker and holds a server shard, served by the worker itself (dml_ps_serve) or
+ * on a thread. Keys are hashed into 4096 virtual
  * ranges dealt to the servers round-robin.
  * Consistency: a pull sent at worker clock c is answered when every live worker has reached clock
  * c - s (BSP s = 0, SSP s, ASP no wait). A worker that dies or leaves stops counting.
