@@ -158,7 +158,7 @@ void dml_ps_free(dml_ps *ps);
  * communicator with the same config, one handler thread, not started on a thread), itself: a
  * request to that shard is applied and answered in place (no frame, no copy of the caller's
  * keys and values), and while the worker waits (dml_ps_wait, dml_ps_finish) it answers the other
- * workers' requests to it, polling for DISTML_PS_SPIN_US microseconds (default: 200 when every
+ * workers' requests to it, polling for DISTML_PS_SPIN_US microseconds (default: 1000 when every
  * local rank has a core, else 0) before it sleeps. No server thread, no hand-off between
  * threads. The shard is served only inside this worker's calls: a worker that computes for long
  * between waits delays the others' requests to its shard by as much. dml_ps_finish serves until
