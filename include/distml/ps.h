@@ -10,9 +10,10 @@
  * Consistency: a pull sent at worker clock c is answered when every live worker has reached clock
  * c - s (BSP s = 0, SSP s, ASP no wait). A worker that dies or leaves stops counting.
  * Ownership: keys and input values are encoded into frames at the call (both may be reused right
- * away); a pull's output buffer is written during dml_ps_wait calls (for its timestamp or any
- * other: replies are filed as they come) and must stay valid until the wait for its timestamp
- * returns.
+ * away; with dml_ps_serve, values for this process's own shard are applied at the call); a pull's
+ * output buffer may be written any time until the wait for its timestamp returns (replies are
+ * filed during dml_ps_wait calls, for its timestamp or any other, and large dense replies are
+ * received straight into it) and must stay valid and unread until then.
  * Threads: one dml_ps per thread. Wire format: docs/ps.md. */
 #ifndef DISTML_PS_H
 #define DISTML_PS_H

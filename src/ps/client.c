@@ -21,6 +21,7 @@ typedef struct request {
   uint64_t *flo;        /* (fcap) key_lo of each frame (dense replies are matched by it) */
   unsigned char *fdone; /* (fcap) 1 once the frame's reply arrived */
   dml_comm_req **sreq;  /* (fcap) */
+  dml_comm_req **brecv; /* (fcap) posted receive of a body reply's values (DML__PS_FLAG_BODY) */
   int nframes, fcap;
   int *pending; /* (S) replies outstanding from each server */
   int npending;
@@ -164,9 +165,10 @@ int dml_ps_create(dml_ps **out, dml_comm *c, const dml_ps_config *cfg, dml_err *
     r->flo = dml__calloc((size_t)r->fcap, sizeof(uint64_t));
     r->fdone = dml__calloc((size_t)r->fcap, 1);
     r->sreq = dml__calloc((size_t)r->fcap, sizeof(dml_comm_req *));
+    r->brecv = dml__calloc((size_t)r->fcap, sizeof(dml_comm_req *));
     r->pending = dml__calloc((size_t)ps->S, sizeof(int));
-    if (!r->soff || !r->frames || !r->sreq || !r->pending || !r->fbytes || !r->fdst || !r->flo ||
-        !r->fdone) {
+    if (!r->soff || !r->frames || !r->sreq || !r->brecv || !r->pending || !r->fbytes || !r->fdst ||
+        !r->flo || !r->fdone) {
       ps->nrq = i + 1;
       dml_ps_free(ps);
       return dml_err_set(err, DML_ENOMEM, "ps: out of memory");
@@ -180,6 +182,8 @@ static void request_release(dml_ps *ps, request *r) {
   for (int f = 0; f < r->nframes; f++) {
     if (r->sreq[f]) dml_comm_wait(ps->c, r->sreq[f], -1);
     r->sreq[f] = NULL;
+    if (r->brecv[f]) dml_comm_cancel(ps->c, r->brecv[f]); /* failed: nothing more is written */
+    r->brecv[f] = NULL;
     dml__free(r->frames[f]);
     r->frames[f] = NULL;
   }
@@ -209,7 +213,9 @@ static int add_frame(dml_ps *ps, request *r, int s, uint64_t key_lo) {
     if (nl) r->flo = nl;
     unsigned char *ndn = dml__realloc(r->fdone, (size_t)nc);
     if (ndn) r->fdone = ndn;
-    if (!nf || !nr || !nb || !nd || !nl || !ndn) {
+    dml_comm_req **nbr = dml__realloc(r->brecv, (size_t)nc * sizeof(dml_comm_req *));
+    if (nbr) r->brecv = nbr;
+    if (!nf || !nr || !nb || !nd || !nl || !ndn || !nbr) {
       fail(ps, DML_ENOMEM, "ps: no memory for a frame%s%s", "", "");
       return -1;
     }
@@ -218,6 +224,7 @@ static int add_frame(dml_ps *ps, request *r, int s, uint64_t key_lo) {
   int f = r->nframes++;
   r->frames[f] = NULL;
   r->sreq[f] = NULL;
+  r->brecv[f] = NULL;
   r->fbytes[f] = 0;
   r->fdst[f] = s;
   r->flo[f] = key_lo;
@@ -254,7 +261,17 @@ static int send_frame(dml_ps *ps, request *r, int s, dml__ps_msg *m, const uint6
   r->frames[f] = frame;
   r->fbytes[f] = bytes;
   dml__ps_encode(frame, m, keys, vals);
-  int rc = dml_comm_isend(ps->c, server_rank(ps, s), req_tag(ps, s), frame, bytes, &r->sreq[f]);
+  int rc;
+  if (m->flags & DML__PS_FLAG_BODY) { /* posted before the request leaves: the values land in out */
+    size_t vbytes = (size_t)(m->key_hi - m->key_lo + 1) * sizeof(float);
+    rc = dml_comm_irecv(ps->c, server_rank(ps, s), DML__PS_TAG_BODY(s / ps->Sproc, m->timestamp),
+                        out, vbytes, &r->brecv[f]);
+    if (rc) {
+      r->brecv[f] = NULL;
+      return comm_failed(ps, rc, "receiving from", server_rank(ps, s));
+    }
+  }
+  rc = dml_comm_isend(ps->c, server_rank(ps, s), req_tag(ps, s), frame, bytes, &r->sreq[f]);
   if (rc) {
     r->sreq[f] = NULL;
     return comm_failed(ps, rc, "sending to", server_rank(ps, s)); /* a re-form resends it */
@@ -300,10 +317,15 @@ static int post_dense(dml_ps *ps, int command, uint64_t clock, uint64_t lo, cons
     m.key_hi = b - 1;
     m.nvals = with_vals ? b - a : 0;
     m.value_type = with_vals ? DML__PS_VT_F32 : DML__PS_VT_NONE;
+    int owner = dml__ps_dense_owner(&ps->layout, a);
+    /* a large reply comes as header + values received straight into out (not with recovery:
+     * a re-form resends frames, not receives) */
+    if (out && (b - a) * sizeof(float) >= DML__PS_BODY_MIN_BYTES && !ps->cfg.recover &&
+        !(ps->local && server_rank(ps, owner) == ps->me))
+      m.flags |= DML__PS_FLAG_BODY;
     int answered;
-    if (send_frame(ps, r, dml__ps_dense_owner(&ps->layout, a), &m, NULL,
-                   with_vals ? vals + (a - lo) : NULL, out ? out + (a - lo) : NULL,
-                   &answered) != 0) {
+    if (send_frame(ps, r, owner, &m, NULL, with_vals ? vals + (a - lo) : NULL,
+                   out ? out + (a - lo) : NULL, &answered) != 0) {
       request_release(ps, r);
       return ps->sticky;
     }
@@ -463,7 +485,17 @@ static int file_reply(dml_ps *ps, int s, void *buf, size_t bytes) {
       return fail(ps, DML_EPROTO,
                   "ps: server %s returned a dense range this request did not ask for%s", peer, "");
     }
-    if (r->command != DML__PS_PUSH)
+    if ((m.flags & DML__PS_FLAG_BODY) && r->brecv[f] == NULL) {
+      dml__ps_msg_free(&m);
+      dml_comm_buf_free(buf);
+      return fail(ps, DML_EPROTO, "ps: server %s sent a body this request did not ask for%s", peer,
+                  "");
+    }
+    if (r->brecv[f] && !(m.flags & DML__PS_FLAG_BODY) && cnt) { /* inline after all */
+      dml_comm_cancel(ps->c, r->brecv[f]);
+      r->brecv[f] = NULL;
+    }
+    if (r->command != DML__PS_PUSH && !(m.flags & DML__PS_FLAG_BODY))
       memcpy(r->out + (m.key_lo - r->dense_lo), m.vals, (size_t)cnt * sizeof(float));
     dml__ps_msg_free(&m);
     dml_comm_buf_free(buf);
@@ -614,6 +646,18 @@ int dml_ps_wait(dml_ps *ps, uint64_t ts) {
     while (!r->pending[s]) s++;
     receive_one(ps, s);
   }
+  /* body replies: each server sent the values right after the header */
+  for (int f = 0; f < r->nframes && ps->sticky == 0; f++) {
+    if (r->brecv[f] == NULL) continue;
+    int rc = dml_comm_wait(ps->c, r->brecv[f], -1);
+    if (rc == DML_ETIMEDOUT) continue; /* still posted: request_release withdraws it */
+    r->brecv[f] = NULL;
+    if (rc) comm_failed(ps, rc, "receiving values from", server_rank(ps, r->fdst[f]));
+  }
+  for (int f = 0; f < r->nframes && ps->sticky == 0; f++)
+    if (r->brecv[f])
+      fail(ps, DML_ETIMEDOUT, "ps: no values from server %s after its reply%s",
+           dml_comm_peer_name(ps->c, server_rank(ps, r->fdst[f])), "");
   request_release(ps, r);
   return ps->sticky;
 }
@@ -770,6 +814,7 @@ void dml_ps_free(dml_ps *ps) {
       dml__free(r->flo);
       dml__free(r->fdone);
       dml__free(r->sreq);
+      dml__free(r->brecv);
       dml__free(r->pending);
     }
   int ignore;

@@ -44,7 +44,7 @@ size_t dml__ps_frame_bytes(uint64_t nkeys, uint64_t nvals) {
 }
 
 /* Header layout (offsets): 0 magic u32, 4 version u16, 6 command u16, 8 sender u32,
- * 12 value type u16, 14 flags u16 (bit 0 dense, others 0), 16 timestamp u64, 24 clock u64, 32 key_lo u64,
+ * 12 value type u16, 14 flags u16 (bit 0 dense, bit 1 body, others 0), 16 timestamp u64, 24 clock u64, 32 key_lo u64,
  * 40 key_hi u64, 48 nkeys u64, 56 nvals u64. */
 void dml__ps_encode(void *buf, const dml__ps_msg *m, const uint64_t *keys, const float *vals) {
   unsigned char *p = buf;
@@ -60,15 +60,17 @@ void dml__ps_encode(void *buf, const dml__ps_msg *m, const uint64_t *keys, const
   put_u64(p + 40, m->key_hi);
   put_u64(p + 48, m->nkeys);
   put_u64(p + 56, m->nvals);
+  /* a body reply announces its values; they travel as their own message */
+  uint64_t nv = (m->flags & DML__PS_FLAG_BODY) && m->command == DML__PS_REPLY ? 0 : m->nvals;
   unsigned char *k = p + DML__PS_HEADER_BYTES;
   unsigned char *v = k + 8 * m->nkeys;
   if (HOST_LE) {
     if (m->nkeys) memcpy(k, keys, (size_t)m->nkeys * 8);
-    if (m->nvals) memcpy(v, vals, (size_t)m->nvals * 4);
+    if (nv) memcpy(v, vals, (size_t)nv * 4);
     return;
   }
   for (uint64_t i = 0; i < m->nkeys; i++) put_u64(k + 8 * i, keys[i]);
-  for (uint64_t i = 0; i < m->nvals; i++) {
+  for (uint64_t i = 0; i < nv; i++) {
     uint32_t bits;
     memcpy(&bits, &vals[i], 4);
     put_u32(v + 4 * i, bits);
@@ -139,9 +141,20 @@ static int decode(const void *buf, size_t len, const char *peer, dml__ps_msg *m,
   m->sender = get_u32(p + 8);
   m->value_type = get_u16(p + 12);
   m->flags = get_u16(p + 14);
-  if (m->flags & ~DML__PS_FLAG_DENSE)
+  if (m->flags & ~(DML__PS_FLAG_DENSE | DML__PS_FLAG_BODY))
     return dml_err_set(err, DML_EPROTO, "ps: %s sent unknown flags 0x%x at byte 14", peer,
                        m->flags);
+  /* BODY: dense; a request asks for its reply's values as a body (PULL, PUSHPULL); a reply is the
+   * header alone and announces them (checked against the dense range below). */
+  int body_reply = (m->flags & DML__PS_FLAG_BODY) && m->command == DML__PS_REPLY;
+  if ((m->flags & DML__PS_FLAG_BODY) &&
+      (!(m->flags & DML__PS_FLAG_DENSE) ||
+       (!body_reply && m->command != DML__PS_PULL && m->command != DML__PS_PUSHPULL) ||
+       (body_reply && len != DML__PS_HEADER_BYTES)))
+    return dml_err_set(err, DML_EPROTO,
+                       "ps: %s sent flags 0x%x at byte 14 with command %u in a %zu-byte frame "
+                       "(a body goes with a dense pull, or a dense reply of 64 bytes)",
+                       peer, m->flags, m->command, len);
   m->timestamp = get_u64(p + 16);
   m->clock = get_u64(p + 24);
   m->key_lo = get_u64(p + 32);
@@ -149,6 +162,19 @@ static int decode(const void *buf, size_t len, const char *peer, dml__ps_msg *m,
   m->nkeys = get_u64(p + 48);
   m->nvals = get_u64(p + 56);
   size_t body = len - DML__PS_HEADER_BYTES;
+  /* A body reply's values are not in the frame: its count is checked against its dense range. */
+  uint64_t announced = 0;
+  if (body_reply) {
+    announced = m->nvals;
+    if (announced == 0 || announced > DML__PS_DENSE_PART || m->key_lo > m->key_hi ||
+        m->key_hi - m->key_lo + 1 != announced || m->value_type != DML__PS_VT_F32)
+      return dml_err_set(err, DML_EPROTO,
+                         "ps: %s announced a body of %llu values (type %u) for [%llu, %llu]", peer,
+                         (unsigned long long)announced, m->value_type,
+                         (unsigned long long)m->key_lo, (unsigned long long)m->key_hi);
+    m->nvals = 0;
+    m->value_type = DML__PS_VT_NONE;
+  }
   /* Counts are checked against the frame before anything is multiplied or allocated. */
   if (m->nkeys > body / 8 || m->nkeys > DML__PS_MAX_KEYS)
     return dml_err_set(
@@ -224,6 +250,11 @@ static int decode(const void *buf, size_t len, const char *peer, dml__ps_msg *m,
     prev = key;
   }
   const unsigned char *vp = k + 8 * m->nkeys;
+  if (body_reply) { /* nothing to copy: the values come as their own message */
+    m->nvals = announced;
+    m->value_type = DML__PS_VT_F32;
+    return 0;
+  }
   if (view && HOST_LE && ((uintptr_t)k % 8) == 0 && ((uintptr_t)vp % 4) == 0) {
     m->keys = m->nkeys ? (uint64_t *)(void *)k : NULL;
     m->vals = m->nvals ? (float *)(void *)vp : NULL;

@@ -157,6 +157,43 @@ int main(int argc, char **argv) {
     d.flags = 0x8001;
     dml__ps_encode(db, &d, NULL, dv);
     expect_reject(db, sizeof db, "unknown flag");
+    /* BODY: a dense pull asks for it; a dense reply is then the 64-byte header announcing its
+     * values (which come as their own message); anything else with BODY is refused */
+    d.flags = DML__PS_FLAG_DENSE | DML__PS_FLAG_BODY;
+    dml__ps_encode(db, &d, NULL, dv);
+    expect_reject(db, sizeof db, "body on a push");
+    d.command = DML__PS_PULL;
+    d.nvals = 0;
+    d.value_type = DML__PS_VT_NONE;
+    unsigned char hb[64];
+    dml__ps_encode(hb, &d, NULL, NULL);
+    T_OK(dml__ps_decode(hb, sizeof hb, "peer", &m, &err));
+    T_ASSERT(m.command == DML__PS_PULL && (m.flags & DML__PS_FLAG_BODY) && m.nvals == 0);
+    dml__ps_msg_free(&m);
+    d.command = DML__PS_REPLY;
+    d.nvals = 4;
+    d.value_type = DML__PS_VT_F32;
+    dml__ps_encode(hb, &d, NULL, NULL);
+    T_OK(dml__ps_decode(hb, sizeof hb, "peer", &m, &err));
+    T_ASSERT(m.command == DML__PS_REPLY && m.nvals == 4 && m.vals == NULL);
+    dml__ps_msg_free(&m);
+    if (argc > 1) write_seed(argv[1], "body_reply", hb, sizeof hb);
+    d.nvals = 3; /* announces fewer values than its range holds */
+    dml__ps_encode(hb, &d, NULL, NULL);
+    expect_reject(hb, sizeof hb, "body reply count");
+    d.nvals = 4;
+    d.value_type = DML__PS_VT_NONE;
+    dml__ps_encode(hb, &d, NULL, NULL);
+    expect_reject(hb, sizeof hb, "body reply without a value type");
+    d.value_type = DML__PS_VT_F32;
+    d.flags = DML__PS_FLAG_BODY; /* not dense */
+    dml__ps_encode(hb, &d, NULL, NULL);
+    expect_reject(hb, sizeof hb, "sparse body");
+    d.flags = DML__PS_FLAG_DENSE | DML__PS_FLAG_BODY;
+    unsigned char lb[64 + 16]; /* a body reply carrying values in the frame as well */
+    memset(lb, 0, sizeof lb);
+    dml__ps_encode(lb, &d, NULL, NULL);
+    expect_reject(lb, sizeof lb, "body reply longer than its header");
   }
   /* every prefix of a valid frame is rejected, never read past */
   for (size_t l = 0; l < len; l++) {

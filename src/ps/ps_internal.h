@@ -48,6 +48,19 @@ enum { DML__PS_VT_NONE = 0, DML__PS_VT_F32 = 1 };
  * [key_lo, key_hi], which lies inside one dense part (DML__PS_DENSE_PART keys, aligned). Dense
  * keys are a namespace of their own, separate from sparse keys. */
 #define DML__PS_FLAG_DENSE 1u
+/* BODY (dense only). On a PULL or PUSHPULL: "send the values of the reply as a separate message"
+ * (the requester has posted a receive for them straight into its output buffer). On a REPLY: the
+ * frame is the 64-byte header alone, announcing nvals values that follow from the same server as
+ * one message of nvals * 4 bytes on tag DML__PS_TAG_BODY(handler, timestamp): the requester
+ * copies nothing (and allocates nothing). */
+#define DML__PS_FLAG_BODY 2u
+/* Replies of at least this many value bytes go as header + body (DML__PS_FLAG_BODY). */
+#define DML__PS_BODY_MIN_BYTES (64u * 1024)
+/* Reply bodies: a tag per (handler, request timestamp modulo 2^16): a worker has fewer requests in
+ * flight than that (max_in_flight <= 65536), so its posted receives never share a tag, and the
+ * frames of one request are answered by one server in order. Above the other ps tags. */
+#define DML__PS_TAG_BODY(h, ts) \
+  (DML_TAG_RESERVED + 0x0A000000 + (int)(h)*0x10000 + (int)((ts)&0xFFFF))
 #define DML__PS_DENSE_PART ((uint64_t)1 << 16)
 /* The server of a dense chunk outside the registered tensors: chunks are dealt round-robin. */
 #define DML__PS_DENSE_OWNER(key, nservers) \
@@ -91,10 +104,12 @@ typedef struct dml__ps_msg {
 /* Bytes of a frame with nkeys keys and nvals values. */
 size_t dml__ps_frame_bytes(uint64_t nkeys, uint64_t nvals);
 /* Writes header and body into buf (dml__ps_frame_bytes bytes). Keys and vals may be NULL when
- * their count is 0; keys are taken as given (the caller ensures the order). */
+ * their count is 0; keys are taken as given (the caller ensures the order). A body reply
+ * (DML__PS_FLAG_BODY on a REPLY) is the header alone: 64 bytes, vals unused. */
 void dml__ps_encode(void *buf, const dml__ps_msg *m, const uint64_t *keys, const float *vals);
 /* Pure decoder: checks magic, version, command, value type, counts against the frame length,
- * key order and range before allocating; on success *m owns copies of keys and values. peer names
+ * key order and range before allocating; on success *m owns copies of keys and values (a body
+ * reply: nvals is the announced count, vals NULL). peer names
  * the sender in err ("rank 3 (127.0.0.1:4000)"). Returns 0, DML_EPROTO or DML_ENOMEM. */
 int dml__ps_decode(const void *buf, size_t len, const char *peer, dml__ps_msg *m, dml_err *err);
 /* The same checks without copies: keys and vals point into buf (which must stay valid and
