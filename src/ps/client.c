@@ -532,6 +532,26 @@ static int receive_one(dml_ps *ps, int s) {
  * servers', and its own server's for a pull that had to wait) comes through one posted receive
  * from any rank; every request to its shard through the server's. */
 
+/* Files the dense pulls of this worker that waited at its own shard and have been answered in
+ * place since (their values are in the caller's buffer). Returns how many. */
+static int local_answers(dml_ps *ps) {
+  uint64_t ts, lo;
+  int n = 0;
+  while (dml__ps_server_local_done(ps->local, &ts, &lo)) {
+    n++;
+    for (int i = 0; i < ps->nrq; i++) {
+      request *r = &ps->rq[i];
+      if (!r->active || r->ts != ts) continue;
+      for (int f = 0; f < r->nframes; f++)
+        if (r->fdst[f] == ps->me && !r->fdone[f] && r->flo[f] == lo) {
+          frame_answered(ps, r, f);
+          break;
+        }
+    }
+  }
+  return n;
+}
+
 /* Longest sleep of one wait before the timeout is looked at again (ms). */
 #define SERVE_SLICE_MS 50
 
@@ -557,6 +577,7 @@ static int attached_step(dml_ps *ps, int block_ms, int *moved) {
   dml_err_clear(&e);
   if ((rc = dml__ps_server_poll(ps->local, moved, &e)) != 0)
     return fail(ps, rc, "%s%s", dml_err_msg(&e), "");
+  if (local_answers(ps)) *moved = 1;
   void *buf = NULL;
   size_t bytes = 0;
   int src = -1, done = 0;

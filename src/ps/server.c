@@ -42,7 +42,15 @@ typedef struct dense_part {
 typedef struct deferred {
   int src;
   dml__ps_msg m;
+  float *local_out; /* a dense pull of this process's own worker (dml_ps_serve): answered in
+                       place, into its buffer, not with a frame */
 } deferred;
+
+/* A pull of this process's worker answered in place after it had waited (the worker collects
+ * these: dml__ps_server_local_done). */
+typedef struct local_done {
+  uint64_t timestamp, key_lo;
+} local_done;
 
 /* A reply on its way: sent without blocking (the loop goes on serving while the worker takes it),
  * its frame freed once the send completes. */
@@ -104,6 +112,8 @@ struct dml_ps_server {
   dml_err thread_err;
   int attached;        /* served by this process's worker (dml__ps_server_attach) */
   dml_comm_req *inreq; /* attached: the posted receive of the next request */
+  local_done *ldone;   /* attached: deferred pulls of that worker answered in place */
+  size_t nldone, ldone_cap;
 };
 
 /* Runs of 64 consecutive keys stay in consecutive buckets (a dense range walks memory in order);
@@ -573,7 +583,12 @@ static void serve_deferred(dml_ps_server *s, dml_err *err) {
   for (size_t i = 0; i < s->ndq; i++) {
     deferred *d = &s->dq[i];
     if (pull_ready(s, d->src, &d->m)) {
-      send_reply(s, d->src, &d->m, 1, NULL, err);
+      if (d->local_out && s->nldone < s->ldone_cap) {
+        read_values(s, &d->m, NULL, d->local_out);
+        s->ldone[s->nldone++] = (local_done){d->m.timestamp, d->m.key_lo};
+      } else {
+        send_reply(s, d->src, &d->m, 1, NULL, err);
+      }
       dml__ps_msg_free(&d->m);
     } else {
       s->dq[k++] = *d;
@@ -615,6 +630,16 @@ static void worker_rejoins(dml_ps_server *s, int r, const dml__ps_msg *m) {
   }
   if (m->clock > w->clock || s->st.restored) w->clock = m->clock;
   if (m->key_hi == 1) worker_leaves(s, r, 0);
+}
+
+/* Room for every deferred pull to be answered in place before the worker collects them. */
+static int grow_ldone(dml_ps_server *s) {
+  size_t nc = DML__MAX(2 * s->ldone_cap, s->nldone + s->ndq + 16);
+  local_done *nl = dml__realloc(s->ldone, nc * sizeof(local_done));
+  if (nl == NULL) return DML_ENOMEM;
+  s->ldone = nl;
+  s->ldone_cap = nc;
+  return 0;
 }
 
 /* One request from src, decoded and checked (or built in place by this process's worker: sink
@@ -682,11 +707,19 @@ static int handle_msg(dml_ps_server *s, int src, dml__ps_msg *mp, local_sink *si
           s->dq = nd;
           s->dq_cap = nc;
         }
-        if (dml__ps_msg_own(&m) != 0) { /* the frame is freed after this call */
+        /* the reply needs the keys or the range, not the values of a pushpull's push half */
+        if (!m.borrowed) dml__free(m.vals);
+        m.vals = NULL;
+        m.nvals = 0;
+        /* a dense pull of this process's worker waits with its buffer (answered in place) */
+        float *lout = sink && (m.flags & DML__PS_FLAG_DENSE) ? sink->out : NULL;
+        if ((lout && s->nldone + s->ndq + 1 > s->ldone_cap && grow_ldone(s) != 0) ||
+            dml__ps_msg_own(&m) != 0) { /* the frame is freed after this call */
           rc = dml_err_set(err, DML_ENOMEM, "ps server: no memory to defer a pull");
           break;
         }
         s->dq[s->ndq].src = src;
+        s->dq[s->ndq].local_out = lout;
         s->dq[s->ndq].m = m;
         s->ndq++;
         return 0; /* the deferred entry owns m */
@@ -1141,6 +1174,14 @@ int dml__ps_server_attach(dml_ps_server *s, dml_err *err) {
   return 0;
 }
 
+int dml__ps_server_local_done(dml_ps_server *s, uint64_t *timestamp, uint64_t *key_lo) {
+  if (s->nldone == 0) return 0;
+  local_done d = s->ldone[--s->nldone];
+  *timestamp = d.timestamp;
+  *key_lo = d.key_lo;
+  return 1;
+}
+
 int dml__ps_server_live(const dml_ps_server *s) {
   return s->live;
 }
@@ -1245,6 +1286,7 @@ void dml_ps_server_free(dml_ps_server *s) {
   dml__free(s->out);
   for (size_t i = 0; i < s->ndq; i++) dml__ps_msg_free(&s->dq[i].m);
   dml__free(s->dq);
+  dml__free(s->ldone);
   for (size_t i = 0; i < s->ndparts; i++) {
     dml__free(s->dparts[i].vals);
     dml__free(s->dparts[i].grads);
