@@ -2,7 +2,8 @@
  * 1 to each key per iteration, so a pull at clock c reads between W*c and W*c + W-1) with 1 and 2 dedicated servers and
  * colocated; the SSP bound (a pull at clock c reads at least W*(c-s)); ASP; a resent push applied
  * once; BSP sync aggregation with a server-side SGD, sparse and dense (exact values); hostile ranks (garbage, a huge count, unsorted keys) dropped while the job goes on; and a
- * raw TCP clients writing garbage and huge lengths to the server's ports; registered dense tensors
+ * raw TCP clients writing garbage and huge lengths to the server's ports; dense pushes whose
+ * announced values never come or come short; registered dense tensors
  * cut into <= 4 MB parts over 2 servers (the second part on the other server); a
  * worker killed mid-run under ASP and BSP: the others finish and the server counts it dead; and
  * several of these with 2-3 request-handling threads per server process; colocated runs where
@@ -31,12 +32,14 @@ typedef struct scenario {
   int sgd;          /* server-side SGD lr 1 with BSP sync aggregation: a pull at clock c reads
                         exactly -c (the mean of the W pushes of 1 per clock, one step per clock) */
   int serve;        /* colocated: each worker serves its own shard (dml_ps_serve), no thread */
+  int body_hostile; /* with hostile_from: the hostile ranks announce a dense push's values as a
+                       body and send none (staying connected) or a body of the wrong length */
 } scenario;
 
 static int check_server(int rank, dml_ps_server *s, const scenario *sc) {
   dml_ps_server_stats st;
   dml_ps_server_stats_get(s, &st);
-  int want_dropped = sc->hostile_from ? 3 : 0;
+  int want_dropped = sc->body_hostile ? 2 : sc->hostile_from ? 3 : 0;
   if (st.dropped_peers != want_dropped) {
     fprintf(stderr, "rank %d: dropped %d peers, want %d\n", rank, st.dropped_peers, want_dropped);
     return 1;
@@ -68,6 +71,31 @@ static int check_server(int rank, dml_ps_server *s, const scenario *sc) {
   if (!sc->victim && st.dead_workers != 0) {
     fprintf(stderr, "rank %d: %d dead workers, want 0\n", rank, st.dead_workers);
     return 1;
+  }
+  return 0;
+}
+
+/* A dense push of 16 values announced as a body: none follows (kind 0, the rank stays connected
+ * past the server's wait) or 8 bytes do (kind 1). */
+static int hostile_body(int rank, dml_comm *c) {
+  unsigned char buf[64];
+  dml__ps_msg m;
+  memset(&m, 0, sizeof m);
+  m.command = DML__PS_PUSH;
+  m.sender = (uint32_t)rank;
+  m.flags = DML__PS_FLAG_DENSE | DML__PS_FLAG_BODY;
+  m.timestamp = 1;
+  m.key_lo = 0;
+  m.key_hi = 15;
+  m.nvals = 16;
+  m.value_type = DML__PS_VT_F32;
+  dml__ps_encode(buf, &m, NULL, NULL);
+  RK_OK(dml_comm_send(c, 0, DML__PS_TAG_REQ, buf, sizeof buf));
+  if (rank % 2 == 1) {
+    RK_OK(dml_comm_send(c, 0, DML__PS_TAG_BODY_IN(0), buf, 8));
+  } else {
+    struct timespec ts = {2, 600 * 1000000L}; /* past DML__PS_BODY_WAIT_MS */
+    nanosleep(&ts, NULL);
   }
   return 0;
 }
@@ -206,7 +234,7 @@ static int rank_main(int rank, int n, int port, void *arg) {
     return rc;
   }
   if (sc->hostile_from && rank >= sc->hostile_from) {
-    rc = hostile(rank, c);
+    rc = sc->body_hostile ? hostile_body(rank, c) : hostile(rank, c);
     dml_comm_free(c);
     return rc;
   }
@@ -331,6 +359,8 @@ int main(void) {
   run("ASP 1 server 2 workers", 3, (scenario){.servers = 1, .staleness = DML_PS_ASP});
   run("resent push applied once", 2, (scenario){.servers = 1, .dup = 1});
   run("hostile ranks dropped, job goes on", 6, (scenario){.servers = 1, .hostile_from = 3});
+  run("dense pushes announcing a body and sending none, or too little: dropped, job goes on", 5,
+      (scenario){.servers = 1, .hostile_from = 3, .body_hostile = 1});
   run("raw TCP garbage and huge lengths on the server's ports: job goes on", 3,
       (scenario){.servers = 1, .raw_hostile = 1});
   run("worker killed under ASP: run completes", 4,

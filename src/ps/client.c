@@ -21,7 +21,8 @@ typedef struct request {
   uint64_t *flo;        /* (fcap) key_lo of each frame (dense replies are matched by it) */
   unsigned char *fdone; /* (fcap) 1 once the frame's reply arrived */
   dml_comm_req **sreq;  /* (fcap) */
-  dml_comm_req **brecv; /* (fcap) posted receive of a body reply's values (DML__PS_FLAG_BODY) */
+  dml_comm_req **brecv; /* (fcap) posted receive of a body reply's values (REPLY_BODY) */
+  dml_comm_req **bsend; /* (fcap) send of a body request's values, from the caller's buffer */
   int nframes, fcap;
   int *pending; /* (S) replies outstanding from each server */
   int npending;
@@ -166,9 +167,10 @@ int dml_ps_create(dml_ps **out, dml_comm *c, const dml_ps_config *cfg, dml_err *
     r->fdone = dml__calloc((size_t)r->fcap, 1);
     r->sreq = dml__calloc((size_t)r->fcap, sizeof(dml_comm_req *));
     r->brecv = dml__calloc((size_t)r->fcap, sizeof(dml_comm_req *));
+    r->bsend = dml__calloc((size_t)r->fcap, sizeof(dml_comm_req *));
     r->pending = dml__calloc((size_t)ps->S, sizeof(int));
-    if (!r->soff || !r->frames || !r->sreq || !r->brecv || !r->pending || !r->fbytes || !r->fdst ||
-        !r->flo || !r->fdone) {
+    if (!r->soff || !r->frames || !r->sreq || !r->brecv || !r->bsend || !r->pending || !r->fbytes ||
+        !r->fdst || !r->flo || !r->fdone) {
       ps->nrq = i + 1;
       dml_ps_free(ps);
       return dml_err_set(err, DML_ENOMEM, "ps: out of memory");
@@ -182,6 +184,8 @@ static void request_release(dml_ps *ps, request *r) {
   for (int f = 0; f < r->nframes; f++) {
     if (r->sreq[f]) dml_comm_wait(ps->c, r->sreq[f], -1);
     r->sreq[f] = NULL;
+    if (r->bsend[f]) dml_comm_wait(ps->c, r->bsend[f], -1);
+    r->bsend[f] = NULL;
     if (r->brecv[f]) dml_comm_cancel(ps->c, r->brecv[f]); /* failed: nothing more is written */
     r->brecv[f] = NULL;
     dml__free(r->frames[f]);
@@ -215,7 +219,9 @@ static int add_frame(dml_ps *ps, request *r, int s, uint64_t key_lo) {
     if (ndn) r->fdone = ndn;
     dml_comm_req **nbr = dml__realloc(r->brecv, (size_t)nc * sizeof(dml_comm_req *));
     if (nbr) r->brecv = nbr;
-    if (!nf || !nr || !nb || !nd || !nl || !ndn || !nbr) {
+    dml_comm_req **nbs = dml__realloc(r->bsend, (size_t)nc * sizeof(dml_comm_req *));
+    if (nbs) r->bsend = nbs;
+    if (!nf || !nr || !nb || !nd || !nl || !ndn || !nbr || !nbs) {
       fail(ps, DML_ENOMEM, "ps: no memory for a frame%s%s", "", "");
       return -1;
     }
@@ -225,6 +231,7 @@ static int add_frame(dml_ps *ps, request *r, int s, uint64_t key_lo) {
   r->frames[f] = NULL;
   r->sreq[f] = NULL;
   r->brecv[f] = NULL;
+  r->bsend[f] = NULL;
   r->fbytes[f] = 0;
   r->fdst[f] = s;
   r->flo[f] = key_lo;
@@ -250,7 +257,8 @@ static int send_frame(dml_ps *ps, request *r, int s, dml__ps_msg *m, const uint6
     if (!*answered && add_frame(ps, r, s, m->key_lo) < 0) return ps->sticky;
     return 0;
   }
-  size_t bytes = dml__ps_frame_bytes(m->nkeys, m->nvals);
+  size_t bytes = (m->flags & DML__PS_FLAG_BODY) ? DML__PS_HEADER_BYTES
+                                                : dml__ps_frame_bytes(m->nkeys, m->nvals);
   void *frame = dml__malloc(bytes);
   if (frame == NULL) return fail(ps, DML_ENOMEM, "ps: no memory for a frame%s%s", "", "");
   int f = add_frame(ps, r, s, m->key_lo);
@@ -262,7 +270,8 @@ static int send_frame(dml_ps *ps, request *r, int s, dml__ps_msg *m, const uint6
   r->fbytes[f] = bytes;
   dml__ps_encode(frame, m, keys, vals);
   int rc;
-  if (m->flags & DML__PS_FLAG_BODY) { /* posted before the request leaves: the values land in out */
+  if (m->flags & DML__PS_FLAG_REPLY_BODY) {
+    /* posted before the request leaves: the reply's values land in out */
     size_t vbytes = (size_t)(m->key_hi - m->key_lo + 1) * sizeof(float);
     rc = dml_comm_irecv(ps->c, server_rank(ps, s), DML__PS_TAG_BODY(s / ps->Sproc, m->timestamp),
                         out, vbytes, &r->brecv[f]);
@@ -275,6 +284,14 @@ static int send_frame(dml_ps *ps, request *r, int s, dml__ps_msg *m, const uint6
   if (rc) {
     r->sreq[f] = NULL;
     return comm_failed(ps, rc, "sending to", server_rank(ps, s)); /* a re-form resends it */
+  }
+  if (m->flags & DML__PS_FLAG_BODY) { /* the values, from the caller's buffer */
+    rc = dml_comm_isend(ps->c, server_rank(ps, s), DML__PS_TAG_BODY_IN(s / ps->Sproc), vals,
+                        (size_t)m->nvals * sizeof(float), &r->bsend[f]);
+    if (rc) {
+      r->bsend[f] = NULL;
+      return comm_failed(ps, rc, "sending to", server_rank(ps, s));
+    }
   }
   return 0;
 }
@@ -318,11 +335,14 @@ static int post_dense(dml_ps *ps, int command, uint64_t clock, uint64_t lo, cons
     m.nvals = with_vals ? b - a : 0;
     m.value_type = with_vals ? DML__PS_VT_F32 : DML__PS_VT_NONE;
     int owner = dml__ps_dense_owner(&ps->layout, a);
-    /* a large reply comes as header + values received straight into out (not with recovery:
-     * a re-form resends frames, not receives) */
-    if (out && (b - a) * sizeof(float) >= DML__PS_BODY_MIN_BYTES && !ps->cfg.recover &&
-        !(ps->local && server_rank(ps, owner) == ps->me))
-      m.flags |= DML__PS_FLAG_BODY;
+    /* a large frame goes as header + values sent from the caller's buffer, and a large reply
+     * comes as header + values received straight into out (not with recovery: a re-form
+     * resends frames, not bodies) */
+    if ((b - a) * sizeof(float) >= DML__PS_BODY_MIN_BYTES && !ps->cfg.recover &&
+        !(ps->local && server_rank(ps, owner) == ps->me)) {
+      if (with_vals) m.flags |= DML__PS_FLAG_BODY;
+      if (out) m.flags |= DML__PS_FLAG_REPLY_BODY;
+    }
     int answered;
     if (send_frame(ps, r, owner, &m, NULL, with_vals ? vals + (a - lo) : NULL,
                    out ? out + (a - lo) : NULL, &answered) != 0) {
@@ -836,6 +856,7 @@ void dml_ps_free(dml_ps *ps) {
       dml__free(r->fdone);
       dml__free(r->sreq);
       dml__free(r->brecv);
+      dml__free(r->bsend);
       dml__free(r->pending);
     }
   int ignore;

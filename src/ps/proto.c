@@ -60,8 +60,8 @@ void dml__ps_encode(void *buf, const dml__ps_msg *m, const uint64_t *keys, const
   put_u64(p + 40, m->key_hi);
   put_u64(p + 48, m->nkeys);
   put_u64(p + 56, m->nvals);
-  /* a body reply announces its values; they travel as their own message */
-  uint64_t nv = (m->flags & DML__PS_FLAG_BODY) && m->command == DML__PS_REPLY ? 0 : m->nvals;
+  /* a BODY frame announces its values; they travel as their own message */
+  uint64_t nv = (m->flags & DML__PS_FLAG_BODY) ? 0 : m->nvals;
   unsigned char *k = p + DML__PS_HEADER_BYTES;
   unsigned char *v = k + 8 * m->nkeys;
   if (HOST_LE) {
@@ -141,19 +141,24 @@ static int decode(const void *buf, size_t len, const char *peer, dml__ps_msg *m,
   m->sender = get_u32(p + 8);
   m->value_type = get_u16(p + 12);
   m->flags = get_u16(p + 14);
-  if (m->flags & ~(DML__PS_FLAG_DENSE | DML__PS_FLAG_BODY))
+  if (m->flags & ~(DML__PS_FLAG_DENSE | DML__PS_FLAG_BODY | DML__PS_FLAG_REPLY_BODY))
     return dml_err_set(err, DML_EPROTO, "ps: %s sent unknown flags 0x%x at byte 14", peer,
                        m->flags);
-  /* BODY: dense; a request asks for its reply's values as a body (PULL, PUSHPULL); a reply is the
-   * header alone and announces them (checked against the dense range below). */
-  int body_reply = (m->flags & DML__PS_FLAG_BODY) && m->command == DML__PS_REPLY;
-  if ((m->flags & DML__PS_FLAG_BODY) &&
-      (!(m->flags & DML__PS_FLAG_DENSE) ||
-       (!body_reply && m->command != DML__PS_PULL && m->command != DML__PS_PUSHPULL) ||
-       (body_reply && len != DML__PS_HEADER_BYTES)))
+  /* BODY: a dense push or reply whose values come as their own message (the frame is the header
+   * alone; the count it announces is checked against the dense range below). REPLY_BODY: a dense
+   * pull asking for its reply's values so. */
+  int body_vals = (m->flags & DML__PS_FLAG_BODY) != 0;
+  int with_vals =
+      m->command == DML__PS_REPLY || m->command == DML__PS_PUSH || m->command == DML__PS_PUSHPULL;
+  int pulls = m->command == DML__PS_PULL || m->command == DML__PS_PUSHPULL;
+  if ((m->flags & (DML__PS_FLAG_BODY | DML__PS_FLAG_REPLY_BODY)) &&
+      (!(m->flags & DML__PS_FLAG_DENSE) || (body_vals && !with_vals) ||
+       (body_vals && len != DML__PS_HEADER_BYTES) ||
+       ((m->flags & DML__PS_FLAG_REPLY_BODY) && !pulls)))
     return dml_err_set(err, DML_EPROTO,
                        "ps: %s sent flags 0x%x at byte 14 with command %u in a %zu-byte frame "
-                       "(a body goes with a dense pull, or a dense reply of 64 bytes)",
+                       "(a body goes with a dense push or reply of 64 bytes, a reply body with a "
+                       "dense pull)",
                        peer, m->flags, m->command, len);
   m->timestamp = get_u64(p + 16);
   m->clock = get_u64(p + 24);
@@ -162,9 +167,9 @@ static int decode(const void *buf, size_t len, const char *peer, dml__ps_msg *m,
   m->nkeys = get_u64(p + 48);
   m->nvals = get_u64(p + 56);
   size_t body = len - DML__PS_HEADER_BYTES;
-  /* A body reply's values are not in the frame: its count is checked against its dense range. */
+  /* A BODY frame's values are not in it: their count is checked against its dense range. */
   uint64_t announced = 0;
-  if (body_reply) {
+  if (body_vals) {
     announced = m->nvals;
     if (announced == 0 || announced > DML__PS_DENSE_PART || m->key_lo > m->key_hi ||
         m->key_hi - m->key_lo + 1 != announced || m->value_type != DML__PS_VT_F32)
@@ -193,6 +198,10 @@ static int decode(const void *buf, size_t len, const char *peer, dml__ps_msg *m,
   if (m->value_type != (m->nvals ? DML__PS_VT_F32 : DML__PS_VT_NONE))
     return dml_err_set(err, DML_EPROTO, "ps: %s sent value type %u at byte 12 with %llu values",
                        peer, m->value_type, (unsigned long long)m->nvals);
+  if (body_vals) { /* the frame is the header alone; the rules below apply to what it announces */
+    m->nvals = announced;
+    m->value_type = DML__PS_VT_F32;
+  }
   int needs_vals = m->command == DML__PS_PUSH || m->command == DML__PS_PUSHPULL;
   int no_keys = m->command == DML__PS_CLOCK || m->command == DML__PS_BYE ||
                 m->command == DML__PS_REFORM || m->command == DML__PS_REJOIN;
@@ -250,9 +259,10 @@ static int decode(const void *buf, size_t len, const char *peer, dml__ps_msg *m,
     prev = key;
   }
   const unsigned char *vp = k + 8 * m->nkeys;
-  if (body_reply) { /* nothing to copy: the values come as their own message */
+  if (body_vals) { /* nothing to copy: the values come as their own message */
     m->nvals = announced;
     m->value_type = DML__PS_VT_F32;
+    m->borrowed = 1; /* owns nothing: vals, once the body is in, belong to whoever received it */
     return 0;
   }
   if (view && HOST_LE && ((uintptr_t)k % 8) == 0 && ((uintptr_t)vp % 4) == 0) {

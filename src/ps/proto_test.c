@@ -157,19 +157,31 @@ int main(int argc, char **argv) {
     d.flags = 0x8001;
     dml__ps_encode(db, &d, NULL, dv);
     expect_reject(db, sizeof db, "unknown flag");
-    /* BODY: a dense pull asks for it; a dense reply is then the 64-byte header announcing its
-     * values (which come as their own message); anything else with BODY is refused */
+    /* BODY: a dense push or reply is the 64-byte header announcing its values (which come as
+     * their own message); REPLY_BODY: a dense pull asks for its reply so; anything else with
+     * them is refused */
     d.flags = DML__PS_FLAG_DENSE | DML__PS_FLAG_BODY;
     dml__ps_encode(db, &d, NULL, dv);
-    expect_reject(db, sizeof db, "body on a push");
+    expect_reject(db, sizeof db, "body push longer than its header");
+    unsigned char hb[64];
+    dml__ps_encode(hb, &d, NULL, dv);
+    T_OK(dml__ps_decode(hb, sizeof hb, "peer", &m, &err));
+    T_ASSERT(m.command == DML__PS_PUSH && m.nvals == 4 && m.vals == NULL);
+    dml__ps_msg_free(&m);
+    if (argc > 1) write_seed(argv[1], "body_push", hb, sizeof hb);
+    d.flags = DML__PS_FLAG_DENSE | DML__PS_FLAG_REPLY_BODY;
+    dml__ps_encode(db, &d, NULL, dv);
+    expect_reject(db, sizeof db, "reply body asked by a push");
     d.command = DML__PS_PULL;
     d.nvals = 0;
     d.value_type = DML__PS_VT_NONE;
-    unsigned char hb[64];
     dml__ps_encode(hb, &d, NULL, NULL);
     T_OK(dml__ps_decode(hb, sizeof hb, "peer", &m, &err));
-    T_ASSERT(m.command == DML__PS_PULL && (m.flags & DML__PS_FLAG_BODY) && m.nvals == 0);
+    T_ASSERT(m.command == DML__PS_PULL && (m.flags & DML__PS_FLAG_REPLY_BODY) && m.nvals == 0);
     dml__ps_msg_free(&m);
+    d.flags = DML__PS_FLAG_DENSE | DML__PS_FLAG_BODY;
+    dml__ps_encode(hb, &d, NULL, NULL);
+    expect_reject(hb, sizeof hb, "body on a pull");
     d.command = DML__PS_REPLY;
     d.nvals = 4;
     d.value_type = DML__PS_VT_F32;

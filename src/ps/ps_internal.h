@@ -48,14 +48,20 @@ enum { DML__PS_VT_NONE = 0, DML__PS_VT_F32 = 1 };
  * [key_lo, key_hi], which lies inside one dense part (DML__PS_DENSE_PART keys, aligned). Dense
  * keys are a namespace of their own, separate from sparse keys. */
 #define DML__PS_FLAG_DENSE 1u
-/* BODY (dense only). On a PULL or PUSHPULL: "send the values of the reply as a separate message"
- * (the requester has posted a receive for them straight into its output buffer). On a REPLY: the
- * frame is the 64-byte header alone, announcing nvals values that follow from the same server as
- * one message of nvals * 4 bytes on tag DML__PS_TAG_BODY(handler, timestamp): the requester
- * copies nothing (and allocates nothing). */
+/* BODY (dense PUSH, PUSHPULL or REPLY): the frame is the 64-byte header alone and announces nvals
+ * values that follow from the same sender as one message of nvals * 4 bytes, sent from the
+ * sender's buffer: on tag DML__PS_TAG_BODY_IN(handler) right after a request (the server takes it
+ * next, waiting at most DML__PS_BODY_WAIT_MS), on DML__PS_TAG_BODY(handler, timestamp) for a
+ * reply. REPLY_BODY (dense PULL or PUSHPULL): "send the values of the reply as a body" (the
+ * requester has posted a receive for them straight into its output buffer). */
 #define DML__PS_FLAG_BODY 2u
-/* Replies of at least this many value bytes go as header + body (DML__PS_FLAG_BODY). */
+#define DML__PS_FLAG_REPLY_BODY 4u
+/* Dense frames (and replies) of at least this many value bytes go as header + body. */
 #define DML__PS_BODY_MIN_BYTES (64u * 1024)
+/* A request's body follows its header at once: a peer that has not sent it within this long is
+ * dropped (a hostile one stalls its server no longer). */
+#define DML__PS_BODY_WAIT_MS 2000
+#define DML__PS_TAG_BODY_IN(h) (DML__PS_TAG_REQ + 4 + (int)(h)*DML__PS_TAG_HANDLER_STEP)
 /* Reply bodies: a tag per (handler, request timestamp modulo 2^16): a worker has fewer requests in
  * flight than that (max_in_flight <= 65536), so its posted receives never share a tag, and the
  * frames of one request are answered by one server in order. Above the other ps tags. */

@@ -461,7 +461,7 @@ static int send_reply(dml_ps_server *s, int dst, const dml__ps_msg *req, int wit
     r.key_hi = req->key_hi;
     r.nvals = with_values ? req->key_hi - req->key_lo + 1 : 0;
     r.value_type = r.nvals ? DML__PS_VT_F32 : DML__PS_VT_NONE;
-    if (r.nvals && (req->flags & DML__PS_FLAG_BODY)) {
+    if (r.nvals && (req->flags & DML__PS_FLAG_REPLY_BODY)) {
       /* the header, then the values on the body tag: the worker receives them straight into
        * its buffer. (Sent from the part itself, they made every change to the part wait for
        * the worker to have read them: a round trip on the next push; measured slower.) */
@@ -748,6 +748,36 @@ static int handle_msg(dml_ps_server *s, int src, dml__ps_msg *mp, local_sink *si
   return rc;
 }
 
+/* The values of m (a BODY push from src): the next message from src on the body tag, of exactly
+ * m->nvals floats, waited for at most DML__PS_BODY_WAIT_MS. *out owns them; m->vals points in. */
+static int take_body(dml_ps_server *s, int src, const char *peer, dml__ps_msg *m, void **out,
+                     dml_err *err) {
+  dml_comm_req *q = NULL;
+  void *buf = NULL;
+  size_t bytes = 0;
+  int rc = dml_comm_irecv_alloc(s->c, src, DML__PS_TAG_BODY_IN(s->h), &q);
+  if (rc == 0) {
+    rc = dml_comm_wait_alloc(s->c, q, DML__PS_BODY_WAIT_MS, &buf, &bytes, NULL);
+    if (rc == DML_ETIMEDOUT) {
+      dml_comm_cancel(s->c, q);
+      return dml_err_set(err, DML_EPROTO, "ps: %s announced %llu values and sent none in %d ms",
+                         peer, (unsigned long long)m->nvals, DML__PS_BODY_WAIT_MS);
+    }
+  }
+  if (rc)
+    return dml_err_set(err, DML_EPROTO, "ps: %s: receiving the values it announced: %s", peer,
+                       dml_comm_errmsg(s->c));
+  s->st.bytes_in += bytes;
+  if (bytes != m->nvals * sizeof(float)) {
+    dml_comm_buf_free(buf);
+    return dml_err_set(err, DML_EPROTO, "ps: %s announced %llu values and sent %zu bytes", peer,
+                       (unsigned long long)m->nvals, bytes);
+  }
+  m->vals = buf;
+  *out = buf;
+  return 0;
+}
+
 int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t bytes, dml_err *err) {
   dml__ps_msg m;
   const char *peer = dml_comm_peer_name(s->c, src);
@@ -772,6 +802,9 @@ int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t by
         break;
       }
   }
+  void *body = NULL; /* the values of a BODY push, sent after its header */
+  if (rc == 0 && (m.flags & DML__PS_FLAG_BODY) && m.command != DML__PS_REPLY)
+    rc = take_body(s, src, peer, &m, &body, err);
   if (rc) {
     dml__ps_msg_free(&m);
     if (rc == DML_EPROTO && src >= 0 && src < s->n && src != s->me) {
@@ -784,7 +817,9 @@ int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t by
     }
     return rc;
   }
-  return handle_msg(s, src, &m, NULL, err);
+  rc = handle_msg(s, src, &m, NULL, err); /* a deferred pull keeps no pushed values */
+  dml_comm_buf_free(body);
+  return rc;
 }
 
 void dml_ps_config_init(dml_ps_config *cfg) {
