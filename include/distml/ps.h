@@ -9,11 +9,13 @@
  * ranges dealt to the servers round-robin.
  * Consistency: a pull sent at worker clock c is answered when every live worker has reached clock
  * c - s (BSP s = 0, SSP s, ASP no wait). A worker that dies or leaves stops counting.
- * Ownership: keys and input values are encoded into frames at the call (both may be reused right
- * away; with dml_ps_serve, values for this process's own shard are applied at the call); a pull's
- * output buffer may be written any time until the wait for its timestamp returns (replies are
- * filed during dml_ps_wait calls, for its timestamp or any other, and large dense replies are
- * received straight into it) and must stay valid and unread until then.
+ * Ownership: the caller's buffers are used without copies until the wait for the request's
+ * timestamp returns: a dense request's input values may be read (large ones are sent from the
+ * caller's buffer) and a pull's output buffer written (replies are filed during dml_ps_wait
+ * calls, for its timestamp or any other, and large dense replies are received straight into it)
+ * any time until then, so both must stay valid and untouched. Keys, and sparse values, are
+ * encoded at the call (they may be reused at once); with dml_ps_serve, values for this process's
+ * own shard are applied at the call.
  * Threads: one dml_ps per thread. Wire format: docs/ps.md. */
 #ifndef DISTML_PS_H
 #define DISTML_PS_H
@@ -38,7 +40,7 @@ typedef struct dml_ps_config {
   int staleness;          /* 0 BSP, s > 0 SSP, DML_PS_ASP */
   int sum_only;           /* 1: the server adds pushed values (the worker optimizes) */
   dml_optim_config optim; /* server-side optimizer when !sum_only (SGD, AdaGrad, Adam, FTRL) */
-  int max_in_flight;      /* worker: requests outstanding at once (0: 64) */
+  int max_in_flight;      /* worker: requests outstanding at once (0: 64, at most 65536) */
   int handler_threads;    /* request-handling threads per server process (0: 1, at most 64).
                             The keys (virtual ranges, dense chunks) are dealt over S * K
                             handlers; each has its own thread, tags, shard, clocks and watcher

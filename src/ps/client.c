@@ -138,6 +138,11 @@ int dml_ps_create(dml_ps **out, dml_comm *c, const dml_ps_config *cfg, dml_err *
     return dml_err_set(err, DML_EINVAL, "ps: %d handler threads (at most %d)", K,
                        DML__PS_MAX_HANDLERS);
   }
+  if (cfg->max_in_flight > 65536) { /* reply bodies have a tag per request modulo 2^16 */
+    dml__free(ps);
+    return dml_err_set(err, DML_EINVAL, "ps: %d requests in flight (at most 65536)",
+                       cfg->max_in_flight);
+  }
   ps->S = ps->Sproc * K;
   ps->next_ts = 1;
   ps->nrq = cfg->max_in_flight > 0 ? cfg->max_in_flight : 64;
