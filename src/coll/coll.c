@@ -796,15 +796,7 @@ int dml_coll_wait_timed(dml_coll_req *req, int timeout_ms, uint64_t *start_ns, u
   dml__coll_state *st = req->st;
   pthread_mutex_lock(&st->mu);
   struct timespec dl;
-  if (timeout_ms >= 0) {
-    clock_gettime(CLOCK_MONOTONIC, &dl);
-    dl.tv_sec += timeout_ms / 1000;
-    dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (dl.tv_nsec >= 1000000000L) {
-      dl.tv_sec++;
-      dl.tv_nsec -= 1000000000L;
-    }
-  }
+  if (timeout_ms >= 0) dml__deadline_in_ms(&dl, timeout_ms);
   while (!req->done) {
     if (timeout_ms < 0) {
       pthread_cond_wait(&st->cv, &st->mu);

@@ -294,30 +294,7 @@ static int finish(dml_comm *c, mpi_state *m, dml_comm_req *r, int keep) {
   return rc;
 }
 
-static int mpi_wait(dml_comm *c, dml_comm_req *r, int timeout_ms, int keep) {
-  mpi_state *m = M(c);
-  uint64_t deadline = dml_now_ns() + (uint64_t)timeout_ms * 1000000ull;
-  long sleep_ns = 0;
-  for (int spin = 0;; spin++) {
-    lock(m);
-    if (spin % 64 == 0) poll_abort_notices(m);
-    progress(m, r);
-    if (r->done) {
-      int rc = finish(c, m, r, keep);
-      unlock(m);
-      return rc;
-    }
-    unlock(m);
-    if (dml_now_ns() >= deadline) return DML_ETIMEDOUT;
-    /* Spin briefly for latency, then back off to at most 1 ms so an idle wait costs little. */
-    if (spin > 200) {
-      sleep_ns = sleep_ns ? DML__MIN(sleep_ns * 2, 1000000L) : 1000L;
-      struct timespec ts = {0, sleep_ns};
-      nanosleep(&ts, NULL);
-    }
-  }
-}
-
+/* Until one of rs is done (0) or timeout_ms pass (DML_ETIMEDOUT); releases nothing. */
 static int mpi_wait_any(dml_comm *c, dml_comm_req *const *rs, int n, int timeout_ms) {
   mpi_state *m = M(c);
   uint64_t deadline = dml_now_ns() + (uint64_t)timeout_ms * 1000000ull;
@@ -333,13 +310,23 @@ static int mpi_wait_any(dml_comm *c, dml_comm_req *const *rs, int n, int timeout
     unlock(m);
     if (any) return 0;
     if (dml_now_ns() >= deadline) return DML_ETIMEDOUT;
-    /* as mpi_wait: spin briefly, then back off to at most 1 ms */
+    /* Spin briefly for latency, then back off to at most 1 ms so an idle wait costs little. */
     if (spin > 200) {
       sleep_ns = sleep_ns ? DML__MIN(sleep_ns * 2, 1000000L) : 1000L;
       struct timespec ts = {0, sleep_ns};
       nanosleep(&ts, NULL);
     }
   }
+}
+
+static int mpi_wait(dml_comm *c, dml_comm_req *r, int timeout_ms, int keep) {
+  int rc = mpi_wait_any(c, &r, 1, timeout_ms);
+  if (rc) return rc;
+  mpi_state *m = M(c);
+  lock(m);
+  rc = finish(c, m, r, keep);
+  unlock(m);
+  return rc;
 }
 
 static int mpi_test(dml_comm *c, dml_comm_req *r, int *done, int keep) {

@@ -1002,13 +1002,7 @@ static int wait_locked(tcp *t, dml_comm_req *const *rs, int n, int timeout_ms) {
   if (!none_done(rs, n)) return 0;
   uint64_t deadline = dml_now_ns() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000ull;
   struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  ts.tv_sec += timeout_ms / 1000;
-  ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-  if (ts.tv_nsec >= 1000000000L) {
-    ts.tv_sec++;
-    ts.tv_nsec -= 1000000000L;
-  }
+  dml__deadline_in_ms(&ts, timeout_ms > 0 ? timeout_ms : 0);
   while (none_done(rs, n)) {
     if (!t->driving && t->thread_started && !t->stop) {
       drive(t, rs, n, deadline);

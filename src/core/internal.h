@@ -15,6 +15,11 @@ char *dml__strdup(const char *s);
 /* count * size, or 0 and *overflow set when it does not fit in size_t. */
 size_t dml__mul_size(size_t count, size_t size, int *overflow);
 
+struct timespec;
+/* *ts = CLOCK_MONOTONIC now + ms (ms >= 0): a deadline for pthread_cond_timedwait on a condition
+ * variable set to that clock. */
+void dml__deadline_in_ms(struct timespec *ts, int ms);
+
 /* How long a thread waiting for a peer should poll before it sleeps, by default: polling pays
  * when every local rank has a core of its own (a sleeping rank on an idle virtual CPU takes
  * 50-200 us to wake; measured: 8-byte all-reduce 80-200 -> 5-9 us, 2 ranks on 2 cores); with

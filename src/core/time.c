@@ -1,4 +1,4 @@
-/* Monotonic time. */
+/* Monotonic time, and deadlines on it. */
 #include "core/internal.h"
 
 #include <time.h>
@@ -11,4 +11,14 @@ uint64_t dml_now_ns(void) {
 
 double dml_now_s(void) {
   return (double)dml_now_ns() * 1e-9;
+}
+
+void dml__deadline_in_ms(struct timespec *ts, int ms) {
+  clock_gettime(CLOCK_MONOTONIC, ts);
+  ts->tv_sec += ms / 1000;
+  ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+  if (ts->tv_nsec >= 1000000000L) {
+    ts->tv_sec++;
+    ts->tv_nsec -= 1000000000L;
+  }
 }
