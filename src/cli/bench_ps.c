@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "cli/bench_ps.h"
+#include "cli/cli.h"
 #include "cli/launch.h"
 #include "core/internal.h"
 #include "distml/coll.h"
@@ -212,10 +213,14 @@ static int run_layout(const layout *L, size_t min_bytes, size_t max_bytes, int j
     pid[r] = fork();
     if (pid[r] < 0) return 1;
     if (pid[r] == 0) {
-      /* what the launcher tells its ranks: how many share this machine (polling policy) */
-      char lws[16];
+      /* what the launcher tells and does to its ranks: how many share this machine (the
+       * polling policy), and each on a core of its own when there are enough */
+      char lws[16], lr[16];
       snprintf(lws, sizeof lws, "%d", n);
+      snprintf(lr, sizeof lr, "%d", r);
       setenv("LOCAL_WORLD_SIZE", lws, 1);
+      setenv("LOCAL_RANK", lr, 1);
+      dml_cli_pin_local_rank();
       _exit(bench_rank(L, r, port, min_bytes, max_bytes, json));
     }
   }
