@@ -32,6 +32,10 @@ typedef struct scenario {
   int sgd;          /* server-side SGD lr 1 with BSP sync aggregation: a pull at clock c reads
                         exactly -c (the mean of the W pushes of 1 per clock, one step per clock) */
   int serve;        /* colocated: each worker serves its own shard (dml_ps_serve), no thread */
+  int pushpull;     /* dense, sum-only BSP: one pushpull of ones per iteration, whose read at clock
+                       c holds this push and all of clocks < c, and at most the other workers'
+                       pushes of clocks c and c + 1 (one whose pull at c was answered may push
+                       again before this push arrives): [W*c + 1, W*c + 2W - 1] */
   int body_hostile; /* with hostile_from: the hostile ranks announce a dense push's values as a
                        body and send none (staying connected) or a body of the wrong length */
 } scenario;
@@ -259,7 +263,21 @@ static int rank_main(int rank, int n, int port, void *arg) {
   R_ASSERT(ones && got);
   for (int i = 0; i < NKEYS; i++) keys[i] = (uint64_t)i * 1000003u + 7;
   for (uint64_t i = 0; i < DN; i++) ones[i] = 1.0f;
-  for (int it = 0; it < ITERS && rc == 0; it++) {
+  for (int it = 0; it < ITERS && rc == 0 && sc->pushpull; it++) {
+    uint64_t ts;
+    RK_OK(dml_ps_pushpull_dense(ps, DLO, ones, got, DN, &ts));
+    RK_OK(dml_ps_wait(ps, ts));
+    double ck = (double)dml_ps_clock_value(ps);
+    for (size_t i = 0; i < DN; i++)
+      if (got[i] < W * ck + 1 || got[i] > W * ck + 2 * W - 1) {
+        fprintf(stderr, "rank %d clock %g key %zu: pushpull read %g, want [%g, %g]\n", rank, ck, i,
+                (double)got[i], W * ck + 1, W * ck + 2 * W - 1);
+        rc = 1;
+        break;
+      }
+    RK_OK(dml_ps_clock(ps));
+  }
+  for (int it = 0; it < ITERS && rc == 0 && !sc->pushpull; it++) {
     if (sc->victim && rank == sc->victim && it == 3) raise(SIGKILL);
     uint64_t ts, ts2;
     if (sc->dense)
@@ -380,6 +398,10 @@ int main(void) {
       (scenario){.colocated = 1, .staleness = 1, .serve = 1});
   run("ASP colocated 3 ranks, workers serving", 3,
       (scenario){.colocated = 1, .staleness = DML_PS_ASP, .serve = 1});
+  run("dense pushpull, BSP 2 servers 2 workers: values in bounds", 4,
+      (scenario){.servers = 2, .dense = 1, .pushpull = 1});
+  run("dense pushpull, colocated 3 ranks, workers serving: values in bounds", 3,
+      (scenario){.colocated = 1, .dense = 1, .pushpull = 1, .serve = 1});
   run("dense API, colocated 2 ranks x 2 handler threads", 2,
       (scenario){.colocated = 1, .dense = 1, .handlers = 2});
   run("dense BSP sync aggregation, 2 servers x 2 handler threads: exact values", 4,

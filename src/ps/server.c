@@ -112,7 +112,10 @@ struct dml_ps_server {
   dml_err thread_err;
   int attached;        /* served by this process's worker (dml__ps_server_attach) */
   dml_comm_req *inreq; /* attached: the posted receive of the next request */
-  local_done *ldone;   /* attached: deferred pulls of that worker answered in place */
+  void *spare;         /* the body of the request being handled: its reply may take it */
+  size_t spare_bytes;
+  int spare_filled;  /* spare holds the reply's values already */
+  local_done *ldone; /* attached: deferred pulls of that worker answered in place */
   size_t nldone, ldone_cap;
 };
 
@@ -223,6 +226,18 @@ static void add_floats(float *restrict v, const float *restrict g, size_t n) {
   for (; i < n; i++) v[i] += g[i];
 }
 
+/* v[i] += g[i]; out[i] = v[i] (out may be g): a sum-only pushpull's add and read in one pass. */
+static void add_copy_floats(float *restrict v, const float *g, float *out, size_t n) {
+  size_t i = 0;
+  float t[16];
+  for (; i + 16 <= n; i += 16) {
+    for (size_t j = 0; j < 16; j++) t[j] = v[i + j] + g[i + j];
+    for (size_t j = 0; j < 16; j++) v[i + j] = t[j];
+    for (size_t j = 0; j < 16; j++) out[i + j] = t[j];
+  }
+  for (; i < n; i++) out[i] = v[i] = v[i] + g[i];
+}
+
 static dense_part *find_part(dml_ps_server *s, uint64_t part) {
   for (size_t i = 0; i < s->ndparts; i++)
     if (s->dparts[i].part == part) return &s->dparts[i];
@@ -322,13 +337,18 @@ static int dense_part_get(dml_ps_server *s, uint64_t part, dense_part **out, dml
 }
 
 /* Dense pushes are applied one optimizer step per push (no BSP aggregation for them yet). */
-static int apply_dense(dml_ps_server *s, const dml__ps_msg *m, dml_err *err) {
+/* also_out (sum-only, may be NULL): the part's new values are written there too, in the same
+ * pass (a pushpull whose pull is answered now). */
+static int apply_dense(dml_ps_server *s, const dml__ps_msg *m, float *also_out, dml_err *err) {
   dense_part *d;
   int rc = dense_part_get(s, m->key_lo / DML__PS_DENSE_PART, &d, err);
   if (rc) return rc;
   size_t off = (size_t)(m->key_lo % DML__PS_DENSE_PART), cnt = (size_t)m->nvals;
-  if (d->opt == NULL) {
-    add_floats(d->vals + off, m->vals, cnt); /* m->vals: the received frame, not the part */
+  if (d->opt == NULL) { /* m->vals: the received frame or body, not the part */
+    if (also_out)
+      add_copy_floats(d->vals + off, m->vals, also_out, cnt);
+    else
+      add_floats(d->vals + off, m->vals, cnt);
     return 0;
   }
   if (s->aggregating) { /* summed now, applied as the mean once every live worker passed the clock */
@@ -468,13 +488,18 @@ static int send_reply(dml_ps_server *s, int dst, const dml__ps_msg *req, int wit
       r.flags |= DML__PS_FLAG_BODY;
       void *hbuf = dml__malloc(DML__PS_HEADER_BYTES);
       size_t vbytes = (size_t)r.nvals * sizeof(float);
-      float *vbuf = dml__malloc(vbytes);
+      /* the request's own body when it has one (its values are applied by now): no allocation,
+       * and already in cache; filled: it holds the values already (apply_dense wrote them) */
+      float *vbuf = s->spare && s->spare_bytes >= vbytes ? s->spare : NULL;
+      int filled = vbuf != NULL && s->spare_filled;
+      if (vbuf) s->spare = NULL;
+      if (vbuf == NULL) vbuf = dml__malloc(vbytes);
       if (hbuf == NULL || vbuf == NULL) {
         dml__free(hbuf);
         dml__free(vbuf);
         return dml_err_set(err, DML_ENOMEM, "ps server: no memory for a reply");
       }
-      read_values(s, req, NULL, vbuf);
+      if (!filled) read_values(s, req, NULL, vbuf);
       dml__ps_encode(hbuf, &r, NULL, NULL);
       int rc = post_reply(s, dst, hbuf, DML__PS_HEADER_BYTES, err);
       if (rc == 0)
@@ -648,7 +673,7 @@ static int grow_ldone(dml_ps_server *s) {
  * kept, owned, with a deferred pull). */
 static int handle_msg(dml_ps_server *s, int src, dml__ps_msg *mp, local_sink *sink, dml_err *err) {
   dml__ps_msg m = *mp;
-  int rc = 0;
+  int rc = 0, fused_local = 0;
   /* The watcher reports a dead worker as a BYE from this rank naming it. */
   if (src == s->me && m.command == DML__PS_BYE && m.sender != (uint32_t)s->me) {
     if (m.sender < (uint32_t)s->n) worker_leaves(s, (int)m.sender, 1);
@@ -667,8 +692,21 @@ static int handle_msg(dml_ps_server *s, int src, dml__ps_msg *mp, local_sink *si
           (m.timestamp == w->last_push_ts && m.key_lo <= w->last_push_lo)) {
         s->st.dup_pushes++; /* resent after a timeout: applied once already */
       } else {
-        rc = (m.flags & DML__PS_FLAG_DENSE) ? apply_dense(s, &m, err) : apply_push(s, &m, err);
+        /* a sum-only dense pushpull answered now reads the part as it adds: into the local
+         * worker's buffer, or into the request's body, which becomes the reply's */
+        float *also = NULL;
+        if (m.command == DML__PS_PUSHPULL && (m.flags & DML__PS_FLAG_DENSE) && s->cfg.sum_only &&
+            pull_ready(s, src, &m)) {
+          if (sink)
+            also = sink->out;
+          else if (s->spare && s->spare == (void *)m.vals)
+            also = m.vals;
+        }
+        rc =
+            (m.flags & DML__PS_FLAG_DENSE) ? apply_dense(s, &m, also, err) : apply_push(s, &m, err);
         if (rc) break;
+        if (also && sink) fused_local = 1;
+        if (also && !sink) s->spare_filled = 1;
         w->last_push_ts = m.timestamp;
         w->last_push_lo = m.key_lo;
         w->applied++;
@@ -691,7 +729,7 @@ static int handle_msg(dml_ps_server *s, int src, dml__ps_msg *mp, local_sink *si
                     w->last_push_ts == m.timestamp && s->idx_cap >= m.nkeys;
         const uint32_t *slots = fresh ? s->idx_scratch : NULL;
         if (sink) {
-          read_values(s, &m, slots, sink->out);
+          if (!fused_local) read_values(s, &m, slots, sink->out);
           sink->answered = 1;
         } else {
           rc = send_reply(s, src, &m, 1, slots, err);
@@ -817,8 +855,13 @@ int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t by
     }
     return rc;
   }
+  s->spare = body; /* the reply may take it (send_reply) */
+  s->spare_bytes = body ? (size_t)m.nvals * sizeof(float) : 0;
+  s->spare_filled = 0;
   rc = handle_msg(s, src, &m, NULL, err); /* a deferred pull keeps no pushed values */
-  dml_comm_buf_free(body);
+  dml_comm_buf_free(s->spare);
+  s->spare = NULL;
+  s->spare_filled = 0;
   return rc;
 }
 
