@@ -111,8 +111,9 @@ int dml_comm_wait_alloc(dml_comm *c, dml_comm_req *req, int timeout_ms, void **b
  * which), or DML_ETIMEDOUT. For a thread that waits for whichever of several messages comes. */
 int dml_comm_wait_any(dml_comm *c, dml_comm_req *const *reqs, int n, int timeout_ms);
 /* Withdraw a pending request nobody will complete (a receive for a message that will not come;
- * a message already on its way is lost and, if partly moved, its peer marked failed) and release
- * it. Returns DML_ECANCELED, or the request's status if it had completed (its message dropped). */
+ * a message already on its way is lost and, if partly moved, its peer marked failed; on the mpi
+ * backend an alloc receive MPI has matched is let complete first) and release it. Returns
+ * DML_ECANCELED, or the request's status if it had completed (its message dropped). */
 int dml_comm_cancel(dml_comm *c, dml_comm_req *req);
 /* The calling thread's waits (dml_comm_wait and the blocking calls) poll for up to us
  * microseconds before they sleep (tcp backend; 0, the default, sleeps at once). Polling saves the

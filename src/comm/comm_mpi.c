@@ -349,7 +349,11 @@ static int mpi_cancel(dml_comm *c, dml_comm_req *r, int code) {
       snprintf(why, sizeof(why), "timed out after %d ms", c->cfg.timeout_ms);
     else
       snprintf(why, sizeof(why), "canceled (%s)", dml_strerror(code));
-    if (!r->probing) {
+    if (!r->probing && r->kind == REQ_RECV && r->alloc) {
+      /* An alloc receive past its probe has matched a message already (MPI_Imrecv): it cannot be
+       * cancelled, and its buffer is about to be freed: let the message land, then drop it. */
+      MPI_Wait(&r->mreq, MPI_STATUS_IGNORE);
+    } else if (!r->probing) {
       /* A receive can be cancelled; a send cannot be recalled once MPI has it, so the peer is
        * marked failed and MPI finishes (or drops) it on its own. */
       if (r->kind == REQ_RECV) MPI_Cancel(&r->mreq);

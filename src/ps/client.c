@@ -52,9 +52,11 @@ struct dml_ps {
   int in_reform;
   /* dml_ps_serve: the shard of this process, served in place by this worker */
   dml_ps_server *local;
-  dml_comm_req *repq; /* attached: the posted receive of the next reply (any server) */
-  int shutdowns;      /* attached: servers that said they have finished */
-  int spin_us;        /* attached: polling before a wait sleeps (DISTML_PS_SPIN_US) */
+  dml_comm_req *repq;  /* attached: the posted receive of the next reply (any server) */
+  int shutdowns;       /* attached: servers that said they have finished */
+  unsigned char *shut; /* attached: (Sproc) 1 once that server said so */
+  int bodies;          /* large dense values as bodies: tcp backend, no recovery */
+  int spin_us;         /* attached: polling before a wait sleeps (DISTML_PS_SPIN_US) */
 };
 
 static int reform(dml_ps *ps, const char *why);
@@ -144,6 +146,8 @@ int dml_ps_create(dml_ps **out, dml_comm *c, const dml_ps_config *cfg, dml_err *
                        cfg->max_in_flight);
   }
   ps->S = ps->Sproc * K;
+  const char *be = dml_comm_backend(c);
+  ps->bodies = be && strcmp(be, "tcp") == 0 && !cfg->recover;
   ps->next_ts = 1;
   ps->nrq = cfg->max_in_flight > 0 ? cfg->max_in_flight : 64;
   ps->rq = dml__calloc((size_t)ps->nrq, sizeof(request));
@@ -185,12 +189,19 @@ int dml_ps_create(dml_ps **out, dml_comm *c, const dml_ps_config *cfg, dml_err *
   return 0;
 }
 
+/* Waits for a send whose buffer is about to be freed or handed back; one still pending after the
+ * communicator's timeout is given up (its peer marked failed), never left reading. */
+static void settle_send(dml_ps *ps, dml_comm_req **q) {
+  if (*q && dml_comm_wait(ps->c, *q, -1) == DML_ETIMEDOUT) dml_comm_cancel(ps->c, *q);
+  *q = NULL;
+}
+
 static void request_release(dml_ps *ps, request *r) {
+  if (ps->local && r->npending > 0) /* its pulls still waiting at this process's shard */
+    dml__ps_server_forget(ps->local, r->ts);
   for (int f = 0; f < r->nframes; f++) {
-    if (r->sreq[f]) dml_comm_wait(ps->c, r->sreq[f], -1);
-    r->sreq[f] = NULL;
-    if (r->bsend[f]) dml_comm_wait(ps->c, r->bsend[f], -1);
-    r->bsend[f] = NULL;
+    settle_send(ps, &r->sreq[f]);
+    settle_send(ps, &r->bsend[f]);
     if (r->brecv[f]) dml_comm_cancel(ps->c, r->brecv[f]); /* failed: nothing more is written */
     r->brecv[f] = NULL;
     dml__free(r->frames[f]);
@@ -301,6 +312,18 @@ static int send_frame(dml_ps *ps, request *r, int s, dml__ps_msg *m, const uint6
   return 0;
 }
 
+/* The next timestamp: increasing, and never equal modulo 2^16 to one still in flight (reply
+ * bodies have a tag per timestamp modulo 2^16: DML__PS_TAG_BODY). */
+static uint64_t next_timestamp(dml_ps *ps) {
+  for (;;) {
+    uint64_t ts = ps->next_ts++;
+    int clash = 0;
+    for (int i = 0; i < ps->nrq && !clash; i++)
+      clash = ps->rq[i].active && ((ps->rq[i].ts ^ ts) & 0xFFFF) == 0;
+    if (!clash) return ts;
+  }
+}
+
 static request *free_slot(dml_ps *ps) {
   for (int i = 0; i < ps->nrq; i++)
     if (!ps->rq[i].active) return &ps->rq[i];
@@ -318,7 +341,7 @@ static int post_dense(dml_ps *ps, int command, uint64_t clock, uint64_t lo, cons
   request *r = free_slot(ps);
   if (r == NULL) return DML_EAGAIN;
   r->active = 1;
-  r->ts = ps->next_ts++;
+  r->ts = next_timestamp(ps);
   r->command = command;
   r->out = out;
   r->n = n;
@@ -341,9 +364,9 @@ static int post_dense(dml_ps *ps, int command, uint64_t clock, uint64_t lo, cons
     m.value_type = with_vals ? DML__PS_VT_F32 : DML__PS_VT_NONE;
     int owner = dml__ps_dense_owner(&ps->layout, a);
     /* a large frame goes as header + values sent from the caller's buffer, and a large reply
-     * comes as header + values received straight into out (not with recovery: a re-form
-     * resends frames, not bodies) */
-    if ((b - a) * sizeof(float) >= DML__PS_BODY_MIN_BYTES && !ps->cfg.recover &&
+     * comes as header + values received straight into out (tcp only, and not with recovery: a
+     * re-form resends frames, not bodies) */
+    if (ps->bodies && (b - a) * sizeof(float) >= DML__PS_BODY_MIN_BYTES &&
         !(ps->local && server_rank(ps, owner) == ps->me)) {
       if (with_vals) m.flags |= DML__PS_FLAG_BODY;
       if (out) m.flags |= DML__PS_FLAG_REPLY_BODY;
@@ -411,7 +434,7 @@ static int post(dml_ps *ps, int command, uint64_t clock, const uint64_t *keys, c
   for (int s = 0; s < ps->S; s++) next[s] = r->soff[s];
   for (size_t i = 0; i < n; i++) r->pos[next[dml__ps_owner(keys[i], ps->S)]++] = i;
   r->active = 1;
-  r->ts = ps->next_ts++;
+  r->ts = next_timestamp(ps);
   r->command = command;
   r->out = out;
   r->n = n;
@@ -617,7 +640,10 @@ static int attached_step(dml_ps *ps, int block_ms, int *moved) {
                 dml_comm_peer_name(ps->c, src < 0 ? 0 : src), "");
   }
   rc = file_reply(ps, src, buf, bytes);
-  if (rc == 1) ps->shutdowns++;
+  if (rc == 1 && !ps->shut[src]) { /* a second one from a server counts nothing */
+    ps->shut[src] = 1;
+    ps->shutdowns++;
+  }
   return rc == 1 ? 0 : rc;
 }
 
@@ -635,7 +661,10 @@ static int attached_wait(dml_ps *ps, request *r) {
   dml_comm_set_spin_us(ps->spin_us);
   while (ps->sticky == 0) {
     if (r == NULL && dml__ps_server_live(ps->local) == 0)
-      ps->shutdowns += dml__ps_server_detach(ps->local); /* tells every worker it has finished */
+      if (dml__ps_server_detach(ps->local) && !ps->shut[ps->me]) { /* tells every worker */
+        ps->shut[ps->me] = 1;
+        ps->shutdowns++;
+      }
     if (r ? r->npending == 0 : dml__ps_server_live(ps->local) == 0 && ps->shutdowns == ps->S) break;
     int moved = 0;
     attached_step(ps, SERVE_SLICE_MS, &moved);
@@ -661,6 +690,11 @@ int dml_ps_serve(dml_ps *ps, dml_ps_server *srv, dml_err *err) {
     return dml_err_set(err, DML_ESTATE,
                        "ps: a worker serves its shard itself only colocated, with one handler "
                        "thread, once, before its first request");
+  if (dml_ps_server_comm(srv) != ps->c)
+    return dml_err_set(err, DML_EINVAL,
+                       "ps: the shard a worker serves must be on the worker's communicator");
+  ps->shut = dml__calloc((size_t)ps->Sproc, 1);
+  if (ps->shut == NULL) return dml_err_set(err, DML_ENOMEM, "ps: out of memory");
   int rc = dml__ps_server_attach(srv, err);
   if (rc) return rc;
   /* Polling where every local rank has a core: 1 ms, not the collectives' 200 us. A worker
@@ -872,6 +906,7 @@ void dml_ps_free(dml_ps *ps) {
   if (ps->repq) dml_comm_cancel(ps->c, ps->repq);
   if (ps->own_comm) dml_comm_free(ps->c);
   dml__free(ps->acked);
+  dml__free(ps->shut);
   dml__ps_dense_layout_free(&ps->layout);
   dml__free(ps->rq);
   dml__free(ps->kscratch);

@@ -51,16 +51,19 @@ enum { DML__PS_VT_NONE = 0, DML__PS_VT_F32 = 1 };
 /* BODY (dense PUSH, PUSHPULL or REPLY): the frame is the 64-byte header alone and announces nvals
  * values that follow from the same sender as one message of nvals * 4 bytes, sent from the
  * sender's buffer: on tag DML__PS_TAG_BODY_IN(handler) right after a request (the server takes it
- * next, waiting at most DML__PS_BODY_WAIT_MS), on DML__PS_TAG_BODY(handler, timestamp) for a
+ * next, waiting at most DISTML_PS_BODY_WAIT_MS), on DML__PS_TAG_BODY(handler, timestamp) for a
  * reply. REPLY_BODY (dense PULL or PUSHPULL): "send the values of the reply as a body" (the
  * requester has posted a receive for them straight into its output buffer). */
 #define DML__PS_FLAG_BODY 2u
 #define DML__PS_FLAG_REPLY_BODY 4u
 /* Dense frames (and replies) of at least this many value bytes go as header + body. */
 #define DML__PS_BODY_MIN_BYTES (64u * 1024)
-/* A request's body follows its header at once: a peer that has not sent it within this long is
- * dropped (a hostile one stalls its server no longer). */
-#define DML__PS_BODY_WAIT_MS 2000
+/* A request's body follows its header at once (written to the socket right after it; with CMA
+ * only a 16-byte frame): a peer that has not sent it within this long is dropped, and a hostile
+ * one stalls its server no longer (DISTML_PS_BODY_WAIT_MS). Bodies are used on the tcp backend
+ * only: MPI moves a large message only while its sender is inside an MPI call, which a worker
+ * computing between its push and its wait is not. */
+#define DML__PS_BODY_WAIT_MS 5000
 #define DML__PS_TAG_BODY_IN(h) (DML__PS_TAG_REQ + 4 + (int)(h)*DML__PS_TAG_HANDLER_STEP)
 /* Reply bodies: a tag per (handler, request timestamp modulo 2^16): a worker has fewer requests in
  * flight than that (max_in_flight <= 65536), so its posted receives never share a tag, and the
@@ -150,6 +153,9 @@ int dml__ps_server_live(const dml_ps_server *s);
 /* A dense pull of the worker that had to wait (local: *answered 0) and has since been answered in
  * place, into the out it gave: 1 and its timestamp and key_lo, or 0 when there is none. */
 int dml__ps_server_local_done(dml_ps_server *s, uint64_t *timestamp, uint64_t *key_lo);
+/* The worker gave up request timestamp (an error): its pulls still waiting here are dropped, and
+ * nothing is written into its buffers any more. */
+void dml__ps_server_forget(dml_ps_server *s, uint64_t timestamp);
 int dml__ps_server_detach(dml_ps_server *s);
 int dml__ps_owner(uint64_t key, int nservers);
 

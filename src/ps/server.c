@@ -112,6 +112,7 @@ struct dml_ps_server {
   dml_err thread_err;
   int attached;        /* served by this process's worker (dml__ps_server_attach) */
   dml_comm_req *inreq; /* attached: the posted receive of the next request */
+  int body_wait_ms;    /* DISTML_PS_BODY_WAIT_MS, default DML__PS_BODY_WAIT_MS */
   void *spare;         /* the body of the request being handled: its reply may take it */
   size_t spare_bytes;
   int spare_filled;  /* spare holds the reply's values already */
@@ -787,7 +788,7 @@ static int handle_msg(dml_ps_server *s, int src, dml__ps_msg *mp, local_sink *si
 }
 
 /* The values of m (a BODY push from src): the next message from src on the body tag, of exactly
- * m->nvals floats, waited for at most DML__PS_BODY_WAIT_MS. *out owns them; m->vals points in. */
+ * m->nvals floats, waited for at most body_wait_ms. *out owns them; m->vals points in. */
 static int take_body(dml_ps_server *s, int src, const char *peer, dml__ps_msg *m, void **out,
                      dml_err *err) {
   dml_comm_req *q = NULL;
@@ -795,11 +796,11 @@ static int take_body(dml_ps_server *s, int src, const char *peer, dml__ps_msg *m
   size_t bytes = 0;
   int rc = dml_comm_irecv_alloc(s->c, src, DML__PS_TAG_BODY_IN(s->h), &q);
   if (rc == 0) {
-    rc = dml_comm_wait_alloc(s->c, q, DML__PS_BODY_WAIT_MS, &buf, &bytes, NULL);
+    rc = dml_comm_wait_alloc(s->c, q, s->body_wait_ms, &buf, &bytes, NULL);
     if (rc == DML_ETIMEDOUT) {
       dml_comm_cancel(s->c, q);
       return dml_err_set(err, DML_EPROTO, "ps: %s announced %llu values and sent none in %d ms",
-                         peer, (unsigned long long)m->nvals, DML__PS_BODY_WAIT_MS);
+                         peer, (unsigned long long)m->nvals, s->body_wait_ms);
     }
   }
   if (rc)
@@ -840,8 +841,9 @@ int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t by
         break;
       }
   }
-  void *body = NULL; /* the values of a BODY push, sent after its header */
-  if (rc == 0 && (m.flags & DML__PS_FLAG_BODY) && m.command != DML__PS_REPLY)
+  void *body = NULL; /* the values of a BODY push, sent after its header (a dropped peer's are
+                        not waited for: it is ignored) */
+  if (rc == 0 && (m.flags & DML__PS_FLAG_BODY) && m.command != DML__PS_REPLY && !s->w[src].dropped)
     rc = take_body(s, src, peer, &m, &body, err);
   if (rc) {
     dml__ps_msg_free(&m);
@@ -980,6 +982,12 @@ static int create_handler(dml_ps_server **out, dml_comm *c, const dml_ps_config 
   s->tag_rep = DML__PS_TAG_REP + h * DML__PS_TAG_HANDLER_STEP;
   s->tag_watch = DML__PS_TAG_WATCH + h * DML__PS_TAG_HANDLER_STEP;
   s->aggregating = cfg->sync_aggregate && cfg->staleness == 0 && !cfg->sum_only;
+  int64_t bw;
+  if (dml_env_i64("DISTML_PS_BODY_WAIT_MS", DML__PS_BODY_WAIT_MS, 1, 3600000, &bw, err) != 0) {
+    dml__free(s);
+    return err->code ? err->code : DML_EINVAL;
+  }
+  s->body_wait_ms = (int)bw;
   s->w = dml__calloc((size_t)n, sizeof(worker_state));
   int rc = s->w ? 0 : dml_err_set(err, DML_ENOMEM, "ps server: out of memory");
   if (rc == 0)
@@ -1258,6 +1266,19 @@ int dml__ps_server_local_done(dml_ps_server *s, uint64_t *timestamp, uint64_t *k
   *timestamp = d.timestamp;
   *key_lo = d.key_lo;
   return 1;
+}
+
+void dml__ps_server_forget(dml_ps_server *s, uint64_t timestamp) {
+  size_t k = 0;
+  for (size_t i = 0; i < s->ndq; i++) {
+    deferred *d = &s->dq[i];
+    if (d->src == s->me && d->m.timestamp == timestamp) {
+      dml__ps_msg_free(&d->m);
+      continue;
+    }
+    s->dq[k++] = *d;
+  }
+  s->ndq = k;
 }
 
 int dml__ps_server_live(const dml_ps_server *s) {
