@@ -340,8 +340,8 @@ static int post_dense(dml_ps *ps, int command, uint64_t clock, uint64_t lo, cons
                        (unsigned long long)lo);
   request *r = free_slot(ps);
   if (r == NULL) return DML_EAGAIN;
+  r->ts = next_timestamp(ps); /* before it counts as in flight: its old number is no clash */
   r->active = 1;
-  r->ts = next_timestamp(ps);
   r->command = command;
   r->out = out;
   r->n = n;
@@ -433,8 +433,8 @@ static int post(dml_ps *ps, int command, uint64_t clock, const uint64_t *keys, c
   size_t next[64];
   for (int s = 0; s < ps->S; s++) next[s] = r->soff[s];
   for (size_t i = 0; i < n; i++) r->pos[next[dml__ps_owner(keys[i], ps->S)]++] = i;
+  r->ts = next_timestamp(ps); /* before it counts as in flight: its old number is no clash */
   r->active = 1;
-  r->ts = next_timestamp(ps);
   r->command = command;
   r->out = out;
   r->n = n;
