@@ -697,11 +697,11 @@ int dml_ps_serve(dml_ps *ps, dml_ps_server *srv, dml_err *err) {
   if (ps->shut == NULL) return dml_err_set(err, DML_ENOMEM, "ps: out of memory");
   int rc = dml__ps_server_attach(srv, err);
   if (rc) return rc;
-  /* Polling where every local rank has a core: 1 ms, not the collectives' 200 us. A worker
-   * waits for one peer's message and the peer for its answer; when a wait outlasts the budget
-   * and its core goes idle, the wake-up takes longer than the budget and the pair falls into
-   * sleeping on every message (16 KB colocated pushpull 0.027 ms -> 0.07-0.21 ms in 2 of 15
-   * runs at 200 us; 1 of 30 at 500 us, mildly; none of 30 at 1000 us). */
+  /* Polling where every local rank has a core: 1 ms, not the collectives' 200 us: a worker's
+   * wait often outlasts 200 us (it waits for a peer that is serving, not only for bytes). With
+   * unpinned ranks, 16 KB colocated pushpull fell into a slow mode (0.027 -> 0.07-0.21 ms per
+   * iteration) in 2 runs of 15 at 200 us, 1 of 30 at 500 us and 1 of 18 at 1000 us; with ranks
+   * pinned a core each, as the launcher does, in none of 24. */
   int64_t v = dml__default_spin_us() > 0 ? 1000 : 0;
   if ((rc = dml_env_i64("DISTML_PS_SPIN_US", v, 0, 1000000, &v, err)) != 0) {
     dml__ps_server_detach(srv);
