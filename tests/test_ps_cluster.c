@@ -8,7 +8,8 @@
  * worker killed mid-run under ASP and BSP: the others finish and the server counts it dead; and
  * several of these with 2-3 request-handling threads per server process; colocated runs where
  * each worker serves its own shard inside its calls (dml_ps_serve) under BSP, SSP, ASP, sync
- * aggregation and the dense API.
+ * aggregation and the dense API, and one of them killed: the others fail within seconds naming
+ * it.
  * test-labels: tsan */
 #include <signal.h>
 
@@ -36,6 +37,9 @@ typedef struct scenario {
                        c holds this push and all of clocks < c, and at most the other workers'
                        pushes of clocks c and c + 1 (one whose pull at c was answered may push
                        again before this push arrives): [W*c + 1, W*c + 2W - 1] */
+  int lost_shard;   /* colocated, each worker serving: rank `victim` dies after 3 iterations;
+                       the others must fail within seconds with an error naming it (its shard is
+                       lost), not wait for the timeout */
   int body_hostile; /* with hostile_from: the hostile ranks announce a dense push's values as a
                        body and send none (staying connected) or a body of the wrong length */
 } scenario;
@@ -195,11 +199,63 @@ static void raw_hostile(dml_comm *c, int master_port) {
   }
 }
 
+/* lost_shard: dense pulls and pushes over every shard until the victim dies; a survivor's call
+ * then fails naming the victim, well before the communicator's 20 s timeout (without the check
+ * it waited those 20 s). */
+static int lost_shard(int rank, dml_comm *c, const scenario *sc) {
+  dml_ps_config cfg;
+  dml_ps_config_init(&cfg);
+  cfg.colocated = 1;
+  cfg.sum_only = 1;
+  dml_err err;
+  dml_ps_server *srv;
+  dml_ps *ps;
+  RK_OK(dml_ps_server_create(&srv, c, &cfg, &err));
+  RK_OK(dml_ps_create(&ps, c, &cfg, &err));
+  RK_OK(dml_ps_serve(ps, srv, &err));
+  enum { N = 4 * 65536 };
+  float *v = calloc(N, sizeof(float));
+  R_ASSERT(v);
+  double t_fail = 0, t0 = dml_now_s();
+  int rc = 0;
+  for (int it = 0; it < 1000 && rc == 0; it++) {
+    if (rank == sc->victim && it == 3) raise(SIGKILL);
+    uint64_t ts;
+    rc = dml_ps_pull_dense(ps, 0, v, N, &ts);
+    if (rc == 0) rc = dml_ps_wait(ps, ts);
+    if (rc == 0) rc = dml_ps_push_dense(ps, 0, v, N, &ts);
+    if (rc == 0) rc = dml_ps_wait(ps, ts);
+    if (rc == 0) rc = dml_ps_clock(ps);
+  }
+  t_fail = dml_now_s() - t0;
+  char want[64];
+  snprintf(want, sizeof want, "server rank %d (", sc->victim);
+  /* the other survivor may notice first and leave: then this one can find every other rank gone
+   * (also within the bound); a pause before leaving makes that rare */
+  const char *msg = dml_ps_errmsg(ps);
+  int ok = rc != 0 && t_fail < 10 &&
+           (strstr(msg, want) != NULL || strstr(msg, "every other rank has failed") != NULL);
+  struct timespec pause = {1, 0};
+  nanosleep(&pause, NULL);
+  if (!ok)
+    fprintf(stderr, "rank %d: rc %d after %.1f s: %s (want an error naming %s...)\n", rank, rc,
+            t_fail, dml_ps_errmsg(ps), want);
+  dml_ps_free(ps);
+  dml_ps_server_free(srv);
+  free(v);
+  return ok ? 0 : 1;
+}
+
 static int rank_main(int rank, int n, int port, void *arg) {
   const scenario *sc = arg;
   dml_comm *c;
   RK_OK(th_join(&c, rank, n, port, 20000));
   dml_err err;
+  if (sc->lost_shard) {
+    int rc = lost_shard(rank, c, sc);
+    dml_comm_free(c);
+    return rc;
+  }
   dml_ps_config cfg;
   dml_ps_config_init(&cfg);
   cfg.num_servers = sc->servers;
@@ -404,6 +460,8 @@ int main(void) {
       (scenario){.servers = 2, .dense = 1, .pushpull = 1});
   run("dense pushpull, colocated 3 ranks, workers serving: values in bounds", 3,
       (scenario){.colocated = 1, .dense = 1, .pushpull = 1, .serve = 1});
+  run("colocated 3 ranks, workers serving, one killed: the others fail at once naming it", 3,
+      (scenario){.colocated = 1, .serve = 1, .victim = 2, .lost_shard = 1});
   run("dense API, colocated 2 ranks x 2 handler threads", 2,
       (scenario){.colocated = 1, .dense = 1, .handlers = 2});
   run("dense BSP sync aggregation, 2 servers x 2 handler threads: exact values", 4,

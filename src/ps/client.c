@@ -668,6 +668,14 @@ static int attached_wait(dml_ps *ps, request *r) {
     if (r ? r->npending == 0 : dml__ps_server_live(ps->local) == 0 && ps->shutdowns == ps->S) break;
     int moved = 0;
     attached_step(ps, SERVE_SLICE_MS, &moved);
+    /* Colocated, every server is a worker the shard's watcher keeps an eye on: one that died
+     * will not answer (and its shard is lost): an error naming it now, not at the timeout. */
+    for (int sv = 0; sv < ps->Sproc && ps->sticky == 0; sv++) {
+      int owed = r ? r->pending[sv] > 0 : !ps->shut[sv];
+      if (owed && sv != ps->me && dml__ps_server_worker_dead(ps->local, sv))
+        fail(ps, DML_EPEER, "ps: server %s died before answering this worker%s",
+             dml_comm_peer_name(ps->c, sv), " (its shard is lost: no recovery when colocated)");
+    }
     uint64_t now = dml_now_ns();
     if (moved) {
       last = now;

@@ -150,6 +150,8 @@ int dml__ps_server_poll(dml_ps_server *s, int *moved, dml_err *err);
 dml_comm_req *dml__ps_server_inreq(const dml_ps_server *s);
 int dml__ps_server_local(dml_ps_server *s, dml__ps_msg *m, float *out, int *answered, dml_err *err);
 int dml__ps_server_live(const dml_ps_server *s);
+/* 1 if the server's watcher has seen worker rank die (colocated: that rank's shard too). */
+int dml__ps_server_worker_dead(const dml_ps_server *s, int rank);
 /* A dense pull of the worker that had to wait (local: *answered 0) and has since been answered in
  * place, into the out it gave: 1 and its timestamp and key_lo, or 0 when there is none. */
 int dml__ps_server_local_done(dml_ps_server *s, uint64_t *timestamp, uint64_t *key_lo);

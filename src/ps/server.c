@@ -1281,6 +1281,10 @@ void dml__ps_server_forget(dml_ps_server *s, uint64_t timestamp) {
   s->ndq = k;
 }
 
+int dml__ps_server_worker_dead(const dml_ps_server *s, int rank) {
+  return rank >= 0 && rank < s->n && s->w[rank].dead;
+}
+
 int dml__ps_server_live(const dml_ps_server *s) {
   return s->live;
 }
