@@ -257,6 +257,14 @@ static int add_frame(dml_ps *ps, request *r, int s, uint64_t key_lo) {
   return f;
 }
 
+/* Hands m to this process's own shard (dml_ps_serve), in place; a failure is the sticky error. */
+static int local_handle(dml_ps *ps, dml__ps_msg *m, float *out, int *answered) {
+  dml_err e;
+  dml_err_clear(&e);
+  int rc = dml__ps_server_local(ps->local, m, out, answered, &e);
+  return rc ? fail(ps, rc, "%s%s", dml_err_msg(&e), "") : 0;
+}
+
 /* Encodes m (keys/vals as given) into a new frame of request r and sends it to server s; with
  * dml_ps_serve, a request to this process's own shard is handled in place instead: no frame, and
  * a pull's values go straight to out (answered), unless the pull must wait for other workers. */
@@ -266,10 +274,7 @@ static int send_frame(dml_ps *ps, request *r, int s, dml__ps_msg *m, const uint6
   if (ps->local && server_rank(ps, s) == ps->me) {
     m->keys = (uint64_t *)(uintptr_t)keys; /* borrowed, read only */
     m->vals = (float *)(uintptr_t)vals;
-    dml_err e;
-    dml_err_clear(&e);
-    int rc = dml__ps_server_local(ps->local, m, out, answered, &e);
-    if (rc) return fail(ps, rc, "%s%s", dml_err_msg(&e), "");
+    if (local_handle(ps, m, out, answered) != 0) return ps->sticky;
     if (!*answered && add_frame(ps, r, s, m->key_lo) < 0) return ps->sticky;
     return 0;
   }
@@ -600,6 +605,13 @@ static int local_answers(dml_ps *ps) {
   return n;
 }
 
+/* Server rank sv said it has finished; a second word from it counts nothing. */
+static void server_finished(dml_ps *ps, int sv) {
+  if (ps->shut[sv]) return;
+  ps->shut[sv] = 1;
+  ps->shutdowns++;
+}
+
 /* Longest sleep of one wait before the timeout is looked at again (ms). */
 #define SERVE_SLICE_MS 50
 
@@ -640,10 +652,7 @@ static int attached_step(dml_ps *ps, int block_ms, int *moved) {
                 dml_comm_peer_name(ps->c, src < 0 ? 0 : src), "");
   }
   rc = file_reply(ps, src, buf, bytes);
-  if (rc == 1 && !ps->shut[src]) { /* a second one from a server counts nothing */
-    ps->shut[src] = 1;
-    ps->shutdowns++;
-  }
+  if (rc == 1) server_finished(ps, src);
   return rc == 1 ? 0 : rc;
 }
 
@@ -660,11 +669,8 @@ static int attached_wait(dml_ps *ps, request *r) {
   int spin0 = dml_comm_spin_us();
   dml_comm_set_spin_us(ps->spin_us);
   while (ps->sticky == 0) {
-    if (r == NULL && dml__ps_server_live(ps->local) == 0)
-      if (dml__ps_server_detach(ps->local) && !ps->shut[ps->me]) { /* tells every worker */
-        ps->shut[ps->me] = 1;
-        ps->shutdowns++;
-      }
+    if (r == NULL && dml__ps_server_live(ps->local) == 0 && dml__ps_server_detach(ps->local))
+      server_finished(ps, ps->me); /* detach told every other worker */
     if (r ? r->npending == 0 : dml__ps_server_live(ps->local) == 0 && ps->shutdowns == ps->S) break;
     int moved = 0;
     attached_step(ps, SERVE_SLICE_MS, &moved);
@@ -738,14 +744,14 @@ int dml_ps_wait(dml_ps *ps, uint64_t ts) {
   for (int f = 0; f < r->nframes && ps->sticky == 0; f++) {
     if (r->brecv[f] == NULL) continue;
     int rc = dml_comm_wait(ps->c, r->brecv[f], -1);
-    if (rc == DML_ETIMEDOUT) continue; /* still posted: request_release withdraws it */
+    if (rc == DML_ETIMEDOUT) { /* still posted: request_release withdraws it */
+      fail(ps, rc, "ps: no values from server %s after its reply%s",
+           dml_comm_peer_name(ps->c, server_rank(ps, r->fdst[f])), "");
+      break;
+    }
     r->brecv[f] = NULL;
     if (rc) comm_failed(ps, rc, "receiving values from", server_rank(ps, r->fdst[f]));
   }
-  for (int f = 0; f < r->nframes && ps->sticky == 0; f++)
-    if (r->brecv[f])
-      fail(ps, DML_ETIMEDOUT, "ps: no values from server %s after its reply%s",
-           dml_comm_peer_name(ps->c, server_rank(ps, r->fdst[f])), "");
   request_release(ps, r);
   return ps->sticky;
 }
@@ -762,13 +768,11 @@ static int send_all(dml_ps *ps, int command, int *bad) {
   int first = 0;
   for (int s = 0; s < ps->S; s++) {
     if (ps->local && server_rank(ps, s) == ps->me) {
-      dml_err e;
-      dml_err_clear(&e);
       int answered;
       dml__ps_msg lm = m;
-      int lrc = dml__ps_server_local(ps->local, &lm, NULL, &answered, &e);
+      int lrc = local_handle(ps, &lm, NULL, &answered);
       if (lrc && !first) {
-        first = fail(ps, lrc, "%s%s", dml_err_msg(&e), "");
+        first = lrc;
         *bad = ps->me;
       }
       continue;
