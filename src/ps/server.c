@@ -1161,6 +1161,23 @@ static void send_shutdown(dml_ps_server *s, int but_me) {
   }
 }
 
+/* A frame received from src (buf, freed here) handled as the loop does: a dropped hostile peer
+ * is not an error of the loop; anything else is. */
+static int handle_received(dml_ps_server *s, int src, void *buf, size_t bytes, dml_err *err) {
+  dml_err herr;
+  dml_err_clear(&herr);
+  int hrc = dml_ps_server_handle(s, src, buf, bytes, &herr);
+  dml_comm_buf_free(buf);
+  return hrc && hrc != DML_EPROTO ? dml_err_set(err, hrc, "%s", dml_err_msg(&herr)) : 0;
+}
+
+/* Posts the receive of the next request (a worker serving its shard itself). */
+static int post_inreq(dml_ps_server *s, dml_err *err) {
+  int rc = dml_comm_irecv_alloc(s->c, DML_ANY_SOURCE, s->tag_req, &s->inreq);
+  if (rc) s->inreq = NULL;
+  return rc ? dml_err_set(err, rc, "ps server %d: %s", s->me, dml_comm_errmsg(s->c)) : 0;
+}
+
 int dml_ps_server_run(dml_ps_server *s, dml_err *err) {
   int rc = 0;
   if (s->cfg.restore && !s->st.restored) {
@@ -1201,14 +1218,7 @@ int dml_ps_server_run(dml_ps_server *s, dml_err *err) {
       dml_err_set(err, rc, "ps server %d: receive failed: %s", s->me, dml_comm_errmsg(s->c));
       break;
     }
-    dml_err herr;
-    dml_err_clear(&herr);
-    int hrc = dml_ps_server_handle(s, src, buf, bytes, &herr);
-    dml_comm_buf_free(buf);
-    if (hrc && hrc != DML_EPROTO) {
-      rc = dml_err_set(err, hrc, "%s", dml_err_msg(&herr));
-      break;
-    }
+    if ((rc = handle_received(s, src, buf, bytes, err)) != 0) break;
     if (s->nout) reap_replies(s, 0);
     if (s->reform_wanted) {
       s->reform_wanted = 0;
@@ -1246,11 +1256,8 @@ int dml__ps_server_attach(dml_ps_server *s, dml_err *err) {
                        "ps server %d: a worker serves its shard itself only with one handler "
                        "thread and no checkpoints",
                        s->me);
-  int rc = dml_comm_irecv_alloc(s->c, DML_ANY_SOURCE, s->tag_req, &s->inreq);
-  if (rc) {
-    s->inreq = NULL;
-    return dml_err_set(err, rc, "ps server %d: %s", s->me, dml_comm_errmsg(s->c));
-  }
+  int rc = post_inreq(s, err);
+  if (rc) return rc;
   if ((rc = watcher_start(s, err)) != 0) {
     dml_comm_cancel(s->c, s->inreq);
     s->inreq = NULL;
@@ -1304,15 +1311,8 @@ int dml__ps_server_poll(dml_ps_server *s, int *moved, dml_err *err) {
     if (rc)
       return dml_err_set(err, rc, "ps server %d: receive failed: %s", s->me, dml_comm_errmsg(s->c));
     *moved = 1;
-    dml_err herr;
-    dml_err_clear(&herr);
-    int hrc = dml_ps_server_handle(s, src, buf, bytes, &herr);
-    dml_comm_buf_free(buf);
-    if (hrc && hrc != DML_EPROTO) return dml_err_set(err, hrc, "%s", dml_err_msg(&herr));
-    if (s->live > 0 && (rc = dml_comm_irecv_alloc(s->c, DML_ANY_SOURCE, s->tag_req, &s->inreq))) {
-      s->inreq = NULL;
-      return dml_err_set(err, rc, "ps server %d: %s", s->me, dml_comm_errmsg(s->c));
-    }
+    if ((rc = handle_received(s, src, buf, bytes, err)) != 0) return rc;
+    if (s->live > 0 && (rc = post_inreq(s, err)) != 0) return rc;
   }
   if (s->nout) reap_replies(s, 0);
   return 0;
