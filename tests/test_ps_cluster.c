@@ -302,14 +302,15 @@ static int rank_main(int rank, int n, int port, void *arg) {
   dml_ps *ps;
   RK_OK(dml_ps_create(&ps, c, &cfg, &err));
   if (sc->serve) RK_OK(dml_ps_serve(ps, srv, &err));
-  /* registered layout: tensor 0 (1.2M keys) is cut into a 4 MB part and a 151,424-key part, which
-   * land on different servers (greedy by bytes: 4 MB -> 0, tensor 1 -> 1, the rest -> 1) */
+  /* registered layout: 1.4M keys, an even share 700,000 keys (86 chunks of 8192): tensor 0 (1.2M
+   * keys, 147 chunks) is cut into runs of 74 and 73 chunks (606,208 and 593,792 keys), tensor 1
+   * stays whole; greedy by bytes: 606,208 -> 0, 593,792 -> 1, tensor 1 -> 1 */
   uint64_t DLO = 1000, DN = 200000;
   if (sc->layout) {
     uint64_t off[2], bytes[2];
     RK_OK(dml_ps_dense_layout(&cfg, n, off, bytes, &err));
-    R_ASSERT(off[0] == 0 && off[1] == 19 * 65536); /* 1.2M keys take 19 chunks */
-    R_ASSERT(bytes[0] == 4 * 1048576 && bytes[1] == 4 * (200000 + 1200000 - 1048576));
+    R_ASSERT(off[0] == 0 && off[1] == 147 * 8192); /* 1.2M keys take 147 chunks */
+    R_ASSERT(bytes[0] == 4 * 606208 && bytes[1] == 4 * (593792 + 200000));
     DLO = off[0];
     DN = cfg.dense_sizes[0];
   }

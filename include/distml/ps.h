@@ -50,9 +50,11 @@ typedef struct dml_ps_config {
                             mean applied as one optimizer step once every live worker has passed
                             that clock (1 by default); 0: every push is its own step */
   /* Dense tensors registered up front (may be NULL/0): tensor t holds dense_sizes[t] keys at
-   * dml_ps_dense_layout's offset; each is cut into parts of at most 4 MB assigned to servers
-   * greedily by bytes (largest first). Dense keys past them are dealt round-robin in 64K-key
-   * chunks. Every process must pass the same list. Not owned. */
+   * dml_ps_dense_layout's offset; each is cut into parts of at most 4 MB and at most an even
+   * share of all registered keys (so one large tensor spreads over every server), assigned to
+   * servers greedily by bytes (largest first); a request travels as one frame per run of one
+   * server's keys. Dense keys past them are dealt round-robin in runs of 64K keys. Every process
+   * must pass the same list. Not owned. */
   const uint64_t *dense_sizes;
   int num_dense;
   /* Recovery (dedicated servers only; see docs/ps.md "Recovery"). */

@@ -121,6 +121,10 @@ static int bench_rank(const layout *L, int rank, int port, size_t min_bytes, siz
   for (size_t bytes = min_bytes; bytes <= max_bytes && rc == 0; bytes *= 4) {
     size_t K = bytes / 4;
     int iters = iters_for(bytes), warm = 2;
+    /* the M bytes are one registered tensor (keys 0..K-1), spread over the servers */
+    uint64_t tensor = K;
+    cfg.dense_sizes = &tensor;
+    cfg.num_dense = 1;
     float *g = dml__malloc(K * sizeof(float)), *v = dml__malloc(K * sizeof(float));
     if (!g || !v) rc = DML_ENOMEM;
     for (size_t k = 0; rc == 0 && k < K; k++) g[k] = 1.0f;

@@ -354,8 +354,11 @@ static int post_dense(dml_ps *ps, int command, uint64_t clock, uint64_t lo, cons
   r->dense_lo = lo;
   int with_vals = command == DML__PS_PUSH || command == DML__PS_PUSHPULL;
   for (uint64_t a = lo; a < lo + n;) {
-    uint64_t part_end = (a / DML__PS_DENSE_PART + 1) * DML__PS_DENSE_PART;
-    uint64_t b = part_end < lo + n ? part_end : lo + n;
+    /* a frame: the run of consecutive chunks of one server from a, at most DENSE_MAX_PART keys */
+    int owner = dml__ps_dense_owner(&ps->layout, a);
+    uint64_t b = a, cap = lo + n - a < DML__PS_DENSE_MAX_PART ? lo + n : a + DML__PS_DENSE_MAX_PART;
+    do b = DML__MIN((b / DML__PS_DENSE_PART + 1) * DML__PS_DENSE_PART, cap);
+    while (b < cap && dml__ps_dense_owner(&ps->layout, b) == owner);
     dml__ps_msg m;
     memset(&m, 0, sizeof(m));
     m.command = (uint32_t)command;
@@ -367,7 +370,6 @@ static int post_dense(dml_ps *ps, int command, uint64_t clock, uint64_t lo, cons
     m.key_hi = b - 1;
     m.nvals = with_vals ? b - a : 0;
     m.value_type = with_vals ? DML__PS_VT_F32 : DML__PS_VT_NONE;
-    int owner = dml__ps_dense_owner(&ps->layout, a);
     /* a large frame goes as header + values sent from the caller's buffer, and a large reply
      * comes as header + values received straight into out (tcp only, and not with recovery: a
      * re-form resends frames, not bodies) */

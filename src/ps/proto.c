@@ -171,7 +171,7 @@ static int decode(const void *buf, size_t len, const char *peer, dml__ps_msg *m,
   uint64_t announced = 0;
   if (body_vals) {
     announced = m->nvals;
-    if (announced == 0 || announced > DML__PS_DENSE_PART || m->key_lo > m->key_hi ||
+    if (announced == 0 || announced > DML__PS_DENSE_MAX_PART || m->key_lo > m->key_hi ||
         m->key_hi - m->key_lo + 1 != announced || m->value_type != DML__PS_VT_F32)
       return dml_err_set(err, DML_EPROTO,
                          "ps: %s announced a body of %llu values (type %u) for [%llu, %llu]", peer,
@@ -206,15 +206,15 @@ static int decode(const void *buf, size_t len, const char *peer, dml__ps_msg *m,
   int no_keys = m->command == DML__PS_CLOCK || m->command == DML__PS_BYE ||
                 m->command == DML__PS_REFORM || m->command == DML__PS_REJOIN;
   if (m->flags & DML__PS_FLAG_DENSE) {
-    /* a dense frame: no keys, one aligned part [key_lo, key_hi] */
+    /* a dense frame: no keys, a range [key_lo, key_hi] of at most DML__PS_DENSE_MAX_PART */
     if (no_keys || m->nkeys != 0 || m->key_lo > m->key_hi ||
-        m->key_lo / DML__PS_DENSE_PART != m->key_hi / DML__PS_DENSE_PART)
+        m->key_hi - m->key_lo >= DML__PS_DENSE_MAX_PART)
       return dml_err_set(err, DML_EPROTO,
                          "ps: %s sent a dense command %u with %llu keys over [%llu, %llu] (want no "
-                         "keys, one part of %llu)",
+                         "keys, at most %llu in the range)",
                          peer, m->command, (unsigned long long)m->nkeys,
                          (unsigned long long)m->key_lo, (unsigned long long)m->key_hi,
-                         (unsigned long long)DML__PS_DENSE_PART);
+                         (unsigned long long)DML__PS_DENSE_MAX_PART);
     uint64_t cnt = m->key_hi - m->key_lo + 1;
     int ok = needs_vals                   ? m->nvals == cnt
              : m->command == DML__PS_PULL ? m->nvals == 0
@@ -338,19 +338,25 @@ int dml__ps_dense_layout_build(dml__ps_dense_layout *l, const uint64_t *sizes, i
   l->bytes = dml__calloc((size_t)l->S, sizeof(uint64_t));
   if (l->bytes == NULL) return dml_err_set(err, DML_ENOMEM, "ps: out of memory");
   if (l->ntensors == 0) return 0;
-  const uint64_t per_part = DML__PS_DENSE_MAX_PART / DML__PS_DENSE_PART; /* chunks in a part */
-  uint64_t nchunks = 0, npieces = 0;
+  uint64_t nchunks = 0, npieces = 0, total = 0;
   for (int t = 0; t < ntensors; t++) {
     if (sizes[t] == 0 || sizes[t] > ((uint64_t)1 << 40))
       return dml_err_set(err, DML_EINVAL, "ps: dense tensor %d has %llu keys (want 1..2^40)", t,
                          (unsigned long long)sizes[t]);
-    uint64_t c = (sizes[t] + DML__PS_DENSE_PART - 1) / DML__PS_DENSE_PART;
-    nchunks += c;
-    npieces += (c + per_part - 1) / per_part;
+    nchunks += (sizes[t] + DML__PS_DENSE_PART - 1) / DML__PS_DENSE_PART;
+    total += sizes[t];
   }
   if (nchunks > ((uint64_t)1 << 26))
     return dml_err_set(err, DML_EINVAL, "ps: %llu dense chunks registered (max 2^26)",
                        (unsigned long long)nchunks);
+  /* chunks in a part at most: 4 MB, and an even share of the whole (one large tensor spreads) */
+  uint64_t share = (total + (uint64_t)l->S - 1) / (uint64_t)l->S;
+  uint64_t per_part =
+      (DML__MIN(share, DML__PS_DENSE_MAX_PART) + DML__PS_DENSE_PART - 1) / DML__PS_DENSE_PART;
+  for (int t = 0; t < ntensors; t++) {
+    uint64_t c = (sizes[t] + DML__PS_DENSE_PART - 1) / DML__PS_DENSE_PART;
+    npieces += (c + per_part - 1) / per_part;
+  }
   l->owner = dml__malloc((size_t)nchunks * sizeof(int));
   l->offset = dml__malloc((size_t)ntensors * sizeof(uint64_t));
   dense_piece *pc = dml__malloc((size_t)npieces * sizeof(dense_piece));
@@ -364,14 +370,15 @@ int dml__ps_dense_layout_build(dml__ps_dense_layout *l, const uint64_t *sizes, i
   uint64_t chunk = 0, np = 0;
   for (int t = 0; t < ntensors; t++) {
     l->offset[t] = chunk * DML__PS_DENSE_PART;
-    uint64_t left = sizes[t];
-    while (left > 0) {
-      uint64_t keys = left < DML__PS_DENSE_MAX_PART ? left : DML__PS_DENSE_MAX_PART;
+    uint64_t c = (sizes[t] + DML__PS_DENSE_PART - 1) / DML__PS_DENSE_PART;
+    uint64_t k = (c + per_part - 1) / per_part, left = sizes[t];
+    for (uint64_t i = 0; i < k; i++) { /* near-equal runs: the first c % k get one chunk more */
+      uint64_t nc = c / k + (i < c % k);
       pc[np].first_chunk = chunk;
-      pc[np].nchunks = (keys + DML__PS_DENSE_PART - 1) / DML__PS_DENSE_PART;
-      pc[np].keys = keys;
-      chunk += pc[np].nchunks;
-      left -= keys;
+      pc[np].nchunks = nc;
+      pc[np].keys = DML__MIN(left, nc * DML__PS_DENSE_PART);
+      chunk += nc;
+      left -= pc[np].keys;
       np++;
     }
   }
@@ -390,5 +397,5 @@ int dml__ps_dense_layout_build(dml__ps_dense_layout *l, const uint64_t *sizes, i
 int dml__ps_dense_owner(const dml__ps_dense_layout *l, uint64_t key) {
   uint64_t chunk = key / DML__PS_DENSE_PART;
   if (chunk < l->nchunks) return l->owner[chunk];
-  return (int)(chunk % (uint64_t)l->S);
+  return (int)((key / DML__PS_DENSE_DEAL) % (uint64_t)l->S);
 }

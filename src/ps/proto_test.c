@@ -128,21 +128,32 @@ int main(int argc, char **argv) {
   memcpy(bad, buf, len);
   bad[6] = DML__PS_CLOCK;
   expect_reject(bad, len, "clock with keys");
-  /* dense frames: no keys, one aligned part */
+  /* dense frames: no keys, a range of at most DML__PS_DENSE_MAX_PART keys */
   {
     float dv[4] = {1, 2, 3, 4};
     dml__ps_msg d;
     memset(&d, 0, sizeof d);
-    d.command = DML__PS_PUSH;
+    d.command = DML__PS_PULL;
     d.flags = DML__PS_FLAG_DENSE;
     d.timestamp = 1;
+    d.key_lo = 5;
+    d.key_hi = 5 + DML__PS_DENSE_MAX_PART; /* one key too many */
+    unsigned char db[64 + 16];
+    dml__ps_encode(db, &d, NULL, NULL);
+    expect_reject(db, 64, "dense range over the largest frame");
+    d.key_hi--;
+    dml__ps_encode(db, &d, NULL, NULL);
+    T_OK(dml__ps_decode(db, 64, "peer", &m, &err));
+    dml__ps_msg_free(&m);
+    d.command = DML__PS_PUSH;
     d.key_lo = DML__PS_DENSE_PART - 2;
-    d.key_hi = DML__PS_DENSE_PART + 1; /* spans two parts: rejected */
+    d.key_hi = DML__PS_DENSE_PART + 1; /* over two chunks: one server's run */
     d.nvals = 4;
     d.value_type = DML__PS_VT_F32;
-    unsigned char db[64 + 16];
     dml__ps_encode(db, &d, NULL, dv);
-    expect_reject(db, sizeof db, "dense over two parts");
+    T_OK(dml__ps_decode(db, sizeof db, "peer", &m, &err));
+    T_ASSERT(m.key_lo == DML__PS_DENSE_PART - 2 && m.nvals == 4 && m.vals[0] == 1.0f);
+    dml__ps_msg_free(&m);
     d.key_lo = 2 * DML__PS_DENSE_PART;
     d.key_hi = d.key_lo + 3;
     dml__ps_encode(db, &d, NULL, dv);
@@ -245,14 +256,14 @@ int main(int argc, char **argv) {
 
   /* dense layout: parts of <= 1M keys (4 MB), chunk-aligned tensors, greedy by bytes */
   {
-    const uint64_t M = 1048576;
+    const uint64_t M = 1048576, C = DML__PS_DENSE_PART, D = DML__PS_DENSE_DEAL;
     uint64_t sizes[5] = {3 * M, M, 300000, 65536, 1};
     dml__ps_dense_layout l;
     T_OK(dml__ps_dense_layout_build(&l, sizes, 5, 2, &err));
     /* parts 1M x4 (in key order), 300000, 65536, 1 -> 0, 1, 0, 1, 0 (+300000), 1, 1 */
     T_ASSERT(l.bytes[0] == 4 * (2 * M + 300000) && l.bytes[1] == 4 * (2 * M + 65536 + 1));
     T_ASSERT(l.offset[0] == 0 && l.offset[1] == 3 * M && l.offset[2] == 4 * M);
-    T_ASSERT(l.offset[3] == 4 * M + 5 * 65536 && l.offset[4] == l.offset[3] + 65536);
+    T_ASSERT(l.offset[3] == 4 * M + (300000 + C - 1) / C * C && l.offset[4] == l.offset[3] + 65536);
     T_EQ_INT(dml__ps_dense_owner(&l, 0), 0);
     T_EQ_INT(dml__ps_dense_owner(&l, M - 1), 0);
     T_EQ_INT(dml__ps_dense_owner(&l, M), 1);
@@ -261,10 +272,29 @@ int main(int argc, char **argv) {
     T_EQ_INT(dml__ps_dense_owner(&l, l.offset[2]), 0);
     T_EQ_INT(dml__ps_dense_owner(&l, l.offset[3]), 1);
     T_EQ_INT(dml__ps_dense_owner(&l, l.offset[4]), 1);
-    uint64_t past = l.nchunks * 65536; /* beyond the tensors: round-robin chunks */
-    T_EQ_INT(dml__ps_dense_owner(&l, past), (int)(l.nchunks % 2));
-    T_EQ_INT(dml__ps_dense_owner(&l, past + 65536), (int)((l.nchunks + 1) % 2));
+    uint64_t past = l.nchunks * C; /* beyond the tensors: dealt round-robin in runs of D keys */
+    T_EQ_INT(dml__ps_dense_owner(&l, past), (int)(past / D % 2));
+    T_EQ_INT(dml__ps_dense_owner(&l, past + D), (int)((past / D + 1) % 2));
+    T_EQ_INT(dml__ps_dense_owner(&l, (past / D + 2) * D - 1), (int)((past / D + 1) % 2));
     dml__ps_dense_layout_free(&l);
+    /* one tensor spreads over every server: 200,000 keys (25 chunks), S = 2: an even share is
+     * 100,000 keys (13 chunks): runs of 13 and 12 chunks */
+    uint64_t one = 200000;
+    T_OK(dml__ps_dense_layout_build(&l, &one, 1, 2, &err));
+    T_ASSERT(l.bytes[0] == 4 * 13 * C && l.bytes[1] == 4 * (one - 13 * C));
+    T_EQ_INT(dml__ps_dense_owner(&l, 13 * C - 1), 0);
+    T_EQ_INT(dml__ps_dense_owner(&l, 13 * C), 1);
+    dml__ps_dense_layout_free(&l);
+    for (int S = 3; S <= 5; S++) { /* S runs, one a server, none above a share + one chunk */
+      T_OK(dml__ps_dense_layout_build(&l, &one, 1, S, &err));
+      uint64_t sum = 0;
+      for (int k = 0; k < S; k++) {
+        T_ASSERT(l.bytes[k] > 0 && l.bytes[k] <= 4 * (one / (uint64_t)S + C));
+        sum += l.bytes[k];
+      }
+      T_ASSERT(sum == 4 * one);
+      dml__ps_dense_layout_free(&l);
+    }
     /* 3 servers: every byte placed once, no server above the lightest by more than one part */
     T_OK(dml__ps_dense_layout_build(&l, sizes, 5, 3, &err));
     uint64_t total = 0, lo = UINT64_MAX, hi = 0;

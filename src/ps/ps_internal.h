@@ -45,8 +45,8 @@ enum {
 };
 enum { DML__PS_VT_NONE = 0, DML__PS_VT_F32 = 1 };
 /* Header flags (byte 14). DENSE: no keys on the wire; the frame covers every key of
- * [key_lo, key_hi], which lies inside one dense part (DML__PS_DENSE_PART keys, aligned). Dense
- * keys are a namespace of their own, separate from sparse keys. */
+ * [key_lo, key_hi], at most DML__PS_DENSE_MAX_PART keys, every chunk of which the receiving
+ * server owns. Dense keys are a namespace of their own, separate from sparse keys. */
 #define DML__PS_FLAG_DENSE 1u
 /* BODY (dense PUSH, PUSHPULL or REPLY): the frame is the 64-byte header alone and announces nvals
  * values that follow from the same sender as one message of nvals * 4 bytes, sent from the
@@ -70,18 +70,21 @@ enum { DML__PS_VT_NONE = 0, DML__PS_VT_F32 = 1 };
  * frames of one request are answered by one server in order. Above the other ps tags. */
 #define DML__PS_TAG_BODY(h, ts) \
   (DML_TAG_RESERVED + 0x0A000000 + (int)(h)*0x10000 + (int)((ts)&0xFFFF))
-#define DML__PS_DENSE_PART ((uint64_t)1 << 16)
-/* The server of a dense chunk outside the registered tensors: chunks are dealt round-robin. */
-#define DML__PS_DENSE_OWNER(key, nservers) \
-  ((int)(((key) / DML__PS_DENSE_PART) % (uint64_t)(nservers)))
-/* Registered dense tensors (dml_ps_config.dense_sizes) are cut into parts of at most this many
- * keys (4 MB of f32), each a run of whole chunks; a chunk (DML__PS_DENSE_PART keys) is still the
- * unit of a frame and of a server's storage. */
+/* A dense chunk: the unit of ownership and of a server's storage (32 KB of f32). */
+#define DML__PS_DENSE_PART ((uint64_t)1 << 13)
+/* Dense keys outside the registered tensors are dealt round-robin in runs of this many keys
+ * (whole chunks). */
+#define DML__PS_DENSE_DEAL ((uint64_t)1 << 16)
+/* Registered dense tensors (dml_ps_config.dense_sizes) are cut into parts, each a run of whole
+ * chunks of at most this many keys (4 MB of f32); a dense frame covers at most this many keys
+ * too (a run of consecutive chunks of one server). */
 #define DML__PS_DENSE_MAX_PART ((uint64_t)1 << 20)
 
-/* Where the registered dense tensors live: tensor t starts at offset[t] (chunk-aligned, in order),
- * its parts are assigned greedily by bytes, largest first, each to the server with the fewest
- * bytes so far (ties: the lower index), so every process computes the same table. */
+/* Where the registered dense tensors live: tensor t starts at offset[t] (chunk-aligned, in order)
+ * and is cut into parts of near-equal whole chunks, no larger than 4 MB nor than an even share of
+ * all registered keys (total / S, rounded up to chunks), so that one large tensor spreads over
+ * every server; the parts are assigned greedily by bytes, largest first, each to the server with
+ * the fewest bytes so far (ties: the lower index), so every process computes the same table. */
 typedef struct dml__ps_dense_layout {
   int S, ntensors;
   uint64_t nchunks; /* chunks covered by the registered tensors, from key 0 */

@@ -239,10 +239,38 @@ static void add_copy_floats(float *restrict v, const float *g, float *out, size_
   for (; i < n; i++) out[i] = v[i] = v[i] + g[i];
 }
 
+/* The index of the first part >= part in dparts (kept sorted by part). */
+static size_t part_index(const dml_ps_server *s, uint64_t part) {
+  size_t lo = 0, hi = s->ndparts;
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (s->dparts[mid].part < part)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
 static dense_part *find_part(dml_ps_server *s, uint64_t part) {
-  for (size_t i = 0; i < s->ndparts; i++)
-    if (s->dparts[i].part == part) return &s->dparts[i];
-  return NULL;
+  size_t i = part_index(s, part);
+  return i < s->ndparts && s->dparts[i].part == part ? &s->dparts[i] : NULL;
+}
+
+/* Calls fn for each chunk segment of the dense range [lo, lo + n): the chunk, the offset in it,
+ * the count, and the segment's offset in the range. Stops at fn's first non-zero return. */
+typedef int (*segment_fn)(dml_ps_server *s, uint64_t part, size_t off, size_t cnt, size_t at,
+                          void *arg);
+static int for_segments(dml_ps_server *s, uint64_t lo, uint64_t n, segment_fn fn, void *arg) {
+  for (uint64_t a = lo; a < lo + n;) {
+    uint64_t part = a / DML__PS_DENSE_PART, end = (part + 1) * DML__PS_DENSE_PART;
+    uint64_t b = DML__MIN(end, lo + n);
+    int rc = fn(s, part, (size_t)(a - part * DML__PS_DENSE_PART), (size_t)(b - a), (size_t)(a - lo),
+                arg);
+    if (rc) return rc;
+    a = b;
+  }
+  return 0;
 }
 
 float dml_ps_server_dense_value(const dml_ps_server *s, uint64_t key) {
@@ -307,8 +335,13 @@ static int apply_push(dml_ps_server *s, const dml__ps_msg *m, dml_err *err) {
 }
 
 /* slots: the value slots of req's keys if the caller has them (a pushpull just looked them up). */
+/* The chunk's storage, made (zero) on first use; pointers into dparts last until the next call. */
 static int dense_part_get(dml_ps_server *s, uint64_t part, dense_part **out, dml_err *err) {
-  if ((*out = find_part(s, part)) != NULL) return 0;
+  size_t at = part_index(s, part);
+  if (at < s->ndparts && s->dparts[at].part == part) {
+    *out = &s->dparts[at];
+    return 0;
+  }
   if (s->ndparts == s->dparts_cap) {
     size_t nc = s->dparts_cap ? 2 * s->dparts_cap : 8;
     dense_part *np = dml__realloc(s->dparts, nc * sizeof(dense_part));
@@ -316,8 +349,9 @@ static int dense_part_get(dml_ps_server *s, uint64_t part, dense_part **out, dml
     s->dparts = np;
     s->dparts_cap = nc;
   }
-  dense_part *d = &s->dparts[s->ndparts];
-  memset(d, 0, sizeof(*d));
+  dense_part nd;
+  memset(&nd, 0, sizeof(nd));
+  dense_part *d = &nd;
   d->part = part;
   d->vals = dml__calloc(DML__PS_DENSE_PART, sizeof(float));
   d->grads = dml__calloc(DML__PS_DENSE_PART, sizeof(float));
@@ -332,41 +366,60 @@ static int dense_part_get(dml_ps_server *s, uint64_t part, dense_part **out, dml
     dml_optim_free(d->opt);
     return rc;
   }
+  memmove(&s->dparts[at + 1], &s->dparts[at], (s->ndparts - at) * sizeof(dense_part));
+  s->dparts[at] = nd;
   s->ndparts++;
-  *out = d;
+  *out = &s->dparts[at];
   return 0;
 }
 
 /* Dense pushes are applied one optimizer step per push (no BSP aggregation for them yet). */
 /* also_out (sum-only, may be NULL): the part's new values are written there too, in the same
  * pass (a pushpull whose pull is answered now). */
-static int apply_dense(dml_ps_server *s, const dml__ps_msg *m, float *also_out, dml_err *err) {
+typedef struct apply_arg {
+  const dml__ps_msg *m;
+  float *also_out;
+  dml_err *err;
+} apply_arg;
+
+/* One chunk's segment of a dense push (for_segments). */
+static int apply_segment(dml_ps_server *s, uint64_t part, size_t off, size_t cnt, size_t at,
+                         void *arg) {
+  apply_arg *a = arg;
+  const float *v = a->m->vals + at; /* the received frame or body, not the part */
   dense_part *d;
-  int rc = dense_part_get(s, m->key_lo / DML__PS_DENSE_PART, &d, err);
+  int rc = dense_part_get(s, part, &d, a->err);
   if (rc) return rc;
-  size_t off = (size_t)(m->key_lo % DML__PS_DENSE_PART), cnt = (size_t)m->nvals;
-  if (d->opt == NULL) { /* m->vals: the received frame or body, not the part */
-    if (also_out)
-      add_copy_floats(d->vals + off, m->vals, also_out, cnt);
+  if (d->opt == NULL) {
+    if (a->also_out)
+      add_copy_floats(d->vals + off, v, a->also_out + at, cnt);
     else
-      add_floats(d->vals + off, m->vals, cnt);
+      add_floats(d->vals + off, v, cnt);
     return 0;
   }
   if (s->aggregating) { /* summed now, applied as the mean once every live worker passed the clock */
     if (d->agg == NULL && (d->agg = dml__calloc(DML__PS_DENSE_PART, sizeof(float))) == NULL)
-      return dml_err_set(err, DML_ENOMEM, "ps server: no memory to aggregate a dense part");
-    add_floats(d->agg + off, m->vals, cnt);
+      return dml_err_set(a->err, DML_ENOMEM, "ps server: no memory to aggregate a dense part");
+    add_floats(d->agg + off, v, cnt);
     if (d->agg_n == 0 || off < d->agg_lo) d->agg_lo = off;
     if (d->agg_n == 0 || off + cnt > d->agg_hi) d->agg_hi = off + cnt;
     d->agg_n++;
-    s->dense_agg_pushes++;
-    if (m->clock > s->agg_clock) s->agg_clock = m->clock;
     return 0;
   }
-  memcpy(d->grads + off, m->vals, cnt * sizeof(float));
+  memcpy(d->grads + off, v, cnt * sizeof(float));
   dml_optim_begin_step(d->opt);
   rc = dml_optim_update_range(d->opt, d->vals, d->grads, off, cnt);
-  return rc ? dml_err_set(err, rc, "ps server: dense optimizer update failed") : 0;
+  return rc ? dml_err_set(a->err, rc, "ps server: dense optimizer update failed") : 0;
+}
+
+static int apply_dense(dml_ps_server *s, const dml__ps_msg *m, float *also_out, dml_err *err) {
+  apply_arg a = {m, also_out, err};
+  int rc = for_segments(s, m->key_lo, m->nvals, apply_segment, &a);
+  if (rc == 0 && s->aggregating && !s->cfg.sum_only) {
+    s->dense_agg_pushes++;
+    if (m->clock > s->agg_clock) s->agg_clock = m->clock;
+  }
+  return rc;
 }
 
 /* A worker that cannot be answered is gone: it stops counting, the server goes on. */
@@ -442,16 +495,22 @@ typedef struct local_sink {
   int answered; /* 1: done (values in out); 0: the pull waits and its reply comes as a frame */
 } local_sink;
 
+/* One chunk's segment of a dense range into dst (for_segments); a chunk never written reads 0. */
+static int read_segment(dml_ps_server *s, uint64_t part, size_t off, size_t cnt, size_t at,
+                        void *dst) {
+  dense_part *d = find_part(s, part);
+  if (d)
+    memcpy((float *)dst + at, d->vals + off, cnt * sizeof(float));
+  else
+    memset((float *)dst + at, 0, cnt * sizeof(float));
+  return 0;
+}
+
 /* The values of req's keys (slots: already looked up, or NULL) into dst; missing keys read 0. */
 static void read_values(dml_ps_server *s, const dml__ps_msg *req, const uint32_t *slots,
                         float *dst) {
   if (req->flags & DML__PS_FLAG_DENSE) {
-    size_t cnt = (size_t)(req->key_hi - req->key_lo + 1);
-    dense_part *d = find_part(s, req->key_lo / DML__PS_DENSE_PART);
-    if (d)
-      memcpy(dst, d->vals + req->key_lo % DML__PS_DENSE_PART, cnt * sizeof(float));
-    else
-      memset(dst, 0, cnt * sizeof(float));
+    for_segments(s, req->key_lo, req->key_hi - req->key_lo + 1, read_segment, dst);
     return;
   }
   for (uint64_t i = 0; i < req->nkeys; i++) {
@@ -511,21 +570,22 @@ static int send_reply(dml_ps_server *s, int dst, const dml__ps_msg *req, int wit
     }
     size_t dbytes = dml__ps_frame_bytes(0, r.nvals);
     void *dbuf = dml__malloc(dbytes);
-    float *zeros = NULL;
+    float *tmp = NULL; /* the values, unless they lie in one chunk held here */
     const float *src = NULL;
     if (dbuf && r.nvals) {
-      dense_part *d = find_part(s, req->key_lo / DML__PS_DENSE_PART);
-      if (d)
+      uint64_t part = req->key_lo / DML__PS_DENSE_PART;
+      dense_part *d = find_part(s, part);
+      if (d && req->key_hi / DML__PS_DENSE_PART == part)
         src = d->vals + req->key_lo % DML__PS_DENSE_PART;
-      else
-        src = zeros = dml__calloc((size_t)r.nvals, sizeof(float));
+      else if ((src = tmp = dml__malloc((size_t)r.nvals * sizeof(float))) != NULL)
+        read_values(s, req, NULL, tmp);
     }
     if (dbuf == NULL || (r.nvals && src == NULL)) {
       dml__free(dbuf);
       return dml_err_set(err, DML_ENOMEM, "ps server: no memory for a %zu-byte reply", dbytes);
     }
     dml__ps_encode(dbuf, &r, NULL, src);
-    dml__free(zeros);
+    dml__free(tmp);
     return post_reply(s, dst, dbuf, dbytes, err);
   }
   r.timestamp = req->timestamp;
@@ -817,6 +877,14 @@ static int take_body(dml_ps_server *s, int src, const char *peer, dml__ps_msg *m
   return 0;
 }
 
+/* 1 if every chunk of the dense range [lo, hi] (at most DML__PS_DENSE_MAX_PART keys, as the
+ * decoder checked) is this handler's. */
+static int owns_dense(const dml_ps_server *s, uint64_t lo, uint64_t hi) {
+  for (uint64_t part = lo / DML__PS_DENSE_PART; part <= hi / DML__PS_DENSE_PART; part++)
+    if (dml__ps_dense_owner(&s->layout, part * DML__PS_DENSE_PART) != s->vme) return 0;
+  return 1;
+}
+
 int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t bytes, dml_err *err) {
   dml__ps_msg m;
   const char *peer = dml_comm_peer_name(s->c, src);
@@ -828,8 +896,7 @@ int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t by
   if (rc == 0 && (src < 0 || src >= s->n || (!s->w[src].is_worker && src != s->me)))
     rc =
         dml_err_set(err, DML_EPROTO, "ps: %s is not a worker but sent command %u", peer, m.command);
-  if (rc == 0 && (m.flags & DML__PS_FLAG_DENSE) &&
-      dml__ps_dense_owner(&s->layout, m.key_lo) != s->vme)
+  if (rc == 0 && (m.flags & DML__PS_FLAG_DENSE) && !owns_dense(s, m.key_lo, m.key_hi))
     rc = dml_err_set(err, DML_EPROTO,
                      "ps: %s sent dense keys [%llu, %llu], which server %d does not own", peer,
                      (unsigned long long)m.key_lo, (unsigned long long)m.key_hi, s->me);

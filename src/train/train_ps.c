@@ -74,18 +74,38 @@ static int send_result(dml_ps *ps, int report_to, const dml_train_result *res, d
   return rc;
 }
 
+/* The dense model's flat parameter buffer, registered with the servers as one tensor (spread
+ * over them in runs of whole chunks): *nparams gets its size, from the training set's shape. */
+static int dense_params(const dml_train_config *cfg, const dml_dataset *train, uint64_t *nparams,
+                        dml_err *err) {
+  if (train == NULL)
+    return dml_err_set(err, DML_EINVAL,
+                       "ps train: a dense model needs the training set's shape on every process");
+  dml_model_config mc = cfg->model;
+  if (mc.in_dim == 0) mc.in_dim = train->dim;
+  if (mc.num_classes == 0) mc.num_classes = train->num_classes;
+  mc.max_batch = 1;
+  dml_model *m = NULL;
+  int rc = dml_model_create(&m, &mc, err);
+  if (rc == 0) *nparams = dml_model_num_params(m);
+  dml_model_free(m);
+  return rc;
+}
+
 static void log_dense_load(const dml_ps_config *pcfg, int n, uint64_t nparams) {
   int S = dml_ps_num_servers(pcfg, n);
-  uint64_t chunk = (uint64_t)1 << 16, nchunks = (nparams + chunk - 1) / chunk;
+  uint64_t *bytes = dml__calloc((size_t)S, sizeof(uint64_t));
+  dml_err e;
+  if (bytes == NULL || dml_ps_dense_layout(pcfg, n, NULL, bytes, &e) != 0) {
+    dml__free(bytes);
+    return;
+  }
   char line[1024];
   size_t off = 0;
-  for (int k = 0; k < S && off < sizeof line - 64; k++) {
-    uint64_t keys = 0; /* chunks dealt round-robin, the last one partial */
-    for (uint64_t c = (uint64_t)k; c < nchunks; c += (uint64_t)S)
-      keys += c + 1 < nchunks ? chunk : nparams - c * chunk;
+  for (int k = 0; k < S && off < sizeof line - 64; k++)
     off += (size_t)snprintf(line + off, sizeof line - off, "%sserver %d %llu bytes", k ? ", " : "",
-                            k, (unsigned long long)(keys * sizeof(float)));
-  }
+                            k, (unsigned long long)bytes[k]);
+  dml__free(bytes);
   dml_log(DML_LOG_INFO, "ps: load per server for %llu dense parameters: %s",
           (unsigned long long)nparams, line);
 }
@@ -181,7 +201,7 @@ static void input_close(worker_input *in) {
 }
 
 /* Dense models (softmax, MLP): the servers hold the model's whole flat parameter buffer as a dense
- * range (64K-key chunks dealt round-robin) of DELTAS from the initial parameters, which every
+ * tensor (registered: spread over them in runs of whole chunks) of DELTAS from the initial parameters, which every
  * worker computes identically from the seed: a worker's parameters are init + pulled delta. Each
  * iteration pulls the delta, runs forward/backward on batch / W rows, pushes the gradient (the
  * servers apply cfg->optim; under BSP the W pushes of a clock are averaged into one step: the
@@ -437,6 +457,13 @@ int dml_train_ps_run(const dml_train_config *cfg, const dml_dataset *train, cons
     return dml_err_set(err, DML_EINVAL, "ps train: %d servers need at least %d processes (have %d)",
                        pcfg.num_servers, pcfg.num_servers + 1, n);
   int first_worker = pcfg.colocated ? 0 : pcfg.num_servers;
+  uint64_t nparams = 0; /* a dense model's parameters: one registered tensor (outlives pcfg) */
+  if (dense_model) {
+    int prc = dense_params(cfg, train, &nparams, err);
+    if (prc) return prc;
+    pcfg.dense_sizes = &nparams;
+    pcfg.num_dense = 1;
+  }
   if (!pcfg.colocated && cfg->checkpoint_dir != NULL) {
     /* Recovery: servers checkpoint every checkpoint_every seconds; a server the launcher
      * restarted (DISTML_RESTART) reloads its shard; every process re-forms the job when a peer
