@@ -194,7 +194,9 @@ int dml_ps_pull_final(dml_ps *ps, const uint64_t *keys, float *vals_out, size_t 
 /* Waits for request ts (bounded by the communicator's timeout: a server that stays silent is an
  * error, never a hang). The error names the server. Errors are sticky. */
 int dml_ps_wait(dml_ps *ps, uint64_t ts);
-/* End of an iteration: the worker's clock advances and every server is told. */
+/* End of an iteration: the worker's clock advances. Servers are told with the worker's next
+ * request (its header carries the clock) or, for those it does not reach, by a CLOCK frame sent
+ * right after that request, before a wait, a final pull or dml_ps_finish: by the next call. */
 int dml_ps_clock(dml_ps *ps);
 uint64_t dml_ps_clock_value(const dml_ps *ps);
 /* The communicator the client uses now (see dml_ps_server_comm); valid until dml_ps_free, which

@@ -47,6 +47,8 @@ struct dml_ps {
   int reforms;     /* re-forms taken part in */
   uint64_t resent; /* frames resent after re-forms */
   uint64_t *acked; /* (S) push frames each server acknowledged */
+  uint64_t *told;  /* (S) the clock each server has from this worker (a request's header carries
+                      it; a CLOCK frame goes only to a server no request told: flush_clocks) */
   dml__ps_dense_layout layout;
   int left; /* BYE sent (dml_ps_finish) */
   int in_reform;
@@ -60,6 +62,7 @@ struct dml_ps {
 };
 
 static int reform(dml_ps *ps, const char *why);
+static int flush_clocks(dml_ps *ps);
 
 static int fail(dml_ps *ps, int code, const char *fmt, const char *a, const char *b) {
   if (ps->sticky == 0) {
@@ -152,9 +155,11 @@ int dml_ps_create(dml_ps **out, dml_comm *c, const dml_ps_config *cfg, dml_err *
   ps->nrq = cfg->max_in_flight > 0 ? cfg->max_in_flight : 64;
   ps->rq = dml__calloc((size_t)ps->nrq, sizeof(request));
   ps->acked = dml__calloc((size_t)ps->S, sizeof(uint64_t));
-  if (ps->rq == NULL || ps->acked == NULL) {
+  ps->told = dml__calloc((size_t)ps->S, sizeof(uint64_t));
+  if (ps->rq == NULL || ps->acked == NULL || ps->told == NULL) {
     dml__free(ps->rq);
     dml__free(ps->acked);
+    dml__free(ps->told);
     dml__free(ps);
     return dml_err_set(err, DML_ENOMEM, "ps: out of memory");
   }
@@ -162,6 +167,7 @@ int dml_ps_create(dml_ps **out, dml_comm *c, const dml_ps_config *cfg, dml_err *
   if (lrc) {
     dml__free(ps->rq);
     dml__free(ps->acked);
+    dml__free(ps->told);
     dml__free(ps);
     return lrc;
   }
@@ -306,6 +312,7 @@ static int send_frame(dml_ps *ps, request *r, int s, dml__ps_msg *m, const uint6
     r->sreq[f] = NULL;
     return comm_failed(ps, rc, "sending to", server_rank(ps, s)); /* a re-form resends it */
   }
+  if (m->clock != DML__PS_CLOCK_FINAL && m->clock > ps->told[s]) ps->told[s] = m->clock;
   if (m->flags & DML__PS_FLAG_BODY) { /* the values, from the caller's buffer */
     rc = dml_comm_isend(ps->c, server_rank(ps, s), DML__PS_TAG_BODY_IN(s / ps->Sproc), vals,
                         (size_t)m->nvals * sizeof(float), &r->bsend[f]);
@@ -345,6 +352,8 @@ static int post_dense(dml_ps *ps, int command, uint64_t clock, uint64_t lo, cons
                        (unsigned long long)lo);
   request *r = free_slot(ps);
   if (r == NULL) return DML_EAGAIN;
+  /* a final pull's frames carry no clock: the servers hear this worker's first */
+  if (clock == DML__PS_CLOCK_FINAL && flush_clocks(ps) != 0) return ps->sticky;
   r->ts = next_timestamp(ps); /* before it counts as in flight: its old number is no clash */
   r->active = 1;
   r->command = command;
@@ -354,9 +363,9 @@ static int post_dense(dml_ps *ps, int command, uint64_t clock, uint64_t lo, cons
   r->dense_lo = lo;
   int with_vals = command == DML__PS_PUSH || command == DML__PS_PUSHPULL;
   for (uint64_t a = lo; a < lo + n;) {
-    /* a frame: the run of consecutive chunks of one server from a, at most DENSE_MAX_PART keys */
+    /* a frame: the run of consecutive chunks of one server from a, at most DML__PS_FRAME_KEYS */
     int owner = dml__ps_dense_owner(&ps->layout, a);
-    uint64_t b = a, cap = lo + n - a < DML__PS_DENSE_MAX_PART ? lo + n : a + DML__PS_DENSE_MAX_PART;
+    uint64_t b = a, cap = lo + n - a < DML__PS_FRAME_KEYS ? lo + n : a + DML__PS_FRAME_KEYS;
     do b = DML__MIN((b / DML__PS_DENSE_PART + 1) * DML__PS_DENSE_PART, cap);
     while (b < cap && dml__ps_dense_owner(&ps->layout, b) == owner);
     dml__ps_msg m;
@@ -387,7 +396,7 @@ static int post_dense(dml_ps *ps, int command, uint64_t clock, uint64_t lo, cons
     a = b;
   }
   *ts = r->ts;
-  return 0;
+  return flush_clocks(ps);
 }
 
 int dml_ps_push_dense(dml_ps *ps, uint64_t lo, const float *vals, size_t n, uint64_t *ts) {
@@ -417,6 +426,7 @@ static int post(dml_ps *ps, int command, uint64_t clock, const uint64_t *keys, c
                          i, (unsigned long long)keys[i]);
   request *r = free_slot(ps);
   if (r == NULL) return DML_EAGAIN;
+  if (clock == DML__PS_CLOCK_FINAL && flush_clocks(ps) != 0) return ps->sticky; /* as above */
   if (n > ps->scratch_cap) {
     uint64_t *nk = dml__realloc(ps->kscratch, n * sizeof(uint64_t));
     if (nk) ps->kscratch = nk;
@@ -475,7 +485,7 @@ static int post(dml_ps *ps, int command, uint64_t clock, const uint64_t *keys, c
       for (size_t j = 0; j < cnt; j++) out[r->pos[r->soff[s] + j]] = ps->vscratch[j];
   }
   *ts = r->ts;
-  return 0;
+  return flush_clocks(ps);
 }
 
 int dml_ps_push(dml_ps *ps, const uint64_t *keys, const float *vals, size_t n, uint64_t *ts) {
@@ -736,6 +746,7 @@ int dml_ps_wait(dml_ps *ps, uint64_t ts) {
     return ps->sticky ? ps->sticky
                       : dml_err_set(&ps->err, DML_EINVAL, "ps: no request %llu in flight",
                                     (unsigned long long)ts);
+  if (r->npending > 0) flush_clocks(ps); /* nobody waits for this worker's clock meanwhile */
   if (ps->local) attached_wait(ps, r);
   while (r->npending > 0 && ps->sticky == 0) {
     int s = 0;
@@ -758,8 +769,9 @@ int dml_ps_wait(dml_ps *ps, uint64_t ts) {
   return ps->sticky;
 }
 
-/* Sends a header-only command to every server; *bad: the first server that failed. */
-static int send_all(dml_ps *ps, int command, int *bad) {
+/* Sends a header-only command to every server (stale: a CLOCK, only to the servers that do not
+ * have this worker's clock yet); *bad: the first server that failed. */
+static int send_to(dml_ps *ps, int command, int stale, int *bad) {
   dml__ps_msg m;
   memset(&m, 0, sizeof(m));
   m.command = (uint32_t)command;
@@ -769,6 +781,10 @@ static int send_all(dml_ps *ps, int command, int *bad) {
   dml__ps_encode(buf, &m, NULL, NULL);
   int first = 0;
   for (int s = 0; s < ps->S; s++) {
+    if (stale && ps->told[s] >= ps->clock) continue;
+    if (command == DML__PS_CLOCK)
+      ps->told[s] = ps->clock; /* failed: the error is final, or a
+                                                              re-form's REJOIN carries it */
     if (ps->local && server_rank(ps, s) == ps->me) {
       int answered;
       dml__ps_msg lm = m;
@@ -788,12 +804,37 @@ static int send_all(dml_ps *ps, int command, int *bad) {
   return first;
 }
 
+static int send_all(dml_ps *ps, int command, int *bad) {
+  return send_to(ps, command, 0, bad);
+}
+
+/* Tells the new clock to the servers that have not had it with a request: called after each
+ * request is sent and before a wait, so a clock reaches every server by this worker's next call
+ * (a worker that sends a request right after dml_ps_clock, as training loops do, sends no CLOCK
+ * frame to the servers that request goes to). */
+static int flush_clocks(dml_ps *ps) {
+  if (ps->sticky) return ps->sticky;
+  int bad = -1;
+  int rc = send_to(ps, DML__PS_CLOCK, 1, &bad);
+  if (rc) return comm_failed(ps, rc, "telling the clock to", bad); /* REJOIN carries it */
+  return 0;
+}
+
 int dml_ps_clock(dml_ps *ps) {
   if (ps->sticky) return ps->sticky;
   ps->clock++;
-  int bad = -1;
-  int rc = send_all(ps, DML__PS_CLOCK, &bad);
-  if (rc) return comm_failed(ps, rc, "telling the clock to", bad); /* REJOIN carries it */
+  if (ps->local) { /* this process's own shard hears it at once, in place */
+    for (int s = 0; s < ps->S; s++)
+      if (server_rank(ps, s) == ps->me && ps->told[s] < ps->clock) {
+        dml__ps_msg m;
+        memset(&m, 0, sizeof(m));
+        m.command = DML__PS_CLOCK;
+        m.sender = (uint32_t)ps->me;
+        m.clock = ps->told[s] = ps->clock;
+        int answered;
+        if (local_handle(ps, &m, NULL, &answered) != 0) return ps->sticky;
+      }
+  }
   return 0;
 }
 
@@ -842,7 +883,7 @@ static int reform(dml_ps *ps, const char *why) {
     memset(&m, 0, sizeof(m));
     m.command = DML__PS_REJOIN;
     m.sender = (uint32_t)ps->me;
-    m.clock = ps->clock;
+    m.clock = ps->told[s] = ps->clock;
     m.key_lo = ps->acked[s];
     m.key_hi = ps->left ? 1 : 0;
     unsigned char buf[DML__PS_HEADER_BYTES];
@@ -876,7 +917,7 @@ int dml_ps_finish(dml_ps *ps) {
   if (ps->sticky) return ps->sticky;
   for (int i = 0; i < ps->nrq; i++)
     if (ps->rq[i].active) dml_ps_wait(ps, ps->rq[i].ts);
-  if (ps->sticky) return ps->sticky;
+  if (ps->sticky || flush_clocks(ps) != 0) return ps->sticky; /* its last clock, then goodbye */
   ps->left = 1;
   int bad = -1;
   int rc = send_all(ps, DML__PS_BYE, &bad);
@@ -920,6 +961,7 @@ void dml_ps_free(dml_ps *ps) {
   if (ps->repq) dml_comm_cancel(ps->c, ps->repq);
   if (ps->own_comm) dml_comm_free(ps->c);
   dml__free(ps->acked);
+  dml__free(ps->told);
   dml__free(ps->shut);
   dml__ps_dense_layout_free(&ps->layout);
   dml__free(ps->rq);

@@ -746,6 +746,18 @@ static int handle_msg(dml_ps_server *s, int src, dml__ps_msg *mp, local_sink *si
     dml__ps_msg_free(&m);
     return 0;
   }
+  /* A request carries its sender's clock: the worker has finished every iteration before it (and
+   * sent their pushes, which came first), as a CLOCK frame would say (workers send one only to
+   * servers no request told). */
+  int request =
+      m.command == DML__PS_PUSH || m.command == DML__PS_PUSHPULL || m.command == DML__PS_PULL;
+  if (request && m.clock != DML__PS_CLOCK_FINAL && m.clock > w->clock) {
+    w->clock = m.clock;
+    void *spare = s->spare; /* this request's body: its values are still to be applied */
+    s->spare = NULL;
+    serve_deferred(s, err);
+    s->spare = spare;
+  }
   switch (m.command) {
     case DML__PS_PUSH:
     case DML__PS_PUSHPULL:
