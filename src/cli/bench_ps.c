@@ -1,9 +1,10 @@
 /* `distml bench ps [--max-bytes B] [--json]`: forks local ranks for each layout (1 worker x 1
- * server, 2x1, 2x2, colocated 2) and times dense push, pull and pushpull (values only, in chunks
- * of 64K keys; sum-only server, BSP) of M bytes of values per worker per iteration for
+ * server, 2x1, 2x2, colocated 2) and times dense push, pull and pushpull (values only, of one
+ * registered tensor; sum-only server, BSP) of M bytes of values per worker per iteration for
  * M = 4 KB .. B, each beside the bytes each server received per iteration, the cost model's
- * prediction and distml's all-reduce of the same M bytes over the same processes. Time per
- * iteration: the slowest worker's. Colocated, each worker serves its own shard (dml_ps_serve).
+ * prediction and distml's all-reduce of the same M bytes over the same processes, measured side
+ * by side: rounds of an all-reduce block then a PS block, medians reported. Time per iteration:
+ * the slowest worker's. Colocated, each worker serves its own shard (dml_ps_serve).
  * Measurement only: nothing is tuned here. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -91,7 +92,101 @@ static void report(int json, const layout *L, int op, size_t bytes, int iters, d
   fflush(stdout);
 }
 
-/* One rank of one layout: for each size, serve or push+pull, then all-reduce the same bytes. */
+#define MAX_ROUNDS 15
+static int g_rounds = 3; /* --rounds */
+
+static double median(double *x, int n) {
+  for (int i = 1; i < n; i++) /* insertion sort: a handful of rounds */
+    for (int j = i; j > 0 && x[j] < x[j - 1]; j--) {
+      double t = x[j];
+      x[j] = x[j - 1];
+      x[j - 1] = t;
+    }
+  return n % 2 ? x[n / 2] : (x[n / 2 - 1] + x[n / 2]) / 2;
+}
+
+/* distml's all-reduce of the same bytes over the same processes: seconds per iteration. */
+static int allreduce_block(dml_comm *c, float *v, size_t K, int iters, double *t, dml_err *e) {
+  const int warm = 2;
+  double t0 = 0;
+  int rc = 0;
+  for (int it = 0; rc == 0 && it < warm + iters; it++) {
+    if (it == warm) t0 = dml_now_s();
+    rc = dml_allreduce(c, v, K, DML_F32, DML_SUM);
+  }
+  *t = (dml_now_s() - t0) / iters;
+  if (rc) snprintf(e->msg, sizeof e->msg, "allreduce: %s", dml_comm_errmsg(c));
+  return rc;
+}
+
+/* One PS block: a fresh server (and shard) and client, 2 warm-up and iters timed iterations of
+ * op; *t (on the first worker) the slowest worker's seconds per iteration; *sbytes (there) the
+ * frame bytes all servers received per iteration. */
+static int ps_block(const layout *L, dml_comm *c, const dml_ps_config *cfg, int op, const float *g,
+                    float *v, size_t K, int iters, double *t, double *sbytes, dml_err *e) {
+  const int warm = 2;
+  int n = dml_comm_size(c), rank = dml_comm_rank(c), rc = 0;
+  int S = dml_ps_num_servers(cfg, n), first = L->colocated ? 0 : L->servers;
+  dml_ps_server *srv = NULL;
+  double t_ps = 0;
+  if (dml_ps_is_server(cfg, rank)) {
+    rc = dml_ps_server_create(&srv, c, cfg, e);
+    if (rc == 0 && !L->colocated) rc = dml_ps_server_run(srv, e);
+  }
+  if (rc == 0 && dml_ps_is_worker(cfg, rank, n)) {
+    dml_ps *ps = NULL;
+    rc = dml_ps_create(&ps, c, cfg, e);
+    /* colocated: the worker serves its own shard (no server thread) */
+    if (rc == 0 && L->colocated) rc = dml_ps_serve(ps, srv, e);
+    double t0 = 0;
+    for (int it = 0; rc == 0 && it < warm + iters; it++) {
+      if (it == warm) t0 = dml_now_s();
+      uint64_t ts;
+      rc = op == OP_PUSH   ? dml_ps_push_dense(ps, 0, g, K, &ts)
+           : op == OP_PULL ? dml_ps_pull_dense(ps, 0, v, K, &ts)
+                           : dml_ps_pushpull_dense(ps, 0, g, v, K, &ts);
+      if (rc == 0) rc = dml_ps_wait(ps, ts);
+      if (rc == 0) rc = dml_ps_clock(ps);
+      if (rc) snprintf(e->msg, sizeof e->msg, "%s", dml_ps_errmsg(ps));
+    }
+    t_ps = (dml_now_s() - t0) / iters;
+    if (rc == 0 && (rc = dml_ps_finish(ps)) != 0)
+      snprintf(e->msg, sizeof e->msg, "%s", dml_ps_errmsg(ps));
+    dml_ps_free(ps);
+  }
+  /* server byte counts to the first worker */
+  double sb = 0;
+  if (rc == 0 && srv) {
+    dml_ps_server_stats st;
+    dml_ps_server_stats_get(srv, &st);
+    double b = (double)st.bytes_in / (warm + iters);
+    if (rank != first)
+      rc = dml_comm_send(c, first, STATS_TAG, &b, sizeof b);
+    else
+      sb += b;
+  }
+  if (rc == 0 && rank == first)
+    for (int s = 0; s < S && rc == 0; s++) {
+      if (s == first) continue;
+      double b;
+      rc = dml_comm_recv(c, s, STATS_TAG, &b, sizeof b);
+      sb += b;
+    }
+  dml_ps_server_free(srv);
+  /* the time per iteration is the slowest worker's */
+  if (rc == 0 && dml_ps_is_worker(cfg, rank, n) && rank != first)
+    rc = dml_comm_send(c, first, STATS_TAG + 1, &t_ps, sizeof t_ps);
+  for (int w = first + 1; rc == 0 && rank == first && w < n; w++) {
+    double tw;
+    rc = dml_comm_recv(c, w, STATS_TAG + 1, &tw, sizeof tw);
+    if (tw > t_ps) t_ps = tw;
+  }
+  *t = t_ps;
+  *sbytes = sb;
+  return rc;
+}
+
+/* One rank of one layout: for each size and op, rounds of all-reduce and PS blocks. */
 static int bench_rank(const layout *L, int rank, int port, size_t min_bytes, size_t max_bytes,
                       int json) {
   int n = L->colocated ? L->workers : L->workers + L->servers;
@@ -120,7 +215,7 @@ static int bench_rank(const layout *L, int rank, int port, size_t min_bytes, siz
   int S = dml_ps_num_servers(&cfg, n), first = L->colocated ? 0 : L->servers;
   for (size_t bytes = min_bytes; bytes <= max_bytes && rc == 0; bytes *= 4) {
     size_t K = bytes / 4;
-    int iters = iters_for(bytes), warm = 2;
+    int iters = iters_for(bytes);
     /* the M bytes are one registered tensor (keys 0..K-1), spread over the servers */
     uint64_t tensor = K;
     cfg.dense_sizes = &tensor;
@@ -128,73 +223,16 @@ static int bench_rank(const layout *L, int rank, int port, size_t min_bytes, siz
     float *g = dml__malloc(K * sizeof(float)), *v = dml__malloc(K * sizeof(float));
     if (!g || !v) rc = DML_ENOMEM;
     for (size_t k = 0; rc == 0 && k < K; k++) g[k] = 1.0f;
-    /* distml's all-reduce of the same bytes over the same processes */
-    double t_ar = 0;
-    if (rc == 0) {
-      double t0 = 0;
-      for (int it = 0; rc == 0 && it < warm + iters; it++) {
-        if (it == warm) t0 = dml_now_s();
-        rc = dml_allreduce(c, v, K, DML_F32, DML_SUM);
-      }
-      t_ar = (dml_now_s() - t0) / iters;
-      if (rc) snprintf(e.msg, sizeof e.msg, "allreduce: %s", dml_comm_errmsg(c));
-    }
     for (int op = 0; op < NOPS && rc == 0; op++) {
-      dml_ps_server *srv = NULL;
-      double t_ps = 0;
-      if (dml_ps_is_server(&cfg, rank)) {
-        rc = dml_ps_server_create(&srv, c, &cfg, &e);
-        if (rc == 0 && !L->colocated) rc = dml_ps_server_run(srv, &e);
-      }
-      if (rc == 0 && dml_ps_is_worker(&cfg, rank, n)) {
-        dml_ps *ps = NULL;
-        rc = dml_ps_create(&ps, c, &cfg, &e);
-        /* colocated: the worker serves its own shard (no server thread) */
-        if (rc == 0 && L->colocated) rc = dml_ps_serve(ps, srv, &e);
-        double t0 = 0;
-        for (int it = 0; rc == 0 && it < warm + iters; it++) {
-          if (it == warm) t0 = dml_now_s();
-          uint64_t ts;
-          rc = op == OP_PUSH   ? dml_ps_push_dense(ps, 0, g, K, &ts)
-               : op == OP_PULL ? dml_ps_pull_dense(ps, 0, v, K, &ts)
-                               : dml_ps_pushpull_dense(ps, 0, g, v, K, &ts);
-          if (rc == 0) rc = dml_ps_wait(ps, ts);
-          if (rc == 0) rc = dml_ps_clock(ps);
-          if (rc) snprintf(e.msg, sizeof e.msg, "%s", dml_ps_errmsg(ps));
-        }
-        t_ps = (dml_now_s() - t0) / iters;
-        if (rc == 0 && (rc = dml_ps_finish(ps)) != 0)
-          snprintf(e.msg, sizeof e.msg, "%s", dml_ps_errmsg(ps));
-        dml_ps_free(ps);
-      }
-      /* server byte counts to the first worker */
-      double sbytes = 0;
-      if (rc == 0 && srv) {
-        dml_ps_server_stats st;
-        dml_ps_server_stats_get(srv, &st);
-        double b = (double)st.bytes_in / (warm + iters);
-        if (rank != first)
-          rc = dml_comm_send(c, first, STATS_TAG, &b, sizeof b);
-        else
-          sbytes += b;
+      /* side by side: g_rounds rounds of (all-reduce block, PS block); the medians are reported */
+      double t_ar[MAX_ROUNDS], t_ps[MAX_ROUNDS], sbytes = 0;
+      for (int round = 0; round < g_rounds && rc == 0; round++) {
+        rc = allreduce_block(c, v, K, iters, &t_ar[round], &e);
+        if (rc == 0) rc = ps_block(L, c, &cfg, op, g, v, K, iters, &t_ps[round], &sbytes, &e);
       }
       if (rc == 0 && rank == first)
-        for (int s = 0; s < S && rc == 0; s++) {
-          if (s == first) continue;
-          double b;
-          rc = dml_comm_recv(c, s, STATS_TAG, &b, sizeof b);
-          sbytes += b;
-        }
-      dml_ps_server_free(srv);
-      /* the time per iteration is the slowest worker's */
-      if (rc == 0 && dml_ps_is_worker(&cfg, rank, n) && rank != first)
-        rc = dml_comm_send(c, first, STATS_TAG + 1, &t_ps, sizeof t_ps);
-      for (int w = first + 1; rc == 0 && rank == first && w < n; w++) {
-        double t;
-        rc = dml_comm_recv(c, w, STATS_TAG + 1, &t, sizeof t);
-        if (t > t_ps) t_ps = t;
-      }
-      if (rc == 0 && rank == first) report(json, L, op, bytes, iters, t_ps, sbytes / S, t_ar);
+        report(json, L, op, bytes, iters, median(t_ps, g_rounds), sbytes / S,
+               median(t_ar, g_rounds));
     }
     dml__free(g);
     dml__free(v);
@@ -261,6 +299,13 @@ int dml_cli_bench_ps_main(int argc, char **argv) {
         return 2;
       }
       g_iters = (int)v;
+    } else if (strcmp(argv[i], "--rounds") == 0 && i + 1 < argc) {
+      int64_t v;
+      if (dml_parse_i64(argv[++i], 1, MAX_ROUNDS, &v, &e) != 0) {
+        fprintf(stderr, "distml bench ps: --rounds %s: want 1..%d\n", argv[i], MAX_ROUNDS);
+        return 2;
+      }
+      g_rounds = (int)v;
     } else if (strcmp(argv[i], "--min-bytes") == 0 && i + 1 < argc) {
       if (dml_parse_size(argv[++i], (uint64_t)1 << 30, &min_bytes, &e) != 0 || min_bytes < 4096) {
         fprintf(stderr, "distml bench ps: --min-bytes %s: want a size from 4K to 1G\n", argv[i]);
@@ -272,18 +317,21 @@ int dml_cli_bench_ps_main(int argc, char **argv) {
         return 2;
       }
     } else {
-      fprintf(stderr,
-              "usage: distml bench ps [--min-bytes B] [--max-bytes B] [--layouts L,L] [--iters N] "
-              "[--handlers K] [--json]\n"
-              "  layouts: 1x1, 2x1, 2x2, colocated2 (default: all); sizes B, 4B, 16B ...\n"
-              "  dense push, pull and pushpull of M value bytes per worker per iteration (M = 4K, "
-              "16K, ... B; default 4M)\n"
-              "  columns: layout (WxS), op, M, iterations, ms per iteration, frame bytes in per "
-              "server per iteration,\n"
-              "  the cost model's value bytes in per server (W*M/S; pull: 0) and wire bytes of the "
-              "busiest process\n"
-              "  (dedicated: W*M/S per direction; colocated: 2(W-1)M/W for pushpull), all-reduce "
-              "ms of M bytes, ps/allreduce\n");
+      fprintf(
+          stderr,
+          "usage: distml bench ps [--min-bytes B] [--max-bytes B] [--layouts L,L] [--iters N] "
+          "[--rounds R] [--handlers K] [--json]\n"
+          "  layouts: 1x1, 2x1, 2x2, colocated2 (default: all); sizes B, 4B, 16B ...\n"
+          "  dense push, pull and pushpull of M value bytes per worker per iteration (M = 4K, "
+          "16K, ... B; default 4M)\n"
+          "  columns: layout (WxS), op, M, iterations, ms per iteration, frame bytes in per "
+          "server per iteration,\n"
+          "  the cost model's value bytes in per server (W*M/S; pull: 0) and wire bytes of the "
+          "busiest process\n"
+          "  (dedicated: W*M/S per direction; colocated: 2(W-1)M/W for pushpull), all-reduce "
+          "ms of M bytes, ps/allreduce\n"
+          "  each figure: the median of R rounds (default 3) of an all-reduce block followed by "
+          "a PS block\n");
       return 2;
     }
   }
