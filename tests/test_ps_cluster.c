@@ -42,6 +42,7 @@ typedef struct scenario {
                        lost), not wait for the timeout */
   int body_hostile; /* with hostile_from: the hostile ranks announce a dense push's values as a
                        body and send none (staying connected) or a body of the wrong length */
+  int one_server;   /* one_server_only: each worker's requests go to one server only */
 } scenario;
 
 static int check_server(int rank, dml_ps_server *s, const scenario *sc) {
@@ -246,11 +247,72 @@ static int lost_shard(int rank, dml_comm *c, const scenario *sc) {
   return ok ? 0 : 1;
 }
 
+/* Two servers, two workers, BSP (dedicated, or colocated with workers serving): worker i pulls
+ * and pushes only a dense range that server i holds, so a server learns the other worker's clock
+ * only from the CLOCK frames a worker sends to the servers its requests do not reach. Each range
+ * has one pusher: a pull at clock c reads exactly c; a missing clock would hang the other
+ * worker's pull (an error at the communicator's timeout). */
+static int one_server_only(int rank, dml_comm *c, const scenario *sc) {
+  dml_err err;
+  dml_ps_config cfg;
+  dml_ps_config_init(&cfg);
+  cfg.num_servers = 2;
+  cfg.colocated = sc->colocated;
+  cfg.sum_only = 1;
+  static const uint64_t sizes[1] = {200000}; /* runs of 13 and 12 chunks: 106,496 keys on 0 */
+  cfg.dense_sizes = sizes;
+  cfg.num_dense = 1;
+  dml_ps_server *srv = NULL;
+  if (dml_ps_is_server(&cfg, rank)) {
+    RK_OK(dml_ps_server_create(&srv, c, &cfg, &err));
+    if (!cfg.colocated) {
+      int rc = dml_ps_server_run(srv, &err);
+      if (rc) fprintf(stderr, "rank %d: server: %s\n", rank, err.msg);
+      dml_ps_server_free(srv);
+      return rc;
+    }
+  }
+  int widx = cfg.colocated ? rank : rank - 2;
+  uint64_t lo = widx == 0 ? 1000 : 150000, N = 4000;
+  dml_ps *ps;
+  RK_OK(dml_ps_create(&ps, c, &cfg, &err));
+  if (srv) RK_OK(dml_ps_serve(ps, srv, &err));
+  float ones[4000], got[4000];
+  for (uint64_t i = 0; i < N; i++) ones[i] = 1.0f;
+  int rc = 0;
+  for (int it = 0; it < ITERS && rc == 0; it++) {
+    uint64_t ts;
+    RK_OK(dml_ps_pull_dense(ps, lo, got, N, &ts));
+    RK_OK(dml_ps_wait(ps, ts));
+    for (uint64_t i = 0; i < N && rc == 0; i++)
+      if (got[i] != (float)it) {
+        fprintf(stderr, "rank %d clock %d key %llu: read %g, want %d\n", rank, it,
+                (unsigned long long)(lo + i), (double)got[i], it);
+        rc = 1;
+      }
+    RK_OK(dml_ps_push_dense(ps, lo, ones, N, &ts));
+    RK_OK(dml_ps_wait(ps, ts));
+    RK_OK(dml_ps_clock(ps));
+  }
+  if (rc == 0 && dml_ps_finish(ps) != 0) {
+    fprintf(stderr, "rank %d: finish: %s\n", rank, dml_ps_errmsg(ps));
+    rc = 1;
+  }
+  dml_ps_free(ps);
+  dml_ps_server_free(srv);
+  return rc;
+}
+
 static int rank_main(int rank, int n, int port, void *arg) {
   const scenario *sc = arg;
   dml_comm *c;
   RK_OK(th_join(&c, rank, n, port, 20000));
   dml_err err;
+  if (sc->one_server) {
+    int rc = one_server_only(rank, c, sc);
+    dml_comm_free(c);
+    return rc;
+  }
   if (sc->lost_shard) {
     int rc = lost_shard(rank, c, sc);
     dml_comm_free(c);
@@ -426,6 +488,10 @@ int main(void) {
   run("dense API, colocated 2 ranks: values in bounds", 2, (scenario){.colocated = 1, .dense = 1});
   run("dense API, registered tensors split into <= 4 MB parts over 2 servers", 4,
       (scenario){.servers = 2, .dense = 1, .layout = 1});
+  run("BSP, each worker's requests to one server of 2: clocks reach the other, exact values", 4,
+      (scenario){.servers = 2, .one_server = 1});
+  run("BSP colocated, workers serving, each requesting its own shard only: exact values", 2,
+      (scenario){.colocated = 1, .serve = 1, .one_server = 1});
   run("BSP sync aggregation, server SGD: exact values", 4, (scenario){.servers = 1, .sgd = 1});
   run("BSP sync aggregation colocated: exact values", 3, (scenario){.colocated = 1, .sgd = 1});
   run("dense BSP sync aggregation, server SGD, 2 servers: exact values", 4,
