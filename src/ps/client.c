@@ -343,6 +343,33 @@ static request *free_slot(dml_ps *ps) {
   return NULL;
 }
 
+/* Frame [a, b) of dense request r (one server's run), with its values from vals and its pull's
+ * output to out (either may be NULL). */
+static int post_dense_frame(dml_ps *ps, request *r, int command, uint64_t clock, int owner,
+                            uint64_t a, uint64_t b, const float *vals, float *out) {
+  dml__ps_msg m;
+  memset(&m, 0, sizeof(m));
+  m.command = (uint32_t)command;
+  m.sender = (uint32_t)ps->me;
+  m.flags = DML__PS_FLAG_DENSE;
+  m.timestamp = r->ts;
+  m.clock = clock;
+  m.key_lo = a;
+  m.key_hi = b - 1;
+  m.nvals = vals ? b - a : 0;
+  m.value_type = vals ? DML__PS_VT_F32 : DML__PS_VT_NONE;
+  /* a large frame goes as header + values sent from the caller's buffer, and a large reply
+   * comes as header + values received straight into out (tcp only, and not with recovery: a
+   * re-form resends frames, not bodies) */
+  if (ps->bodies && (b - a) * sizeof(float) >= DML__PS_BODY_MIN_BYTES &&
+      !(ps->local && server_rank(ps, owner) == ps->me)) {
+    if (vals) m.flags |= DML__PS_FLAG_BODY;
+    if (out) m.flags |= DML__PS_FLAG_REPLY_BODY;
+  }
+  int answered;
+  return send_frame(ps, r, owner, &m, NULL, vals, out, &answered);
+}
+
 static int post_dense(dml_ps *ps, int command, uint64_t clock, uint64_t lo, const float *vals,
                       float *out, size_t n, uint64_t *ts) {
   *ts = 0;
@@ -350,6 +377,12 @@ static int post_dense(dml_ps *ps, int command, uint64_t clock, uint64_t lo, cons
   if (n == 0 || lo + n < lo)
     return dml_err_set(&ps->err, DML_EINVAL, "ps: dense range of %zu keys at %llu", n,
                        (unsigned long long)lo);
+  if ((command != DML__PS_PULL && vals == NULL) || (command != DML__PS_PUSH && out == NULL))
+    return dml_err_set(&ps->err, DML_EINVAL, "ps: dense %s of %zu keys with no %s buffer",
+                       command == DML__PS_PUSH   ? "push"
+                       : command == DML__PS_PULL ? "pull"
+                                                 : "pushpull",
+                       n, command != DML__PS_PULL && vals == NULL ? "values" : "output");
   request *r = free_slot(ps);
   if (r == NULL) return DML_EAGAIN;
   /* a final pull's frames carry no clock: the servers hear this worker's first */
@@ -362,38 +395,23 @@ static int post_dense(dml_ps *ps, int command, uint64_t clock, uint64_t lo, cons
   r->dense = 1;
   r->dense_lo = lo;
   int with_vals = command == DML__PS_PUSH || command == DML__PS_PUSHPULL;
-  for (uint64_t a = lo; a < lo + n;) {
-    /* a frame: the run of consecutive chunks of one server from a, at most DML__PS_FRAME_KEYS */
-    int owner = dml__ps_dense_owner(&ps->layout, a);
-    uint64_t b = a, cap = lo + n - a < DML__PS_FRAME_KEYS ? lo + n : a + DML__PS_FRAME_KEYS;
-    do b = DML__MIN((b / DML__PS_DENSE_PART + 1) * DML__PS_DENSE_PART, cap);
-    while (b < cap && dml__ps_dense_owner(&ps->layout, b) == owner);
-    dml__ps_msg m;
-    memset(&m, 0, sizeof(m));
-    m.command = (uint32_t)command;
-    m.sender = (uint32_t)ps->me;
-    m.flags = DML__PS_FLAG_DENSE;
-    m.timestamp = r->ts;
-    m.clock = clock;
-    m.key_lo = a;
-    m.key_hi = b - 1;
-    m.nvals = with_vals ? b - a : 0;
-    m.value_type = with_vals ? DML__PS_VT_F32 : DML__PS_VT_NONE;
-    /* a large frame goes as header + values sent from the caller's buffer, and a large reply
-     * comes as header + values received straight into out (tcp only, and not with recovery: a
-     * re-form resends frames, not bodies) */
-    if (ps->bodies && (b - a) * sizeof(float) >= DML__PS_BODY_MIN_BYTES &&
-        !(ps->local && server_rank(ps, owner) == ps->me)) {
-      if (with_vals) m.flags |= DML__PS_FLAG_BODY;
-      if (out) m.flags |= DML__PS_FLAG_REPLY_BODY;
+  /* With dml_ps_serve, the frames to other servers leave first and this process's own parts are
+   * done after (pass 1), so the other workers' shards can work on them meanwhile. */
+  for (int pass = 0; pass < (ps->local ? 2 : 1); pass++) {
+    for (uint64_t a = lo, b; a < lo + n; a = b) {
+      /* a frame: the run of consecutive chunks of one server from a, at most DML__PS_FRAME_KEYS */
+      int owner = dml__ps_dense_owner(&ps->layout, a);
+      uint64_t cap = lo + n - a < DML__PS_FRAME_KEYS ? lo + n : a + DML__PS_FRAME_KEYS;
+      b = a;
+      do b = DML__MIN((b / DML__PS_DENSE_PART + 1) * DML__PS_DENSE_PART, cap);
+      while (b < cap && dml__ps_dense_owner(&ps->layout, b) == owner);
+      if ((ps->local && server_rank(ps, owner) == ps->me) != pass) continue;
+      if (post_dense_frame(ps, r, command, clock, owner, a, b, with_vals ? vals + (a - lo) : NULL,
+                           out ? out + (a - lo) : NULL) != 0) {
+        request_release(ps, r);
+        return ps->sticky;
+      }
     }
-    int answered;
-    if (send_frame(ps, r, owner, &m, NULL, with_vals ? vals + (a - lo) : NULL,
-                   out ? out + (a - lo) : NULL, &answered) != 0) {
-      request_release(ps, r);
-      return ps->sticky;
-    }
-    a = b;
   }
   *ts = r->ts;
   return flush_clocks(ps);
