@@ -374,8 +374,9 @@ static int post_dense(dml_ps *ps, int command, uint64_t clock, uint64_t lo, cons
                       float *out, size_t n, uint64_t *ts) {
   *ts = 0;
   if (ps->sticky) return ps->sticky;
-  if (n == 0 || lo + n < lo)
-    return dml_err_set(&ps->err, DML_EINVAL, "ps: dense range of %zu keys at %llu", n,
+  if (n == 0 || lo >= DML__PS_DENSE_KEY_END || n > DML__PS_DENSE_KEY_END - lo)
+    return dml_err_set(&ps->err, DML_EINVAL,
+                       "ps: dense range of %zu keys at %llu (want 1 or more keys below 2^62)", n,
                        (unsigned long long)lo);
   if ((command != DML__PS_PULL && vals == NULL) || (command != DML__PS_PUSH && out == NULL))
     return dml_err_set(&ps->err, DML_EINVAL, "ps: dense %s of %zu keys with no %s buffer",
@@ -401,7 +402,8 @@ static int post_dense(dml_ps *ps, int command, uint64_t clock, uint64_t lo, cons
     for (uint64_t a = lo, b; a < lo + n; a = b) {
       /* a frame: the run of consecutive chunks of one server from a, at most DML__PS_FRAME_KEYS */
       int owner = dml__ps_dense_owner(&ps->layout, a);
-      uint64_t cap = lo + n - a < DML__PS_FRAME_KEYS ? lo + n : a + DML__PS_FRAME_KEYS;
+      uint64_t cap =
+          DML__MIN(lo + n, a / DML__PS_DENSE_PART * DML__PS_DENSE_PART + DML__PS_FRAME_KEYS);
       b = a;
       do b = DML__MIN((b / DML__PS_DENSE_PART + 1) * DML__PS_DENSE_PART, cap);
       while (b < cap && dml__ps_dense_owner(&ps->layout, b) == owner);

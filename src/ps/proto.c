@@ -206,12 +206,13 @@ static int decode(const void *buf, size_t len, const char *peer, dml__ps_msg *m,
   int no_keys = m->command == DML__PS_CLOCK || m->command == DML__PS_BYE ||
                 m->command == DML__PS_REFORM || m->command == DML__PS_REJOIN;
   if (m->flags & DML__PS_FLAG_DENSE) {
-    /* a dense frame: no keys, a range [key_lo, key_hi] of at most DML__PS_DENSE_MAX_PART */
+    /* a dense frame: no keys, a range [key_lo, key_hi] of at most DML__PS_DENSE_MAX_PART, below
+     * DML__PS_DENSE_KEY_END */
     if (no_keys || m->nkeys != 0 || m->key_lo > m->key_hi ||
-        m->key_hi - m->key_lo >= DML__PS_DENSE_MAX_PART)
+        m->key_hi - m->key_lo >= DML__PS_DENSE_MAX_PART || m->key_hi >= DML__PS_DENSE_KEY_END)
       return dml_err_set(err, DML_EPROTO,
                          "ps: %s sent a dense command %u with %llu keys over [%llu, %llu] (want no "
-                         "keys, at most %llu in the range)",
+                         "keys, at most %llu in the range, below 2^62)",
                          peer, m->command, (unsigned long long)m->nkeys,
                          (unsigned long long)m->key_lo, (unsigned long long)m->key_hi,
                          (unsigned long long)DML__PS_DENSE_MAX_PART);

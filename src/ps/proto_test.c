@@ -145,6 +145,14 @@ int main(int argc, char **argv) {
     dml__ps_encode(db, &d, NULL, NULL);
     T_OK(dml__ps_decode(db, 64, "peer", &m, &err));
     dml__ps_msg_free(&m);
+    d.key_lo = DML__PS_DENSE_KEY_END - 8; /* ends past the dense namespace (2^62) */
+    d.key_hi = DML__PS_DENSE_KEY_END;
+    dml__ps_encode(db, &d, NULL, NULL);
+    expect_reject(db, 64, "dense range past 2^62");
+    d.key_lo = UINT64_MAX - 8191; /* the top chunk of the key space */
+    d.key_hi = UINT64_MAX;
+    dml__ps_encode(db, &d, NULL, NULL);
+    expect_reject(db, 64, "dense range at the top of the key space");
     d.command = DML__PS_PUSH;
     d.key_lo = DML__PS_DENSE_PART - 2;
     d.key_hi = DML__PS_DENSE_PART + 1; /* over two chunks: one server's run */

@@ -373,9 +373,10 @@ static int dense_part_get(dml_ps_server *s, uint64_t part, dense_part **out, dml
   return 0;
 }
 
-/* Dense pushes are applied one optimizer step per push (no BSP aggregation for them yet). */
-/* also_out (sum-only, may be NULL): the part's new values are written there too, in the same
- * pass (a pushpull whose pull is answered now). */
+/* A dense push, chunk by chunk: added (sum-only), summed into each chunk's aggregate (BSP sync
+ * aggregation: applied as the mean once the clock closes), or one optimizer step per chunk.
+ * also_out (sum-only, may be NULL): the new values are written there too, in the same pass (a
+ * pushpull whose pull is answered now). */
 typedef struct apply_arg {
   const dml__ps_msg *m;
   float *also_out;
@@ -1570,7 +1571,7 @@ int dml_ps_server_checkpoint(dml_ps_server *s, const char *path, dml_err *err) {
   snprintf(rank, sizeof rank, "%d", s->me);
   snprintf(world, sizeof world, "%d", s->n);
   dml_st_meta meta[] = {
-      {"ps.format", "1"},
+      {"ps.format", "2"}, /* 2: dense chunks of 8K keys (1: 64K) */
       {"ps.optim", s->cfg.sum_only ? "sum" : dml_optim_kind_name(s->cfg.optim.kind)},
       {"ps.optim.step", step},
       {"ps.server", rank},
@@ -1704,7 +1705,14 @@ int dml_ps_server_restore(dml_ps_server *s, const char *path, dml_err *err) {
   char rank[16], wsz[16];
   snprintf(rank, sizeof rank, "%d", s->me);
   snprintf(wsz, sizeof wsz, "%d", s->n);
-  if (!fmt || strcmp(fmt, "1") != 0 || !opt || !srv || !world || !step || !tk || !tv) {
+  if (fmt && strcmp(fmt, "1") == 0) {
+    rc = dml_err_set(err, DML_EFORMAT,
+                     "ps restore %s: a checkpoint of format 1 (dense chunks of 64K keys) from an "
+                     "older distml; this one reads format 2",
+                     path);
+    goto out;
+  }
+  if (!fmt || strcmp(fmt, "2") != 0 || !opt || !srv || !world || !step || !tk || !tv) {
     rc = dml_err_set(
         err, DML_EFORMAT,
         "ps restore %s: not a parameter-server checkpoint (metadata or tensors missing)", path);

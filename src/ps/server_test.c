@@ -81,12 +81,13 @@ static void roundtrip(dml_optim_kind kind, const char *path) {
   }
   dml_ps_server *a = make(kind);
   T_ASSERT(dml_ps_server_value(a, keys[5]) == 0.0f);
-  /* dense chunks 0 and 3 too (one timestamp per request: the sparse push, then the dense ones) */
+  /* dense chunks 24 and 0 too, 24 made first (one timestamp per request: the sparse push, then
+   * the dense ones) */
   const uint64_t D3 = 3 * 65536 + 10;
   for (int t = 1; t <= 4; t++) {
     push(a, (uint64_t)(3 * t), keys, g, N);
-    push_dense(a, (uint64_t)(3 * t + 1), 0, g, 1000);
-    push_dense(a, (uint64_t)(3 * t + 2), D3, g + 7, 500);
+    push_dense(a, (uint64_t)(3 * t + 1), D3, g + 7, 500);
+    push_dense(a, (uint64_t)(3 * t + 2), 0, g, 1000);
   }
   T_ASSERT(dml_ps_server_value(a, keys[0]) != 0.0f); /* g[0] = -0.6: every optimizer moves it */
   T_ASSERT(dml_ps_server_dense_value(a, 0) != 0.0f && dml_ps_server_dense_value(a, D3 + 1) != 0);
@@ -144,8 +145,25 @@ int main(void) {
   T_EQ_INT(rc, DML_EFORMAT);
   T_CONTAINS(err.msg, path);
   T_CONTAINS(err.msg, "sgd");
+  /* a checkpoint of format 1 (64K-key dense chunks, an older distml): refused by name */
+  FILE *f = fopen(path, "rb");
+  T_ASSERT(f != NULL);
+  static char ck[1 << 20];
+  size_t got = fread(ck, 1, sizeof ck, f);
+  fclose(f);
+  char *fmt = memmem(ck, got, "\"ps.format\":\"2\"", 15);
+  T_ASSERT(fmt != NULL);
+  fmt[13] = '1';
+  f = fopen(path, "wb");
+  T_ASSERT(f != NULL && fwrite(ck, 1, got, f) == got);
+  fclose(f);
+  dml_ps_server *s1 = make(DML_OPT_SGD);
+  T_EQ_INT(dml_ps_server_restore(s1, path, &err), DML_EFORMAT);
+  T_CONTAINS(err.msg, path);
+  T_CONTAINS(err.msg, "format 1");
+  dml_ps_server_free(s1);
   /* garbage file */
-  FILE *f = fopen(path, "wb");
+  f = fopen(path, "wb");
   T_ASSERT(f != NULL);
   fputs("not a checkpoint at all", f);
   fclose(f);
