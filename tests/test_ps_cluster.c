@@ -251,7 +251,19 @@ static int lost_shard(int rank, dml_comm *c, const scenario *sc) {
  * and pushes only a dense range that server i holds, so a server learns the other worker's clock
  * only from the CLOCK frames a worker sends to the servers its requests do not reach: a missing
  * one hangs the other worker's pull (an error at the communicator's timeout). Each range has one
- * pusher, so a pull at clock c reads c (this checks delivery, not how long a pull was held). */
+ * pusher, so a pull at clock c reads c; worker 1 pauses before each clock, and server 0 must have
+ * held worker 0's pulls for it (a clock taken too early would answer them at once). */
+/* Server 0 (rank 0) held some of worker 0's pulls until worker 1's clock came. */
+static int held_back(int rank, const dml_ps_server *srv) {
+  dml_ps_server_stats st;
+  dml_ps_server_stats_get(srv, &st);
+  if (rank == 0 && st.deferred_pulls == 0) {
+    fprintf(stderr, "rank 0: no pull waited for the slower worker's clock\n");
+    return 1;
+  }
+  return 0;
+}
+
 static int one_server_only(int rank, dml_comm *c, const scenario *sc) {
   dml_err err;
   dml_ps_config cfg;
@@ -268,6 +280,7 @@ static int one_server_only(int rank, dml_comm *c, const scenario *sc) {
     if (!cfg.colocated) {
       int rc = dml_ps_server_run(srv, &err);
       if (rc) fprintf(stderr, "rank %d: server: %s\n", rank, err.msg);
+      rc = rc ? rc : held_back(rank, srv);
       dml_ps_server_free(srv);
       return rc;
     }
@@ -292,12 +305,17 @@ static int one_server_only(int rank, dml_comm *c, const scenario *sc) {
       }
     RK_OK(dml_ps_push_dense(ps, lo, ones, N, &ts));
     RK_OK(dml_ps_wait(ps, ts));
+    if (widx == 1) { /* the slower worker: server 0 must hold worker 0's next pull for it */
+      struct timespec pause = {0, 20 * 1000 * 1000};
+      nanosleep(&pause, NULL);
+    }
     RK_OK(dml_ps_clock(ps));
   }
   if (rc == 0 && dml_ps_finish(ps) != 0) {
     fprintf(stderr, "rank %d: finish: %s\n", rank, dml_ps_errmsg(ps));
     rc = 1;
   }
+  if (rc == 0 && srv) rc = held_back(rank, srv);
   dml_ps_free(ps);
   dml_ps_server_free(srv);
   return rc;

@@ -97,6 +97,7 @@ int dml_ps_is_worker(const dml_ps_config *cfg, int rank, int n);
 /* Server statistics after the loop ends. */
 typedef struct dml_ps_server_stats {
   uint64_t pushes, pulls, dup_pushes; /* requests served; resent pushes recognised and skipped */
+  uint64_t deferred_pulls;            /* pulls that waited for other workers' clocks */
   uint64_t bytes_in;                  /* request frame bytes received */
   uint64_t keys;                      /* distinct keys held at the end */
   int dropped_peers;                  /* peers dropped for malformed frames */

@@ -834,6 +834,7 @@ static int handle_msg(dml_ps_server *s, int src, dml__ps_msg *mp, local_sink *si
         s->dq[s->ndq].local_out = lout;
         s->dq[s->ndq].m = m;
         s->ndq++;
+        s->st.deferred_pulls++;
         return 0; /* the deferred entry owns m */
       }
       break;
@@ -1455,6 +1456,7 @@ void dml_ps_server_stats_get(const dml_ps_server *s, dml_ps_server_stats *st) {
     st->pushes += u->st.pushes;
     st->pulls += u->st.pulls;
     st->dup_pushes += u->st.dup_pushes;
+    st->deferred_pulls += u->st.deferred_pulls;
     st->bytes_in += u->st.bytes_in;
     st->keys += u->nkeys;
   }

@@ -501,11 +501,12 @@ int dml_train_ps_run(const dml_train_config *cfg, const dml_dataset *train, cons
       dml_ps_server_stats st;
       dml_ps_server_stats_get(srv, &st);
       dml_log(DML_LOG_INFO,
-              "ps server %d: %llu pushes, %llu pulls, %llu keys, %llu bytes in, %d dead workers, "
-              "%d dropped peers, %llu checkpoints, %d re-forms",
+              "ps server %d: %llu pushes, %llu pulls (%llu waited for clocks), %llu keys, %llu "
+              "bytes in, %d dead workers, %d dropped peers, %llu checkpoints, %d re-forms",
               rank, (unsigned long long)st.pushes, (unsigned long long)st.pulls,
-              (unsigned long long)st.keys, (unsigned long long)st.bytes_in, st.dead_workers,
-              st.dropped_peers, (unsigned long long)st.checkpoints, st.reforms);
+              (unsigned long long)st.deferred_pulls, (unsigned long long)st.keys,
+              (unsigned long long)st.bytes_in, st.dead_workers, st.dropped_peers,
+              (unsigned long long)st.checkpoints, st.reforms);
       if (st.restored)
         dml_log(DML_LOG_WARN,
                 "ps server %d: restarted from its checkpoint (slowest worker at clock %llu): %llu "
