@@ -802,9 +802,8 @@ static int send_to(dml_ps *ps, int command, int stale, int *bad) {
   int first = 0;
   for (int s = 0; s < ps->S; s++) {
     if (stale && ps->told[s] >= ps->clock) continue;
-    if (command == DML__PS_CLOCK)
-      ps->told[s] = ps->clock; /* failed: the error is final, or a
-                                                              re-form's REJOIN carries it */
+    /* told even if the send fails: the error is final, or a re-form's REJOIN carries the clock */
+    if (command == DML__PS_CLOCK) ps->told[s] = ps->clock;
     if (ps->local && server_rank(ps, s) == ps->me) {
       int answered;
       dml__ps_msg lm = m;

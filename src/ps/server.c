@@ -334,7 +334,6 @@ static int apply_push(dml_ps_server *s, const dml__ps_msg *m, dml_err *err) {
   return 0;
 }
 
-/* slots: the value slots of req's keys if the caller has them (a pushpull just looked them up). */
 /* The chunk's storage, made (zero) on first use; pointers into dparts last until the next call. */
 static int dense_part_get(dml_ps_server *s, uint64_t part, dense_part **out, dml_err *err) {
   size_t at = part_index(s, part);
