@@ -53,8 +53,9 @@ typedef struct dml_ps_config {
    * dml_ps_dense_layout's offset; each is cut into parts of at most 4 MB and at most an even
    * share of all registered keys (so one large tensor spreads over every server), assigned to
    * servers greedily by bytes (largest first); a request travels as frames of at most 512 KB over
-   * each run of one server's keys. Dense keys are below 2^62. Dense keys past them are dealt round-robin in runs of 64K keys. Every process
-   * must pass the same list. Not owned. */
+   * each run of one server's keys. Dense keys are below 2^62; those past the registered tensors
+   * are dealt round-robin in runs of 64K keys. Every process must pass the same list. Not
+   * owned. */
   const uint64_t *dense_sizes;
   int num_dense;
   /* Recovery (dedicated servers only; see docs/ps.md "Recovery"). */

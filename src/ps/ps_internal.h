@@ -82,9 +82,9 @@ enum { DML__PS_VT_NONE = 0, DML__PS_VT_F32 = 1 };
 /* Dense keys are below this (a range's end, lo + n, never wraps). */
 #define DML__PS_DENSE_KEY_END ((uint64_t)1 << 62)
 /* A worker cuts a server's run into frames of at most this many keys (512 KB), at chunk
- * boundaries (a chunk is in one frame of a request: a BSP mean counts each push once): a 2 MB run as one
- * frame is added whole before its reply can leave; four let the peer read one reply while the
- * next frame is added (colocated 4 MB pushpull 1.8-1.9 -> 1.3-1.4 ms, 1 MB 0.35-0.37 -> 0.31;
+ * boundaries (a chunk is in one frame of a request: a BSP mean counts each push once). A 2 MB run
+ * as one frame is added whole before its reply can leave; four let the peer read one reply while
+ * the next frame is added (colocated 4 MB pushpull 1.8-1.9 -> 1.3-1.4 ms, 1 MB 0.35-0.37 -> 0.31;
  * 64K-key frames were slower again, 1.6-1.8 ms). */
 #define DML__PS_FRAME_KEYS ((uint64_t)1 << 17)
 

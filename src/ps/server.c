@@ -397,7 +397,8 @@ static int apply_segment(dml_ps_server *s, uint64_t part, size_t off, size_t cnt
       add_floats(d->vals + off, v, cnt);
     return 0;
   }
-  if (s->aggregating) { /* summed now, applied as the mean once every live worker passed the clock */
+  /* summed now, applied as the mean once every live worker passed the clock */
+  if (s->aggregating) {
     if (d->agg == NULL && (d->agg = dml__calloc(DML__PS_DENSE_PART, sizeof(float))) == NULL)
       return dml_err_set(a->err, DML_ENOMEM, "ps server: no memory to aggregate a dense part");
     add_floats(d->agg + off, v, cnt);

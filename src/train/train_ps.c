@@ -200,13 +200,13 @@ static void input_close(worker_input *in) {
   dml__free(in->order);
 }
 
-/* Dense models (softmax, MLP): the servers hold the model's whole flat parameter buffer as a dense
- * tensor (registered: spread over them in runs of whole chunks) of DELTAS from the initial parameters, which every
- * worker computes identically from the seed: a worker's parameters are init + pulled delta. Each
- * iteration pulls the delta, runs forward/backward on batch / W rows, pushes the gradient (the
- * servers apply cfg->optim; under BSP the W pushes of a clock are averaged into one step: the
- * local run's step on the global batch) and advances the clock. Weight decay, if any, acts on
- * the delta. */
+/* Dense models (softmax, MLP): the servers hold the model's whole flat parameter buffer as a
+ * registered dense tensor (spread over them in runs of whole chunks) of DELTAS from the initial
+ * parameters, which every worker computes identically from the seed: a worker's parameters are
+ * init + pulled delta. Each iteration pulls the delta, runs forward/backward on batch / W rows,
+ * pushes the gradient (the servers apply cfg->optim; under BSP the W pushes of a clock are
+ * averaged into one step: the local run's step on the global batch) and advances the clock.
+ * Weight decay, if any, acts on the delta. */
 static int run_dense_worker(const dml_train_config *cfg, const dml_dataset *train,
                             const dml_dataset *test, dml_comm *comm, const dml_ps_config *pcfg,
                             int first, int report_to, dml_ps_server *local, dml_train_result *res,
