@@ -789,9 +789,13 @@ int dml_ps_wait(dml_ps *ps, uint64_t ts) {
   return ps->sticky;
 }
 
-/* Sends a header-only command to every server (stale: a CLOCK, only to the servers that do not
- * have this worker's clock yet); *bad: the first server that failed. */
-static int send_to(dml_ps *ps, int command, int stale, int *bad) {
+/* Which servers send_to addresses: every one; those that do not have this worker's clock yet
+ * (a CLOCK); of those, only this process's own shard (dml_ps_serve). */
+enum { TO_ALL, TO_STALE, TO_STALE_OWN };
+
+/* Sends a header-only command to the servers `to` names (a shard of this process's own is told in
+ * place); *bad: the first server that failed. */
+static int send_to(dml_ps *ps, int command, int to, int *bad) {
   dml__ps_msg m;
   memset(&m, 0, sizeof(m));
   m.command = (uint32_t)command;
@@ -801,10 +805,11 @@ static int send_to(dml_ps *ps, int command, int stale, int *bad) {
   dml__ps_encode(buf, &m, NULL, NULL);
   int first = 0;
   for (int s = 0; s < ps->S; s++) {
-    if (stale && ps->told[s] >= ps->clock) continue;
+    int own = ps->local && server_rank(ps, s) == ps->me;
+    if ((to != TO_ALL && ps->told[s] >= ps->clock) || (to == TO_STALE_OWN && !own)) continue;
     /* told even if the send fails: the error is final, or a re-form's REJOIN carries the clock */
     if (command == DML__PS_CLOCK) ps->told[s] = ps->clock;
-    if (ps->local && server_rank(ps, s) == ps->me) {
+    if (own) {
       int answered;
       dml__ps_msg lm = m;
       int lrc = local_handle(ps, &lm, NULL, &answered);
@@ -824,7 +829,7 @@ static int send_to(dml_ps *ps, int command, int stale, int *bad) {
 }
 
 static int send_all(dml_ps *ps, int command, int *bad) {
-  return send_to(ps, command, 0, bad);
+  return send_to(ps, command, TO_ALL, bad);
 }
 
 /* Tells the new clock to the servers that have not had it with a request: called after each
@@ -834,7 +839,7 @@ static int send_all(dml_ps *ps, int command, int *bad) {
 static int flush_clocks(dml_ps *ps) {
   if (ps->sticky) return ps->sticky;
   int bad = -1;
-  int rc = send_to(ps, DML__PS_CLOCK, 1, &bad);
+  int rc = send_to(ps, DML__PS_CLOCK, TO_STALE, &bad);
   if (rc) return comm_failed(ps, rc, "telling the clock to", bad); /* REJOIN carries it */
   return 0;
 }
@@ -842,19 +847,8 @@ static int flush_clocks(dml_ps *ps) {
 int dml_ps_clock(dml_ps *ps) {
   if (ps->sticky) return ps->sticky;
   ps->clock++;
-  if (ps->local) { /* this process's own shard hears it at once, in place */
-    for (int s = 0; s < ps->S; s++)
-      if (server_rank(ps, s) == ps->me && ps->told[s] < ps->clock) {
-        dml__ps_msg m;
-        memset(&m, 0, sizeof(m));
-        m.command = DML__PS_CLOCK;
-        m.sender = (uint32_t)ps->me;
-        m.clock = ps->told[s] = ps->clock;
-        int answered;
-        if (local_handle(ps, &m, NULL, &answered) != 0) return ps->sticky;
-      }
-  }
-  return 0;
+  int bad; /* this process's own shard hears it at once, in place (a failure is sticky) */
+  return ps->local ? send_to(ps, DML__PS_CLOCK, TO_STALE_OWN, &bad) : 0;
 }
 
 /* Leaves the failed communicator and joins a new one with every process of the job, tells each

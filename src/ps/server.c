@@ -719,6 +719,18 @@ static void worker_rejoins(dml_ps_server *s, int r, const dml__ps_msg *m) {
   if (m->key_hi == 1) worker_leaves(s, r, 0);
 }
 
+/* Worker w has reached clock c: the pulls (and BSP aggregate) that waited for it are served. The
+ * body of the request being handled (spare) is kept from their replies: its values are still to
+ * be applied. */
+static void clock_advances(dml_ps_server *s, worker_state *w, uint64_t c, dml_err *err) {
+  if (c <= w->clock) return;
+  w->clock = c;
+  void *spare = s->spare;
+  s->spare = NULL;
+  serve_deferred(s, err);
+  s->spare = spare;
+}
+
 /* Room for every deferred pull to be answered in place before the worker collects them. */
 static int grow_ldone(dml_ps_server *s) {
   size_t nc = DML__MAX(2 * s->ldone_cap, s->nldone + s->ndq + 16);
@@ -752,13 +764,7 @@ static int handle_msg(dml_ps_server *s, int src, dml__ps_msg *mp, local_sink *si
    * servers no request told). */
   int request =
       m.command == DML__PS_PUSH || m.command == DML__PS_PUSHPULL || m.command == DML__PS_PULL;
-  if (request && m.clock != DML__PS_CLOCK_FINAL && m.clock > w->clock) {
-    w->clock = m.clock;
-    void *spare = s->spare; /* this request's body: its values are still to be applied */
-    s->spare = NULL;
-    serve_deferred(s, err);
-    s->spare = spare;
-  }
+  if (request && m.clock != DML__PS_CLOCK_FINAL) clock_advances(s, w, m.clock, err);
   switch (m.command) {
     case DML__PS_PUSH:
     case DML__PS_PUSHPULL:
@@ -838,10 +844,7 @@ static int handle_msg(dml_ps_server *s, int src, dml__ps_msg *mp, local_sink *si
         return 0; /* the deferred entry owns m */
       }
       break;
-    case DML__PS_CLOCK:
-      if (m.clock > w->clock) w->clock = m.clock;
-      serve_deferred(s, err);
-      break;
+    case DML__PS_CLOCK: clock_advances(s, w, m.clock, err); break;
     case DML__PS_BYE:
       worker_leaves(s, src, 0);
       serve_deferred(s, err);
