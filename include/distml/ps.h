@@ -135,7 +135,7 @@ int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t by
  * little-endian bits, "ps.values" (n), "ps.optim.<state>" (n) each, metadata: optimizer kind and
  * step, server rank, world size, every worker's clock, last applied push timestamp and pushes
  * applied; dense chunks as "ps.dense.chunks", "ps.dense.steps" (n, 2) raw u64 bits,
- * "ps.dense.values" and "ps.dense.optim.<state>" (n, 65536)). Pushes
+ * "ps.dense.values" and "ps.dense.optim.<state>" (n, 8192); metadata "ps.format" 2). Pushes
  * still summed in an open BSP aggregate are not in it. Call from the thread that runs the loop
  * (or when it is not running). */
 int dml_ps_server_checkpoint(dml_ps_server *s, const char *path, dml_err *err);
@@ -180,9 +180,9 @@ int dml_ps_pull(dml_ps *ps, const uint64_t *keys, float *vals_out, size_t n, uin
 int dml_ps_pushpull(dml_ps *ps, const uint64_t *keys, const float *grads, float *vals_out, size_t n,
                     uint64_t *ts);
 /* Dense ranges: keys [lo, lo + n) of a separate dense namespace (a dense key and a sparse key with
- * the same number are different parameters), held by the servers in flat arrays in chunks of 64K
- * keys (the registered tensors' parts, see dense_sizes, else round-robin); no keys travel on the
- * wire. Same timestamps, wait and errors as above.
+ * the same number are different parameters), held by the servers in flat arrays in chunks of 8K
+ * keys (the registered tensors' parts, see dense_sizes, else runs of 64K keys round-robin); no
+ * keys travel on the wire. Same timestamps, wait and errors as above.
  * Under BSP sync aggregation dense pushes are summed per chunk and their mean applied once per
  * clock, like sparse ones. */
 int dml_ps_push_dense(dml_ps *ps, uint64_t lo, const float *vals, size_t n, uint64_t *ts);

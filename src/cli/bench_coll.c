@@ -40,6 +40,8 @@ static void bench_usage(FILE *f) {
   fprintf(
       f,
       "usage: distml bench allreduce|reducescatter|allgather|broadcast|pingpong [flags]\n"
+      "       distml bench task ...   (task pool and farm: distml bench task --help)\n"
+      "       distml bench ps ...     (parameter server: distml bench ps --help)\n"
       "\n"
       "  -n N              ranks to start on this machine (when not already under mpirun or\n"
       "                    distml launch); default 2\n"

@@ -2,13 +2,15 @@
  * server, 2x1, 2x2, colocated 2) and times dense push, pull and pushpull (values only, of one
  * registered tensor; sum-only server, BSP) of M bytes of values per worker per iteration for
  * M = 4 KB .. B, each beside the bytes each server received per iteration, the cost model's
- * prediction and distml's all-reduce of the same M bytes over the same processes, measured side
- * by side: rounds of an all-reduce block then a PS block, medians reported. Time per iteration:
- * the slowest worker's. Colocated, each worker serves its own shard (dml_ps_serve).
+ * prediction and distml's all-reduce of the same M bytes over the same processes (as it picks
+ * its algorithm, and forced to the ring, whose steps the colocated PS's push and pull mirror),
+ * measured side by side: rounds of all-reduce blocks then a PS block, medians reported. Time per
+ * iteration: the slowest worker's. Colocated, each worker serves its own shard (dml_ps_serve).
  * Measurement only: nothing is tuned here. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,7 +63,7 @@ static void cost_model(const layout *L, int op, double M, double *in, double *wi
 }
 
 static void report(int json, const layout *L, int op, size_t bytes, int iters, double t_ps,
-                   double per_server_bytes, double t_ar) {
+                   double per_server_bytes, double t_ar, double t_ring) {
   double in, wire;
   cost_model(L, op, (double)bytes, &in, &wire);
   if (json) {
@@ -82,12 +84,14 @@ static void report(int json, const layout *L, int op, size_t bytes, int iters, d
     dml_jsonl_add_double(&j, "model_wire_bytes_per_iter", wire);
     dml_jsonl_add_double(&j, "allreduce_ms", t_ar * 1e3);
     dml_jsonl_add_double(&j, "ratio_to_allreduce", t_ar > 0 ? t_ps / t_ar : 0.0);
+    dml_jsonl_add_double(&j, "ring_allreduce_ms", t_ring * 1e3);
+    dml_jsonl_add_double(&j, "ratio_to_ring", t_ring > 0 ? t_ps / t_ring : 0.0);
     dml_jsonl_end(&j);
     dml_jsonl_close(&j);
   } else {
-    printf("%-10s %-8s %9zu %5d %10.3f %12.0f %12.0f %12.0f %10.3f %6.2f\n", L->name, k_op_name[op],
-           bytes, iters, t_ps * 1e3, per_server_bytes, in, wire, t_ar * 1e3,
-           t_ar > 0 ? t_ps / t_ar : 0.0);
+    printf("%-10s %-8s %9zu %5d %10.3f %12.0f %12.0f %12.0f %10.3f %6.2f %10.3f %6.2f\n", L->name,
+           k_op_name[op], bytes, iters, t_ps * 1e3, per_server_bytes, in, wire, t_ar * 1e3,
+           t_ar > 0 ? t_ps / t_ar : 0.0, t_ring * 1e3, t_ring > 0 ? t_ps / t_ring : 0.0);
   }
   fflush(stdout);
 }
@@ -105,14 +109,16 @@ static double median(double *x, int n) {
   return n % 2 ? x[n / 2] : (x[n / 2 - 1] + x[n / 2]) / 2;
 }
 
-/* distml's all-reduce of the same bytes over the same processes: seconds per iteration. */
-static int allreduce_block(dml_comm *c, float *v, size_t K, int iters, double *t, dml_err *e) {
+/* distml's all-reduce of the same bytes over the same processes (algo: AUTO as dml_allreduce picks,
+ * or RING): seconds per iteration. */
+static int allreduce_block(dml_comm *c, float *v, size_t K, dml_allreduce_algo algo, int iters,
+                           double *t, dml_err *e) {
   const int warm = 2;
   double t0 = 0;
   int rc = 0;
   for (int it = 0; rc == 0 && it < warm + iters; it++) {
     if (it == warm) t0 = dml_now_s();
-    rc = dml_allreduce(c, v, K, DML_F32, DML_SUM);
+    rc = dml_allreduce_with(c, v, K, DML_F32, DML_SUM, algo);
   }
   *t = (dml_now_s() - t0) / iters;
   if (rc) snprintf(e->msg, sizeof e->msg, "allreduce: %s", dml_comm_errmsg(c));
@@ -224,15 +230,16 @@ static int bench_rank(const layout *L, int rank, int port, size_t min_bytes, siz
     if (!g || !v) rc = DML_ENOMEM;
     for (size_t k = 0; rc == 0 && k < K; k++) g[k] = 1.0f;
     for (int op = 0; op < NOPS && rc == 0; op++) {
-      /* side by side: g_rounds rounds of (all-reduce block, PS block); the medians are reported */
-      double t_ar[MAX_ROUNDS], t_ps[MAX_ROUNDS], sbytes = 0;
+      /* side by side: g_rounds rounds of (all-reduce blocks, PS block); medians are reported */
+      double t_ar[MAX_ROUNDS], t_ring[MAX_ROUNDS], t_ps[MAX_ROUNDS], sbytes = 0;
       for (int round = 0; round < g_rounds && rc == 0; round++) {
-        rc = allreduce_block(c, v, K, iters, &t_ar[round], &e);
+        rc = allreduce_block(c, v, K, DML_ALGO_AUTO, iters, &t_ar[round], &e);
+        if (rc == 0) rc = allreduce_block(c, v, K, DML_ALGO_RING, iters, &t_ring[round], &e);
         if (rc == 0) rc = ps_block(L, c, &cfg, op, g, v, K, iters, &t_ps[round], &sbytes, &e);
       }
       if (rc == 0 && rank == first)
         report(json, L, op, bytes, iters, median(t_ps, g_rounds), sbytes / S,
-               median(t_ar, g_rounds));
+               median(t_ar, g_rounds), median(t_ring, g_rounds));
     }
     dml__free(g);
     dml__free(v);
@@ -275,73 +282,102 @@ static int run_layout(const layout *L, size_t min_bytes, size_t max_bytes, int j
   return bad;
 }
 
+static void usage(FILE *to) {
+  fprintf(to,
+          "usage: distml bench ps [--min-bytes B] [--max-bytes B] [--layouts L,L] [--iters N] "
+          "[--rounds R] [--handlers K] [--json]\n"
+          "  layouts: 1x1, 2x1, 2x2, colocated2 (default: all); sizes B, 4B, 16B ...\n"
+          "  dense push, pull and pushpull of M value bytes per worker per iteration (M = 4K, "
+          "16K, ... B; default 4K to 4M)\n"
+          "  columns: layout (WxS), op, M, iterations, ms per iteration, frame bytes in per "
+          "server per iteration,\n"
+          "  the cost model's value bytes in per server (W*M/S; pull: 0) and wire bytes of the "
+          "busiest process\n"
+          "  (dedicated: W*M/S per direction; colocated: 2(W-1)M/W for pushpull), distml's "
+          "all-reduce of M bytes\n"
+          "  (ms, as it picks its algorithm: one exchange of M below 256K for 2 ranks) and "
+          "ps/allreduce, and the\n"
+          "  same forced to the ring (ms, ps/ring: reduce-scatter then all-gather, the two "
+          "trips of a pushpull)\n"
+          "  each figure: the median of R rounds (default 3) of the all-reduce blocks followed "
+          "by a PS block\n");
+}
+
+/* A usage error naming the flag: returns the exit status 2. */
+static int bad_flag(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int bad_flag(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stderr, "distml bench ps: error: ");
+  vfprintf(stderr, fmt, ap);
+  fprintf(stderr, "\n(see 'distml bench ps --help')\n");
+  va_end(ap);
+  return 2;
+}
+
 int dml_cli_bench_ps_main(int argc, char **argv) {
   int json = 0;
   uint64_t max_bytes = 4u << 20, min_bytes = 4096;
   const char *only = NULL;
   for (int i = 1; i < argc; i++) {
     dml_err e = {0};
-    if (strcmp(argv[i], "--json") == 0) {
+    const char *a = argv[i];
+    if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+      usage(stdout);
+      return 0;
+    }
+    if (strcmp(a, "--json") == 0) {
       json = 1;
-    } else if (strcmp(argv[i], "--layouts") == 0 && i + 1 < argc) {
-      only = argv[++i];
-    } else if (strcmp(argv[i], "--handlers") == 0 && i + 1 < argc) {
-      int64_t v;
-      if (dml_parse_i64(argv[++i], 1, 64, &v, &e) != 0) {
-        fprintf(stderr, "distml bench ps: --handlers %s: want 1..64\n", argv[i]);
-        return 2;
-      }
-      g_handlers = (int)v;
-    } else if (strcmp(argv[i], "--iters") == 0 && i + 1 < argc) {
-      int64_t v;
-      if (dml_parse_i64(argv[++i], 1, 100000, &v, &e) != 0) {
-        fprintf(stderr, "distml bench ps: --iters %s: want 1..100000\n", argv[i]);
-        return 2;
-      }
-      g_iters = (int)v;
-    } else if (strcmp(argv[i], "--rounds") == 0 && i + 1 < argc) {
-      int64_t v;
-      if (dml_parse_i64(argv[++i], 1, MAX_ROUNDS, &v, &e) != 0) {
-        fprintf(stderr, "distml bench ps: --rounds %s: want 1..%d\n", argv[i], MAX_ROUNDS);
-        return 2;
-      }
-      g_rounds = (int)v;
-    } else if (strcmp(argv[i], "--min-bytes") == 0 && i + 1 < argc) {
-      if (dml_parse_size(argv[++i], (uint64_t)1 << 30, &min_bytes, &e) != 0 || min_bytes < 4096) {
-        fprintf(stderr, "distml bench ps: --min-bytes %s: want a size from 4K to 1G\n", argv[i]);
-        return 2;
-      }
-    } else if (strcmp(argv[i], "--max-bytes") == 0 && i + 1 < argc) {
-      if (dml_parse_size(argv[++i], (uint64_t)1 << 30, &max_bytes, &e) != 0 || max_bytes < 4096) {
-        fprintf(stderr, "distml bench ps: --max-bytes %s: want a size from 4K to 1G\n", argv[i]);
-        return 2;
-      }
+      continue;
+    }
+    int known = strcmp(a, "--layouts") == 0 || strcmp(a, "--handlers") == 0 ||
+                strcmp(a, "--iters") == 0 || strcmp(a, "--rounds") == 0 ||
+                strcmp(a, "--min-bytes") == 0 || strcmp(a, "--max-bytes") == 0;
+    if (!known) return bad_flag("unknown flag '%s'", a);
+    if (i + 1 >= argc) return bad_flag("%s needs a value", a);
+    const char *v = argv[++i];
+    int64_t n;
+    if (strcmp(a, "--layouts") == 0) {
+      only = v;
+    } else if (strcmp(a, "--handlers") == 0) {
+      if (dml_parse_i64(v, 1, 64, &n, &e) != 0) return bad_flag("--handlers %s: want 1..64", v);
+      g_handlers = (int)n;
+    } else if (strcmp(a, "--iters") == 0) {
+      if (dml_parse_i64(v, 1, 100000, &n, &e) != 0)
+        return bad_flag("--iters %s: want 1..100000", v);
+      g_iters = (int)n;
+    } else if (strcmp(a, "--rounds") == 0) {
+      if (dml_parse_i64(v, 1, MAX_ROUNDS, &n, &e) != 0)
+        return bad_flag("--rounds %s: want 1..%d", v, MAX_ROUNDS);
+      g_rounds = (int)n;
     } else {
-      fprintf(
-          stderr,
-          "usage: distml bench ps [--min-bytes B] [--max-bytes B] [--layouts L,L] [--iters N] "
-          "[--rounds R] [--handlers K] [--json]\n"
-          "  layouts: 1x1, 2x1, 2x2, colocated2 (default: all); sizes B, 4B, 16B ...\n"
-          "  dense push, pull and pushpull of M value bytes per worker per iteration (M = 4K, "
-          "16K, ... B; default 4M)\n"
-          "  columns: layout (WxS), op, M, iterations, ms per iteration, frame bytes in per "
-          "server per iteration,\n"
-          "  the cost model's value bytes in per server (W*M/S; pull: 0) and wire bytes of the "
-          "busiest process\n"
-          "  (dedicated: W*M/S per direction; colocated: 2(W-1)M/W for pushpull), all-reduce "
-          "ms of M bytes, ps/allreduce\n"
-          "  each figure: the median of R rounds (default 3) of an all-reduce block followed by "
-          "a PS block\n");
-      return 2;
+      uint64_t *dst = strcmp(a, "--min-bytes") == 0 ? &min_bytes : &max_bytes;
+      if (dml_parse_size(v, (uint64_t)1 << 30, dst, &e) != 0 || *dst < 4096)
+        return bad_flag("%s %s: want a size from 4K to 1G", a, v);
     }
   }
   const layout layouts[] = {
       {"1x1", 1, 1, 0}, {"2x1", 2, 1, 0}, {"2x2", 2, 2, 0}, {"colocated2", 2, 2, 1}};
+  const size_t nlayouts = sizeof layouts / sizeof layouts[0];
+  if (min_bytes > max_bytes) {
+    return bad_flag("--min-bytes %llu is above --max-bytes %llu", (unsigned long long)min_bytes,
+                    (unsigned long long)max_bytes);
+  }
+  for (const char *p = only; p != NULL; p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL) {
+    size_t len = strcspn(p, ","), i = 0;
+    while (i < nlayouts && (strlen(layouts[i].name) != len || strncmp(p, layouts[i].name, len)))
+      i++;
+    if (i == nlayouts) {
+      return bad_flag("--layouts %s: '%.*s' is not one of 1x1, 2x1, 2x2, colocated2", only,
+                      (int)len, p);
+    }
+  }
   if (!json)
-    printf("%-10s %-8s %9s %5s %10s %12s %12s %12s %10s %6s\n", "layout", "op", "bytes", "iters",
-           "ms", "srv_in_B", "model_in_B", "model_wire_B", "allred_ms", "ratio");
+    printf("%-10s %-8s %9s %5s %10s %12s %12s %12s %10s %6s %10s %6s\n", "layout", "op", "bytes",
+           "iters", "ms", "srv_in_B", "model_in_B", "model_wire_B", "allred_ms", "ratio", "ring_ms",
+           "ratio");
   int bad = 0;
-  for (size_t i = 0; i < sizeof layouts / sizeof layouts[0]; i++) {
+  for (size_t i = 0; i < nlayouts; i++) {
     if (only != NULL) {
       size_t nl = strlen(layouts[i].name);
       const char *p = strstr(only, layouts[i].name);
