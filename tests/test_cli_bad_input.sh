@@ -75,6 +75,46 @@ expect_fail 2 "unknown command" -- "$DISTML" frobnicate
 expect_fail 2 "--rows" -- "$DISTML" gen sparse --features 10 --out "$D/x.svm"
 expect_fail 2 "--model FILE is required" -- "$DISTML" eval --data fashion-mnist:test
 
+expect_fail 2 "--sync" "bsp" -- "$DISTML" train --data fashion-mnist --sync foo
+expect_fail 2 "--save" "cannot write in directory" -- "$DISTML" train --data fashion-mnist --save "$D/no/such/dir/m.safetensors"
+expect_fail 2 "unknown flag '--bogus'" -- "$DISTML" bench ps --bogus
+expect_fail 2 "--iters needs a value" -- "$DISTML" bench ps --iters
+expect_fail 2 "--layouts" "'3x3'" -- "$DISTML" bench ps --layouts colocated2,3x3
+expect_fail 2 "above --max-bytes" -- "$DISTML" bench ps --min-bytes 1M --max-bytes 64K
+"$DISTML" bench ps --help | grep -q "usage: distml bench ps" && ok "bench ps --help: usage on stdout, status 0" \
+  || fail "bench ps --help"
+
+# --- outputs: one file for two outputs, and a target that is not a regular file (never replaced)
+expect_fail 2 "same file" -- "$DISTML" gen sparse --rows 5 --features 3 --nnz 2 --out "$D/g.svm" --test-rows 2 --test-out "$D/g.svm"
+[[ ! -e $D/g.svm ]] && ok "nothing written for --out = --test-out" || fail "gen wrote $D/g.svm"
+mkfifo "$D/fifo"
+expect_fail 1 "fifo" "not a regular file" -- "$DISTML" gen sparse --rows 5 --features 3 --nnz 2 --out "$D/fifo"
+[[ -p $D/fifo ]] && ok "the fifo is still a fifo" || fail "gen replaced the fifo"
+expect_fail 2 "--save" "not a regular file" -- "$DISTML" train --data fashion-mnist --save "$D/fifo"
+
+# --- LIBSVM rows without any feature are valid: a batch of them trains
+printf '1\n0 1:1\n1\n' >"$D/emptyrows.svm"
+for seed in 1 2 3; do
+  "$DISTML" train --model logreg --data "$D/emptyrows.svm" --batch 1 --epochs 1 --seed $seed --quiet \
+    && ok "empty LIBSVM rows, seed $seed" || fail "empty LIBSVM rows, seed $seed"
+done
+
+# --- a training checkpoint whose step is not a number is refused by name
+"$DISTML" train --model logreg --data "$D/emptyrows.svm" --batch 1 --epochs 1 --quiet --checkpoint "$D/ck" \
+  || fail "checkpointed run"
+python3 - "$D/ck" <<'PY'
+import glob, json, struct, sys
+path = sorted(glob.glob(sys.argv[1] + "/ckpt-epoch-*.safetensors"))[-1]
+raw = open(path, "rb").read()
+n = struct.unpack("<Q", raw[:8])[0]
+head = json.loads(raw[8:8 + n])
+head["__metadata__"]["train.step"] = "abc"
+new = json.dumps(head).encode()
+new += b" " * ((8 - len(new) % 8) % 8)
+open(path, "wb").write(struct.pack("<Q", len(new)) + new + raw[8 + n:])
+PY
+expect_fail 1 "ckpt-epoch-" "train.step" -- "$DISTML" train --model logreg --data "$D/emptyrows.svm" --batch 1 --epochs 2 --checkpoint "$D/ck" --resume
+
 # --- a model file that is not one
 printf 'not a safetensors file at all' >"$D/bad.safetensors"
 expect_fail 1 "bad.safetensors" -- "$DISTML" eval --model "$D/bad.safetensors" --data "$D/ok-images-idx3-ubyte"

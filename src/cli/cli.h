@@ -15,6 +15,10 @@ void dml_cli_fail(const char *cmd, const char *fmt, ...)
 int64_t dml_cli_int(const char *cmd, const char *flag, const char *value, int64_t min, int64_t max);
 double dml_cli_double(const char *cmd, const char *flag, const char *value, double min, double max);
 
+/* An output file given by a flag: exits with a usage error naming the flag when its directory is
+ * missing or not writable, or the path exists and is not a regular file -- before any work. */
+void dml_cli_check_output(const char *cmd, const char *flag, const char *path);
+
 /* OpenBLAS: choose fast kernels on CPUs that Debian's OpenBLAS 0.3.21 does not know (see
  * docs/blas.md). Called first thing in main; may re-exec the program with OPENBLAS_CORETYPE set. */
 void dml_cli_select_blas(char **argv);

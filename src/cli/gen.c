@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cli/cli.h"
 #include "distml.h"
@@ -89,6 +90,11 @@ int dml_cli_gen_main(int argc, char **argv) {
   if (out == NULL) dml_cli_usage_error("gen", "--out FILE is required");
   if ((test_rows > 0) != (test_out != NULL))
     dml_cli_usage_error("gen", "--test-rows and --test-out go together");
+  struct stat so, st;
+  if (test_out != NULL &&
+      (strcmp(out, test_out) == 0 || (stat(out, &so) == 0 && stat(test_out, &st) == 0 &&
+                                      so.st_dev == st.st_dev && so.st_ino == st.st_ino)))
+    dml_cli_usage_error("gen", "--out and --test-out are the same file '%s'", out);
   if (sparse && features == 0) dml_cli_usage_error("gen", "sparse: --features is required");
   if (sparse && nnz > features)
     dml_cli_usage_error("gen", "--nnz %lld is more than --features %lld", (long long)nnz,

@@ -49,15 +49,18 @@ static dml_optim_kind optim_kind(const char *name) {
   return k;
 }
 
-/* workers: training processes; servers: parameter-server processes (-1: not the ps strategy). */
+/* workers: training processes; servers: parameter-server processes (-1: not the ps strategy).
+ * Without a test set there are no test figures (not zeros). */
 static void print_json(const dml_train_result *r, const dml_cli_train_flags *f, int workers,
                        int servers) {
   dml_jsonl j;
   dml_jsonl_init_stream(&j, stdout);
   dml_jsonl_begin(&j);
-  dml_jsonl_add_double(&j, "test_accuracy", r->test_accuracy);
-  dml_jsonl_add_double(&j, "test_loss", r->test_loss);
-  if (!isnan(r->test_auc)) dml_jsonl_add_double(&j, "test_auc", r->test_auc);
+  if (f->test != NULL) {
+    dml_jsonl_add_double(&j, "test_accuracy", r->test_accuracy);
+    dml_jsonl_add_double(&j, "test_loss", r->test_loss);
+    if (!isnan(r->test_auc)) dml_jsonl_add_double(&j, "test_auc", r->test_auc);
+  }
   dml_jsonl_add_double(&j, "train_loss", r->train_loss);
   dml_jsonl_add_double(&j, "train_accuracy", r->train_accuracy);
   dml_jsonl_add_double(&j, "samples_per_s", r->samples_per_s);
@@ -278,8 +281,12 @@ int dml_cli_train_main(int argc, char **argv) {
   }
   if (rank == 0) {
     if (!f.quiet) {
-      fprintf(stderr, "done: test accuracy %.4f, test loss %.4f", res.test_accuracy, res.test_loss);
-      if (!isnan(res.test_auc)) fprintf(stderr, ", test AUC %.4f", res.test_auc);
+      if (f.test != NULL)
+        fprintf(stderr, "done: test accuracy %.4f, test loss %.4f", res.test_accuracy,
+                res.test_loss);
+      else
+        fprintf(stderr, "done: no test set (--test)");
+      if (f.test != NULL && !isnan(res.test_auc)) fprintf(stderr, ", test AUC %.4f", res.test_auc);
       fprintf(stderr, "; %.0f samples/s, %.1fs%s%s\n", res.samples_per_s, res.wall_s,
               f.save ? "; model saved to " : "", f.save ? f.save : "");
     }

@@ -9,6 +9,8 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "distml.h"
+#include "distml/ps.h"
 
 enum {
   OPT_DATA = 256,
@@ -282,7 +284,14 @@ int dml_cli_train_flags_parse(dml_cli_train_flags *f, int argc, char **argv) {
           f->servers = (int)dml_cli_int("train", "--servers", optarg, 1, 1024);
         }
         break;
-      case OPT_SYNC: f->sync = optarg; break;
+      case OPT_SYNC: {
+        int staleness;
+        dml_err e = {0};
+        if (dml_ps_sync_parse(optarg, &staleness, &e) != 0)
+          dml_cli_usage_error("train", "%s", dml_err_msg(&e));
+        f->sync = optarg;
+        break;
+      }
       case OPT_SERVER_THREADS:
         f->server_threads = (int)dml_cli_int("train", "--server-threads", optarg, 1, 64);
         break;
@@ -332,6 +341,9 @@ int dml_cli_train_flags_parse(dml_cli_train_flags *f, int argc, char **argv) {
   if (f->ftrl_alpha <= 0) f->ftrl_alpha = f->lr;
   if (f->lr_schedule == NULL)
     f->lr_schedule = strcmp(f->optimizer, "ftrl") == 0 ? "constant" : "cosine";
+  if (f->save != NULL) dml_cli_check_output("train", "--save", f->save);
+  if (f->metrics != NULL) dml_cli_check_output("train", "--metrics", f->metrics);
+  if (f->trace != NULL) dml_cli_check_output("train", "--trace", f->trace);
   if (f->resume && f->checkpoint == NULL)
     dml_cli_usage_error("train", "--resume needs --checkpoint DIR");
   int ps = f->strategy != NULL && strcmp(f->strategy, "ps") == 0;

@@ -1,10 +1,15 @@
 /* Error reporting and flag-value parsing for the distml command. */
 #include "cli/cli.h"
 
+#include <errno.h>
+#include <libgen.h>
 #include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "distml/core.h"
 
@@ -46,6 +51,26 @@ double dml_cli_double(const char *cmd, const char *flag, const char *value, doub
   if (dml_parse_double(value, min, max, &v, &e) != 0)
     dml_cli_usage_error(cmd, "%s: %s", flag, e.msg);
   return v;
+}
+
+void dml_cli_check_output(const char *cmd, const char *flag, const char *path) {
+  struct stat st;
+  if (path[0] == 0) dml_cli_usage_error(cmd, "%s: an empty file name", flag);
+  if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
+    dml_cli_usage_error(cmd, "%s %s: exists and is not a regular file", flag, path);
+  char *copy = strdup(path);
+  if (copy == NULL) dml_cli_fail(cmd, "out of memory");
+  const char *dir = dirname(copy);
+  int bad = stat(dir, &st) != 0 ? errno : !S_ISDIR(st.st_mode) ? ENOTDIR : 0;
+  if (bad == 0 && access(dir, W_OK | X_OK) != 0) bad = errno;
+  if (bad) {
+    char d[512];
+    snprintf(d, sizeof d, "%s", dir);
+    free(copy);
+    dml_cli_usage_error(cmd, "%s %s: cannot write in directory %s: %s", flag, path, d,
+                        strerror(bad));
+  }
+  free(copy);
 }
 
 /* A rank started by the local launcher runs on one core of its own when the process may use at

@@ -7,10 +7,17 @@
 #include <libgen.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 int dml_atomic_open(dml_atomic_file *af, const char *path, dml_err *err) {
   memset(af, 0, sizeof(*af));
+  if (path[0] == 0) return dml_err_set(err, DML_EINVAL, "an empty file name");
+  /* the rename would replace whatever is there: a device, a pipe or a directory is not ours */
+  struct stat st;
+  if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
+    return dml_err_set(err, DML_EINVAL, "%s: exists and is not a regular file (not replaced)",
+                       path);
   size_t n = strlen(path) + 32;
   af->path = dml__strdup(path);
   af->tmp_path = dml__malloc(n);

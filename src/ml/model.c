@@ -418,7 +418,8 @@ static int check_batch(const dml_model *m, const dml_batch *b, int need_labels, 
       return dml_err_set(err, DML_EINVAL, "batch: %d features per row, model expects %d", b->dim,
                          in_dim);
   } else {
-    if (b->indptr == NULL || b->indices == NULL || b->values == NULL)
+    /* rows with no entries at all (valid LIBSVM) need no index or value arrays */
+    if (b->indptr == NULL || ((b->indices == NULL || b->values == NULL) && b->indptr[b->n] > 0))
       return dml_err_set(err, DML_EINVAL, "batch: neither dense rows nor CSR arrays given");
     if (b->indptr[0] != 0) return dml_err_set(err, DML_EINVAL, "batch: CSR indptr[0] != 0");
     for (int i = 0; i < b->n; i++) {

@@ -1782,7 +1782,16 @@ int dml_ps_server_restore(dml_ps_server *s, const char *path, dml_err *err) {
       }
       memcpy(sd + (size_t)i * s->vcap, ts->data, (size_t)n * sizeof(float));
     }
-    dml_optim_set_step_count(s->opt, strtoull(step, NULL, 10));
+    int64_t steps;
+    dml_err pe;
+    if (dml_parse_i64(step, 0, INT64_MAX, &steps, &pe) != 0) {
+      rc = dml_err_set(err, DML_EFORMAT,
+                       "ps restore %s: metadata ps.optim.step '%s' is not a step "
+                       "count",
+                       path, step);
+      goto out;
+    }
+    dml_optim_set_step_count(s->opt, (uint64_t)steps);
   }
   if ((rc = restore_dense(s, st, path, err)) != 0) goto out;
   s->st.keys = s->nkeys;

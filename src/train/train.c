@@ -525,9 +525,14 @@ static int load_checkpoint(trainer *t, int epoch, uint64_t *step) {
   int rc = dml_checkpoint_restore(path, t->m, t->o, &st, t->err);
   if (rc != 0) return rc;
   const char *s = dml_safetensors_meta(st, "train.step");
-  *step = s ? strtoull(s, NULL, 10) : 0;
+  int64_t v = 0;
+  dml_err pe;
+  if (s == NULL || dml_parse_i64(s, 0, INT64_MAX, &v, &pe) != 0)
+    rc = dml_err_set(t->err, DML_EFORMAT, "%s: metadata train.step '%s' is not a step count", path,
+                     s ? s : "(missing)");
+  *step = (uint64_t)v;
   dml_safetensors_free(st);
-  return 0;
+  return rc;
 }
 
 /* ---------------------------------------------------------------------------------------------
