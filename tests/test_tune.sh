@@ -25,13 +25,24 @@ direct=$("$DISTML" train --data "$TMP/d.svm" --test "$TMP/t.svm" --lr "$best_lr"
 python3 -c "import sys; sys.exit(0 if abs($direct - $best_acc) < 1e-9 else 1)" \
   && ok "best trial (lr $best_lr, hidden $best_h) = direct train run ($direct)" \
   || fail "best trial $best_acc vs direct train $direct"
-out=$("$DISTML" tune -n 2 --data "$TMP/d.svm" --lr 0.001,0.003,0.01,0.03,0.1 --seed 1,2 --epochs 1 --random 4 --json 2>/dev/null)
+out=$("$DISTML" tune -n 2 --data "$TMP/d.svm" --test "$TMP/t.svm" --lr 0.001,0.003,0.01,0.03,0.1 --seed 1,2 \
+  --epochs 1 --random 4 --json 2>/dev/null)
 python3 -c "import json,sys; t=json.loads(sys.argv[1])['trials']; sys.exit(0 if len(t)==4 and len({(x['lr'],x['seed']) for x in t})==4 else 1)" "$out" \
   && ok "--random 4: 4 distinct trials" || fail "--random 4: $out"
-table=$("$DISTML" tune -n 1 --data "$TMP/d.svm" --lr 0.01,0.1 --epochs 1 2>/dev/null)
+table=$("$DISTML" tune -n 1 --data "$TMP/d.svm" --test "$TMP/t.svm" --lr 0.01,0.1 --epochs 1 2>/dev/null)
 grep -q "2 trials on 1 workers" <<<"$table" && ok "table output" || fail "table: $table"
 expect_fail 2 "unknown flag" "--bogus" -- "$DISTML" tune --data "$TMP/d.svm" --lr 0.1,0.2 --bogus 1
 expect_fail 2 "--lr" "not a number" -- "$DISTML" tune --data "$TMP/d.svm" --lr 0.1,abc
 expect_fail 2 "nothing to search" -- "$DISTML" tune --data "$TMP/d.svm" --lr 0.1
 expect_fail 2 "--data is required" -- "$DISTML" tune --lr 0.1,0.2
+expect_fail 2 "--test" -- "$DISTML" tune --data "$TMP/d.svm" --lr 0.1,0.2
+# every value is checked as train checks it, before any trial starts
+expect_fail 2 "--epochs" "out of range" -- "$DISTML" tune --data "$TMP/d.svm" --test "$TMP/t.svm" --epochs 0,1
+expect_fail 2 "--optimizer" "'foo'" -- "$DISTML" tune --data "$TMP/d.svm" --test "$TMP/t.svm" --optimizer foo,sgd
+expect_fail 2 "--hidden" -- "$DISTML" tune --data "$TMP/d.svm" --test "$TMP/t.svm" --hidden 4x0,8
+expect_fail 2 "--loader-threads" -- "$DISTML" tune --data "$TMP/d.svm" --test "$TMP/t.svm" --lr 0.1,0.2 --loader-threads abc
+# --timeout: a trial still running is killed and reported as such
+table=$("$DISTML" tune -n 1 --data "$TMP/d.svm" --test "$TMP/t.svm" --lr 0.01,0.1 --epochs 200 --timeout 1 2>/dev/null)
+[[ $(grep -c "timed out after 1 s" <<<"$table") -eq 2 ]] && ok "--timeout 1: both trials killed and reported" \
+  || fail "--timeout: $table"
 finish

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +19,7 @@
 
 #include "cli/cli.h"
 #include "cli/launch.h"
+#include "cli/train_flags.h"
 #include "distml.h"
 
 #define MAX_AXES 12
@@ -43,7 +45,8 @@ typedef struct axis {
 
 static void usage(void) {
   printf(
-      "usage: distml tune -n W [--random K] [--seed S] [--json] --data SPEC [train flags]\n"
+      "usage: distml tune -n W [--random K] [--search-seed S] [--timeout S] [--json] --data SPEC\n"
+      "                   [--test SPEC] [train flags]\n"
       "\n"
       "Hyperparameter search: every trial is one `distml train` run, handed to W worker\n"
       "processes as they become free (a task farm; a worker that dies loses its trial to\n"
@@ -59,7 +62,17 @@ static void usage(void) {
       "  --timeout S   give up on a trial after S seconds (default 3600)\n"
       "  --json        print {\"trials\": [{flag: value, ..., \"test_accuracy\", \"wall_s\"}, "
       "...]}\n"
-      "Results are sorted by test accuracy, best first.\n");
+      "Results are sorted by test accuracy, best first: --test is required unless --data is\n"
+      "fashion-mnist. Every value is checked as distml train checks it before a trial starts.\n");
+}
+
+/* Value k of ax as train takes it: its flag ("--lr") and value (256x128 in tune is 256,128). */
+static void axis_arg(const axis *ax, int k, char flag[64], char value[128]) {
+  snprintf(flag, 64, "--%s", ax->flag);
+  snprintf(value, 128, "%s", ax->values[k]);
+  if (strcmp(ax->flag, "hidden") == 0)
+    for (char *x = value; *x; x++)
+      if (*x == 'x') *x = ',';
 }
 
 static int in_list(const char *const *list, const char *s) {
@@ -70,6 +83,8 @@ static int in_list(const char *const *list, const char *s) {
 
 /* ------------------------------------------------------------------------------------------ */
 /* The worker side: run one trial (payload: NUL-separated train arguments). */
+
+static int g_timeout_s = 3600; /* --timeout: a trial still running after this is killed */
 
 static int run_trial(void *user, const void *in, size_t in_bytes, void *out, size_t out_cap,
                      size_t *out_bytes) {
@@ -112,14 +127,34 @@ static int run_trial(void *user, const void *in, size_t in_bytes, void *out, siz
   close(fd[1]);
   char buf[65536];
   size_t len = 0;
-  ssize_t r;
-  while ((r = read(fd[0], buf + len, sizeof(buf) - 1 - len)) > 0 || (r < 0 && errno == EINTR)) {
-    if (r > 0) len += (size_t)r;
+  ssize_t r = 0;
+  double deadline = dml_now_s() + g_timeout_s;
+  int timed_out = 0;
+  for (;;) {
+    double left = deadline - dml_now_s();
+    struct pollfd pfd = {fd[0], POLLIN, 0};
+    int pr = left > 0 ? poll(&pfd, 1, left > 1e6 ? 1000000000 : (int)(left * 1000) + 1) : 0;
+    if (pr < 0 && errno == EINTR) continue;
+    if (pr == 0) { /* the trial ran out of time: it is killed and reported */
+      timed_out = 1;
+      kill(pid, SIGKILL);
+      break;
+    }
+    r = read(fd[0], buf + len, sizeof(buf) - 1 - len);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;
+    len += (size_t)r;
     if (len == sizeof(buf) - 1) len = 0; /* keep only the tail: the summary is the last line */
   }
   close(fd[0]);
   int st;
   while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+  }
+  if (timed_out) {
+    int n = snprintf(out, out_cap, "{\"error\":\"timed out after %d s (--timeout)\"}", g_timeout_s);
+    if (n < 0 || (size_t)n >= out_cap) return DML_EOVERFLOW;
+    *out_bytes = (size_t)n + 1;
+    return 0;
   }
   buf[len] = '\0';
   while (len > 0 && buf[len - 1] == '\n') buf[--len] = '\0';
@@ -152,6 +187,7 @@ typedef struct trial {
   size_t bytes;
   json_t *result; /* parsed train summary, or NULL */
   const char *error;
+  char why[160]; /* the trial's own error ("train exited with status 1", "timed out ...") */
 } trial;
 
 static int append(char *buf, size_t cap, size_t *len, const char *s) {
@@ -221,11 +257,7 @@ static int coordinator(dml_comm *comm, axis *axes, int naxes, char **fixed, int 
       bad |= append(tr->payload, sizeof(tr->payload), &tr->bytes, fixed[i]);
     for (int a = 0; a < naxes; a++) {
       char flag[64], val[128];
-      snprintf(flag, sizeof(flag), "--%s", axes[a].flag);
-      snprintf(val, sizeof(val), "%s", axes[a].values[tr->choice[a]]);
-      if (strcmp(axes[a].flag, "hidden") == 0)
-        for (char *c = val; *c; c++)
-          if (*c == 'x') *c = ',';
+      axis_arg(&axes[a], tr->choice[a], flag, val);
       bad |= append(tr->payload, sizeof(tr->payload), &tr->bytes, flag);
       bad |= append(tr->payload, sizeof(tr->payload), &tr->bytes, val);
     }
@@ -257,7 +289,9 @@ static int coordinator(dml_comm *comm, axis *axes, int naxes, char **fixed, int 
     json_t *j = results[t].data ? json_loads(results[t].data, 0, &je) : NULL;
     json_t *err = j ? json_object_get(j, "error") : NULL;
     if (j == NULL || err != NULL) {
-      trials[t].error = "train failed";
+      snprintf(trials[t].why, sizeof trials[t].why, "%s",
+               json_is_string(err) ? json_string_value(err) : "train failed");
+      trials[t].error = trials[t].why;
       json_decref(j);
       continue;
     }
@@ -346,6 +380,8 @@ int dml_cli_tune_main(int argc, char **argv) {
       random_k = (int)dml_cli_int("tune", "--random", v, 1, MAX_TRIALS);
     } else if (strcmp(a, "--search-seed") == 0) {
       search_seed = (uint64_t)dml_cli_int("tune", "--search-seed", v, 0, INT64_MAX);
+    } else if (strcmp(a, "--timeout") == 0) {
+      g_timeout_s = (int)dml_cli_int("tune", "--timeout", v, 1, 30 * 24 * 3600);
     } else if (in_list(k_searchable, a + 2)) {
       if (naxes == MAX_AXES) dml_cli_usage_error("tune", "too many searched flags");
       axis *ax = &axes[naxes++];
@@ -380,23 +416,27 @@ int dml_cli_tune_main(int argc, char **argv) {
   if (naxes == 0)
     dml_cli_usage_error("tune",
                         "nothing to search: give at least one flag a list (e.g. --lr 0.01,0.1)");
-  for (int a = 0; a < naxes; a++) /* every value must be one train accepts: check them here */
+  /* Every value must be one train accepts: each is checked here by train's own parser, with the
+   * flags passed to every trial (it exits with train's error naming the flag and value). */
+  char *check[2 * MAX_FIXED + 4];
+  dml_cli_train_flags tf;
+  int nc = 0;
+  check[nc++] = "train";
+  for (int k = 0; k < nfixed; k++) check[nc++] = fixed[k];
+  check[nc] = NULL;
+  dml_cli_train_flags_parse(&tf, nc, check);
+  int have_test = tf.test != NULL;
+  for (int a = 0; a < naxes; a++)
     for (int k = 0; k < axes[a].n; k++) {
-      const char *v = axes[a].values[k], *f = axes[a].flag;
-      if (strcmp(f, "optimizer") == 0 || strcmp(f, "model") == 0 || strcmp(f, "lr-schedule") == 0)
-        continue;
-      if (strcmp(f, "hidden") == 0) {
-        char tmp[128];
-        snprintf(tmp, sizeof(tmp), "%s", v);
-        char *save = NULL;
-        for (char *tok = strtok_r(tmp, "x", &save); tok; tok = strtok_r(NULL, "x", &save))
-          dml_cli_int("tune", "--hidden", tok, 1, 1 << 16);
-      } else {
-        char flag[64];
-        snprintf(flag, sizeof(flag), "--%s", f);
-        dml_cli_double("tune", flag, v, 0, 1e9);
-      }
+      char flag[64], value[128];
+      axis_arg(&axes[a], k, flag, value);
+      check[nc] = flag;
+      check[nc + 1] = value;
+      check[nc + 2] = NULL;
+      dml_cli_train_flags_parse(&tf, nc + 2, check);
     }
+  if (!have_test)
+    dml_cli_usage_error("tune", "trials are ranked by test accuracy: give --test SPEC");
 
   const char *ws = getenv("DISTML_WORLD_SIZE");
   if (ws == NULL) { /* start the coordinator and the workers */
