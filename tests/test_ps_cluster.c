@@ -33,10 +33,11 @@ typedef struct scenario {
   int sgd;          /* server-side SGD lr 1 with BSP sync aggregation: a pull at clock c reads
                         exactly -c (the mean of the W pushes of 1 per clock, one step per clock) */
   int serve;        /* colocated: each worker serves its own shard (dml_ps_serve), no thread */
-  int pushpull;     /* dense, sum-only BSP: one pushpull of ones per iteration, whose read at clock
-                       c holds this push and all of clocks < c, and at most the other workers'
-                       pushes of clocks c and c + 1 (one whose pull at c was answered may push
-                       again before this push arrives): [W*c + 1, W*c + 2W - 1] */
+  int pushpull;     /* one pushpull of ones per iteration. Sum-only BSP: the read at clock c holds
+                       this push and all of clocks < c, and at most the other workers' pushes of
+                       clocks c and c + 1 (one whose pull at c was answered may push again before
+                       this push arrives): [W*c + 1, W*c + 2W - 1]. With sgd: exactly -c (a push
+                       of a clock past the open aggregate's waits for it, not mixed in) */
   int lost_shard;   /* colocated, each worker serving: rank `victim` dies after 3 iterations;
                        the others must fail within seconds with an error naming it (its shard is
                        lost), not wait for the timeout */
@@ -402,13 +403,18 @@ static int rank_main(int rank, int n, int port, void *arg) {
   for (uint64_t i = 0; i < DN; i++) ones[i] = 1.0f;
   for (int it = 0; it < ITERS && rc == 0 && sc->pushpull; it++) {
     uint64_t ts;
-    RK_OK(dml_ps_pushpull_dense(ps, DLO, ones, got, DN, &ts));
+    if (sc->dense)
+      RK_OK(dml_ps_pushpull_dense(ps, DLO, ones, got, DN, &ts));
+    else
+      RK_OK(dml_ps_pushpull(ps, keys, ones, got, NKEYS, &ts));
     RK_OK(dml_ps_wait(ps, ts));
     double ck = (double)dml_ps_clock_value(ps);
-    for (size_t i = 0; i < DN; i++)
-      if (got[i] < W * ck + 1 || got[i] > W * ck + 2 * W - 1) {
+    /* sync aggregation: this push is held for its clock's mean, the read has every clock's before */
+    double lo = sc->sgd ? -ck : W * ck + 1, hi = sc->sgd ? -ck : W * ck + 2 * W - 1;
+    for (size_t i = 0; i < nk; i++)
+      if (got[i] < lo || got[i] > hi) {
         fprintf(stderr, "rank %d clock %g key %zu: pushpull read %g, want [%g, %g]\n", rank, ck, i,
-                (double)got[i], W * ck + 1, W * ck + 2 * W - 1);
+                (double)got[i], lo, hi);
         rc = 1;
         break;
       }
@@ -545,6 +551,12 @@ int main(void) {
       (scenario){.colocated = 1, .staleness = 1, .serve = 1});
   run("ASP colocated 3 ranks, workers serving", 3,
       (scenario){.colocated = 1, .staleness = DML_PS_ASP, .serve = 1});
+  run("BSP sync aggregation, server SGD, pushpull: exact values", 3,
+      (scenario){.servers = 1, .sgd = 1, .pushpull = 1});
+  run("dense BSP sync aggregation, server SGD, pushpull, 2 servers: exact values", 4,
+      (scenario){.servers = 2, .sgd = 1, .dense = 1, .pushpull = 1});
+  run("dense BSP sync aggregation colocated, workers serving, pushpull: exact values", 3,
+      (scenario){.colocated = 1, .sgd = 1, .dense = 1, .pushpull = 1, .serve = 1});
   run("dense pushpull, BSP 2 servers 2 workers: values in bounds", 4,
       (scenario){.servers = 2, .dense = 1, .pushpull = 1});
   run("dense pushpull, colocated 3 ranks, workers serving: values in bounds", 3,

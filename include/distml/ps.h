@@ -33,6 +33,9 @@ extern "C" {
 
 /* Staleness value for ASP (no wait). */
 #define DML_PS_ASP (-1)
+/* Keys one sparse request may carry at most (dml_ps_push, _pull, _pushpull, _pull_final): a larger
+ * set goes as several requests. */
+#define DML_PS_MAX_REQUEST_KEYS (1u << 24)
 
 typedef struct dml_ps_config {
   int num_servers;        /* S >= 1 dedicated servers (ranks 0..S-1); ignored when colocated */

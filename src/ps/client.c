@@ -49,6 +49,7 @@ struct dml_ps {
   uint64_t *acked; /* (S) push frames each server acknowledged */
   uint64_t *told;  /* (S) the clock each server has from this worker (a request's header carries
                       it; a CLOCK frame goes only to a server no request told: flush_clocks) */
+  size_t *fill;    /* (S) scratch: where the next key of each server goes in a request's pos */
   dml__ps_dense_layout layout;
   int left; /* BYE sent (dml_ps_finish) */
   int in_reform;
@@ -156,10 +157,12 @@ int dml_ps_create(dml_ps **out, dml_comm *c, const dml_ps_config *cfg, dml_err *
   ps->rq = dml__calloc((size_t)ps->nrq, sizeof(request));
   ps->acked = dml__calloc((size_t)ps->S, sizeof(uint64_t));
   ps->told = dml__calloc((size_t)ps->S, sizeof(uint64_t));
-  if (ps->rq == NULL || ps->acked == NULL || ps->told == NULL) {
+  ps->fill = dml__calloc((size_t)ps->S, sizeof(size_t));
+  if (ps->rq == NULL || ps->acked == NULL || ps->told == NULL || ps->fill == NULL) {
     dml__free(ps->rq);
     dml__free(ps->acked);
     dml__free(ps->told);
+    dml__free(ps->fill);
     dml__free(ps);
     return dml_err_set(err, DML_ENOMEM, "ps: out of memory");
   }
@@ -168,6 +171,7 @@ int dml_ps_create(dml_ps **out, dml_comm *c, const dml_ps_config *cfg, dml_err *
     dml__free(ps->rq);
     dml__free(ps->acked);
     dml__free(ps->told);
+    dml__free(ps->fill);
     dml__free(ps);
     return lrc;
   }
@@ -462,14 +466,8 @@ static int post(dml_ps *ps, int command, uint64_t clock, const uint64_t *keys, c
   /* owners computed twice (count, place) rather than stored: no per-key allocation */
   for (size_t i = 0; i < n; i++) r->soff[dml__ps_owner(keys[i], ps->S) + 1]++;
   for (int s = 0; s < ps->S; s++) r->soff[s + 1] += r->soff[s];
-  if (ps->S > 64) {
-    dml__free(r->pos);
-    r->pos = NULL;
-    return dml_err_set(&ps->err, DML_EUNSUPPORTED, "ps: more than 64 servers");
-  }
-  size_t next[64];
-  for (int s = 0; s < ps->S; s++) next[s] = r->soff[s];
-  for (size_t i = 0; i < n; i++) r->pos[next[dml__ps_owner(keys[i], ps->S)]++] = i;
+  for (int s = 0; s < ps->S; s++) ps->fill[s] = r->soff[s];
+  for (size_t i = 0; i < n; i++) r->pos[ps->fill[dml__ps_owner(keys[i], ps->S)]++] = i;
   r->ts = next_timestamp(ps); /* before it counts as in flight: its old number is no clash */
   r->active = 1;
   r->command = command;
@@ -975,6 +973,7 @@ void dml_ps_free(dml_ps *ps) {
   if (ps->own_comm) dml_comm_free(ps->c);
   dml__free(ps->acked);
   dml__free(ps->told);
+  dml__free(ps->fill);
   dml__free(ps->shut);
   dml__ps_dense_layout_free(&ps->layout);
   dml__free(ps->rq);

@@ -44,8 +44,8 @@ size_t dml__ps_frame_bytes(uint64_t nkeys, uint64_t nvals) {
 }
 
 /* Header layout (offsets): 0 magic u32, 4 version u16, 6 command u16, 8 sender u32,
- * 12 value type u16, 14 flags u16 (bit 0 dense, bit 1 body, others 0), 16 timestamp u64, 24 clock u64, 32 key_lo u64,
- * 40 key_hi u64, 48 nkeys u64, 56 nvals u64. */
+ * 12 value type u16, 14 flags u16 (bit 0 dense, bit 1 body, bit 2 reply body, others 0),
+ * 16 timestamp u64, 24 clock u64, 32 key_lo u64, 40 key_hi u64, 48 nkeys u64, 56 nvals u64. */
 void dml__ps_encode(void *buf, const dml__ps_msg *m, const uint64_t *keys, const float *vals) {
   unsigned char *p = buf;
   put_u32(p, DML__PS_MAGIC);
@@ -162,6 +162,12 @@ static int decode(const void *buf, size_t len, const char *peer, dml__ps_msg *m,
                        peer, m->flags, m->command, len);
   m->timestamp = get_u64(p + 16);
   m->clock = get_u64(p + 24);
+  if (m->clock == DML__PS_CLOCK_FINAL &&
+      (m->command == DML__PS_PUSH || m->command == DML__PS_PUSHPULL))
+    return dml_err_set(err, DML_EPROTO,
+                       "ps: %s sent a push with the final clock at byte 24 (only a final pull has "
+                       "it)",
+                       peer);
   m->key_lo = get_u64(p + 32);
   m->key_hi = get_u64(p + 40);
   m->nkeys = get_u64(p + 48);
@@ -341,15 +347,19 @@ int dml__ps_dense_layout_build(dml__ps_dense_layout *l, const uint64_t *sizes, i
   if (l->ntensors == 0) return 0;
   uint64_t nchunks = 0, npieces = 0, total = 0;
   for (int t = 0; t < ntensors; t++) {
-    if (sizes[t] == 0 || sizes[t] > ((uint64_t)1 << 40))
+    if (sizes[t] == 0 || sizes[t] > ((uint64_t)1 << 40)) {
+      dml__ps_dense_layout_free(l);
       return dml_err_set(err, DML_EINVAL, "ps: dense tensor %d has %llu keys (want 1..2^40)", t,
                          (unsigned long long)sizes[t]);
+    }
     nchunks += (sizes[t] + DML__PS_DENSE_PART - 1) / DML__PS_DENSE_PART;
     total += sizes[t];
   }
-  if (nchunks > ((uint64_t)1 << 26))
+  if (nchunks > ((uint64_t)1 << 26)) {
+    dml__ps_dense_layout_free(l);
     return dml_err_set(err, DML_EINVAL, "ps: %llu dense chunks registered (max 2^26)",
                        (unsigned long long)nchunks);
+  }
   /* chunks in a part at most: 4 MB, and an even share of the whole (one large tensor spreads) */
   uint64_t share = (total + (uint64_t)l->S - 1) / (uint64_t)l->S;
   uint64_t per_part =

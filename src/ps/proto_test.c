@@ -102,6 +102,9 @@ int main(int argc, char **argv) {
   bad[6] = 77;
   expect_reject(bad, len, "unknown command");
   memcpy(bad, buf, len);
+  put64(bad + 24, UINT64_MAX); /* the final clock is a final pull's, never a push's */
+  expect_reject(bad, len, "push with the final clock");
+  memcpy(bad, buf, len);
   put64(bad + 48, UINT64_MAX / 2); /* huge key count: must be refused before any allocation */
   expect_reject(bad, len, "huge nkeys");
   memcpy(bad, buf, len);

@@ -24,9 +24,9 @@
 #define DML__PS_MAGIC 0x53504d44u /* "DMPS" little-endian */
 #define DML__PS_VERSION 1
 #define DML__PS_HEADER_BYTES 64
-/* A frame holds at most this many keys (16M: 192 MB with values); larger requests are split by
- * nobody -- the client refuses them. */
-#define DML__PS_MAX_KEYS (1u << 24)
+/* A frame holds at most this many keys (16M: 192 MB with values); the client refuses a larger
+ * request (the caller splits it: train_ps pulls a large final model in pieces). */
+#define DML__PS_MAX_KEYS DML_PS_MAX_REQUEST_KEYS
 /* Pull clock meaning "answer when every other live worker has finished". */
 #define DML__PS_CLOCK_FINAL UINT64_MAX
 

@@ -2,6 +2,7 @@
  * (missing keys read as zero) whose slots index flat value and optimizer-state arrays, a
  * server-side optimizer from ml.h, and the request loop with clock-based consistency (BSP, SSP,
  * ASP). It is not the worker client (client.c) and not a training loop (src/train/train_ps.c). */
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +39,17 @@ typedef struct dense_part {
   uint32_t agg_n; /* pushes summed into agg */
   size_t agg_lo, agg_hi; /* offsets they touched: [agg_lo, agg_hi) */
 } dense_part;
+
+/* BSP sync aggregation: a push of a clock the open aggregate has not reached (its worker is ahead of
+ * the slowest), kept (owned) until that clock's aggregate opens. */
+typedef struct held_push {
+  int src;
+  dml__ps_msg m;
+} held_push;
+
+/* Bytes of such pushes a server keeps at most; past it a push is summed into the open aggregate
+ * (the mean of that clock then counts it: a worker that runs that far ahead without pulling). */
+#define MAX_HELD_PUSH_BYTES ((size_t)256 << 20)
 
 typedef struct deferred {
   int src;
@@ -90,9 +102,12 @@ struct dml_ps_server {
   unsigned char *mark; /* (vcap) slot is in agg_list */
   uint32_t *agg_list;
   size_t nagg, agg_list_cap;
-  float *agg_grads; /* (agg_list_cap) compact mean for the optimizer */
-  uint64_t agg_pushes, agg_clock;
-  uint64_t dense_agg_pushes; /* dense frames summed into their parts' agg this clock */
+  float *agg_grads;               /* (agg_list_cap) compact mean for the optimizer */
+  uint64_t agg_pushes, agg_clock; /* pushes summed into the open aggregate, and its clock */
+  uint64_t dense_agg_pushes;      /* dense frames summed into their parts' agg this clock */
+  held_push *hq;                  /* pushes of later clocks, in arrival order */
+  size_t nhq, hq_cap, hq_bytes;
+  int hq_full_logged;
   deferred *dq;
   size_t ndq, dq_cap;
   dense_part *dparts;
@@ -116,6 +131,7 @@ struct dml_ps_server {
   void *spare;         /* the body of the request being handled: its reply may take it */
   size_t spare_bytes;
   int spare_filled;  /* spare holds the reply's values already */
+  int recheck;       /* a worker stopped counting outside a clock update: serve_deferred again */
   local_done *ldone; /* attached: deferred pulls of that worker answered in place */
   size_t nldone, ldone_cap;
 };
@@ -325,7 +341,6 @@ static int apply_push(dml_ps_server *s, const dml__ps_msg *m, dml_err *err) {
       s->agg[slot] += m->vals[i];
     }
     s->agg_pushes++;
-    if (m->clock > s->agg_clock) s->agg_clock = m->clock;
     return 0;
   }
   dml_optim_begin_step(s->opt);
@@ -416,10 +431,7 @@ static int apply_segment(dml_ps_server *s, uint64_t part, size_t off, size_t cnt
 static int apply_dense(dml_ps_server *s, const dml__ps_msg *m, float *also_out, dml_err *err) {
   apply_arg a = {m, also_out, err};
   int rc = for_segments(s, m->key_lo, m->nvals, apply_segment, &a);
-  if (rc == 0 && s->aggregating && !s->cfg.sum_only) {
-    s->dense_agg_pushes++;
-    if (m->clock > s->agg_clock) s->agg_clock = m->clock;
-  }
+  if (rc == 0 && s->aggregating && !s->cfg.sum_only) s->dense_agg_pushes++;
   return rc;
 }
 
@@ -427,10 +439,12 @@ static int apply_dense(dml_ps_server *s, const dml__ps_msg *m, float *also_out, 
 static void reply_failed(dml_ps_server *s, int dst) {
   dml_log(DML_LOG_WARN, "ps server %d: reply to %s failed: %s", s->me,
           dml_comm_peer_name(s->c, dst), dml_comm_errmsg(s->c));
-  if (dst >= 0 && dst < s->n && s->w[dst].is_worker && !s->w[dst].done && !s->w[dst].dead) {
+  if (dst >= 0 && dst < s->n && s->w[dst].is_worker && !s->w[dst].done && !s->w[dst].dead &&
+      !s->w[dst].dropped) {
     s->w[dst].dead = 1;
     s->live--;
     s->st.dead_workers++;
+    s->recheck = 1;
   }
 }
 
@@ -645,10 +659,8 @@ static void flush_dense_aggregate(dml_ps_server *s) {
   s->dense_agg_pushes = 0;
 }
 
-static void flush_aggregate(dml_ps_server *s) {
-  if (!s->aggregating || (s->agg_pushes == 0 && s->dense_agg_pushes == 0)) return;
-  uint64_t mc = min_live_clock(s, -1);
-  if (mc != UINT64_MAX && mc <= s->agg_clock) return;
+/* The open aggregate's pushes, their mean applied as one optimizer step. */
+static void apply_aggregate(dml_ps_server *s) {
   if (s->dense_agg_pushes) flush_dense_aggregate(s);
   if (s->agg_pushes == 0) return;
   float scale = 1.0f / (float)s->agg_pushes;
@@ -662,6 +674,79 @@ static void flush_aggregate(dml_ps_server *s) {
   dml_optim_update_sparse(s->opt, s->vals, s->agg_grads, s->agg_list, s->nagg, 1);
   s->nagg = 0;
   s->agg_pushes = 0;
+}
+
+static void maybe_checkpoint(dml_ps_server *s);
+
+/* A push summed into the open aggregate (or, without aggregation, applied): its worker counts it. */
+static int push_apply(dml_ps_server *s, int src, const dml__ps_msg *m, float *also, dml_err *err) {
+  int rc = (m->flags & DML__PS_FLAG_DENSE) ? apply_dense(s, m, also, err) : apply_push(s, m, err);
+  if (rc == 0) s->w[src].applied++;
+  return rc;
+}
+
+/* BSP sync aggregation: the aggregate of clock c is applied once every live worker has passed c
+ * (the slowest worker's clock mc > c: each sent its pushes of c before saying so), then the next
+ * clock's opens with the pushes held for it, and so on while mc is past it. A pull at clock c is
+ * answered only once mc >= c, so after every aggregate before c. */
+static void flush_aggregate(dml_ps_server *s) {
+  if (!s->aggregating) return;
+  uint64_t mc = min_live_clock(s, -1);
+  while (mc > s->agg_clock) {
+    if (s->agg_pushes || s->dense_agg_pushes) apply_aggregate(s);
+    maybe_checkpoint(s); /* between aggregates: it holds every push it counts as applied */
+    uint64_t next = mc;  /* the next clock with held pushes, at most the slowest worker's */
+    for (size_t i = 0; i < s->nhq; i++)
+      if (s->hq[i].m.clock < next) next = s->hq[i].m.clock;
+    if (next == UINT64_MAX) break; /* no live worker and nothing held */
+    s->agg_clock = next;
+    size_t k = 0;
+    for (size_t i = 0; i < s->nhq; i++) {
+      held_push *h = &s->hq[i];
+      if (h->m.clock > next) {
+        s->hq[k++] = *h;
+        continue;
+      }
+      dml_err e;
+      if (push_apply(s, h->src, &h->m, NULL, &e) != 0)
+        dml_log(DML_LOG_WARN, "ps server %d: a held push of %s: %s", s->me,
+                dml_comm_peer_name(s->c, h->src), dml_err_msg(&e));
+      s->hq_bytes -= dml__ps_frame_bytes(h->m.nkeys, h->m.nvals);
+      dml__ps_msg_free(&h->m);
+    }
+    s->nhq = k;
+  }
+}
+
+/* Keeps a copy of push m from src for its clock's aggregate (BSP sync aggregation, m's clock past
+ * the open one). 0: kept; 1: no room (sum it now); or an error. */
+static int hold_push(dml_ps_server *s, int src, const dml__ps_msg *m, dml_err *err) {
+  size_t bytes = dml__ps_frame_bytes(m->nkeys, m->nvals);
+  if (s->hq_bytes + bytes > MAX_HELD_PUSH_BYTES) {
+    if (!s->hq_full_logged)
+      dml_log(DML_LOG_WARN,
+              "ps server %d: more than %zu MB of pushes ahead of the slowest worker's clock: "
+              "further ones count in the open clock's mean",
+              s->me, MAX_HELD_PUSH_BYTES >> 20);
+    s->hq_full_logged = 1;
+    return 1;
+  }
+  if (s->nhq == s->hq_cap) {
+    size_t nc = s->hq_cap ? 2 * s->hq_cap : 16;
+    held_push *nh = dml__realloc(s->hq, nc * sizeof(held_push));
+    if (nh == NULL) return dml_err_set(err, DML_ENOMEM, "ps server: no memory to hold a push");
+    s->hq = nh;
+    s->hq_cap = nc;
+  }
+  held_push *h = &s->hq[s->nhq];
+  h->src = src;
+  h->m = *m;
+  h->m.borrowed = 1; /* a copy of its keys and values, not the frame's */
+  if (dml__ps_msg_own(&h->m) != 0)
+    return dml_err_set(err, DML_ENOMEM, "ps server: no memory to hold a push");
+  s->nhq++;
+  s->hq_bytes += bytes;
+  return 0;
 }
 
 static void serve_deferred(dml_ps_server *s, dml_err *err) {
@@ -747,7 +832,7 @@ static int grow_ldone(dml_ps_server *s) {
  * kept, owned, with a deferred pull). */
 static int handle_msg(dml_ps_server *s, int src, dml__ps_msg *mp, local_sink *sink, dml_err *err) {
   dml__ps_msg m = *mp;
-  int rc = 0, fused_local = 0;
+  int rc = 0, fused_local = 0, applied_now = 0;
   /* The watcher reports a dead worker as a BYE from this rank naming it. */
   if (src == s->me && m.command == DML__PS_BYE && m.sender != (uint32_t)s->me) {
     if (m.sender < (uint32_t)s->n) worker_leaves(s, (int)m.sender, 1);
@@ -782,14 +867,20 @@ static int handle_msg(dml_ps_server *s, int src, dml__ps_msg *mp, local_sink *si
           else if (s->spare && s->spare == (void *)m.vals)
             also = m.vals;
         }
-        rc =
-            (m.flags & DML__PS_FLAG_DENSE) ? apply_dense(s, &m, also, err) : apply_push(s, &m, err);
-        if (rc) break;
-        if (also && sink) fused_local = 1;
-        if (also && !sink) s->spare_filled = 1;
+        /* BSP sync aggregation: a push of a clock past the open aggregate's waits for it */
+        int held = s->aggregating && m.clock > s->agg_clock ? hold_push(s, src, &m, err) : 1;
+        if (held < 0) {
+          rc = held;
+          break;
+        }
+        if (held == 1) {
+          if ((rc = push_apply(s, src, &m, also, err)) != 0) break;
+          applied_now = 1;
+          if (also && sink) fused_local = 1;
+          if (also && !sink) s->spare_filled = 1;
+        }
         w->last_push_ts = m.timestamp;
         w->last_push_lo = m.key_lo;
-        w->applied++;
         s->st.pushes++;
       }
       if (m.command == DML__PS_PUSH) {
@@ -806,7 +897,7 @@ static int handle_msg(dml_ps_server *s, int src, dml__ps_msg *mp, local_sink *si
       if (pull_ready(s, src, &m)) {
         /* a pushpull whose push was applied just now has its slots in idx_scratch */
         int fresh = m.command == DML__PS_PUSHPULL && !(m.flags & DML__PS_FLAG_DENSE) &&
-                    w->last_push_ts == m.timestamp && s->idx_cap >= m.nkeys;
+                    applied_now && s->idx_cap >= m.nkeys;
         const uint32_t *slots = fresh ? s->idx_scratch : NULL;
         if (sink) {
           if (!fused_local) read_values(s, &m, slots, sink->out);
@@ -937,6 +1028,7 @@ int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t by
         s->st.dropped_peers++;
         if (s->w[src].is_worker && !s->w[src].done && !s->w[src].dead) s->live--;
         s->w[src].dropped = 1;
+        s->recheck = 1;
       }
     }
     return rc;
@@ -1247,11 +1339,22 @@ static void send_shutdown(dml_ps_server *s, int but_me) {
 
 /* A frame received from src (buf, freed here) handled as the loop does: a dropped hostile peer
  * is not an error of the loop; anything else is. */
+/* A worker stopped counting outside a clock update (dropped, or its reply failed): the pulls and
+ * the BSP aggregate that waited for it are looked at again. */
+static void recheck(dml_ps_server *s) {
+  if (!s->recheck) return;
+  s->recheck = 0;
+  dml_err e;
+  dml_err_clear(&e);
+  serve_deferred(s, &e);
+}
+
 static int handle_received(dml_ps_server *s, int src, void *buf, size_t bytes, dml_err *err) {
   dml_err herr;
   dml_err_clear(&herr);
   int hrc = dml_ps_server_handle(s, src, buf, bytes, &herr);
   dml_comm_buf_free(buf);
+  recheck(s);
   return hrc && hrc != DML_EPROTO ? dml_err_set(err, hrc, "%s", dml_err_msg(&herr)) : 0;
 }
 
@@ -1275,12 +1378,14 @@ int dml_ps_server_run(dml_ps_server *s, dml_err *err) {
             "ps server %d: restarted from %s (%zu keys, slowest worker at clock %llu)", s->me, path,
             s->nkeys, (unsigned long long)s->st.restored_clock);
   }
+  /* the watcher first: nothing to undo if it cannot start */
+  if ((rc = watcher_start(s, err)) != 0) return rc;
   for (int h = 1; s->subs && h < s->K; h++)
     if ((rc = dml_ps_server_start(s->subs[h - 1], err)) != 0) {
       for (int j = 1; j < h; j++) dml_ps_server_join(s->subs[j - 1], NULL);
+      watcher_stop(s);
       return rc;
     }
-  if ((rc = watcher_start(s, err)) != 0) return rc;
   s->last_ckpt_s = dml_now_s();
   s->last_ckpt_clock = s->st.restored ? s->st.restored_clock : 0;
   while (s->live > 0) {
@@ -1304,6 +1409,7 @@ int dml_ps_server_run(dml_ps_server *s, dml_err *err) {
     }
     if ((rc = handle_received(s, src, buf, bytes, err)) != 0) break;
     if (s->nout) reap_replies(s, 0);
+    recheck(s);
     if (s->reform_wanted) {
       s->reform_wanted = 0;
       char why[64];
@@ -1399,6 +1505,7 @@ int dml__ps_server_poll(dml_ps_server *s, int *moved, dml_err *err) {
     if (s->live > 0 && (rc = post_inreq(s, err)) != 0) return rc;
   }
   if (s->nout) reap_replies(s, 0);
+  recheck(s);
   return 0;
 }
 
@@ -1410,6 +1517,7 @@ int dml__ps_server_local(dml_ps_server *s, dml__ps_msg *m, float *out, int *answ
   int rc = handle_msg(s, s->me, m, &sink, err);
   *answered = sink.answered;
   if (s->nout) reap_replies(s, 0);
+  recheck(s);
   return rc;
 }
 
@@ -1474,6 +1582,8 @@ void dml_ps_server_free(dml_ps_server *s) {
   dml__free(s->out);
   for (size_t i = 0; i < s->ndq; i++) dml__ps_msg_free(&s->dq[i].m);
   dml__free(s->dq);
+  for (size_t i = 0; i < s->nhq; i++) dml__ps_msg_free(&s->hq[i].m);
+  dml__free(s->hq);
   dml__free(s->ldone);
   for (size_t i = 0; i < s->ndparts; i++) {
     dml__free(s->dparts[i].vals);
@@ -1622,13 +1732,16 @@ out:
   return rc;
 }
 
-/* Parses n comma-separated u64 from text into w[].clock or w[].last_push_ts. */
+/* Parses n comma-separated u64 from text into w[].clock (which 1), .last_push_lo (2), .applied (3)
+ * or .last_push_ts (0); -1 for anything else, or a number past u64. */
 static int parse_list(const char *text, worker_state *w, int n, int which) {
   const char *p = text;
   for (int r = 0; r < n; r++) {
     char *end;
     if (p == NULL || *p < '0' || *p > '9') return -1;
+    errno = 0;
     unsigned long long v = strtoull(p, &end, 10);
+    if (errno == ERANGE) return -1;
     if (which == 1)
       w[r].clock = v;
     else if (which == 2)
