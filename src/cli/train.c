@@ -49,6 +49,42 @@ static dml_optim_kind optim_kind(const char *name) {
   return k;
 }
 
+/* What the training data asks of the model, checked before any is made: logreg's labels are 0 and 1,
+ * and the models of this machine's workers (sized by the file's largest feature index) fit in its
+ * memory. Errors name the file and the row. */
+static void check_fits(const dml_cli_train_flags *f, const dml_dataset *ds, int ps_mode) {
+  int logreg = strcmp(f->model, "logreg") == 0;
+  for (int i = 0; logreg && i < ds->n; i++)
+    if (ds->y[i] > 1)
+      dml_cli_fail("train", "%s: row %d: label %d: logreg is binary (labels 0 and 1)", ds->name,
+                   i + 1, ds->y[i]);
+  double params = logreg ? ds->dim + 1.0 : 0, in = ds->dim;
+  if (!logreg) {
+    for (int l = 0; strcmp(f->model, "mlp") == 0 && l < f->n_hidden; l++) {
+      params += (in + 1) * f->hidden[l];
+      in = f->hidden[l];
+    }
+    params += (in + 1) * ds->num_classes;
+  }
+  /* bytes per parameter for the -n workers of this machine: each holds the model and its
+   * gradients, and (all-reduce, local) two optimizer states; a parameter-server worker's optimizer
+   * is on the servers, but the first worker pulls the final model with its u64 keys */
+  double W = f->nproc > 0 ? f->nproc : 1;
+  double need = params * (ps_mode ? 8.0 * W + 12.0 : 16.0 * W);
+  double have = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+  if (have <= 0 || need <= have) return;
+  int row = 0; /* the row with the largest feature index (sparse data) */
+  for (int i = 0; ds->indptr && i < ds->n && row == 0; i++)
+    for (uint64_t k = ds->indptr[i]; k < ds->indptr[i + 1]; k++)
+      if (ds->indices[k] + 1 == (uint32_t)ds->dim) row = i + 1;
+  char where[64] = "";
+  if (row) snprintf(where, sizeof where, " (feature index %d in row %d)", ds->dim, row);
+  dml_cli_fail("train",
+               "%s: %d features%s make a %s model of %.0f parameters, about %.1f GB with its "
+               "gradients and optimizer state: more than this machine's %.1f GB",
+               ds->name, ds->dim, where, f->model, params, need / 1e9, have / 1e9);
+}
+
 /* workers: training processes; servers: parameter-server processes (-1: not the ps strategy).
  * Without a test set there are no test figures (not zeros). */
 static void print_json(const dml_train_result *r, const dml_cli_train_flags *f, int workers,
@@ -260,6 +296,7 @@ int dml_cli_train_main(int argc, char **argv) {
   if (f.test != NULL && test.dim != train.dim)
     dml_cli_fail("train", "%s has %d features but %s has %d", test.name, test.dim, train.name,
                  train.dim);
+  check_fits(&f, &train, ps_mode);
   if (cfg.strategy == DML_STRATEGY_ALLREDUCE) { /* keep only this rank's shard in memory */
     int64_t b, en;
     cfg.shard_of_rows = train.n;

@@ -7,6 +7,7 @@
  * parameter buffer is pulled and its gradient pushed each iteration. It is not the server or the
  * wire protocol (src/ps). */
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,6 +63,17 @@ static void result_to_wire(const dml_train_result *res, ps_result_wire *w) {
 
 /* The bytes each server will hold if every one of the model's nkeys sparse keys is touched
  * (hashed into virtual ranges, docs/ps.md), printed once at start by the first worker. */
+/* The first worker's last step, once it has the final model and has left the job. */
+static int evaluate_and_save(const dml_train_config *cfg, dml_model *m, const dml_dataset *test,
+                             dml_train_result *res, dml_err *err) {
+  int rc = 0;
+  if (test != NULL)
+    rc = dml_evaluate(m, test, NULL, &res->test_accuracy, &res->test_loss, &res->test_auc, err);
+  if (rc == 0 && cfg->save_path != NULL)
+    rc = dml_model_save(m, cfg->save_path, NULL, 0, NULL, 0, err);
+  return rc;
+}
+
 /* The first worker sends the result to report_to on the job's current communicator. */
 static int send_result(dml_ps *ps, int report_to, const dml_train_result *res, dml_err *err) {
   ps_result_wire w;
@@ -292,15 +304,10 @@ static int run_dense_worker(const dml_train_config *cfg, const dml_dataset *trai
         (rc = dml_ps_wait(ps, ts)) != 0)
       goto ps_fail;
     for (size_t k = 0; k < P; k++) params[k] = init[k] + delta[k];
-    if (test != NULL) {
-      rc = dml_evaluate(m, test, NULL, &res->test_accuracy, &res->test_loss, &res->test_auc, err);
-      if (rc) goto out;
-    }
-    if (cfg->save_path != NULL &&
-        (rc = dml_model_save(m, cfg->save_path, NULL, 0, NULL, 0, err)) != 0)
-      goto out;
   }
+  /* leave before evaluating: nobody waits on the first worker's evaluation and save */
   if ((rc = dml_ps_finish(ps)) != 0) goto ps_fail;
+  if (first && (rc = evaluate_and_save(cfg, m, test, res, err)) != 0) goto out;
   if (first && report_to >= 0) rc = send_result(ps, report_to, res, err);
   goto out;
 ps_fail:
@@ -409,22 +416,20 @@ static int run_worker(const dml_train_config *cfg, const dml_dataset *train,
   train_totals(res, steps, t_train, loss_sum, correct, rows, cfg->epochs, W);
   if ((rc = wait_push(ps, &push_ts)) != 0) goto ps_fail;
   if (first) {
-    /* The final model: every key, once every other worker has finished or died. */
+    /* The final model: every key, once every other worker has finished or died (in requests of
+     * at most DML_PS_MAX_REQUEST_KEYS keys). */
     for (size_t k = 0; k < nk_max; k++) keys[k] = k;
-    uint64_t ts;
-    if ((rc = dml_ps_pull_final(ps, keys, vals, nk_max, &ts)) != 0 ||
-        (rc = dml_ps_wait(ps, ts)) != 0)
-      goto ps_fail;
-    memcpy(params, vals, nk_max * sizeof(float));
-    if (test != NULL) {
-      rc = dml_evaluate(m, test, NULL, &res->test_accuracy, &res->test_loss, &res->test_auc, err);
-      if (rc) goto out;
+    for (size_t k = 0; k < nk_max; k += DML_PS_MAX_REQUEST_KEYS) {
+      size_t cnt = DML__MIN(nk_max - k, (size_t)DML_PS_MAX_REQUEST_KEYS);
+      uint64_t ts;
+      if ((rc = dml_ps_pull_final(ps, keys + k, vals + k, cnt, &ts)) != 0 ||
+          (rc = dml_ps_wait(ps, ts)) != 0)
+        goto ps_fail;
     }
-    if (cfg->save_path != NULL &&
-        (rc = dml_model_save(m, cfg->save_path, NULL, 0, NULL, 0, err)) != 0)
-      goto out;
+    memcpy(params, vals, nk_max * sizeof(float));
   }
-  if ((rc = dml_ps_finish(ps)) != 0) goto ps_fail;
+  if ((rc = dml_ps_finish(ps)) != 0) goto ps_fail; /* before evaluating, as above */
+  if (first && (rc = evaluate_and_save(cfg, m, test, res, err)) != 0) goto out;
   if (dml_ps_reforms(ps) > 0)
     dml_log(DML_LOG_INFO, "ps worker %d: finished after %d re-form%s, %llu frames resent", rank,
             dml_ps_reforms(ps), dml_ps_reforms(ps) == 1 ? "" : "s",
@@ -535,7 +540,11 @@ int dml_train_ps_run(const dml_train_config *cfg, const dml_dataset *train, cons
   if (rank == 0 && first_worker != 0) {
     ps_result_wire w;
     dml_comm *sc = dml_ps_server_comm(srv);
-    rc = dml_comm_recv(sc, first_worker, PS_TAG_RESULT, &w, sizeof w);
+    /* it comes after the first worker's evaluation and save, however long they take (its death
+     * is an error naming it, not a wait) */
+    dml_comm_req *q = NULL;
+    rc = dml_comm_irecv(sc, first_worker, PS_TAG_RESULT, &w, sizeof w, &q);
+    if (rc == 0) rc = dml_comm_wait(sc, q, INT_MAX);
     if (rc) {
       dml_err_set(err, rc, "ps train: no result from the first worker: %s", dml_comm_errmsg(sc));
       goto out;
