@@ -99,6 +99,12 @@ for seed in 1 2 3; do
     && ok "empty LIBSVM rows, seed $seed" || fail "empty LIBSVM rows, seed $seed"
 done
 
+# --- what the data asks of the model, refused before training, naming the file and row
+printf '0 1:1\n2 1:1\n' >"$D/label2.svm"
+expect_fail 1 "label2.svm" "row 2" "label 2" "binary" -- "$DISTML" train --model logreg --data "$D/label2.svm" --batch 1 --epochs 1
+printf '1 2000000000:1\n0 1:1\n' >"$D/hugeidx.svm"
+expect_fail 1 "hugeidx.svm" "2000000000" "row 1" "more than this machine" -- "$DISTML" train --model logreg --data "$D/hugeidx.svm" --batch 1 --epochs 1
+
 # --- a training checkpoint whose step is not a number is refused by name
 "$DISTML" train --model logreg --data "$D/emptyrows.svm" --batch 1 --epochs 1 --quiet --checkpoint "$D/ck" \
   || fail "checkpointed run"
