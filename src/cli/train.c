@@ -69,7 +69,8 @@ static void check_fits(const dml_cli_train_flags *f, const dml_dataset *ds, int 
   /* bytes per parameter for the -n workers of this machine: each holds the model and its
    * gradients, and (all-reduce, local) two optimizer states; a parameter-server worker's optimizer
    * is on the servers, but the first worker pulls the final model with its u64 keys */
-  double W = f->nproc > 0 ? f->nproc : 1;
+  const char *lws = getenv("LOCAL_WORLD_SIZE"); /* a rank the launcher started */
+  double W = lws && atoi(lws) > 0 ? atoi(lws) : f->nproc > 0 ? f->nproc : 1;
   double need = params * (ps_mode ? 8.0 * W + 12.0 : 16.0 * W);
   double have = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
   if (have <= 0 || need <= have) return;
