@@ -76,6 +76,16 @@ expect_fail 2 "--rows" -- "$DISTML" gen sparse --features 10 --out "$D/x.svm"
 expect_fail 2 "--model FILE is required" -- "$DISTML" eval --data fashion-mnist:test
 
 expect_fail 2 "--sync" "bsp" -- "$DISTML" train --data fashion-mnist --sync foo
+expect_fail 2 "--hidden" "empty item" -- "$DISTML" train --data fashion-mnist --hidden 256,,128
+expect_fail 2 "--sizes" "empty item" -- "$DISTML" bench allreduce --sizes 4K,,8
+expect_fail 2 "--lr" "empty item" -- "$DISTML" tune --data fashion-mnist --lr 0.1,
+expect_fail 2 "--restart" "0..1" -- "$DISTML" launch -n 2 --restart 0, -- true
+expect_fail 2 "--restart" "0..1" -- "$DISTML" launch -n 2 --restart " 1" -- true
+expect_fail 2 "--max-restarts" "--restart" -- "$DISTML" launch -n 2 --max-restarts 2 -- true
+expect_fail 2 "--dim" "dense" -- "$DISTML" gen sparse --rows 5 --features 3 --dim 4 --out "$D/k.svm"
+expect_fail 2 "--nnz" "sparse" -- "$DISTML" gen dense --rows 5 --dim 3 --nnz 2 --out "$D/k.svm"
+expect_fail 2 "--format" "'foo'" -- "$DISTML" eval --model "$D/none.safetensors" --data fashion-mnist:test --format foo
+expect_fail 2 "--features" "out of range" -- "$DISTML" gen sparse --rows 5 --features 3000000000 --out "$D/k.svm"
 expect_fail 2 "--save" "cannot write in directory" -- "$DISTML" train --data fashion-mnist --save "$D/no/such/dir/m.safetensors"
 expect_fail 2 "unknown flag '--bogus'" -- "$DISTML" bench ps --bogus
 expect_fail 2 "--iters needs a value" -- "$DISTML" bench ps --iters

@@ -65,6 +65,7 @@ static void bench_usage(FILE *f) {
 }
 
 static void parse_sizes(const char *v, bench_cfg *c) {
+  dml_cli_check_list("bench", "--sizes", v);
   char buf[1024];
   snprintf(buf, sizeof(buf), "%s", v);
   c->nsizes = 0;

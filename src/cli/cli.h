@@ -15,6 +15,9 @@ void dml_cli_fail(const char *cmd, const char *fmt, ...)
 int64_t dml_cli_int(const char *cmd, const char *flag, const char *value, int64_t min, int64_t max);
 double dml_cli_double(const char *cmd, const char *flag, const char *value, double min, double max);
 
+/* A comma-separated list given to flag: exits with a usage error naming it when an item is empty
+ * ("256,,128", "0,", ","). */
+void dml_cli_check_list(const char *cmd, const char *flag, const char *value);
 /* An output file given by a flag: exits with a usage error naming the flag when its directory is
  * missing or not writable, or the path exists and is not a regular file -- before any work. */
 void dml_cli_check_output(const char *cmd, const char *flag, const char *path);

@@ -66,16 +66,28 @@ int dml_cli_gen_main(int argc, char **argv) {
   int64_t rows = 0, features = 0, dim = 0, nnz = 20, classes = 10, test_rows = 0;
   uint64_t seed = 1;
   const char *out = NULL, *test_out = NULL;
-  int c;
+  int c, dense_flag = 0, sparse_flag = 0; /* a flag of the other kind was given */
   optind = 2;
   opterr = 0;
   while ((c = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
     switch (c) {
       case 'r': rows = dml_cli_int("gen", "--rows", optarg, 1, INT32_MAX); break;
-      case 'f': features = dml_cli_int("gen", "--features", optarg, 1, UINT32_MAX); break;
-      case 'd': dim = dml_cli_int("gen", "--dim", optarg, 1, 1 << 20); break;
-      case 'k': nnz = dml_cli_int("gen", "--nnz", optarg, 1, 1 << 20); break;
-      case 'c': classes = dml_cli_int("gen", "--classes", optarg, 2, 1 << 16); break;
+      case 'f':
+        features = dml_cli_int("gen", "--features", optarg, 1, INT32_MAX);
+        sparse_flag = 1;
+        break;
+      case 'd':
+        dim = dml_cli_int("gen", "--dim", optarg, 1, 1 << 20);
+        dense_flag = 1;
+        break;
+      case 'k':
+        nnz = dml_cli_int("gen", "--nnz", optarg, 1, 1 << 20);
+        sparse_flag = 1;
+        break;
+      case 'c':
+        classes = dml_cli_int("gen", "--classes", optarg, 2, 1 << 16);
+        dense_flag = 1;
+        break;
       case 's': seed = (uint64_t)dml_cli_int("gen", "--seed", optarg, 0, INT64_MAX); break;
       case 'o': out = optarg; break;
       case 'R': test_rows = dml_cli_int("gen", "--test-rows", optarg, 1, INT32_MAX); break;
@@ -95,6 +107,12 @@ int dml_cli_gen_main(int argc, char **argv) {
       (strcmp(out, test_out) == 0 || (stat(out, &so) == 0 && stat(test_out, &st) == 0 &&
                                       so.st_dev == st.st_dev && so.st_ino == st.st_ino)))
     dml_cli_usage_error("gen", "--out and --test-out are the same file '%s'", out);
+  if (sparse && dense_flag)
+    dml_cli_usage_error("gen",
+                        "sparse: --dim and --classes are for dense data (sparse has 2 "
+                        "classes and --features)");
+  if (!sparse && sparse_flag)
+    dml_cli_usage_error("gen", "dense: --features and --nnz are for sparse data (dense has --dim)");
   if (sparse && features == 0) dml_cli_usage_error("gen", "sparse: --features is required");
   if (sparse && nnz > features)
     dml_cli_usage_error("gen", "--nnz %lld is more than --features %lld", (long long)nnz,

@@ -574,16 +574,16 @@ static void parse_rank_list(const char *flag, const char *v, int n, int policy, 
     return;
   }
   const char *q = v;
-  while (*q) {
+  do { /* digits, then a comma and more digits, or the end: "", "0,", " 1" and "0,,1" are not */
     char *end;
     errno = 0;
-    long r = strtol(q, &end, 10);
-    if (end == q || errno || r < 0 || r >= n || (*end != ',' && *end != 0))
+    long r = *q >= '0' && *q <= '9' ? strtol(q, &end, 10) : -1;
+    if (r < 0 || errno || r >= n || (*end != ',' && *end != 0) || (*end == ',' && end[1] == 0))
       dml_cli_usage_error("launch", "%s %s: want 'all' or ranks in 0..%d separated by commas", flag,
                           v, n - 1);
     p[r] = (unsigned char)policy;
     q = *end ? end + 1 : end;
-  }
+  } while (*q);
 }
 
 static void launch_usage(FILE *f) {
@@ -656,6 +656,9 @@ int dml_cli_launch_main(int argc, char **argv) {
       o.master_port = (int)dml_cli_int("launch", "--port", v, 1, 65535);
   }
   if (n < 0) dml_cli_usage_error("launch", "-n N is required");
+  if (o.max_restarts > 0 && restart == NULL)
+    dml_cli_usage_error("launch",
+                        "--max-restarts counts the restarts of the ranks --restart names");
   if (i >= argc)
     dml_cli_usage_error("launch", "no program given (distml launch -n N -- PROG ARGS)");
   unsigned char *policy = NULL;

@@ -382,7 +382,7 @@ int dml_cli_eval_main(int argc, char **argv) {
         f.label_col = (int)dml_cli_int("eval", "--label-col", optarg, -100000, 100000);
         break;
       case 'H': f.header = optarg; break;
-      case 'F': f.features = dml_cli_int("eval", "--features", optarg, 1, UINT32_MAX); break;
+      case 'F': f.features = dml_cli_int("eval", "--features", optarg, 1, INT32_MAX); break;
       case 'h': eval_usage(); return 0;
       case ':': dml_cli_usage_error("eval", "%s needs a value", argv[optind - 1]);
       default: dml_cli_usage_error("eval", "unknown flag '%s'", argv[optind - 1]);
@@ -393,6 +393,9 @@ int dml_cli_eval_main(int argc, char **argv) {
   if (f.data == NULL) dml_cli_usage_error("eval", "--data is required");
   if (strcmp(f.header, "auto") && strcmp(f.header, "yes") && strcmp(f.header, "no"))
     dml_cli_usage_error("eval", "--header: '%s' is not one of auto|yes|no", f.header);
+  if (strcmp(f.format, "auto") && strcmp(f.format, "idx") && strcmp(f.format, "libsvm") &&
+      strcmp(f.format, "csv"))
+    dml_cli_usage_error("eval", "--format: '%s' is not one of auto|idx|libsvm|csv", f.format);
   dml_err e = {0};
   dml_model *m = NULL;
   if (dml_model_load(model_path, 1024, &m, &e) != 0) dml_cli_fail("eval", "%s", dml_err_msg(&e));

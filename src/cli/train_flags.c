@@ -171,6 +171,7 @@ static void usage(void) {
 }
 
 static int parse_hidden(dml_cli_train_flags *f, const char *s) {
+  dml_cli_check_list("train", "--hidden", s);
   char *copy = strdup(s), *save = NULL;
   f->n_hidden = 0;
   for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
@@ -240,7 +241,7 @@ int dml_cli_train_flags_parse(dml_cli_train_flags *f, int argc, char **argv) {
         break;
       case OPT_HEADER: f->header = one_of("--header", optarg, headers); break;
       case OPT_FEATURES:
-        f->features = dml_cli_int("train", "--features", optarg, 1, UINT32_MAX);
+        f->features = dml_cli_int("train", "--features", optarg, 1, INT32_MAX);
         break;
       case OPT_MODEL: f->model = one_of("--model", optarg, models); break;
       case OPT_HIDDEN: parse_hidden(f, optarg); break;

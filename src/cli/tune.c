@@ -387,6 +387,7 @@ int dml_cli_tune_main(int argc, char **argv) {
       axis *ax = &axes[naxes++];
       ax->flag = a + 2;
       ax->n = 0;
+      dml_cli_check_list("tune", a, v);
       char *copy = strdup(v), *save = NULL;
       ax->storage = copy;
       for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {

@@ -53,6 +53,12 @@ double dml_cli_double(const char *cmd, const char *flag, const char *value, doub
   return v;
 }
 
+void dml_cli_check_list(const char *cmd, const char *flag, const char *value) {
+  size_t n = strlen(value);
+  if (n == 0 || value[0] == ',' || value[n - 1] == ',' || strstr(value, ",,") != NULL)
+    dml_cli_usage_error(cmd, "%s %s: an empty item in the list", flag, value);
+}
+
 void dml_cli_check_output(const char *cmd, const char *flag, const char *path) {
   struct stat st;
   if (path[0] == 0) dml_cli_usage_error(cmd, "%s: an empty file name", flag);

@@ -680,7 +680,10 @@ int dml_train_run(const dml_train_config *cfg_in, const dml_dataset *train, cons
         dml_log(DML_LOG_INFO, "resuming from %s/ckpt-epoch-%06d.safetensors (epoch %d, step %llu)",
                 cfg->checkpoint_dir, last, last, (unsigned long long)step);
     } else if (t.rank == 0) {
-      dml_log(DML_LOG_INFO, "no checkpoint in %s: starting from scratch", cfg->checkpoint_dir);
+      struct stat dst;
+      int exists = stat(cfg->checkpoint_dir, &dst) == 0;
+      dml_log(exists ? DML_LOG_INFO : DML_LOG_WARN, "no checkpoint in %s%s: starting from scratch",
+              cfg->checkpoint_dir, exists ? "" : " (no such directory yet)");
     }
   }
   if (cfg->metrics_path != NULL && t.rank == 0) {
