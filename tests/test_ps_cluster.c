@@ -44,6 +44,8 @@ typedef struct scenario {
   int body_hostile; /* with hostile_from: the hostile ranks announce a dense push's values as a
                        body and send none (staying connected) or a body of the wrong length */
   int one_server;   /* one_server_only: each worker's requests go to one server only */
+  int extra;        /* pushpull: the last worker runs one iteration more; the first worker's final
+                       pull must hold that lone push's step too */
 } scenario;
 
 static int check_server(int rank, dml_ps_server *s, const scenario *sc) {
@@ -401,7 +403,8 @@ static int rank_main(int rank, int n, int port, void *arg) {
   R_ASSERT(ones && got);
   for (int i = 0; i < NKEYS; i++) keys[i] = (uint64_t)i * 1000003u + 7;
   for (uint64_t i = 0; i < DN; i++) ones[i] = 1.0f;
-  for (int it = 0; it < ITERS && rc == 0 && sc->pushpull; it++) {
+  int iters = ITERS + (sc->extra && rank == n - 1);
+  for (int it = 0; it < iters && rc == 0 && sc->pushpull; it++) {
     uint64_t ts;
     if (sc->dense)
       RK_OK(dml_ps_pushpull_dense(ps, DLO, ones, got, DN, &ts));
@@ -463,7 +466,7 @@ static int rank_main(int rank, int n, int port, void *arg) {
     RK_OK(dml_ps_wait(ps, ts));
     double want = (double)W * ITERS;
     if (sc->victim) want = (double)(W - 1) * ITERS + 3;
-    if (sc->sgd) want = -(double)ITERS;
+    if (sc->sgd) want = -(double)ITERS - (sc->extra ? 1 : 0);
     if (got[0] != want) {
       fprintf(stderr, "rank %d: final value %g, want %g\n", rank, (double)got[0], want);
       rc = 1;
@@ -553,6 +556,8 @@ int main(void) {
       (scenario){.colocated = 1, .staleness = DML_PS_ASP, .serve = 1});
   run("BSP sync aggregation, server SGD, pushpull: exact values", 3,
       (scenario){.servers = 1, .sgd = 1, .pushpull = 1});
+  run("BSP sync aggregation, pushpull, one worker a clock further: the final pull has its step", 3,
+      (scenario){.servers = 1, .sgd = 1, .pushpull = 1, .extra = 1});
   run("dense BSP sync aggregation, server SGD, pushpull, 2 servers: exact values", 4,
       (scenario){.servers = 2, .sgd = 1, .dense = 1, .pushpull = 1});
   run("dense BSP sync aggregation colocated, workers serving, pushpull: exact values", 3,

@@ -34,7 +34,7 @@ extern "C" {
 /* Staleness value for ASP (no wait). */
 #define DML_PS_ASP (-1)
 /* Keys one sparse request may carry at most (dml_ps_push, _pull, _pushpull, _pull_final): a larger
- * set goes as several requests. */
+ * request is refused (DML_EINVAL); the caller splits it into several. */
 #define DML_PS_MAX_REQUEST_KEYS (1u << 24)
 
 typedef struct dml_ps_config {
@@ -139,8 +139,9 @@ int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t by
  * step, server rank, world size, every worker's clock, last applied push timestamp and pushes
  * applied; dense chunks as "ps.dense.chunks", "ps.dense.steps" (n, 2) raw u64 bits,
  * "ps.dense.values" and "ps.dense.optim.<state>" (n, 8192); metadata "ps.format" 2). Pushes
- * still summed in an open BSP aggregate are not in it. Call from the thread that runs the loop
- * (or when it is not running). */
+ * still summed in an open BSP aggregate, or held for a later clock's, are not in it, and its last
+ * push timestamps are those of the pushes applied (a resend of a held one is applied after a
+ * restore). Call from the thread that runs the loop (or when it is not running). */
 int dml_ps_server_checkpoint(dml_ps_server *s, const char *path, dml_err *err);
 /* Loads a checkpoint into a fresh server (no key yet: DML_ESTATE otherwise) before it runs. The
  * file is treated as hostile: shapes, the optimizer kind, the server rank and world size, key

@@ -19,14 +19,17 @@ typedef struct worker_state {
   int is_worker;
   int done, dead, dropped;
   uint64_t clock;
-  uint64_t last_push_ts; /* highest push timestamp applied (pushes arrive in order per sender) */
+  uint64_t last_push_ts; /* highest push timestamp received (pushes arrive in order per sender):
+                            later frames at or below it are resends */
   uint64_t last_push_lo; /* key_lo of that push's last frame here (a dense request sends several
                             frames with one timestamp, in increasing key order) */
-  dml_comm_req *watch;   /* receive that never completes unless the peer dies */
-  uint64_t applied;      /* push frames from this worker applied (or aggregated) here */
-  uint64_t ckpt_applied; /* restored server: `applied` in the checkpoint */
-  uint64_t ckpt_clock;   /* restored server: `clock` in the checkpoint */
-  int rejoined;          /* restored server: its REJOIN arrived (losses counted once) */
+  uint64_t applied_ts, applied_lo; /* the same for the last push applied (a BSP push held for its
+                                      clock is received, not applied): what a checkpoint says */
+  dml_comm_req *watch;             /* receive that never completes unless the peer dies */
+  uint64_t applied;                /* push frames from this worker applied (or aggregated) here */
+  uint64_t ckpt_applied;           /* restored server: `applied` in the checkpoint */
+  uint64_t ckpt_clock;             /* restored server: `clock` in the checkpoint */
+  int rejoined;                    /* restored server: its REJOIN arrived (losses counted once) */
 } worker_state;
 
 /* A dense part: DML__PS_DENSE_PART consecutive keys of the dense namespace in flat arrays. */
@@ -681,7 +684,11 @@ static void maybe_checkpoint(dml_ps_server *s);
 /* A push summed into the open aggregate (or, without aggregation, applied): its worker counts it. */
 static int push_apply(dml_ps_server *s, int src, const dml__ps_msg *m, float *also, dml_err *err) {
   int rc = (m->flags & DML__PS_FLAG_DENSE) ? apply_dense(s, m, also, err) : apply_push(s, m, err);
-  if (rc == 0) s->w[src].applied++;
+  if (rc == 0) {
+    s->w[src].applied++;
+    s->w[src].applied_ts = m->timestamp;
+    s->w[src].applied_lo = m->key_lo;
+  }
   return rc;
 }
 
@@ -689,9 +696,8 @@ static int push_apply(dml_ps_server *s, int src, const dml__ps_msg *m, float *al
  * (the slowest worker's clock mc > c: each sent its pushes of c before saying so), then the next
  * clock's opens with the pushes held for it, and so on while mc is past it. A pull at clock c is
  * answered only once mc >= c, so after every aggregate before c. */
-static void flush_aggregate(dml_ps_server *s) {
+static void flush_aggregate_to(dml_ps_server *s, uint64_t mc) {
   if (!s->aggregating) return;
-  uint64_t mc = min_live_clock(s, -1);
   while (mc > s->agg_clock) {
     if (s->agg_pushes || s->dense_agg_pushes) apply_aggregate(s);
     maybe_checkpoint(s); /* between aggregates: it holds every push it counts as applied */
@@ -716,6 +722,16 @@ static void flush_aggregate(dml_ps_server *s) {
     }
     s->nhq = k;
   }
+}
+
+static void flush_aggregate(dml_ps_server *s) {
+  flush_aggregate_to(s, min_live_clock(s, -1));
+}
+
+/* A final pull can be answered (every other worker has left, and its own pushes were waited
+ * for): every aggregate still open or held is complete -- applied, clock by clock. */
+static void final_pull_ready(dml_ps_server *s, const dml__ps_msg *m) {
+  if (m->clock == DML__PS_CLOCK_FINAL) flush_aggregate_to(s, UINT64_MAX);
 }
 
 /* Keeps a copy of push m from src for its clock's aggregate (BSP sync aggregation, m's clock past
@@ -755,6 +771,7 @@ static void serve_deferred(dml_ps_server *s, dml_err *err) {
   for (size_t i = 0; i < s->ndq; i++) {
     deferred *d = &s->dq[i];
     if (pull_ready(s, d->src, &d->m)) {
+      final_pull_ready(s, &d->m);
       if (d->local_out && s->nldone < s->ldone_cap) {
         read_values(s, &d->m, NULL, d->local_out);
         s->ldone[s->nldone++] = (local_done){d->m.timestamp, d->m.key_lo};
@@ -895,6 +912,7 @@ static int handle_msg(dml_ps_server *s, int src, dml__ps_msg *mp, local_sink *si
     case DML__PS_PULL:
       s->st.pulls++;
       if (pull_ready(s, src, &m)) {
+        final_pull_ready(s, &m);
         /* a pushpull whose push was applied just now has its slots in idx_scratch */
         int fresh = m.command == DML__PS_PUSHPULL && !(m.flags & DML__PS_FLAG_DENSE) &&
                     applied_now && s->idx_cap >= m.nkeys;
@@ -993,6 +1011,16 @@ static int owns_dense(const dml_ps_server *s, uint64_t lo, uint64_t hi) {
   return 1;
 }
 
+/* A worker stopped counting outside a clock update (dropped, or its reply failed): the pulls and
+ * the BSP aggregate that waited for it are looked at again. */
+static void recheck(dml_ps_server *s) {
+  if (!s->recheck) return;
+  s->recheck = 0;
+  dml_err e;
+  dml_err_clear(&e);
+  serve_deferred(s, &e);
+}
+
 int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t bytes, dml_err *err) {
   dml__ps_msg m;
   const char *peer = dml_comm_peer_name(s->c, src);
@@ -1031,6 +1059,7 @@ int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t by
         s->recheck = 1;
       }
     }
+    recheck(s);
     return rc;
   }
   s->spare = body; /* the reply may take it (send_reply) */
@@ -1040,6 +1069,7 @@ int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t by
   dml_comm_buf_free(s->spare);
   s->spare = NULL;
   s->spare_filled = 0;
+  recheck(s);
   return rc;
 }
 
@@ -1339,22 +1369,12 @@ static void send_shutdown(dml_ps_server *s, int but_me) {
 
 /* A frame received from src (buf, freed here) handled as the loop does: a dropped hostile peer
  * is not an error of the loop; anything else is. */
-/* A worker stopped counting outside a clock update (dropped, or its reply failed): the pulls and
- * the BSP aggregate that waited for it are looked at again. */
-static void recheck(dml_ps_server *s) {
-  if (!s->recheck) return;
-  s->recheck = 0;
-  dml_err e;
-  dml_err_clear(&e);
-  serve_deferred(s, &e);
-}
 
 static int handle_received(dml_ps_server *s, int src, void *buf, size_t bytes, dml_err *err) {
   dml_err herr;
   dml_err_clear(&herr);
   int hrc = dml_ps_server_handle(s, src, buf, bytes, &herr);
   dml_comm_buf_free(buf);
-  recheck(s);
   return hrc && hrc != DML_EPROTO ? dml_err_set(err, hrc, "%s", dml_err_msg(&herr)) : 0;
 }
 
@@ -1611,12 +1631,14 @@ void dml_ps_server_free(dml_ps_server *s) {
  * Checkpoints. Slots are handed out in insertion order, so slots 0..nkeys-1 are exactly the live
  * values and state entries. */
 
-/* which: 0 last push timestamp, 1 clock, 2 last push key_lo, 3 push frames applied */
+/* which: 0 last push timestamp, 1 clock, 2 last push key_lo, 3 push frames applied -- of the pushes
+ * applied: one held for its clock's aggregate is not in the file, so its resend must not look like
+ * a duplicate after a restore */
 static uint64_t field(const worker_state *w, int which) {
   return which == 1   ? w->clock
-         : which == 2 ? w->last_push_lo
+         : which == 2 ? w->applied_lo
          : which == 3 ? w->applied
-                      : w->last_push_ts;
+                      : w->applied_ts;
 }
 
 static int list_u64(char **out, const worker_state *w, int n, int which) {
@@ -1732,8 +1754,9 @@ out:
   return rc;
 }
 
-/* Parses n comma-separated u64 from text into w[].clock (which 1), .last_push_lo (2), .applied (3)
- * or .last_push_ts (0); -1 for anything else, or a number past u64. */
+/* Parses n comma-separated u64 from text into w[].clock (which 1), .last_push_lo and .applied_lo
+ * (2), .applied (3) or .last_push_ts and .applied_ts (0); -1 for anything else, or a number past
+ * u64. */
 static int parse_list(const char *text, worker_state *w, int n, int which) {
   const char *p = text;
   for (int r = 0; r < n; r++) {
@@ -1745,11 +1768,11 @@ static int parse_list(const char *text, worker_state *w, int n, int which) {
     if (which == 1)
       w[r].clock = v;
     else if (which == 2)
-      w[r].last_push_lo = v;
+      w[r].last_push_lo = w[r].applied_lo = v;
     else if (which == 3)
       w[r].applied = v;
     else
-      w[r].last_push_ts = v;
+      w[r].last_push_ts = w[r].applied_ts = v;
     p = end;
     if (r + 1 < n) {
       if (*p != ',') return -1;
