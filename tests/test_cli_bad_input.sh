@@ -112,9 +112,13 @@ done
 # --- what the data asks of the model, refused before training, naming the file and row
 printf '0 1:1\n2 1:1\n' >"$D/label2.svm"
 expect_fail 1 "label2.svm" "row 2" "label 2" "binary" -- "$DISTML" train --model logreg --data "$D/label2.svm" --batch 1 --epochs 1
-# the largest index the reader takes, 4 workers here: 137 GB (more than any machine this runs on)
+# the largest index the reader takes: 34 GB of model per worker, with enough workers for twice
+# this machine's memory
 printf '1 2147483647:1\n0 1:1\n' >"$D/hugeidx.svm"
-expect_fail 1 "hugeidx.svm" "2147483647" "row 1" "more than this machine" -- "$DISTML" train --model logreg --data "$D/hugeidx.svm" --batch 4 --epochs 1 -n 4
+nw=$(awk '/^MemTotal:/ { n = int($2 * 1024 * 2 / 34.4e9) + 1; print (n < 2 ? 2 : n) }' /proc/meminfo)
+expect_fail 1 "hugeidx.svm" "2147483647" "row 1" "more than this machine" -- "$DISTML" train --model logreg --data "$D/hugeidx.svm" --batch "$nw" --epochs 1 -n "$nw"
+"$DISTML" train --data fashion-mnist --epochs 1 --batch 60000 --quiet --metrics - >"$D/metrics.out" 2>/dev/null \
+  && grep -q '"epoch"' "$D/metrics.out" && ok "--metrics - writes to stdout" || fail "--metrics -"
 
 # --- a training checkpoint whose step is not a number is refused by name
 "$DISTML" train --model logreg --data "$D/emptyrows.svm" --batch 1 --epochs 1 --quiet --checkpoint "$D/ck" \

@@ -42,7 +42,7 @@ expect_fail 2 "--optimizer" "'foo'" -- "$DISTML" tune --data "$TMP/d.svm" --test
 expect_fail 2 "--hidden" -- "$DISTML" tune --data "$TMP/d.svm" --test "$TMP/t.svm" --hidden 4x0,8
 expect_fail 2 "--loader-threads" -- "$DISTML" tune --data "$TMP/d.svm" --test "$TMP/t.svm" --lr 0.1,0.2 --loader-threads abc
 # --timeout: a trial still running is killed and reported as such
-table=$("$DISTML" tune -n 1 --data "$TMP/d.svm" --test "$TMP/t.svm" --lr 0.01,0.1 --epochs 200 --timeout 1 2>/dev/null)
+table=$("$DISTML" tune -n 1 --data "$TMP/d.svm" --test "$TMP/t.svm" --lr 0.01,0.1 --epochs 1000000 --timeout 1 2>/dev/null)
 [[ $(grep -c "timed out after 1 s" <<<"$table") -eq 2 ]] && ok "--timeout 1: both trials killed and reported" \
   || fail "--timeout: $table"
 finish

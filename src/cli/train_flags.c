@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cli/cli.h"
 #include "distml.h"
@@ -342,9 +343,21 @@ int dml_cli_train_flags_parse(dml_cli_train_flags *f, int argc, char **argv) {
   if (f->ftrl_alpha <= 0) f->ftrl_alpha = f->lr;
   if (f->lr_schedule == NULL)
     f->lr_schedule = strcmp(f->optimizer, "ftrl") == 0 ? "constant" : "cosine";
-  if (f->save != NULL) dml_cli_check_output("train", "--save", f->save);
-  if (f->metrics != NULL) dml_cli_check_output("train", "--metrics", f->metrics);
-  if (f->trace != NULL) dml_cli_check_output("train", "--trace", f->trace);
+  /* outputs checked once, where the job starts (the launcher, or rank 0 under mpirun): another
+   * machine's ranks need not have the directory. --metrics appends, so "-" (stdout), a pipe or a
+   * terminal is fine for it. */
+  const char *rk = getenv("DISTML_RANK");
+  if (rk == NULL || strcmp(rk, "0") == 0) {
+    struct stat mst;
+    int metrics_stream =
+        f->metrics != NULL &&
+        (strcmp(f->metrics, "-") == 0 ||
+         (stat(f->metrics, &mst) == 0 && !S_ISREG(mst.st_mode) && !S_ISDIR(mst.st_mode)));
+    if (f->save != NULL) dml_cli_check_output("train", "--save", f->save);
+    if (f->metrics != NULL && !metrics_stream)
+      dml_cli_check_output("train", "--metrics", f->metrics);
+    if (f->trace != NULL) dml_cli_check_output("train", "--trace", f->trace);
+  }
   if (f->resume && f->checkpoint == NULL)
     dml_cli_usage_error("train", "--resume needs --checkpoint DIR");
   int ps = f->strategy != NULL && strcmp(f->strategy, "ps") == 0;
