@@ -714,6 +714,7 @@ static void flush_aggregate_to(dml_ps_server *s, uint64_t mc) {
         continue;
       }
       dml_err e;
+      dml_err_clear(&e);
       if (push_apply(s, h->src, &h->m, NULL, &e) != 0)
         dml_log(DML_LOG_WARN, "ps server %d: a held push of %s: %s", s->me,
                 dml_comm_peer_name(s->c, h->src), dml_err_msg(&e));
@@ -1369,7 +1370,6 @@ static void send_shutdown(dml_ps_server *s, int but_me) {
 
 /* A frame received from src (buf, freed here) handled as the loop does: a dropped hostile peer
  * is not an error of the loop; anything else is. */
-
 static int handle_received(dml_ps_server *s, int src, void *buf, size_t bytes, dml_err *err) {
   dml_err herr;
   dml_err_clear(&herr);

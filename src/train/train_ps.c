@@ -61,8 +61,6 @@ static void result_to_wire(const dml_train_result *res, ps_result_wire *w) {
                         res->input_stall_s, res->input_stall_pct};
 }
 
-/* The bytes each server will hold if every one of the model's nkeys sparse keys is touched
- * (hashed into virtual ranges, docs/ps.md), printed once at start by the first worker. */
 /* The first worker's last step, once it has the final model and has left the job. */
 static int evaluate_and_save(const dml_train_config *cfg, dml_model *m, const dml_dataset *test,
                              dml_train_result *res, dml_err *err) {
@@ -122,6 +120,8 @@ static void log_dense_load(const dml_ps_config *pcfg, int n, uint64_t nparams) {
           (unsigned long long)nparams, line);
 }
 
+/* The bytes each server will hold if every one of the model's nkeys sparse keys is touched
+ * (hashed into virtual ranges, docs/ps.md), printed once at start by the first worker. */
 static void log_server_load(const dml_ps_config *pcfg, int n, uint64_t nkeys) {
   int S = dml_ps_num_servers(pcfg, n);
   uint64_t *bytes = dml__calloc((size_t)S, sizeof(uint64_t));
