@@ -102,6 +102,21 @@ expect_fail 1 "fifo" "not a regular file" -- "$DISTML" gen sparse --rows 5 --fea
 [[ -p $D/fifo ]] && ok "the fifo is still a fifo" || fail "gen replaced the fifo"
 expect_fail 2 "--save" "not a regular file" -- "$DISTML" train --data fashion-mnist --save "$D/fifo"
 
+# set_meta FILE KEY VALUE: rewrites one __metadata__ entry of a safetensors file
+set_meta() {
+  python3 - "$@" <<'PY'
+import json, struct, sys
+path, key, value = sys.argv[1:4]
+raw = open(path, "rb").read()
+n = struct.unpack("<Q", raw[:8])[0]
+head = json.loads(raw[8:8 + n])
+head["__metadata__"][key] = value
+new = json.dumps(head).encode()
+new += b" " * ((8 - len(new) % 8) % 8)
+open(path, "wb").write(struct.pack("<Q", len(new)) + new + raw[8 + n:])
+PY
+}
+
 # --- LIBSVM rows without any feature are valid: a batch of them trains
 printf '1\n0 1:1\n1\n' >"$D/emptyrows.svm"
 for seed in 1 2 3; do
@@ -123,18 +138,18 @@ expect_fail 1 "hugeidx.svm" "2147483647" "row 1" "more than this machine" -- "$D
 # --- a training checkpoint whose step is not a number is refused by name
 "$DISTML" train --model logreg --data "$D/emptyrows.svm" --batch 1 --epochs 1 --quiet --checkpoint "$D/ck" \
   || fail "checkpointed run"
-python3 - "$D/ck" <<'PY'
-import glob, json, struct, sys
-path = sorted(glob.glob(sys.argv[1] + "/ckpt-epoch-*.safetensors"))[-1]
-raw = open(path, "rb").read()
-n = struct.unpack("<Q", raw[:8])[0]
-head = json.loads(raw[8:8 + n])
-head["__metadata__"]["train.step"] = "abc"
-new = json.dumps(head).encode()
-new += b" " * ((8 - len(new) % 8) % 8)
-open(path, "wb").write(struct.pack("<Q", len(new)) + new + raw[8 + n:])
-PY
+set_meta "$(ls "$D"/ck/ckpt-epoch-*.safetensors | tail -1)" train.step abc
 expect_fail 1 "ckpt-epoch-" "train.step" -- "$DISTML" train --model logreg --data "$D/emptyrows.svm" --batch 1 --epochs 2 --checkpoint "$D/ck" --resume
+
+# --- binary data that is not IDX, read with --format auto
+printf '\x7fELF\x02\x01\x01\x00\x00\x00' >"$D/elf.bin"
+expect_fail 1 "elf.bin" "binary data that is not an IDX file" -- "$DISTML" train --data "$D/elf.bin" --epochs 1
+
+# --- a model file of another format version is refused by name
+"$DISTML" train --model logreg --data "$D/emptyrows.svm" --batch 1 --epochs 1 --quiet --save "$D/m.safetensors" \
+  || fail "saved model"
+set_meta "$D/m.safetensors" distml.format 2
+expect_fail 1 "m.safetensors" "distml.format '2'" -- "$DISTML" eval --model "$D/m.safetensors" --data "$D/emptyrows.svm"
 
 # --- a model file that is not one
 printf 'not a safetensors file at all' >"$D/bad.safetensors"

@@ -118,6 +118,14 @@ static int sniff_format(const char *path, const char **fmt, dml_err *err) {
     *fmt = "idx";
     return 0;
   }
+  /* text formats have no NUL byte: binary data that is not IDX gets its own error, not a LIBSVM
+   * parse of garbage */
+  if (memchr(head, 0, n) != NULL)
+    return dml_err_set(err, DML_EFORMAT,
+                       "%s: binary data that is not an IDX file (it starts %02x %02x %02x %02x; an "
+                       "IDX file starts 00 00 08..0e 01..04)",
+                       path, n > 0 ? head[0] : 0, n > 1 ? head[1] : 0, n > 2 ? head[2] : 0,
+                       n > 3 ? head[3] : 0);
   char base[4096];
   snprintf(base, sizeof(base), "%s", path);
   if (ends_with(base, ".gz")) base[strlen(base) - 3] = '\0';

@@ -91,6 +91,11 @@ static int config_from_file(const dml_safetensors *st, int max_batch, dml_model_
   if (kind == NULL)
     return dml_err_set(err, DML_EFORMAT,
                        "%s: no distml.model in __metadata__ (not a distml model file)", path);
+  const char *fmt = dml_safetensors_meta(st, "distml.format");
+  if (fmt != NULL && strcmp(fmt, "1") != 0)
+    return dml_err_set(err, DML_EFORMAT,
+                       "%s: distml.format '%s': this distml reads model files of format 1", path,
+                       fmt);
   if (in_dim == NULL || ncls == NULL)
     return dml_err_set(err, DML_EFORMAT,
                        "%s: __metadata__ lacks distml.in_dim or distml.num_classes", path);
