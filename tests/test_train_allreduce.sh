@@ -85,5 +85,9 @@ else
   "$DISTML" train -n 2 "${common[@]}" --epochs 4 --save "$TMP/straight.safetensors" >/dev/null
   cmp -s "$TMP/resumed.safetensors" "$TMP/straight.safetensors" && ok "resumed run == uninterrupted run (bitwise)" \
     || fail "resumed model differs from an uninterrupted run"
+  # resumed again with nothing left to train: the same model, evaluated, 4 epochs done
+  again=$("$DISTML" train -n 2 "${common[@]}" --epochs 4 --checkpoint "$TMP/ck" --resume 2>/dev/null)
+  python3 -c "import json,sys; a=json.loads(sys.argv[1].splitlines()[-1]); b=json.loads(sys.argv[2].splitlines()[-1]); sys.exit(0 if a['epochs']==4 and a['test_accuracy']==b['test_accuracy'] else 1)" "$again" "$out" \
+    && ok "resumed with every epoch done: evaluated, epochs 4, the same test accuracy" || fail "resume past the end: $again"
 fi
 finish

@@ -701,6 +701,15 @@ int dml_train_run(const dml_train_config *cfg_in, const dml_dataset *train, cons
   uint64_t bytes0 = comm ? dml_comm_bytes_sent(comm) : 0;
   double train_s = 0;
 
+  if (start_epoch >= cfg->epochs) { /* resumed with nothing left to train: the model as it is */
+    res->epochs_done = start_epoch;
+    if (t.rank == 0)
+      dml_log(DML_LOG_INFO, "the checkpoint of epoch %d has all %d epochs: evaluating it only",
+              start_epoch, cfg->epochs);
+    if (test != NULL && (rc = dml_evaluate(t.m, test, dp ? comm : NULL, &res->test_accuracy,
+                                           &res->test_loss, &res->test_auc, err)) != 0)
+      goto out;
+  }
   for (int epoch = start_epoch; epoch < cfg->epochs; epoch++) {
     double e0 = dml_now_s();
     uint64_t e_bytes0 = comm ? dml_comm_bytes_sent(comm) : 0;
