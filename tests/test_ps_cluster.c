@@ -46,6 +46,8 @@ typedef struct scenario {
   int one_server;   /* one_server_only: each worker's requests go to one server only */
   int extra;        /* pushpull: the last worker runs one iteration more; the first worker's final
                        pull must hold that lone push's step too */
+  int slow_leave;   /* communicator timeout 1.5 s; the last worker waits 4 s before leaving: the
+                       first worker's final pull and finish wait for it (not a failure) */
 } scenario;
 
 static int check_server(int rank, dml_ps_server *s, const scenario *sc) {
@@ -327,7 +329,7 @@ static int one_server_only(int rank, dml_comm *c, const scenario *sc) {
 static int rank_main(int rank, int n, int port, void *arg) {
   const scenario *sc = arg;
   dml_comm *c;
-  RK_OK(th_join(&c, rank, n, port, 20000));
+  RK_OK(th_join(&c, rank, n, port, sc->slow_leave ? 1500 : 20000));
   dml_err err;
   if (sc->one_server) {
     int rc = one_server_only(rank, c, sc);
@@ -457,6 +459,7 @@ static int rank_main(int rank, int n, int port, void *arg) {
     RK_OK(dml_ps_wait(ps, ts2));
     RK_OK(dml_ps_clock(ps));
   }
+  if (sc->slow_leave && rank == n - 1) usleep(4000000);
   /* the final model: every surviving worker's pushes are in */
   uint64_t ts;
   int first = cfg.colocated ? 0 : cfg.num_servers;
@@ -530,6 +533,8 @@ int main(void) {
   run("SSP:2 1 server 3 workers: bound held", 4, (scenario){.servers = 1, .staleness = 2});
   run("ASP 1 server 2 workers", 3, (scenario){.servers = 1, .staleness = DML_PS_ASP});
   run("resent push applied once", 2, (scenario){.servers = 1, .dup = 1});
+  run("a worker leaving 4 s after the others, 1.5 s timeout: the final pull waits for it", 3,
+      (scenario){.servers = 1, .slow_leave = 1});
   run("hostile ranks dropped, job goes on", 6, (scenario){.servers = 1, .hostile_from = 3});
   setenv("DISTML_PS_BODY_WAIT_MS", "1500", 1); /* the silent one stays 2.6 s */
   run("dense pushes announcing a body and sending none, or too little: dropped, job goes on", 5,

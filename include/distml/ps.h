@@ -198,7 +198,9 @@ int dml_ps_pull_dense_final(dml_ps *ps, uint64_t lo, float *vals_out, size_t n, 
 /* Pull that is answered only when every other worker has left or died (the final model). */
 int dml_ps_pull_final(dml_ps *ps, const uint64_t *keys, float *vals_out, size_t n, uint64_t *ts);
 /* Waits for request ts (bounded by the communicator's timeout: a server that stays silent is an
- * error, never a hang). The error names the server. Errors are sticky. */
+ * error, never a hang). The error names the server. Errors are sticky. A final pull (dedicated
+ * servers) waits as long as other workers train, logging each timeout; a server that dies is
+ * still an error at once. */
 int dml_ps_wait(dml_ps *ps, uint64_t ts);
 /* End of an iteration: the worker's clock advances. Servers are told with the worker's next
  * request (its header carries the clock) or, for those it does not reach, by a CLOCK frame sent
@@ -211,8 +213,9 @@ dml_comm *dml_ps_comm(const dml_ps *ps);
 /* Re-forms this client took part in, and request frames it resent after them. */
 int dml_ps_reforms(const dml_ps *ps);
 uint64_t dml_ps_resent_frames(const dml_ps *ps);
-/* Leaves: sends BYE to every server and waits (bounded by the communicator's timeout) until
- * each server has finished serving every worker (its shutdown message), taking part in a re-form
+/* Leaves: sends BYE to every server and waits until each server has finished serving every worker
+ * (its shutdown message: dedicated servers, as long as other workers train, logging each timeout
+ * of the communicator; a server that dies is an error at once), taking part in a re-form
  * meanwhile if a server fails (cfg.recover). Returns 0 or the error; dml_ps_free still frees.
  * The communicator stays usable afterwards (dml_ps_comm) until dml_ps_free. */
 int dml_ps_finish(dml_ps *ps);

@@ -27,6 +27,7 @@ typedef struct request {
   int *pending; /* (S) replies outstanding from each server */
   int npending;
   int dense; /* keys are the range [dense_lo, dense_lo + n) of the dense namespace */
+  int final; /* a final pull: answered once every other worker has left, however long that is */
   uint64_t dense_lo;
 } request;
 
@@ -395,6 +396,7 @@ static int post_dense(dml_ps *ps, int command, uint64_t clock, uint64_t lo, cons
   r->ts = next_timestamp(ps); /* before it counts as in flight: its old number is no clash */
   r->active = 1;
   r->command = command;
+  r->final = clock == DML__PS_CLOCK_FINAL;
   r->out = out;
   r->n = n;
   r->dense = 1;
@@ -471,6 +473,7 @@ static int post(dml_ps *ps, int command, uint64_t clock, const uint64_t *keys, c
   r->ts = next_timestamp(ps); /* before it counts as in flight: its old number is no clash */
   r->active = 1;
   r->command = command;
+  r->final = clock == DML__PS_CLOCK_FINAL;
   r->out = out;
   r->n = n;
   int with_vals = command == DML__PS_PUSH || command == DML__PS_PUSHPULL;
@@ -601,11 +604,28 @@ static int file_reply(dml_ps *ps, int s, void *buf, size_t bytes) {
 }
 
 /* Receives one message from server s and files it (file_reply). */
-static int receive_one(dml_ps *ps, int s) {
+/* patient: a final pull's answer or a server's last word, which come once every other worker has
+ * left: each timeout there is logged and the wait goes on (other workers still training; a server
+ * that dies closes its connection, which is still an error at once) -- not a failure to re-form. */
+static int receive_one(dml_ps *ps, int s, int patient) {
   int srank = server_rank(ps, s);
   void *buf = NULL;
   size_t bytes = 0;
-  int rc = dml_comm_recv_alloc(ps->c, srank, rep_tag(ps, s), &buf, &bytes, NULL);
+  int rc;
+  if (!patient) {
+    rc = dml_comm_recv_alloc(ps->c, srank, rep_tag(ps, s), &buf, &bytes, NULL);
+  } else { /* a posted receive: its timeout leaves it posted, and the peer healthy */
+    dml_comm_req *q = NULL;
+    rc = dml_comm_irecv_alloc(ps->c, srank, rep_tag(ps, s), &q);
+    while (rc == 0 &&
+           (rc = dml_comm_wait_alloc(ps->c, q, -1, &buf, &bytes, NULL)) == DML_ETIMEDOUT) {
+      dml_log(DML_LOG_INFO,
+              "ps worker %d: still waiting for server %s: other workers have not "
+              "finished",
+              ps->me, dml_comm_peer_name(ps->c, srank));
+      rc = 0;
+    }
+  }
   if (rc) return comm_failed(ps, rc, "waiting for", srank);
   return file_reply(ps, s, buf, bytes);
 }
@@ -769,7 +789,7 @@ int dml_ps_wait(dml_ps *ps, uint64_t ts) {
   while (r->npending > 0 && ps->sticky == 0) {
     int s = 0;
     while (!r->pending[s]) s++;
-    receive_one(ps, s);
+    receive_one(ps, s, r->final);
   }
   /* body replies: each server sent the values right after the header */
   for (int f = 0; f < r->nframes && ps->sticky == 0; f++) {
@@ -938,7 +958,7 @@ int dml_ps_finish(dml_ps *ps) {
   for (int s = 0; s < ps->S && ps->sticky == 0; s++) {
     /* after a re-form every server answers again: start over */
     int gen = ps->reforms;
-    rc = receive_one(ps, s);
+    rc = receive_one(ps, s, 1);
     if (ps->reforms != gen)
       s = -1;
     else if (rc != 1)
