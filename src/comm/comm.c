@@ -257,7 +257,7 @@ int dml_comm_test(dml_comm *c, dml_comm_req *req, int *done) {
 /* Wait for a request of a blocking call; on timeout give it up (the peer is marked failed). */
 static int wait_blocking(dml_comm *c, dml_comm_req *req, int keep) {
   int rc = c->ops->wait(c, req, c->cfg.timeout_ms, keep);
-  if (rc == DML_ETIMEDOUT) rc = c->ops->cancel(c, req, DML_ETIMEDOUT);
+  if (rc == DML_ETIMEDOUT) rc = c->ops->cancel(c, req, DML_ETIMEDOUT, keep);
   return rc;
 }
 
@@ -282,12 +282,12 @@ int dml_comm_sendrecv(dml_comm *c, int dst, int send_tag, const void *sendbuf, s
   if (rc) return rc;
   rc = dml_comm_isend(c, dst, send_tag, sendbuf, send_bytes, &sreq);
   if (rc) {
-    (void)c->ops->cancel(c, rreq, DML_ECANCELED);
+    (void)c->ops->cancel(c, rreq, DML_ECANCELED, 0);
     return rc;
   }
   int rs = wait_blocking(c, sreq, 0);
   if (rs) {
-    (void)c->ops->cancel(c, rreq, DML_ECANCELED);
+    (void)c->ops->cancel(c, rreq, DML_ECANCELED, 0);
     return rs;
   }
   return wait_blocking(c, rreq, 0);
@@ -355,7 +355,7 @@ int dml_comm_wait_any(dml_comm *c, dml_comm_req *const *reqs, int n, int timeout
 
 int dml_comm_cancel(dml_comm *c, dml_comm_req *req) {
   if (c == NULL || req == NULL) return DML_EINVAL;
-  return c->ops->cancel(c, req, DML_ECANCELED);
+  return c->ops->cancel(c, req, DML_ECANCELED, 0);
 }
 
 void dml_comm_buf_free(void *buf) {

@@ -340,10 +340,11 @@ static int mpi_test(dml_comm *c, dml_comm_req *r, int *done, int keep) {
   return rc;
 }
 
-static int mpi_cancel(dml_comm *c, dml_comm_req *r, int code) {
+static int mpi_cancel(dml_comm *c, dml_comm_req *r, int code, int keep) {
   mpi_state *m = M(c);
   lock(m);
-  if (!r->done) {
+  int was_done = r->done; /* completed since the caller's wait timed out */
+  if (!was_done) {
     char why[160];
     if (code == DML_ETIMEDOUT)
       snprintf(why, sizeof(why), "timed out after %d ms", c->cfg.timeout_ms);
@@ -362,7 +363,7 @@ static int mpi_cancel(dml_comm *c, dml_comm_req *r, int code) {
     if (code == DML_ETIMEDOUT || r->kind == REQ_SEND) fail_peer(m, r->peer, code, why);
     req_finish(m, r, code, why);
   }
-  int rc = finish(c, m, r, 0);
+  int rc = finish(c, m, r, was_done ? keep : 0);
   unlock(m);
   return rc;
 }

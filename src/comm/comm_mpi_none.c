@@ -38,8 +38,8 @@ static int none_wait_any(dml_comm *c, dml_comm_req *const *reqs, int n, int time
   (void)c, (void)reqs, (void)n, (void)timeout_ms;
   return DML_EUNSUPPORTED;
 }
-static int none_cancel(dml_comm *c, dml_comm_req *req, int code) {
-  (void)c, (void)req;
+static int none_cancel(dml_comm *c, dml_comm_req *req, int code, int keep) {
+  (void)c, (void)req, (void)keep;
   return code;
 }
 static void none_recv_take(dml_comm *c, dml_comm_req *req, void **buf, size_t *bytes, int *src) {

@@ -1049,10 +1049,11 @@ static int tcp_test(dml_comm *c, dml_comm_req *r, int *done, int keep) {
   return rc;
 }
 
-static int tcp_cancel(dml_comm *c, dml_comm_req *r, int code) {
+static int tcp_cancel(dml_comm *c, dml_comm_req *r, int code, int keep) {
   tcp *t = T(c);
   pthread_mutex_lock(&t->mu);
-  if (r->state != ST_DONE) {
+  int was_done = r->state == ST_DONE; /* completed since the caller's wait timed out */
+  if (!was_done) {
     char why[160];
     if (code == DML_ETIMEDOUT)
       snprintf(why, sizeof(why), "timed out after %d ms", c->cfg.timeout_ms);
@@ -1082,7 +1083,7 @@ static int tcp_cancel(dml_comm *c, dml_comm_req *r, int code) {
       if (r->state != ST_DONE) req_done(t, r, code, why);
     }
   }
-  int rc = finish(t, r, 0);
+  int rc = finish(t, r, was_done ? keep : 0);
   pthread_mutex_unlock(&t->mu);
   return rc;
 }

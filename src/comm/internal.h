@@ -83,8 +83,10 @@ struct dml__comm_backend {
   int (*wait_any)(dml_comm *c, dml_comm_req *const *reqs, int n, int timeout_ms);
   /* Give up on a pending request whose caller stops waiting (the blocking calls on timeout):
    * the peer involved is marked failed with code (sticky; a half-transferred frame cannot be
-   * resumed) and req is released. Returns the code. */
-  int (*cancel)(dml_comm *c, dml_comm_req *req, int code);
+   * resumed) and req is released. Returns the code. A request that completed meanwhile (between
+   * the caller's timed-out wait and this call) is finished as test would: its status returned,
+   * and a successful one kept when keep != 0 (an alloc receive whose message the caller takes). */
+  int (*cancel)(dml_comm *c, dml_comm_req *req, int code, int keep);
   /* For a completed alloc receive kept by wait: hand the buffer (free with dml_comm_buf_free),
    * its length and sender to the caller and release req. */
   void (*recv_take)(dml_comm *c, dml_comm_req *req, void **buf, size_t *bytes, int *src);

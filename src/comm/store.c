@@ -171,7 +171,7 @@ static void serve_conn(dml__store *s, int i) {
         if (s->conns[j]->authed && s->conns[j]->npending > 0 && answer_pending(s, s->conns[j]) != 0)
           s->conns[j]->npending = -1; /* marks a connection that could not be answered */
     } else {
-      if (c->npending >= MAX_PENDING) {
+      if (c->npending < 0 || c->npending >= MAX_PENDING) {
         snprintf(why, sizeof(why), "more than %d keys awaited at once", MAX_PENDING);
         rc = DML_EOVERFLOW;
       } else {
@@ -182,9 +182,12 @@ static void serve_conn(dml__store *s, int i) {
         if (rc) snprintf(why, sizeof(why), "cannot answer: %s", dml_strerror(rc));
       }
     }
+    /* this connection itself could not be answered by its own SET: dropped now (its pending list
+     * is no more; a GET on it would index it at -1) */
+    int unanswerable = c->npending < 0;
     pthread_mutex_unlock(&s->mu);
-    if (rc) {
-      drop_conn(s, i, DML_LOG_WARN, why);
+    if (rc || unanswerable) {
+      drop_conn(s, i, DML_LOG_WARN, rc ? why : "could not be answered (it does not read)");
       return;
     }
   }

@@ -1408,15 +1408,21 @@ int dml_ps_server_run(dml_ps_server *s, dml_err *err) {
     }
   s->last_ckpt_s = dml_now_s();
   s->last_ckpt_clock = s->st.restored ? s->st.restored_clock : 0;
+  /* One posted receive for the next request, kept across the communicator's timeouts: an idle
+   * server waits on (a blocking receive that timed out would fail the peer whose request was just
+   * arriving), and a peer that dies is still an error at once. */
+  dml_comm_req *q = NULL;
   while (s->live > 0) {
     void *buf = NULL;
     size_t bytes = 0;
     int src = -1;
-    rc = dml_comm_recv_alloc(s->c, DML_ANY_SOURCE, s->tag_req, &buf, &bytes, &src);
+    rc = q ? 0 : dml_comm_irecv_alloc(s->c, DML_ANY_SOURCE, s->tag_req, &q);
+    if (rc == 0) rc = dml_comm_wait_alloc(s->c, q, -1, &buf, &bytes, &src);
     if (rc == DML_ETIMEDOUT) {
       rc = 0;
       continue;
     }
+    q = NULL; /* completed (or never posted): released */
     if (rc && s->cfg.recover) {
       char why[300];
       snprintf(why, sizeof why, "receive failed: %.250s", dml_comm_errmsg(s->c));
@@ -1439,6 +1445,7 @@ int dml_ps_server_run(dml_ps_server *s, dml_err *err) {
     }
     maybe_checkpoint(s);
   }
+  if (q) dml_comm_cancel(s->c, q);
   flush_aggregate(s);
   watcher_stop(s);
   reap_replies(s, 1);
