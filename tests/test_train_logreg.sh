@@ -31,6 +31,16 @@ for v in "--servers 1 --sync bsp" "--servers 2 --sync ssp:2" "--servers colocate
     || fail "ps $v: AUC $auc3 vs local $auc"
   grep -q "distml ps: rank 0 of .* role" "$TMP/ps.err" && ok "ps $v: the launcher announced the roles" || fail "no role lines: $(head -3 "$TMP/ps.err")"
 done
+# FTRL stopped after 2 of 4 epochs and resumed: the same model as an uninterrupted run, bitwise,
+# with a decaying rate too (the weights restored as saved, not recomputed at the base rate)
+for sched in constant cosine; do
+  common=(--model logreg --data "$TMP/train.svm" --features 100000 --epochs 4 --lr-schedule $sched --quiet)
+  "$DISTML" train "${common[@]}" --save "$TMP/straight-$sched.st" 2>/dev/null
+  DISTML_TEST_STOP_AFTER_EPOCH=2 "$DISTML" train "${common[@]}" --checkpoint "$TMP/ck-$sched" 2>/dev/null
+  "$DISTML" train "${common[@]}" --checkpoint "$TMP/ck-$sched" --resume --save "$TMP/resumed-$sched.st" 2>/dev/null
+  cmp -s "$TMP/straight-$sched.st" "$TMP/resumed-$sched.st" && ok "FTRL $sched: resumed == uninterrupted (bitwise)" \
+    || fail "FTRL $sched: the resumed model differs"
+done
 expect_fail 2 "--server-threads" "--checkpoint" -- "$DISTML" train --strategy ps -n 2 \
   --server-threads 2 --checkpoint "$TMP/ck" --model logreg --data "$TMP/train.svm" --features 100000
 expect_fail 2 "--server-threads applies to --strategy ps" -- "$DISTML" train -n 2 \

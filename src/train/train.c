@@ -146,8 +146,10 @@ static int check_agreement(trainer *t, uint64_t h, const char *what) {
 
 /* A blocking all-reduce in the trainer's thread, in the wire type of --grad-compress: counted as
  * communication nothing hid, and drawn in the trace as name. */
-static int allreduce_here(trainer *t, float *buf, size_t count, dml_redop op, const char *name) {
-  dml_dtype w = t->cfg->wire_dtype;
+/* wire: the gradients' --grad-compress type, or DML_F32 (the model average: weights rounded to 16
+ * bits every few steps would erase the small updates between averages) */
+static int allreduce_here(trainer *t, float *buf, size_t count, dml_redop op, dml_dtype w,
+                          const char *name) {
   uint64_t a0 = dml_now_ns();
   int rc = w == DML_F32 ? dml_allreduce(t->comm, buf, count, DML_F32, op)
                         : dml_allreduce_f32_compressed(t->comm, buf, count, w, op);
@@ -172,7 +174,7 @@ static int launch_bucket(trainer *t, bucket *b) {
   if (last) {
     char name[24];
     snprintf(name, sizeof(name), "allreduce b%d", i);
-    rc = allreduce_here(t, g, b->count, DML_SUM, name);
+    rc = allreduce_here(t, g, b->count, DML_SUM, t->cfg->wire_dtype, name);
   } else {
     rc = w == DML_F32 ? dml_iallreduce(t->comm, g, b->count, DML_F32, DML_SUM, &b->req)
                       : dml_iallreduce_f32_compressed(t->comm, g, b->count, w, DML_SUM, &b->req);
@@ -671,9 +673,17 @@ int dml_train_run(const dml_train_config *cfg_in, const dml_dataset *train, cons
   if (cfg->resume) {
     int last = 0;
     if ((rc = latest_checkpoint(cfg->checkpoint_dir, &last, err)) != 0) goto out;
+    /* every rank must resume from the same checkpoint, to the same parameters: one that sees
+     * another directory (another machine) is an error naming it, not a silent divergence */
+    if (dp &&
+        (rc = check_agreement(&t, (uint64_t)last, "the checkpoint epoch to resume from")) != 0)
+      goto out;
     if (last > 0) {
       if ((rc = load_checkpoint(&t, last, &step)) != 0) goto out;
-      if (cfg->optim.kind == DML_OPT_FTRL) dml_optim_ftrl_weights(t.o, dml_model_params(t.m));
+      /* the checkpoint holds the parameters as they were (FTRL's too: recomputing them from z and
+       * n at the base rate would undo a decayed schedule's) */
+      if (dp && (rc = check_agreement(&t, params_hash(&t), "the parameters resumed")) != 0)
+        goto out;
       start_epoch = last;
       res->resumed_from_epoch = last;
       if (t.rank == 0)
@@ -794,13 +804,16 @@ int dml_train_run(const dml_train_config *cfg_in, const dml_dataset *train, cons
       step++;
       if (dp && cfg->sync_every > 0 &&
           ((s + 1) % cfg->sync_every == 0 || s + 1 == steps_per_epoch)) {
-        rc = allreduce_here(&t, dml_model_params(t.m), t.n, DML_AVG, "model average");
+        rc = allreduce_here(&t, dml_model_params(t.m), t.n, DML_AVG, DML_F32, "model average");
         if (rc != 0) {
           dml_err_set(err, rc, "averaging the models: %s", dml_coll_errmsg(comm));
           goto out;
         }
       }
-      if (check_replicas &&
+      /* with local SGD the replicas agree only right after an average */
+      int averaged =
+          cfg->sync_every == 0 || (s + 1) % cfg->sync_every == 0 || s + 1 == steps_per_epoch;
+      if (check_replicas && averaged &&
           (rc = check_agreement(&t, params_hash(&t), "the parameters after a step")) != 0)
         goto out;
       if (show) {
