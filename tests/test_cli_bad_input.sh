@@ -151,6 +151,18 @@ expect_fail 1 "elf.bin" "binary data that is not an IDX file" -- "$DISTML" train
 set_meta "$D/m.safetensors" distml.format 2
 expect_fail 1 "m.safetensors" "distml.format '2'" -- "$DISTML" eval --model "$D/m.safetensors" --data "$D/emptyrows.svm"
 
+# --- a model file whose metadata promise a 2G-parameter model and hold no tensor: refused before
+# any allocation
+python3 - "$D/promise.safetensors" <<'PY'
+import json, struct, sys
+meta = {"distml.format": "1", "distml.model": "softmax", "distml.in_dim": "268435456",
+        "distml.num_classes": "8", "distml.hidden": "", "distml.seed": "1"}
+b = json.dumps({"__metadata__": meta}).encode()
+b += b" " * ((8 - len(b) % 8) % 8)
+open(sys.argv[1], "wb").write(struct.pack("<Q", len(b)) + b)
+PY
+expect_fail 1 "promise.safetensors" "2147483656 parameters" "holds 0 values" -- "$DISTML" eval --model "$D/promise.safetensors" --data "$D/emptyrows.svm"
+
 # --- a model file that is not one
 printf 'not a safetensors file at all' >"$D/bad.safetensors"
 expect_fail 1 "bad.safetensors" -- "$DISTML" eval --model "$D/bad.safetensors" --data "$D/ok-images-idx3-ubyte"

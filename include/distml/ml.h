@@ -109,8 +109,11 @@ void dml_model_init_params(dml_model *m, uint64_t seed);
 
 const dml_model_config *dml_model_get_config(const dml_model *m);
 size_t dml_model_num_params(const dml_model *m); /* floats in the params/grads buffers */
-float *dml_model_params(dml_model *m);           /* (num_params), owned by m */
-float *dml_model_grads(dml_model *m);            /* (num_params), same layout */
+/* The parameters a model of cfg would have (in_dim and num_classes as given; logreg: in_dim + 1),
+ * without making it: for checks before an allocation. */
+uint64_t dml_model_config_params(const dml_model_config *cfg);
+float *dml_model_params(dml_model *m); /* (num_params), owned by m */
+float *dml_model_grads(dml_model *m);  /* (num_params), same layout */
 int dml_model_num_tensors(const dml_model *m);
 const dml_tensor_info *dml_model_tensor(const dml_model *m, int i); /* NULL if out of range */
 const dml_tensor_info *dml_model_find_tensor(const dml_model *m, const char *name);

@@ -52,20 +52,17 @@ static dml_optim_kind optim_kind(const char *name) {
 /* What the training data asks of the model, checked before any is made: logreg's labels are 0 and 1,
  * and the models of this machine's workers (sized by the file's largest feature index) fit in its
  * memory. Errors name the file and the row. */
-static void check_fits(const dml_cli_train_flags *f, const dml_dataset *ds, int ps_mode) {
+static void check_fits(const dml_cli_train_flags *f, const dml_model_config *model,
+                       const dml_dataset *ds, int ps_mode) {
   int logreg = strcmp(f->model, "logreg") == 0;
   for (int i = 0; logreg && i < ds->n; i++)
     if (ds->y[i] > 1)
       dml_cli_fail("train", "%s: row %d: label %d: logreg is binary (labels 0 and 1)", ds->name,
                    i + 1, ds->y[i]);
-  double params = logreg ? ds->dim + 1.0 : 0, in = ds->dim;
-  if (!logreg) {
-    for (int l = 0; strcmp(f->model, "mlp") == 0 && l < f->n_hidden; l++) {
-      params += (in + 1) * f->hidden[l];
-      in = f->hidden[l];
-    }
-    params += (in + 1) * ds->num_classes;
-  }
+  dml_model_config mc = *model;
+  mc.in_dim = ds->dim;
+  mc.num_classes = ds->num_classes;
+  double params = (double)dml_model_config_params(&mc);
   /* bytes per parameter for the -n workers of this machine: each holds the model and its
    * gradients, and (all-reduce, local) two optimizer states; a parameter-server worker's optimizer
    * is on the servers, but the first worker pulls the final model with its u64 keys */
@@ -297,7 +294,7 @@ int dml_cli_train_main(int argc, char **argv) {
   if (f.test != NULL && test.dim != train.dim)
     dml_cli_fail("train", "%s has %d features but %s has %d", test.name, test.dim, train.name,
                  train.dim);
-  check_fits(&f, &train, ps_mode);
+  check_fits(&f, &cfg.model, &train, ps_mode);
   if (cfg.strategy == DML_STRATEGY_ALLREDUCE) { /* keep only this rank's shard in memory */
     int64_t b, en;
     cfg.shard_of_rows = train.n;

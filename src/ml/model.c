@@ -339,6 +339,18 @@ void dml_model_free(dml_model *m) {
 const dml_model_config *dml_model_get_config(const dml_model *m) {
   return &m->cfg;
 }
+uint64_t dml_model_config_params(const dml_model_config *cfg) {
+  if (cfg->kind == DML_MODEL_LOGREG) return (uint64_t)cfg->in_dim + 1;
+  int nl = cfg->kind == DML_MODEL_MLP ? cfg->num_hidden + 1 : 1;
+  uint64_t total = 0, in = (uint64_t)cfg->in_dim;
+  for (int l = 0; l < nl; l++) {
+    uint64_t out = (uint64_t)(l == nl - 1 ? cfg->num_classes : cfg->hidden[l]);
+    total += in * out + out;
+    in = out;
+  }
+  return total;
+}
+
 size_t dml_model_num_params(const dml_model *m) {
   return m->nparams;
 }

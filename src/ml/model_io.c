@@ -168,6 +168,22 @@ int dml_model_from_safetensors(const dml_safetensors *st, int max_batch, dml_mod
   dml_model_config cfg;
   int rc = config_from_file(st, max_batch, &cfg, err);
   if (rc) return rc;
+  /* the values the metadata promise must be in the file before a large model is made (a small
+   * hostile file would otherwise allocate and initialise gigabytes first); a small one is made and
+   * checked tensor by tensor, which names the tensor and shape that is wrong */
+  uint64_t want = dml_model_config_params(&cfg), have = 0;
+  for (int i = 0; i < dml_safetensors_count(st); i++) {
+    const dml_st_tensor *t = dml_safetensors_get(st, i);
+    uint64_t c = 1;
+    for (int d = 0; d < t->ndim; d++) c *= (uint64_t)t->shape[d];
+    have += c;
+  }
+  if (want > have && want > ((uint64_t)1 << 24))
+    return dml_err_set(err, DML_EFORMAT,
+                       "%s: its metadata describe a model of %llu parameters but the file holds "
+                       "%llu values",
+                       dml_safetensors_path(st), (unsigned long long)want,
+                       (unsigned long long)have);
   dml_model *m = NULL;
   dml_err e = {0};
   if ((rc = dml_model_create(&m, &cfg, &e)) != 0)
