@@ -145,6 +145,20 @@ expect_fail 1 "ckpt-epoch-" "train.step" -- "$DISTML" train --model logreg --dat
 printf '\x7fELF\x02\x01\x01\x00\x00\x00' >"$D/elf.bin"
 expect_fail 1 "elf.bin" "binary data that is not an IDX file" -- "$DISTML" train --data "$D/elf.bin" --epochs 1
 
+# --- a checkpoint whose FTRL n (a sum of squares) holds a negative value is refused by name
+"$DISTML" train --model logreg --data "$D/emptyrows.svm" --batch 1 --epochs 1 --quiet --checkpoint "$D/ck2" \
+  || fail "checkpointed run"
+python3 - "$(ls "$D"/ck2/ckpt-epoch-*.safetensors | tail -1)" <<'PY'
+import json, struct, sys
+path = sys.argv[1]
+raw = bytearray(open(path, "rb").read())
+n = struct.unpack("<Q", raw[:8])[0]
+begin = json.loads(raw[8:8 + n])["optim.ftrl.n"]["data_offsets"][0]
+raw[8 + n + begin:8 + n + begin + 4] = struct.pack("<f", -1.0)
+open(path, "wb").write(raw)
+PY
+expect_fail 1 "ckpt-epoch-" "optim.ftrl.n" "element 0" "not negative" -- "$DISTML" train --model logreg --data "$D/emptyrows.svm" --batch 1 --epochs 2 --checkpoint "$D/ck2" --resume
+
 # --- a model file of another format version is refused by name
 "$DISTML" train --model logreg --data "$D/emptyrows.svm" --batch 1 --epochs 1 --quiet --save "$D/m.safetensors" \
   || fail "saved model"

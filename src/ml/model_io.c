@@ -290,6 +290,17 @@ int dml_checkpoint_restore(const char *path, dml_model *m, dml_optim *o, dml_saf
                         path, name, (long long)t->shape[0]);
         goto done;
       }
+      /* finite, and the sums of squares (Adam's v, AdaGrad's sum, FTRL's n) not negative: one
+       * bad value would turn the model NaN at the next step */
+      int squares = strcmp(t->name, "adam.v") == 0 || strcmp(t->name, "adagrad.sum") == 0 ||
+                    strcmp(t->name, "ftrl.n") == 0;
+      for (int64_t j = 0; j < f->shape[0]; j++)
+        if (!isfinite(f->data[j]) || (squares && f->data[j] < 0.0f)) {
+          rc = dml_err_set(err, DML_EFORMAT, "%s: optimizer state '%s' element %lld is %g%s", path,
+                           name, (long long)j, (double)f->data[j],
+                           isfinite(f->data[j]) ? " (a sum of squares, not negative)" : "");
+          goto done;
+        }
     }
   }
   /* Everything checked: now copy. */
