@@ -219,8 +219,19 @@ static void stop_workers(master *m) {
   memset(f, 0, m->down_bytes);
   put32(f, FARM_MAGIC);
   put32(f + 4, DOWN_STOP);
-  for (int r = 1; r < m->n; r++)
-    if (m->w[r].alive) dml_comm_send(m->c, r, FARM_TAG_DOWN, f, m->down_bytes);
+  for (int r = 1; r < m->n; r++) {
+    if (m->w[r].alive) {
+      dml_comm_send(m->c, r, FARM_TAG_DOWN, f, m->down_bytes);
+      continue;
+    }
+    /* a worker lost to the lease may still be there (stopped a while, then resumed): told too, so
+     * that it does not wait for a task until this process ends -- for a second at most (one that
+     * died fails at once) */
+    dml_comm_req *q = NULL;
+    if (dml_comm_isend(m->c, r, FARM_TAG_DOWN, f, m->down_bytes, &q) == 0 &&
+        dml_comm_wait(m->c, q, 1000) == DML_ETIMEDOUT)
+      dml_comm_cancel(m->c, q);
+  }
 }
 
 /* Buffers that a posted receive may still write into: kept (reachable) until the process ends. */
