@@ -144,10 +144,10 @@ static int check_agreement(trainer *t, uint64_t h, const char *what) {
   return 0;
 }
 
-/* A blocking all-reduce in the trainer's thread, in the wire type of --grad-compress: counted as
- * communication nothing hid, and drawn in the trace as name. */
-/* wire: the gradients' --grad-compress type, or DML_F32 (the model average: weights rounded to 16
- * bits every few steps would erase the small updates between averages) */
+/* A blocking all-reduce in the trainer's thread, in wire type w: the gradients' --grad-compress
+ * type, or DML_F32 for the model average (weights rounded to 16 bits every few steps would erase
+ * the small updates between averages). Counted as communication nothing hid, and drawn in the
+ * trace as name. */
 static int allreduce_here(trainer *t, float *buf, size_t count, dml_redop op, dml_dtype w,
                           const char *name) {
   uint64_t a0 = dml_now_ns();
