@@ -49,9 +49,9 @@ static dml_optim_kind optim_kind(const char *name) {
   return k;
 }
 
-/* What the training data asks of the model, checked before any is made: logreg's labels are 0 and 1,
- * and the models of this machine's workers (sized by the file's largest feature index) fit in its
- * memory. Errors name the file and the row. */
+/* What the training data asks of the model, checked before any is made: logreg's labels are 0
+ * and 1, and the models of this machine's workers (sized by the file's largest feature index) fit
+ * in its memory. Errors name the file and the row. */
 static void check_fits(const dml_cli_train_flags *f, const dml_model_config *model,
                        const dml_dataset *ds, int ps_mode) {
   int logreg = strcmp(f->model, "logreg") == 0;

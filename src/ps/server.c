@@ -43,8 +43,8 @@ typedef struct dense_part {
   size_t agg_lo, agg_hi; /* offsets they touched: [agg_lo, agg_hi) */
 } dense_part;
 
-/* BSP sync aggregation: a push of a clock the open aggregate has not reached (its worker is ahead of
- * the slowest), kept (owned) until that clock's aggregate opens. */
+/* BSP sync aggregation: a push of a clock the open aggregate has not reached (its worker is ahead
+ * of the slowest), kept (owned) until that clock's aggregate opens. */
 typedef struct held_push {
   int src;
   dml__ps_msg m;
@@ -681,7 +681,8 @@ static void apply_aggregate(dml_ps_server *s) {
 
 static void maybe_checkpoint(dml_ps_server *s);
 
-/* A push summed into the open aggregate (or, without aggregation, applied): its worker counts it. */
+/* A push summed into the open aggregate (or, without aggregation, applied): its worker counts
+ * it. */
 static int push_apply(dml_ps_server *s, int src, const dml__ps_msg *m, float *also, dml_err *err) {
   int rc = (m->flags & DML__PS_FLAG_DENSE) ? apply_dense(s, m, also, err) : apply_push(s, m, err);
   if (rc == 0) {
