@@ -94,6 +94,55 @@ static void test_killed_rank(void) {
   T_EQ_INT(th_wait_pid(pid[1], 60), 0);
 }
 
+/* ---- every other rank dead: a new any-source receive fails at once ------------------------ */
+
+static int alone_main(int rank, int n, int port, void *arg) {
+  fail_arg *a = arg;
+  dml_comm *c;
+  if (join(rank, n, port, a, &c)) return 1;
+  signal_ready(a);
+  if (rank == 1) {
+    for (;;) pause(); /* the parent kills us */
+  }
+  uint8_t buf[8];
+  R_ASSERT(dml_comm_recv(c, 1, 5, buf, sizeof(buf)) == DML_ECLOSED); /* its death is seen */
+  /* posted after it: nothing can ever match, so the call itself fails, naming the dead rank */
+  dml_comm_req *req = NULL;
+  R_ASSERT(dml_comm_irecv_alloc(c, DML_ANY_SOURCE, 7, &req) == DML_ECLOSED);
+  R_ASSERT(strstr(dml_comm_errmsg(c), "every other rank has failed") != NULL);
+  R_ASSERT(strstr(dml_comm_errmsg(c), "rank 1") != NULL);
+  /* a message already queued from itself is still delivered */
+  RK_OK(dml_comm_send(c, 0, 8, "self", 5));
+  void *got = NULL;
+  size_t len = 0;
+  RK_OK(dml_comm_recv_alloc(c, DML_ANY_SOURCE, 8, &got, &len, NULL));
+  R_ASSERT(len == 5 && memcmp(got, "self", 5) == 0);
+  dml_comm_buf_free(got);
+  dml_comm_free(c);
+  return 0;
+}
+
+static void test_alone(void) {
+  int ready[2];
+  T_ASSERT(pipe(ready) == 0);
+  fail_arg a = {.ready_fd = ready[1], .timeout_ms = 30000};
+  int port = th_free_port();
+  pid_t pid[2];
+  for (int r = 0; r < 2; r++) pid[r] = th_spawn(r, 2, port, alone_main, &a, NULL);
+  close(ready[1]);
+  char b[2];
+  size_t got = 0;
+  while (got < 2) {
+    ssize_t k = read(ready[0], b + got, 2 - got);
+    T_ASSERT(k > 0);
+    got += (size_t)k;
+  }
+  close(ready[0]);
+  T_ASSERT(kill(pid[1], SIGKILL) == 0);
+  T_EQ_INT(th_wait_pid(pid[1], 10), 128 + SIGKILL);
+  T_EQ_INT(th_wait_pid(pid[0], 60), 0);
+}
+
 /* ---- a silent rank: timeout ------------------------------------------------------------- */
 static int silent_main(int rank, int n, int port, void *arg) {
   fail_arg *a = arg;
@@ -337,6 +386,8 @@ int main(void) {
   signal(SIGPIPE, SIG_IGN);
   test_killed_rank();
   printf("killed rank: ok\n");
+  test_alone();
+  printf("every other rank dead: a new any-source receive fails at once: ok\n");
   test_silent_rank();
   printf("silent rank (timeout): ok\n");
   test_abort();

@@ -905,6 +905,26 @@ static int tcp_irecv(dml_comm *c, int peer_rank, int tag, void *buf, size_t byte
     pthread_mutex_unlock(&t->mu);
     return rc;
   }
+  /* An any-source receive with nothing queued for it, posted once every other rank has failed,
+   * cannot complete either (fail_peer fails those posted before): an error now, not a wait. */
+  if (m == NULL && peer_rank == DML_ANY_SOURCE && t->n > 1) {
+    int alive = 0, last = -1;
+    for (int i = 0; i < t->n; i++) {
+      if (i == t->me) continue;
+      if (t->peers[i].err == 0)
+        alive++;
+      else
+        last = i;
+    }
+    if (alive == 0 && last >= 0) {
+      peer *p = &t->peers[last];
+      rc = dml__comm_fail(c, p->err,
+                          "recv from any rank tag %d: every other rank has failed (%s: %s)", tag,
+                          p->name, p->errmsg);
+      pthread_mutex_unlock(&t->mu);
+      return rc;
+    }
+  }
   dml_comm_req *r = req_new(t, REQ_RECV, peer_rank, tag);
   if (r == NULL) {
     pthread_mutex_unlock(&t->mu);
