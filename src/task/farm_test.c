@@ -1,6 +1,7 @@
 /* Tests for the task farm over real processes on loopback: every task's result exactly once and
  * right; a worker killed (SIGKILL, by itself, mid-run) loses nothing; a worker that stops
- * (SIGSTOP) is dropped when its lease runs out and its tasks are re-issued; a task that kills
+ * (SIGSTOP) is dropped when its lease runs out and its tasks are re-issued, and one resumed after
+ * that is told to stop when the farm ends (it leaves while the master goes on); a task that kills
  * three workers fails with DML_EPEER while the others finish; an unknown handler is an error
  * result, not a crash; a worker sending a corrupt frame is dropped and its tasks re-issued.
  * Processes are forked here and waited by pid.  test-labels: tsan */
@@ -9,7 +10,7 @@
 #include "distml/task.h"
 #include "test_comm_harness.h"
 
-enum { MODE_PLAIN, MODE_KILL, MODE_STOP, MODE_POISON, MODE_HOSTILE };
+enum { MODE_PLAIN, MODE_KILL, MODE_STOP, MODE_POISON, MODE_HOSTILE, MODE_STOP_RESUME };
 
 typedef struct cfg {
   int mode;
@@ -33,7 +34,8 @@ static int square(void *user, const void *in, size_t in_bytes, void *out, size_t
   u->calls++;
   if (u->cf->mode == MODE_KILL && u->rank == u->cf->victim && u->calls == u->cf->after)
     raise(SIGKILL);
-  if (u->cf->mode == MODE_STOP && u->rank == u->cf->victim && u->calls == u->cf->after)
+  if ((u->cf->mode == MODE_STOP || u->cf->mode == MODE_STOP_RESUME) && u->rank == u->cf->victim &&
+      u->calls == u->cf->after)
     raise(SIGSTOP);
   if (u->cf->mode == MODE_POISON && x == 7) raise(SIGKILL);
   if (u->cf->mode != MODE_PLAIN) {
@@ -151,6 +153,7 @@ static int master_rank(int rank, int n, int port, void *arg) {
       break;
     case MODE_KILL:
     case MODE_STOP:
+    case MODE_STOP_RESUME:
     case MODE_HOSTILE:
       R_ASSERT(st.done == nt && st.failed == 0 && st.workers_lost == 1 && st.reissued >= 1);
       for (size_t t = 0; t < nt; t++) R_ASSERT(res[t].worker != cf->victim || res[t].attempts >= 1);
@@ -160,6 +163,12 @@ static int master_rank(int rank, int n, int port, void *arg) {
       break;
   }
   dml_farm_results_free(res, total);
+  if (cf->mode == MODE_STOP_RESUME) {
+    /* this process goes on after the farm; the worker it lost, resumed meanwhile, was told to
+     * stop too and leaves by itself: its connection closes (not a timeout) */
+    uint8_t b;
+    R_ASSERT(dml_comm_recv(c, cf->victim, 99, &b, 1) == DML_ECLOSED);
+  }
   if (cf->mode == MODE_PLAIN) {
     /* The same communicator carries a second run: nothing of the first one is left over. */
     RK_OK(dml_farm_run(c, &o, tasks, nt, res, &st, &err));
@@ -185,6 +194,15 @@ static void run_farm(const char *what, int n, cfg *cf, int victims_sig) {
   pid_t pid[16];
   pid[0] = th_spawn(0, n, port, master_rank, cf, NULL);
   for (int r = 1; r < n; r++) pid[r] = th_spawn(r, n, port, worker_rank, cf, NULL);
+  if (cf->mode == MODE_STOP_RESUME) { /* once stopped, past its lease, it is resumed */
+    int st = 0;
+    while (waitpid(pid[cf->victim], &st, WUNTRACED) < 0 && errno == EINTR) {
+    }
+    T_ASSERT(WIFSTOPPED(st));
+    struct timespec ts = {1, 500000000};
+    nanosleep(&ts, NULL);
+    T_ASSERT(kill(pid[cf->victim], SIGCONT) == 0);
+  }
   int mrc = th_wait_pid(pid[0], 120);
   if (cf->mode == MODE_STOP) kill(pid[cf->victim], SIGKILL); /* the stopped worker, by pid */
   int died = 0;
@@ -212,6 +230,8 @@ int main(void) {
   run_farm("worker 2 killed at its 30th task", 4, &k, SIGKILL);
   cfg s = {MODE_STOP, 400, 1, 30};
   run_farm("worker 1 stopped at its 30th task", 4, &s, SIGKILL);
+  cfg sr = {MODE_STOP_RESUME, 400, 1, 30};
+  run_farm("worker 1 stopped past its lease, then resumed: told to stop too", 4, &sr, 0);
   cfg p = {MODE_POISON, 60, 0, 0};
   run_farm("task 7 kills every worker it runs on", 5, &p, SIGKILL);
   cfg h = {MODE_HOSTILE, 200, 3, 0};
