@@ -72,26 +72,31 @@ static int killed_main(int rank, int n, int port, void *arg) {
   return 0;
 }
 
-static void test_killed_rank(void) {
+/* Starts n ranks of fn, kills the last once every rank has joined, and expects the others to
+ * exit 0 (each asserts what it saw of the death). */
+static void kill_last_rank(int n, th_rank_fn fn) {
   int ready[2];
   T_ASSERT(pipe(ready) == 0);
   fail_arg a = {.ready_fd = ready[1], .timeout_ms = 30000};
   int port = th_free_port();
-  pid_t pid[3];
-  for (int r = 0; r < 3; r++) pid[r] = th_spawn(r, 3, port, killed_main, &a, NULL);
+  pid_t pid[8];
+  for (int r = 0; r < n; r++) pid[r] = th_spawn(r, n, port, fn, &a, NULL);
   close(ready[1]);
-  char b[3];
+  char b[8];
   size_t got = 0;
-  while (got < 3) {
-    ssize_t k = read(ready[0], b + got, 3 - got);
+  while (got < (size_t)n) {
+    ssize_t k = read(ready[0], b + got, (size_t)n - got);
     T_ASSERT(k > 0);
     got += (size_t)k;
   }
   close(ready[0]);
-  T_ASSERT(kill(pid[2], SIGKILL) == 0);
-  T_EQ_INT(th_wait_pid(pid[2], 10), 128 + SIGKILL);
-  T_EQ_INT(th_wait_pid(pid[0], 60), 0);
-  T_EQ_INT(th_wait_pid(pid[1], 60), 0);
+  T_ASSERT(kill(pid[n - 1], SIGKILL) == 0);
+  T_EQ_INT(th_wait_pid(pid[n - 1], 10), 128 + SIGKILL);
+  for (int r = 0; r < n - 1; r++) T_EQ_INT(th_wait_pid(pid[r], 60), 0);
+}
+
+static void test_killed_rank(void) {
+  kill_last_rank(3, killed_main);
 }
 
 /* ---- every other rank dead: a new any-source receive fails at once ------------------------ */
@@ -123,24 +128,7 @@ static int alone_main(int rank, int n, int port, void *arg) {
 }
 
 static void test_alone(void) {
-  int ready[2];
-  T_ASSERT(pipe(ready) == 0);
-  fail_arg a = {.ready_fd = ready[1], .timeout_ms = 30000};
-  int port = th_free_port();
-  pid_t pid[2];
-  for (int r = 0; r < 2; r++) pid[r] = th_spawn(r, 2, port, alone_main, &a, NULL);
-  close(ready[1]);
-  char b[2];
-  size_t got = 0;
-  while (got < 2) {
-    ssize_t k = read(ready[0], b + got, 2 - got);
-    T_ASSERT(k > 0);
-    got += (size_t)k;
-  }
-  close(ready[0]);
-  T_ASSERT(kill(pid[1], SIGKILL) == 0);
-  T_EQ_INT(th_wait_pid(pid[1], 10), 128 + SIGKILL);
-  T_EQ_INT(th_wait_pid(pid[0], 60), 0);
+  kill_last_rank(2, alone_main);
 }
 
 /* ---- a silent rank: timeout ------------------------------------------------------------- */
