@@ -25,10 +25,6 @@
 #include "distml/coll.h"
 #include "distml/ps.h"
 
-#define STATS_TAG \
-  7301 /* server -> first worker: bytes received; + 1: worker -> first worker:
-                          its time per iteration (user tag range) */
-
 typedef struct layout {
   const char *name;
   int workers, servers, colocated;
@@ -126,13 +122,12 @@ static int allreduce_block(dml_comm *c, float *v, size_t K, dml_allreduce_algo a
 }
 
 /* One PS block: a fresh server (and shard) and client, 2 warm-up and iters timed iterations of
- * op; *t (on the first worker) the slowest worker's seconds per iteration; *sbytes (there) the
- * frame bytes all servers received per iteration. */
+ * op; *t the slowest worker's seconds per iteration; *sbytes the frame bytes all servers
+ * received per iteration (on every rank). */
 static int ps_block(const layout *L, dml_comm *c, const dml_ps_config *cfg, int op, const float *g,
                     float *v, size_t K, int iters, double *t, double *sbytes, dml_err *e) {
   const int warm = 2;
   int n = dml_comm_size(c), rank = dml_comm_rank(c), rc = 0;
-  int S = dml_ps_num_servers(cfg, n), first = L->colocated ? 0 : L->servers;
   dml_ps_server *srv = NULL;
   double t_ps = 0;
   if (dml_ps_is_server(cfg, rank)) {
@@ -160,33 +155,18 @@ static int ps_block(const layout *L, dml_comm *c, const dml_ps_config *cfg, int 
       snprintf(e->msg, sizeof e->msg, "%s", dml_ps_errmsg(ps));
     dml_ps_free(ps);
   }
-  /* server byte counts to the first worker */
+  /* every rank's figures reduced (the collectives, on the same processes): the frame bytes the
+   * servers received per iteration, summed, and the slowest worker's time per iteration */
   double sb = 0;
   if (rc == 0 && srv) {
     dml_ps_server_stats st;
     dml_ps_server_stats_get(srv, &st);
-    double b = (double)st.bytes_in / (warm + iters);
-    if (rank != first)
-      rc = dml_comm_send(c, first, STATS_TAG, &b, sizeof b);
-    else
-      sb += b;
+    sb = (double)st.bytes_in / (warm + iters);
   }
-  if (rc == 0 && rank == first)
-    for (int s = 0; s < S && rc == 0; s++) {
-      if (s == first) continue;
-      double b;
-      rc = dml_comm_recv(c, s, STATS_TAG, &b, sizeof b);
-      sb += b;
-    }
   dml_ps_server_free(srv);
-  /* the time per iteration is the slowest worker's */
-  if (rc == 0 && dml_ps_is_worker(cfg, rank, n) && rank != first)
-    rc = dml_comm_send(c, first, STATS_TAG + 1, &t_ps, sizeof t_ps);
-  for (int w = first + 1; rc == 0 && rank == first && w < n; w++) {
-    double tw;
-    rc = dml_comm_recv(c, w, STATS_TAG + 1, &tw, sizeof tw);
-    if (tw > t_ps) t_ps = tw;
-  }
+  if (rc == 0 && ((rc = dml_allreduce(c, &sb, 1, DML_F64, DML_SUM)) != 0 ||
+                  (rc = dml_allreduce(c, &t_ps, 1, DML_F64, DML_MAX)) != 0))
+    snprintf(e->msg, sizeof e->msg, "gathering the figures: %s", dml_comm_errmsg(c));
   *t = t_ps;
   *sbytes = sb;
   return rc;
