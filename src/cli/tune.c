@@ -150,21 +150,17 @@ static int run_trial(void *user, const void *in, size_t in_bytes, void *out, siz
   int st;
   while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
   }
-  if (timed_out) {
-    int n = snprintf(out, out_cap, "{\"error\":\"timed out after %d s (--timeout)\"}", g_timeout_s);
-    if (n < 0 || (size_t)n >= out_cap) return DML_EOVERFLOW;
-    *out_bytes = (size_t)n + 1;
-    return 0;
-  }
   buf[len] = '\0';
   while (len > 0 && buf[len - 1] == '\n') buf[--len] = '\0';
   const char *last = strrchr(buf, '\n');
   last = last ? last + 1 : buf;
   int failed = !WIFEXITED(st) || WEXITSTATUS(st) != 0 || last[0] != '{';
   /* A failed trial reports {"error": ...} so the table can say why. */
-  int n = failed ? snprintf(out, out_cap, "{\"error\":\"train exited with status %d\"}",
-                            WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st))
-                 : snprintf(out, out_cap, "%s", last);
+  int n = timed_out ? snprintf(out, out_cap, "{\"error\":\"timed out after %d s (--timeout)\"}",
+                               g_timeout_s)
+          : failed  ? snprintf(out, out_cap, "{\"error\":\"train exited with status %d\"}",
+                              WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st))
+                    : snprintf(out, out_cap, "%s", last);
   if (n < 0 || (size_t)n >= out_cap) return DML_EOVERFLOW;
   *out_bytes = (size_t)n + 1;
   return 0;
