@@ -91,6 +91,7 @@ expect_fail 2 "unknown flag '--bogus'" -- "$DISTML" bench ps --bogus
 expect_fail 2 "--iters needs a value" -- "$DISTML" bench ps --iters
 expect_fail 2 "--layouts" "'3x3'" -- "$DISTML" bench ps --layouts colocated2,3x3
 expect_fail 2 "above --max-bytes" -- "$DISTML" bench ps --min-bytes 1M --max-bytes 64K
+expect_fail 2 "--mirror-bytes x" -- "$DISTML" bench ps --mirror-bytes x
 "$DISTML" bench ps --help | grep -q "usage: distml bench ps" && ok "bench ps --help: usage on stdout, status 0" \
   || fail "bench ps --help"
 

@@ -13,6 +13,7 @@
  * test-labels: tsan */
 #include <signal.h>
 
+#include "distml/coll.h"
 #include "distml/ps.h"
 #include "ps/ps_internal.h"
 #include "test_comm_harness.h"
@@ -48,6 +49,9 @@ typedef struct scenario {
                        pull must hold that lone push's step too */
   int slow_leave;   /* communicator timeout 1.5 s; the last worker waits 4 s before leaving: the
                        first worker's final pull and finish wait for it (not a failure) */
+  int mirrored;     /* colocated BSP with a mirrored tensor (mirrored_run) */
+  int odd;          /* mirrored: values whose sum rounds by its order; replicas must agree */
+  int wide;         /* mirrored pushpull: one request over the mirrored and the sharded tensor */
 } scenario;
 
 static int check_server(int rank, dml_ps_server *s, const scenario *sc) {
@@ -326,6 +330,146 @@ static int one_server_only(int rank, dml_comm *c, const scenario *sc) {
   return rc;
 }
 
+/* Mirrored tensors, colocated BSP: tensor 0 (MK keys, its chunk 0..8191 mirrored: every shard
+ * holds it) and tensor 1 (100,000 keys, sharded). Each iteration a worker pushpulls tensor 0 (or
+ * with `wide` both tensors in one request), or pulls it and then pushes it. Values: 1 (exact
+ * reads: a pull at clock c reads W*c, a pushpull W*(c+1); with SGD lr 1, -c and -(c+1)), or
+ * with `odd` 0.1 (rank + 1) + 0.37 i / MK, whose sums round by their order: every replica must
+ * still hold the same bits. A second push of a chunk in one clock is refused. With hostile_from,
+ * the ranks from it send rank 0 a pull of mirrored keys (a worker reads its own replica only),
+ * then tell every rank they leave (BYE) and that their shard has finished, and stay connected
+ * (colocated, a rank that dies takes its shard with it: an error) until the others are done:
+ * rank 0 drops it, the job goes on without it. */
+#define MK 1000
+static int mirrored_run(int rank, dml_comm *c, const scenario *sc) {
+  int n = dml_comm_size(c), rc = 0;
+  dml_err err;
+  dml_ps_config cfg;
+  dml_ps_config_init(&cfg);
+  cfg.colocated = 1;
+  cfg.sum_only = !sc->sgd;
+  if (sc->sgd) {
+    dml_optim_config_init(&cfg.optim, DML_OPT_SGD);
+    cfg.optim.lr = 1.0f;
+  }
+  static const uint64_t sizes[2] = {MK, 100000};
+  cfg.dense_sizes = sizes;
+  cfg.num_dense = 2;
+  uint64_t off[2], bytes[8];
+  RK_OK(dml_ps_dense_layout(&cfg, n, off, bytes, &err));
+  R_ASSERT(off[0] == 0 && off[1] == 8192);
+  for (int k = 0; k < n; k++) R_ASSERT(bytes[k] >= 4 * MK); /* every server holds tensor 0 */
+  dml_ps_server *srv = NULL;
+  RK_OK(dml_ps_server_create(&srv, c, &cfg, &err));
+  if (sc->hostile_from && rank >= sc->hostile_from) {
+    unsigned char frame[64];
+    dml__ps_msg m;
+    memset(&m, 0, sizeof m);
+    m.command = DML__PS_PULL;
+    m.sender = (uint32_t)rank;
+    m.flags = DML__PS_FLAG_DENSE;
+    m.timestamp = 1;
+    m.key_lo = 0;
+    m.key_hi = 99;
+    dml__ps_encode(frame, &m, NULL, NULL);
+    RK_OK(dml_comm_send(c, 0, DML__PS_TAG_REQ, frame, sizeof frame));
+    for (int r = 0; r < sc->hostile_from; r++) {
+      memset(&m, 0, sizeof m);
+      m.command = DML__PS_BYE;
+      m.sender = (uint32_t)rank;
+      dml__ps_encode(frame, &m, NULL, NULL);
+      RK_OK(dml_comm_send(c, r, DML__PS_TAG_REQ, frame, sizeof frame)); /* this worker leaves */
+      RK_OK(dml_comm_send(c, r, DML__PS_TAG_REP, frame, sizeof frame)); /* its shard is done */
+    }
+    char done;
+    for (int r = 0; r < sc->hostile_from; r++) RK_OK(dml_comm_recv(c, r, 77, &done, 1));
+    dml_ps_server_free(srv);
+    return 0;
+  }
+  int W = sc->hostile_from ? sc->hostile_from : n;
+  if (!sc->serve) RK_OK(dml_ps_server_start(srv, &err));
+  dml_ps *ps;
+  RK_OK(dml_ps_create(&ps, c, &cfg, &err));
+  if (sc->serve) RK_OK(dml_ps_serve(ps, srv, &err));
+  size_t N = sc->wide ? 8192 + 100000 : MK;
+  float *vals = malloc(N * sizeof(float)), *got = malloc(N * sizeof(float));
+  R_ASSERT(vals && got);
+  for (size_t i = 0; i < N; i++)
+    vals[i] = sc->odd ? 0.1f * (float)(rank + 1) + 0.37f * (float)i / MK : 1.0f;
+  for (int it = 0; it < ITERS && rc == 0; it++) {
+    uint64_t ts;
+    double c0 = (double)dml_ps_clock_value(ps);
+    if (sc->pushpull)
+      RK_OK(dml_ps_pushpull_dense(ps, 0, vals, got, N, &ts));
+    else
+      RK_OK(dml_ps_pull_dense(ps, 0, got, N, &ts));
+    RK_OK(dml_ps_wait(ps, ts));
+    double want = sc->pushpull ? (sc->sgd ? -(c0 + 1) : W * (c0 + 1)) : sc->sgd ? -c0 : W * c0;
+    for (size_t i = 0; i < N && !sc->odd && rc == 0; i++) {
+      /* the sharded tensor's sum-only pushpull reads [W*c + 1, W*c + 2W - 1] (see pushpull) */
+      double lo = i < 8192 ? want : W * c0 + 1, hi = i < 8192 ? want : W * c0 + 2 * W - 1;
+      if (got[i] < lo || got[i] > hi) {
+        fprintf(stderr, "rank %d clock %g key %zu: read %g, want [%g, %g]\n", rank, c0, i,
+                (double)got[i], lo, hi);
+        rc = 1;
+      }
+    }
+    if (!sc->pushpull) {
+      RK_OK(dml_ps_push_dense(ps, 0, vals, N, &ts));
+      uint64_t ts2;
+      if (it == 0) R_ASSERT(dml_ps_push_dense(ps, 500, vals, 10, &ts2) == DML_EINVAL);
+      RK_OK(dml_ps_wait(ps, ts));
+    }
+    RK_OK(dml_ps_clock(ps));
+  }
+  if (rc == 0 && sc->serve && dml_ps_finish(ps) != 0) {
+    fprintf(stderr, "rank %d: finish: %s\n", rank, dml_ps_errmsg(ps));
+    rc = 1;
+  }
+  dml_ps_free(ps);
+  char done = 1;
+  for (int r = sc->hostile_from; sc->hostile_from && r < n; r++)
+    RK_OK(dml_comm_send(c, r, 77, &done, 1));
+  if (!sc->serve && dml_ps_server_join(srv, &err) != 0) {
+    fprintf(stderr, "rank %d: server thread: %s\n", rank, err.msg);
+    rc = 1;
+  }
+  dml_ps_server_stats st;
+  dml_ps_server_stats_get(srv, &st);
+  if (rc == 0 && sc->hostile_from && st.dropped_peers != (rank == 0)) {
+    fprintf(stderr, "rank %d: dropped %d peers, want %d\n", rank, st.dropped_peers, rank == 0);
+    rc = 1;
+  }
+  /* every replica holds every clock's pushes, the same bits on every rank */
+  float *mine = malloc(MK * sizeof(float)), *mn = malloc(MK * sizeof(float));
+  float *mx = malloc(MK * sizeof(float));
+  R_ASSERT(mine && mn && mx);
+  double want = sc->sgd ? -(double)ITERS : (double)W * ITERS;
+  for (int i = 0; i < MK; i++) {
+    mine[i] = mn[i] = mx[i] = dml_ps_server_dense_value(srv, (uint64_t)i);
+    if (!sc->odd && mine[i] != want && rc == 0) {
+      fprintf(stderr, "rank %d: replica key %d holds %g, want %g\n", rank, i, (double)mine[i],
+              want);
+      rc = 1;
+    }
+  }
+  if (rc == 0 && !sc->hostile_from) {
+    RK_OK(dml_allreduce(c, mn, MK, DML_F32, DML_MIN));
+    RK_OK(dml_allreduce(c, mx, MK, DML_F32, DML_MAX));
+    if (memcmp(mn, mine, MK * sizeof(float)) != 0 || memcmp(mx, mine, MK * sizeof(float)) != 0) {
+      fprintf(stderr, "rank %d: the replicas differ\n", rank);
+      rc = 1;
+    }
+  }
+  free(mine);
+  free(mn);
+  free(mx);
+  free(vals);
+  free(got);
+  dml_ps_server_free(srv);
+  return rc;
+}
+
 static int rank_main(int rank, int n, int port, void *arg) {
   const scenario *sc = arg;
   dml_comm *c;
@@ -340,6 +484,11 @@ static int rank_main(int rank, int n, int port, void *arg) {
     int rc = lost_shard(rank, c, sc);
     dml_comm_free(c);
     return rc;
+  }
+  if (sc->mirrored) {
+    int rc = mirrored_run(rank, c, sc);
+    dml_comm_free(c);
+    return rc ? 1 : 0;
   }
   dml_ps_config cfg;
   dml_ps_config_init(&cfg);
@@ -571,6 +720,20 @@ int main(void) {
       (scenario){.servers = 2, .dense = 1, .pushpull = 1});
   run("dense pushpull, colocated 3 ranks, workers serving: values in bounds", 3,
       (scenario){.colocated = 1, .dense = 1, .pushpull = 1, .serve = 1});
+  run("mirrored tensor, colocated 2 ranks serving, sum-only pushpull: exactly W(c+1)", 2,
+      (scenario){.mirrored = 1, .serve = 1, .pushpull = 1});
+  run("mirrored and sharded tensors in one pushpull, 3 ranks serving", 3,
+      (scenario){.mirrored = 1, .serve = 1, .pushpull = 1, .wide = 1});
+  run("mirrored tensor, 3 ranks serving, pull then push: exactly Wc; a second push refused", 3,
+      (scenario){.mirrored = 1, .serve = 1});
+  run("mirrored tensor, 2 ranks, server threads, SGD pushpull: exactly -(c+1)", 2,
+      (scenario){.mirrored = 1, .sgd = 1, .pushpull = 1});
+  run("mirrored tensor, 3 ranks serving, SGD pull then push: exactly -c", 3,
+      (scenario){.mirrored = 1, .sgd = 1, .serve = 1});
+  run("mirrored tensor, 3 ranks serving, values whose sums round: replicas equal bit for bit", 3,
+      (scenario){.mirrored = 1, .serve = 1, .pushpull = 1, .odd = 1});
+  run("mirrored tensor, 3 ranks: one pulling mirrored keys from another's shard is dropped", 3,
+      (scenario){.mirrored = 1, .serve = 1, .pushpull = 1, .hostile_from = 2});
   run("colocated 3 ranks, workers serving, one killed: the others fail at once naming it", 3,
       (scenario){.colocated = 1, .serve = 1, .victim = 2, .lost_shard = 1});
   run("dense API, colocated 2 ranks x 2 handler threads", 2,

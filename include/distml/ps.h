@@ -77,6 +77,19 @@ typedef struct dml_ps_config {
   int max_reforms;                  /* re-forms a process may take part in (0: 8) */
   const dml_comm_opts *comm_opts;   /* options for a re-formed communicator (NULL: defaults, i.e.
                                        the environment); not owned, must outlive the ps objects */
+  /* Mirrored tensors (colocated, BSP, sum_only or sync_aggregate, one handler thread, no
+   * checkpoints): a registered dense tensor of B bytes with B * (W - 1) <= mirror_bytes is not
+   * sharded but held whole by every worker's shard, a replica. A push of it goes to every replica
+   * (one exchange, where a sharded one is a request and its reply); each replica applies a
+   * clock's pushes in worker order once every live worker has pushed that clock or passed it, so
+   * the replicas stay equal bit for bit, and a worker reads its own. A worker pushes each of its
+   * chunks (8K keys) at most once per clock (DML_EINVAL otherwise). A pull at clock c is
+   * answered once the pushes of clocks < c are applied (in a pull-then-push loop: exactly
+   * those); a push, and a pushpull's read, once those of its own clock are (every worker's, as
+   * an all-reduce waits for them: with an optimizer a pushpull at c reads c + 1 steps, where a
+   * sharded one reads c). dml_ps_config_init: 32 KB; 0: never (every tensor sharded). Every
+   * process must pass the same value. */
+  uint64_t mirror_bytes;
 } dml_ps_config;
 
 /* Defaults: 1 server, BSP with sync aggregation, FTRL. */

@@ -32,6 +32,7 @@ typedef struct layout {
 
 static int g_iters;    /* --iters: timed iterations per figure (0: by size) */
 static int g_handlers; /* --handlers: request-handling threads per server process (0: 1) */
+static int64_t g_mirror_bytes = -1; /* --mirror-bytes (-1: the config's default) */
 
 static int iters_for(size_t bytes) {
   if (g_iters > 0) return g_iters;
@@ -198,6 +199,7 @@ static int bench_rank(const layout *L, int rank, int port, size_t min_bytes, siz
   cfg.sum_only = 1;
   cfg.staleness = 0;
   cfg.handler_threads = g_handlers;
+  if (g_mirror_bytes >= 0) cfg.mirror_bytes = (uint64_t)g_mirror_bytes;
   int S = dml_ps_num_servers(&cfg, n), first = L->colocated ? 0 : L->servers;
   for (size_t bytes = min_bytes; bytes <= max_bytes && rc == 0; bytes *= 4) {
     size_t K = bytes / 4;
@@ -265,7 +267,7 @@ static int run_layout(const layout *L, size_t min_bytes, size_t max_bytes, int j
 static void usage(FILE *to) {
   fprintf(to,
           "usage: distml bench ps [--min-bytes B] [--max-bytes B] [--layouts L,L] [--iters N] "
-          "[--rounds R] [--handlers K] [--json]\n"
+          "[--rounds R] [--handlers K] [--mirror-bytes B] [--json]\n"
           "  layouts: 1x1, 2x1, 2x2, colocated2 (default: all); sizes B, 4B, 16B ...\n"
           "  dense push, pull and pushpull of M value bytes per worker per iteration (M = 4K, "
           "16K, ... B; default 4K to 4M)\n"
@@ -280,7 +282,10 @@ static void usage(FILE *to) {
           "  same forced to the ring (ms, ps/ring: reduce-scatter then all-gather, the two "
           "trips of a pushpull)\n"
           "  each figure: the median of R rounds (default 3) of the all-reduce blocks followed "
-          "by a PS block\n");
+          "by a PS block\n"
+          "  --mirror-bytes B: colocated, a tensor of M bytes with M*(W-1) <= B is held whole by "
+          "every shard\n"
+          "  (mirrored: a push is one exchange; default 32K, 0: every tensor sharded)\n");
 }
 
 /* A usage error naming the flag: returns the exit status 2. */
@@ -311,6 +316,7 @@ int dml_cli_bench_ps_main(int argc, char **argv) {
       continue;
     }
     int known = strcmp(a, "--layouts") == 0 || strcmp(a, "--handlers") == 0 ||
+                strcmp(a, "--mirror-bytes") == 0 ||
                 strcmp(a, "--iters") == 0 || strcmp(a, "--rounds") == 0 ||
                 strcmp(a, "--min-bytes") == 0 || strcmp(a, "--max-bytes") == 0;
     if (!known) return bad_flag("unknown flag '%s'", a);
@@ -322,6 +328,11 @@ int dml_cli_bench_ps_main(int argc, char **argv) {
     } else if (strcmp(a, "--handlers") == 0) {
       if (dml_parse_i64(v, 1, 64, &n, &e) != 0) return bad_flag("--handlers %s: want 1..64", v);
       g_handlers = (int)n;
+    } else if (strcmp(a, "--mirror-bytes") == 0) {
+      uint64_t b;
+      if (dml_parse_size(v, (uint64_t)1 << 30, &b, &e) != 0)
+        return bad_flag("--mirror-bytes %s: want a size from 0 to 1G", v);
+      g_mirror_bytes = (int64_t)b;
     } else if (strcmp(a, "--iters") == 0) {
       if (dml_parse_i64(v, 1, 100000, &n, &e) != 0)
         return bad_flag("--iters %s: want 1..100000", v);

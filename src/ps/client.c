@@ -52,7 +52,9 @@ struct dml_ps {
                       it; a CLOCK frame goes only to a server no request told: flush_clocks) */
   size_t *fill;    /* (S) scratch: where the next key of each server goes in a request's pos */
   dml__ps_dense_layout layout;
-  int left; /* BYE sent (dml_ps_finish) */
+  uint64_t *mpushed; /* (layout.nchunks, when some are mirrored) 1 + the clock of this worker's
+                        last push of each mirrored chunk: one per clock */
+  int left;          /* BYE sent (dml_ps_finish) */
   int in_reform;
   /* dml_ps_serve: the shard of this process, served in place by this worker */
   dml_ps_server *local;
@@ -167,8 +169,13 @@ int dml_ps_create(dml_ps **out, dml_comm *c, const dml_ps_config *cfg, dml_err *
     dml__free(ps);
     return dml_err_set(err, DML_ENOMEM, "ps: out of memory");
   }
-  int lrc = dml__ps_dense_layout_build(&ps->layout, cfg->dense_sizes, cfg->num_dense, ps->S, err);
+  int lrc = dml__ps_dense_layout_build(&ps->layout, cfg->dense_sizes, cfg->num_dense, ps->S,
+                                       dml__ps_mirror_keys(cfg, n), err);
+  if (lrc == 0 && ps->layout.nmirrored &&
+      (ps->mpushed = dml__calloc((size_t)ps->layout.nchunks, sizeof(uint64_t))) == NULL)
+    lrc = dml_err_set(err, DML_ENOMEM, "ps: out of memory");
   if (lrc) {
+    dml__ps_dense_layout_free(&ps->layout);
     dml__free(ps->rq);
     dml__free(ps->acked);
     dml__free(ps->told);
@@ -375,6 +382,43 @@ static int post_dense_frame(dml_ps *ps, request *r, int command, uint64_t clock,
   return send_frame(ps, r, owner, &m, NULL, vals, out, &answered);
 }
 
+/* The frames of run [a, b) of mirrored chunks for this pass: a push goes to every other replica
+ * as a PUSH they never answer (pass 0); the request itself to this worker's own replica (the
+ * last pass: with dml_ps_serve, after the frames to the others). */
+static int post_mirrored(dml_ps *ps, request *r, int command, uint64_t clock, int pass, uint64_t a,
+                         uint64_t b, const float *vals, float *out) {
+  if (pass == 0 && vals) {
+    for (int s = 0; s < ps->S; s++) {
+      if (s == ps->me) continue;
+      if (post_dense_frame(ps, r, DML__PS_PUSH, clock, s, a, b, vals, NULL) != 0) return ps->sticky;
+      int f = r->nframes - 1; /* no reply comes for it: kept only until its send completes */
+      r->fdone[f] = 1;
+      r->pending[s]--;
+      r->npending--;
+    }
+  }
+  if (pass != (ps->local ? 1 : 0)) return 0;
+  return post_dense_frame(ps, r, command, clock, ps->me, a, b, vals, out);
+}
+
+/* A push of [lo, lo + n) at clock: refused if it covers a mirrored chunk this worker has pushed at
+ * this clock already (each replica folds one push per worker per clock); else noted. */
+static int mirror_push_once(dml_ps *ps, uint64_t clock, uint64_t lo, size_t n) {
+  uint64_t first = lo / DML__PS_DENSE_PART, last = (lo + n - 1) / DML__PS_DENSE_PART;
+  last = DML__MIN(last, ps->layout.nchunks - 1);
+  for (uint64_t ch = first; ch <= last && ch < ps->layout.nchunks; ch++)
+    if (ps->layout.owner[ch] == DML__PS_MIRRORED && ps->mpushed[ch] == clock + 1)
+      return dml_err_set(&ps->err, DML_EINVAL,
+                         "ps: dense keys [%llu, %llu] of a mirrored tensor were pushed already at "
+                         "clock %llu (once per clock: dml_ps_clock between)",
+                         (unsigned long long)(ch * DML__PS_DENSE_PART),
+                         (unsigned long long)((ch + 1) * DML__PS_DENSE_PART - 1),
+                         (unsigned long long)clock);
+  for (uint64_t ch = first; ch <= last && ch < ps->layout.nchunks; ch++)
+    if (ps->layout.owner[ch] == DML__PS_MIRRORED) ps->mpushed[ch] = clock + 1;
+  return 0;
+}
+
 static int post_dense(dml_ps *ps, int command, uint64_t clock, uint64_t lo, const float *vals,
                       float *out, size_t n, uint64_t *ts) {
   *ts = 0;
@@ -391,6 +435,8 @@ static int post_dense(dml_ps *ps, int command, uint64_t clock, uint64_t lo, cons
                        n, command != DML__PS_PULL && vals == NULL ? "values" : "output");
   request *r = free_slot(ps);
   if (r == NULL) return DML_EAGAIN;
+  if (ps->mpushed && command != DML__PS_PULL && mirror_push_once(ps, clock, lo, n) != 0)
+    return DML_EINVAL;
   /* a final pull's frames carry no clock: the servers hear this worker's first */
   if (clock == DML__PS_CLOCK_FINAL && flush_clocks(ps) != 0) return ps->sticky;
   r->ts = next_timestamp(ps); /* before it counts as in flight: its old number is no clash */
@@ -413,6 +459,14 @@ static int post_dense(dml_ps *ps, int command, uint64_t clock, uint64_t lo, cons
       b = a;
       do b = DML__MIN((b / DML__PS_DENSE_PART + 1) * DML__PS_DENSE_PART, cap);
       while (b < cap && dml__ps_dense_owner(&ps->layout, b) == owner);
+      if (owner == DML__PS_MIRRORED) {
+        if (post_mirrored(ps, r, command, clock, pass, a, b, with_vals ? vals + (a - lo) : NULL,
+                          out ? out + (a - lo) : NULL) != 0) {
+          request_release(ps, r);
+          return ps->sticky;
+        }
+        continue;
+      }
       if ((ps->local && server_rank(ps, owner) == ps->me) != pass) continue;
       if (post_dense_frame(ps, r, command, clock, owner, a, b, with_vals ? vals + (a - lo) : NULL,
                            out ? out + (a - lo) : NULL) != 0) {
@@ -669,17 +723,21 @@ static void server_finished(dml_ps *ps, int sv) {
  * block_ms, sleeps until a reply or a request comes (at most block_ms). *moved: anything
  * happened. The reply receive is posted only here, while the caller still needs one: a receive
  * from any rank fails once every other rank has left. */
-static int attached_step(dml_ps *ps, int block_ms, int *moved) {
+static int attached_step(dml_ps *ps, int block_ms, int only_local, int *moved) {
   int rc;
   *moved = 0;
-  if (ps->repq == NULL &&
+  dml_comm_req *inreq = dml__ps_server_inreq(ps->local);
+  only_local = only_local && inreq != NULL;
+  if (ps->repq == NULL && !only_local &&
       (rc = dml_comm_irecv_alloc(ps->c, DML_ANY_SOURCE, DML__PS_TAG_REP, &ps->repq)) != 0) {
     ps->repq = NULL;
     return fail(ps, rc, "ps: waiting for replies: %s%s", dml_comm_errmsg(ps->c), "");
   }
   if (block_ms > 0) {
-    dml_comm_req *rs[2] = {ps->repq, dml__ps_server_inreq(ps->local)};
-    rc = dml_comm_wait_any(ps->c, rs, rs[1] ? 2 : 1, block_ms);
+    dml_comm_req *rs[2] = {inreq, ps->repq};
+    rc = only_local || ps->repq == NULL
+             ? dml_comm_wait_any(ps->c, rs, 1, block_ms)
+             : dml_comm_wait_any(ps->c, inreq ? rs : rs + 1, inreq ? 2 : 1, block_ms);
     if (rc == DML_ETIMEDOUT) return 0;
     if (rc) return fail(ps, rc, "ps: waiting for replies: %s%s", dml_comm_errmsg(ps->c), "");
   }
@@ -688,6 +746,7 @@ static int attached_step(dml_ps *ps, int block_ms, int *moved) {
   if ((rc = dml__ps_server_poll(ps->local, moved, &e)) != 0)
     return fail(ps, rc, "%s%s", dml_err_msg(&e), "");
   if (local_answers(ps)) *moved = 1;
+  if (ps->repq == NULL) return 0; /* only this process's shard owes the request anything */
   void *buf = NULL;
   size_t bytes = 0;
   int src = -1, done = 0;
@@ -723,7 +782,9 @@ static int attached_wait(dml_ps *ps, request *r) {
       server_finished(ps, ps->me); /* detach told every other worker */
     if (r ? r->npending == 0 : dml__ps_server_live(ps->local) == 0 && ps->shutdowns == ps->S) break;
     int moved = 0;
-    attached_step(ps, SERVE_SLICE_MS, &moved);
+    /* a dense request only this process's shard owes (mirrored chunks, or its own shard's) is
+     * answered in place: no reply can come for it, and no receive for one is looked at */
+    attached_step(ps, SERVE_SLICE_MS, r && r->dense && r->npending == r->pending[ps->me], &moved);
     /* Colocated, every server is a worker the shard's watcher keeps an eye on: one that died
      * will not answer (and its shard is lost): an error naming it now, not at the timeout. */
     for (int sv = 0; sv < ps->Sproc && ps->sticky == 0; sv++) {
@@ -996,6 +1057,7 @@ void dml_ps_free(dml_ps *ps) {
   dml__free(ps->fill);
   dml__free(ps->shut);
   dml__ps_dense_layout_free(&ps->layout);
+  dml__free(ps->mpushed);
   dml__free(ps->rq);
   dml__free(ps->kscratch);
   dml__free(ps->vscratch);

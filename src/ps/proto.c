@@ -338,7 +338,7 @@ void dml__ps_dense_layout_free(dml__ps_dense_layout *l) {
 }
 
 int dml__ps_dense_layout_build(dml__ps_dense_layout *l, const uint64_t *sizes, int ntensors, int S,
-                               dml_err *err) {
+                               uint64_t mirror_keys, dml_err *err) {
   memset(l, 0, sizeof(*l));
   l->S = S > 0 ? S : 1;
   l->ntensors = ntensors > 0 ? ntensors : 0;
@@ -353,7 +353,7 @@ int dml__ps_dense_layout_build(dml__ps_dense_layout *l, const uint64_t *sizes, i
                          (unsigned long long)sizes[t]);
     }
     nchunks += (sizes[t] + DML__PS_DENSE_PART - 1) / DML__PS_DENSE_PART;
-    total += sizes[t];
+    if (sizes[t] > mirror_keys) total += sizes[t];
   }
   if (nchunks > ((uint64_t)1 << 26)) {
     dml__ps_dense_layout_free(l);
@@ -364,13 +364,14 @@ int dml__ps_dense_layout_build(dml__ps_dense_layout *l, const uint64_t *sizes, i
   uint64_t share = (total + (uint64_t)l->S - 1) / (uint64_t)l->S;
   uint64_t per_part =
       (DML__MIN(share, DML__PS_DENSE_MAX_PART) + DML__PS_DENSE_PART - 1) / DML__PS_DENSE_PART;
+  if (per_part == 0) per_part = 1; /* every tensor mirrored: no piece */
   for (int t = 0; t < ntensors; t++) {
     uint64_t c = (sizes[t] + DML__PS_DENSE_PART - 1) / DML__PS_DENSE_PART;
-    npieces += (c + per_part - 1) / per_part;
+    if (sizes[t] > mirror_keys) npieces += (c + per_part - 1) / per_part;
   }
   l->owner = dml__malloc((size_t)nchunks * sizeof(int));
   l->offset = dml__malloc((size_t)ntensors * sizeof(uint64_t));
-  dense_piece *pc = dml__malloc((size_t)npieces * sizeof(dense_piece));
+  dense_piece *pc = dml__malloc((size_t)DML__MAX(npieces, 1) * sizeof(dense_piece));
   if (l->owner == NULL || l->offset == NULL || pc == NULL) {
     dml__free(pc);
     dml__ps_dense_layout_free(l);
@@ -382,6 +383,13 @@ int dml__ps_dense_layout_build(dml__ps_dense_layout *l, const uint64_t *sizes, i
   for (int t = 0; t < ntensors; t++) {
     l->offset[t] = chunk * DML__PS_DENSE_PART;
     uint64_t c = (sizes[t] + DML__PS_DENSE_PART - 1) / DML__PS_DENSE_PART;
+    if (sizes[t] <= mirror_keys) { /* held whole by every server */
+      for (uint64_t i = 0; i < c; i++) l->owner[chunk + i] = DML__PS_MIRRORED;
+      for (int s = 0; s < l->S; s++) l->bytes[s] += sizes[t] * sizeof(float);
+      l->nmirrored += c;
+      chunk += c;
+      continue;
+    }
     uint64_t k = (c + per_part - 1) / per_part, left = sizes[t];
     for (uint64_t i = 0; i < k; i++) { /* near-equal runs: the first c % k get one chunk more */
       uint64_t nc = c / k + (i < c % k);

@@ -270,7 +270,7 @@ int main(int argc, char **argv) {
     const uint64_t M = 1048576, C = DML__PS_DENSE_PART, D = DML__PS_DENSE_DEAL;
     uint64_t sizes[5] = {3 * M, M, 300000, 65536, 1};
     dml__ps_dense_layout l;
-    T_OK(dml__ps_dense_layout_build(&l, sizes, 5, 2, &err));
+    T_OK(dml__ps_dense_layout_build(&l, sizes, 5, 2, 0, &err));
     /* parts 1M x4 (in key order), 300000, 65536, 1 -> 0, 1, 0, 1, 0 (+300000), 1, 1 */
     T_ASSERT(l.bytes[0] == 4 * (2 * M + 300000) && l.bytes[1] == 4 * (2 * M + 65536 + 1));
     T_ASSERT(l.offset[0] == 0 && l.offset[1] == 3 * M && l.offset[2] == 4 * M);
@@ -291,13 +291,13 @@ int main(int argc, char **argv) {
     /* one tensor spreads over every server: 200,000 keys (25 chunks), S = 2: an even share is
      * 100,000 keys (13 chunks): runs of 13 and 12 chunks */
     uint64_t one = 200000;
-    T_OK(dml__ps_dense_layout_build(&l, &one, 1, 2, &err));
+    T_OK(dml__ps_dense_layout_build(&l, &one, 1, 2, 0, &err));
     T_ASSERT(l.bytes[0] == 4 * 13 * C && l.bytes[1] == 4 * (one - 13 * C));
     T_EQ_INT(dml__ps_dense_owner(&l, 13 * C - 1), 0);
     T_EQ_INT(dml__ps_dense_owner(&l, 13 * C), 1);
     dml__ps_dense_layout_free(&l);
     for (int S = 3; S <= 5; S++) { /* S runs, one a server, none above a share + one chunk */
-      T_OK(dml__ps_dense_layout_build(&l, &one, 1, S, &err));
+      T_OK(dml__ps_dense_layout_build(&l, &one, 1, S, 0, &err));
       uint64_t sum = 0;
       for (int k = 0; k < S; k++) {
         T_ASSERT(l.bytes[k] > 0 && l.bytes[k] <= 4 * (one / (uint64_t)S + C));
@@ -307,7 +307,7 @@ int main(int argc, char **argv) {
       dml__ps_dense_layout_free(&l);
     }
     /* 3 servers: every byte placed once, no server above the lightest by more than one part */
-    T_OK(dml__ps_dense_layout_build(&l, sizes, 5, 3, &err));
+    T_OK(dml__ps_dense_layout_build(&l, sizes, 5, 3, 0, &err));
     uint64_t total = 0, lo = UINT64_MAX, hi = 0;
     for (int k = 0; k < 3; k++) {
       total += l.bytes[k];
@@ -316,8 +316,45 @@ int main(int argc, char **argv) {
     }
     T_ASSERT(total == 4 * (4 * M + 300000 + 65536 + 1) && hi - lo <= 4 * M);
     dml__ps_dense_layout_free(&l);
+    /* mirrored: tensors of at most 65536 keys are held whole by every server (their bytes
+     * counted on each), the others split as if they were alone: 3M and 1M keys over 2 servers
+     * in runs of 1M, 0, 1, 0 (+300000 as its own part), 1 */
+    T_OK(dml__ps_dense_layout_build(&l, sizes, 5, 2, 65536, &err));
+    T_ASSERT(l.nmirrored == 65536 / C + 1 && l.offset[3] == 4 * M + (300000 + C - 1) / C * C);
+    T_EQ_INT(dml__ps_dense_owner(&l, l.offset[3]), DML__PS_MIRRORED);
+    T_EQ_INT(dml__ps_dense_owner(&l, l.offset[3] + 65535), DML__PS_MIRRORED);
+    T_EQ_INT(dml__ps_dense_owner(&l, l.offset[4]), DML__PS_MIRRORED);
+    T_EQ_INT(dml__ps_dense_owner(&l, l.offset[2]), 0);
+    T_ASSERT(l.bytes[0] == 4 * (2 * M + 300000 + 65537) && l.bytes[1] == 4 * (2 * M + 65537));
+    dml__ps_dense_layout_free(&l);
+    T_OK(dml__ps_dense_layout_build(&l, &one, 1, 2, one, &err)); /* all mirrored: no part */
+    T_ASSERT(l.nmirrored == 25 && l.bytes[0] == 4 * one && l.bytes[1] == 4 * one);
+    T_EQ_INT(dml__ps_dense_owner(&l, one - 1), DML__PS_MIRRORED);
+    dml__ps_dense_layout_free(&l);
+    /* what a config mirrors: colocated BSP (sum-only or sync aggregation), one handler */
+    dml_ps_config mc;
+    dml_ps_config_init(&mc);
+    mc.colocated = 1;
+    T_ASSERT(dml__ps_mirror_keys(&mc, 2) == (32u << 10) / 4); /* the default: 32 KB / (W - 1) */
+    T_ASSERT(dml__ps_mirror_keys(&mc, 3) == (32u << 10) / 2 / 4);
+    T_ASSERT(dml__ps_mirror_keys(&mc, 1) == 0);
+    mc.staleness = 1;
+    T_ASSERT(dml__ps_mirror_keys(&mc, 2) == 0); /* SSP, ASP: replicas would apply in any order */
+    mc.staleness = 0;
+    mc.sync_aggregate = 0;
+    T_ASSERT(dml__ps_mirror_keys(&mc, 2) == 0); /* an optimizer step per push: order matters */
+    mc.sum_only = 1;
+    T_ASSERT(dml__ps_mirror_keys(&mc, 2) == (32u << 10) / 4);
+    mc.handler_threads = 2;
+    T_ASSERT(dml__ps_mirror_keys(&mc, 2) == 0);
+    mc.handler_threads = 1;
+    mc.mirror_bytes = 0;
+    T_ASSERT(dml__ps_mirror_keys(&mc, 2) == 0);
+    mc.mirror_bytes = 1 << 20;
+    mc.colocated = 0;
+    T_ASSERT(dml__ps_mirror_keys(&mc, 4) == 0); /* dedicated servers: never */
     uint64_t zero = 0;
-    T_ASSERT(dml__ps_dense_layout_build(&l, &zero, 1, 2, &err) == DML_EINVAL);
+    T_ASSERT(dml__ps_dense_layout_build(&l, &zero, 1, 2, 0, &err) == DML_EINVAL);
     T_CONTAINS(err.msg, "dense tensor 0");
     dml__ps_dense_layout_free(&l);
   }

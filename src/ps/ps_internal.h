@@ -95,15 +95,31 @@ enum { DML__PS_VT_NONE = 0, DML__PS_VT_F32 = 1 };
  * the fewest bytes so far (ties: the lower index), so every process computes the same table. */
 typedef struct dml__ps_dense_layout {
   int S, ntensors;
-  uint64_t nchunks; /* chunks covered by the registered tensors, from key 0 */
-  int *owner;       /* (nchunks) server of each chunk */
-  uint64_t *offset; /* (ntensors) first key of each tensor */
-  uint64_t *bytes;  /* (S) value bytes of the registered tensors on each server */
+  uint64_t nchunks;   /* chunks covered by the registered tensors, from key 0 */
+  uint64_t nmirrored; /* of them, chunks of mirrored tensors */
+  int *owner;         /* (nchunks) server of each chunk, or DML__PS_MIRRORED */
+  uint64_t *offset;   /* (ntensors) first key of each tensor */
+  uint64_t *bytes;    /* (S) value bytes of the registered tensors on each server */
 } dml__ps_dense_layout;
+/* A registered tensor of at most mirror_keys keys (0: none) is not cut: every server holds all of
+ * it (a mirrored tensor, owner DML__PS_MIRRORED, its bytes counted on every server) and the others
+ * share the even split. */
 int dml__ps_dense_layout_build(dml__ps_dense_layout *l, const uint64_t *sizes, int ntensors, int S,
-                               dml_err *err);
+                               uint64_t mirror_keys, dml_err *err);
 void dml__ps_dense_layout_free(dml__ps_dense_layout *l);
-/* The server of dense key: from the table inside the registered range, round-robin beyond. */
+/* Mirrored tensors (colocated BSP; docs/ps.md "Mirrored tensors"): every worker's shard holds a
+ * replica; a worker sends its push of such a chunk to every shard -- its own as the request it
+ * is, the others' as a PUSH they apply and never answer -- and reads its own replica only. Each
+ * replica folds a chunk's pushes clock by clock, in sender order, once every live worker has
+ * pushed that clock or passed it, so the replicas stay equal bit for bit. One push per worker per
+ * chunk per clock. */
+#define DML__PS_MIRRORED (-1)
+/* The largest registered tensor (keys) that cfg mirrors in a world of n processes: 0 unless
+ * colocated, BSP, sum-only or sync aggregation, one handler thread and no checkpoints or
+ * recovery; then mirror_bytes / (W - 1) / 4. */
+uint64_t dml__ps_mirror_keys(const dml_ps_config *cfg, int n);
+/* The server of dense key (DML__PS_MIRRORED: every server): from the table inside the registered
+ * range, round-robin beyond. */
 int dml__ps_dense_owner(const dml__ps_dense_layout *l, uint64_t key);
 
 typedef struct dml__ps_msg {

@@ -32,6 +32,19 @@ typedef struct worker_state {
   int rejoined;                    /* restored server: its REJOIN arrived (losses counted once) */
 } worker_state;
 
+/* A push of a mirrored chunk (ps_internal.h), kept until its clock is folded. */
+typedef struct mirror_push {
+  int src;
+  uint64_t clock;
+  uint32_t off, cnt; /* the chunk's segment it covers */
+  float *vals;       /* (cnt) owned copy */
+} mirror_push;
+
+/* Bytes of mirrored pushes a server keeps at most (a worker's pushes wait for the other workers'
+ * of their clock, and each is acknowledged only once its clock is folded: an honest worker has at
+ * most its requests in flight here). Past it the sender is dropped. */
+#define MAX_MIRROR_BYTES ((size_t)256 << 20)
+
 /* A dense part: DML__PS_DENSE_PART consecutive keys of the dense namespace in flat arrays. */
 typedef struct dense_part {
   uint64_t part;  /* key / DML__PS_DENSE_PART */
@@ -41,6 +54,10 @@ typedef struct dense_part {
   float *agg;     /* (DML__PS_DENSE_PART) BSP aggregation: pushes of the open clock, summed */
   uint32_t agg_n; /* pushes summed into agg */
   size_t agg_lo, agg_hi; /* offsets they touched: [agg_lo, agg_hi) */
+  int mirror;            /* a chunk of a mirrored tensor: every server holds it */
+  uint64_t mclock;       /* mirrored: every clock below is folded */
+  mirror_push *mq;       /* mirrored: pushes of clocks >= mclock, in arrival order */
+  size_t nmq, mq_cap;
 } dense_part;
 
 /* BSP sync aggregation: a push of a clock the open aggregate has not reached (its worker is ahead
@@ -57,8 +74,9 @@ typedef struct held_push {
 typedef struct deferred {
   int src;
   dml__ps_msg m;
-  float *local_out; /* a dense pull of this process's own worker (dml_ps_serve): answered in
-                       place, into its buffer, not with a frame */
+  int local; /* a dense request of this process's own worker (dml_ps_serve): answered
+                       in place (a pull into local_out, its buffer), not with a frame */
+  float *local_out;
 } deferred;
 
 /* A pull of this process's worker answered in place after it had waited (the worker collects
@@ -115,6 +133,8 @@ struct dml_ps_server {
   size_t ndq, dq_cap;
   dense_part *dparts;
   size_t ndparts, dparts_cap;
+  uint64_t *mparts; /* (layout.nmirrored) the mirrored chunks, all made at creation */
+  size_t mq_bytes;  /* values held in their queues */
   dml__ps_dense_layout layout;
   outgoing *out;
   size_t nout, out_cap, out_bytes;
@@ -294,7 +314,7 @@ static int for_segments(dml_ps_server *s, uint64_t lo, uint64_t n, segment_fn fn
 
 float dml_ps_server_dense_value(const dml_ps_server *s, uint64_t key) {
   int v = dml__ps_dense_owner(&s->layout, key), S = s->vS / s->K;
-  if (s->subs && v / S > 0 && v / S < s->K) s = s->subs[v / S - 1];
+  if (s->subs && v >= 0 && v / S > 0 && v / S < s->K) s = s->subs[v / S - 1];
   dense_part *d = find_part((dml_ps_server *)s, key / DML__PS_DENSE_PART);
   return d ? d->vals[key % DML__PS_DENSE_PART] : 0.0f;
 }
@@ -645,21 +665,176 @@ static int pull_ready(const dml_ps_server *s, int src, const dml__ps_msg *m) {
   return min_live_clock(s, -1) >= m->clock - st;
 }
 
+/* The mean of the agg_n pushes summed into d->agg, applied as one optimizer step; agg cleared. */
+static void apply_part_mean(dense_part *d) {
+  float scale = 1.0f / (float)d->agg_n;
+  for (size_t i = d->agg_lo; i < d->agg_hi; i++) {
+    d->grads[i] = d->agg[i] * scale;
+    d->agg[i] = 0;
+  }
+  dml_optim_begin_step(d->opt);
+  dml_optim_update_range(d->opt, d->vals, d->grads, d->agg_lo, d->agg_hi - d->agg_lo);
+  d->agg_n = 0;
+}
+
 /* BSP: once every live worker has passed the aggregated clock, apply the mean of its pushes. */
 static void flush_dense_aggregate(dml_ps_server *s) {
-  for (size_t p = 0; p < s->ndparts; p++) {
-    dense_part *d = &s->dparts[p];
-    if (d->agg_n == 0) continue;
-    float scale = 1.0f / (float)d->agg_n;
-    for (size_t i = d->agg_lo; i < d->agg_hi; i++) {
-      d->grads[i] = d->agg[i] * scale;
-      d->agg[i] = 0;
-    }
-    dml_optim_begin_step(d->opt);
-    dml_optim_update_range(d->opt, d->vals, d->grads, d->agg_lo, d->agg_hi - d->agg_lo);
-    d->agg_n = 0;
-  }
+  for (size_t p = 0; p < s->ndparts; p++)
+    if (s->dparts[p].agg_n) apply_part_mean(&s->dparts[p]);
   s->dense_agg_pushes = 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Mirrored chunks (ps_internal.h): every server holds them and folds their pushes clock by clock,
+ * in sender order, so that every replica computes the same values. */
+
+/* 1 if dense request m covers mirrored chunks (a frame covers mirrored chunks only, or none). */
+static int is_mirrored(const dml_ps_server *s, const dml__ps_msg *m) {
+  return (m->flags & DML__PS_FLAG_DENSE) &&
+         dml__ps_dense_owner(&s->layout, m->key_lo) == DML__PS_MIRRORED;
+}
+
+/* 1 if clock c of mirrored chunk d is complete: every live worker has pushed it or passed it
+ * (its pushes arrive before its later clock, in order). */
+static int mirror_clock_complete(const dml_ps_server *s, const dense_part *d, uint64_t c) {
+  for (int r = 0; r < s->n; r++) {
+    const worker_state *w = &s->w[r];
+    if (!w->is_worker || w->done || w->dead || w->dropped || w->clock > c) continue;
+    size_t i = 0;
+    while (i < d->nmq && (d->mq[i].src != r || d->mq[i].clock != c)) i++;
+    if (i == d->nmq) return 0;
+  }
+  return 1;
+}
+
+/* Applies clock c's pushes of mirrored chunk d in sender order, the same on every replica: added
+ * (sum-only), or their mean as one optimizer step; then drops them. */
+static void mirror_apply_clock(dml_ps_server *s, dense_part *d, uint64_t c) {
+  uint32_t n = 0;
+  size_t lo = DML__PS_DENSE_PART, hi = 0;
+  for (int r = 0; r < s->n; r++) {
+    for (size_t i = 0; i < d->nmq; i++) {
+      const mirror_push *p = &d->mq[i];
+      if (p->src != r || p->clock != c) continue;
+      add_floats((d->opt ? d->agg : d->vals) + p->off, p->vals, p->cnt);
+      lo = DML__MIN(lo, (size_t)p->off);
+      hi = DML__MAX(hi, (size_t)p->off + p->cnt);
+      n++;
+    }
+  }
+  if (n && d->opt) {
+    d->agg_n = n;
+    d->agg_lo = lo;
+    d->agg_hi = hi;
+    apply_part_mean(d);
+  }
+  size_t k = 0;
+  for (size_t i = 0; i < d->nmq; i++) {
+    if (d->mq[i].clock != c) {
+      d->mq[k++] = d->mq[i];
+      continue;
+    }
+    s->mq_bytes -= (size_t)d->mq[i].cnt * sizeof(float);
+    dml__free(d->mq[i].vals);
+  }
+  d->nmq = k;
+}
+
+/* Folds every complete clock of every mirrored chunk; force (a final pull: every other worker has
+ * left): every clock held. Clocks no live worker pushed are skipped at once. */
+static void mirror_fold(dml_ps_server *s, int force) {
+  for (uint64_t k = 0; k < s->layout.nmirrored; k++) {
+    dense_part *d = find_part(s, s->mparts[k]);
+    while (force || mirror_clock_complete(s, d, d->mclock)) {
+      uint64_t c = d->mclock, next = min_live_clock(s, -1);
+      mirror_apply_clock(s, d, c);
+      for (size_t i = 0; i < d->nmq; i++) next = DML__MIN(next, d->mq[i].clock);
+      if (next == UINT64_MAX) { /* no live worker and nothing held */
+        d->mclock = c + 1;
+        break;
+      }
+      d->mclock = DML__MAX(c + 1, next);
+      if (force && d->nmq == 0) break;
+    }
+  }
+}
+
+/* 1 if a request on mirrored chunks can be answered: a pull at clock c once clocks < c are
+ * folded, a push or a pushpull once c is (its own push is in the fold it reads). */
+static int mirror_ready(dml_ps_server *s, const dml__ps_msg *m) {
+  uint64_t need = m->clock + (m->command != DML__PS_PULL);
+  for (uint64_t part = m->key_lo / DML__PS_DENSE_PART; part <= m->key_hi / DML__PS_DENSE_PART;
+       part++) {
+    const dense_part *d = find_part(s, part);
+    if (d == NULL || d->mclock < need) return 0;
+  }
+  return 1;
+}
+
+/* 1 if request m from src can be answered now: a push at once (on mirrored chunks, once its clock
+ * is folded), a pull by the consistency model (pull_ready) and the mirrored folds. */
+static int request_ready(dml_ps_server *s, int src, const dml__ps_msg *m) {
+  int consistent = m->command == DML__PS_PUSH || pull_ready(s, src, m);
+  if (m->clock == DML__PS_CLOCK_FINAL || !is_mirrored(s, m)) return consistent;
+  return consistent && mirror_ready(s, m);
+}
+
+typedef struct mirror_arg {
+  int src, check; /* check: only look (a first pass: a refused push is kept nowhere) */
+  const dml__ps_msg *m;
+  dml_err *err;
+} mirror_arg;
+
+/* One chunk's segment of a push of mirrored chunks (for_segments): checked, or queued (a copy). */
+static int mirror_segment(dml_ps_server *s, uint64_t part, size_t off, size_t cnt, size_t at,
+                          void *arg) {
+  mirror_arg *a = arg;
+  dense_part *d = find_part(s, part);
+  const char *peer = dml_comm_peer_name(s->c, a->src);
+  if (a->check) {
+    if (d == NULL || !d->mirror)
+      return dml_err_set(a->err, DML_EPROTO, "ps: %s pushed dense chunk %llu as mirrored", peer,
+                         (unsigned long long)part);
+    if (a->m->clock < d->mclock)
+      return dml_err_set(a->err, DML_EPROTO,
+                         "ps: %s pushed mirrored dense chunk %llu at clock %llu, which this "
+                         "replica has applied already (it is at clock %llu)",
+                         peer, (unsigned long long)part, (unsigned long long)a->m->clock,
+                         (unsigned long long)d->mclock);
+    for (size_t i = 0; i < d->nmq; i++)
+      if (d->mq[i].src == a->src && d->mq[i].clock == a->m->clock)
+        return dml_err_set(a->err, DML_EPROTO,
+                           "ps: %s pushed mirrored dense chunk %llu twice at clock %llu (once "
+                           "per clock)",
+                           peer, (unsigned long long)part, (unsigned long long)a->m->clock);
+    return 0;
+  }
+  if (d->nmq == d->mq_cap) {
+    size_t nc = d->mq_cap ? 2 * d->mq_cap : 8;
+    mirror_push *nq = dml__realloc(d->mq, nc * sizeof(mirror_push));
+    if (nq == NULL) return dml_err_set(a->err, DML_ENOMEM, "ps server: no memory to hold a push");
+    d->mq = nq;
+    d->mq_cap = nc;
+  }
+  float *v = dml__malloc(cnt * sizeof(float));
+  if (v == NULL) return dml_err_set(a->err, DML_ENOMEM, "ps server: no memory to hold a push");
+  memcpy(v, a->m->vals + at, cnt * sizeof(float));
+  d->mq[d->nmq++] = (mirror_push){a->src, a->m->clock, (uint32_t)off, (uint32_t)cnt, v};
+  s->mq_bytes += cnt * sizeof(float);
+  return 0;
+}
+
+/* Queues push m from src on mirrored chunks for its clock's fold (checked first, whole). */
+static int mirror_push_add(dml_ps_server *s, int src, const dml__ps_msg *m, dml_err *err) {
+  if (s->mq_bytes + m->nvals * sizeof(float) > MAX_MIRROR_BYTES)
+    return dml_err_set(err, DML_EPROTO,
+                       "ps: %s: more than %zu MB of pushes to mirrored tensors wait here for "
+                       "other workers' clocks",
+                       dml_comm_peer_name(s->c, src), MAX_MIRROR_BYTES >> 20);
+  mirror_arg a = {src, 1, m, err};
+  int rc = for_segments(s, m->key_lo, m->nvals, mirror_segment, &a);
+  a.check = 0;
+  return rc ? rc : for_segments(s, m->key_lo, m->nvals, mirror_segment, &a);
 }
 
 /* The open aggregate's pushes, their mean applied as one optimizer step. */
@@ -733,7 +908,9 @@ static void flush_aggregate(dml_ps_server *s) {
 /* A final pull can be answered (every other worker has left, and its own pushes were waited
  * for): every aggregate still open or held is complete -- applied, clock by clock. */
 static void final_pull_ready(dml_ps_server *s, const dml__ps_msg *m) {
-  if (m->clock == DML__PS_CLOCK_FINAL) flush_aggregate_to(s, UINT64_MAX);
+  if (m->clock != DML__PS_CLOCK_FINAL) return;
+  flush_aggregate_to(s, UINT64_MAX);
+  if (s->layout.nmirrored) mirror_fold(s, 1);
 }
 
 /* Keeps a copy of push m from src for its clock's aggregate (BSP sync aggregation, m's clock past
@@ -769,16 +946,17 @@ static int hold_push(dml_ps_server *s, int src, const dml__ps_msg *m, dml_err *e
 
 static void serve_deferred(dml_ps_server *s, dml_err *err) {
   flush_aggregate(s);
+  if (s->layout.nmirrored) mirror_fold(s, 0);
   size_t k = 0;
   for (size_t i = 0; i < s->ndq; i++) {
     deferred *d = &s->dq[i];
-    if (pull_ready(s, d->src, &d->m)) {
+    if (request_ready(s, d->src, &d->m)) {
       final_pull_ready(s, &d->m);
-      if (d->local_out && s->nldone < s->ldone_cap) {
-        read_values(s, &d->m, NULL, d->local_out);
+      if (d->local && s->nldone < s->ldone_cap) {
+        if (d->local_out) read_values(s, &d->m, NULL, d->local_out);
         s->ldone[s->nldone++] = (local_done){d->m.timestamp, d->m.key_lo};
       } else {
-        send_reply(s, d->src, &d->m, 1, NULL, err);
+        send_reply(s, d->src, &d->m, d->m.command != DML__PS_PUSH, NULL, err);
       }
       dml__ps_msg_free(&d->m);
     } else {
@@ -826,13 +1004,17 @@ static void worker_rejoins(dml_ps_server *s, int r, const dml__ps_msg *m) {
 /* Worker w has reached clock c: the pulls (and BSP aggregate) that waited for it are served. The
  * body of the request being handled (spare) is kept from their replies: its values are still to
  * be applied. */
-static void clock_advances(dml_ps_server *s, worker_state *w, uint64_t c, dml_err *err) {
-  if (c <= w->clock) return;
-  w->clock = c;
+static void serve_deferred_keep_spare(dml_ps_server *s, dml_err *err) {
   void *spare = s->spare;
   s->spare = NULL;
   serve_deferred(s, err);
   s->spare = spare;
+}
+
+static void clock_advances(dml_ps_server *s, worker_state *w, uint64_t c, dml_err *err) {
+  if (c <= w->clock) return;
+  w->clock = c;
+  serve_deferred_keep_spare(s, err);
 }
 
 /* Room for every deferred pull to be answered in place before the worker collects them. */
@@ -842,6 +1024,31 @@ static int grow_ldone(dml_ps_server *s) {
   if (nl == NULL) return DML_ENOMEM;
   s->ldone = nl;
   s->ldone_cap = nc;
+  return 0;
+}
+
+/* Keeps request m from src to be answered once request_ready says so (0: the entry owns m; on
+ * an error the caller still frees it); a dense request of this process's worker (sink) is then
+ * answered in place, into its buffer. */
+static int defer_request(dml_ps_server *s, int src, dml__ps_msg *m, local_sink *sink,
+                         dml_err *err) {
+  if (s->ndq == s->dq_cap) {
+    size_t nc = s->dq_cap ? 2 * s->dq_cap : 16;
+    deferred *nd = dml__realloc(s->dq, nc * sizeof(deferred));
+    if (nd == NULL) return dml_err_set(err, DML_ENOMEM, "ps server: no memory to defer a pull");
+    s->dq = nd;
+    s->dq_cap = nc;
+  }
+  /* the reply needs the keys or the range, not the values of a pushpull's push half */
+  if (!m->borrowed) dml__free(m->vals);
+  m->vals = NULL;
+  m->nvals = 0;
+  int local = sink && (m->flags & DML__PS_FLAG_DENSE);
+  if ((local && s->nldone + s->ndq + 1 > s->ldone_cap && grow_ldone(s) != 0) ||
+      dml__ps_msg_own(m) != 0) /* the frame is freed after this call */
+    return dml_err_set(err, DML_ENOMEM, "ps server: no memory to defer a pull");
+  s->dq[s->ndq++] = (deferred){src, *m, local, local ? sink->out : NULL};
+  s->st.deferred_pulls++;
   return 0;
 }
 
@@ -869,18 +1076,27 @@ static int handle_msg(dml_ps_server *s, int src, dml__ps_msg *mp, local_sink *si
   int request =
       m.command == DML__PS_PUSH || m.command == DML__PS_PUSHPULL || m.command == DML__PS_PULL;
   if (request && m.clock != DML__PS_CLOCK_FINAL) clock_advances(s, w, m.clock, err);
+  int mirrored = is_mirrored(s, &m);
   switch (m.command) {
     case DML__PS_PUSH:
     case DML__PS_PUSHPULL:
       if (m.timestamp < w->last_push_ts ||
           (m.timestamp == w->last_push_ts && m.key_lo <= w->last_push_lo)) {
         s->st.dup_pushes++; /* resent after a timeout: applied once already */
+      } else if (mirrored) {
+        /* queued for its clock's fold on this replica, which may complete that clock */
+        if ((rc = mirror_push_add(s, src, &m, err)) != 0) break;
+        w->applied++;
+        w->last_push_ts = w->applied_ts = m.timestamp;
+        w->last_push_lo = w->applied_lo = m.key_lo;
+        s->st.pushes++;
+        serve_deferred_keep_spare(s, err);
       } else {
         /* a sum-only dense pushpull answered now reads the part as it adds: into the local
          * worker's buffer, or into the request's body, which becomes the reply's */
         float *also = NULL;
         if (m.command == DML__PS_PUSHPULL && (m.flags & DML__PS_FLAG_DENSE) && s->cfg.sum_only &&
-            pull_ready(s, src, &m)) {
+            request_ready(s, src, &m)) {
           if (sink)
             also = sink->out;
           else if (s->spare && s->spare == (void *)m.vals)
@@ -902,7 +1118,12 @@ static int handle_msg(dml_ps_server *s, int src, dml__ps_msg *mp, local_sink *si
         w->last_push_lo = m.key_lo;
         s->st.pushes++;
       }
+      if (rc || (mirrored && src != s->me)) break; /* a replica's copy: never answered */
       if (m.command == DML__PS_PUSH) {
+        if (!request_ready(s, src, &m)) { /* a push of mirrored chunks: once its clock is folded */
+          if ((rc = defer_request(s, src, &m, sink, err)) == 0) return 0;
+          break;
+        }
         if (sink)
           sink->answered = 1;
         else
@@ -913,7 +1134,7 @@ static int handle_msg(dml_ps_server *s, int src, dml__ps_msg *mp, local_sink *si
       /* fall through */
     case DML__PS_PULL:
       s->st.pulls++;
-      if (pull_ready(s, src, &m)) {
+      if (request_ready(s, src, &m)) {
         final_pull_ready(s, &m);
         /* a pushpull whose push was applied just now has its slots in idx_scratch */
         int fresh = m.command == DML__PS_PUSHPULL && !(m.flags & DML__PS_FLAG_DENSE) &&
@@ -926,33 +1147,7 @@ static int handle_msg(dml_ps_server *s, int src, dml__ps_msg *mp, local_sink *si
           rc = send_reply(s, src, &m, 1, slots, err);
         }
       } else {
-        if (s->ndq == s->dq_cap) {
-          size_t nc = s->dq_cap ? 2 * s->dq_cap : 16;
-          deferred *nd = dml__realloc(s->dq, nc * sizeof(deferred));
-          if (nd == NULL) {
-            rc = dml_err_set(err, DML_ENOMEM, "ps server: no memory to defer a pull");
-            break;
-          }
-          s->dq = nd;
-          s->dq_cap = nc;
-        }
-        /* the reply needs the keys or the range, not the values of a pushpull's push half */
-        if (!m.borrowed) dml__free(m.vals);
-        m.vals = NULL;
-        m.nvals = 0;
-        /* a dense pull of this process's worker waits with its buffer (answered in place) */
-        float *lout = sink && (m.flags & DML__PS_FLAG_DENSE) ? sink->out : NULL;
-        if ((lout && s->nldone + s->ndq + 1 > s->ldone_cap && grow_ldone(s) != 0) ||
-            dml__ps_msg_own(&m) != 0) { /* the frame is freed after this call */
-          rc = dml_err_set(err, DML_ENOMEM, "ps server: no memory to defer a pull");
-          break;
-        }
-        s->dq[s->ndq].src = src;
-        s->dq[s->ndq].local_out = lout;
-        s->dq[s->ndq].m = m;
-        s->ndq++;
-        s->st.deferred_pulls++;
-        return 0; /* the deferred entry owns m */
+        if ((rc = defer_request(s, src, &m, sink, err)) == 0) return 0; /* it owns m */
       }
       break;
     case DML__PS_CLOCK: clock_advances(s, w, m.clock, err); break;
@@ -1006,10 +1201,12 @@ static int take_body(dml_ps_server *s, int src, const char *peer, dml__ps_msg *m
 }
 
 /* 1 if every chunk of the dense range [lo, hi] (at most DML__PS_DENSE_MAX_PART keys, as the
- * decoder checked) is this handler's. */
+ * decoder checked) is this handler's, or every one is mirrored (held by every server). */
 static int owns_dense(const dml_ps_server *s, uint64_t lo, uint64_t hi) {
+  int first = dml__ps_dense_owner(&s->layout, lo);
+  if (first != s->vme && first != DML__PS_MIRRORED) return 0;
   for (uint64_t part = lo / DML__PS_DENSE_PART; part <= hi / DML__PS_DENSE_PART; part++)
-    if (dml__ps_dense_owner(&s->layout, part * DML__PS_DENSE_PART) != s->vme) return 0;
+    if (dml__ps_dense_owner(&s->layout, part * DML__PS_DENSE_PART) != first) return 0;
   return 1;
 }
 
@@ -1021,6 +1218,19 @@ static void recheck(dml_ps_server *s) {
   dml_err e;
   dml_err_clear(&e);
   serve_deferred(s, &e);
+}
+
+/* A frame from src that broke the protocol (rc DML_EPROTO, err saying how): src is dropped, its
+ * later frames ignored, and it stops counting. */
+static void drop_if_hostile(dml_ps_server *s, int src, const char *peer, int rc,
+                            const dml_err *err) {
+  if (rc != DML_EPROTO || src < 0 || src >= s->n || src == s->me) return;
+  dml_log(DML_LOG_WARN, "ps server %d: dropping %s: %s", s->me, peer, dml_err_msg(err));
+  if (s->w[src].dropped) return;
+  s->st.dropped_peers++;
+  if (s->w[src].is_worker && !s->w[src].done && !s->w[src].dead) s->live--;
+  s->w[src].dropped = 1;
+  s->recheck = 1;
 }
 
 int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t bytes, dml_err *err) {
@@ -1036,8 +1246,14 @@ int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t by
         dml_err_set(err, DML_EPROTO, "ps: %s is not a worker but sent command %u", peer, m.command);
   if (rc == 0 && (m.flags & DML__PS_FLAG_DENSE) && !owns_dense(s, m.key_lo, m.key_hi))
     rc = dml_err_set(err, DML_EPROTO,
-                     "ps: %s sent dense keys [%llu, %llu], which server %d does not own", peer,
-                     (unsigned long long)m.key_lo, (unsigned long long)m.key_hi, s->me);
+                     "ps: %s sent dense keys [%llu, %llu], which server %d does not own (or "
+                     "mirrored and sharded ones in one frame)",
+                     peer, (unsigned long long)m.key_lo, (unsigned long long)m.key_hi, s->me);
+  if (rc == 0 && src != s->me && is_mirrored(s, &m) && m.command != DML__PS_PUSH)
+    rc = dml_err_set(err, DML_EPROTO,
+                     "ps: %s sent command %u for mirrored dense keys [%llu, %llu]: a worker "
+                     "reads its own replica, and sends the others pushes only",
+                     peer, m.command, (unsigned long long)m.key_lo, (unsigned long long)m.key_hi);
   if (rc == 0) {
     for (uint64_t i = 0; i < m.nkeys; i++)
       if (dml__ps_owner(m.keys[i], s->vS) != s->vme) {
@@ -1052,15 +1268,7 @@ int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t by
     rc = take_body(s, src, peer, &m, &body, err);
   if (rc) {
     dml__ps_msg_free(&m);
-    if (rc == DML_EPROTO && src >= 0 && src < s->n && src != s->me) {
-      dml_log(DML_LOG_WARN, "ps server %d: dropping %s: %s", s->me, peer, dml_err_msg(err));
-      if (!s->w[src].dropped) {
-        s->st.dropped_peers++;
-        if (s->w[src].is_worker && !s->w[src].done && !s->w[src].dead) s->live--;
-        s->w[src].dropped = 1;
-        s->recheck = 1;
-      }
-    }
+    drop_if_hostile(s, src, peer, rc, err);
     recheck(s);
     return rc;
   }
@@ -1071,6 +1279,7 @@ int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t by
   dml_comm_buf_free(s->spare);
   s->spare = NULL;
   s->spare_filled = 0;
+  drop_if_hostile(s, src, peer, rc, err); /* a push that breaks the protocol (mirrored chunks) */
   recheck(s);
   return rc;
 }
@@ -1079,7 +1288,16 @@ void dml_ps_config_init(dml_ps_config *cfg) {
   memset(cfg, 0, sizeof(*cfg));
   cfg->num_servers = 1;
   cfg->sync_aggregate = 1;
+  cfg->mirror_bytes = 32u << 10;
   dml_optim_config_init(&cfg->optim, DML_OPT_FTRL);
+}
+
+uint64_t dml__ps_mirror_keys(const dml_ps_config *cfg, int n) {
+  int K = cfg->handler_threads > 0 ? cfg->handler_threads : 1;
+  if (!cfg->colocated || n < 2 || cfg->staleness != 0 || !(cfg->sum_only || cfg->sync_aggregate) ||
+      K > 1 || cfg->checkpoint_dir || cfg->recover || cfg->restore)
+    return 0;
+  return cfg->mirror_bytes / (uint64_t)(n - 1) / sizeof(float);
 }
 
 int dml_ps_sync_parse(const char *s, int *staleness, dml_err *err) {
@@ -1107,7 +1325,8 @@ int dml_ps_dense_layout(const dml_ps_config *cfg, int n, uint64_t *offsets, uint
                         dml_err *err) {
   dml__ps_dense_layout l;
   int S = dml_ps_num_servers(cfg, n), K = cfg->handler_threads > 0 ? cfg->handler_threads : 1;
-  int rc = dml__ps_dense_layout_build(&l, cfg->dense_sizes, cfg->num_dense, S * K, err);
+  int rc = dml__ps_dense_layout_build(&l, cfg->dense_sizes, cfg->num_dense, S * K,
+                                      dml__ps_mirror_keys(cfg, n), err);
   if (rc) return rc;
   for (int t = 0; offsets && t < cfg->num_dense; t++) offsets[t] = l.offset[t];
   for (int k = 0; server_bytes && k < S; k++) server_bytes[k] = 0;
@@ -1164,6 +1383,25 @@ int dml_ps_server_create(dml_ps_server **out, dml_comm *c, const dml_ps_config *
   return 0;
 }
 
+/* Every mirrored chunk's storage, made up front: its fold clock counts from the start. */
+static int make_mirrored(dml_ps_server *s, dml_err *err) {
+  if (s->layout.nmirrored == 0) return 0;
+  s->mparts = dml__malloc((size_t)s->layout.nmirrored * sizeof(uint64_t));
+  if (s->mparts == NULL) return dml_err_set(err, DML_ENOMEM, "ps server: out of memory");
+  uint64_t k = 0;
+  for (uint64_t chunk = 0; chunk < s->layout.nchunks; chunk++) {
+    if (s->layout.owner[chunk] != DML__PS_MIRRORED) continue;
+    dense_part *d;
+    int rc = dense_part_get(s, chunk, &d, err);
+    if (rc) return rc;
+    d->mirror = 1;
+    if (d->opt && (d->agg = dml__calloc(DML__PS_DENSE_PART, sizeof(float))) == NULL)
+      return dml_err_set(err, DML_ENOMEM, "ps server: out of memory");
+    s->mparts[k++] = chunk;
+  }
+  return 0;
+}
+
 static int create_handler(dml_ps_server **out, dml_comm *c, const dml_ps_config *cfg, int h,
                           dml_err *err) {
   *out = NULL;
@@ -1199,9 +1437,11 @@ static int create_handler(dml_ps_server **out, dml_comm *c, const dml_ps_config 
   s->w = dml__calloc((size_t)n, sizeof(worker_state));
   int rc = s->w ? 0 : dml_err_set(err, DML_ENOMEM, "ps server: out of memory");
   if (rc == 0)
-    rc = dml__ps_dense_layout_build(&s->layout, cfg->dense_sizes, cfg->num_dense, s->vS, err);
+    rc = dml__ps_dense_layout_build(&s->layout, cfg->dense_sizes, cfg->num_dense, s->vS,
+                                    dml__ps_mirror_keys(cfg, n), err);
   if (rc == 0) rc = grow_values(s, err);
   if (rc == 0) rc = grow_map(s, err);
+  if (rc == 0) rc = make_mirrored(s, err);
   if (rc) {
     dml_ps_server_free(s);
     return rc;
@@ -1531,6 +1771,9 @@ int dml__ps_server_poll(dml_ps_server *s, int *moved, dml_err *err) {
     *moved = 1;
     if ((rc = handle_received(s, src, buf, bytes, err)) != 0) return rc;
     if (s->live > 0 && (rc = post_inreq(s, err)) != 0) return rc;
+    /* a request of this process's worker answered: back to it (a test of the next receive
+     * would look at the sockets once more, a system call, before the worker goes on) */
+    if (s->nldone) break;
   }
   if (s->nout) reap_replies(s, 0);
   recheck(s);
@@ -1618,8 +1861,11 @@ void dml_ps_server_free(dml_ps_server *s) {
     dml__free(s->dparts[i].grads);
     dml__free(s->dparts[i].agg);
     dml_optim_free(s->dparts[i].opt);
+    for (size_t j = 0; j < s->dparts[i].nmq; j++) dml__free(s->dparts[i].mq[j].vals);
+    dml__free(s->dparts[i].mq);
   }
   dml__free(s->dparts);
+  dml__free(s->mparts);
   dml__ps_dense_layout_free(&s->layout);
   dml_optim_free(s->opt);
   dml__free(s->vals);
