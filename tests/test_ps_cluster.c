@@ -52,6 +52,9 @@ typedef struct scenario {
   int mirrored;     /* colocated BSP with a mirrored tensor (mirrored_run) */
   int odd;          /* mirrored: values whose sum rounds by its order; replicas must agree */
   int wide;         /* mirrored pushpull: one request over the mirrored and the sharded tensor */
+  int big;          /* mirrored: a tensor of 80 KB (its pushes go as bodies) */
+  int swap;         /* mirrored: two mirrored tensors pushed in opposite orders */
+  int hostile_push; /* mirrored, hostile_from: the hostile rank pushes one chunk twice a clock */
 } scenario;
 
 static int check_server(int rank, dml_ps_server *s, const scenario *sc) {
@@ -330,16 +333,20 @@ static int one_server_only(int rank, dml_comm *c, const scenario *sc) {
   return rc;
 }
 
-/* Mirrored tensors, colocated BSP: tensor 0 (MK keys, its chunk 0..8191 mirrored: every shard
- * holds it) and tensor 1 (100,000 keys, sharded). Each iteration a worker pushpulls tensor 0 (or
- * with `wide` both tensors in one request), or pulls it and then pushes it. Values: 1 (exact
- * reads: a pull at clock c reads W*c, a pushpull W*(c+1); with SGD lr 1, -c and -(c+1)), or
- * with `odd` 0.1 (rank + 1) + 0.37 i / MK, whose sums round by their order: every replica must
- * still hold the same bits. A second push of a chunk in one clock is refused. With hostile_from,
- * the ranks from it send rank 0 a pull of mirrored keys (a worker reads its own replica only),
- * then tell every rank they leave (BYE) and that their shard has finished, and stay connected
- * (colocated, a rank that dies takes its shard with it: an error) until the others are done:
- * rank 0 drops it, the job goes on without it. */
+/* Mirrored tensors, colocated BSP (mirror_bytes 32 KB): tensor 0 (MK keys, its chunk 0..8191
+ * mirrored: every shard holds it) and tensor 1 (100,000 keys, sharded). Each iteration a worker
+ * pushpulls tensor 0 (with `wide` both tensors in one request), or pulls it and then pushes it.
+ * Values: 1 (exact reads: a pull at clock c reads W*c, a pushpull W*(c+1); with SGD lr 1, -c and
+ * -(c+1)), or with `odd` 0.1 (rank + 1) + 0.37 i / MK, whose sums round by their order: every
+ * replica must still hold the same bits. A second push of a chunk in one clock is refused.
+ * `big`: tensor 0 has 20,000 keys (80 KB, mirror_bytes 128 KB): its pushes travel as bodies.
+ * `swap`: two mirrored tensors pushed (push only, each waited for) in opposite orders by even and
+ * odd ranks. `extra`: the last rank pushpulls once more while rank 0 waits in a final pull.
+ * With hostile_from, the ranks from it send rank 0 a pull of mirrored keys (`hostile_push`: two
+ * pushes of one clock) -- a worker reads its own replica, and pushes once per clock -- then tell
+ * every rank they leave (BYE) and that their shard has finished, and stay connected (colocated,
+ * a rank that dies takes its shard with it: an error) until the others are done: rank 0 drops
+ * it, the job goes on without it. */
 #define MK 1000
 static int mirrored_run(int rank, dml_comm *c, const scenario *sc) {
   int n = dml_comm_size(c), rc = 0;
@@ -347,39 +354,51 @@ static int mirrored_run(int rank, dml_comm *c, const scenario *sc) {
   dml_ps_config cfg;
   dml_ps_config_init(&cfg);
   cfg.colocated = 1;
+  cfg.mirror_bytes = sc->big ? 128u << 10 : 32u << 10;
   cfg.sum_only = !sc->sgd;
   if (sc->sgd) {
     dml_optim_config_init(&cfg.optim, DML_OPT_SGD);
     cfg.optim.lr = 1.0f;
   }
-  static const uint64_t sizes[2] = {MK, 100000};
+  uint64_t mk = sc->big ? 20000 : MK;
+  uint64_t sizes[3] = {mk, 100000, 0};
+  if (sc->swap) sizes[1] = MK, sizes[2] = 100000; /* tensor 1 mirrored too */
   cfg.dense_sizes = sizes;
-  cfg.num_dense = 2;
-  uint64_t off[2], bytes[8];
+  cfg.num_dense = sc->swap ? 3 : 2;
+  uint64_t off[3], bytes[8], T1 = sc->big ? 3 * 8192 : 8192;
   RK_OK(dml_ps_dense_layout(&cfg, n, off, bytes, &err));
-  R_ASSERT(off[0] == 0 && off[1] == 8192);
-  for (int k = 0; k < n; k++) R_ASSERT(bytes[k] >= 4 * MK); /* every server holds tensor 0 */
+  R_ASSERT(off[0] == 0 && off[1] == T1);
+  uint64_t sharded = sc->swap ? 100000 : 100000; /* held once, over every server */
+  uint64_t total = 0;
+  for (int k = 0; k < n; k++) total += bytes[k];
+  /* tensor 0 (and with swap tensor 1) on every server, the sharded one once */
+  R_ASSERT(total == 4 * ((uint64_t)n * (mk + (sc->swap ? MK : 0)) + sharded));
   dml_ps_server *srv = NULL;
   RK_OK(dml_ps_server_create(&srv, c, &cfg, &err));
   if (sc->hostile_from && rank >= sc->hostile_from) {
-    unsigned char frame[64];
+    unsigned char frame[64 + 16];
+    float four[4] = {1, 1, 1, 1};
     dml__ps_msg m;
     memset(&m, 0, sizeof m);
-    m.command = DML__PS_PULL;
+    m.command = sc->hostile_push ? DML__PS_PUSH : DML__PS_PULL;
     m.sender = (uint32_t)rank;
     m.flags = DML__PS_FLAG_DENSE;
-    m.timestamp = 1;
-    m.key_lo = 0;
-    m.key_hi = 99;
-    dml__ps_encode(frame, &m, NULL, NULL);
-    RK_OK(dml_comm_send(c, 0, DML__PS_TAG_REQ, frame, sizeof frame));
+    m.key_hi = sc->hostile_push ? 3 : 99;
+    m.nvals = sc->hostile_push ? 4 : 0;
+    m.value_type = sc->hostile_push ? DML__PS_VT_F32 : DML__PS_VT_NONE;
+    m.clock = sc->hostile_push ? 5 : 0; /* ahead: queued, not folded, when it is dropped */
+    for (int k = 0; k < (sc->hostile_push ? 2 : 1); k++) {
+      m.timestamp = (uint64_t)k + 1;
+      dml__ps_encode(frame, &m, NULL, four);
+      RK_OK(dml_comm_send(c, 0, DML__PS_TAG_REQ, frame, dml__ps_frame_bytes(0, m.nvals)));
+    }
     for (int r = 0; r < sc->hostile_from; r++) {
       memset(&m, 0, sizeof m);
       m.command = DML__PS_BYE;
       m.sender = (uint32_t)rank;
       dml__ps_encode(frame, &m, NULL, NULL);
-      RK_OK(dml_comm_send(c, r, DML__PS_TAG_REQ, frame, sizeof frame)); /* this worker leaves */
-      RK_OK(dml_comm_send(c, r, DML__PS_TAG_REP, frame, sizeof frame)); /* its shard is done */
+      RK_OK(dml_comm_send(c, r, DML__PS_TAG_REQ, frame, 64)); /* this worker leaves */
+      RK_OK(dml_comm_send(c, r, DML__PS_TAG_REP, frame, 64)); /* its shard is done */
     }
     char done;
     for (int r = 0; r < sc->hostile_from; r++) RK_OK(dml_comm_recv(c, r, 77, &done, 1));
@@ -391,23 +410,34 @@ static int mirrored_run(int rank, dml_comm *c, const scenario *sc) {
   dml_ps *ps;
   RK_OK(dml_ps_create(&ps, c, &cfg, &err));
   if (sc->serve) RK_OK(dml_ps_serve(ps, srv, &err));
-  size_t N = sc->wide ? 8192 + 100000 : MK;
+  size_t N = sc->wide ? T1 + 100000 : mk;
   float *vals = malloc(N * sizeof(float)), *got = malloc(N * sizeof(float));
   R_ASSERT(vals && got);
   for (size_t i = 0; i < N; i++)
     vals[i] = sc->odd ? 0.1f * (float)(rank + 1) + 0.37f * (float)i / MK : 1.0f;
-  for (int it = 0; it < ITERS && rc == 0; it++) {
-    uint64_t ts;
+  int iters = ITERS + (sc->extra && rank == n - 1);
+  for (int it = 0; it < iters && rc == 0; it++) {
+    uint64_t ts, ts2;
     double c0 = (double)dml_ps_clock_value(ps);
+    if (sc->swap) { /* push only, in opposite orders: acknowledged without waiting for others */
+      uint64_t first = rank % 2 ? off[1] : 0, second = rank % 2 ? 0 : off[1];
+      RK_OK(dml_ps_push_dense(ps, first, vals, MK, &ts));
+      RK_OK(dml_ps_wait(ps, ts));
+      RK_OK(dml_ps_push_dense(ps, second, vals, MK, &ts));
+      RK_OK(dml_ps_wait(ps, ts));
+      RK_OK(dml_ps_clock(ps));
+      continue;
+    }
     if (sc->pushpull)
       RK_OK(dml_ps_pushpull_dense(ps, 0, vals, got, N, &ts));
     else
       RK_OK(dml_ps_pull_dense(ps, 0, got, N, &ts));
     RK_OK(dml_ps_wait(ps, ts));
     double want = sc->pushpull ? (sc->sgd ? -(c0 + 1) : W * (c0 + 1)) : sc->sgd ? -c0 : W * c0;
+    if (it == ITERS) want = W * c0 + 1; /* extra: the others have left or are done */
     for (size_t i = 0; i < N && !sc->odd && rc == 0; i++) {
       /* the sharded tensor's sum-only pushpull reads [W*c + 1, W*c + 2W - 1] (see pushpull) */
-      double lo = i < 8192 ? want : W * c0 + 1, hi = i < 8192 ? want : W * c0 + 2 * W - 1;
+      double lo = i < T1 ? want : W * c0 + 1, hi = i < T1 ? want : W * c0 + 2 * W - 1;
       if (got[i] < lo || got[i] > hi) {
         fprintf(stderr, "rank %d clock %g key %zu: read %g, want [%g, %g]\n", rank, c0, i,
                 (double)got[i], lo, hi);
@@ -416,11 +446,21 @@ static int mirrored_run(int rank, dml_comm *c, const scenario *sc) {
     }
     if (!sc->pushpull) {
       RK_OK(dml_ps_push_dense(ps, 0, vals, N, &ts));
-      uint64_t ts2;
       if (it == 0) R_ASSERT(dml_ps_push_dense(ps, 500, vals, 10, &ts2) == DML_EINVAL);
       RK_OK(dml_ps_wait(ps, ts));
     }
     RK_OK(dml_ps_clock(ps));
+  }
+  double want = sc->sgd ? -(double)ITERS : (double)W * ITERS + (sc->extra ? 1 : 0);
+  if (rc == 0 && sc->extra && rank == 0) { /* the last rank pushes once more meanwhile */
+    uint64_t ts, ts2;
+    RK_OK(dml_ps_pull_dense_final(ps, 0, got, mk, &ts));
+    RK_OK(dml_ps_wait(ps, ts));
+    if (got[0] != want || got[mk - 1] != want) {
+      fprintf(stderr, "rank 0: final pull read %g, want %g\n", (double)got[0], want);
+      rc = 1;
+    }
+    R_ASSERT(dml_ps_push_dense(ps, 0, vals, mk, &ts2) == DML_EINVAL); /* after a final pull */
   }
   if (rc == 0 && sc->serve && dml_ps_finish(ps) != 0) {
     fprintf(stderr, "rank %d: finish: %s\n", rank, dml_ps_errmsg(ps));
@@ -440,23 +480,26 @@ static int mirrored_run(int rank, dml_comm *c, const scenario *sc) {
     fprintf(stderr, "rank %d: dropped %d peers, want %d\n", rank, st.dropped_peers, rank == 0);
     rc = 1;
   }
-  /* every replica holds every clock's pushes, the same bits on every rank */
-  float *mine = malloc(MK * sizeof(float)), *mn = malloc(MK * sizeof(float));
-  float *mx = malloc(MK * sizeof(float));
+  /* every replica holds every clock's pushes, the same bits on every rank (with swap, tensor 1
+   * too: its keys follow tensor 0's in the check) */
+  size_t nchk = mk + (sc->swap ? MK : 0);
+  float *mine = malloc(nchk * sizeof(float)), *mn = malloc(nchk * sizeof(float));
+  float *mx = malloc(nchk * sizeof(float));
   R_ASSERT(mine && mn && mx);
-  double want = sc->sgd ? -(double)ITERS : (double)W * ITERS;
-  for (int i = 0; i < MK; i++) {
-    mine[i] = mn[i] = mx[i] = dml_ps_server_dense_value(srv, (uint64_t)i);
+  for (size_t i = 0; i < nchk; i++) {
+    uint64_t key = i < mk ? i : off[1] + (i - mk);
+    mine[i] = mn[i] = mx[i] = dml_ps_server_dense_value(srv, key);
     if (!sc->odd && mine[i] != want && rc == 0) {
-      fprintf(stderr, "rank %d: replica key %d holds %g, want %g\n", rank, i, (double)mine[i],
-              want);
+      fprintf(stderr, "rank %d: replica key %llu holds %g, want %g\n", rank,
+              (unsigned long long)key, (double)mine[i], want);
       rc = 1;
     }
   }
   if (rc == 0 && !sc->hostile_from) {
-    RK_OK(dml_allreduce(c, mn, MK, DML_F32, DML_MIN));
-    RK_OK(dml_allreduce(c, mx, MK, DML_F32, DML_MAX));
-    if (memcmp(mn, mine, MK * sizeof(float)) != 0 || memcmp(mx, mine, MK * sizeof(float)) != 0) {
+    RK_OK(dml_allreduce(c, mn, nchk, DML_F32, DML_MIN));
+    RK_OK(dml_allreduce(c, mx, nchk, DML_F32, DML_MAX));
+    if (memcmp(mn, mine, nchk * sizeof(float)) != 0 ||
+        memcmp(mx, mine, nchk * sizeof(float)) != 0) {
       fprintf(stderr, "rank %d: the replicas differ\n", rank);
       rc = 1;
     }
@@ -734,6 +777,14 @@ int main(void) {
       (scenario){.mirrored = 1, .serve = 1, .pushpull = 1, .odd = 1});
   run("mirrored tensor, 3 ranks: one pulling mirrored keys from another's shard is dropped", 3,
       (scenario){.mirrored = 1, .serve = 1, .pushpull = 1, .hostile_from = 2});
+  run("mirrored tensor, 3 ranks: one pushing a mirrored chunk twice in a clock is dropped", 3,
+      (scenario){.mirrored = 1, .serve = 1, .pushpull = 1, .hostile_from = 2, .hostile_push = 1});
+  run("mirrored tensor of 80 KB (bodies), 2 ranks serving, pushpull: exactly W(c+1)", 2,
+      (scenario){.mirrored = 1, .serve = 1, .pushpull = 1, .big = 1});
+  run("two mirrored tensors pushed in opposite orders, 3 ranks serving: no wait on each other", 3,
+      (scenario){.mirrored = 1, .serve = 1, .swap = 1});
+  run("mirrored pushpull, one rank a clock further while rank 0 is in a final pull", 3,
+      (scenario){.mirrored = 1, .serve = 1, .pushpull = 1, .extra = 1});
   run("colocated 3 ranks, workers serving, one killed: the others fail at once naming it", 3,
       (scenario){.colocated = 1, .serve = 1, .victim = 2, .lost_shard = 1});
   run("dense API, colocated 2 ranks x 2 handler threads", 2,

@@ -82,13 +82,16 @@ typedef struct dml_ps_config {
    * sharded but held whole by every worker's shard, a replica. A push of it goes to every replica
    * (one exchange, where a sharded one is a request and its reply); each replica applies a
    * clock's pushes in worker order once every live worker has pushed that clock or passed it, so
-   * the replicas stay equal bit for bit, and a worker reads its own. A worker pushes each of its
-   * chunks (8K keys) at most once per clock (DML_EINVAL otherwise). A pull at clock c is
-   * answered once the pushes of clocks < c are applied (in a pull-then-push loop: exactly
-   * those); a push, and a pushpull's read, once those of its own clock are (every worker's, as
-   * an all-reduce waits for them: with an optimizer a pushpull at c reads c + 1 steps, where a
-   * sharded one reads c). dml_ps_config_init: 32 KB; 0: never (every tensor sharded). Every
-   * process must pass the same value. */
+   * the replicas stay equal bit for bit, and a worker reads its own. For all-reduce-like loops:
+   * every worker pushes each mirrored tensor once per clock, the tensors in the same order (a
+   * pushpull waits for every other worker's push of its clock, or its next clock: a worker that
+   * pushes them in another order can make two wait on each other until the timeout). A worker
+   * pushes each of its chunks (8K keys) at most once per clock, and none after a final pull
+   * (DML_EINVAL). A pull at clock c is answered once the pushes of clocks < c are applied (in a
+   * pull-then-push loop: exactly those); a pushpull's read once those of its own clock are (with
+   * an optimizer it reads c + 1 steps, where a sharded one reads c); a push at once unless it is
+   * 16 clocks ahead of the slowest. dml_ps_config_init: 0, never (every tensor sharded); `distml
+   * bench ps` uses 32 KB. Every process must pass the same value. */
   uint64_t mirror_bytes;
 } dml_ps_config;
 

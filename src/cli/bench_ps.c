@@ -32,7 +32,7 @@ typedef struct layout {
 
 static int g_iters;    /* --iters: timed iterations per figure (0: by size) */
 static int g_handlers; /* --handlers: request-handling threads per server process (0: 1) */
-static int64_t g_mirror_bytes = -1; /* --mirror-bytes (-1: the config's default) */
+static uint64_t g_mirror_bytes = 32u << 10; /* --mirror-bytes */
 
 static int iters_for(size_t bytes) {
   if (g_iters > 0) return g_iters;
@@ -199,7 +199,7 @@ static int bench_rank(const layout *L, int rank, int port, size_t min_bytes, siz
   cfg.sum_only = 1;
   cfg.staleness = 0;
   cfg.handler_threads = g_handlers;
-  if (g_mirror_bytes >= 0) cfg.mirror_bytes = (uint64_t)g_mirror_bytes;
+  cfg.mirror_bytes = g_mirror_bytes;
   int S = dml_ps_num_servers(&cfg, n), first = L->colocated ? 0 : L->servers;
   for (size_t bytes = min_bytes; bytes <= max_bytes && rc == 0; bytes *= 4) {
     size_t K = bytes / 4;
@@ -316,9 +316,9 @@ int dml_cli_bench_ps_main(int argc, char **argv) {
       continue;
     }
     int known = strcmp(a, "--layouts") == 0 || strcmp(a, "--handlers") == 0 ||
-                strcmp(a, "--mirror-bytes") == 0 ||
-                strcmp(a, "--iters") == 0 || strcmp(a, "--rounds") == 0 ||
-                strcmp(a, "--min-bytes") == 0 || strcmp(a, "--max-bytes") == 0;
+                strcmp(a, "--mirror-bytes") == 0 || strcmp(a, "--iters") == 0 ||
+                strcmp(a, "--rounds") == 0 || strcmp(a, "--min-bytes") == 0 ||
+                strcmp(a, "--max-bytes") == 0;
     if (!known) return bad_flag("unknown flag '%s'", a);
     if (i + 1 >= argc) return bad_flag("%s needs a value", a);
     const char *v = argv[++i];
@@ -332,7 +332,7 @@ int dml_cli_bench_ps_main(int argc, char **argv) {
       uint64_t b;
       if (dml_parse_size(v, (uint64_t)1 << 30, &b, &e) != 0)
         return bad_flag("--mirror-bytes %s: want a size from 0 to 1G", v);
-      g_mirror_bytes = (int64_t)b;
+      g_mirror_bytes = b;
     } else if (strcmp(a, "--iters") == 0) {
       if (dml_parse_i64(v, 1, 100000, &n, &e) != 0)
         return bad_flag("--iters %s: want 1..100000", v);

@@ -55,6 +55,8 @@ struct dml_ps {
   uint64_t *mpushed; /* (layout.nchunks, when some are mirrored) 1 + the clock of this worker's
                         last push of each mirrored chunk: one per clock */
   int left;          /* BYE sent (dml_ps_finish) */
+  int final_told;    /* mirrored chunks: every server was told this worker pushes no more (a
+                        CLOCK of DML__PS_CLOCK_FINAL, before its first final pull) */
   int in_reform;
   /* dml_ps_serve: the shard of this process, served in place by this worker */
   dml_ps_server *local;
@@ -67,6 +69,7 @@ struct dml_ps {
 
 static int reform(dml_ps *ps, const char *why);
 static int flush_clocks(dml_ps *ps);
+static int tell_final(dml_ps *ps);
 
 static int fail(dml_ps *ps, int code, const char *fmt, const char *a, const char *b) {
   if (ps->sticky == 0) {
@@ -405,15 +408,20 @@ static int post_mirrored(dml_ps *ps, request *r, int command, uint64_t clock, in
  * this clock already (each replica folds one push per worker per clock); else noted. */
 static int mirror_push_once(dml_ps *ps, uint64_t clock, uint64_t lo, size_t n) {
   uint64_t first = lo / DML__PS_DENSE_PART, last = (lo + n - 1) / DML__PS_DENSE_PART;
-  last = DML__MIN(last, ps->layout.nchunks - 1);
-  for (uint64_t ch = first; ch <= last && ch < ps->layout.nchunks; ch++)
-    if (ps->layout.owner[ch] == DML__PS_MIRRORED && ps->mpushed[ch] == clock + 1)
+  for (uint64_t ch = first; ch <= last && ch < ps->layout.nchunks; ch++) {
+    if (ps->layout.owner[ch] != DML__PS_MIRRORED) continue;
+    unsigned long long a = ch * DML__PS_DENSE_PART, b = a + DML__PS_DENSE_PART - 1;
+    if (ps->final_told)
+      return dml_err_set(&ps->err, DML_EINVAL,
+                         "ps: a push of dense keys [%llu, %llu] of a mirrored tensor after a final "
+                         "pull (every replica counts this worker out)",
+                         a, b);
+    if (ps->mpushed[ch] == clock + 1)
       return dml_err_set(&ps->err, DML_EINVAL,
                          "ps: dense keys [%llu, %llu] of a mirrored tensor were pushed already at "
                          "clock %llu (once per clock: dml_ps_clock between)",
-                         (unsigned long long)(ch * DML__PS_DENSE_PART),
-                         (unsigned long long)((ch + 1) * DML__PS_DENSE_PART - 1),
-                         (unsigned long long)clock);
+                         a, b, (unsigned long long)clock);
+  }
   for (uint64_t ch = first; ch <= last && ch < ps->layout.nchunks; ch++)
     if (ps->layout.owner[ch] == DML__PS_MIRRORED) ps->mpushed[ch] = clock + 1;
   return 0;
@@ -438,7 +446,8 @@ static int post_dense(dml_ps *ps, int command, uint64_t clock, uint64_t lo, cons
   if (ps->mpushed && command != DML__PS_PULL && mirror_push_once(ps, clock, lo, n) != 0)
     return DML_EINVAL;
   /* a final pull's frames carry no clock: the servers hear this worker's first */
-  if (clock == DML__PS_CLOCK_FINAL && flush_clocks(ps) != 0) return ps->sticky;
+  if (clock == DML__PS_CLOCK_FINAL && (flush_clocks(ps) != 0 || tell_final(ps) != 0))
+    return ps->sticky;
   r->ts = next_timestamp(ps); /* before it counts as in flight: its old number is no clash */
   r->active = 1;
   r->command = command;
@@ -921,6 +930,19 @@ static int flush_clocks(dml_ps *ps) {
   int rc = send_to(ps, DML__PS_CLOCK, TO_STALE, &bad);
   if (rc) return comm_failed(ps, rc, "telling the clock to", bad); /* REJOIN carries it */
   return 0;
+}
+
+/* Before a final pull, with mirrored chunks: every server hears that this worker has passed
+ * every clock (it pushes no more), so no replica waits for its pushes to fold a clock -- the
+ * others may still train while it waits for them to leave. Once. */
+static int tell_final(dml_ps *ps) {
+  if (ps->mpushed == NULL || ps->final_told) return 0;
+  ps->final_told = 1;
+  uint64_t clock = ps->clock;
+  ps->clock = DML__PS_CLOCK_FINAL;
+  int bad = -1, rc = send_to(ps, DML__PS_CLOCK, TO_ALL, &bad);
+  ps->clock = clock;
+  return rc ? comm_failed(ps, rc, "telling the clock to", bad) : 0;
 }
 
 int dml_ps_clock(dml_ps *ps) {

@@ -335,7 +335,9 @@ int main(int argc, char **argv) {
     dml_ps_config mc;
     dml_ps_config_init(&mc);
     mc.colocated = 1;
-    T_ASSERT(dml__ps_mirror_keys(&mc, 2) == (32u << 10) / 4); /* the default: 32 KB / (W - 1) */
+    T_ASSERT(dml__ps_mirror_keys(&mc, 2) == 0); /* opt-in */
+    mc.mirror_bytes = 32u << 10;
+    T_ASSERT(dml__ps_mirror_keys(&mc, 2) == (32u << 10) / 4); /* 32 KB / (W - 1) */
     T_ASSERT(dml__ps_mirror_keys(&mc, 3) == (32u << 10) / 2 / 4);
     T_ASSERT(dml__ps_mirror_keys(&mc, 1) == 0);
     mc.staleness = 1;

@@ -40,10 +40,17 @@ typedef struct mirror_push {
   float *vals;       /* (cnt) owned copy */
 } mirror_push;
 
-/* Bytes of mirrored pushes a server keeps at most (a worker's pushes wait for the other workers'
- * of their clock, and each is acknowledged only once its clock is folded: an honest worker has at
- * most its requests in flight here). Past it the sender is dropped. */
+/* A push of a mirrored chunk is acknowledged at once while its clock is less than this many
+ * clocks past the chunk's fold, else once the fold is that close: a worker that pushes without
+ * pulling runs at most this far ahead of the slowest, and the replicas hold its pushes till then. */
+#define MIRROR_ACK_LEAD 16
+/* Pushes one sender may have waiting in one mirrored chunk's queue (an honest worker has at most
+ * MIRROR_ACK_LEAD plus its requests in flight), and bytes all of them may take, each counted
+ * with its entry: past either the sender is dropped (a hostile peer cannot make a replica hold
+ * or scan without bound). */
+#define MAX_MIRROR_QUEUED 1024
 #define MAX_MIRROR_BYTES ((size_t)256 << 20)
+#define MIRROR_ENTRY_BYTES(cnt) (sizeof(mirror_push) + 16 + (size_t)(cnt) * sizeof(float))
 
 /* A dense part: DML__PS_DENSE_PART consecutive keys of the dense namespace in flat arrays. */
 typedef struct dense_part {
@@ -58,6 +65,9 @@ typedef struct dense_part {
   uint64_t mclock;       /* mirrored: every clock below is folded */
   mirror_push *mq;       /* mirrored: pushes of clocks >= mclock, in arrival order */
   size_t nmq, mq_cap;
+  uint64_t *mlast;  /* mirrored: (n) 1 + the clock of each sender's last push queued here (a
+                      sender's pushes come in clock order) */
+  uint32_t *mcount; /* mirrored: (n) pushes of each sender in mq */
 } dense_part;
 
 /* BSP sync aggregation: a push of a clock the open aggregate has not reached (its worker is ahead
@@ -134,7 +144,8 @@ struct dml_ps_server {
   dense_part *dparts;
   size_t ndparts, dparts_cap;
   uint64_t *mparts; /* (layout.nmirrored) the mirrored chunks, all made at creation */
-  size_t mq_bytes;  /* values held in their queues */
+  size_t mq_bytes;  /* what their queues hold (MIRROR_ENTRY_BYTES each) */
+  int *mslot;       /* (n) scratch: a fold's push of each sender */
   dml__ps_dense_layout layout;
   outgoing *out;
   size_t nout, out_cap, out_bytes;
@@ -700,9 +711,7 @@ static int mirror_clock_complete(const dml_ps_server *s, const dense_part *d, ui
   for (int r = 0; r < s->n; r++) {
     const worker_state *w = &s->w[r];
     if (!w->is_worker || w->done || w->dead || w->dropped || w->clock > c) continue;
-    size_t i = 0;
-    while (i < d->nmq && (d->mq[i].src != r || d->mq[i].clock != c)) i++;
-    if (i == d->nmq) return 0;
+    if (d->mlast[r] <= c) return 0; /* nothing of clock c (nor later) from r yet */
   }
   return 1;
 }
@@ -712,15 +721,16 @@ static int mirror_clock_complete(const dml_ps_server *s, const dense_part *d, ui
 static void mirror_apply_clock(dml_ps_server *s, dense_part *d, uint64_t c) {
   uint32_t n = 0;
   size_t lo = DML__PS_DENSE_PART, hi = 0;
+  for (int r = 0; r < s->n; r++) s->mslot[r] = -1;
+  for (size_t i = 0; i < d->nmq; i++) /* one push per sender and clock */
+    if (d->mq[i].clock == c) s->mslot[d->mq[i].src] = (int)i;
   for (int r = 0; r < s->n; r++) {
-    for (size_t i = 0; i < d->nmq; i++) {
-      const mirror_push *p = &d->mq[i];
-      if (p->src != r || p->clock != c) continue;
-      add_floats((d->opt ? d->agg : d->vals) + p->off, p->vals, p->cnt);
-      lo = DML__MIN(lo, (size_t)p->off);
-      hi = DML__MAX(hi, (size_t)p->off + p->cnt);
-      n++;
-    }
+    if (s->mslot[r] < 0) continue;
+    const mirror_push *p = &d->mq[s->mslot[r]];
+    add_floats((d->opt ? d->agg : d->vals) + p->off, p->vals, p->cnt);
+    lo = DML__MIN(lo, (size_t)p->off);
+    hi = DML__MAX(hi, (size_t)p->off + p->cnt);
+    n++;
   }
   if (n && d->opt) {
     d->agg_n = n;
@@ -734,35 +744,39 @@ static void mirror_apply_clock(dml_ps_server *s, dense_part *d, uint64_t c) {
       d->mq[k++] = d->mq[i];
       continue;
     }
-    s->mq_bytes -= (size_t)d->mq[i].cnt * sizeof(float);
+    s->mq_bytes -= MIRROR_ENTRY_BYTES(d->mq[i].cnt);
+    d->mcount[d->mq[i].src]--;
     dml__free(d->mq[i].vals);
   }
   d->nmq = k;
 }
 
 /* Folds every complete clock of every mirrored chunk; force (a final pull: every other worker has
- * left): every clock held. Clocks no live worker pushed are skipped at once. */
+ * left): every clock held, in order, jumping from one held clock to the next. Clocks no live
+ * worker pushed are skipped at once. */
 static void mirror_fold(dml_ps_server *s, int force) {
   for (uint64_t k = 0; k < s->layout.nmirrored; k++) {
     dense_part *d = find_part(s, s->mparts[k]);
-    while (force || mirror_clock_complete(s, d, d->mclock)) {
-      uint64_t c = d->mclock, next = min_live_clock(s, -1);
+    while (d->mclock < UINT64_MAX && (force || mirror_clock_complete(s, d, d->mclock))) {
+      uint64_t c = d->mclock, next = force ? UINT64_MAX : min_live_clock(s, -1);
       mirror_apply_clock(s, d, c);
       for (size_t i = 0; i < d->nmq; i++) next = DML__MIN(next, d->mq[i].clock);
-      if (next == UINT64_MAX) { /* no live worker and nothing held */
-        d->mclock = c + 1;
+      if (next == UINT64_MAX) { /* nothing held, and no live worker (or a forced fold) */
+        if (!force) d->mclock = c + 1;
         break;
       }
       d->mclock = DML__MAX(c + 1, next);
-      if (force && d->nmq == 0) break;
     }
   }
 }
 
 /* 1 if a request on mirrored chunks can be answered: a pull at clock c once clocks < c are
- * folded, a push or a pushpull once c is (its own push is in the fold it reads). */
+ * folded, a pushpull once c is (its own push is in the fold it reads), a push at once unless
+ * its clock is MIRROR_ACK_LEAD or more past the fold. */
 static int mirror_ready(dml_ps_server *s, const dml__ps_msg *m) {
   uint64_t need = m->clock + (m->command != DML__PS_PULL);
+  if (m->command == DML__PS_PUSH) /* acknowledged at once unless far ahead of the fold */
+    need = m->clock >= MIRROR_ACK_LEAD ? m->clock + 1 - MIRROR_ACK_LEAD : 0;
   for (uint64_t part = m->key_lo / DML__PS_DENSE_PART; part <= m->key_hi / DML__PS_DENSE_PART;
        part++) {
     const dense_part *d = find_part(s, part);
@@ -801,12 +815,17 @@ static int mirror_segment(dml_ps_server *s, uint64_t part, size_t off, size_t cn
                          "replica has applied already (it is at clock %llu)",
                          peer, (unsigned long long)part, (unsigned long long)a->m->clock,
                          (unsigned long long)d->mclock);
-    for (size_t i = 0; i < d->nmq; i++)
-      if (d->mq[i].src == a->src && d->mq[i].clock == a->m->clock)
-        return dml_err_set(a->err, DML_EPROTO,
-                           "ps: %s pushed mirrored dense chunk %llu twice at clock %llu (once "
-                           "per clock)",
-                           peer, (unsigned long long)part, (unsigned long long)a->m->clock);
+    if (d->mlast[a->src] > a->m->clock)
+      return dml_err_set(a->err, DML_EPROTO,
+                         "ps: %s pushed mirrored dense chunk %llu at clock %llu after one at "
+                         "clock %llu (once per clock, in clock order)",
+                         peer, (unsigned long long)part, (unsigned long long)a->m->clock,
+                         (unsigned long long)(d->mlast[a->src] - 1));
+    if (d->mcount[a->src] >= MAX_MIRROR_QUEUED)
+      return dml_err_set(a->err, DML_EPROTO,
+                         "ps: %s has %d pushes of mirrored dense chunk %llu waiting for other "
+                         "workers' clocks (at most %d)",
+                         peer, MAX_MIRROR_QUEUED, (unsigned long long)part, MAX_MIRROR_QUEUED);
     return 0;
   }
   if (d->nmq == d->mq_cap) {
@@ -820,13 +839,37 @@ static int mirror_segment(dml_ps_server *s, uint64_t part, size_t off, size_t cn
   if (v == NULL) return dml_err_set(a->err, DML_ENOMEM, "ps server: no memory to hold a push");
   memcpy(v, a->m->vals + at, cnt * sizeof(float));
   d->mq[d->nmq++] = (mirror_push){a->src, a->m->clock, (uint32_t)off, (uint32_t)cnt, v};
-  s->mq_bytes += cnt * sizeof(float);
+  d->mlast[a->src] = a->m->clock + 1; /* below UINT64_MAX: the decoder refuses that clock */
+  d->mcount[a->src]++;
+  s->mq_bytes += MIRROR_ENTRY_BYTES(cnt);
   return 0;
+}
+
+/* A dropped peer's pushes still waiting in the mirrored chunks' queues are discarded (those of
+ * clocks folded already stay applied). */
+static void mirror_forget(dml_ps_server *s, int src) {
+  for (uint64_t k = 0; k < s->layout.nmirrored; k++) {
+    dense_part *d = find_part(s, s->mparts[k]);
+    size_t j = 0;
+    for (size_t i = 0; i < d->nmq; i++) {
+      if (d->mq[i].src != src) {
+        d->mq[j++] = d->mq[i];
+        continue;
+      }
+      s->mq_bytes -= MIRROR_ENTRY_BYTES(d->mq[i].cnt);
+      dml__free(d->mq[i].vals);
+    }
+    d->nmq = j;
+    d->mcount[src] = 0;
+  }
 }
 
 /* Queues push m from src on mirrored chunks for its clock's fold (checked first, whole). */
 static int mirror_push_add(dml_ps_server *s, int src, const dml__ps_msg *m, dml_err *err) {
-  if (s->mq_bytes + m->nvals * sizeof(float) > MAX_MIRROR_BYTES)
+  uint64_t chunks =
+      m->nvals ? (m->key_hi / DML__PS_DENSE_PART - m->key_lo / DML__PS_DENSE_PART + 1) : 0;
+  if (s->mq_bytes + MIRROR_ENTRY_BYTES(m->nvals) + chunks * MIRROR_ENTRY_BYTES(0) >
+      MAX_MIRROR_BYTES)
     return dml_err_set(err, DML_EPROTO,
                        "ps: %s: more than %zu MB of pushes to mirrored tensors wait here for "
                        "other workers' clocks",
@@ -1231,6 +1274,7 @@ static void drop_if_hostile(dml_ps_server *s, int src, const char *peer, int rc,
   if (s->w[src].is_worker && !s->w[src].done && !s->w[src].dead) s->live--;
   s->w[src].dropped = 1;
   s->recheck = 1;
+  mirror_forget(s, src);
 }
 
 int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t bytes, dml_err *err) {
@@ -1288,7 +1332,6 @@ void dml_ps_config_init(dml_ps_config *cfg) {
   memset(cfg, 0, sizeof(*cfg));
   cfg->num_servers = 1;
   cfg->sync_aggregate = 1;
-  cfg->mirror_bytes = 32u << 10;
   dml_optim_config_init(&cfg->optim, DML_OPT_FTRL);
 }
 
@@ -1387,7 +1430,9 @@ int dml_ps_server_create(dml_ps_server **out, dml_comm *c, const dml_ps_config *
 static int make_mirrored(dml_ps_server *s, dml_err *err) {
   if (s->layout.nmirrored == 0) return 0;
   s->mparts = dml__malloc((size_t)s->layout.nmirrored * sizeof(uint64_t));
-  if (s->mparts == NULL) return dml_err_set(err, DML_ENOMEM, "ps server: out of memory");
+  s->mslot = dml__malloc((size_t)s->n * sizeof(int));
+  if (s->mparts == NULL || s->mslot == NULL)
+    return dml_err_set(err, DML_ENOMEM, "ps server: out of memory");
   uint64_t k = 0;
   for (uint64_t chunk = 0; chunk < s->layout.nchunks; chunk++) {
     if (s->layout.owner[chunk] != DML__PS_MIRRORED) continue;
@@ -1395,7 +1440,10 @@ static int make_mirrored(dml_ps_server *s, dml_err *err) {
     int rc = dense_part_get(s, chunk, &d, err);
     if (rc) return rc;
     d->mirror = 1;
-    if (d->opt && (d->agg = dml__calloc(DML__PS_DENSE_PART, sizeof(float))) == NULL)
+    d->mlast = dml__calloc((size_t)s->n, sizeof(uint64_t));
+    d->mcount = dml__calloc((size_t)s->n, sizeof(uint32_t));
+    if ((d->opt && (d->agg = dml__calloc(DML__PS_DENSE_PART, sizeof(float))) == NULL) ||
+        d->mlast == NULL || d->mcount == NULL)
       return dml_err_set(err, DML_ENOMEM, "ps server: out of memory");
     s->mparts[k++] = chunk;
   }
@@ -1863,9 +1911,12 @@ void dml_ps_server_free(dml_ps_server *s) {
     dml_optim_free(s->dparts[i].opt);
     for (size_t j = 0; j < s->dparts[i].nmq; j++) dml__free(s->dparts[i].mq[j].vals);
     dml__free(s->dparts[i].mq);
+    dml__free(s->dparts[i].mlast);
+    dml__free(s->dparts[i].mcount);
   }
   dml__free(s->dparts);
   dml__free(s->mparts);
+  dml__free(s->mslot);
   dml__ps_dense_layout_free(&s->layout);
   dml_optim_free(s->opt);
   dml__free(s->vals);
