@@ -11,6 +11,7 @@
  * aggregation and the dense API, and one of them killed: the others fail within seconds naming
  * it.
  * test-labels: tsan */
+#include <math.h>
 #include <signal.h>
 
 #include "distml/coll.h"
@@ -55,6 +56,7 @@ typedef struct scenario {
   int big;          /* mirrored: a tensor of 80 KB (its pushes go as bodies) */
   int swap;         /* mirrored: two mirrored tensors pushed in opposite orders */
   int hostile_push; /* mirrored, hostile_from: the hostile rank pushes one chunk twice a clock */
+  int sparse_final; /* mirrored, extra: rank 0's final pull is a sparse one */
 } scenario;
 
 static int check_server(int rank, dml_ps_server *s, const scenario *sc) {
@@ -341,7 +343,9 @@ static int one_server_only(int rank, dml_comm *c, const scenario *sc) {
  * replica must still hold the same bits. A second push of a chunk in one clock is refused.
  * `big`: tensor 0 has 20,000 keys (80 KB, mirror_bytes 128 KB): its pushes travel as bodies.
  * `swap`: two mirrored tensors pushed (push only, each waited for) in opposite orders by even and
- * odd ranks. `extra`: the last rank pushpulls once more while rank 0 waits in a final pull.
+ * odd ranks for 40 clocks, rank 0 slower (3 ms a clock): the others' pushes are acknowledged
+ * at once until they are 16 clocks ahead, then wait. `extra`: the last rank pushpulls once more
+ * while rank 0 waits in a final pull (dense, or with `sparse_final` of sparse keys).
  * With hostile_from, the ranks from it send rank 0 a pull of mirrored keys (`hostile_push`: two
  * pushes of one clock) -- a worker reads its own replica, and pushes once per clock -- then tell
  * every rank they leave (BYE) and that their shard has finished, and stay connected (colocated,
@@ -415,7 +419,7 @@ static int mirrored_run(int rank, dml_comm *c, const scenario *sc) {
   R_ASSERT(vals && got);
   for (size_t i = 0; i < N; i++)
     vals[i] = sc->odd ? 0.1f * (float)(rank + 1) + 0.37f * (float)i / MK : 1.0f;
-  int iters = ITERS + (sc->extra && rank == n - 1);
+  int base = sc->swap ? 40 : ITERS, iters = base + (sc->extra && rank == n - 1);
   for (int it = 0; it < iters && rc == 0; it++) {
     uint64_t ts, ts2;
     double c0 = (double)dml_ps_clock_value(ps);
@@ -425,6 +429,7 @@ static int mirrored_run(int rank, dml_comm *c, const scenario *sc) {
       RK_OK(dml_ps_wait(ps, ts));
       RK_OK(dml_ps_push_dense(ps, second, vals, MK, &ts));
       RK_OK(dml_ps_wait(ps, ts));
+      if (rank == 0) usleep(3000);
       RK_OK(dml_ps_clock(ps));
       continue;
     }
@@ -451,16 +456,20 @@ static int mirrored_run(int rank, dml_comm *c, const scenario *sc) {
     }
     RK_OK(dml_ps_clock(ps));
   }
-  double want = sc->sgd ? -(double)ITERS : (double)W * ITERS + (sc->extra ? 1 : 0);
+  double want = sc->sgd ? -(double)base : (double)W * base + (sc->extra ? 1 : 0);
   if (rc == 0 && sc->extra && rank == 0) { /* the last rank pushes once more meanwhile */
-    uint64_t ts, ts2;
-    RK_OK(dml_ps_pull_dense_final(ps, 0, got, mk, &ts));
+    uint64_t ts, ts2, key = 7;
+    if (sc->sparse_final)
+      RK_OK(dml_ps_pull_final(ps, &key, got, 1, &ts));
+    else
+      RK_OK(dml_ps_pull_dense_final(ps, 0, got, mk, &ts));
     RK_OK(dml_ps_wait(ps, ts));
-    if (got[0] != want || got[mk - 1] != want) {
+    if (!sc->sparse_final && (got[0] != want || got[mk - 1] != want)) {
       fprintf(stderr, "rank 0: final pull read %g, want %g\n", (double)got[0], want);
       rc = 1;
     }
     R_ASSERT(dml_ps_push_dense(ps, 0, vals, mk, &ts2) == DML_EINVAL); /* after a final pull */
+    R_ASSERT(dml_ps_push(ps, &key, vals, 1, &ts2) == DML_EINVAL);
   }
   if (rc == 0 && sc->serve && dml_ps_finish(ps) != 0) {
     fprintf(stderr, "rank %d: finish: %s\n", rank, dml_ps_errmsg(ps));
@@ -476,6 +485,10 @@ static int mirrored_run(int rank, dml_comm *c, const scenario *sc) {
   }
   dml_ps_server_stats st;
   dml_ps_server_stats_get(srv, &st);
+  if (rc == 0 && sc->swap && rank != 0 && st.deferred_pulls == 0) {
+    fprintf(stderr, "rank %d: no push waited for the slower rank 0's clocks\n", rank);
+    rc = 1; /* ran 16 clocks ahead of rank 0: its pushes were acknowledged later */
+  }
   if (rc == 0 && sc->hostile_from && st.dropped_peers != (rank == 0)) {
     fprintf(stderr, "rank %d: dropped %d peers, want %d\n", rank, st.dropped_peers, rank == 0);
     rc = 1;
@@ -489,9 +502,13 @@ static int mirrored_run(int rank, dml_comm *c, const scenario *sc) {
   for (size_t i = 0; i < nchk; i++) {
     uint64_t key = i < mk ? i : off[1] + (i - mk);
     mine[i] = mn[i] = mx[i] = dml_ps_server_dense_value(srv, key);
-    if (!sc->odd && mine[i] != want && rc == 0) {
+    /* odd: every worker's value of key i, summed over the clocks, up to rounding */
+    double sum = 0;
+    for (int r = 0; sc->odd && r < W; r++) sum += base * (0.1 * (r + 1) + 0.37 * (double)i / MK);
+    double dev = sc->odd ? fabs(mine[i] - sum) : fabs(mine[i] - want);
+    if (dev > (sc->odd ? 1e-4 * sum : 0) && rc == 0) {
       fprintf(stderr, "rank %d: replica key %llu holds %g, want %g\n", rank,
-              (unsigned long long)key, (double)mine[i], want);
+              (unsigned long long)key, (double)mine[i], sc->odd ? sum : want);
       rc = 1;
     }
   }
@@ -785,6 +802,8 @@ int main(void) {
       (scenario){.mirrored = 1, .serve = 1, .swap = 1});
   run("mirrored pushpull, one rank a clock further while rank 0 is in a final pull", 3,
       (scenario){.mirrored = 1, .serve = 1, .pushpull = 1, .extra = 1});
+  run("mirrored pushpull, one rank a clock further while rank 0 is in a sparse final pull", 2,
+      (scenario){.mirrored = 1, .serve = 1, .pushpull = 1, .extra = 1, .sparse_final = 1});
   run("colocated 3 ranks, workers serving, one killed: the others fail at once naming it", 3,
       (scenario){.colocated = 1, .serve = 1, .victim = 2, .lost_shard = 1});
   run("dense API, colocated 2 ranks x 2 handler threads", 2,

@@ -211,7 +211,9 @@ int dml_ps_pushpull_dense(dml_ps *ps, uint64_t lo, const float *grads, float *va
                           uint64_t *ts);
 /* The dense form of dml_ps_pull_final. */
 int dml_ps_pull_dense_final(dml_ps *ps, uint64_t lo, float *vals_out, size_t n, uint64_t *ts);
-/* Pull that is answered only when every other worker has left or died (the final model). */
+/* Pull that is answered only when every other worker has left or died (the final model); with
+ * mirrored tensors, or is itself in a final pull (the first one tells every server this worker
+ * pushes no more: a push after it is DML_EINVAL). */
 int dml_ps_pull_final(dml_ps *ps, const uint64_t *keys, float *vals_out, size_t n, uint64_t *ts);
 /* Waits for request ts (bounded by the communicator's timeout: a server that stays silent is an
  * error, never a hang). The error names the server. Errors are sticky. A final pull (dedicated

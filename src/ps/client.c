@@ -174,6 +174,7 @@ int dml_ps_create(dml_ps **out, dml_comm *c, const dml_ps_config *cfg, dml_err *
   }
   int lrc = dml__ps_dense_layout_build(&ps->layout, cfg->dense_sizes, cfg->num_dense, ps->S,
                                        dml__ps_mirror_keys(cfg, n), err);
+  if (lrc == 0 && ps->layout.nmirrored) lrc = dml__ps_mirror_check(cfg, n, err);
   if (lrc == 0 && ps->layout.nmirrored &&
       (ps->mpushed = dml__calloc((size_t)ps->layout.nchunks, sizeof(uint64_t))) == NULL)
     lrc = dml_err_set(err, DML_ENOMEM, "ps: out of memory");
@@ -404,6 +405,16 @@ static int post_mirrored(dml_ps *ps, request *r, int command, uint64_t clock, in
   return post_dense_frame(ps, r, command, clock, ps->me, a, b, vals, out);
 }
 
+/* 1 (the error set) for a push after this worker told the servers it has passed every clock
+ * (tell_final: with mirrored chunks, a final pull) -- they count it out now. */
+static int push_after_final(dml_ps *ps) {
+  if (!ps->final_told) return 0;
+  dml_err_set(&ps->err, DML_EINVAL,
+              "ps: a push after a final pull (with mirrored tensors the servers count this worker "
+              "out from its first final pull)");
+  return 1;
+}
+
 /* A push of [lo, lo + n) at clock: refused if it covers a mirrored chunk this worker has pushed at
  * this clock already (each replica folds one push per worker per clock); else noted. */
 static int mirror_push_once(dml_ps *ps, uint64_t clock, uint64_t lo, size_t n) {
@@ -411,11 +422,6 @@ static int mirror_push_once(dml_ps *ps, uint64_t clock, uint64_t lo, size_t n) {
   for (uint64_t ch = first; ch <= last && ch < ps->layout.nchunks; ch++) {
     if (ps->layout.owner[ch] != DML__PS_MIRRORED) continue;
     unsigned long long a = ch * DML__PS_DENSE_PART, b = a + DML__PS_DENSE_PART - 1;
-    if (ps->final_told)
-      return dml_err_set(&ps->err, DML_EINVAL,
-                         "ps: a push of dense keys [%llu, %llu] of a mirrored tensor after a final "
-                         "pull (every replica counts this worker out)",
-                         a, b);
     if (ps->mpushed[ch] == clock + 1)
       return dml_err_set(&ps->err, DML_EINVAL,
                          "ps: dense keys [%llu, %llu] of a mirrored tensor were pushed already at "
@@ -443,6 +449,7 @@ static int post_dense(dml_ps *ps, int command, uint64_t clock, uint64_t lo, cons
                        n, command != DML__PS_PULL && vals == NULL ? "values" : "output");
   request *r = free_slot(ps);
   if (r == NULL) return DML_EAGAIN;
+  if (command != DML__PS_PULL && push_after_final(ps)) return DML_EINVAL;
   if (ps->mpushed && command != DML__PS_PULL && mirror_push_once(ps, clock, lo, n) != 0)
     return DML_EINVAL;
   /* a final pull's frames carry no clock: the servers hear this worker's first */
@@ -515,7 +522,9 @@ static int post(dml_ps *ps, int command, uint64_t clock, const uint64_t *keys, c
                          i, (unsigned long long)keys[i]);
   request *r = free_slot(ps);
   if (r == NULL) return DML_EAGAIN;
-  if (clock == DML__PS_CLOCK_FINAL && flush_clocks(ps) != 0) return ps->sticky; /* as above */
+  if (command != DML__PS_PULL && push_after_final(ps)) return DML_EINVAL;
+  if (clock == DML__PS_CLOCK_FINAL && (flush_clocks(ps) != 0 || tell_final(ps) != 0)) /* as above */
+    return ps->sticky;
   if (n > ps->scratch_cap) {
     uint64_t *nk = dml__realloc(ps->kscratch, n * sizeof(uint64_t));
     if (nk) ps->kscratch = nk;

@@ -352,6 +352,26 @@ int main(int argc, char **argv) {
     mc.handler_threads = 1;
     mc.mirror_bytes = 0;
     T_ASSERT(dml__ps_mirror_keys(&mc, 2) == 0);
+    /* a replica must be able to hold every worker's pushes it may have to: requests in flight
+     * (<= 1008) times the mirrored bytes per clock within 256 MB / processes */
+    mc.handler_threads = 1;
+    mc.mirror_bytes = 32u << 10;
+    uint64_t small[3] = {100, 8000, 100000};
+    mc.dense_sizes = small;
+    mc.num_dense = 3;
+    T_OK(dml__ps_mirror_check(&mc, 2, &err));
+    mc.max_in_flight = 2000;
+    T_ASSERT(dml__ps_mirror_check(&mc, 2, &err) == DML_EINVAL);
+    T_CONTAINS(err.msg, "in flight");
+    mc.max_in_flight = 0;
+    uint64_t many[1200];
+    for (int t = 0; t < 1200; t++) many[t] = 8000; /* 38 MB per clock */
+    mc.dense_sizes = many;
+    mc.num_dense = 1200;
+    T_ASSERT(dml__ps_mirror_check(&mc, 2, &err) == DML_EINVAL);
+    T_CONTAINS(err.msg, "lower mirror_bytes");
+    mc.dense_sizes = NULL;
+    mc.num_dense = 0;
     mc.mirror_bytes = 1 << 20;
     mc.colocated = 0;
     T_ASSERT(dml__ps_mirror_keys(&mc, 4) == 0); /* dedicated servers: never */

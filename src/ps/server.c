@@ -45,9 +45,10 @@ typedef struct mirror_push {
  * pulling runs at most this far ahead of the slowest, and the replicas hold its pushes till then. */
 #define MIRROR_ACK_LEAD 16
 /* Pushes one sender may have waiting in one mirrored chunk's queue (an honest worker has at most
- * MIRROR_ACK_LEAD plus its requests in flight), and bytes all of them may take, each counted
- * with its entry: past either the sender is dropped (a hostile peer cannot make a replica hold
- * or scan without bound). */
+ * MIRROR_ACK_LEAD plus its requests in flight), and bytes all of them may take in one replica
+ * (MAX_MIRROR_BYTES / processes per sender), each counted with its entry: past either the sender
+ * is dropped (a hostile peer can make a replica neither hold nor scan without bound, nor use up
+ * the others' room). dml__ps_mirror_check refuses configs where an honest worker could. */
 #define MAX_MIRROR_QUEUED 1024
 #define MAX_MIRROR_BYTES ((size_t)256 << 20)
 #define MIRROR_ENTRY_BYTES(cnt) (sizeof(mirror_push) + 16 + (size_t)(cnt) * sizeof(float))
@@ -144,7 +145,7 @@ struct dml_ps_server {
   dense_part *dparts;
   size_t ndparts, dparts_cap;
   uint64_t *mparts; /* (layout.nmirrored) the mirrored chunks, all made at creation */
-  size_t mq_bytes;  /* what their queues hold (MIRROR_ENTRY_BYTES each) */
+  size_t *mq_bytes; /* (n) what their queues hold of each sender (MIRROR_ENTRY_BYTES each) */
   int *mslot;       /* (n) scratch: a fold's push of each sender */
   dml__ps_dense_layout layout;
   outgoing *out;
@@ -744,7 +745,7 @@ static void mirror_apply_clock(dml_ps_server *s, dense_part *d, uint64_t c) {
       d->mq[k++] = d->mq[i];
       continue;
     }
-    s->mq_bytes -= MIRROR_ENTRY_BYTES(d->mq[i].cnt);
+    s->mq_bytes[d->mq[i].src] -= MIRROR_ENTRY_BYTES(d->mq[i].cnt);
     d->mcount[d->mq[i].src]--;
     dml__free(d->mq[i].vals);
   }
@@ -762,7 +763,7 @@ static void mirror_fold(dml_ps_server *s, int force) {
       mirror_apply_clock(s, d, c);
       for (size_t i = 0; i < d->nmq; i++) next = DML__MIN(next, d->mq[i].clock);
       if (next == UINT64_MAX) { /* nothing held, and no live worker (or a forced fold) */
-        if (!force) d->mclock = c + 1;
+        d->mclock = c + 1;
         break;
       }
       d->mclock = DML__MAX(c + 1, next);
@@ -841,7 +842,7 @@ static int mirror_segment(dml_ps_server *s, uint64_t part, size_t off, size_t cn
   d->mq[d->nmq++] = (mirror_push){a->src, a->m->clock, (uint32_t)off, (uint32_t)cnt, v};
   d->mlast[a->src] = a->m->clock + 1; /* below UINT64_MAX: the decoder refuses that clock */
   d->mcount[a->src]++;
-  s->mq_bytes += MIRROR_ENTRY_BYTES(cnt);
+  s->mq_bytes[a->src] += MIRROR_ENTRY_BYTES(cnt);
   return 0;
 }
 
@@ -856,11 +857,11 @@ static void mirror_forget(dml_ps_server *s, int src) {
         d->mq[j++] = d->mq[i];
         continue;
       }
-      s->mq_bytes -= MIRROR_ENTRY_BYTES(d->mq[i].cnt);
       dml__free(d->mq[i].vals);
     }
     d->nmq = j;
     d->mcount[src] = 0;
+    s->mq_bytes[src] = 0;
   }
 }
 
@@ -868,12 +869,12 @@ static void mirror_forget(dml_ps_server *s, int src) {
 static int mirror_push_add(dml_ps_server *s, int src, const dml__ps_msg *m, dml_err *err) {
   uint64_t chunks =
       m->nvals ? (m->key_hi / DML__PS_DENSE_PART - m->key_lo / DML__PS_DENSE_PART + 1) : 0;
-  if (s->mq_bytes + MIRROR_ENTRY_BYTES(m->nvals) + chunks * MIRROR_ENTRY_BYTES(0) >
-      MAX_MIRROR_BYTES)
+  if (s->mq_bytes[src] + MIRROR_ENTRY_BYTES(m->nvals) + chunks * MIRROR_ENTRY_BYTES(0) >
+      MAX_MIRROR_BYTES / (size_t)s->n)
     return dml_err_set(err, DML_EPROTO,
-                       "ps: %s: more than %zu MB of pushes to mirrored tensors wait here for "
+                       "ps: %s: more than %zu MB of its pushes to mirrored tensors wait here for "
                        "other workers' clocks",
-                       dml_comm_peer_name(s->c, src), MAX_MIRROR_BYTES >> 20);
+                       dml_comm_peer_name(s->c, src), (MAX_MIRROR_BYTES / (size_t)s->n) >> 20);
   mirror_arg a = {src, 1, m, err};
   int rc = for_segments(s, m->key_lo, m->nvals, mirror_segment, &a);
   a.check = 0;
@@ -1267,6 +1268,9 @@ static void recheck(dml_ps_server *s) {
  * later frames ignored, and it stops counting. */
 static void drop_if_hostile(dml_ps_server *s, int src, const char *peer, int rc,
                             const dml_err *err) {
+  if (rc == DML_EPROTO && src == s->me) /* this process's worker: its request is not answered */
+    dml_log(DML_LOG_ERROR, "ps server %d: a request of this process's worker: %s", s->me,
+            dml_err_msg(err));
   if (rc != DML_EPROTO || src < 0 || src >= s->n || src == s->me) return;
   dml_log(DML_LOG_WARN, "ps server %d: dropping %s: %s", s->me, peer, dml_err_msg(err));
   if (s->w[src].dropped) return;
@@ -1426,18 +1430,46 @@ int dml_ps_server_create(dml_ps_server **out, dml_comm *c, const dml_ps_config *
   return 0;
 }
 
+int dml__ps_mirror_check(const dml_ps_config *cfg, int n, dml_err *err) {
+  uint64_t mk = dml__ps_mirror_keys(cfg, n), per_clock = 0;
+  if (mk == 0) return 0;
+  for (int t = 0; t < cfg->num_dense; t++)
+    if (cfg->dense_sizes[t] <= mk)
+      per_clock +=
+          cfg->dense_sizes[t] * sizeof(float) + (cfg->dense_sizes[t] + DML__PS_DENSE_PART - 1) /
+                                                    DML__PS_DENSE_PART * MIRROR_ENTRY_BYTES(0);
+  uint64_t flight = cfg->max_in_flight > 0 ? (uint64_t)cfg->max_in_flight : 64;
+  if (flight + MIRROR_ACK_LEAD > MAX_MIRROR_QUEUED)
+    return dml_err_set(err, DML_EINVAL,
+                       "ps: %llu requests in flight with mirrored tensors (at most %d: a replica "
+                       "holds a worker's pushes until every worker has pushed their clock)",
+                       (unsigned long long)flight, MAX_MIRROR_QUEUED - MIRROR_ACK_LEAD);
+  if (per_clock * (flight + MIRROR_ACK_LEAD) > MAX_MIRROR_BYTES / (uint64_t)n)
+    return dml_err_set(err, DML_EINVAL,
+                       "ps: %llu bytes of mirrored tensors per clock: a replica could have to hold "
+                       "%llu of one worker's clocks of them (requests in flight and the ack lead), "
+                       "more than its %zu MB for a worker; lower mirror_bytes",
+                       (unsigned long long)per_clock,
+                       (unsigned long long)(flight + MIRROR_ACK_LEAD),
+                       (MAX_MIRROR_BYTES / (size_t)n) >> 20);
+  return 0;
+}
+
 /* Every mirrored chunk's storage, made up front: its fold clock counts from the start. */
 static int make_mirrored(dml_ps_server *s, dml_err *err) {
   if (s->layout.nmirrored == 0) return 0;
+  int rc = dml__ps_mirror_check(&s->cfg, s->n, err);
+  if (rc) return rc;
   s->mparts = dml__malloc((size_t)s->layout.nmirrored * sizeof(uint64_t));
   s->mslot = dml__malloc((size_t)s->n * sizeof(int));
-  if (s->mparts == NULL || s->mslot == NULL)
+  s->mq_bytes = dml__calloc((size_t)s->n, sizeof(size_t));
+  if (s->mparts == NULL || s->mslot == NULL || s->mq_bytes == NULL)
     return dml_err_set(err, DML_ENOMEM, "ps server: out of memory");
   uint64_t k = 0;
   for (uint64_t chunk = 0; chunk < s->layout.nchunks; chunk++) {
     if (s->layout.owner[chunk] != DML__PS_MIRRORED) continue;
     dense_part *d;
-    int rc = dense_part_get(s, chunk, &d, err);
+    rc = dense_part_get(s, chunk, &d, err);
     if (rc) return rc;
     d->mirror = 1;
     d->mlast = dml__calloc((size_t)s->n, sizeof(uint64_t));
@@ -1917,6 +1949,7 @@ void dml_ps_server_free(dml_ps_server *s) {
   dml__free(s->dparts);
   dml__free(s->mparts);
   dml__free(s->mslot);
+  dml__free(s->mq_bytes);
   dml__ps_dense_layout_free(&s->layout);
   dml_optim_free(s->opt);
   dml__free(s->vals);
@@ -1960,6 +1993,10 @@ static int list_u64(char **out, const worker_state *w, int n, int which) {
 }
 
 int dml_ps_server_checkpoint(dml_ps_server *s, const char *path, dml_err *err) {
+  if (s->layout.nmirrored)
+    return dml_err_set(err, DML_EUNSUPPORTED,
+                       "ps server %d: no checkpoint with mirrored tensors (colocated, no recovery)",
+                       s->me);
   size_t n = s->nkeys;
   int ns = s->opt ? dml_optim_num_state(s->opt) : 0;
   dml_st_tensor t[2 + 8 + 3 + 8];
