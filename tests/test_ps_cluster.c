@@ -9,7 +9,9 @@
  * several of these with 2-3 request-handling threads per server process; colocated runs where
  * each worker serves its own shard inside its calls (dml_ps_serve) under BSP, SSP, ASP, sync
  * aggregation and the dense API, and one of them killed: the others fail within seconds naming
- * it.
+ * it; mirrored tensors (colocated, every shard a replica): exact reads, replicas equal bit for
+ * bit, hostile pushes and pulls of them dropped, bodies, pushes in opposite orders, a worker a
+ * clock further than one in a (dense or sparse) final pull.
  * test-labels: tsan */
 #include <math.h>
 #include <signal.h>
@@ -343,7 +345,7 @@ static int one_server_only(int rank, dml_comm *c, const scenario *sc) {
  * replica must still hold the same bits. A second push of a chunk in one clock is refused.
  * `big`: tensor 0 has 20,000 keys (80 KB, mirror_bytes 128 KB): its pushes travel as bodies.
  * `swap`: two mirrored tensors pushed (push only, each waited for) in opposite orders by even and
- * odd ranks for 40 clocks, rank 0 slower (3 ms a clock): the others' pushes are acknowledged
+ * odd ranks for 40 clocks, rank 0 slower (10 ms a clock): the others' pushes are acknowledged
  * at once until they are 16 clocks ahead, then wait. `extra`: the last rank pushpulls once more
  * while rank 0 waits in a final pull (dense, or with `sparse_final` of sparse keys).
  * With hostile_from, the ranks from it send rank 0 a pull of mirrored keys (`hostile_push`: two
@@ -372,7 +374,7 @@ static int mirrored_run(int rank, dml_comm *c, const scenario *sc) {
   uint64_t off[3], bytes[8], T1 = sc->big ? 3 * 8192 : 8192;
   RK_OK(dml_ps_dense_layout(&cfg, n, off, bytes, &err));
   R_ASSERT(off[0] == 0 && off[1] == T1);
-  uint64_t sharded = sc->swap ? 100000 : 100000; /* held once, over every server */
+  uint64_t sharded = 100000; /* held once, over every server */
   uint64_t total = 0;
   for (int k = 0; k < n; k++) total += bytes[k];
   /* tensor 0 (and with swap tensor 1) on every server, the sharded one once */
@@ -429,7 +431,7 @@ static int mirrored_run(int rank, dml_comm *c, const scenario *sc) {
       RK_OK(dml_ps_wait(ps, ts));
       RK_OK(dml_ps_push_dense(ps, second, vals, MK, &ts));
       RK_OK(dml_ps_wait(ps, ts));
-      if (rank == 0) usleep(3000);
+      if (rank == 0) usleep(10000);
       RK_OK(dml_ps_clock(ps));
       continue;
     }

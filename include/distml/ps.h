@@ -89,9 +89,11 @@ typedef struct dml_ps_config {
    * pushes each of its chunks (8K keys) at most once per clock, and none after a final pull
    * (DML_EINVAL). A pull at clock c is answered once the pushes of clocks < c are applied (in a
    * pull-then-push loop: exactly those); a pushpull's read once those of its own clock are (with
-   * an optimizer it reads c + 1 steps, where a sharded one reads c); a push at once unless it is
-   * 16 clocks ahead of the slowest. dml_ps_config_init: 0, never (every tensor sharded); `distml
-   * bench ps` uses 32 KB. Every process must pass the same value. */
+   * an optimizer it reads c + 1 steps, where a sharded one reads c); a push at once unless its
+   * clock is 16 or more past its own replica's fold. The tcp backend only (ignored under MPI,
+   * where an unanswered push moves only while its receiver tests for it).
+   * dml_ps_config_init: 0, never (every tensor sharded); `distml bench ps` uses 32 KB. Every
+   * process must pass the same value. */
   uint64_t mirror_bytes;
 } dml_ps_config;
 
@@ -117,10 +119,12 @@ int dml_ps_is_worker(const dml_ps_config *cfg, int rank, int n);
 /* Server statistics after the loop ends. */
 typedef struct dml_ps_server_stats {
   uint64_t pushes, pulls, dup_pushes; /* requests served; resent pushes recognised and skipped */
-  uint64_t deferred_pulls;            /* pulls that waited for other workers' clocks */
+  uint64_t deferred_pulls;            /* requests that waited for other workers' clocks (pulls;
+                                         with mirrored tensors pushes too) */
   uint64_t bytes_in;                  /* request frame bytes received */
   uint64_t keys;                      /* distinct keys held at the end */
-  int dropped_peers;                  /* peers dropped for malformed frames */
+  int dropped_peers;                  /* peers dropped for malformed frames or frames that
+                                         break the protocol */
   int dead_workers;                   /* workers that died without saying goodbye */
   uint64_t checkpoints;               /* checkpoints written */
   int reforms;                        /* communicators re-formed after a failure */

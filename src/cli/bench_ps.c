@@ -200,6 +200,7 @@ static int bench_rank(const layout *L, int rank, int port, size_t min_bytes, siz
   cfg.staleness = 0;
   cfg.handler_threads = g_handlers;
   cfg.mirror_bytes = g_mirror_bytes;
+  cfg.max_in_flight = 1; /* one request at a time here (and room for mirroring large tensors) */
   int S = dml_ps_num_servers(&cfg, n), first = L->colocated ? 0 : L->servers;
   for (size_t bytes = min_bytes; bytes <= max_bytes && rc == 0; bytes *= 4) {
     size_t K = bytes / 4;

@@ -172,6 +172,9 @@ int dml_ps_create(dml_ps **out, dml_comm *c, const dml_ps_config *cfg, dml_err *
     dml__free(ps);
     return dml_err_set(err, DML_ENOMEM, "ps: out of memory");
   }
+  /* mirrored tensors on the tcp backend only (as the servers decide: create_handler) */
+  if (be == NULL || strcmp(be, "tcp") != 0) ps->cfg.mirror_bytes = 0;
+  cfg = &ps->cfg;
   int lrc = dml__ps_dense_layout_build(&ps->layout, cfg->dense_sizes, cfg->num_dense, ps->S,
                                        dml__ps_mirror_keys(cfg, n), err);
   if (lrc == 0 && ps->layout.nmirrored) lrc = dml__ps_mirror_check(cfg, n, err);

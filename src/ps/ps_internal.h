@@ -46,7 +46,8 @@ enum {
 enum { DML__PS_VT_NONE = 0, DML__PS_VT_F32 = 1 };
 /* Header flags (byte 14). DENSE: no keys on the wire; the frame covers every key of
  * [key_lo, key_hi], at most DML__PS_DENSE_MAX_PART keys, every chunk of which the receiving
- * server owns. Dense keys are a namespace of their own, separate from sparse keys. */
+ * server owns (or every chunk of which is mirrored: held by every server). Dense keys are a
+ * namespace of their own, separate from sparse keys. */
 #define DML__PS_FLAG_DENSE 1u
 /* BODY (dense PUSH, PUSHPULL or REPLY): the frame is the 64-byte header alone and announces nvals
  * values that follow from the same sender as one message of nvals * 4 bytes, sent from the
@@ -166,15 +167,18 @@ void dml__ps_msg_free(dml__ps_msg *m);
 
 /* A server served by the worker of its own process (colocated, dml_ps_serve) instead of a thread:
  * attach posts the receive for requests and starts the watcher (one handler thread only, no
- * checkpoints); poll handles every request that has arrived without waiting and sets *moved if
- * it handled any; inreq is the posted receive (NULL once no worker is left: wait on it with
- * dml_comm_wait_any, never complete it); local handles the worker's own request m
- * (keys and values borrowed from the caller, never copied unless a pull must wait): a pull's
- * values go to out and *answered = 1, or the pull waits and its reply comes as a frame through
- * the communicator; live counts the workers still to serve; detach ends it (cancels the
- * receive, stops the watcher, waits for replies in flight and, once no worker is left, tells
- * every other worker this server has finished and returns 1: it has finished for this process's
- * worker too; 0 otherwise, and after the first call). Errors other than a dropped hostile peer are fatal. */
+ * checkpoints); poll handles the requests that have arrived without waiting -- until one of them
+ * answers a request of this process's worker in place (it returns to the worker then) -- and
+ * sets *moved if it handled any; inreq is the posted receive (NULL once no worker is left: wait
+ * on it with dml_comm_wait_any, never complete it); local handles the worker's own request m
+ * (keys and values borrowed from the caller, copied only when a pull must wait or a push of
+ * mirrored chunks is queued): a pull's values go to out and *answered = 1, or the request waits
+ * (a dense one is answered in place later, see local_done; a sparse pull's reply comes as a
+ * frame through the communicator); live counts the workers still to serve; detach ends it
+ * (cancels the receive, stops the watcher, waits for replies in flight and, once no worker is
+ * left, tells every other worker this server has finished and returns 1: it has finished for
+ * this process's worker too; 0 otherwise, and after the first call). Errors other than a dropped
+ * hostile peer are fatal. */
 int dml__ps_server_attach(dml_ps_server *s, dml_err *err);
 int dml__ps_server_poll(dml_ps_server *s, int *moved, dml_err *err);
 dml_comm_req *dml__ps_server_inreq(const dml_ps_server *s);
@@ -182,8 +186,9 @@ int dml__ps_server_local(dml_ps_server *s, dml__ps_msg *m, float *out, int *answ
 int dml__ps_server_live(const dml_ps_server *s);
 /* 1 if the server's watcher has seen worker rank die (colocated: that rank's shard too). */
 int dml__ps_server_worker_dead(const dml_ps_server *s, int rank);
-/* A dense pull of the worker that had to wait (local: *answered 0) and has since been answered in
- * place, into the out it gave: 1 and its timestamp and key_lo, or 0 when there is none. */
+/* A dense request of the worker that had to wait (local: *answered 0) and has since been answered
+ * in place (a pull into the out it gave; a push of mirrored chunks once its clock is folded): 1
+ * and its timestamp and key_lo, or 0 when there is none. */
 int dml__ps_server_local_done(dml_ps_server *s, uint64_t *timestamp, uint64_t *key_lo);
 /* The worker gave up request timestamp (an error): its pulls still waiting here are dropped, and
  * nothing is written into its buffers any more. */

@@ -42,7 +42,8 @@ typedef struct mirror_push {
 
 /* A push of a mirrored chunk is acknowledged at once while its clock is less than this many
  * clocks past the chunk's fold, else once the fold is that close: a worker that pushes without
- * pulling runs at most this far ahead of the slowest, and the replicas hold its pushes till then. */
+ * pulling runs at most this far ahead of the slowest, and the replicas hold its pushes till
+ * then. */
 #define MIRROR_ACK_LEAD 16
 /* Pushes one sender may have waiting in one mirrored chunk's queue (an honest worker has at most
  * MIRROR_ACK_LEAD plus its requests in flight), and bytes all of them may take in one replica
@@ -85,9 +86,9 @@ typedef struct held_push {
 typedef struct deferred {
   int src;
   dml__ps_msg m;
-  int local; /* a dense request of this process's own worker (dml_ps_serve): answered
-                       in place (a pull into local_out, its buffer), not with a frame */
-  float *local_out;
+  int local;        /* a dense request of this process's own worker (dml_ps_serve): answered
+                       in place, not with a frame */
+  float *local_out; /* its pull's buffer (NULL: a push) */
 } deferred;
 
 /* A pull of this process's worker answered in place after it had waited (the worker collects
@@ -869,7 +870,7 @@ static void mirror_forget(dml_ps_server *s, int src) {
 static int mirror_push_add(dml_ps_server *s, int src, const dml__ps_msg *m, dml_err *err) {
   uint64_t chunks =
       m->nvals ? (m->key_hi / DML__PS_DENSE_PART - m->key_lo / DML__PS_DENSE_PART + 1) : 0;
-  if (s->mq_bytes[src] + MIRROR_ENTRY_BYTES(m->nvals) + chunks * MIRROR_ENTRY_BYTES(0) >
+  if (s->mq_bytes[src] + chunks * MIRROR_ENTRY_BYTES(0) + m->nvals * sizeof(float) >
       MAX_MIRROR_BYTES / (size_t)s->n)
     return dml_err_set(err, DML_EPROTO,
                        "ps: %s: more than %zu MB of its pushes to mirrored tensors wait here for "
@@ -1079,7 +1080,7 @@ static int defer_request(dml_ps_server *s, int src, dml__ps_msg *m, local_sink *
   if (s->ndq == s->dq_cap) {
     size_t nc = s->dq_cap ? 2 * s->dq_cap : 16;
     deferred *nd = dml__realloc(s->dq, nc * sizeof(deferred));
-    if (nd == NULL) return dml_err_set(err, DML_ENOMEM, "ps server: no memory to defer a pull");
+    if (nd == NULL) return dml_err_set(err, DML_ENOMEM, "ps server: no memory to defer a request");
     s->dq = nd;
     s->dq_cap = nc;
   }
@@ -1090,7 +1091,7 @@ static int defer_request(dml_ps_server *s, int src, dml__ps_msg *m, local_sink *
   int local = sink && (m->flags & DML__PS_FLAG_DENSE);
   if ((local && s->nldone + s->ndq + 1 > s->ldone_cap && grow_ldone(s) != 0) ||
       dml__ps_msg_own(m) != 0) /* the frame is freed after this call */
-    return dml_err_set(err, DML_ENOMEM, "ps server: no memory to defer a pull");
+    return dml_err_set(err, DML_ENOMEM, "ps server: no memory to defer a request");
   s->dq[s->ndq++] = (deferred){src, *m, local, local ? sink->out : NULL};
   s->st.deferred_pulls++;
   return 0;
@@ -1119,8 +1120,17 @@ static int handle_msg(dml_ps_server *s, int src, dml__ps_msg *mp, local_sink *si
    * servers no request told). */
   int request =
       m.command == DML__PS_PUSH || m.command == DML__PS_PUSHPULL || m.command == DML__PS_PULL;
-  if (request && m.clock != DML__PS_CLOCK_FINAL) clock_advances(s, w, m.clock, err);
   int mirrored = is_mirrored(s, &m);
+  if (mirrored && m.command != DML__PS_PULL && m.clock < w->clock) {
+    /* a worker's clock only grows: a replica that took this push and one that had folded its
+     * clock already would differ */
+    rc = dml_err_set(
+        err, DML_EPROTO, "ps: %s pushed mirrored dense keys at clock %llu after telling clock %llu",
+        dml_comm_peer_name(s->c, src), (unsigned long long)m.clock, (unsigned long long)w->clock);
+    dml__ps_msg_free(&m);
+    return rc;
+  }
+  if (request && m.clock != DML__PS_CLOCK_FINAL) clock_advances(s, w, m.clock, err);
   switch (m.command) {
     case DML__PS_PUSH:
     case DML__PS_PUSHPULL:
@@ -1498,6 +1508,11 @@ static int create_handler(dml_ps_server **out, dml_comm *c, const dml_ps_config 
   if (s == NULL) return dml_err_set(err, DML_ENOMEM, "ps server: out of memory");
   s->c = c;
   s->cfg = *cfg;
+  /* mirrored tensors on the tcp backend only (dml_ps_create decides the same): under MPI a
+   * large unanswered push moves only while its receiver tests for it */
+  const char *be = c ? dml_comm_backend(c) : NULL;
+  if (be == NULL || strcmp(be, "tcp") != 0) s->cfg.mirror_bytes = 0;
+  cfg = &s->cfg;
   s->me = me;
   s->n = n;
   s->K = cfg->handler_threads > 0 ? cfg->handler_threads : 1;
