@@ -24,6 +24,7 @@
 #include "core/internal.h"
 #include "distml/coll.h"
 #include "distml/ps.h"
+#include "ps/ps_internal.h"
 
 typedef struct layout {
   const char *name;
@@ -47,22 +48,26 @@ static const char *const k_op_name[NOPS] = {"push", "pull", "pushpull"};
  * with S dedicated servers -- one server takes W*M -- nothing but headers for a pull). wire: what
  * the busiest process moves over the network: a dedicated server takes W*M/S in (push) and sends
  * W*M/S out (pull); colocated, a process sends and receives the (W-1)/W of M that other shards
- * hold, 2(W-1)M/W for a pushpull -- the same as a ring all-reduce. */
-static void cost_model(const layout *L, int op, double M, double *in, double *wire) {
+ * hold, 2(W-1)M/W for a pushpull -- the same as a ring all-reduce. A mirrored tensor: every
+ * replica takes every worker's push (W*M in, (W-1)M each way on the wire), a pull nothing. */
+static void cost_model(const layout *L, int op, double M, int mirrored, double *in, double *wire) {
   double W = L->workers, S = L->colocated ? L->workers : L->servers;
   double push = op != OP_PULL, pull = op != OP_PUSH;
   *in = push * W * M / S;
-  if (L->colocated)
+  if (mirrored) {
+    *in = push * W * M;
+    *wire = push * (W - 1) * M;
+  } else if (L->colocated)
     *wire = (push + pull) * (W - 1) * M / W;
   else
     *wire = (push + pull) * W * M / S > M * (push + pull) ? (push + pull) * W * M / S
                                                           : M * (push + pull);
 }
 
-static void report(int json, const layout *L, int op, size_t bytes, int iters, double t_ps,
-                   double per_server_bytes, double t_ar, double t_ring) {
+static void report(int json, const layout *L, int op, size_t bytes, int mirrored, int iters,
+                   double t_ps, double per_server_bytes, double t_ar, double t_ring) {
   double in, wire;
-  cost_model(L, op, (double)bytes, &in, &wire);
+  cost_model(L, op, (double)bytes, mirrored, &in, &wire);
   if (json) {
     dml_jsonl j;
     dml_jsonl_init_stream(&j, stdout);
@@ -73,6 +78,7 @@ static void report(int json, const layout *L, int op, size_t bytes, int iters, d
     dml_jsonl_add_int(&j, "workers", L->workers);
     dml_jsonl_add_int(&j, "servers", L->colocated ? L->workers : L->servers);
     dml_jsonl_add_int(&j, "colocated", L->colocated);
+    dml_jsonl_add_int(&j, "mirrored", mirrored);
     dml_jsonl_add_int(&j, "bytes", (int64_t)bytes);
     dml_jsonl_add_int(&j, "iters", iters);
     dml_jsonl_add_double(&j, "ms", t_ps * 1e3);
@@ -86,9 +92,9 @@ static void report(int json, const layout *L, int op, size_t bytes, int iters, d
     dml_jsonl_end(&j);
     dml_jsonl_close(&j);
   } else {
-    printf("%-10s %-8s %9zu %5d %10.3f %12.0f %12.0f %12.0f %10.3f %6.2f %10.3f %6.2f\n", L->name,
-           k_op_name[op], bytes, iters, t_ps * 1e3, per_server_bytes, in, wire, t_ar * 1e3,
-           t_ar > 0 ? t_ps / t_ar : 0.0, t_ring * 1e3, t_ring > 0 ? t_ps / t_ring : 0.0);
+    printf("%-10s %-8s %9zu %5d %10.3f %12.0f %12.0f %12.0f %10.3f %6.2f %10.3f %6.2f %8d\n",
+           L->name, k_op_name[op], bytes, iters, t_ps * 1e3, per_server_bytes, in, wire, t_ar * 1e3,
+           t_ar > 0 ? t_ps / t_ar : 0.0, t_ring * 1e3, t_ring > 0 ? t_ps / t_ring : 0.0, mirrored);
   }
   fflush(stdout);
 }
@@ -209,6 +215,7 @@ static int bench_rank(const layout *L, int rank, int port, size_t min_bytes, siz
     uint64_t tensor = K;
     cfg.dense_sizes = &tensor;
     cfg.num_dense = 1;
+    int mirrored = dml__ps_mirror_keys(&cfg, n) >= K; /* held whole by every shard (tcp) */
     float *g = dml__malloc(K * sizeof(float)), *v = dml__malloc(K * sizeof(float));
     if (!g || !v) rc = DML_ENOMEM;
     for (size_t k = 0; rc == 0 && k < K; k++) g[k] = 1.0f;
@@ -221,7 +228,7 @@ static int bench_rank(const layout *L, int rank, int port, size_t min_bytes, siz
         if (rc == 0) rc = ps_block(L, c, &cfg, op, g, v, K, iters, &t_ps[round], &sbytes, &e);
       }
       if (rc == 0 && rank == first)
-        report(json, L, op, bytes, iters, median(t_ps, g_rounds), sbytes / S,
+        report(json, L, op, bytes, mirrored, iters, median(t_ps, g_rounds), sbytes / S,
                median(t_ar, g_rounds), median(t_ring, g_rounds));
     }
     dml__free(g);
@@ -286,7 +293,9 @@ static void usage(FILE *to) {
           "by a PS block\n"
           "  --mirror-bytes B: colocated, a tensor of M bytes with M*(W-1) <= B is held whole by "
           "every shard\n"
-          "  (mirrored: a push is one exchange; default 32K, 0: every tensor sharded)\n");
+          "  (mirrored: a push is one exchange; default 32K, 0: every tensor sharded); last "
+          "column: 1 if mirrored\n"
+          "  (its cost model: every replica takes W*M in, (W-1)M each way on the wire)\n");
 }
 
 /* A usage error naming the flag: returns the exit status 2. */
@@ -365,9 +374,9 @@ int dml_cli_bench_ps_main(int argc, char **argv) {
     }
   }
   if (!json)
-    printf("%-10s %-8s %9s %5s %10s %12s %12s %12s %10s %6s %10s %6s\n", "layout", "op", "bytes",
-           "iters", "ms", "srv_in_B", "model_in_B", "model_wire_B", "allred_ms", "ratio", "ring_ms",
-           "ratio");
+    printf("%-10s %-8s %9s %5s %10s %12s %12s %12s %10s %6s %10s %6s %8s\n", "layout", "op",
+           "bytes", "iters", "ms", "srv_in_B", "model_in_B", "model_wire_B", "allred_ms", "ratio",
+           "ring_ms", "ratio", "mirrored");
   int bad = 0;
   for (size_t i = 0; i < nlayouts; i++) {
     if (only != NULL) {
