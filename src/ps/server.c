@@ -385,6 +385,20 @@ static int apply_push(dml_ps_server *s, const dml__ps_msg *m, dml_err *err) {
   return 0;
 }
 
+/* Room for one more element in the array *arrp (a T **) of *cap elements of elem bytes holding n:
+ * doubled when full, first to `first` elements. 0, or -1 when out of memory (the array as it
+ * was). */
+static int grow_one(void *arrp, size_t n, size_t *cap, size_t elem, size_t first) {
+  if (n < *cap) return 0;
+  size_t nc = *cap ? 2 * *cap : first;
+  void *old, *na;
+  memcpy(&old, arrp, sizeof old);
+  if ((na = dml__realloc(old, nc * elem)) == NULL) return -1;
+  memcpy(arrp, &na, sizeof na);
+  *cap = nc;
+  return 0;
+}
+
 /* The chunk's storage, made (zero) on first use; pointers into dparts last until the next call. */
 static int dense_part_get(dml_ps_server *s, uint64_t part, dense_part **out, dml_err *err) {
   size_t at = part_index(s, part);
@@ -392,13 +406,8 @@ static int dense_part_get(dml_ps_server *s, uint64_t part, dense_part **out, dml
     *out = &s->dparts[at];
     return 0;
   }
-  if (s->ndparts == s->dparts_cap) {
-    size_t nc = s->dparts_cap ? 2 * s->dparts_cap : 8;
-    dense_part *np = dml__realloc(s->dparts, nc * sizeof(dense_part));
-    if (np == NULL) return dml_err_set(err, DML_ENOMEM, "ps server: no memory for a dense part");
-    s->dparts = np;
-    s->dparts_cap = nc;
-  }
+  if (grow_one(&s->dparts, s->ndparts, &s->dparts_cap, sizeof(dense_part), 8) != 0)
+    return dml_err_set(err, DML_ENOMEM, "ps server: no memory for a dense part");
   dense_part nd;
   memset(&nd, 0, sizeof(nd));
   dense_part *d = &nd;
@@ -518,15 +527,9 @@ static void reap_replies(dml_ps_server *s, int wait_all) {
 
 /* Sends buf (owned: freed once sent) to dst on tag without blocking. */
 static int post_send(dml_ps_server *s, int dst, int tag, void *buf, size_t bytes, dml_err *err) {
-  if (s->nout == s->out_cap) {
-    size_t nc = s->out_cap ? 2 * s->out_cap : 64;
-    outgoing *no = dml__realloc(s->out, nc * sizeof(outgoing));
-    if (no == NULL) {
-      dml__free(buf);
-      return dml_err_set(err, DML_ENOMEM, "ps server: no memory for a reply");
-    }
-    s->out = no;
-    s->out_cap = nc;
+  if (grow_one(&s->out, s->nout, &s->out_cap, sizeof(outgoing), 64) != 0) {
+    dml__free(buf);
+    return dml_err_set(err, DML_ENOMEM, "ps server: no memory for a reply");
   }
   dml_comm_req *req = NULL;
   if (dml_comm_isend(s->c, dst, tag, buf, bytes, &req) != 0) {
@@ -830,13 +833,8 @@ static int mirror_segment(dml_ps_server *s, uint64_t part, size_t off, size_t cn
                          peer, MAX_MIRROR_QUEUED, (unsigned long long)part, MAX_MIRROR_QUEUED);
     return 0;
   }
-  if (d->nmq == d->mq_cap) {
-    size_t nc = d->mq_cap ? 2 * d->mq_cap : 8;
-    mirror_push *nq = dml__realloc(d->mq, nc * sizeof(mirror_push));
-    if (nq == NULL) return dml_err_set(a->err, DML_ENOMEM, "ps server: no memory to hold a push");
-    d->mq = nq;
-    d->mq_cap = nc;
-  }
+  if (grow_one(&d->mq, d->nmq, &d->mq_cap, sizeof(mirror_push), 8) != 0)
+    return dml_err_set(a->err, DML_ENOMEM, "ps server: no memory to hold a push");
   float *v = dml__malloc(cnt * sizeof(float));
   if (v == NULL) return dml_err_set(a->err, DML_ENOMEM, "ps server: no memory to hold a push");
   memcpy(v, a->m->vals + at, cnt * sizeof(float));
@@ -971,13 +969,8 @@ static int hold_push(dml_ps_server *s, int src, const dml__ps_msg *m, dml_err *e
     s->hq_full_logged = 1;
     return 1;
   }
-  if (s->nhq == s->hq_cap) {
-    size_t nc = s->hq_cap ? 2 * s->hq_cap : 16;
-    held_push *nh = dml__realloc(s->hq, nc * sizeof(held_push));
-    if (nh == NULL) return dml_err_set(err, DML_ENOMEM, "ps server: no memory to hold a push");
-    s->hq = nh;
-    s->hq_cap = nc;
-  }
+  if (grow_one(&s->hq, s->nhq, &s->hq_cap, sizeof(held_push), 16) != 0)
+    return dml_err_set(err, DML_ENOMEM, "ps server: no memory to hold a push");
   held_push *h = &s->hq[s->nhq];
   h->src = src;
   h->m = *m;
@@ -1077,13 +1070,8 @@ static int grow_ldone(dml_ps_server *s) {
  * answered in place, into its buffer. */
 static int defer_request(dml_ps_server *s, int src, dml__ps_msg *m, local_sink *sink,
                          dml_err *err) {
-  if (s->ndq == s->dq_cap) {
-    size_t nc = s->dq_cap ? 2 * s->dq_cap : 16;
-    deferred *nd = dml__realloc(s->dq, nc * sizeof(deferred));
-    if (nd == NULL) return dml_err_set(err, DML_ENOMEM, "ps server: no memory to defer a request");
-    s->dq = nd;
-    s->dq_cap = nc;
-  }
+  if (grow_one(&s->dq, s->ndq, &s->dq_cap, sizeof(deferred), 16) != 0)
+    return dml_err_set(err, DML_ENOMEM, "ps server: no memory to defer a request");
   /* the reply needs the keys or the range, not the values of a pushpull's push half */
   if (!m->borrowed) dml__free(m->vals);
   m->vals = NULL;
