@@ -893,22 +893,22 @@ int dml_ps_wait(dml_ps *ps, uint64_t ts) {
  * (a CLOCK); of those, only this process's own shard (dml_ps_serve). */
 enum { TO_ALL, TO_STALE, TO_STALE_OWN };
 
-/* Sends a header-only command to the servers `to` names (a shard of this process's own is told in
- * place); *bad: the first server that failed. */
-static int send_to(dml_ps *ps, int command, int to, int *bad) {
+/* Sends a header-only command carrying clock to the servers `to` names (a shard of this
+ * process's own is told in place); *bad: the first server that failed. */
+static int send_to(dml_ps *ps, int command, int to, uint64_t clock, int *bad) {
   dml__ps_msg m;
   memset(&m, 0, sizeof(m));
   m.command = (uint32_t)command;
   m.sender = (uint32_t)ps->me;
-  m.clock = ps->clock;
+  m.clock = clock;
   unsigned char buf[DML__PS_HEADER_BYTES];
   dml__ps_encode(buf, &m, NULL, NULL);
   int first = 0;
   for (int s = 0; s < ps->S; s++) {
     int own = ps->local && server_rank(ps, s) == ps->me;
-    if ((to != TO_ALL && ps->told[s] >= ps->clock) || (to == TO_STALE_OWN && !own)) continue;
+    if ((to != TO_ALL && ps->told[s] >= clock) || (to == TO_STALE_OWN && !own)) continue;
     /* told even if the send fails: the error is final, or a re-form's REJOIN carries the clock */
-    if (command == DML__PS_CLOCK) ps->told[s] = ps->clock;
+    if (command == DML__PS_CLOCK) ps->told[s] = clock;
     if (own) {
       int answered;
       dml__ps_msg lm = m;
@@ -929,7 +929,7 @@ static int send_to(dml_ps *ps, int command, int to, int *bad) {
 }
 
 static int send_all(dml_ps *ps, int command, int *bad) {
-  return send_to(ps, command, TO_ALL, bad);
+  return send_to(ps, command, TO_ALL, ps->clock, bad);
 }
 
 /* Tells the new clock to the servers that have not had it with a request: called after each
@@ -939,7 +939,7 @@ static int send_all(dml_ps *ps, int command, int *bad) {
 static int flush_clocks(dml_ps *ps) {
   if (ps->sticky) return ps->sticky;
   int bad = -1;
-  int rc = send_to(ps, DML__PS_CLOCK, TO_STALE, &bad);
+  int rc = send_to(ps, DML__PS_CLOCK, TO_STALE, ps->clock, &bad);
   if (rc) return comm_failed(ps, rc, "telling the clock to", bad); /* REJOIN carries it */
   return 0;
 }
@@ -950,10 +950,7 @@ static int flush_clocks(dml_ps *ps) {
 static int tell_final(dml_ps *ps) {
   if (ps->mpushed == NULL || ps->final_told) return 0;
   ps->final_told = 1;
-  uint64_t clock = ps->clock;
-  ps->clock = DML__PS_CLOCK_FINAL;
-  int bad = -1, rc = send_to(ps, DML__PS_CLOCK, TO_ALL, &bad);
-  ps->clock = clock;
+  int bad = -1, rc = send_to(ps, DML__PS_CLOCK, TO_ALL, DML__PS_CLOCK_FINAL, &bad);
   return rc ? comm_failed(ps, rc, "telling the clock to", bad) : 0;
 }
 
@@ -961,7 +958,7 @@ int dml_ps_clock(dml_ps *ps) {
   if (ps->sticky) return ps->sticky;
   ps->clock++;
   int bad; /* this process's own shard hears it at once, in place (a failure is sticky) */
-  return ps->local ? send_to(ps, DML__PS_CLOCK, TO_STALE_OWN, &bad) : 0;
+  return ps->local ? send_to(ps, DML__PS_CLOCK, TO_STALE_OWN, ps->clock, &bad) : 0;
 }
 
 /* Leaves the failed communicator and joins a new one with every process of the job, tells each
