@@ -2,7 +2,8 @@
  * world sizes 1..8 exchange messages of 0, 1, 7, 1023 and 2^20+3 bytes with send/recv, sendrecv,
  * isend/irecv/test and recv_alloc, out of tag order and before the receive is posted, and check
  * every byte; one of three threads sharing the communicator polls before its waits sleep
- * (dml_comm_set_spin_us). With DISTML_BACKEND=mpi set (tests/test_comm_mpi.sh under mpirun) the same checks
+ * (dml_comm_set_spin_us); ranks 0 and 1 copy straight between their memories (dml_comm_peer_read
+ * and _write; bad addresses refused), which a pair with CMA off cannot. With DISTML_BACKEND=mpi set (tests/test_comm_mpi.sh under mpirun) the same checks
  * run once on the mpi backend with the ranks mpirun started.
  * test-labels: tsan */
 #include "test_comm_harness.h"
@@ -301,6 +302,41 @@ static int exercise(dml_comm *c) {
   R_ASSERT(dml_comm_send(c, 0, -1, sb, 1) == DML_EINVAL);
   R_ASSERT(dml_comm_recv(c, DML_ANY_SOURCE, 1, rb, 1) == DML_EINVAL);
 
+  /* 9b. Direct copies: on tcp between ranks of this machine, rank 0 reads rank 1's buffer and
+   * writes into another (their addresses sent in a message); a bad address is DML_EPROTO. None
+   * on MPI, nor with oneself. */
+  R_ASSERT(dml_comm_direct(c, rank) == 0);
+  if (n >= 2 && rank <= 1) {
+    int tcp = strcmp(dml_comm_backend(c), "tcp") == 0;
+    R_ASSERT(dml_comm_direct(c, 1 - rank) == tcp);
+    size_t len = (1u << 20) + 3;
+    uint8_t *mine = malloc(len), *into = calloc(1, len);
+    R_ASSERT(mine && into);
+    if (!tcp) {
+      R_ASSERT(dml_comm_peer_read(c, 1 - rank, mine, 4096, 8) == DML_EUNSUPPORTED);
+    } else if (rank == 1) {
+      th_fill(mine, 1, 0, 61, len);
+      uint64_t addr[2] = {(uint64_t)(uintptr_t)mine, (uint64_t)(uintptr_t)into};
+      RK_OK(dml_comm_send(c, 0, 61, addr, sizeof addr));
+      RK_OK(dml_comm_recv(c, 0, 62, sb, 1)); /* rank 0 has written */
+      R_ASSERT(th_check(into, 0, 1, 63, len) == -1);
+    } else {
+      uint64_t addr[2];
+      RK_OK(dml_comm_recv(c, 1, 61, addr, sizeof addr));
+      RK_OK(dml_comm_peer_read(c, 1, into, addr[0], len));
+      R_ASSERT(th_check(into, 1, 0, 61, len) == -1);
+      th_fill(mine, 0, 1, 63, len);
+      RK_OK(dml_comm_peer_write(c, 1, addr[1], mine, len));
+      R_ASSERT(dml_comm_peer_read(c, 1, into, 8, 16) == DML_EPROTO); /* unmapped */
+      R_ASSERT(strstr(dml_comm_errmsg(c), "direct copy from rank 1") != NULL);
+      R_ASSERT(dml_comm_peer_write(c, 1, 0, mine, 16) == DML_EPROTO);
+      R_ASSERT(dml_comm_peer_write(c, 1, UINT64_MAX - 7, mine, 16) == DML_EPROTO); /* wraps */
+      RK_OK(dml_comm_send(c, 1, 62, sb, 1));
+    }
+    free(mine);
+    free(into);
+  }
+
   /* 10. Concurrent use from several threads. */
   if (threaded(c)) return 1;
 
@@ -329,6 +365,26 @@ static int rank_main(int rank, int n, int port, void *arg) {
   rc = exercise(c);
   dml_comm_free(c);
   return rc;
+}
+
+/* DISTML_CMA=0 (large messages over the socket): no direct copies either. */
+static int rank_no_cma(int rank, int n, int port, void *arg) {
+  (void)arg;
+  setenv("DISTML_CMA", "0", 1);
+  dml_comm_opts o;
+  th_opts(&o, rank, n, port, 30000);
+  dml_comm *c;
+  dml_err err = {0};
+  RK_OK(dml_comm_init(&c, &o, &err));
+  uint8_t b[8];
+  R_ASSERT(dml_comm_direct(c, 1 - rank) == 0);
+  R_ASSERT(dml_comm_peer_read(c, 1 - rank, b, (uint64_t)(uintptr_t)b, sizeof b) ==
+           DML_EUNSUPPORTED);
+  R_ASSERT(strstr(dml_comm_errmsg(c), "not available") != NULL);
+  RK_OK(dml_comm_send(c, 1 - rank, 5, b, 1)); /* both checked before either leaves */
+  RK_OK(dml_comm_recv(c, 1 - rank, 5, b, 1));
+  dml_comm_free(c);
+  return 0;
 }
 
 /* Environment resolution, in this process (no network needed for world size 1). */
@@ -400,6 +456,7 @@ int main(void) {
     return rc;
   }
   test_env();
+  th_run("p2p, no direct copies where CMA is off", 2, rank_no_cma, NULL, 60);
   for (int n = 1; n <= 8; n++) th_run("p2p", n, rank_main, NULL, 120);
   printf("comm p2p: world sizes 1..8 ok\n");
   return 0;

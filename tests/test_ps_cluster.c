@@ -11,7 +11,9 @@
  * aggregation and the dense API, and one of them killed: the others fail within seconds naming
  * it; mirrored tensors (colocated, every shard a replica): exact reads, replicas equal bit for
  * bit, hostile pushes and pulls of them dropped, bodies, pushes in opposite orders, a worker a
- * clock further than one in a (dense or sparse) final pull.
+ * clock further than one in a (dense or sparse) final pull; large dense frames as direct requests
+ * (counted by the servers; three scenarios with them off, as bodies), and direct requests a server
+ * cannot serve (unmapped addresses, a rank out of reach) dropped.
  * test-labels: tsan */
 #include <math.h>
 #include <signal.h>
@@ -59,6 +61,8 @@ typedef struct scenario {
   int swap;         /* mirrored: two mirrored tensors pushed in opposite orders */
   int hostile_push; /* mirrored, hostile_from: the hostile rank pushes one chunk twice a clock */
   int sparse_final; /* mirrored, extra: rank 0's final pull is a sparse one */
+  int direct_off;   /* DISTML_PS_DIRECT=0: large dense values go as bodies, not direct copies */
+  int direct_bad;   /* with hostile_from: direct requests the server cannot serve */
 } scenario;
 
 static int check_server(int rank, dml_ps_server *s, const scenario *sc) {
@@ -93,6 +97,12 @@ static int check_server(int rank, dml_ps_server *s, const scenario *sc) {
       }
     }
   }
+  /* large dense frames from workers on this machine come as direct requests (bodies when off) */
+  if (sc->dense && !sc->hostile_from && (sc->direct_off ? st.direct != 0 : st.direct == 0)) {
+    fprintf(stderr, "rank %d: %llu direct requests served, direct copies %s\n", rank,
+            (unsigned long long)st.direct, sc->direct_off ? "off" : "on");
+    return 1;
+  }
   if (!sc->victim && st.dead_workers != 0) {
     fprintf(stderr, "rank %d: %d dead workers, want 0\n", rank, st.dead_workers);
     return 1;
@@ -122,6 +132,33 @@ static int hostile_body(int rank, dml_comm *c) {
     struct timespec ts = {2, 600 * 1000000L}; /* past the server's wait (main sets 1.5 s) */
     nanosleep(&ts, NULL);
   }
+  return 0;
+}
+
+/* A direct dense request whose server cannot do what it asks: a push whose values' address is
+ * not mapped (kind 0), a pull whose output's is not (kind 1), a push from a rank whose memory
+ * the server cannot reach (kind 2: CMA off there, rank_main). Each is dropped. */
+static int hostile_direct(int rank, dml_comm *c) {
+  static float vals[16384];
+  unsigned char buf[DML__PS_DIRECT_BYTES];
+  dml__ps_msg m;
+  memset(&m, 0, sizeof m);
+  int kind = rank % 3;
+  m.command = kind == 1 ? DML__PS_PULL : DML__PS_PUSH;
+  m.sender = (uint32_t)rank;
+  m.flags = DML__PS_FLAG_DENSE | DML__PS_FLAG_DIRECT |
+            (kind == 1 ? DML__PS_FLAG_REPLY_BODY : DML__PS_FLAG_BODY);
+  m.timestamp = 1;
+  m.key_lo = 0;
+  m.key_hi = 16383;
+  m.nvals = kind == 1 ? 0 : 16384;
+  m.value_type = kind == 1 ? DML__PS_VT_NONE : DML__PS_VT_F32;
+  m.vals_addr = kind == 0 ? 8 : kind == 2 ? (uint64_t)(uintptr_t)vals : 0;
+  m.out_addr = kind == 1 ? 8 : 0;
+  dml__ps_encode(buf, &m, NULL, NULL);
+  RK_OK(dml_comm_send(c, 0, DML__PS_TAG_REQ, buf, sizeof buf));
+  struct timespec ts = {1, 0}; /* connected while the server looks at it */
+  nanosleep(&ts, NULL);
   return 0;
 }
 
@@ -535,6 +572,8 @@ static int mirrored_run(int rank, dml_comm *c, const scenario *sc) {
 static int rank_main(int rank, int n, int port, void *arg) {
   const scenario *sc = arg;
   dml_comm *c;
+  if (sc->direct_bad && rank >= sc->hostile_from && rank % 3 == 2) setenv("DISTML_CMA", "0", 1);
+  if (sc->direct_off) setenv("DISTML_PS_DIRECT", "0", 1);
   RK_OK(th_join(&c, rank, n, port, sc->slow_leave ? 1500 : 20000));
   dml_err err;
   if (sc->one_server) {
@@ -590,7 +629,9 @@ static int rank_main(int rank, int n, int port, void *arg) {
     return rc;
   }
   if (sc->hostile_from && rank >= sc->hostile_from) {
-    rc = sc->body_hostile ? hostile_body(rank, c) : hostile(rank, c);
+    rc = sc->body_hostile ? hostile_body(rank, c)
+         : sc->direct_bad ? hostile_direct(rank, c)
+                          : hostile(rank, c);
     dml_comm_free(c);
     return rc;
   }
@@ -751,6 +792,8 @@ int main(void) {
   run("dense pushes announcing a body and sending none, or too little: dropped, job goes on", 5,
       (scenario){.servers = 1, .hostile_from = 3, .body_hostile = 1});
   unsetenv("DISTML_PS_BODY_WAIT_MS");
+  run("direct requests with unmapped addresses, or from a rank out of reach: dropped, job goes on",
+      6, (scenario){.servers = 1, .hostile_from = 3, .direct_bad = 1});
   run("raw TCP garbage and huge lengths on the server's ports: job goes on", 3,
       (scenario){.servers = 1, .raw_hostile = 1});
   run("worker killed under ASP: run completes", 4,
@@ -780,6 +823,12 @@ int main(void) {
       (scenario){.colocated = 1, .sgd = 1, .dense = 1, .pushpull = 1, .serve = 1});
   run("dense pushpull, BSP 2 servers 2 workers: values in bounds", 4,
       (scenario){.servers = 2, .dense = 1, .pushpull = 1});
+  run("dense pushpull, BSP 2 servers 2 workers, no direct copies (bodies): values in bounds", 4,
+      (scenario){.servers = 2, .dense = 1, .pushpull = 1, .direct_off = 1});
+  run("dense BSP sync aggregation, server SGD, pushpull, 2 servers, bodies: exact values", 4,
+      (scenario){.servers = 2, .dense = 1, .sgd = 1, .pushpull = 1, .direct_off = 1});
+  run("dense API, colocated 2 ranks, workers serving, bodies: values in bounds", 2,
+      (scenario){.colocated = 1, .dense = 1, .serve = 1, .direct_off = 1});
   run("dense pushpull, colocated 3 ranks, workers serving: values in bounds", 3,
       (scenario){.colocated = 1, .dense = 1, .pushpull = 1, .serve = 1});
   run("mirrored tensor, colocated 2 ranks serving, sum-only pushpull: exactly W(c+1)", 2,

@@ -129,6 +129,18 @@ void dml_comm_abort(dml_comm *c, const char *reason);
 /* Bytes this process has sent through c so far (payload, not headers). */
 uint64_t dml_comm_bytes_sent(const dml_comm *c);
 
+/* Direct copies between this process's memory and a peer's (the tcp backend, where the peer
+ * runs on the same machine and each can read and write the other's memory: the CMA that large
+ * messages use). dml_comm_direct: 1 if available with peer both ways, else 0 (always 0 on MPI and
+ * for this rank itself). dml_comm_peer_read copies len bytes at address addr in peer's memory
+ * into dst; dml_comm_peer_write copies len bytes of src to address addr in peer's memory. They
+ * do not block on the network. DML_EUNSUPPORTED where direct copies are not available with
+ * peer; DML_EPROTO when the range is not mapped (readable, or writable) in the peer (an address
+ * the peer gave is bad: nothing beyond the first failing page is copied). */
+int dml_comm_direct(const dml_comm *c, int peer);
+int dml_comm_peer_read(dml_comm *c, int peer, void *dst, uint64_t addr, size_t len);
+int dml_comm_peer_write(dml_comm *c, int peer, uint64_t addr, const void *src, size_t len);
+
 #ifdef __cplusplus
 }
 #endif

@@ -121,7 +121,10 @@ typedef struct dml_ps_server_stats {
   uint64_t pushes, pulls, dup_pushes; /* requests served; resent pushes recognised and skipped */
   uint64_t deferred_pulls;            /* requests that waited for other workers' clocks (pulls;
                                          with mirrored tensors pushes too) */
-  uint64_t bytes_in;                  /* request frame bytes received */
+  uint64_t bytes_in;                  /* request bytes received: frames, bodies, and the values
+                                         of direct pushes (copied out of the worker) */
+  uint64_t direct;                    /* direct requests (a worker on the same machine: its
+                                         values copied out of and into its memory) */
   uint64_t keys;                      /* distinct keys held at the end */
   int dropped_peers;                  /* peers dropped for malformed frames or frames that
                                          break the protocol */

@@ -129,7 +129,7 @@ static int allreduce_block(dml_comm *c, float *v, size_t K, dml_allreduce_algo a
 }
 
 /* One PS block: a fresh server (and shard) and client, 2 warm-up and iters timed iterations of
- * op; *t the slowest worker's seconds per iteration; *sbytes the frame bytes all servers
+ * op; *t the slowest worker's seconds per iteration; *sbytes the request bytes all servers
  * received per iteration (on every rank). */
 static int ps_block(const layout *L, dml_comm *c, const dml_ps_config *cfg, int op, const float *g,
                     float *v, size_t K, int iters, double *t, double *sbytes, dml_err *e) {
@@ -162,7 +162,7 @@ static int ps_block(const layout *L, dml_comm *c, const dml_ps_config *cfg, int 
       snprintf(e->msg, sizeof e->msg, "%s", dml_ps_errmsg(ps));
     dml_ps_free(ps);
   }
-  /* every rank's figures reduced (the collectives, on the same processes): the frame bytes the
+  /* every rank's figures reduced (the collectives, on the same processes): the request bytes the
    * servers received per iteration, summed, and the slowest worker's time per iteration */
   double sb = 0;
   if (rc == 0 && srv) {
@@ -279,8 +279,8 @@ static void usage(FILE *to) {
           "  layouts: 1x1, 2x1, 2x2, colocated2 (default: all); sizes B, 4B, 16B ...\n"
           "  dense push, pull and pushpull of M value bytes per worker per iteration (M = 4K, "
           "16K, ... B; default 4K to 4M)\n"
-          "  columns: layout (WxS), op, M, iterations, ms per iteration, frame bytes in per "
-          "server per iteration,\n"
+          "  columns: layout (WxS), op, M, iterations, ms per iteration, request bytes in per "
+          "server per iteration (frames, bodies, values copied in directly),\n"
           "  the cost model's value bytes in per server (W*M/S; pull: 0) and wire bytes of the "
           "busiest process\n"
           "  (dedicated: W*M/S per direction; colocated: 2(W-1)M/W for pushpull), distml's "

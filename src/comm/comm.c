@@ -188,6 +188,34 @@ uint64_t dml_comm_bytes_sent(const dml_comm *c) {
   return c ? atomic_load(&((dml_comm *)c)->bytes_sent) : 0;
 }
 
+int dml_comm_direct(const dml_comm *c, int peer) {
+  if (c == NULL || c->ops->direct == NULL || peer < 0 || peer >= c->cfg.world_size ||
+      peer == c->cfg.rank)
+    return 0;
+  return c->ops->direct(c, peer);
+}
+
+static int peer_copy(dml_comm *c, int peer, int write, void *local, uint64_t addr, size_t len) {
+  if (c == NULL || (local == NULL && len > 0))
+    return c ? dml__comm_fail(c, DML_EINVAL, "direct copy: NULL buffer") : DML_EINVAL;
+  if (!dml_comm_direct(c, peer))
+    return dml__comm_fail(c, DML_EUNSUPPORTED, "direct copy with %s: not available",
+                          dml_comm_peer_name(c, peer));
+  if (len == 0) return 0;
+  if (addr == 0 || addr + len < addr)
+    return dml__comm_fail(c, DML_EPROTO, "direct copy with %s: bad address 0x%llx (%zu bytes)",
+                          dml_comm_peer_name(c, peer), (unsigned long long)addr, len);
+  return c->ops->peer_copy(c, peer, write, local, addr, len);
+}
+
+int dml_comm_peer_read(dml_comm *c, int peer, void *dst, uint64_t addr, size_t len) {
+  return peer_copy(c, peer, 0, dst, addr, len);
+}
+
+int dml_comm_peer_write(dml_comm *c, int peer, uint64_t addr, const void *src, size_t len) {
+  return peer_copy(c, peer, 1, (void *)(uintptr_t)src, addr, len);
+}
+
 const char *dml_comm_peer_name(const dml_comm *c, int peer) {
   if (c == NULL || peer < 0 || peer >= c->cfg.world_size) return "rank ? (no such rank)";
   return c->ops->peer_name(c, peer);

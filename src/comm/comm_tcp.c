@@ -357,13 +357,15 @@ static void fail_peer(tcp *t, peer *p, int code, const char *fmt, ...) {
 
 static void tx(tcp *t, peer *p);
 
-/* Copies len bytes at addr in process pid into dst (process_vm_readv). 0 or an errno value. */
-static int cma_read(pid_t pid, uint8_t *dst, uint64_t addr, uint64_t len) {
+/* Copies len bytes at addr in process pid into local (process_vm_readv), or with write the other
+ * way (process_vm_writev). 0 or an errno value. */
+static int cma_copy(pid_t pid, int write, uint8_t *local, uint64_t addr, uint64_t len) {
   uint64_t done = 0;
   while (done < len) {
-    struct iovec l = {dst + done, (size_t)(len - done)};
+    struct iovec l = {local + done, (size_t)(len - done)};
     struct iovec r = {(void *)(uintptr_t)(addr + done), (size_t)(len - done)};
-    ssize_t n = process_vm_readv(pid, &l, 1, &r, 1, 0);
+    ssize_t n =
+        write ? process_vm_writev(pid, &l, 1, &r, 1, 0) : process_vm_readv(pid, &l, 1, &r, 1, 0);
     if (n < 0) {
       if (errno == EINTR) continue;
       return errno;
@@ -372,6 +374,10 @@ static int cma_read(pid_t pid, uint8_t *dst, uint64_t addr, uint64_t len) {
     done += (uint64_t)n;
   }
   return 0;
+}
+
+static int cma_read(pid_t pid, uint8_t *dst, uint64_t addr, uint64_t len) {
+  return cma_copy(pid, 0, dst, addr, len);
 }
 
 /* A CMA frame's payload is in p->ctrl: copy the message out of the peer's memory into the posted
@@ -1681,6 +1687,28 @@ fail:
   return rc;
 }
 
+/* Direct copies (dml_comm_direct): a peer on this machine that reads our memory and whose memory
+ * we read (the CMA probes of bootstrap both passed). */
+static int tcp_direct(const dml_comm *c, int peer_rank) {
+  const peer *p = &T(c)->peers[peer_rank];
+  return p->cma_send && p->cma_recv;
+}
+
+static int tcp_peer_copy(dml_comm *c, int peer_rank, int write, void *local, uint64_t addr,
+                         size_t len) {
+  tcp *t = T(c);
+  peer *p = &t->peers[peer_rank];
+  /* not to a failed peer: its pid may be another process's soon */
+  pthread_mutex_lock(&t->mu);
+  int dead = p->err;
+  pthread_mutex_unlock(&t->mu);
+  if (dead) return dml__comm_fail(c, dead, "direct copy with %s: it has failed", p->name);
+  int e = cma_copy(p->pid, write, local, addr, len);
+  if (e == 0) return 0;
+  return dml__comm_fail(c, DML_EPROTO, "direct copy %s %s at 0x%llx (%zu bytes): %s",
+                        write ? "to" : "from", p->name, (unsigned long long)addr, len, strerror(e));
+}
+
 const dml__comm_backend dml__comm_tcp = {
     .name = "tcp",
     .init = tcp_init,
@@ -1694,4 +1722,6 @@ const dml__comm_backend dml__comm_tcp = {
     .recv_take = tcp_recv_take,
     .abort = tcp_abort,
     .peer_name = tcp_peer_name,
+    .direct = tcp_direct,
+    .peer_copy = tcp_peer_copy,
 };

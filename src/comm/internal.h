@@ -95,6 +95,10 @@ struct dml__comm_backend {
   void (*abort)(dml_comm *c, const char *reason);
   /* "rank 3 (127.0.0.1:40213)"; the string lives as long as c. */
   const char *(*peer_name)(const dml_comm *c, int peer);
+  /* Optional (NULL: never): 1 if peer's memory can be read and written directly (dml_comm_direct),
+   * and the copy itself (write != 0: local to peer's addr); peer is never this rank. */
+  int (*direct)(const dml_comm *c, int peer);
+  int (*peer_copy)(dml_comm *c, int peer, int write, void *local, uint64_t addr, size_t len);
 };
 
 extern const dml__comm_backend dml__comm_tcp;

@@ -65,6 +65,9 @@ struct dml_ps {
   unsigned char *shut; /* attached: (Sproc) 1 once that server said so */
   int bodies;          /* large dense values as bodies: tcp backend, no recovery */
   int spin_us;         /* attached: polling before a wait sleeps (DISTML_PS_SPIN_US) */
+  /* (S) with bodies: 1 where the server reads and writes this worker's memory (dml_comm_direct,
+   * DISTML_PS_DIRECT not 0): its large dense frames go DIRECT */
+  unsigned char *direct;
 };
 
 static int reform(dml_ps *ps, const char *why);
@@ -158,6 +161,16 @@ int dml_ps_create(dml_ps **out, dml_comm *c, const dml_ps_config *cfg, dml_err *
   ps->S = ps->Sproc * K;
   const char *be = dml_comm_backend(c);
   ps->bodies = be && strcmp(be, "tcp") == 0 && !cfg->recover;
+  int64_t direct = 1;
+  int erc = dml_env_i64("DISTML_PS_DIRECT", 1, 0, 1, &direct, err);
+  if (erc == 0 && (ps->direct = dml__calloc((size_t)ps->S, 1)) == NULL)
+    erc = dml_err_set(err, DML_ENOMEM, "ps: out of memory");
+  if (erc) {
+    dml__free(ps);
+    return erc;
+  }
+  for (int s = 0; s < ps->S; s++)
+    ps->direct[s] = ps->bodies && direct && dml_comm_direct(c, server_rank(ps, s));
   ps->next_ts = 1;
   ps->nrq = cfg->max_in_flight > 0 ? cfg->max_in_flight : 64;
   ps->rq = dml__calloc((size_t)ps->nrq, sizeof(request));
@@ -168,6 +181,7 @@ int dml_ps_create(dml_ps **out, dml_comm *c, const dml_ps_config *cfg, dml_err *
     dml__free(ps->rq);
     dml__free(ps->acked);
     dml__free(ps->told);
+    dml__free(ps->direct);
     dml__free(ps->fill);
     dml__free(ps);
     return dml_err_set(err, DML_ENOMEM, "ps: out of memory");
@@ -186,6 +200,7 @@ int dml_ps_create(dml_ps **out, dml_comm *c, const dml_ps_config *cfg, dml_err *
     dml__free(ps->rq);
     dml__free(ps->acked);
     dml__free(ps->told);
+    dml__free(ps->direct);
     dml__free(ps->fill);
     dml__free(ps);
     return lrc;
@@ -303,8 +318,10 @@ static int send_frame(dml_ps *ps, request *r, int s, dml__ps_msg *m, const uint6
     if (!*answered && add_frame(ps, r, s, m->key_lo) < 0) return ps->sticky;
     return 0;
   }
-  size_t bytes = (m->flags & DML__PS_FLAG_BODY) ? DML__PS_HEADER_BYTES
-                                                : dml__ps_frame_bytes(m->nkeys, m->nvals);
+  int direct = (m->flags & DML__PS_FLAG_DIRECT) != 0;
+  size_t bytes = direct                           ? DML__PS_DIRECT_BYTES
+                 : (m->flags & DML__PS_FLAG_BODY) ? DML__PS_HEADER_BYTES
+                                                  : dml__ps_frame_bytes(m->nkeys, m->nvals);
   void *frame = dml__malloc(bytes);
   if (frame == NULL) return fail(ps, DML_ENOMEM, "ps: no memory for a frame%s%s", "", "");
   int f = add_frame(ps, r, s, m->key_lo);
@@ -317,7 +334,8 @@ static int send_frame(dml_ps *ps, request *r, int s, dml__ps_msg *m, const uint6
   dml__ps_encode(frame, m, keys, vals);
   int rc;
   if (m->flags & DML__PS_FLAG_REPLY_BODY) {
-    /* posted before the request leaves: the reply's values land in out */
+    /* posted before the request leaves: the reply's values land in out (a DIRECT frame's too:
+     * a pull its server cannot answer at once comes so) */
     size_t vbytes = (size_t)(m->key_hi - m->key_lo + 1) * sizeof(float);
     rc = dml_comm_irecv(ps->c, server_rank(ps, s), DML__PS_TAG_BODY(s / ps->Sproc, m->timestamp),
                         out, vbytes, &r->brecv[f]);
@@ -332,7 +350,7 @@ static int send_frame(dml_ps *ps, request *r, int s, dml__ps_msg *m, const uint6
     return comm_failed(ps, rc, "sending to", server_rank(ps, s)); /* a re-form resends it */
   }
   if (m->clock != DML__PS_CLOCK_FINAL && m->clock > ps->told[s]) ps->told[s] = m->clock;
-  if (m->flags & DML__PS_FLAG_BODY) { /* the values, from the caller's buffer */
+  if ((m->flags & DML__PS_FLAG_BODY) && !direct) { /* the values, from the caller's buffer */
     rc = dml_comm_isend(ps->c, server_rank(ps, s), DML__PS_TAG_BODY_IN(s / ps->Sproc), vals,
                         (size_t)m->nvals * sizeof(float), &r->bsend[f]);
     if (rc) {
@@ -363,9 +381,10 @@ static request *free_slot(dml_ps *ps) {
 }
 
 /* Frame [a, b) of dense request r (one server's run), with its values from vals and its pull's
- * output to out (either may be NULL). */
+ * output to out (either may be NULL). unanswered: a push no reply will come for (a mirrored
+ * chunk's copy): never DIRECT, since the server would read vals after this worker's wait. */
 static int post_dense_frame(dml_ps *ps, request *r, int command, uint64_t clock, int owner,
-                            uint64_t a, uint64_t b, const float *vals, float *out) {
+                            uint64_t a, uint64_t b, const float *vals, float *out, int unanswered) {
   dml__ps_msg m;
   memset(&m, 0, sizeof(m));
   m.command = (uint32_t)command;
@@ -384,6 +403,12 @@ static int post_dense_frame(dml_ps *ps, request *r, int command, uint64_t clock,
       !(ps->local && server_rank(ps, owner) == ps->me)) {
     if (vals) m.flags |= DML__PS_FLAG_BODY;
     if (out) m.flags |= DML__PS_FLAG_REPLY_BODY;
+    /* on this machine: the server copies the values out of vals and into out itself */
+    if (ps->direct[owner] && !unanswered) {
+      m.flags |= DML__PS_FLAG_DIRECT;
+      m.vals_addr = (uint64_t)(uintptr_t)vals;
+      m.out_addr = (uint64_t)(uintptr_t)out;
+    }
   }
   int answered;
   return send_frame(ps, r, owner, &m, NULL, vals, out, &answered);
@@ -397,7 +422,8 @@ static int post_mirrored(dml_ps *ps, request *r, int command, uint64_t clock, in
   if (pass == 0 && vals) {
     for (int s = 0; s < ps->S; s++) {
       if (s == ps->me) continue;
-      if (post_dense_frame(ps, r, DML__PS_PUSH, clock, s, a, b, vals, NULL) != 0) return ps->sticky;
+      if (post_dense_frame(ps, r, DML__PS_PUSH, clock, s, a, b, vals, NULL, 1) != 0)
+        return ps->sticky;
       int f = r->nframes - 1; /* no reply comes for it: kept only until its send completes */
       r->fdone[f] = 1;
       r->pending[s]--;
@@ -405,7 +431,7 @@ static int post_mirrored(dml_ps *ps, request *r, int command, uint64_t clock, in
     }
   }
   if (pass != (ps->local ? 1 : 0)) return 0;
-  return post_dense_frame(ps, r, command, clock, ps->me, a, b, vals, out);
+  return post_dense_frame(ps, r, command, clock, ps->me, a, b, vals, out, 0);
 }
 
 /* 1 (the error set) for a push after this worker told the servers it has passed every clock
@@ -488,7 +514,7 @@ static int post_dense(dml_ps *ps, int command, uint64_t clock, uint64_t lo, cons
       }
       if ((ps->local && server_rank(ps, owner) == ps->me) != pass) continue;
       if (post_dense_frame(ps, r, command, clock, owner, a, b, with_vals ? vals + (a - lo) : NULL,
-                           out ? out + (a - lo) : NULL) != 0) {
+                           out ? out + (a - lo) : NULL, 0) != 0) {
         request_release(ps, r);
         return ps->sticky;
       }
@@ -608,6 +634,12 @@ static void frame_answered(dml_ps *ps, request *r, int f) {
 
 /* Files a message (buf, freed here) from virtual server s with its request. Returns 1 for a
  * server's shutdown message, 0 or the sticky error otherwise. */
+/* The flags frame f of r was sent with (its encoded header, kept until wait). */
+static unsigned frame_flags(const request *r, int f) {
+  const unsigned char *h = r->frames[f];
+  return h ? (unsigned)h[14] | (unsigned)h[15] << 8 : 0;
+}
+
 static int file_reply(dml_ps *ps, int s, void *buf, size_t bytes) {
   const char *peer = dml_comm_peer_name(ps->c, server_rank(ps, s));
   int rc;
@@ -639,12 +671,21 @@ static int file_reply(dml_ps *ps, int s, void *buf, size_t bytes) {
     uint64_t cnt = m.nvals;
     int bad = !(m.flags & DML__PS_FLAG_DENSE) || m.key_lo < r->dense_lo ||
               m.key_hi >= r->dense_lo + r->n ||
-              (r->command != DML__PS_PUSH && cnt != m.key_hi - m.key_lo + 1);
+              (r->command != DML__PS_PUSH && !(m.flags & DML__PS_FLAG_DIRECT) &&
+               cnt != m.key_hi - m.key_lo + 1);
     if (bad) {
       dml__ps_msg_free(&m);
       dml_comm_buf_free(buf);
       return fail(ps, DML_EPROTO,
                   "ps: server %s returned a dense range this request did not ask for%s", peer, "");
+    }
+    /* DIRECT: the server wrote the values into out (a frame sent so, pulling) */
+    int direct = (m.flags & DML__PS_FLAG_DIRECT) != 0;
+    if (direct && (r->brecv[f] == NULL || !(frame_flags(r, f) & DML__PS_FLAG_DIRECT))) {
+      dml__ps_msg_free(&m);
+      dml_comm_buf_free(buf);
+      return fail(ps, DML_EPROTO, "ps: server %s answered directly a request not made so%s", peer,
+                  "");
     }
     if ((m.flags & DML__PS_FLAG_BODY) && r->brecv[f] == NULL) {
       dml__ps_msg_free(&m);
@@ -652,11 +693,11 @@ static int file_reply(dml_ps *ps, int s, void *buf, size_t bytes) {
       return fail(ps, DML_EPROTO, "ps: server %s sent a body this request did not ask for%s", peer,
                   "");
     }
-    if (r->brecv[f] && !(m.flags & DML__PS_FLAG_BODY) && cnt) { /* inline after all */
+    if (r->brecv[f] && !(m.flags & DML__PS_FLAG_BODY) && (cnt || direct)) { /* no body after all */
       dml_comm_cancel(ps->c, r->brecv[f]);
       r->brecv[f] = NULL;
     }
-    if (r->command != DML__PS_PUSH && !(m.flags & DML__PS_FLAG_BODY))
+    if (r->command != DML__PS_PUSH && !(m.flags & DML__PS_FLAG_BODY) && !direct)
       memcpy(r->out + (m.key_lo - r->dense_lo), m.vals, (size_t)cnt * sizeof(float));
     dml__ps_msg_free(&m);
     dml_comm_buf_free(buf);
@@ -1085,6 +1126,7 @@ void dml_ps_free(dml_ps *ps) {
   if (ps->own_comm) dml_comm_free(ps->c);
   dml__free(ps->acked);
   dml__free(ps->told);
+  dml__free(ps->direct);
   dml__free(ps->fill);
   dml__free(ps->shut);
   dml__ps_dense_layout_free(&ps->layout);

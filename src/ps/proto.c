@@ -60,6 +60,11 @@ void dml__ps_encode(void *buf, const dml__ps_msg *m, const uint64_t *keys, const
   put_u64(p + 40, m->key_hi);
   put_u64(p + 48, m->nkeys);
   put_u64(p + 56, m->nvals);
+  if ((m->flags & DML__PS_FLAG_DIRECT) && m->command != DML__PS_REPLY) {
+    put_u64(p + DML__PS_HEADER_BYTES, m->vals_addr);
+    put_u64(p + DML__PS_HEADER_BYTES + 8, m->out_addr);
+    return;
+  }
   /* a BODY frame announces its values; they travel as their own message */
   uint64_t nv = (m->flags & DML__PS_FLAG_BODY) ? 0 : m->nvals;
   unsigned char *k = p + DML__PS_HEADER_BYTES;
@@ -141,9 +146,36 @@ static int decode(const void *buf, size_t len, const char *peer, dml__ps_msg *m,
   m->sender = get_u32(p + 8);
   m->value_type = get_u16(p + 12);
   m->flags = get_u16(p + 14);
-  if (m->flags & ~(DML__PS_FLAG_DENSE | DML__PS_FLAG_BODY | DML__PS_FLAG_REPLY_BODY))
+  if (m->flags &
+      ~(DML__PS_FLAG_DENSE | DML__PS_FLAG_BODY | DML__PS_FLAG_REPLY_BODY | DML__PS_FLAG_DIRECT))
     return dml_err_set(err, DML_EPROTO, "ps: %s sent unknown flags 0x%x at byte 14", peer,
                        m->flags);
+  /* DIRECT: a dense request of the header and two addresses (checked here; the rest of the frame
+   * is checked as a BODY one), or a reply of the header alone. */
+  if (m->flags & DML__PS_FLAG_DIRECT) {
+    int pushes = m->command == DML__PS_PUSH || m->command == DML__PS_PUSHPULL;
+    int pulls = m->command == DML__PS_PULL || m->command == DML__PS_PUSHPULL;
+    unsigned want = DML__PS_FLAG_DENSE | DML__PS_FLAG_DIRECT | (pushes ? DML__PS_FLAG_BODY : 0) |
+                    (pulls ? DML__PS_FLAG_REPLY_BODY : 0);
+    size_t want_len = pushes || pulls ? DML__PS_DIRECT_BYTES : DML__PS_HEADER_BYTES;
+    if ((!pushes && !pulls && m->command != DML__PS_REPLY) || m->flags != want || len != want_len)
+      return dml_err_set(err, DML_EPROTO,
+                         "ps: %s sent flags 0x%x at byte 14 with command %u in a %zu-byte frame "
+                         "(a direct request is a dense push or pull of %d bytes with its body "
+                         "flags, a direct reply a dense header alone)",
+                         peer, m->flags, m->command, len, DML__PS_DIRECT_BYTES);
+    if (pushes || pulls) {
+      m->vals_addr = get_u64(p + DML__PS_HEADER_BYTES);
+      m->out_addr = get_u64(p + DML__PS_HEADER_BYTES + 8);
+      if ((m->vals_addr != 0) != pushes || (m->out_addr != 0) != pulls)
+        return dml_err_set(err, DML_EPROTO,
+                           "ps: %s sent direct addresses 0x%llx and 0x%llx at byte 64 with command "
+                           "%u (a push needs the first, a pull the second, nothing else)",
+                           peer, (unsigned long long)m->vals_addr, (unsigned long long)m->out_addr,
+                           m->command);
+      len = DML__PS_HEADER_BYTES;
+    }
+  }
   /* BODY: a dense push or reply whose values come as their own message (the frame is the header
    * alone; the count it announces is checked against the dense range below). REPLY_BODY: a dense
    * pull asking for its reply's values so. */

@@ -1,6 +1,7 @@
 /* Unit tests of the parameter server's wire frame: encode/decode round trip, and rejection of
  * short frames, bad magic/version/command, counts larger than the frame (before allocating),
- * unsorted or out-of-range keys, wrong value counts; and the key-to-server map's balance.
+ * unsorted or out-of-range keys, wrong value counts, BODY and DIRECT frames of the wrong shape;
+ * and the key-to-server map's balance.
  * With an argument DIR it also writes the fuzz seed corpus there. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -228,6 +229,82 @@ int main(int argc, char **argv) {
     memset(lb, 0, sizeof lb);
     dml__ps_encode(lb, &d, NULL, NULL);
     expect_reject(lb, sizeof lb, "body reply longer than its header");
+
+    /* DIRECT: a dense request of the header and the addresses of its values (pushes) and of its
+     * output (pulls), with the body flags of what it does; a reply of the header alone */
+    unsigned char xb[DML__PS_DIRECT_BYTES];
+    static const struct {
+      uint32_t command, flags;
+      uint64_t vals_addr, out_addr;
+    } ok[3] = {
+        {DML__PS_PUSH, DML__PS_FLAG_BODY, 0x7f0000001000ull, 0},
+        {DML__PS_PULL, DML__PS_FLAG_REPLY_BODY, 0, 0x7f0000002000ull},
+        {DML__PS_PUSHPULL, DML__PS_FLAG_BODY | DML__PS_FLAG_REPLY_BODY, 0x7f0000001000ull,
+         0x7f0000002000ull},
+    };
+    for (int k = 0; k < 3; k++) {
+      dml__ps_msg x;
+      memset(&x, 0, sizeof x);
+      x.command = ok[k].command;
+      x.sender = 2;
+      x.flags = DML__PS_FLAG_DENSE | DML__PS_FLAG_DIRECT | ok[k].flags;
+      x.timestamp = 9;
+      x.key_lo = 3 * DML__PS_DENSE_PART;
+      x.key_hi = x.key_lo + 99;
+      x.nvals = ok[k].vals_addr ? 100 : 0;
+      x.value_type = x.nvals ? DML__PS_VT_F32 : DML__PS_VT_NONE;
+      x.vals_addr = ok[k].vals_addr;
+      x.out_addr = ok[k].out_addr;
+      dml__ps_encode(xb, &x, NULL, NULL);
+      T_OK(dml__ps_decode(xb, sizeof xb, "peer", &m, &err));
+      T_ASSERT(m.command == x.command && m.flags == x.flags && m.nvals == x.nvals &&
+               m.vals == NULL && m.vals_addr == x.vals_addr && m.out_addr == x.out_addr);
+      dml__ps_msg_free(&m);
+      if (argc > 1 && k == 2) write_seed(argv[1], "direct_pushpull", xb, sizeof xb);
+      expect_reject(xb, 64, "direct request without its addresses");
+      unsigned char yb[DML__PS_DIRECT_BYTES + 4];
+      memcpy(yb, xb, sizeof xb);
+      memset(yb + sizeof xb, 0, 4);
+      expect_reject(yb, sizeof yb, "direct request longer than header and addresses");
+      x.flags &= ~DML__PS_FLAG_DENSE;
+      dml__ps_encode(xb, &x, NULL, NULL);
+      expect_reject(xb, sizeof xb, "sparse direct request");
+      x.flags |= DML__PS_FLAG_DENSE;
+      x.flags ^= ok[k].flags; /* without the body flags of what it does */
+      dml__ps_encode(xb, &x, NULL, NULL);
+      expect_reject(xb, sizeof xb, "direct request without its body flags");
+      x.flags ^= ok[k].flags;
+      x.vals_addr = x.vals_addr ? 0 : 64; /* an address missing, or one it has no use for */
+      dml__ps_encode(xb, &x, NULL, NULL);
+      expect_reject(xb, sizeof xb, "direct request with the wrong addresses");
+      x.vals_addr = ok[k].vals_addr;
+      x.out_addr = x.out_addr ? 0 : 64;
+      dml__ps_encode(xb, &x, NULL, NULL);
+      expect_reject(xb, sizeof xb, "direct request with the wrong output address");
+    }
+    dml__ps_msg x;
+    memset(&x, 0, sizeof x);
+    x.command = DML__PS_REPLY;
+    x.flags = DML__PS_FLAG_DENSE | DML__PS_FLAG_DIRECT;
+    x.timestamp = 9;
+    x.key_lo = 0;
+    x.key_hi = 99;
+    dml__ps_encode(xb, &x, NULL, NULL);
+    T_OK(dml__ps_decode(xb, 64, "peer", &m, &err));
+    T_ASSERT(m.command == DML__PS_REPLY && (m.flags & DML__PS_FLAG_DIRECT) && m.nvals == 0);
+    dml__ps_msg_free(&m);
+    expect_reject(xb, sizeof xb, "direct reply with addresses");
+    x.flags |= DML__PS_FLAG_BODY;
+    x.nvals = 100;
+    x.value_type = DML__PS_VT_F32;
+    dml__ps_encode(xb, &x, NULL, NULL);
+    expect_reject(xb, 64, "direct reply announcing a body");
+    x.command = DML__PS_CLOCK;
+    x.flags = DML__PS_FLAG_DENSE | DML__PS_FLAG_DIRECT;
+    x.nvals = 0;
+    x.value_type = DML__PS_VT_NONE;
+    dml__ps_encode(xb, &x, NULL, NULL);
+    expect_reject(xb, 64, "direct clock");
   }
   /* every prefix of a valid frame is rejected, never read past */
   for (size_t l = 0; l < len; l++) {

@@ -57,6 +57,14 @@ enum { DML__PS_VT_NONE = 0, DML__PS_VT_F32 = 1 };
  * requester has posted a receive for them straight into its output buffer). */
 #define DML__PS_FLAG_BODY 2u
 #define DML__PS_FLAG_REPLY_BODY 4u
+/* DIRECT (a dense PUSH, PULL or PUSHPULL to a server on the same machine that can read and write
+ * the worker's memory: dml_comm_direct): the frame is the header and two u64, the address of the
+ * values in the worker's memory (pushes; else 0) and of its output buffer (pulls; else 0), with
+ * BODY set when it pushes and REPLY_BODY when it pulls. The server copies the values out of the
+ * worker (dml_comm_peer_read) as it applies them and writes a pull's values into the output
+ * (dml_comm_peer_write); its REPLY (DENSE | DIRECT, the header alone) says they are there. */
+#define DML__PS_FLAG_DIRECT 8u
+#define DML__PS_DIRECT_BYTES (DML__PS_HEADER_BYTES + 16)
 /* Dense frames (and replies) of at least this many value bytes go as header + body. */
 #define DML__PS_BODY_MIN_BYTES (64u * 1024)
 /* A request's body follows its header at once (written to the socket right after it; with CMA
@@ -138,7 +146,8 @@ typedef struct dml__ps_msg {
   uint64_t *keys; /* (nkeys) strictly increasing; owned by the msg (dml__ps_msg_free) unless
                      borrowed */
   float *vals;    /* (nvals) == nkeys or 0 */
-  int borrowed;   /* keys and vals point into the decoded buffer (dml__ps_decode_view) */
+  uint64_t vals_addr, out_addr; /* DIRECT: in the sender's memory (0: none) */
+  int borrowed; /* keys and vals point into the decoded buffer (dml__ps_decode_view) */
 } dml__ps_msg;
 
 /* Bytes of a frame with nkeys keys and nvals values. */

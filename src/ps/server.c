@@ -167,9 +167,14 @@ struct dml_ps_server {
   void *spare;         /* the body of the request being handled: its reply may take it */
   size_t spare_bytes;
   int spare_filled;  /* spare holds the reply's values already */
+  float *dpiece;     /* DIRECT_PIECE floats: a direct push's piece on its way to the parts */
   int recheck;       /* a worker stopped counting outside a clock update: serve_deferred again */
   local_done *ldone; /* attached: deferred pulls of that worker answered in place */
   size_t nldone, ldone_cap;
+  /* the DIRECT request being handled, answered now: 1 its values are to be written from the
+   * parts, 2 they were written as its push was added (a deferred pull is answered with a body:
+   * its worker may have given up on it by then, and its buffer be reused) */
+  int direct_now;
 };
 
 /* Runs of 64 consecutive keys stay in consecutive buckets (a dense range walks memory in order);
@@ -581,6 +586,32 @@ static int post_reply(dml_ps_server *s, int dst, void *buf, size_t bytes, dml_er
   return post_send(s, dst, s->tag_rep, buf, bytes, err);
 }
 
+static void drop_peer(dml_ps_server *s, int src, const char *why);
+
+/* A DIRECT request's values are copied out of the worker in pieces of this many keys (256 KB),
+ * each added while it is in cache; pieces end at multiples of it, so a chunk is never split (a
+ * BSP mean counts each push of a chunk once). */
+#define DIRECT_PIECE ((uint64_t)1 << 16)
+
+/* Pull values of a DIRECT request written straight into the worker's output (for_segments: at
+ * is the segment's place in the range); a chunk never written reads as 0. */
+typedef struct direct_write_arg {
+  int dst;
+  uint64_t out_addr;
+  int rc;
+} direct_write_arg;
+
+static int direct_write_segment(dml_ps_server *s, uint64_t part, size_t off, size_t cnt, size_t at,
+                                void *arg) {
+  static const float zeros[DML__PS_DENSE_PART];
+  direct_write_arg *a = arg;
+  dense_part *d = find_part(s, part);
+  if (a->rc == 0)
+    a->rc = dml_comm_peer_write(s->c, a->dst, a->out_addr + at * sizeof(float),
+                                d ? d->vals + off : zeros, cnt * sizeof(float));
+  return 0;
+}
+
 static int send_reply(dml_ps_server *s, int dst, const dml__ps_msg *req, int with_values,
                       const uint32_t *slots, dml_err *err) {
   dml__ps_msg r;
@@ -595,6 +626,27 @@ static int send_reply(dml_ps_server *s, int dst, const dml__ps_msg *req, int wit
     r.key_hi = req->key_hi;
     r.nvals = with_values ? req->key_hi - req->key_lo + 1 : 0;
     r.value_type = r.nvals ? DML__PS_VT_F32 : DML__PS_VT_NONE;
+    int direct = s->direct_now;
+    s->direct_now = 0; /* it meant this request only */
+    if (r.nvals && (req->flags & DML__PS_FLAG_DIRECT) && direct) {
+      /* the values into the worker's output (unless written as the push was added), then a
+       * header that says so */
+      if (direct == 1) {
+        direct_write_arg a = {dst, req->out_addr, 0};
+        for_segments(s, req->key_lo, r.nvals, direct_write_segment, &a);
+        if (a.rc) {
+          drop_peer(s, dst, dml_comm_errmsg(s->c)); /* it gave a bad output address */
+          return 0;
+        }
+      }
+      r.flags |= DML__PS_FLAG_DIRECT;
+      r.nvals = 0;
+      r.value_type = DML__PS_VT_NONE;
+      void *hbuf = dml__malloc(DML__PS_HEADER_BYTES);
+      if (hbuf == NULL) return dml_err_set(err, DML_ENOMEM, "ps server: no memory for a reply");
+      dml__ps_encode(hbuf, &r, NULL, NULL);
+      return post_reply(s, dst, hbuf, DML__PS_HEADER_BYTES, err);
+    }
     if (r.nvals && (req->flags & DML__PS_FLAG_REPLY_BODY)) {
       /* the header, then the values on the body tag: the worker receives them straight into
        * its buffer. (Sent from the part itself, they made every change to the part wait for
@@ -899,10 +951,65 @@ static void apply_aggregate(dml_ps_server *s) {
 
 static void maybe_checkpoint(dml_ps_server *s);
 
+/* A DIRECT push (its values still in the worker), applied piece by piece as apply_dense would
+ * the whole: each piece copied out of the worker, applied, and with write_out (a sum-only
+ * pushpull answered now) the new values written into the worker's output. A bad address stops
+ * it with DML_EPROTO (the pieces before it applied: the worker is dropped). */
+static int apply_direct(dml_ps_server *s, int src, const dml__ps_msg *m, int write_out,
+                        dml_err *err) {
+  if (s->dpiece == NULL && (s->dpiece = dml__malloc(DIRECT_PIECE * sizeof(float))) == NULL)
+    return dml_err_set(err, DML_ENOMEM, "ps server: no memory for a direct push");
+  for (uint64_t at = 0; at < m->nvals;) {
+    uint64_t key = m->key_lo + at;
+    uint64_t n = DML__MIN(DIRECT_PIECE - key % DIRECT_PIECE, m->nvals - at);
+    size_t bytes = (size_t)n * sizeof(float);
+    if (dml_comm_peer_read(s->c, src, s->dpiece, m->vals_addr + at * sizeof(float), bytes) != 0)
+      return dml_err_set(err, DML_EPROTO, "ps: %s: its direct push: %s",
+                         dml_comm_peer_name(s->c, src), dml_comm_errmsg(s->c));
+    dml__ps_msg piece = *m;
+    piece.key_lo = key;
+    piece.key_hi = key + n - 1;
+    piece.nvals = n;
+    piece.vals = s->dpiece;
+    piece.borrowed = 1;
+    int rc = apply_dense(s, &piece, write_out ? s->dpiece : NULL, err);
+    if (rc) return rc;
+    if (write_out &&
+        dml_comm_peer_write(s->c, src, m->out_addr + at * sizeof(float), s->dpiece, bytes) != 0)
+      return dml_err_set(err, DML_EPROTO, "ps: %s: its direct pushpull's output: %s",
+                         dml_comm_peer_name(s->c, src), dml_comm_errmsg(s->c));
+    at += n;
+  }
+  return 0;
+}
+
+/* The values of DIRECT push m, copied out of the worker whole, into m (owned): for the paths that
+ * keep them (a held push, a mirrored chunk's queue). */
+static int direct_fetch(dml_ps_server *s, int src, dml__ps_msg *m, dml_err *err) {
+  float *v = dml__malloc((size_t)m->nvals * sizeof(float));
+  if (v == NULL) return dml_err_set(err, DML_ENOMEM, "ps server: no memory for a direct push");
+  if (dml_comm_peer_read(s->c, src, v, m->vals_addr, (size_t)m->nvals * sizeof(float)) != 0) {
+    dml__free(v);
+    return dml_err_set(err, DML_EPROTO, "ps: %s: its direct push: %s",
+                       dml_comm_peer_name(s->c, src), dml_comm_errmsg(s->c));
+  }
+  if (!m->borrowed) dml__free(m->keys); /* none: a dense frame */
+  m->keys = NULL;
+  m->vals = v;
+  m->borrowed = 0;
+  return 0;
+}
+
 /* A push summed into the open aggregate (or, without aggregation, applied): its worker counts
- * it. */
-static int push_apply(dml_ps_server *s, int src, const dml__ps_msg *m, float *also, dml_err *err) {
-  int rc = (m->flags & DML__PS_FLAG_DENSE) ? apply_dense(s, m, also, err) : apply_push(s, m, err);
+ * it. also (sum-only pushpull answered now, may be NULL): the new values go there too; a DIRECT
+ * push's values are read as it is applied (unless fetched already), and with direct_out its new
+ * values written into the worker's output. */
+static int push_apply(dml_ps_server *s, int src, const dml__ps_msg *m, float *also, int direct_out,
+                      dml_err *err) {
+  int direct = (m->flags & DML__PS_FLAG_DIRECT) && m->vals == NULL;
+  int rc = direct                            ? apply_direct(s, src, m, direct_out, err)
+           : (m->flags & DML__PS_FLAG_DENSE) ? apply_dense(s, m, also, err)
+                                             : apply_push(s, m, err);
   if (rc == 0) {
     s->w[src].applied++;
     s->w[src].applied_ts = m->timestamp;
@@ -934,7 +1041,7 @@ static void flush_aggregate_to(dml_ps_server *s, uint64_t mc) {
       }
       dml_err e;
       dml_err_clear(&e);
-      if (push_apply(s, h->src, &h->m, NULL, &e) != 0)
+      if (push_apply(s, h->src, &h->m, NULL, 0, &e) != 0)
         dml_log(DML_LOG_WARN, "ps server %d: a held push of %s: %s", s->me,
                 dml_comm_peer_name(s->c, h->src), dml_err_msg(&e));
       s->hq_bytes -= dml__ps_frame_bytes(h->m.nkeys, h->m.nvals);
@@ -1127,6 +1234,7 @@ static int handle_msg(dml_ps_server *s, int src, dml__ps_msg *mp, local_sink *si
         s->st.dup_pushes++; /* resent after a timeout: applied once already */
       } else if (mirrored) {
         /* queued for its clock's fold on this replica, which may complete that clock */
+        if ((m.flags & DML__PS_FLAG_DIRECT) && (rc = direct_fetch(s, src, &m, err)) != 0) break;
         if ((rc = mirror_push_add(s, src, &m, err)) != 0) break;
         w->applied++;
         w->last_push_ts = w->applied_ts = m.timestamp;
@@ -1136,25 +1244,30 @@ static int handle_msg(dml_ps_server *s, int src, dml__ps_msg *mp, local_sink *si
       } else {
         /* a sum-only dense pushpull answered now reads the part as it adds: into the local
          * worker's buffer, or into the request's body, which becomes the reply's */
+        int later = s->aggregating && m.clock > s->agg_clock;
+        /* a DIRECT push held for a later clock is copied out of the worker now */
+        if (later && (m.flags & DML__PS_FLAG_DIRECT) && (rc = direct_fetch(s, src, &m, err)) != 0)
+          break;
+        int direct = (m.flags & DML__PS_FLAG_DIRECT) && m.vals == NULL;
         float *also = NULL;
-        if (m.command == DML__PS_PUSHPULL && (m.flags & DML__PS_FLAG_DENSE) && s->cfg.sum_only &&
-            request_ready(s, src, &m)) {
-          if (sink)
-            also = sink->out;
-          else if (s->spare && s->spare == (void *)m.vals)
-            also = m.vals;
-        }
+        int answer_now = m.command == DML__PS_PUSHPULL && (m.flags & DML__PS_FLAG_DENSE) &&
+                         s->cfg.sum_only && request_ready(s, src, &m);
+        if (answer_now && sink)
+          also = sink->out;
+        else if (answer_now && !direct && s->spare && s->spare == (void *)m.vals)
+          also = m.vals;
         /* BSP sync aggregation: a push of a clock past the open aggregate's waits for it */
-        int held = s->aggregating && m.clock > s->agg_clock ? hold_push(s, src, &m, err) : 1;
+        int held = later ? hold_push(s, src, &m, err) : 1;
         if (held < 0) {
           rc = held;
           break;
         }
         if (held == 1) {
-          if ((rc = push_apply(s, src, &m, also, err)) != 0) break;
+          if ((rc = push_apply(s, src, &m, also, answer_now && direct, err)) != 0) break;
           applied_now = 1;
           if (also && sink) fused_local = 1;
           if (also && !sink) s->spare_filled = 1;
+          if (answer_now && direct) s->direct_now = 2;
         }
         w->last_push_ts = m.timestamp;
         w->last_push_lo = m.key_lo;
@@ -1186,9 +1299,11 @@ static int handle_msg(dml_ps_server *s, int src, dml__ps_msg *mp, local_sink *si
           if (!fused_local) read_values(s, &m, slots, sink->out);
           sink->answered = 1;
         } else {
+          if ((m.flags & DML__PS_FLAG_DIRECT) && s->direct_now == 0) s->direct_now = 1;
           rc = send_reply(s, src, &m, 1, slots, err);
         }
       } else {
+        s->direct_now = 0;
         if ((rc = defer_request(s, src, &m, sink, err)) == 0) return 0; /* it owns m */
       }
       break;
@@ -1264,13 +1379,17 @@ static void recheck(dml_ps_server *s) {
 
 /* A frame from src that broke the protocol (rc DML_EPROTO, err saying how): src is dropped, its
  * later frames ignored, and it stops counting. */
-static void drop_if_hostile(dml_ps_server *s, int src, const char *peer, int rc,
-                            const dml_err *err) {
+static void drop_if_hostile(dml_ps_server *s, int src, int rc, const dml_err *err) {
   if (rc == DML_EPROTO && src == s->me) /* this process's worker: its request is not answered */
     dml_log(DML_LOG_ERROR, "ps server %d: a request of this process's worker: %s", s->me,
             dml_err_msg(err));
   if (rc != DML_EPROTO || src < 0 || src >= s->n || src == s->me) return;
-  dml_log(DML_LOG_WARN, "ps server %d: dropping %s: %s", s->me, peer, dml_err_msg(err));
+  drop_peer(s, src, dml_err_msg(err));
+}
+
+/* Worker src broke the protocol (why): dropped, its later frames ignored; it stops counting. */
+static void drop_peer(dml_ps_server *s, int src, const char *why) {
+  dml_log(DML_LOG_WARN, "ps server %d: dropping %s: %s", s->me, dml_comm_peer_name(s->c, src), why);
   if (s->w[src].dropped) return;
   s->st.dropped_peers++;
   if (s->w[src].is_worker && !s->w[src].done && !s->w[src].dead) s->live--;
@@ -1308,24 +1427,36 @@ int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t by
         break;
       }
   }
+  int direct = (m.flags & DML__PS_FLAG_DIRECT) != 0;
+  if (rc == 0 && direct && !dml_comm_direct(s->c, src))
+    rc = dml_err_set(err, DML_EPROTO,
+                     "ps: %s sent a direct request, but this server cannot reach its memory", peer);
+  if (rc == 0 && direct) {
+    s->st.direct++;
+    if (m.flags & DML__PS_FLAG_BODY)
+      s->st.bytes_in += (uint64_t)m.nvals * sizeof(float); /* copied in as it is applied */
+  }
   void *body = NULL; /* the values of a BODY push, sent after its header (a dropped peer's are
                         not waited for: it is ignored) */
-  if (rc == 0 && (m.flags & DML__PS_FLAG_BODY) && m.command != DML__PS_REPLY && !s->w[src].dropped)
+  if (rc == 0 && (m.flags & DML__PS_FLAG_BODY) && !direct && m.command != DML__PS_REPLY &&
+      !s->w[src].dropped)
     rc = take_body(s, src, peer, &m, &body, err);
   if (rc) {
     dml__ps_msg_free(&m);
-    drop_if_hostile(s, src, peer, rc, err);
+    drop_if_hostile(s, src, rc, err);
     recheck(s);
     return rc;
   }
   s->spare = body; /* the reply may take it (send_reply) */
   s->spare_bytes = body ? (size_t)m.nvals * sizeof(float) : 0;
   s->spare_filled = 0;
+  s->direct_now = 0;
   rc = handle_msg(s, src, &m, NULL, err); /* a deferred pull keeps no pushed values */
   dml_comm_buf_free(s->spare);
   s->spare = NULL;
   s->spare_filled = 0;
-  drop_if_hostile(s, src, peer, rc, err); /* a push that breaks the protocol (mirrored chunks) */
+  s->direct_now = 0;
+  drop_if_hostile(s, src, rc, err); /* a push that breaks the protocol (mirrored chunks) */
   recheck(s);
   return rc;
 }
@@ -1923,6 +2054,7 @@ void dml_ps_server_stats_get(const dml_ps_server *s, dml_ps_server_stats *st) {
     st->dup_pushes += u->st.dup_pushes;
     st->deferred_pulls += u->st.deferred_pulls;
     st->bytes_in += u->st.bytes_in;
+    st->direct += u->st.direct;
     st->keys += u->nkeys;
   }
 }
@@ -1963,6 +2095,7 @@ void dml_ps_server_free(dml_ps_server *s) {
   dml__free(s->mark);
   dml__free(s->agg_list);
   dml__free(s->agg_grads);
+  dml__free(s->dpiece);
   dml__free(s->w);
   if (s->own_comm) dml_comm_free(s->c);
   dml__free(s);
