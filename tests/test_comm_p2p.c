@@ -326,7 +326,8 @@ static int exercise(dml_comm *c) {
       RK_OK(dml_comm_peer_read(c, 1, into, addr[0], len));
       R_ASSERT(th_check(into, 1, 0, 61, len) == -1);
       th_fill(mine, 0, 1, 63, len);
-      RK_OK(dml_comm_peer_write(c, 1, addr[1], mine, len));
+      struct iovec pieces[3] = {{mine, 0}, {mine, 100}, {mine + 100, len - 100}};
+      RK_OK(dml_comm_peer_writev(c, 1, addr[1], pieces, 3)); /* one after another */
       R_ASSERT(dml_comm_peer_read(c, 1, into, 8, 16) == DML_EPROTO); /* unmapped */
       R_ASSERT(strstr(dml_comm_errmsg(c), "direct copy from rank 1") != NULL);
       R_ASSERT(dml_comm_peer_write(c, 1, 0, mine, 16) == DML_EPROTO);

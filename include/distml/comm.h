@@ -16,6 +16,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 #include "distml/core.h"
 
@@ -140,6 +141,8 @@ uint64_t dml_comm_bytes_sent(const dml_comm *c);
 int dml_comm_direct(const dml_comm *c, int peer);
 int dml_comm_peer_read(dml_comm *c, int peer, void *dst, uint64_t addr, size_t len);
 int dml_comm_peer_write(dml_comm *c, int peer, uint64_t addr, const void *src, size_t len);
+/* The n pieces of src, one after another, to address addr in peer's memory (one copy). */
+int dml_comm_peer_writev(dml_comm *c, int peer, uint64_t addr, const struct iovec *src, int n);
 
 #ifdef __cplusplus
 }

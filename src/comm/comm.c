@@ -195,9 +195,17 @@ int dml_comm_direct(const dml_comm *c, int peer) {
   return c->ops->direct(c, peer);
 }
 
-static int peer_copy(dml_comm *c, int peer, int write, void *local, uint64_t addr, size_t len) {
-  if (c == NULL || (local == NULL && len > 0))
-    return c ? dml__comm_fail(c, DML_EINVAL, "direct copy: NULL buffer") : DML_EINVAL;
+static int peer_copy(dml_comm *c, int peer, int write, const struct iovec *local, int n,
+                     uint64_t addr) {
+  if (c == NULL) return DML_EINVAL;
+  size_t len = 0;
+  for (int i = 0; i < n; i++) {
+    if (local[i].iov_base == NULL && local[i].iov_len > 0)
+      return dml__comm_fail(c, DML_EINVAL, "direct copy: NULL buffer");
+    if (len + local[i].iov_len < len)
+      return dml__comm_fail(c, DML_EINVAL, "direct copy: pieces longer than memory");
+    len += local[i].iov_len;
+  }
   if (!dml_comm_direct(c, peer))
     return dml__comm_fail(c, DML_EUNSUPPORTED, "direct copy with %s: not available",
                           dml_comm_peer_name(c, peer));
@@ -205,15 +213,23 @@ static int peer_copy(dml_comm *c, int peer, int write, void *local, uint64_t add
   if (addr == 0 || addr + len < addr)
     return dml__comm_fail(c, DML_EPROTO, "direct copy with %s: bad address 0x%llx (%zu bytes)",
                           dml_comm_peer_name(c, peer), (unsigned long long)addr, len);
-  return c->ops->peer_copy(c, peer, write, local, addr, len);
+  return c->ops->peer_copy(c, peer, write, local, n, addr, len);
 }
 
 int dml_comm_peer_read(dml_comm *c, int peer, void *dst, uint64_t addr, size_t len) {
-  return peer_copy(c, peer, 0, dst, addr, len);
+  struct iovec l = {dst, len};
+  return peer_copy(c, peer, 0, &l, 1, addr);
 }
 
 int dml_comm_peer_write(dml_comm *c, int peer, uint64_t addr, const void *src, size_t len) {
-  return peer_copy(c, peer, 1, (void *)(uintptr_t)src, addr, len);
+  struct iovec l = {(void *)(uintptr_t)src, len};
+  return peer_copy(c, peer, 1, &l, 1, addr);
+}
+
+int dml_comm_peer_writev(dml_comm *c, int peer, uint64_t addr, const struct iovec *src, int n) {
+  if (n < 0 || (n > 0 && src == NULL))
+    return c ? dml__comm_fail(c, DML_EINVAL, "direct copy: %d pieces", n) : DML_EINVAL;
+  return peer_copy(c, peer, 1, src, n, addr);
 }
 
 const char *dml_comm_peer_name(const dml_comm *c, int peer) {

@@ -357,23 +357,47 @@ static void fail_peer(tcp *t, peer *p, int code, const char *fmt, ...) {
 
 static void tx(tcp *t, peer *p);
 
-/* Copies len bytes at addr in process pid into local (process_vm_readv), or with write the other
- * way (process_vm_writev). 0 or an errno value. */
-static int cma_copy(pid_t pid, int write, uint8_t *local, uint64_t addr, uint64_t len) {
-  uint64_t done = 0;
-  while (done < len) {
-    struct iovec l = {local + done, (size_t)(len - done)};
-    struct iovec r = {(void *)(uintptr_t)(addr + done), (size_t)(len - done)};
-    ssize_t n =
-        write ? process_vm_writev(pid, &l, 1, &r, 1, 0) : process_vm_readv(pid, &l, 1, &r, 1, 0);
-    if (n < 0) {
+/* Copies the contiguous range at addr in process pid into the local pieces iov[0..n), one after
+ * another (process_vm_readv), or with write the other way (process_vm_writev), at most
+ * CMA_IOV pieces a call. 0 or an errno value. */
+#define CMA_IOV 64
+static int cma_copyv(pid_t pid, int write, const struct iovec *iov, int n, uint64_t addr) {
+  int i = 0;
+  size_t off = 0; /* bytes of iov[i] done */
+  while (i < n) {
+    struct iovec l[CMA_IOV];
+    int k = 0;
+    size_t len = 0;
+    for (int j = i; j < n && k < CMA_IOV; j++, k++) {
+      size_t skip = j == i ? off : 0;
+      l[k] = (struct iovec){(uint8_t *)iov[j].iov_base + skip, iov[j].iov_len - skip};
+      len += l[k].iov_len;
+    }
+    struct iovec r = {(void *)(uintptr_t)addr, len};
+    ssize_t got = write ? process_vm_writev(pid, l, (unsigned long)k, &r, 1, 0)
+                        : process_vm_readv(pid, l, (unsigned long)k, &r, 1, 0);
+    if (got < 0) {
       if (errno == EINTR) continue;
       return errno;
     }
-    if (n == 0) return EFAULT;
-    done += (uint64_t)n;
+    if (got == 0 && len > 0) return EFAULT;
+    addr += (uint64_t)got;
+    for (size_t g = (size_t)got; i < n && (g > 0 || iov[i].iov_len == off);) {
+      size_t step = DML__MIN(g, iov[i].iov_len - off);
+      g -= step;
+      off += step;
+      if (off == iov[i].iov_len) {
+        i++;
+        off = 0;
+      }
+    }
   }
   return 0;
+}
+
+static int cma_copy(pid_t pid, int write, uint8_t *local, uint64_t addr, uint64_t len) {
+  struct iovec l = {local, (size_t)len};
+  return cma_copyv(pid, write, &l, 1, addr);
 }
 
 static int cma_read(pid_t pid, uint8_t *dst, uint64_t addr, uint64_t len) {
@@ -1694,8 +1718,8 @@ static int tcp_direct(const dml_comm *c, int peer_rank) {
   return p->cma_send && p->cma_recv;
 }
 
-static int tcp_peer_copy(dml_comm *c, int peer_rank, int write, void *local, uint64_t addr,
-                         size_t len) {
+static int tcp_peer_copy(dml_comm *c, int peer_rank, int write, const struct iovec *local, int n,
+                         uint64_t addr, size_t len) {
   tcp *t = T(c);
   peer *p = &t->peers[peer_rank];
   /* not to a failed peer: its pid may be another process's soon */
@@ -1703,7 +1727,7 @@ static int tcp_peer_copy(dml_comm *c, int peer_rank, int write, void *local, uin
   int dead = p->err;
   pthread_mutex_unlock(&t->mu);
   if (dead) return dml__comm_fail(c, dead, "direct copy with %s: it has failed", p->name);
-  int e = cma_copy(p->pid, write, local, addr, len);
+  int e = cma_copyv(p->pid, write, local, n, addr);
   if (e == 0) return 0;
   return dml__comm_fail(c, DML_EPROTO, "direct copy %s %s at 0x%llx (%zu bytes): %s",
                         write ? "to" : "from", p->name, (unsigned long long)addr, len, strerror(e));

@@ -96,9 +96,11 @@ struct dml__comm_backend {
   /* "rank 3 (127.0.0.1:40213)"; the string lives as long as c. */
   const char *(*peer_name)(const dml_comm *c, int peer);
   /* Optional (NULL: never): 1 if peer's memory can be read and written directly (dml_comm_direct),
-   * and the copy itself (write != 0: local to peer's addr); peer is never this rank. */
+   * and the copy itself between the n local pieces, one after another, and the len bytes at addr
+   * in peer's memory (write != 0: to the peer); peer is never this rank, len the pieces' sum. */
   int (*direct)(const dml_comm *c, int peer);
-  int (*peer_copy)(dml_comm *c, int peer, int write, void *local, uint64_t addr, size_t len);
+  int (*peer_copy)(dml_comm *c, int peer, int write, const struct iovec *local, int n,
+                   uint64_t addr, size_t len);
 };
 
 extern const dml__comm_backend dml__comm_tcp;

@@ -593,22 +593,24 @@ static void drop_peer(dml_ps_server *s, int src, const char *why);
  * BSP mean counts each push of a chunk once). */
 #define DIRECT_PIECE ((uint64_t)1 << 16)
 
-/* Pull values of a DIRECT request written straight into the worker's output (for_segments: at
- * is the segment's place in the range); a chunk never written reads as 0. */
-typedef struct direct_write_arg {
-  int dst;
-  uint64_t out_addr;
-  int rc;
-} direct_write_arg;
+/* A dense range's segments as pieces of one direct write (for_segments): the chunk's values, or
+ * zeros for a chunk never written. A range of at most DML__PS_DENSE_MAX_PART keys has at most
+ * this many segments. */
+#define DIRECT_MAX_SEGMENTS (DML__PS_DENSE_MAX_PART / DML__PS_DENSE_PART + 1)
+typedef struct direct_pieces {
+  struct iovec iov[DIRECT_MAX_SEGMENTS];
+  int n;
+} direct_pieces;
 
-static int direct_write_segment(dml_ps_server *s, uint64_t part, size_t off, size_t cnt, size_t at,
+static int direct_piece_segment(dml_ps_server *s, uint64_t part, size_t off, size_t cnt, size_t at,
                                 void *arg) {
   static const float zeros[DML__PS_DENSE_PART];
-  direct_write_arg *a = arg;
+  (void)at; /* the segments come in order */
+  direct_pieces *a = arg;
+  if (a->n == DIRECT_MAX_SEGMENTS) return DML_EINVAL; /* not past the decoder's range limit */
   dense_part *d = find_part(s, part);
-  if (a->rc == 0)
-    a->rc = dml_comm_peer_write(s->c, a->dst, a->out_addr + at * sizeof(float),
-                                d ? d->vals + off : zeros, cnt * sizeof(float));
+  a->iov[a->n++] =
+      (struct iovec){(void *)(uintptr_t)(d ? d->vals + off : zeros), cnt * sizeof(float)};
   return 0;
 }
 
@@ -632,9 +634,10 @@ static int send_reply(dml_ps_server *s, int dst, const dml__ps_msg *req, int wit
       /* the values into the worker's output (unless written as the push was added), then a
        * header that says so */
       if (direct == 1) {
-        direct_write_arg a = {dst, req->out_addr, 0};
-        for_segments(s, req->key_lo, r.nvals, direct_write_segment, &a);
-        if (a.rc) {
+        direct_pieces a;
+        a.n = 0;
+        if (for_segments(s, req->key_lo, r.nvals, direct_piece_segment, &a) != 0 ||
+            dml_comm_peer_writev(s->c, dst, req->out_addr, a.iov, a.n) != 0) {
           drop_peer(s, dst, dml_comm_errmsg(s->c)); /* it gave a bad output address */
           return 0;
         }
