@@ -63,6 +63,7 @@ typedef struct scenario {
   int sparse_final; /* mirrored, extra: rank 0's final pull is a sparse one */
   int direct_off;   /* DISTML_PS_DIRECT=0: large dense values go as bodies, not direct copies */
   int direct_bad;   /* with hostile_from: direct requests the server cannot serve */
+  int fenced;       /* fenced_run (timeout 1.5 s) */
 } scenario;
 
 static int check_server(int rank, dml_ps_server *s, const scenario *sc) {
@@ -99,8 +100,10 @@ static int check_server(int rank, dml_ps_server *s, const scenario *sc) {
   }
   /* large dense frames from workers on this machine come as direct requests (bodies when off) */
   if (sc->dense && !sc->hostile_from && (sc->direct_off ? st.direct != 0 : st.direct == 0)) {
-    fprintf(stderr, "rank %d: %llu direct requests served, direct copies %s\n", rank,
-            (unsigned long long)st.direct, sc->direct_off ? "off" : "on");
+    fprintf(stderr,
+            "rank %d: %llu direct requests served, direct copies %s (on: the CMA probe "
+            "must pass between ranks of this machine)\n",
+            rank, (unsigned long long)st.direct, sc->direct_off ? "off" : "on");
     return 1;
   }
   if (!sc->victim && st.dead_workers != 0) {
@@ -307,6 +310,59 @@ static int lost_shard(int rank, dml_comm *c, const scenario *sc) {
  * pusher, so a pull at clock c reads c; worker 1 pauses before each clock, and server 0 must have
  * held worker 0's pulls for it (a clock taken too early would answer them at once). */
 /* Server 0 (rank 0) held some of worker 0's pulls until worker 1's clock came. */
+/* Colocated 2 ranks serving, direct requests: rank 0 stops serving (computes) past rank 1's
+ * timeout; rank 1's wait fails, and giving up the request fences rank 0, so that when rank 0
+ * comes back it copies nothing into rank 1's output (a sentinel written there after the wait
+ * stays). */
+static int fenced_run(int rank, dml_comm *c) {
+  dml_ps_config cfg;
+  dml_ps_config_init(&cfg);
+  cfg.colocated = 1;
+  cfg.sum_only = 1;
+  dml_err err;
+  dml_ps_server *srv;
+  dml_ps *ps;
+  RK_OK(dml_ps_server_create(&srv, c, &cfg, &err));
+  RK_OK(dml_ps_create(&ps, c, &cfg, &err));
+  RK_OK(dml_ps_serve(ps, srv, &err));
+  enum { N = 4 * 65536 }; /* 2 x 512 KB frames to each shard: direct */
+  float *g = malloc(N * sizeof(float)), *v = malloc(N * sizeof(float));
+  R_ASSERT(g && v);
+  for (int i = 0; i < N; i++) g[i] = 1.0f;
+  uint64_t ts;
+  RK_OK(dml_ps_pushpull_dense(ps, 0, g, v, N, &ts));
+  RK_OK(dml_ps_wait(ps, ts));
+  R_ASSERT(v[0] >= 1.0f && v[N - 1] >= 1.0f); /* its own push at least */
+  RK_OK(dml_ps_clock(ps));
+  struct timespec away = {3, 0}; /* rank 1's timeout is 1.5 s */
+  int rc = 0;
+  if (rank == 0) {
+    nanosleep(&away, NULL);
+    /* serving again: rank 1's request is still here, its link failed (fenced) */
+    if (dml_ps_pushpull_dense(ps, 0, g, v, N, &ts) == 0) dml_ps_wait(ps, ts);
+  } else {
+    RK_OK(dml_ps_pushpull_dense(ps, 0, g, v, N, &ts));
+    double t0 = dml_now_s();
+    rc = dml_ps_wait(ps, ts);
+    double waited = dml_now_s() - t0;
+    R_ASSERT(rc == DML_ETIMEDOUT && waited < 3.0); /* fenced within 1 s of the timeout */
+    for (int i = 0; i < N; i++) v[i] = -7.0f;
+    nanosleep(&away, NULL); /* rank 0 serves meanwhile */
+    for (int i = 0; i < N; i++)
+      if (v[i] != -7.0f) {
+        fprintf(stderr, "rank 1: key %d of the output written after the wait gave up: %g\n", i,
+                (double)v[i]);
+        return 1;
+      }
+    rc = 0;
+  }
+  dml_ps_free(ps);
+  dml_ps_server_free(srv);
+  free(g);
+  free(v);
+  return rc;
+}
+
 static int held_back(int rank, const dml_ps_server *srv) {
   dml_ps_server_stats st;
   dml_ps_server_stats_get(srv, &st);
@@ -574,7 +630,12 @@ static int rank_main(int rank, int n, int port, void *arg) {
   dml_comm *c;
   if (sc->direct_bad && rank >= sc->hostile_from && rank % 3 == 2) setenv("DISTML_CMA", "0", 1);
   if (sc->direct_off) setenv("DISTML_PS_DIRECT", "0", 1);
-  RK_OK(th_join(&c, rank, n, port, sc->slow_leave ? 1500 : 20000));
+  RK_OK(th_join(&c, rank, n, port, sc->slow_leave || sc->fenced ? 1500 : 20000));
+  if (sc->fenced) {
+    int rc = fenced_run(rank, c);
+    dml_comm_free(c);
+    return rc;
+  }
   dml_err err;
   if (sc->one_server) {
     int rc = one_server_only(rank, c, sc);
@@ -794,6 +855,8 @@ int main(void) {
   unsetenv("DISTML_PS_BODY_WAIT_MS");
   run("direct requests with unmapped addresses, or from a rank out of reach: dropped, job goes on",
       6, (scenario){.servers = 1, .hostile_from = 3, .direct_bad = 1});
+  run("colocated 2 ranks, a direct request given up after a timeout: nothing written after", 2,
+      (scenario){.fenced = 1});
   run("raw TCP garbage and huge lengths on the server's ports: job goes on", 3,
       (scenario){.servers = 1, .raw_hostile = 1});
   run("worker killed under ASP: run completes", 4,

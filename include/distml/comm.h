@@ -143,6 +143,13 @@ int dml_comm_peer_read(dml_comm *c, int peer, void *dst, uint64_t addr, size_t l
 int dml_comm_peer_write(dml_comm *c, int peer, uint64_t addr, const void *src, size_t len);
 /* The n pieces of src, one after another, to address addr in peer's memory (one copy). */
 int dml_comm_peer_writev(dml_comm *c, int peer, uint64_t addr, const struct iovec *src, int n);
+/* Makes sure peer copies no more to or from this process's memory (a caller that gave it
+ * addresses and gives up waiting for it, before it hands the buffers back): the link to peer is
+ * failed here (DML_EABORTED from then on, unless it had failed already), and this waits at most
+ * 1 s until peer has closed its side, which it does only once no direct copy of it with this
+ * rank is in progress (none starts on a failed link). 0; DML_ETIMEDOUT (peer stopped, say) when
+ * it did not close in time. Nothing to do on MPI or with oneself. */
+int dml_comm_fence(dml_comm *c, int peer);
 
 #ifdef __cplusplus
 }

@@ -13,7 +13,11 @@
  * timestamp returns: a dense request's input values may be read (large ones are sent from the
  * caller's buffer) and a pull's output buffer written (replies are filed during dml_ps_wait
  * calls, for its timestamp or any other, and large dense replies are received straight into it)
- * any time until then, so both must stay valid and untouched. Keys, and sparse values, are
+ * any time until then, so both must stay valid and untouched. A server on the same machine
+ * copies them itself, out of and into the caller's memory (direct requests, docs/ps.md); a
+ * worker that gives up on a request (an error, dml_ps_free) first fails its links to the
+ * servers that still owe it such a copy and waits until they have closed them (dml_comm_fence),
+ * so its buffers are the caller's again once the call returns. Keys, and sparse values, are
  * encoded at the call (they may be reused at once); with dml_ps_serve, values for this process's
  * own shard are applied at the call.
  * Threads: one dml_ps per thread. Wire format: docs/ps.md. */

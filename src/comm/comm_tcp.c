@@ -13,6 +13,8 @@
 #include <errno.h>
 #include <limits.h>
 #include <linux/sockios.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -117,6 +119,10 @@ typedef struct peer {
   uint32_t acks_owed;                /* CMA messages we copied and have not acknowledged yet */
   uint8_t ack_hdr[DML__FRAME_HDR];
   size_t ack_off; /* bytes of the ack frame being written (0: none started) */
+  /* direct copies with this peer in progress (dml_comm_peer_read/write); a failure shuts the
+   * link only once they are over (shut_pending), so that a peer that sees it closed knows that
+   * nothing here copies its memory any more (dml_comm_fence) */
+  int copying, shut_pending;
 } peer;
 
 typedef struct tcp {
@@ -301,7 +307,10 @@ static void fail_peer(tcp *t, peer *p, int code, const char *fmt, ...) {
             p->errmsg);
   if (p->fd >= 0) {
     epoll_ctl(t->epfd, EPOLL_CTL_DEL, p->fd, NULL);
-    shutdown(p->fd, SHUT_RDWR);
+    if (p->copying)
+      p->shut_pending = 1; /* tcp_peer_copy shuts it when the last copy ends */
+    else
+      shutdown(p->fd, SHUT_RDWR);
   }
   while (p->sq_head) {
     dml_comm_req *r = p->sq_head;
@@ -1722,15 +1731,45 @@ static int tcp_peer_copy(dml_comm *c, int peer_rank, int write, const struct iov
                          uint64_t addr, size_t len) {
   tcp *t = T(c);
   peer *p = &t->peers[peer_rank];
-  /* not to a failed peer: its pid may be another process's soon */
+  /* not with a failed peer: its pid may be another process's soon, and it may have fenced us */
   pthread_mutex_lock(&t->mu);
   int dead = p->err;
+  if (!dead) p->copying++;
   pthread_mutex_unlock(&t->mu);
   if (dead) return dml__comm_fail(c, dead, "direct copy with %s: it has failed", p->name);
   int e = cma_copyv(p->pid, write, local, n, addr);
+  pthread_mutex_lock(&t->mu);
+  if (--p->copying == 0 && p->shut_pending) {
+    shutdown(p->fd, SHUT_RDWR);
+    p->shut_pending = 0;
+  }
+  pthread_mutex_unlock(&t->mu);
   if (e == 0) return 0;
   return dml__comm_fail(c, DML_EPROTO, "direct copy %s %s at 0x%llx (%zu bytes): %s",
                         write ? "to" : "from", p->name, (unsigned long long)addr, len, strerror(e));
+}
+
+/* dml_comm_fence: the link failed here (unless it has already), then up to 1 s until the peer
+ * has closed its side too (its FIN seen: the socket has left ESTABLISHED and FIN_WAIT). */
+static int tcp_fence(dml_comm *c, int peer_rank) {
+  tcp *t = T(c);
+  peer *p = &t->peers[peer_rank];
+  pthread_mutex_lock(&t->mu);
+  fail_peer(t, p, DML_EABORTED, "fenced: this rank no longer lets it copy its memory");
+  int fd = p->fd; /* closed only by fini */
+  pthread_mutex_unlock(&t->mu);
+  if (fd < 0) return 0;
+  for (uint64_t until = dml_now_ns() + 1000000000ull; dml_now_ns() < until;) {
+    struct tcp_info ti;
+    socklen_t len = sizeof ti;
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0) return 0;
+    if (ti.tcpi_state != TCP_ESTABLISHED && ti.tcpi_state != TCP_FIN_WAIT1 &&
+        ti.tcpi_state != TCP_FIN_WAIT2)
+      return 0;
+    struct timespec ts = {0, 200000};
+    nanosleep(&ts, NULL);
+  }
+  return dml__comm_fail(c, DML_ETIMEDOUT, "fence: %s did not close its side within 1 s", p->name);
 }
 
 const dml__comm_backend dml__comm_tcp = {
@@ -1748,4 +1787,5 @@ const dml__comm_backend dml__comm_tcp = {
     .peer_name = tcp_peer_name,
     .direct = tcp_direct,
     .peer_copy = tcp_peer_copy,
+    .fence = tcp_fence,
 };

@@ -101,6 +101,8 @@ struct dml__comm_backend {
   int (*direct)(const dml_comm *c, int peer);
   int (*peer_copy)(dml_comm *c, int peer, int write, const struct iovec *local, int n,
                    uint64_t addr, size_t len);
+  /* Optional (NULL: nothing to do, no direct copies): dml_comm_fence; peer is never this rank. */
+  int (*fence)(dml_comm *c, int peer);
 };
 
 extern const dml__comm_backend dml__comm_tcp;

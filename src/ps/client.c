@@ -236,7 +236,27 @@ static void settle_send(dml_ps *ps, dml_comm_req **q) {
   *q = NULL;
 }
 
+/* The flags frame f of r was sent with (its encoded header, kept until wait). */
+static unsigned frame_flags(const request *r, int f) {
+  const unsigned char *h = r->frames[f];
+  return h ? (unsigned)h[14] | (unsigned)h[15] << 8 : 0;
+}
+
+/* Servers still owing the reply of a DIRECT frame of r would copy to or from the caller's buffers
+ * when they get to it, after this worker has handed them back (it gives up on r: an error, or
+ * dml_ps_free): each is fenced first (dml_comm_fence: its link fails; a worker giving up on a
+ * request is failing or leaving anyway). */
+static void fence_direct(dml_ps *ps, request *r) {
+  for (int f = 0; f < r->nframes; f++) {
+    if (r->fdone[f] || !(frame_flags(r, f) & DML__PS_FLAG_DIRECT)) continue;
+    int sv = server_rank(ps, r->fdst[f]);
+    if (dml_comm_fence(ps->c, sv) != 0)
+      dml_log(DML_LOG_WARN, "ps worker %d: %s", ps->me, dml_comm_errmsg(ps->c));
+  }
+}
+
 static void request_release(dml_ps *ps, request *r) {
+  fence_direct(ps, r);
   if (ps->local && r->npending > 0) /* its pulls still waiting at this process's shard */
     dml__ps_server_forget(ps->local, r->ts);
   for (int f = 0; f < r->nframes; f++) {
@@ -634,12 +654,6 @@ static void frame_answered(dml_ps *ps, request *r, int f) {
 
 /* Files a message (buf, freed here) from virtual server s with its request. Returns 1 for a
  * server's shutdown message, 0 or the sticky error otherwise. */
-/* The flags frame f of r was sent with (its encoded header, kept until wait). */
-static unsigned frame_flags(const request *r, int f) {
-  const unsigned char *h = r->frames[f];
-  return h ? (unsigned)h[14] | (unsigned)h[15] << 8 : 0;
-}
-
 static int file_reply(dml_ps *ps, int s, void *buf, size_t bytes) {
   const char *peer = dml_comm_peer_name(ps->c, server_rank(ps, s));
   int rc;

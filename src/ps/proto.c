@@ -255,6 +255,14 @@ static int decode(const void *buf, size_t len, const char *peer, dml__ps_msg *m,
                          (unsigned long long)m->key_lo, (unsigned long long)m->key_hi,
                          (unsigned long long)DML__PS_DENSE_MAX_PART);
     uint64_t cnt = m->key_hi - m->key_lo + 1;
+    /* a DIRECT request's values and output fit below 2^64 */
+    if ((m->vals_addr && m->vals_addr > UINT64_MAX - 4 * cnt) ||
+        (m->out_addr && m->out_addr > UINT64_MAX - 4 * cnt))
+      return dml_err_set(err, DML_EPROTO,
+                         "ps: %s sent direct addresses 0x%llx and 0x%llx at byte 64 whose %llu "
+                         "values run past 2^64",
+                         peer, (unsigned long long)m->vals_addr, (unsigned long long)m->out_addr,
+                         (unsigned long long)cnt);
     int ok = needs_vals                   ? m->nvals == cnt
              : m->command == DML__PS_PULL ? m->nvals == 0
                                           : (m->nvals == 0 || m->nvals == cnt);

@@ -281,6 +281,15 @@ int main(int argc, char **argv) {
       x.out_addr = x.out_addr ? 0 : 64;
       dml__ps_encode(xb, &x, NULL, NULL);
       expect_reject(xb, sizeof xb, "direct request with the wrong output address");
+      x.out_addr = ok[k].out_addr ? UINT64_MAX - 200 : 0; /* 100 values run past 2^64 */
+      x.vals_addr = ok[k].vals_addr ? UINT64_MAX - 200 : 0;
+      dml__ps_encode(xb, &x, NULL, NULL);
+      expect_reject(xb, sizeof xb, "direct addresses that wrap");
+      x.out_addr = ok[k].out_addr ? UINT64_MAX - 400 : 0; /* the values end at 2^64 - 1 */
+      x.vals_addr = ok[k].vals_addr ? UINT64_MAX - 400 : 0;
+      dml__ps_encode(xb, &x, NULL, NULL);
+      T_OK(dml__ps_decode(xb, sizeof xb, "peer", &m, &err));
+      dml__ps_msg_free(&m);
     }
     dml__ps_msg x;
     memset(&x, 0, sizeof x);

@@ -593,6 +593,18 @@ static void drop_peer(dml_ps_server *s, int src, const char *why);
  * BSP mean counts each push of a chunk once). */
 #define DIRECT_PIECE ((uint64_t)1 << 16)
 
+/* A direct copy with worker src failed (rc from dml_comm_peer_read/write; what: which): a bad
+ * address is the worker's protocol error (DML_EPROTO: it is dropped); any other failure means its
+ * link failed, a death the watcher reports (DML_EPEER: the request is ignored). The message is
+ * made here: the communicator's last error may be another thread's. */
+static int direct_failed(dml_ps_server *s, int src, int rc, const char *what, uint64_t addr,
+                         size_t bytes, dml_err *err) {
+  return dml_err_set(err, rc == DML_EPROTO ? DML_EPROTO : DML_EPEER,
+                     "ps: %s: %s at 0x%llx (%zu bytes): %s", dml_comm_peer_name(s->c, src), what,
+                     (unsigned long long)addr, bytes,
+                     rc == DML_EPROTO ? "not mapped in it" : "its link failed");
+}
+
 /* A dense range's segments as pieces of one direct write (for_segments): the chunk's values, or
  * zeros for a chunk never written. A range of at most DML__PS_DENSE_MAX_PART keys has at most
  * this many segments. */
@@ -636,10 +648,14 @@ static int send_reply(dml_ps_server *s, int dst, const dml__ps_msg *req, int wit
       if (direct == 1) {
         direct_pieces a;
         a.n = 0;
-        if (for_segments(s, req->key_lo, r.nvals, direct_piece_segment, &a) != 0 ||
-            dml_comm_peer_writev(s->c, dst, req->out_addr, a.iov, a.n) != 0) {
-          drop_peer(s, dst, dml_comm_errmsg(s->c)); /* it gave a bad output address */
-          return 0;
+        int crc = for_segments(s, req->key_lo, r.nvals, direct_piece_segment, &a);
+        if (crc == 0) crc = dml_comm_peer_writev(s->c, dst, req->out_addr, a.iov, a.n);
+        if (crc) {
+          dml_err e;
+          direct_failed(s, dst, crc, "writing its direct pull's output", req->out_addr,
+                        (size_t)r.nvals * sizeof(float), &e);
+          if (crc == DML_EPROTO) drop_peer(s, dst, dml_err_msg(&e)); /* a bad output address */
+          return 0; /* else: it died, the watcher says so */
         }
       }
       r.flags |= DML__PS_FLAG_DIRECT;
@@ -957,7 +973,8 @@ static void maybe_checkpoint(dml_ps_server *s);
 /* A DIRECT push (its values still in the worker), applied piece by piece as apply_dense would
  * the whole: each piece copied out of the worker, applied, and with write_out (a sum-only
  * pushpull answered now) the new values written into the worker's output. A bad address stops
- * it with DML_EPROTO (the pieces before it applied: the worker is dropped). */
+ * it with DML_EPROTO (the pieces before it applied, and with write_out the piece whose write
+ * failed: the worker is dropped). */
 static int apply_direct(dml_ps_server *s, int src, const dml__ps_msg *m, int write_out,
                         dml_err *err) {
   if (s->dpiece == NULL && (s->dpiece = dml__malloc(DIRECT_PIECE * sizeof(float))) == NULL)
@@ -966,9 +983,10 @@ static int apply_direct(dml_ps_server *s, int src, const dml__ps_msg *m, int wri
     uint64_t key = m->key_lo + at;
     uint64_t n = DML__MIN(DIRECT_PIECE - key % DIRECT_PIECE, m->nvals - at);
     size_t bytes = (size_t)n * sizeof(float);
-    if (dml_comm_peer_read(s->c, src, s->dpiece, m->vals_addr + at * sizeof(float), bytes) != 0)
-      return dml_err_set(err, DML_EPROTO, "ps: %s: its direct push: %s",
-                         dml_comm_peer_name(s->c, src), dml_comm_errmsg(s->c));
+    uint64_t in = m->vals_addr + at * sizeof(float), out = m->out_addr + at * sizeof(float);
+    int crc = dml_comm_peer_read(s->c, src, s->dpiece, in, bytes);
+    if (crc) return direct_failed(s, src, crc, "reading its direct push", in, bytes, err);
+    s->st.bytes_in += bytes;
     dml__ps_msg piece = *m;
     piece.key_lo = key;
     piece.key_hi = key + n - 1;
@@ -977,10 +995,8 @@ static int apply_direct(dml_ps_server *s, int src, const dml__ps_msg *m, int wri
     piece.borrowed = 1;
     int rc = apply_dense(s, &piece, write_out ? s->dpiece : NULL, err);
     if (rc) return rc;
-    if (write_out &&
-        dml_comm_peer_write(s->c, src, m->out_addr + at * sizeof(float), s->dpiece, bytes) != 0)
-      return dml_err_set(err, DML_EPROTO, "ps: %s: its direct pushpull's output: %s",
-                         dml_comm_peer_name(s->c, src), dml_comm_errmsg(s->c));
+    if (write_out && (crc = dml_comm_peer_write(s->c, src, out, s->dpiece, bytes)) != 0)
+      return direct_failed(s, src, crc, "writing its direct pushpull's output", out, bytes, err);
     at += n;
   }
   return 0;
@@ -989,13 +1005,15 @@ static int apply_direct(dml_ps_server *s, int src, const dml__ps_msg *m, int wri
 /* The values of DIRECT push m, copied out of the worker whole, into m (owned): for the paths that
  * keep them (a held push, a mirrored chunk's queue). */
 static int direct_fetch(dml_ps_server *s, int src, dml__ps_msg *m, dml_err *err) {
-  float *v = dml__malloc((size_t)m->nvals * sizeof(float));
+  size_t bytes = (size_t)m->nvals * sizeof(float);
+  float *v = dml__malloc(bytes);
   if (v == NULL) return dml_err_set(err, DML_ENOMEM, "ps server: no memory for a direct push");
-  if (dml_comm_peer_read(s->c, src, v, m->vals_addr, (size_t)m->nvals * sizeof(float)) != 0) {
+  int crc = dml_comm_peer_read(s->c, src, v, m->vals_addr, bytes);
+  if (crc) {
     dml__free(v);
-    return dml_err_set(err, DML_EPROTO, "ps: %s: its direct push: %s",
-                       dml_comm_peer_name(s->c, src), dml_comm_errmsg(s->c));
+    return direct_failed(s, src, crc, "reading its direct push", m->vals_addr, bytes, err);
   }
+  s->st.bytes_in += bytes;
   if (!m->borrowed) dml__free(m->keys); /* none: a dense frame */
   m->keys = NULL;
   m->vals = v;
@@ -1066,9 +1084,10 @@ static void final_pull_ready(dml_ps_server *s, const dml__ps_msg *m) {
   if (s->layout.nmirrored) mirror_fold(s, 1);
 }
 
-/* Keeps a copy of push m from src for its clock's aggregate (BSP sync aggregation, m's clock past
- * the open one). 0: kept; 1: no room (sum it now); or an error. */
-static int hold_push(dml_ps_server *s, int src, const dml__ps_msg *m, dml_err *err) {
+/* Keeps push m from src for its clock's aggregate (BSP sync aggregation, m's clock past the open
+ * one): a copy, or its values when m owns them (m keeps none then). 0: kept; 1: no room (sum it
+ * now); or an error. */
+static int hold_push(dml_ps_server *s, int src, dml__ps_msg *m, dml_err *err) {
   size_t bytes = dml__ps_frame_bytes(m->nkeys, m->nvals);
   if (s->hq_bytes + bytes > MAX_HELD_PUSH_BYTES) {
     if (!s->hq_full_logged)
@@ -1084,9 +1103,13 @@ static int hold_push(dml_ps_server *s, int src, const dml__ps_msg *m, dml_err *e
   held_push *h = &s->hq[s->nhq];
   h->src = src;
   h->m = *m;
-  h->m.borrowed = 1; /* a copy of its keys and values, not the frame's */
-  if (dml__ps_msg_own(&h->m) != 0)
+  if (!m->borrowed) { /* values of its own (a direct push's, fetched): taken over */
+    m->keys = NULL;
+    m->vals = NULL;
+    m->borrowed = 1;
+  } else if (dml__ps_msg_own(&h->m) != 0) { /* a copy of the frame's keys and values */
     return dml_err_set(err, DML_ENOMEM, "ps server: no memory to hold a push");
+  }
   s->nhq++;
   s->hq_bytes += bytes;
   return 0;
@@ -1434,11 +1457,8 @@ int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t by
   if (rc == 0 && direct && !dml_comm_direct(s->c, src))
     rc = dml_err_set(err, DML_EPROTO,
                      "ps: %s sent a direct request, but this server cannot reach its memory", peer);
-  if (rc == 0 && direct) {
-    s->st.direct++;
-    if (m.flags & DML__PS_FLAG_BODY)
-      s->st.bytes_in += (uint64_t)m.nvals * sizeof(float); /* copied in as it is applied */
-  }
+  if (rc == 0 && direct && !s->w[src].dropped && m.command != DML__PS_REPLY)
+    s->st.direct++;  /* its values count in bytes_in as they are copied in */
   void *body = NULL; /* the values of a BODY push, sent after its header (a dropped peer's are
                         not waited for: it is ignored) */
   if (rc == 0 && (m.flags & DML__PS_FLAG_BODY) && !direct && m.command != DML__PS_REPLY &&
@@ -1455,6 +1475,11 @@ int dml_ps_server_handle(dml_ps_server *s, int src, const void *frame, size_t by
   s->spare_filled = 0;
   s->direct_now = 0;
   rc = handle_msg(s, src, &m, NULL, err); /* a deferred pull keeps no pushed values */
+  if (rc == DML_EPEER) { /* a direct copy found src's link failed: its death comes next */
+    dml_log(DML_LOG_DEBUG, "ps server %d: %s", s->me, dml_err_msg(err));
+    dml_err_clear(err);
+    rc = 0;
+  }
   dml_comm_buf_free(s->spare);
   s->spare = NULL;
   s->spare_filled = 0;
