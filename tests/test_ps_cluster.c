@@ -312,8 +312,8 @@ static int lost_shard(int rank, dml_comm *c, const scenario *sc) {
 /* Server 0 (rank 0) held some of worker 0's pulls until worker 1's clock came. */
 /* Colocated 2 ranks serving, direct requests: rank 0 stops serving (computes) past rank 1's
  * timeout; rank 1's wait fails, and giving up the request fences rank 0, so that when rank 0
- * comes back it copies nothing into rank 1's output (a sentinel written there after the wait
- * stays). */
+ * comes back and handles the frame (its shard counts it) it copies nothing into rank 1's output
+ * (a sentinel written there after the wait stays). */
 static int fenced_run(int rank, dml_comm *c) {
   dml_ps_config cfg;
   dml_ps_config_init(&cfg);
@@ -337,10 +337,38 @@ static int fenced_run(int rank, dml_comm *c) {
   struct timespec away = {3, 0}; /* rank 1's timeout is 1.5 s */
   int rc = 0;
   if (rank == 0) {
+    /* serving until rank 1 has its first request's answers too */
+    char go = 1;
+    dml_comm_req *q;
+    int done = 0;
+    RK_OK(dml_comm_irecv(c, 1, 76, &go, 1, &q));
+    while (!done) {
+      int moved = 0;
+      RK_OK(dml__ps_server_poll(srv, &moved, &err));
+      RK_OK(dml_comm_test(c, q, &done));
+    }
+    dml_ps_server_stats st;
+    dml_ps_server_stats_get(srv, &st);
+    uint64_t before = st.direct;
+    /* rank 1's next request comes while this rank is away, not in a call */
+    RK_OK(dml_comm_send(c, 1, 77, &go, 1));
     nanosleep(&away, NULL);
     /* serving again: rank 1's request is still here, its link failed (fenced) */
-    if (dml_ps_pushpull_dense(ps, 0, g, v, N, &ts) == 0) dml_ps_wait(ps, ts);
+    for (int i = 0; i < 2000 && st.direct <= before; i++) {
+      int moved = 0;
+      dml__ps_server_poll(srv, &moved, &err);
+      dml_ps_server_stats_get(srv, &st);
+      if (!moved) usleep(1000);
+    }
+    if (st.direct <= before) {
+      fprintf(stderr, "rank 0: the shard never handled rank 1's last request (%llu direct)\n",
+              (unsigned long long)st.direct);
+      rc = 1;
+    }
   } else {
+    char go = 1;
+    RK_OK(dml_comm_send(c, 0, 76, &go, 1));
+    RK_OK(dml_comm_recv(c, 0, 77, &go, 1));
     RK_OK(dml_ps_pushpull_dense(ps, 0, g, v, N, &ts));
     double t0 = dml_now_s();
     rc = dml_ps_wait(ps, ts);

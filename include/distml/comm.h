@@ -146,9 +146,10 @@ int dml_comm_peer_writev(dml_comm *c, int peer, uint64_t addr, const struct iove
 /* Makes sure peer copies no more to or from this process's memory (a caller that gave it
  * addresses and gives up waiting for it, before it hands the buffers back): the link to peer is
  * failed here (DML_EABORTED from then on, unless it had failed already), and this waits at most
- * 1 s until peer has closed its side, which it does only once no direct copy of it with this
- * rank is in progress (none starts on a failed link). 0; DML_ETIMEDOUT (peer stopped, say) when
- * it did not close in time. Nothing to do on MPI or with oneself. */
+ * the communicator's timeout until peer has closed its side (or exited), which it does only
+ * once no direct copy of it with this rank is in progress (none starts on a failed link). 0;
+ * DML_ETIMEDOUT (peer stopped, say) when it did not close in time, at once on later calls.
+ * Nothing to do on MPI or with oneself. */
 int dml_comm_fence(dml_comm *c, int peer);
 
 #ifdef __cplusplus

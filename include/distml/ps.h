@@ -15,8 +15,9 @@
  * calls, for its timestamp or any other, and large dense replies are received straight into it)
  * any time until then, so both must stay valid and untouched. A server on the same machine
  * copies them itself, out of and into the caller's memory (direct requests, docs/ps.md); a
- * worker that gives up on a request (an error, dml_ps_free) first fails its links to the
- * servers that still owe it such a copy and waits until they have closed them (dml_comm_fence),
+ * worker that gives up on a request (after an error) first fails its links to the servers
+ * that still owe it such a copy and waits until they have closed them (dml_comm_fence, at most
+ * the communicator's timeout: a server that neither answers nor closes is logged as an error),
  * so its buffers are the caller's again once the call returns. Keys, and sparse values, are
  * encoded at the call (they may be reused at once); with dml_ps_serve, values for this process's
  * own shard are applied at the call.
@@ -190,7 +191,9 @@ float dml_ps_server_dense_value(const dml_ps_server *s, uint64_t key);
 typedef struct dml_ps dml_ps;
 int dml_ps_create(dml_ps **out, dml_comm *c, const dml_ps_config *cfg, dml_err *err);
 /* Sends BYE to every server unless dml_ps_finish did (the worker stops counting) and frees,
- * including a communicator the client owns after a re-form; waits for nothing. NULL ok. */
+ * including a communicator the client owns after a re-form. Waits only for requests still in
+ * flight whose values a server on this machine copies itself (direct requests, unless the
+ * client has failed: those servers are fenced then, see Ownership above). NULL ok. */
 void dml_ps_free(dml_ps *ps);
 /* Colocated: this worker serves srv, the shard of its own process (created on the same
  * communicator with the same config, one handler thread, not started on a thread), itself: a

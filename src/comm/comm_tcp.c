@@ -13,8 +13,6 @@
 #include <errno.h>
 #include <limits.h>
 #include <linux/sockios.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -123,6 +121,7 @@ typedef struct peer {
    * link only once they are over (shut_pending), so that a peer that sees it closed knows that
    * nothing here copies its memory any more (dml_comm_fence) */
   int copying, shut_pending;
+  int fenced; /* dml_comm_fence: 1 the peer closed its side, 2 it did not in time */
 } peer;
 
 typedef struct tcp {
@@ -307,10 +306,13 @@ static void fail_peer(tcp *t, peer *p, int code, const char *fmt, ...) {
             p->errmsg);
   if (p->fd >= 0) {
     epoll_ctl(t->epfd, EPOLL_CTL_DEL, p->fd, NULL);
+    /* Our side only: the peer's bytes stay unread (nothing reads the link any more), and a
+     * socket whose reading is shut would answer more of them with a reset, which hides whether
+     * the peer has closed its side (dml_comm_fence waits for that). */
     if (p->copying)
       p->shut_pending = 1; /* tcp_peer_copy shuts it when the last copy ends */
     else
-      shutdown(p->fd, SHUT_RDWR);
+      shutdown(p->fd, SHUT_WR);
   }
   while (p->sq_head) {
     dml_comm_req *r = p->sq_head;
@@ -1182,10 +1184,11 @@ static void tcp_abort(dml_comm *c, const char *reason) {
         /* best effort: the close below tells the peer anyway */
       }
     }
-    if (p->ack_head != NULL) {
+    if (p->ack_head != NULL && !p->copying) {
       /* The peer may still copy CMA messages out of buffers the abort hands back to their
        * owners: wait (at most 1 s) until it closes the link, which it does only after reading
-       * every frame before the ABORT. */
+       * every frame before the ABORT. (Not while a direct copy with it is in progress here: its
+       * close must then wait for that copy, fail_peer.) */
       shutdown(p->fd, SHUT_WR);
       uint64_t until = dml_now_ns() + 1000000000ull;
       for (uint64_t now = dml_now_ns(); now < until; now = dml_now_ns()) {
@@ -1736,40 +1739,52 @@ static int tcp_peer_copy(dml_comm *c, int peer_rank, int write, const struct iov
   int dead = p->err;
   if (!dead) p->copying++;
   pthread_mutex_unlock(&t->mu);
-  if (dead) return dml__comm_fail(c, dead, "direct copy with %s: it has failed", p->name);
+  if (dead)
+    return dml__comm_fail(c, DML_EPEER, "direct copy with %s: its link has failed (%s)", p->name,
+                          dml_strerror(dead));
   int e = cma_copyv(p->pid, write, local, n, addr);
   pthread_mutex_lock(&t->mu);
   if (--p->copying == 0 && p->shut_pending) {
-    shutdown(p->fd, SHUT_RDWR);
+    shutdown(p->fd, SHUT_WR);
     p->shut_pending = 0;
   }
   pthread_mutex_unlock(&t->mu);
   if (e == 0) return 0;
+  if (e == ESRCH)
+    return dml__comm_fail(c, DML_EPEER, "direct copy with %s: it has exited", p->name);
   return dml__comm_fail(c, DML_EPROTO, "direct copy %s %s at 0x%llx (%zu bytes): %s",
                         write ? "to" : "from", p->name, (unsigned long long)addr, len, strerror(e));
 }
 
-/* dml_comm_fence: the link failed here (unless it has already), then up to 1 s until the peer
- * has closed its side too (its FIN seen: the socket has left ESTABLISHED and FIN_WAIT). */
+/* dml_comm_fence: the link failed here (unless it has already: our side is shut for writing
+ * only, see fail_peer), then the peer's bytes read and dropped (nothing else reads a failed link)
+ * until its end of stream or a reset -- it has closed its side, or exited -- for at most the
+ * communicator's timeout. */
 static int tcp_fence(dml_comm *c, int peer_rank) {
   tcp *t = T(c);
   peer *p = &t->peers[peer_rank];
   pthread_mutex_lock(&t->mu);
   fail_peer(t, p, DML_EABORTED, "fenced: this rank no longer lets it copy its memory");
-  int fd = p->fd; /* closed only by fini */
+  int fd = p->fd, fenced = p->fenced; /* fd: closed only by fini */
   pthread_mutex_unlock(&t->mu);
-  if (fd < 0) return 0;
-  for (uint64_t until = dml_now_ns() + 1000000000ull; dml_now_ns() < until;) {
-    struct tcp_info ti;
-    socklen_t len = sizeof ti;
-    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0) return 0;
-    if (ti.tcpi_state != TCP_ESTABLISHED && ti.tcpi_state != TCP_FIN_WAIT1 &&
-        ti.tcpi_state != TCP_FIN_WAIT2)
-      return 0;
-    struct timespec ts = {0, 200000};
-    nanosleep(&ts, NULL);
+  if (fd < 0 || fenced == 1) return 0;
+  if (fenced == 0) {
+    uint64_t until = dml_now_ns() + (uint64_t)c->cfg.timeout_ms * 1000000ull;
+    while (fenced == 0 && dml_now_ns() < until) {
+      struct pollfd pfd = {.fd = fd, .events = POLLIN};
+      if (poll(&pfd, 1, 5) <= 0) continue;
+      char sink[4096];
+      ssize_t got = recv(fd, sink, sizeof(sink), MSG_DONTWAIT);
+      if (got == 0 || (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
+        fenced = 1;
+    }
+    pthread_mutex_lock(&t->mu);
+    p->fenced = fenced ? 1 : 2; /* a peer that did not close in time is not waited for again */
+    pthread_mutex_unlock(&t->mu);
+    if (fenced) return 0;
   }
-  return dml__comm_fail(c, DML_ETIMEDOUT, "fence: %s did not close its side within 1 s", p->name);
+  return dml__comm_fail(c, DML_ETIMEDOUT, "fence: %s did not close its side within %d ms", p->name,
+                        c->cfg.timeout_ms);
 }
 
 const dml__comm_backend dml__comm_tcp = {

@@ -242,16 +242,30 @@ static unsigned frame_flags(const request *r, int f) {
   return h ? (unsigned)h[14] | (unsigned)h[15] << 8 : 0;
 }
 
-/* Servers still owing the reply of a DIRECT frame of r would copy to or from the caller's buffers
- * when they get to it, after this worker has handed them back (it gives up on r: an error, or
- * dml_ps_free): each is fenced first (dml_comm_fence: its link fails; a worker giving up on a
- * request is failing or leaving anyway). */
+/* 1 if frame f of r went DIRECT and is not answered: its server would copy to or from the
+ * caller's buffers when it gets to it. */
+static int direct_owed(const request *r, int f) {
+  return !r->fdone[f] && (frame_flags(r, f) & DML__PS_FLAG_DIRECT);
+}
+
+/* Before r's buffers go back to the caller while servers still owe DIRECT frames of it (this
+ * worker gives up on r: an error, or dml_ps_free), each such server is fenced (dml_comm_fence:
+ * its link fails, and once it has closed its side it copies nothing more). */
 static void fence_direct(dml_ps *ps, request *r) {
   for (int f = 0; f < r->nframes; f++) {
-    if (r->fdone[f] || !(frame_flags(r, f) & DML__PS_FLAG_DIRECT)) continue;
+    if (!direct_owed(r, f)) continue;
+    int g = 0; /* each server once */
+    while (g < f && !(direct_owed(r, g) && r->fdst[g] == r->fdst[f])) g++;
+    if (g < f) continue;
     int sv = server_rank(ps, r->fdst[f]);
-    if (dml_comm_fence(ps->c, sv) != 0)
-      dml_log(DML_LOG_WARN, "ps worker %d: %s", ps->me, dml_comm_errmsg(ps->c));
+    if (dml_comm_fence(ps->c, sv) == DML_ETIMEDOUT) {
+      dml_log(DML_LOG_ERROR,
+              "ps worker %d: server %s neither answered nor closed its link in %d ms: it may "
+              "still copy into buffers of a request given up",
+              ps->me, dml_comm_peer_name(ps->c, sv), dml_comm_timeout_ms(ps->c));
+      fail(ps, DML_ETIMEDOUT, "ps: server %s did not answer a direct request nor close%s",
+           dml_comm_peer_name(ps->c, sv), "");
+    }
   }
 }
 
@@ -1116,6 +1130,14 @@ int dml_ps_finish(dml_ps *ps) {
 
 void dml_ps_free(dml_ps *ps) {
   if (ps == NULL) return;
+  /* requests whose direct frames are unanswered: waited for first (a fence would fail the links
+   * to their servers, and the job would count this worker dead) */
+  for (int i = 0; ps->rq && i < ps->nrq && ps->sticky == 0; i++) {
+    request *r = &ps->rq[i];
+    int owed = 0;
+    for (int f = 0; r->active && f < r->nframes && !owed; f++) owed = direct_owed(r, f);
+    if (owed) dml_ps_wait(ps, r->ts);
+  }
   if (ps->rq)
     for (int i = 0; i < ps->nrq; i++) {
       request *r = &ps->rq[i];

@@ -593,16 +593,18 @@ static void drop_peer(dml_ps_server *s, int src, const char *why);
  * BSP mean counts each push of a chunk once). */
 #define DIRECT_PIECE ((uint64_t)1 << 16)
 
-/* A direct copy with worker src failed (rc from dml_comm_peer_read/write; what: which): a bad
- * address is the worker's protocol error (DML_EPROTO: it is dropped); any other failure means its
- * link failed, a death the watcher reports (DML_EPEER: the request is ignored). The message is
- * made here: the communicator's last error may be another thread's. */
+/* A direct copy with worker src failed (rc from dml_comm_peer_read/write; what: which): its link
+ * had failed or it has exited (DML_EPEER: a death the watcher reports; the request is ignored),
+ * or anything else, a bad address first, is the worker's protocol error (DML_EPROTO: dropped).
+ * The message is made here: the communicator's last error may be another thread's. */
 static int direct_failed(dml_ps_server *s, int src, int rc, const char *what, uint64_t addr,
                          size_t bytes, dml_err *err) {
-  return dml_err_set(err, rc == DML_EPROTO ? DML_EPROTO : DML_EPEER,
+  return dml_err_set(err, rc == DML_EPEER ? DML_EPEER : DML_EPROTO,
                      "ps: %s: %s at 0x%llx (%zu bytes): %s", dml_comm_peer_name(s->c, src), what,
                      (unsigned long long)addr, bytes,
-                     rc == DML_EPROTO ? "not mapped in it" : "its link failed");
+                     rc == DML_EPROTO  ? "not mapped in it"
+                     : rc == DML_EPEER ? "its link has failed"
+                                       : dml_strerror(rc));
 }
 
 /* A dense range's segments as pieces of one direct write (for_segments): the chunk's values, or
@@ -654,7 +656,7 @@ static int send_reply(dml_ps_server *s, int dst, const dml__ps_msg *req, int wit
           dml_err e;
           direct_failed(s, dst, crc, "writing its direct pull's output", req->out_addr,
                         (size_t)r.nvals * sizeof(float), &e);
-          if (crc == DML_EPROTO) drop_peer(s, dst, dml_err_msg(&e)); /* a bad output address */
+          if (crc != DML_EPEER) drop_peer(s, dst, dml_err_msg(&e)); /* a bad output address */
           return 0; /* else: it died, the watcher says so */
         }
       }
