@@ -378,11 +378,8 @@ static int rank_main(int rank, int n, int port, void *arg) {
 static int rank_no_cma(int rank, int n, int port, void *arg) {
   (void)arg;
   setenv("DISTML_CMA", "0", 1);
-  dml_comm_opts o;
-  th_opts(&o, rank, n, port, 30000);
   dml_comm *c;
-  dml_err err = {0};
-  RK_OK(dml_comm_init(&c, &o, &err));
+  RK_OK(th_join(&c, rank, n, port, 30000));
   uint8_t b[8];
   R_ASSERT(dml_comm_direct(c, 1 - rank) == 0);
   R_ASSERT(dml_comm_peer_read(c, 1 - rank, b, (uint64_t)(uintptr_t)b, sizeof b) ==
@@ -399,11 +396,8 @@ static int rank_no_cma(int rank, int n, int port, void *arg) {
  * on. */
 static int rank_fence(int rank, int n, int port, void *arg) {
   (void)arg;
-  dml_comm_opts o;
-  th_opts(&o, rank, n, port, 30000);
   dml_comm *c;
-  dml_err err = {0};
-  RK_OK(dml_comm_init(&c, &o, &err));
+  RK_OK(th_join(&c, rank, n, port, 30000));
   uint64_t word = 0x1234567890abcdefull, got = 0, addr = (uint64_t)(uintptr_t)&word;
   uint8_t b = 0;
   if (rank == 1) {

@@ -259,17 +259,23 @@ static void raw_hostile(dml_comm *c, int master_port) {
 /* lost_shard: dense pulls and pushes over every shard until the victim dies; a survivor's call
  * then fails naming the victim, well before the communicator's 20 s timeout (without the check
  * it waited those 20 s). */
-static int lost_shard(int rank, dml_comm *c, const scenario *sc) {
+/* Colocated, sum-only BSP: this rank's shard and its worker, which serves it (dml_ps_serve). */
+static int colocated_serving(int rank, dml_comm *c, dml_ps_server **srv, dml_ps **ps) {
   dml_ps_config cfg;
   dml_ps_config_init(&cfg);
   cfg.colocated = 1;
   cfg.sum_only = 1;
   dml_err err;
+  RK_OK(dml_ps_server_create(srv, c, &cfg, &err));
+  RK_OK(dml_ps_create(ps, c, &cfg, &err));
+  RK_OK(dml_ps_serve(*ps, *srv, &err));
+  return 0;
+}
+
+static int lost_shard(int rank, dml_comm *c, const scenario *sc) {
   dml_ps_server *srv;
   dml_ps *ps;
-  RK_OK(dml_ps_server_create(&srv, c, &cfg, &err));
-  RK_OK(dml_ps_create(&ps, c, &cfg, &err));
-  RK_OK(dml_ps_serve(ps, srv, &err));
+  RK_OK(colocated_serving(rank, c, &srv, &ps));
   enum { N = 4 * 65536 };
   float *v = calloc(N, sizeof(float));
   R_ASSERT(v);
@@ -303,28 +309,15 @@ static int lost_shard(int rank, dml_comm *c, const scenario *sc) {
   return ok ? 0 : 1;
 }
 
-/* Two servers, two workers, BSP (dedicated, or colocated with workers serving): worker i pulls
- * and pushes only a dense range that server i holds, so a server learns the other worker's clock
- * only from the CLOCK frames a worker sends to the servers its requests do not reach: a missing
- * one hangs the other worker's pull (an error at the communicator's timeout). Each range has one
- * pusher, so a pull at clock c reads c; worker 1 pauses before each clock, and server 0 must have
- * held worker 0's pulls for it (a clock taken too early would answer them at once). */
-/* Server 0 (rank 0) held some of worker 0's pulls until worker 1's clock came. */
 /* Colocated 2 ranks serving, direct requests: rank 0 stops serving (computes) past rank 1's
  * timeout; rank 1's wait fails, and giving up the request fences rank 0, so that when rank 0
  * comes back and handles the frame (its shard counts it) it copies nothing into rank 1's output
  * (a sentinel written there after the wait stays). */
 static int fenced_run(int rank, dml_comm *c) {
-  dml_ps_config cfg;
-  dml_ps_config_init(&cfg);
-  cfg.colocated = 1;
-  cfg.sum_only = 1;
   dml_err err;
   dml_ps_server *srv;
   dml_ps *ps;
-  RK_OK(dml_ps_server_create(&srv, c, &cfg, &err));
-  RK_OK(dml_ps_create(&ps, c, &cfg, &err));
-  RK_OK(dml_ps_serve(ps, srv, &err));
+  RK_OK(colocated_serving(rank, c, &srv, &ps));
   enum { N = 4 * 65536 }; /* 2 x 512 KB frames to each shard: direct */
   float *g = malloc(N * sizeof(float)), *v = malloc(N * sizeof(float));
   R_ASSERT(g && v);
@@ -391,6 +384,13 @@ static int fenced_run(int rank, dml_comm *c) {
   return rc;
 }
 
+/* Two servers, two workers, BSP (dedicated, or colocated with workers serving): worker i pulls
+ * and pushes only a dense range that server i holds, so a server learns the other worker's clock
+ * only from the CLOCK frames a worker sends to the servers its requests do not reach: a missing
+ * one hangs the other worker's pull (an error at the communicator's timeout). Each range has one
+ * pusher, so a pull at clock c reads c; worker 1 pauses before each clock, and server 0 must have
+ * held worker 0's pulls for it (a clock taken too early would answer them at once). */
+/* Server 0 (rank 0) held some of worker 0's pulls until worker 1's clock came. */
 static int held_back(int rank, const dml_ps_server *srv) {
   dml_ps_server_stats st;
   dml_ps_server_stats_get(srv, &st);
