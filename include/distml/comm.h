@@ -136,8 +136,9 @@ uint64_t dml_comm_bytes_sent(const dml_comm *c);
  * for this rank itself). dml_comm_peer_read copies len bytes at address addr in peer's memory
  * into dst; dml_comm_peer_write copies len bytes of src to address addr in peer's memory. They
  * do not block on the network. DML_EUNSUPPORTED where direct copies are not available with
- * peer; DML_EPROTO when the range is not mapped (readable, or writable) in the peer (an address
- * the peer gave is bad: nothing beyond the first failing page is copied). */
+ * peer; DML_EPEER when its link has failed or its process has exited; DML_EPROTO when the range
+ * is not mapped (readable, or writable) in the peer (an address the peer gave is bad: nothing
+ * beyond the first failing page is copied) or the copy fails otherwise. */
 int dml_comm_direct(const dml_comm *c, int peer);
 int dml_comm_peer_read(dml_comm *c, int peer, void *dst, uint64_t addr, size_t len);
 int dml_comm_peer_write(dml_comm *c, int peer, uint64_t addr, const void *src, size_t len);

@@ -381,7 +381,8 @@ static int cma_copyv(pid_t pid, int write, const struct iovec *iov, int n, uint6
     size_t len = 0;
     for (int j = i; j < n && k < CMA_IOV; j++, k++) {
       size_t skip = j == i ? off : 0;
-      l[k] = (struct iovec){(uint8_t *)iov[j].iov_base + skip, iov[j].iov_len - skip};
+      void *base = skip ? (uint8_t *)iov[j].iov_base + skip : iov[j].iov_base; /* may be NULL */
+      l[k] = (struct iovec){base, iov[j].iov_len - skip};
       len += l[k].iov_len;
     }
     struct iovec r = {(void *)(uintptr_t)addr, len};
@@ -1779,7 +1780,8 @@ static int tcp_fence(dml_comm *c, int peer_rank) {
         fenced = 1;
     }
     pthread_mutex_lock(&t->mu);
-    p->fenced = fenced ? 1 : 2; /* a peer that did not close in time is not waited for again */
+    if (p->fenced != 1) p->fenced = fenced ? 1 : 2; /* one that did not close: not waited again */
+    fenced = p->fenced == 1; /* another thread's fence may have seen the close */
     pthread_mutex_unlock(&t->mu);
     if (fenced) return 0;
   }

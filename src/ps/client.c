@@ -1135,8 +1135,9 @@ void dml_ps_free(dml_ps *ps) {
   for (int i = 0; ps->rq && i < ps->nrq && ps->sticky == 0; i++) {
     request *r = &ps->rq[i];
     int owed = 0;
-    for (int f = 0; r->active && f < r->nframes && !owed; f++) owed = direct_owed(r, f);
-    if (owed) dml_ps_wait(ps, r->ts);
+    for (int f = 0; r->active && !r->final && f < r->nframes && !owed; f++)
+      owed = direct_owed(r, f);
+    if (owed) dml_ps_wait(ps, r->ts); /* not a final pull: it waits as long as others train */
   }
   if (ps->rq)
     for (int i = 0; i < ps->nrq; i++) {

@@ -44,7 +44,8 @@ size_t dml__ps_frame_bytes(uint64_t nkeys, uint64_t nvals) {
 }
 
 /* Header layout (offsets): 0 magic u32, 4 version u16, 6 command u16, 8 sender u32,
- * 12 value type u16, 14 flags u16 (bit 0 dense, bit 1 body, bit 2 reply body, others 0),
+ * 12 value type u16, 14 flags u16 (bit 0 dense, bit 1 body, bit 2 reply body, bit 3 direct,
+ * others 0),
  * 16 timestamp u64, 24 clock u64, 32 key_lo u64, 40 key_hi u64, 48 nkeys u64, 56 nvals u64. */
 void dml__ps_encode(void *buf, const dml__ps_msg *m, const uint64_t *keys, const float *vals) {
   unsigned char *p = buf;

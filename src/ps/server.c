@@ -618,7 +618,7 @@ typedef struct direct_pieces {
 
 static int direct_piece_segment(dml_ps_server *s, uint64_t part, size_t off, size_t cnt, size_t at,
                                 void *arg) {
-  static const float zeros[DML__PS_DENSE_PART];
+  static const float zeros[DML__PS_DENSE_PART] = {0};
   (void)at; /* the segments come in order */
   direct_pieces *a = arg;
   if (a->n == DIRECT_MAX_SEGMENTS) return DML_EINVAL; /* not past the decoder's range limit */
