@@ -236,10 +236,10 @@ static void settle_send(dml_ps *ps, dml_comm_req **q) {
   *q = NULL;
 }
 
-/* The flags frame f of r was sent with (its encoded header, kept until wait). */
+/* The flags frame f of r was sent with (its encoded header, kept until wait; none for a frame
+ * handled in place by this process's own shard). */
 static unsigned frame_flags(const request *r, int f) {
-  const unsigned char *h = r->frames[f];
-  return h ? (unsigned)h[14] | (unsigned)h[15] << 8 : 0;
+  return r->frames[f] ? dml__ps_header_flags(r->frames[f]) : 0;
 }
 
 /* 1 if frame f of r went DIRECT and is not answered: its server would copy to or from the

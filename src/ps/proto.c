@@ -39,6 +39,10 @@ static uint64_t get_u64(const unsigned char *p) {
 #define HOST_LE 0
 #endif
 
+unsigned dml__ps_header_flags(const void *frame) {
+  return get_u16((const unsigned char *)frame + 14);
+}
+
 size_t dml__ps_frame_bytes(uint64_t nkeys, uint64_t nvals) {
   return DML__PS_HEADER_BYTES + (size_t)nkeys * 8 + (size_t)nvals * 4;
 }

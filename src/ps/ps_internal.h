@@ -152,6 +152,8 @@ typedef struct dml__ps_msg {
 
 /* Bytes of a frame with nkeys keys and nvals values. */
 size_t dml__ps_frame_bytes(uint64_t nkeys, uint64_t nvals);
+/* The flags of an encoded frame's header (at least DML__PS_HEADER_BYTES bytes, as encoded here). */
+unsigned dml__ps_header_flags(const void *frame);
 /* Writes header and body into buf (dml__ps_frame_bytes bytes). Keys and vals may be NULL when
  * their count is 0; keys are taken as given (the caller ensures the order). A body reply
  * (DML__PS_FLAG_BODY on a REPLY) is the header alone: 64 bytes, vals unused. */
