@@ -407,13 +407,9 @@ static int cma_copyv(pid_t pid, int write, const struct iovec *iov, int n, uint6
   return 0;
 }
 
-static int cma_copy(pid_t pid, int write, uint8_t *local, uint64_t addr, uint64_t len) {
-  struct iovec l = {local, (size_t)len};
-  return cma_copyv(pid, write, &l, 1, addr);
-}
-
 static int cma_read(pid_t pid, uint8_t *dst, uint64_t addr, uint64_t len) {
-  return cma_copy(pid, 0, dst, addr, len);
+  struct iovec l = {dst, (size_t)len};
+  return cma_copyv(pid, 0, &l, 1, addr);
 }
 
 /* A CMA frame's payload is in p->ctrl: copy the message out of the peer's memory into the posted
@@ -1161,6 +1157,22 @@ static void tcp_recv_take(dml_comm *c, dml_comm_req *r, void **buf, size_t *byte
   pthread_mutex_unlock(&t->mu);
 }
 
+/* Reads and drops what arrives on fd (a link nothing else reads) until the peer's end of stream
+ * or a reset: 1, it has closed its side or exited; 0 at `until` (dml_now_ns) first. */
+static int drain_until_closed(int fd, uint64_t until) {
+  for (uint64_t now = dml_now_ns(); now < until; now = dml_now_ns()) {
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+    int ready = poll(&pfd, 1, (int)((until - now) / 1000000 + 1));
+    if (ready < 0 && errno != EINTR) return 0;
+    if (ready <= 0) continue;
+    char sink[4096];
+    ssize_t got = recv(fd, sink, sizeof(sink), MSG_DONTWAIT);
+    if (got == 0 || (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
+      return 1;
+  }
+  return 0;
+}
+
 static void tcp_abort(dml_comm *c, const char *reason) {
   tcp *t = T(c);
   pthread_mutex_lock(&t->mu);
@@ -1191,14 +1203,7 @@ static void tcp_abort(dml_comm *c, const char *reason) {
        * every frame before the ABORT. (Not while a direct copy with it is in progress here: its
        * close must then wait for that copy, fail_peer.) */
       shutdown(p->fd, SHUT_WR);
-      uint64_t until = dml_now_ns() + 1000000000ull;
-      for (uint64_t now = dml_now_ns(); now < until; now = dml_now_ns()) {
-        struct pollfd pfd = {.fd = p->fd, .events = POLLIN};
-        if (poll(&pfd, 1, (int)((until - now) / 1000000 + 1)) <= 0) break;
-        char sink[4096];
-        ssize_t got = recv(p->fd, sink, sizeof(sink), MSG_DONTWAIT);
-        if (got == 0 || (got < 0 && errno != EAGAIN && errno != EINTR)) break;
-      }
+      drain_until_closed(p->fd, dml_now_ns() + 1000000000ull);
     }
     fail_peer(t, p, DML_EABORTED, "%s", why);
   }
@@ -1770,15 +1775,7 @@ static int tcp_fence(dml_comm *c, int peer_rank) {
   pthread_mutex_unlock(&t->mu);
   if (fd < 0 || fenced == 1) return 0;
   if (fenced == 0) {
-    uint64_t until = dml_now_ns() + (uint64_t)c->cfg.timeout_ms * 1000000ull;
-    while (fenced == 0 && dml_now_ns() < until) {
-      struct pollfd pfd = {.fd = fd, .events = POLLIN};
-      if (poll(&pfd, 1, 5) <= 0) continue;
-      char sink[4096];
-      ssize_t got = recv(fd, sink, sizeof(sink), MSG_DONTWAIT);
-      if (got == 0 || (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
-        fenced = 1;
-    }
+    fenced = drain_until_closed(fd, dml_now_ns() + (uint64_t)c->cfg.timeout_ms * 1000000ull);
     pthread_mutex_lock(&t->mu);
     if (p->fenced != 1) p->fenced = fenced ? 1 : 2; /* one that did not close: not waited again */
     fenced = p->fenced == 1; /* another thread's fence may have seen the close */
