@@ -32,6 +32,11 @@ typedef struct worker_state {
   int rejoined;                    /* restored server: its REJOIN arrived (losses counted once) */
 } worker_state;
 
+/* 1 if w is a worker that counts: it has neither left, died nor been dropped. */
+static int counts(const worker_state *w) {
+  return w->is_worker && !w->done && !w->dead && !w->dropped;
+}
+
 /* A push of a mirrored chunk (ps_internal.h), kept until its clock is folded. */
 typedef struct mirror_push {
   int src;
@@ -489,8 +494,7 @@ static int apply_dense(dml_ps_server *s, const dml__ps_msg *m, float *also_out, 
 static void reply_failed(dml_ps_server *s, int dst) {
   dml_log(DML_LOG_WARN, "ps server %d: reply to %s failed: %s", s->me,
           dml_comm_peer_name(s->c, dst), dml_comm_errmsg(s->c));
-  if (dst >= 0 && dst < s->n && s->w[dst].is_worker && !s->w[dst].done && !s->w[dst].dead &&
-      !s->w[dst].dropped) {
+  if (dst >= 0 && dst < s->n && counts(&s->w[dst])) {
     s->w[dst].dead = 1;
     s->live--;
     s->st.dead_workers++;
@@ -740,7 +744,7 @@ static uint64_t min_live_clock(const dml_ps_server *s, int except) {
   uint64_t m = UINT64_MAX;
   for (int r = 0; r < s->n; r++) {
     const worker_state *w = &s->w[r];
-    if (!w->is_worker || w->done || w->dead || w->dropped || r == except) continue;
+    if (!counts(w) || r == except) continue;
     if (w->clock < m) m = w->clock;
   }
   return m;
@@ -788,7 +792,7 @@ static int is_mirrored(const dml_ps_server *s, const dml__ps_msg *m) {
 static int mirror_clock_complete(const dml_ps_server *s, const dense_part *d, uint64_t c) {
   for (int r = 0; r < s->n; r++) {
     const worker_state *w = &s->w[r];
-    if (!w->is_worker || w->done || w->dead || w->dropped || w->clock > c) continue;
+    if (!counts(w) || w->clock > c) continue;
     if (d->mlast[r] <= c) return 0; /* nothing of clock c (nor later) from r yet */
   }
   return 1;
@@ -1141,7 +1145,7 @@ static void serve_deferred(dml_ps_server *s, dml_err *err) {
 
 static void worker_leaves(dml_ps_server *s, int r, int died) {
   worker_state *w = &s->w[r];
-  if (!w->is_worker || w->done || w->dead || w->dropped) return;
+  if (!counts(w)) return;
   if (died) {
     w->dead = 1;
     s->st.dead_workers++;
@@ -1420,7 +1424,7 @@ static void drop_peer(dml_ps_server *s, int src, const char *why) {
   dml_log(DML_LOG_WARN, "ps server %d: dropping %s: %s", s->me, dml_comm_peer_name(s->c, src), why);
   if (s->w[src].dropped) return;
   s->st.dropped_peers++;
-  if (s->w[src].is_worker && !s->w[src].done && !s->w[src].dead) s->live--;
+  if (counts(&s->w[src])) s->live--;
   s->w[src].dropped = 1;
   s->recheck = 1;
   mirror_forget(s, src);
