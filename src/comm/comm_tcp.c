@@ -1522,7 +1522,10 @@ static int bootstrap(tcp *t, dml_err *err) {
         else if (off < sizeof(missing) - 4)
           off += (size_t)snprintf(missing + off, sizeof(missing) - off, " ...");
       }
-      if (nmiss == 0) break;
+      if (nmiss == 0) {
+        dml__store_formed(st);
+        break;
+      }
       uint64_t now = dml_now_ns();
       if (now >= deadline) {
         rc = dml_err_set(err, DML_ETIMEDOUT,

@@ -7,6 +7,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -400,8 +401,60 @@ static void test_hostile_peer_port(void) {
   printf("hostile clients on a peer port: ok\n");
 }
 
+/* A rank that joins a new job (a re-form) while the coordinator still serves the store of the
+ * job before, which has formed: refused as a latecomer, it tries again until the new store
+ * serves it, and says so when the timeout comes first. */
+typedef struct swap_arg {
+  dml__comm_cfg cfg;
+  dml__store *old, *fresh;
+} swap_arg;
+
+static void *swap_store(void *arg) {
+  swap_arg *a = arg;
+  struct timespec ts = {0, 300 * 1000000L};
+  nanosleep(&ts, NULL);
+  dml__store_close(a->old);
+  dml_err e = {0};
+  T_OK(dml__store_serve(&a->fresh, &a->cfg, &e));
+  return NULL;
+}
+
+static void test_formed_store(void) {
+  swap_arg a = {.cfg = {.rank = 0,
+                        .world_size = 2,
+                        .master_addr = "127.0.0.1",
+                        .master_port = free_port(),
+                        .bind_addr = "127.0.0.1",
+                        .timeout_ms = 600,
+                        .max_message_bytes = 1 << 30}};
+  dml_err e = {0};
+  T_OK(dml__store_serve(&a.old, &a.cfg, &e));
+  dml__store_formed(a.old);
+  dml__comm_cfg cc = a.cfg;
+  cc.rank = 1;
+  dml__store *st = NULL;
+  T_EQ_INT(dml__store_connect(&st, &cc, &e), DML_ETIMEDOUT);
+  T_ASSERT(st == NULL);
+  T_CONTAINS(e.msg, "still served a job that had formed");
+  cc.timeout_ms = 10000;
+  pthread_t th;
+  T_ASSERT(pthread_create(&th, NULL, swap_store, &a) == 0);
+  T_OK(dml__store_connect(&st, &cc, &e));
+  T_OK(dml__store_set(st, "addr/1", "2 127.0.0.1 9", 13, &e));
+  T_ASSERT(pthread_join(th, NULL) == 0);
+  char *v;
+  size_t n;
+  T_OK(dml__store_get(st, "addr/1", dml_now_ns() + 10000000000ull, &v, &n, &e));
+  dml__free(v);
+  T_ASSERT(dml__store_has(a.fresh, "addr/1")); /* the new store, not the old one */
+  dml__store_close(st);
+  dml__store_close(a.fresh);
+  printf("a job that has formed refuses latecomers, who wait for the next: ok\n");
+}
+
 int main(void) {
   signal(SIGPIPE, SIG_IGN);
+  test_formed_store();
   test_codecs();
   printf("codecs: ok\n");
   test_port_in_use();

@@ -217,7 +217,9 @@ int dml__ms_left(uint64_t deadline_ns);
 
 /* Connector side of the handshake (after connect): read CHALLENGE, answer AUTH, read AUTH_OK
  * (checking the acceptor's MAC when token is set). who names the other side for messages
- * ("coordinator 127.0.0.1:29500", "rank 2 (127.0.0.1:41000)"). DML_EAUTH when refused. */
+ * ("coordinator 127.0.0.1:29500", "rank 2 (127.0.0.1:41000)"). DML_EAUTH when refused;
+ * DML_EAGAIN when the acceptor's first frame is REFUSE with DML__HS_FORMED. */
+#define DML__HS_FORMED "the job has formed: no more ranks join it"
 int dml__hs_connect(int fd, const char *token, const char *who, uint64_t deadline_ns, dml_err *err);
 
 /* Acceptor side as a non-blocking state machine, so that one thread can serve many clients and
@@ -254,7 +256,11 @@ int dml__hs_next_frame(dml__hs_conn *h, dml__frame *f, uint8_t *payload, char *w
 typedef struct dml__store dml__store;
 /* Rank 0: serve on cfg's bind address and master port, in a background thread. */
 int dml__store_serve(dml__store **out, const dml__comm_cfg *cfg, dml_err *err);
-/* Other ranks: connect to the coordinator (retrying until the timeout) and authenticate. */
+/* Rank 0, once every rank has joined: later connections are refused with DML__HS_FORMED. */
+void dml__store_formed(dml__store *s);
+/* Other ranks: connect to the coordinator and authenticate, retrying refused connections and
+ * coordinators that serve a job that has formed (a re-form racing the last job's store) until
+ * the timeout. */
 int dml__store_connect(dml__store **out, const dml__comm_cfg *cfg, dml_err *err);
 int dml__store_set(dml__store *s, const char *key, const void *value, size_t n, dml_err *err);
 /* Wait for key until deadline; *value is allocated (dml__free), NUL-terminated. */

@@ -235,7 +235,8 @@ int dml__hs_connect(int fd, const char *token, const char *who, uint64_t deadlin
     return dml_err_set(err, rc, "handshake with %s: waiting for its challenge: %s", who, e2.msg);
   if (f.kind == DML__F_REFUSE) {
     pay[f.length] = 0;
-    return dml_err_set(err, DML_EAUTH, "%s refused the connection: %s", who, (char *)pay);
+    return dml_err_set(err, strcmp((char *)pay, DML__HS_FORMED) == 0 ? DML_EAGAIN : DML_EAUTH,
+                       "%s refused the connection: %s", who, (char *)pay);
   }
   char why[200];
   dml__challenge ch;

@@ -46,6 +46,7 @@ struct dml__store {
   pthread_mutex_t mu;
   pthread_cond_t cv;
   int stop;
+  int formed; /* every rank has joined: a new connection is refused as a latecomer */
   kv *keys;
   size_t nkeys;
   srv_conn *conns[MAX_CONNS];
@@ -248,6 +249,18 @@ static void *server_main(void *arg) {
           close(fd);
           continue;
         }
+        pthread_mutex_lock(&s->mu);
+        int formed = s->formed;
+        pthread_mutex_unlock(&s->mu);
+        if (formed) {
+          /* A rank joining a later job (a re-form) whose coordinator has not yet closed the
+           * store of this one: told so, and it tries again. */
+          dml_err ignore = {0};
+          (void)dml__net_send_frame(fd, DML__F_REFUSE, DML__HS_FORMED, strlen(DML__HS_FORMED),
+                                    dml_now_ns() + 100 * 1000000ull, &ignore);
+          close(fd);
+          continue;
+        }
         srv_conn *c = dml__calloc(1, sizeof(*c));
         if (c == NULL) {
           close(fd);
@@ -314,6 +327,12 @@ fail:
   return rc;
 }
 
+void dml__store_formed(dml__store *s) {
+  pthread_mutex_lock(&s->mu);
+  s->formed = 1;
+  pthread_mutex_unlock(&s->mu);
+}
+
 int dml__store_connect(dml__store **out, const dml__comm_cfg *cfg, dml_err *err) {
   *out = NULL;
   dml__store *s = store_new(cfg);
@@ -321,13 +340,33 @@ int dml__store_connect(dml__store **out, const dml__comm_cfg *cfg, dml_err *err)
   snprintf(s->who, sizeof(s->who), "coordinator %s:%d", cfg->master_addr, cfg->master_port);
   uint64_t deadline = dml_now_ns() + (uint64_t)cfg->timeout_ms * 1000000ull;
   dml_err e2 = {0};
-  int rc = dml__net_connect(cfg->master_addr, cfg->master_port, deadline, &s->fd, &e2);
-  if (rc) {
+  int rc, formed = 0; /* refused: the coordinator still served a job that had formed */
+  for (;;) {
+    rc = dml__net_connect(cfg->master_addr, cfg->master_port, deadline, &s->fd, &e2);
+    if (rc == 0) rc = dml__hs_connect(s->fd, cfg->token, s->who, deadline, &e2);
+    /* Refused by the store of a job that has formed (the one this rank re-forms from, whose
+     * coordinator has not closed it yet), or closed as that store shuts down: again. */
+    if (rc != DML_EAGAIN && rc != DML_ECLOSED && !(formed && rc == DML_ETIMEDOUT)) break;
+    formed |= rc == DML_EAGAIN;
+    if (s->fd >= 0) close(s->fd);
+    s->fd = -1;
+    if (dml__ms_left(deadline) == 0) {
+      if (formed)
+        rc = dml_err_set(err, DML_ETIMEDOUT,
+                         "rank %d: the %s still served a job that had formed after %d ms",
+                         cfg->rank, s->who, cfg->timeout_ms);
+      else
+        dml_err_set(err, rc, "rank %d joining: %s", cfg->rank, e2.msg);
+      goto fail;
+    }
+    struct timespec ts = {0, 50 * 1000000L};
+    nanosleep(&ts, NULL);
+  }
+  if (rc && s->fd < 0) {
     dml_err_set(err, rc, "rank %d cannot reach the %s within %d ms: %s", cfg->rank, s->who,
                 cfg->timeout_ms, e2.msg);
     goto fail;
   }
-  rc = dml__hs_connect(s->fd, cfg->token, s->who, deadline, &e2);
   if (rc) {
     dml_err_set(err, rc, "rank %d joining: %s", cfg->rank, e2.msg);
     goto fail;
