@@ -219,7 +219,93 @@ static void run(const char *what, int victim, int staleness) {
   if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", sc.dir);
 }
 
+/* A worker sends a pull, REFORM and its abort in one burst: the server learns of its death when
+ * the answer to the pull fails, before it sees the REFORM queued behind the pull. The server
+ * must still take part in the re-form rather than end because no worker is left. Rank 1 speaks
+ * the protocol by hand to order its frames. */
+static int queued_reform_main(int rank, int n, int port, void *arg) {
+  const scenario *sc = arg;
+  dml_comm_opts o;
+  th_clear_env();
+  th_opts(&o, rank, n, port, 5000);
+  dml_comm *c;
+  dml_err err;
+  RK_OK(dml_comm_init(&c, &o, &err));
+  dml_ps_config cfg;
+  dml_ps_config_init(&cfg);
+  cfg.num_servers = 1;
+  cfg.staleness = DML_PS_ASP;
+  cfg.sum_only = 1;
+  cfg.checkpoint_dir = sc->dir;
+  cfg.recover = 1;
+  cfg.comm_opts = &o;
+  if (rank == 0) {
+    dml_ps_server *srv;
+    RK_OK(dml_ps_server_create(&srv, c, &cfg, &err));
+    int rc = dml_ps_server_run(srv, &err);
+    if (rc) fprintf(stderr, "rank 0: server: %s\n", err.msg);
+    dml_ps_server_stats st;
+    dml_ps_server_stats_get(srv, &st);
+    char line[64];
+    snprintf(line, sizeof line, "%d\n", st.reforms);
+    touch(sc->dir, "queued-stats", line);
+    dml_ps_server_free(srv);
+    dml_comm_free(c);
+    return rc ? 1 : 0;
+  }
+  uint64_t key = 7;
+  unsigned char pull[64 + 8], hdr[DML__PS_HEADER_BYTES];
+  dml__ps_msg m;
+  memset(&m, 0, sizeof m);
+  m.command = DML__PS_PULL;
+  m.sender = (uint32_t)rank;
+  m.timestamp = 1;
+  m.key_lo = m.key_hi = key;
+  m.nkeys = 1;
+  R_ASSERT(dml__ps_frame_bytes(1, 0) == sizeof pull);
+  dml__ps_encode(pull, &m, &key, NULL);
+  memset(&m, 0, sizeof m);
+  m.command = DML__PS_REFORM;
+  m.sender = (uint32_t)rank;
+  dml__ps_encode(hdr, &m, NULL, NULL);
+  RK_OK(dml_comm_send(c, 0, DML__PS_TAG_REQ, pull, sizeof pull));
+  RK_OK(dml_comm_send(c, 0, DML__PS_TAG_REQ, hdr, sizeof hdr));
+  dml_comm_abort(c, "test: re-forming the job");
+  dml_comm *nc;
+  if (dml_comm_init(&nc, &o, &err) != 0) { /* fails when the server has ended instead */
+    fprintf(stderr, "rank 1: joining the re-formed job: %s\n", err.msg);
+    return 1;
+  }
+  m.command = DML__PS_REJOIN;
+  m.key_hi = 1; /* and leaves */
+  dml__ps_encode(hdr, &m, NULL, NULL);
+  RK_OK(dml_comm_send(nc, 0, DML__PS_TAG_REQ, hdr, sizeof hdr));
+  static const char none = 0;
+  RK_OK(dml_comm_send(nc, 0, DML__PS_TAG_WATCH, &none, 0));
+  dml_comm_free(nc);
+  dml_comm_free(c);
+  return 0;
+}
+
+static void queued_reform(void) {
+  scenario sc;
+  memset(&sc, 0, sizeof sc);
+  snprintf(sc.dir, sizeof sc.dir, "/tmp/distml-ps-recover-XXXXXX");
+  T_ASSERT(mkdtemp(sc.dir) != NULL);
+  th_run("a REFORM queued behind the worker's death", 2, queued_reform_main, &sc, 60);
+  char buf[64];
+  read_file(sc.dir, "queued-stats", buf, sizeof buf);
+  int reforms = -1;
+  T_ASSERT(sscanf(buf, "%d", &reforms) == 1);
+  T_EQ_INT(reforms, 1);
+  printf("ok: a REFORM queued behind the worker's death: the server re-forms\n");
+  char cmd[600];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", sc.dir);
+  if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", sc.dir);
+}
+
 int main(void) {
+  queued_reform();
   run("BSP, server 1 killed and restarted: training completes, lost pushes counted", 1, 0);
   run("BSP, server 0 (the coordinator) killed and restarted", 0, 0);
   run("ASP, server 1 killed and restarted", 1, DML_PS_ASP);

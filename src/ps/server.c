@@ -1901,12 +1901,23 @@ int dml_ps_server_run(dml_ps_server *s, dml_err *err) {
    * server waits on (a blocking receive that timed out would fail the peer whose request was just
    * arriving), and a peer that dies is still an error at once. */
   dml_comm_req *q = NULL;
-  while (s->live > 0) {
+  for (;;) {
+    /* No worker left: the end, unless some died and there is recovery. Workers that re-form the
+     * job send REFORM before they abort, so it is queued by the time their deaths are known:
+     * what is queued is handled before the loop ends (the last one may call for a re-form). */
+    int draining = s->live == 0;
+    if (draining && !(s->cfg.recover && s->st.dead_workers > 0)) break;
     void *buf = NULL;
     size_t bytes = 0;
-    int src = -1;
+    int src = -1, done = 1;
     rc = q ? 0 : dml_comm_irecv_alloc(s->c, DML_ANY_SOURCE, s->tag_req, &q);
-    if (rc == 0) rc = dml_comm_wait_alloc(s->c, q, -1, &buf, &bytes, &src);
+    if (rc == 0 && draining) rc = dml_comm_test_alloc(s->c, q, &done, &buf, &bytes, &src);
+    if (rc == 0 && !draining) rc = dml_comm_wait_alloc(s->c, q, -1, &buf, &bytes, &src);
+    if (draining && (rc || !done)) { /* nothing queued (or no one left to send it) */
+      if (done) q = NULL;
+      rc = 0;
+      break;
+    }
     if (rc == DML_ETIMEDOUT) {
       rc = 0;
       continue;
