@@ -63,7 +63,7 @@ typedef struct scenario {
   int sparse_final; /* mirrored, extra: rank 0's final pull is a sparse one */
   int direct_off;   /* DISTML_PS_DIRECT=0: large dense values go as bodies, not direct copies */
   int direct_bad;   /* with hostile_from: direct requests the server cannot serve */
-  int fenced;       /* fenced_run (timeout 1.5 s) */
+  int fenced;       /* fenced_run (timeout 1.5 s); 2: its pull held first */
 } scenario;
 
 static int check_server(int rank, dml_ps_server *s, const scenario *sc) {
@@ -312,8 +312,10 @@ static int lost_shard(int rank, dml_comm *c, const scenario *sc) {
 /* Colocated 2 ranks serving, direct requests: rank 0 stops serving (computes) past rank 1's
  * timeout; rank 1's wait fails, and giving up the request fences rank 0, so that when rank 0
  * comes back and handles the frame (its shard counts it) it copies nothing into rank 1's output
- * (a sentinel written there after the wait stays). */
-static int fenced_run(int rank, dml_comm *c) {
+ * (a sentinel written there after the wait stays). deferred: rank 0 has handled the frame before
+ * it goes away, but holds its pull (BSP: rank 0 has not passed the clock); when it comes back and
+ * passes it, the pull that waited is written into nothing either. */
+static int fenced_run(int rank, dml_comm *c, int deferred) {
   dml_err err;
   dml_ps_server *srv;
   dml_ps *ps;
@@ -326,7 +328,7 @@ static int fenced_run(int rank, dml_comm *c) {
   RK_OK(dml_ps_pushpull_dense(ps, 0, g, v, N, &ts));
   RK_OK(dml_ps_wait(ps, ts));
   R_ASSERT(v[0] >= 1.0f && v[N - 1] >= 1.0f); /* its own push at least */
-  RK_OK(dml_ps_clock(ps));
+  if (!deferred || rank == 1) RK_OK(dml_ps_clock(ps));
   struct timespec away = {3, 0}; /* rank 1's timeout is 1.5 s */
   int rc = 0;
   if (rank == 0) {
@@ -345,7 +347,21 @@ static int fenced_run(int rank, dml_comm *c) {
     uint64_t before = st.direct;
     /* rank 1's next request comes while this rank is away, not in a call */
     RK_OK(dml_comm_send(c, 1, 77, &go, 1));
+    if (deferred) { /* or it comes first, and its pull waits for this rank's clock */
+      uint64_t held = st.deferred_pulls;
+      for (int i = 0; i < 1000 && st.deferred_pulls == held; i++) {
+        int moved = 0;
+        RK_OK(dml__ps_server_poll(srv, &moved, &err));
+        dml_ps_server_stats_get(srv, &st);
+        if (!moved) usleep(1000);
+      }
+      if (st.deferred_pulls == held) {
+        fprintf(stderr, "rank 0: rank 1's pull was never held\n");
+        rc = 1;
+      }
+    }
     nanosleep(&away, NULL);
+    if (deferred) RK_OK(dml_ps_clock(ps)); /* the held pull is answered, into nothing */
     /* serving again: rank 1's request is still here, its link failed (fenced) */
     for (int i = 0; i < 2000 && st.direct <= before; i++) {
       int moved = 0;
@@ -660,7 +676,7 @@ static int rank_main(int rank, int n, int port, void *arg) {
   if (sc->direct_off) setenv("DISTML_PS_DIRECT", "0", 1);
   RK_OK(th_join(&c, rank, n, port, sc->slow_leave || sc->fenced ? 1500 : 20000));
   if (sc->fenced) {
-    int rc = fenced_run(rank, c);
+    int rc = fenced_run(rank, c, sc->fenced == 2);
     dml_comm_free(c);
     return rc;
   }
@@ -885,6 +901,8 @@ int main(void) {
       6, (scenario){.servers = 1, .hostile_from = 3, .direct_bad = 1});
   run("colocated 2 ranks, a direct request given up after a timeout: nothing written after", 2,
       (scenario){.fenced = 1});
+  run("colocated 2 ranks, a direct pull held (BSP) and given up: nothing written after", 2,
+      (scenario){.fenced = 2});
   run("raw TCP garbage and huge lengths on the server's ports: job goes on", 3,
       (scenario){.servers = 1, .raw_hostile = 1});
   run("worker killed under ASP: run completes", 4,

@@ -176,9 +176,8 @@ struct dml_ps_server {
   int recheck;       /* a worker stopped counting outside a clock update: serve_deferred again */
   local_done *ldone; /* attached: deferred pulls of that worker answered in place */
   size_t nldone, ldone_cap;
-  /* the DIRECT request being handled, answered now: 1 its values are to be written from the
-   * parts, 2 they were written as its push was added (a deferred pull is answered with a body:
-   * its worker may have given up on it by then, and its buffer be reused) */
+  /* the DIRECT request being answered: 1 its values are to be written from the parts, 2 they
+   * were written as its push was added */
   int direct_now;
 };
 
@@ -1133,6 +1132,10 @@ static void serve_deferred(dml_ps_server *s, dml_err *err) {
         if (d->local_out) read_values(s, &d->m, NULL, d->local_out);
         s->ldone[s->nldone++] = (local_done){d->m.timestamp, d->m.key_lo};
       } else {
+        /* a DIRECT pull's values go straight into the worker's output, as when answered at
+         * once: a worker that gives up on a request fences the servers that still owe it
+         * (dml_comm_fence) before its buffers go back to the caller */
+        if (d->m.flags & DML__PS_FLAG_DIRECT) s->direct_now = 1;
         send_reply(s, d->src, &d->m, d->m.command != DML__PS_PUSH, NULL, err);
       }
       dml__ps_msg_free(&d->m);
