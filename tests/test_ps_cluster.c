@@ -64,6 +64,7 @@ typedef struct scenario {
   int direct_off;   /* DISTML_PS_DIRECT=0: large dense values go as bodies, not direct copies */
   int direct_bad;   /* with hostile_from: direct requests the server cannot serve */
   int fenced;       /* fenced_run (timeout 1.5 s); 2: its pull held first */
+  int summed;       /* summed_run: 1 colocated, 2 with .servers dedicated servers */
 } scenario;
 
 static int check_server(int rank, dml_ps_server *s, const scenario *sc) {
@@ -669,6 +670,88 @@ static int mirrored_run(int rank, dml_comm *c, const scenario *sc) {
   return rc;
 }
 
+/* Summed pushpulls (BSP, sum-only): every worker pushpulls two registered tensors per clock, a
+ * large one (direct frames) and a small one (values in frames); worker w pushes (w + 1 + it +
+ * k % 7) to key k at iteration it, so the answer at iteration c must be exactly the sum of every
+ * worker's pushes of iterations 0..c, its own clock's included (a pushpull not summed could miss
+ * the others' of its clock). With a victim (dedicated servers), that worker is killed at
+ * iteration 3: the others' pushpulls go on without it, its pushes of iterations 0-2 counted. */
+#define SUMMED_ITERS 12
+static int summed_run(int rank, int n, dml_comm *c, const scenario *sc) {
+  uint64_t sizes[2] = {4 * 65536, 1000}, off[2];
+  dml_ps_config cfg;
+  dml_ps_config_init(&cfg);
+  cfg.colocated = sc->summed == 1;
+  cfg.num_servers = sc->servers;
+  cfg.sum_only = 1;
+  cfg.summed_pushpull = 1;
+  cfg.dense_sizes = sizes;
+  cfg.num_dense = 2;
+  dml_err err;
+  RK_OK(dml_ps_dense_layout(&cfg, n, off, NULL, &err));
+  int first = cfg.colocated ? 0 : sc->servers, W = n - first;
+  dml_ps_server *srv = NULL;
+  if (dml_ps_is_server(&cfg, rank)) RK_OK(dml_ps_server_create(&srv, c, &cfg, &err));
+  int rc = 0;
+  if (!cfg.colocated && srv) {
+    rc = dml_ps_server_run(srv, &err);
+    if (rc) fprintf(stderr, "rank %d: server: %s\n", rank, err.msg);
+  } else {
+    dml_ps *ps;
+    RK_OK(dml_ps_create(&ps, c, &cfg, &err));
+    if (srv) RK_OK(dml_ps_serve(ps, srv, &err));
+    float *g = malloc(sizes[0] * sizeof(float)), *out = malloc(sizes[0] * sizeof(float));
+    R_ASSERT(g && out);
+    int w = rank - first;
+    for (int it = 0; it < SUMMED_ITERS && rc == 0; it++) {
+      if (sc->victim && rank == sc->victim && it == 3) raise(SIGKILL);
+      for (int t = 0; t < 2 && rc == 0; t++) {
+        for (uint64_t k = 0; k < sizes[t]; k++) g[k] = (float)(w + 1 + it + (int)(k % 7));
+        uint64_t ts;
+        rc = dml_ps_pushpull_dense(ps, off[t], g, out, sizes[t], &ts);
+        if (rc == 0) rc = dml_ps_wait(ps, ts);
+        if (rc) {
+          fprintf(stderr, "rank %d iteration %d: %s\n", rank, it, dml_ps_errmsg(ps));
+          break;
+        }
+        for (uint64_t k = 0; k < sizes[t]; k++) {
+          double want = 0;
+          for (int i = 0; i <= it; i++)
+            for (int v = 0; v < W; v++)
+              if (!sc->victim || v + first != sc->victim || i < 3) want += v + 1 + i + (int)(k % 7);
+          if (out[k] != (float)want) {
+            fprintf(stderr, "rank %d iteration %d tensor %d key %llu: %g, want %g\n", rank, it, t,
+                    (unsigned long long)k, (double)out[k], want);
+            rc = 1;
+            break;
+          }
+        }
+      }
+      if (rc == 0 && (rc = dml_ps_clock(ps)) != 0)
+        fprintf(stderr, "rank %d: clock: %s\n", rank, dml_ps_errmsg(ps));
+    }
+    if (rc == 0 && (rc = dml_ps_finish(ps)) != 0)
+      fprintf(stderr, "rank %d: finish: %s\n", rank, dml_ps_errmsg(ps));
+    dml_ps_free(ps);
+    free(g);
+    free(out);
+  }
+  if (srv && rc == 0) {
+    dml_ps_server_stats st;
+    dml_ps_server_stats_get(srv, &st);
+    if (st.summed == 0) {
+      fprintf(stderr, "rank %d: no summed pushpulls\n", rank);
+      rc = 1;
+    }
+    if (sc->summed == 1 && st.direct == 0) {
+      fprintf(stderr, "rank %d: no direct requests\n", rank);
+      rc = 1;
+    }
+  }
+  dml_ps_server_free(srv);
+  return rc ? 1 : 0;
+}
+
 static int rank_main(int rank, int n, int port, void *arg) {
   const scenario *sc = arg;
   dml_comm *c;
@@ -683,6 +766,11 @@ static int rank_main(int rank, int n, int port, void *arg) {
   dml_err err;
   if (sc->one_server) {
     int rc = one_server_only(rank, c, sc);
+    dml_comm_free(c);
+    return rc;
+  }
+  if (sc->summed) {
+    int rc = summed_run(rank, n, c, sc);
     dml_comm_free(c);
     return rc;
   }
@@ -903,6 +991,10 @@ int main(void) {
       (scenario){.fenced = 1});
   run("colocated 2 ranks, a direct pull held (BSP) and given up: nothing written after", 2,
       (scenario){.fenced = 2});
+  run("summed pushpulls, colocated 3 ranks: each answer holds every push of its clock", 3,
+      (scenario){.summed = 1});
+  run("summed pushpulls, 2 servers 3 workers, a worker killed: the others go on without it", 5,
+      (scenario){.summed = 2, .servers = 2, .victim = 4});
   run("raw TCP garbage and huge lengths on the server's ports: job goes on", 3,
       (scenario){.servers = 1, .raw_hostile = 1});
   run("worker killed under ASP: run completes", 4,

@@ -100,6 +100,17 @@ typedef struct dml_ps_config {
    * dml_ps_config_init: 0, never (every tensor sharded); `distml bench ps` uses 32 KB. Every
    * process must pass the same value. */
   uint64_t mirror_bytes;
+  /* Summed pushpulls (BSP, sum_only; 0 by default): a dense pushpull is answered once every
+   * worker that counts has sent its pushpull of the same keys at the same clock, with all of
+   * their pushes added: the server adds them piece by piece in one pass and writes every worker's
+   * output from the piece (BytePS's summation; colocated, the ranks serve in step, as a ring
+   * all-reduce does). Its answer holds every pushpull of its clock. For data-parallel loops:
+   * every worker pushpulls the same dense ranges once per clock; a worker that does not makes
+   * the others wait until their timeout. A second pushpull of the same keys and clock from one
+   * worker is a protocol error. Mirrored tensors are not affected. Not with recovery
+   * (DML_EUNSUPPORTED: a resent pushpull would be added twice). Every process must pass the
+   * same value. */
+  int summed_pushpull;
 } dml_ps_config;
 
 /* Defaults: 1 server, BSP with sync aggregation, FTRL. */
@@ -130,6 +141,7 @@ typedef struct dml_ps_server_stats {
                                          of direct pushes (copied out of the worker) */
   uint64_t direct;                    /* direct requests (a worker on the same machine: its
                                          values copied out of and into its memory) */
+  uint64_t summed;                    /* summed_pushpull: groups of pushpulls added together */
   uint64_t keys;                      /* distinct keys held at the end */
   int dropped_peers;                  /* peers dropped for malformed frames or frames that
                                          break the protocol */

@@ -29,6 +29,7 @@
 typedef struct layout {
   const char *name;
   int workers, servers, colocated;
+  int summed; /* summed pushpulls (dml_ps_config.summed_pushpull): pushpull only */
 } layout;
 
 static int g_iters;    /* --iters: timed iterations per figure (0: by size) */
@@ -202,6 +203,7 @@ static int bench_rank(const layout *L, int rank, int port, size_t min_bytes, siz
   dml_ps_config_init(&cfg);
   cfg.num_servers = L->servers;
   cfg.colocated = L->colocated;
+  cfg.summed_pushpull = L->summed;
   cfg.sum_only = 1;
   cfg.staleness = 0;
   cfg.handler_threads = g_handlers;
@@ -219,7 +221,7 @@ static int bench_rank(const layout *L, int rank, int port, size_t min_bytes, siz
     float *g = dml__malloc(K * sizeof(float)), *v = dml__malloc(K * sizeof(float));
     if (!g || !v) rc = DML_ENOMEM;
     for (size_t k = 0; rc == 0 && k < K; k++) g[k] = 1.0f;
-    for (int op = 0; op < NOPS && rc == 0; op++) {
+    for (int op = L->summed ? OP_PUSHPULL : 0; op < NOPS && rc == 0; op++) {
       /* side by side: g_rounds rounds of (all-reduce blocks, PS block); medians are reported */
       double t_ar[MAX_ROUNDS], t_ring[MAX_ROUNDS], t_ps[MAX_ROUNDS], sbytes = 0;
       for (int round = 0; round < g_rounds && rc == 0; round++) {
@@ -276,7 +278,10 @@ static void usage(FILE *to) {
   fprintf(to,
           "usage: distml bench ps [--min-bytes B] [--max-bytes B] [--layouts L,L] [--iters N] "
           "[--rounds R] [--handlers K] [--mirror-bytes B] [--json]\n"
-          "  layouts: 1x1, 2x1, 2x2, colocated2 (default: all); sizes B, 4B, 16B ...\n"
+          "  layouts: 1x1, 2x1, 2x2, colocated2, summed2 (default: all); sizes B, 4B, 16B ...\n"
+          "  summed2: colocated2 with summed pushpulls (a pushpull answered once both workers' "
+          "of its clock\n"
+          "  are in, with both added: dml_ps_config.summed_pushpull), pushpull only\n"
           "  dense push, pull and pushpull of M value bytes per worker per iteration (M = 4K, "
           "16K, ... B; default 4K to 4M)\n"
           "  columns: layout (WxS), op, M, iterations, ms per iteration, request bytes in per "
@@ -357,8 +362,11 @@ int dml_cli_bench_ps_main(int argc, char **argv) {
         return bad_flag("%s %s: want a size from 4K to 1G", a, v);
     }
   }
-  const layout layouts[] = {
-      {"1x1", 1, 1, 0}, {"2x1", 2, 1, 0}, {"2x2", 2, 2, 0}, {"colocated2", 2, 2, 1}};
+  const layout layouts[] = {{"1x1", 1, 1, 0, 0},
+                            {"2x1", 2, 1, 0, 0},
+                            {"2x2", 2, 2, 0, 0},
+                            {"colocated2", 2, 2, 1, 0},
+                            {"summed2", 2, 2, 1, 1}};
   const size_t nlayouts = sizeof layouts / sizeof layouts[0];
   if (min_bytes > max_bytes) {
     return bad_flag("--min-bytes %llu is above --max-bytes %llu", (unsigned long long)min_bytes,
@@ -369,7 +377,7 @@ int dml_cli_bench_ps_main(int argc, char **argv) {
     while (i < nlayouts && (strlen(layouts[i].name) != len || strncmp(p, layouts[i].name, len)))
       i++;
     if (i == nlayouts) {
-      return bad_flag("--layouts %s: '%.*s' is not one of 1x1, 2x1, 2x2, colocated2", only,
+      return bad_flag("--layouts %s: '%.*s' is not one of 1x1, 2x1, 2x2, colocated2, summed2", only,
                       (int)len, p);
     }
   }

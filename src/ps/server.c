@@ -96,6 +96,30 @@ typedef struct deferred {
   float *local_out; /* its pull's buffer (NULL: a push) */
 } deferred;
 
+/* Summed pushpulls (cfg.summed_pushpull): the pushpulls of one dense range and clock, held until
+ * every worker that counts has sent its own. A member's push is this process's worker's (vals and
+ * out: the caller's buffers), a DIRECT one (its values read out of the worker piece by piece,
+ * its output written the same way) or a frame's (m owns a copy of its values; answered with a
+ * reply). */
+typedef struct sum_member {
+  int src;
+  dml__ps_msg m;
+  const float *vals; /* the values: this process's worker's, or m.vals; NULL: DIRECT */
+  float *out;        /* this process's worker's output (else answered with a reply) */
+  int gone;          /* its worker stopped counting, or a copy with it failed: left out */
+} sum_member;
+
+typedef struct sum_group {
+  uint64_t clock, key_lo, key_hi;
+  int nm;
+  sum_member *mem; /* (n) */
+} sum_group;
+
+/* Summed pushpulls held at most (groups, and bytes of frame values copied) before the sender of
+ * another is dropped: a worker cannot make the server allocate without bound. */
+#define MAX_SUM_GROUPS 4096
+#define MAX_SUM_BYTES ((size_t)1 << 30)
+
 /* A pull of this process's worker answered in place after it had waited (the worker collects
  * these: dml__ps_server_local_done). */
 typedef struct local_done {
@@ -179,6 +203,9 @@ struct dml_ps_server {
   /* the DIRECT request being answered: 1 its values are to be written from the parts, 2 they
    * were written as its push was added */
   int direct_now;
+  sum_group *sg; /* summed pushpulls waiting for the other workers' */
+  size_t nsg, sg_cap, sg_bytes;
+  float *sgbuf; /* (n * DIRECT_PIECE) pieces of DIRECT members' values */
 };
 
 /* Runs of 64 consecutive keys stay in consecutive buckets (a dense range walks memory in order);
@@ -286,6 +313,15 @@ static void add_floats(float *restrict v, const float *restrict g, size_t n) {
   for (; i + 16 <= n; i += 16)
     for (size_t j = 0; j < 16; j++) v[i + j] += g[i + j];
   for (; i < n; i++) v[i] += g[i];
+}
+
+/* v[i] += x[i] + y[i], in blocks as add_floats: two pushes in one pass. */
+static void add2_floats(float *restrict v, const float *restrict x, const float *restrict y,
+                        size_t n) {
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    for (size_t j = 0; j < 16; j++) v[i + j] += x[i + j] + y[i + j];
+  for (; i < n; i++) v[i] += x[i] + y[i];
 }
 
 /* v[i] += g[i]; out[i] = v[i] (out may be g): a sum-only pushpull's add and read in one pass. */
@@ -1120,7 +1156,10 @@ static int hold_push(dml_ps_server *s, int src, dml__ps_msg *m, dml_err *err) {
   return 0;
 }
 
+static void sum_check(dml_ps_server *s);
+
 static void serve_deferred(dml_ps_server *s, dml_err *err) {
+  if (s->nsg) sum_check(s); /* a worker that stopped counting may complete a group */
   flush_aggregate(s);
   if (s->layout.nmirrored) mirror_fold(s, 0);
   size_t k = 0;
@@ -1227,6 +1266,209 @@ static int defer_request(dml_ps_server *s, int src, dml__ps_msg *m, local_sink *
   return 0;
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * Summed pushpulls. */
+
+/* One chunk's segment of a group's piece (for_segments): every member's push added in one pass,
+ * and this process's worker's output written from the chunk. */
+typedef struct sum_arg {
+  const float **v; /* (nv) the pushes' values of the piece */
+  int nv;
+  float *out; /* this process's worker's output for the piece, or NULL */
+  dml_err *err;
+} sum_arg;
+
+static int sum_segment(dml_ps_server *s, uint64_t part, size_t off, size_t cnt, size_t at,
+                       void *arg) {
+  sum_arg *a = arg;
+  dense_part *d;
+  int rc = dense_part_get(s, part, &d, a->err);
+  if (rc) return rc;
+  float *p = d->vals + off;
+  int k = 0;
+  for (; k + 2 <= a->nv; k += 2) add2_floats(p, a->v[k] + at, a->v[k + 1] + at, cnt);
+  if (k < a->nv) add_floats(p, a->v[k] + at, cnt);
+  if (a->out) memcpy(a->out + at, p, cnt * sizeof(float));
+  return 0;
+}
+
+/* A copy with member k's worker failed (crc from dml_comm_peer_read/write): it is left out of the
+ * rest of the group; a bad address (anything but its death) drops it. */
+static void sum_member_failed(dml_ps_server *s, sum_member *mb, int crc, const char *what,
+                              uint64_t addr, size_t bytes) {
+  dml_err e;
+  int rc = direct_failed(s, mb->src, crc, what, addr, bytes, &e);
+  mb->gone = 1;
+  if (rc != DML_EPEER) drop_peer(s, mb->src, dml_err_msg(&e));
+}
+
+/* Group g is complete: piece by piece (DIRECT_PIECE keys), every member's push is added into the
+ * parts in one pass and every member's output written from them; then each is answered. The
+ * members of workers that stopped counting are left out. */
+static int sum_run(dml_ps_server *s, sum_group *g, dml_err *err) {
+  uint64_t n = g->key_hi - g->key_lo + 1;
+  size_t piece_floats = DIRECT_PIECE;
+  for (int k = 0; k < g->nm; k++)
+    if (!counts(&s->w[g->mem[k].src])) g->mem[k].gone = 1;
+  if (s->sgbuf == NULL &&
+      (s->sgbuf = dml__malloc((size_t)s->n * piece_floats * sizeof(float))) == NULL)
+    return dml_err_set(err, DML_ENOMEM, "ps server: no memory for summed pushpulls");
+  const float **v = dml__malloc((size_t)g->nm * sizeof(*v));
+  if (v == NULL) return dml_err_set(err, DML_ENOMEM, "ps server: no memory for summed pushpulls");
+  int rc = 0;
+  for (uint64_t at = 0; at < n && rc == 0;) {
+    uint64_t key = g->key_lo + at;
+    uint64_t cnt = DML__MIN(DIRECT_PIECE - key % DIRECT_PIECE, n - at);
+    size_t bytes = (size_t)cnt * sizeof(float);
+    int nv = 0;
+    float *out = NULL;
+    for (int k = 0; k < g->nm; k++) {
+      sum_member *mb = &g->mem[k];
+      if (mb->gone) continue;
+      if (mb->out) out = mb->out + at;
+      if (mb->vals) {
+        v[nv++] = mb->vals + at;
+        continue;
+      }
+      float *b = s->sgbuf + (size_t)k * piece_floats;
+      uint64_t in = mb->m.vals_addr + at * sizeof(float);
+      int crc = dml_comm_peer_read(s->c, mb->src, b, in, bytes);
+      if (crc) {
+        sum_member_failed(s, mb, crc, "reading its direct pushpull", in, bytes);
+        continue;
+      }
+      s->st.bytes_in += bytes;
+      v[nv++] = b;
+    }
+    sum_arg a = {v, nv, out, err};
+    if ((rc = for_segments(s, key, cnt, sum_segment, &a)) != 0) break;
+    direct_pieces dp;
+    dp.n = 0;
+    for_segments(s, key, cnt, direct_piece_segment, &dp); /* made just now: cannot fail */
+    for (int k = 0; k < g->nm; k++) {
+      sum_member *mb = &g->mem[k];
+      if (mb->gone || mb->vals) continue;
+      uint64_t to = mb->m.out_addr + at * sizeof(float);
+      int crc = dml_comm_peer_writev(s->c, mb->src, to, dp.iov, dp.n);
+      if (crc) sum_member_failed(s, mb, crc, "writing its direct pushpull's output", to, bytes);
+    }
+    at += cnt;
+  }
+  dml__free(v);
+  if (rc) return rc;
+  s->st.summed++;
+  for (int k = 0; k < g->nm; k++) {
+    sum_member *mb = &g->mem[k];
+    if (mb->gone) continue;
+    worker_state *w = &s->w[mb->src];
+    w->applied++;
+    w->last_push_ts = w->applied_ts = mb->m.timestamp;
+    w->last_push_lo = w->applied_lo = mb->m.key_lo;
+    s->st.pushes++;
+    s->st.pulls++;
+    if (mb->out) {
+      if (s->nldone == s->ldone_cap && grow_ldone(s) != 0)
+        return dml_err_set(err, DML_ENOMEM, "ps server: no memory to answer a pushpull");
+      s->ldone[s->nldone++] = (local_done){mb->m.timestamp, mb->m.key_lo};
+    } else {
+      s->direct_now = mb->vals ? 0 : 2;                       /* DIRECT: written as it was added */
+      int arc = send_reply(s, mb->src, &mb->m, 1, NULL, err); /* the others still answered */
+      if (rc == 0) rc = arc;
+    }
+  }
+  return rc;
+}
+
+static void sum_group_free(dml_ps_server *s, sum_group *g) {
+  for (int k = 0; k < g->nm; k++) {
+    if (g->mem[k].m.vals && !g->mem[k].m.borrowed)
+      s->sg_bytes -= (size_t)g->mem[k].m.nvals * sizeof(float);
+    dml__ps_msg_free(&g->mem[k].m);
+  }
+  dml__free(g->mem);
+  g->mem = NULL;
+  g->nm = 0;
+}
+
+/* Runs every group whose members are all the workers that count (their number is s->live). */
+static void sum_check(dml_ps_server *s) {
+  for (size_t i = 0; i < s->nsg;) {
+    sum_group *g = &s->sg[i];
+    int have = 0;
+    for (int k = 0; k < g->nm; k++) have += counts(&s->w[g->mem[k].src]);
+    if (have < s->live) {
+      i++;
+      continue;
+    }
+    sum_group done = *g;
+    s->sg[i] = s->sg[--s->nsg]; /* out of the list first: answering may look at it again */
+    dml_err e;
+    dml_err_clear(&e);
+    if (sum_run(s, &done, &e) != 0)
+      dml_log(DML_LOG_ERROR, "ps server %d: summed pushpull: %s", s->me, dml_err_msg(&e));
+    sum_group_free(s, &done);
+  }
+}
+
+/* Pushpull m from src (dense, sum-only, BSP, not mirrored) joins the group of its keys and clock
+ * (made if it is the first); the group runs once it is complete. */
+static int sum_hold(dml_ps_server *s, int src, dml__ps_msg *m, local_sink *sink, dml_err *err) {
+  const char *peer = dml_comm_peer_name(s->c, src);
+  size_t i = 0;
+  while (i < s->nsg && !(s->sg[i].clock == m->clock && s->sg[i].key_lo == m->key_lo)) i++;
+  if (i < s->nsg) {
+    sum_group *g = &s->sg[i];
+    if (g->key_hi != m->key_hi)
+      return dml_err_set(err, DML_EPROTO,
+                         "ps: %s pushpulled keys [%llu, %llu] at clock %llu, another worker [%llu, "
+                         "%llu]: summed pushpulls need the same ranges",
+                         peer, (unsigned long long)m->key_lo, (unsigned long long)m->key_hi,
+                         (unsigned long long)m->clock, (unsigned long long)g->key_lo,
+                         (unsigned long long)g->key_hi);
+    for (int k = 0; k < g->nm; k++)
+      if (g->mem[k].src == src)
+        return dml_err_set(err, DML_EPROTO,
+                           "ps: %s pushpulled keys [%llu, %llu] twice at clock %llu (summed "
+                           "pushpulls: once per clock)",
+                           peer, (unsigned long long)m->key_lo, (unsigned long long)m->key_hi,
+                           (unsigned long long)m->clock);
+  } else {
+    if (s->nsg >= MAX_SUM_GROUPS)
+      return dml_err_set(err, DML_EPROTO, "ps: %s: more than %d summed pushpulls waiting", peer,
+                         MAX_SUM_GROUPS);
+    if (grow_one(&s->sg, s->nsg, &s->sg_cap, sizeof(sum_group), 4) != 0)
+      return dml_err_set(err, DML_ENOMEM, "ps server: no memory for a summed pushpull");
+    sum_member *mem = dml__calloc((size_t)s->n, sizeof(*mem));
+    if (mem == NULL) return dml_err_set(err, DML_ENOMEM, "ps server: no memory for a pushpull");
+    s->sg[s->nsg++] = (sum_group){m->clock, m->key_lo, m->key_hi, 0, mem};
+  }
+  sum_group *g = &s->sg[i];
+  sum_member mb = {src, *m, NULL, NULL, 0};
+  if (sink) { /* the caller's buffers, valid until it has the answer */
+    mb.vals = m->vals;
+    mb.out = sink->out;
+    mb.m.vals = NULL;
+    mb.m.borrowed = 1;
+  } else if (m->vals) { /* a frame's (or body's) values: copied */
+    size_t bytes = (size_t)m->nvals * sizeof(float);
+    if (s->sg_bytes + bytes > MAX_SUM_BYTES)
+      return dml_err_set(err, DML_EPROTO, "ps: %s: more than %zu MB of summed pushpulls waiting",
+                         peer, MAX_SUM_BYTES >> 20);
+    if (dml__ps_msg_own(&mb.m) != 0)
+      return dml_err_set(err, DML_ENOMEM, "ps server: no memory for a summed pushpull");
+    if (mb.m.vals == m->vals) { /* owned already (not borrowed): taken over */
+      m->vals = NULL;
+      m->keys = NULL;
+      m->borrowed = 1;
+    }
+    s->sg_bytes += bytes;
+    mb.vals = mb.m.vals;
+  }
+  g->mem[g->nm++] = mb;
+  sum_check(s);
+  return 0;
+}
+
 /* One request from src, decoded and checked (or built in place by this process's worker: sink
  * not NULL, keys and values borrowed from the caller). A pull's values go to sink->out when
  * sink is given and the pull can be answered now; otherwise into a reply frame. m is freed (or
@@ -1264,6 +1506,11 @@ static int handle_msg(dml_ps_server *s, int src, dml__ps_msg *mp, local_sink *si
   switch (m.command) {
     case DML__PS_PUSH:
     case DML__PS_PUSHPULL:
+      if (s->cfg.summed_pushpull && m.command == DML__PS_PUSHPULL &&
+          (m.flags & DML__PS_FLAG_DENSE) && !mirrored) {
+        if ((rc = sum_hold(s, src, &m, sink, err)) == 0 && sink) sink->answered = 0;
+        break;
+      }
       if (m.timestamp < w->last_push_ts ||
           (m.timestamp == w->last_push_ts && m.key_lo <= w->last_push_lo)) {
         s->st.dup_pushes++; /* resent after a timeout: applied once already */
@@ -1580,6 +1827,10 @@ int dml_ps_server_create(dml_ps_server **out, dml_comm *c, const dml_ps_config *
   if (K > 1 && (cfg->recover || cfg->restore || cfg->checkpoint_dir))
     return dml_err_set(err, DML_EUNSUPPORTED,
                        "ps: checkpoints and recovery need one handler thread per server");
+  if (cfg->summed_pushpull && (!cfg->sum_only || cfg->staleness != 0))
+    return dml_err_set(err, DML_EINVAL, "ps: summed pushpulls need BSP and a sum-only server");
+  if (cfg->summed_pushpull && (cfg->recover || cfg->restore))
+    return dml_err_set(err, DML_EUNSUPPORTED, "ps: summed pushpulls are not recovered");
   dml_ps_server *s = NULL;
   int rc = create_handler(&s, c, cfg, 0, err);
   if (rc) return rc;
@@ -1831,6 +2082,8 @@ static int reform(dml_ps_server *s, const char *why, dml_err *err) {
   s->st.reforms++;
   for (size_t i = 0; i < s->ndq; i++) dml__ps_msg_free(&s->dq[i].m);
   s->ndq = 0;
+  for (size_t i = 0; i < s->nsg; i++) sum_group_free(s, &s->sg[i]); /* resent */
+  s->nsg = 0;
   for (int r = 0; r < s->n; r++) {
     worker_state *w = &s->w[r];
     if (w->is_worker && w->dead && !w->dropped) {
@@ -2006,6 +2259,13 @@ void dml__ps_server_forget(dml_ps_server *s, uint64_t timestamp) {
     s->dq[k++] = *d;
   }
   s->ndq = k;
+  for (size_t i = 0; i < s->nsg; i++) { /* its buffers are the caller's again */
+    sum_group *g = &s->sg[i];
+    int j = 0;
+    for (int m = 0; m < g->nm; m++)
+      if (!(g->mem[m].src == s->me && g->mem[m].m.timestamp == timestamp)) g->mem[j++] = g->mem[m];
+    g->nm = j;
+  }
 }
 
 int dml__ps_server_worker_dead(const dml_ps_server *s, int rank) {
@@ -2118,6 +2378,9 @@ void dml_ps_server_free(dml_ps_server *s) {
   dml__free(s->dq);
   for (size_t i = 0; i < s->nhq; i++) dml__ps_msg_free(&s->hq[i].m);
   dml__free(s->hq);
+  for (size_t i = 0; i < s->nsg; i++) sum_group_free(s, &s->sg[i]);
+  dml__free(s->sg);
+  dml__free(s->sgbuf);
   dml__free(s->ldone);
   for (size_t i = 0; i < s->ndparts; i++) {
     dml__free(s->dparts[i].vals);

@@ -172,6 +172,21 @@ int main(void) {
   T_CONTAINS(err.msg, path);
   dml_ps_server_free(s);
   remove(path);
+  /* summed pushpulls need BSP and a sum-only server: refused otherwise, on either side */
+  dml_ps_config sc;
+  dml_ps_config_init(&sc);
+  sc.summed_pushpull = 1;
+  dml_ps_server *bad = NULL;
+  T_EQ_INT(dml_ps_server_create(&bad, comm, &sc, &err), DML_EINVAL); /* FTRL */
+  T_CONTAINS(err.msg, "summed pushpulls");
+  sc.sum_only = 1;
+  sc.staleness = 2;
+  T_EQ_INT(dml_ps_server_create(&bad, comm, &sc, &err), DML_EINVAL);
+  T_ASSERT(bad == NULL);
+  sc.colocated = 1;
+  dml_ps *bw = NULL;
+  T_EQ_INT(dml_ps_create(&bw, comm, &sc, &err), DML_EINVAL);
+  T_CONTAINS(err.msg, "summed pushpulls");
   dml_comm_free(comm);
   printf("server_test: ok\n");
   return 0;
