@@ -64,7 +64,8 @@ typedef struct scenario {
   int direct_off;   /* DISTML_PS_DIRECT=0: large dense values go as bodies, not direct copies */
   int direct_bad;   /* with hostile_from: direct requests the server cannot serve */
   int fenced;       /* fenced_run (timeout 1.5 s); 2: its pull held first */
-  int summed;       /* summed_run: 1 colocated, 2 with .servers dedicated servers */
+  int summed;       /* summed_run: 1 colocated, 2 with .servers dedicated servers, 3 the same
+                       and the last rank hostile */
 } scenario;
 
 static int check_server(int rank, dml_ps_server *s, const scenario *sc) {
@@ -689,7 +690,33 @@ static int summed_run(int rank, int n, dml_comm *c, const scenario *sc) {
   cfg.num_dense = 2;
   dml_err err;
   RK_OK(dml_ps_dense_layout(&cfg, n, off, NULL, &err));
-  int first = cfg.colocated ? 0 : sc->servers, W = n - first;
+  int first = cfg.colocated ? 0 : sc->servers, W = n - first - (sc->summed == 3);
+  if (sc->summed == 3 && rank == n - 1) {
+    /* a pushpull of the small tensor at a clock nobody reaches, sent twice: dropped, and the
+     * group it opened let go, so the others' groups do not wait for it */
+    float vals[1000];
+    for (int k = 0; k < 1000; k++) vals[k] = 1000.0f;
+    dml__ps_msg m;
+    memset(&m, 0, sizeof m);
+    m.command = DML__PS_PUSHPULL;
+    m.flags = DML__PS_FLAG_DENSE;
+    m.sender = (uint32_t)rank;
+    m.timestamp = 1;
+    m.clock = 100;
+    m.key_lo = off[1];
+    m.key_hi = off[1] + 999;
+    m.nvals = 1000;
+    m.value_type = DML__PS_VT_F32;
+    size_t fb = dml__ps_frame_bytes(0, 1000);
+    unsigned char *frame = malloc(fb);
+    R_ASSERT(frame != NULL);
+    dml__ps_encode(frame, &m, NULL, vals);
+    for (int k = 0; k < 2; k++) RK_OK(dml_comm_send(c, 0, DML__PS_TAG_REQ, frame, fb));
+    free(frame);
+    struct timespec ts = {1, 0}; /* connected while the server looks at it */
+    nanosleep(&ts, NULL);
+    return 0;
+  }
   dml_ps_server *srv = NULL;
   if (dml_ps_is_server(&cfg, rank)) RK_OK(dml_ps_server_create(&srv, c, &cfg, &err));
   int rc = 0;
@@ -745,6 +772,10 @@ static int summed_run(int rank, int n, dml_comm *c, const scenario *sc) {
     }
     if (sc->summed == 1 && st.direct == 0) {
       fprintf(stderr, "rank %d: no direct requests\n", rank);
+      rc = 1;
+    }
+    if (st.dropped_peers != (sc->summed == 3)) {
+      fprintf(stderr, "rank %d: %d peers dropped\n", rank, st.dropped_peers);
       rc = 1;
     }
   }
@@ -995,6 +1026,8 @@ int main(void) {
       (scenario){.summed = 1});
   run("summed pushpulls, 2 servers 3 workers, a worker killed: the others go on without it", 5,
       (scenario){.summed = 2, .servers = 2, .victim = 4});
+  run("summed pushpulls, a rank pushpulling a range twice at a clock: dropped, the others go on", 4,
+      (scenario){.summed = 3, .servers = 1});
   run("raw TCP garbage and huge lengths on the server's ports: job goes on", 3,
       (scenario){.servers = 1, .raw_hostile = 1});
   run("worker killed under ASP: run completes", 4,

@@ -30,6 +30,7 @@ typedef struct worker_state {
   uint64_t ckpt_applied;           /* restored server: `applied` in the checkpoint */
   uint64_t ckpt_clock;             /* restored server: `clock` in the checkpoint */
   int rejoined;                    /* restored server: its REJOIN arrived (losses counted once) */
+  size_t sum_bytes;                /* its frame values held in summed pushpulls' groups */
 } worker_state;
 
 /* 1 if w is a worker that counts: it has neither left, died nor been dropped. */
@@ -115,10 +116,11 @@ typedef struct sum_group {
   sum_member *mem; /* (n) */
 } sum_group;
 
-/* Summed pushpulls held at most (groups, and bytes of frame values copied) before the sender of
- * another is dropped: a worker cannot make the server allocate without bound. */
+/* Summed pushpulls held at most (groups, and bytes of frame values copied from one sender) before
+ * the sender of another is dropped: a worker cannot make the server allocate without bound, and
+ * what a dropped one held is let go (sum_prune). */
 #define MAX_SUM_GROUPS 4096
-#define MAX_SUM_BYTES ((size_t)1 << 30)
+#define MAX_SUM_BYTES ((size_t)256 << 20)
 
 /* A pull of this process's worker answered in place after it had waited (the worker collects
  * these: dml__ps_server_local_done). */
@@ -204,7 +206,7 @@ struct dml_ps_server {
    * were written as its push was added */
   int direct_now;
   sum_group *sg; /* summed pushpulls waiting for the other workers' */
-  size_t nsg, sg_cap, sg_bytes;
+  size_t nsg, sg_cap;
   float *sgbuf; /* (n * DIRECT_PIECE) pieces of DIRECT members' values */
 };
 
@@ -1366,8 +1368,8 @@ static int sum_run(dml_ps_server *s, sum_group *g, dml_err *err) {
     w->last_push_lo = w->applied_lo = mb->m.key_lo;
     s->st.pushes++;
     s->st.pulls++;
-    if (mb->out) {
-      if (s->nldone == s->ldone_cap && grow_ldone(s) != 0)
+    if (mb->out) { /* keeping the room defer_request made for the deferred pulls */
+      if (s->nldone + s->ndq + 1 > s->ldone_cap && grow_ldone(s) != 0)
         return dml_err_set(err, DML_ENOMEM, "ps server: no memory to answer a pushpull");
       s->ldone[s->nldone++] = (local_done){mb->m.timestamp, mb->m.key_lo};
     } else {
@@ -1379,24 +1381,45 @@ static int sum_run(dml_ps_server *s, sum_group *g, dml_err *err) {
   return rc;
 }
 
+static void sum_member_free(dml_ps_server *s, sum_member *mb) {
+  if (mb->m.vals && !mb->m.borrowed) s->w[mb->src].sum_bytes -= (size_t)mb->m.nvals * sizeof(float);
+  dml__ps_msg_free(&mb->m);
+}
+
 static void sum_group_free(dml_ps_server *s, sum_group *g) {
-  for (int k = 0; k < g->nm; k++) {
-    if (g->mem[k].m.vals && !g->mem[k].m.borrowed)
-      s->sg_bytes -= (size_t)g->mem[k].m.nvals * sizeof(float);
-    dml__ps_msg_free(&g->mem[k].m);
-  }
+  for (int k = 0; k < g->nm; k++) sum_member_free(s, &g->mem[k]);
   dml__free(g->mem);
   g->mem = NULL;
   g->nm = 0;
 }
 
-/* Runs every group whose members are all the workers that count (their number is s->live). */
-static void sum_check(dml_ps_server *s) {
+/* Lets go of the members of workers that stopped counting, and of groups left with none. */
+static void sum_prune(dml_ps_server *s) {
   for (size_t i = 0; i < s->nsg;) {
     sum_group *g = &s->sg[i];
-    int have = 0;
-    for (int k = 0; k < g->nm; k++) have += counts(&s->w[g->mem[k].src]);
-    if (have < s->live) {
+    int j = 0;
+    for (int k = 0; k < g->nm; k++) {
+      if (counts(&s->w[g->mem[k].src]))
+        g->mem[j++] = g->mem[k];
+      else
+        sum_member_free(s, &g->mem[k]);
+    }
+    g->nm = j;
+    if (j > 0) {
+      i++;
+      continue;
+    }
+    sum_group_free(s, g);
+    s->sg[i] = s->sg[--s->nsg];
+  }
+}
+
+/* Runs every group whose members are all the workers that count (their number is s->live). */
+static void sum_check(dml_ps_server *s) {
+  sum_prune(s);
+  for (size_t i = 0; i < s->nsg;) {
+    sum_group *g = &s->sg[i];
+    if (g->nm < s->live) {
       i++;
       continue;
     }
@@ -1414,6 +1437,7 @@ static void sum_check(dml_ps_server *s) {
  * (made if it is the first); the group runs once it is complete. */
 static int sum_hold(dml_ps_server *s, int src, dml__ps_msg *m, local_sink *sink, dml_err *err) {
   const char *peer = dml_comm_peer_name(s->c, src);
+  sum_prune(s); /* what a dropped worker held is not held against the others */
   size_t i = 0;
   while (i < s->nsg && !(s->sg[i].clock == m->clock && s->sg[i].key_lo == m->key_lo)) i++;
   if (i < s->nsg) {
@@ -1451,9 +1475,10 @@ static int sum_hold(dml_ps_server *s, int src, dml__ps_msg *m, local_sink *sink,
     mb.m.borrowed = 1;
   } else if (m->vals) { /* a frame's (or body's) values: copied */
     size_t bytes = (size_t)m->nvals * sizeof(float);
-    if (s->sg_bytes + bytes > MAX_SUM_BYTES)
-      return dml_err_set(err, DML_EPROTO, "ps: %s: more than %zu MB of summed pushpulls waiting",
-                         peer, MAX_SUM_BYTES >> 20);
+    if (s->w[src].sum_bytes + bytes > MAX_SUM_BYTES)
+      return dml_err_set(err, DML_EPROTO,
+                         "ps: %s: more than %zu MB of its summed pushpulls' values waiting", peer,
+                         MAX_SUM_BYTES >> 20);
     if (dml__ps_msg_own(&mb.m) != 0)
       return dml_err_set(err, DML_ENOMEM, "ps server: no memory for a summed pushpull");
     if (mb.m.vals == m->vals) { /* owned already (not borrowed): taken over */
@@ -1461,7 +1486,7 @@ static int sum_hold(dml_ps_server *s, int src, dml__ps_msg *m, local_sink *sink,
       m->keys = NULL;
       m->borrowed = 1;
     }
-    s->sg_bytes += bytes;
+    s->w[src].sum_bytes += bytes;
     mb.vals = mb.m.vals;
   }
   g->mem[g->nm++] = mb;
@@ -2363,6 +2388,7 @@ void dml_ps_server_stats_get(const dml_ps_server *s, dml_ps_server_stats *st) {
     st->deferred_pulls += u->st.deferred_pulls;
     st->bytes_in += u->st.bytes_in;
     st->direct += u->st.direct;
+    st->summed += u->st.summed;
     st->keys += u->nkeys;
   }
 }

@@ -183,6 +183,12 @@ int main(void) {
   sc.staleness = 2;
   T_EQ_INT(dml_ps_server_create(&bad, comm, &sc, &err), DML_EINVAL);
   T_ASSERT(bad == NULL);
+  sc.staleness = 0;
+  sc.recover = 1;
+  T_EQ_INT(dml_ps_server_create(&bad, comm, &sc, &err), DML_EUNSUPPORTED);
+  T_CONTAINS(err.msg, "not recovered");
+  sc.recover = 0;
+  sc.staleness = 2;
   sc.colocated = 1;
   dml_ps *bw = NULL;
   T_EQ_INT(dml_ps_create(&bw, comm, &sc, &err), DML_EINVAL);
