@@ -47,24 +47,33 @@ static void sleep_ms(int ms) {
   nanosleep(&ts, NULL);
 }
 
+/* This rank joins the job (timeout_ms) and gets a sum-only config with recovery, checkpoints
+ * into sc->dir, and o for re-formed communicators. */
+static int join_recovering(int rank, int n, int port, int timeout_ms, const scenario *sc,
+                           dml_comm_opts *o, dml_comm **c, dml_ps_config *cfg) {
+  th_clear_env();
+  th_opts(o, rank, n, port, timeout_ms);
+  dml_err err;
+  RK_OK(dml_comm_init(c, o, &err));
+  dml_ps_config_init(cfg);
+  cfg->sum_only = 1;
+  cfg->checkpoint_dir = sc->dir;
+  cfg->recover = 1;
+  cfg->restore = sc->restore;
+  cfg->comm_opts = o;
+  return 0;
+}
+
 static int rank_main(int rank, int n, int port, void *arg) {
   const scenario *sc = arg;
   dml_comm_opts o;
-  th_clear_env();
-  th_opts(&o, rank, n, port, 20000);
   dml_comm *c;
-  dml_err err;
-  RK_OK(dml_comm_init(&c, &o, &err));
   dml_ps_config cfg;
-  dml_ps_config_init(&cfg);
+  dml_err err;
+  if (join_recovering(rank, n, port, 20000, sc, &o, &c, &cfg) != 0) return 1;
   cfg.num_servers = 2;
   cfg.staleness = sc->staleness;
-  cfg.sum_only = 1;
-  cfg.checkpoint_dir = sc->dir;
   cfg.checkpoint_every_clocks = 4;
-  cfg.recover = 1;
-  cfg.restore = sc->restore;
-  cfg.comm_opts = &o;
   int rc = 0;
   if (dml_ps_is_server(&cfg, rank)) {
     dml_ps_server *srv;
@@ -226,19 +235,12 @@ static void run(const char *what, int victim, int staleness) {
 static int queued_reform_main(int rank, int n, int port, void *arg) {
   const scenario *sc = arg;
   dml_comm_opts o;
-  th_clear_env();
-  th_opts(&o, rank, n, port, 5000);
   dml_comm *c;
-  dml_err err;
-  RK_OK(dml_comm_init(&c, &o, &err));
   dml_ps_config cfg;
-  dml_ps_config_init(&cfg);
+  dml_err err;
+  if (join_recovering(rank, n, port, 5000, sc, &o, &c, &cfg) != 0) return 1;
   cfg.num_servers = 1;
   cfg.staleness = DML_PS_ASP;
-  cfg.sum_only = 1;
-  cfg.checkpoint_dir = sc->dir;
-  cfg.recover = 1;
-  cfg.comm_opts = &o;
   if (rank == 0) {
     dml_ps_server *srv;
     RK_OK(dml_ps_server_create(&srv, c, &cfg, &err));
