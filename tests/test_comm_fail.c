@@ -236,7 +236,9 @@ static void test_auth(void) {
 
   /* Wrong token on rank 1: it is refused with a message saying so, and rank 0 logs why (rank 0
    * itself then times out waiting for rank 1). */
-  const char *log0 = "/tmp/distml_test_comm_auth0.log", *log1 = "/tmp/distml_test_comm_auth1.log";
+  char log0[64], log1[64]; /* this run's own: another run at the same time has its own */
+  snprintf(log0, sizeof log0, "/tmp/distml_test_comm_auth0.%d.log", (int)getpid());
+  snprintf(log1, sizeof log1, "/tmp/distml_test_comm_auth1.%d.log", (int)getpid());
   for (int variant = 0; variant < 2; variant++) {
     fail_arg bad = {.timeout_ms = 3000, .token = {"s3cret", variant == 0 ? "wrong" : NULL}};
     int port = th_free_port();
@@ -310,7 +312,8 @@ static int read_until_closed(int fd) {
 }
 
 static void test_hostile(void) {
-  const char *log0 = "/tmp/distml_test_comm_hostile0.log";
+  char log0[64];
+  snprintf(log0, sizeof log0, "/tmp/distml_test_comm_hostile0.%d.log", (int)getpid());
   fail_arg a = {.timeout_ms = 20000};
   int port = th_free_port();
   pid_t p0 = th_spawn(0, 2, port, auth_main, &a, log0);

@@ -342,7 +342,8 @@ static int peer_rank_main(int rank, int port) {
 
 static void test_hostile_peer_port(void) {
   int port = free_port();
-  const char *log0 = "/tmp/distml_comm_test_peerport.log";
+  char log0[64];
+  snprintf(log0, sizeof log0, "/tmp/distml_comm_test_peerport.%d.log", (int)getpid());
   fflush(stdout);
   fflush(stderr);
   pid_t p0 = fork();
