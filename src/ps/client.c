@@ -140,10 +140,8 @@ int dml_ps_create(dml_ps **out, dml_comm *c, const dml_ps_config *cfg, dml_err *
   if (cfg->colocated && cfg->recover)
     return dml_err_set(err, DML_EUNSUPPORTED,
                        "ps: recovery needs dedicated servers (not --servers colocated)");
-  if (cfg->summed_pushpull && (!cfg->sum_only || cfg->staleness != 0))
-    return dml_err_set(err, DML_EINVAL, "ps: summed pushpulls need BSP and a sum-only server");
-  if (cfg->summed_pushpull && cfg->recover)
-    return dml_err_set(err, DML_EUNSUPPORTED, "ps: summed pushpulls are not recovered");
+  int rc = dml__ps_summed_check(cfg, err);
+  if (rc) return rc;
   dml_ps *ps = dml__calloc(1, sizeof(*ps));
   if (ps == NULL) return dml_err_set(err, DML_ENOMEM, "ps: out of memory");
   ps->c = c;

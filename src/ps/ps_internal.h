@@ -130,6 +130,9 @@ uint64_t dml__ps_mirror_keys(const dml_ps_config *cfg, int n);
 /* DML_EINVAL (err says why) when a replica might have to drop an honest worker for the pushes of
  * cfg's mirrored tensors it must hold (max_in_flight and the bytes per clock, see server.c). */
 int dml__ps_mirror_check(const dml_ps_config *cfg, int n, dml_err *err);
+/* Refuses summed pushpulls (cfg->summed_pushpull) without BSP and a sum-only server
+ * (DML_EINVAL) or with recovery (DML_EUNSUPPORTED); 0 otherwise. Server and worker both ask. */
+int dml__ps_summed_check(const dml_ps_config *cfg, dml_err *err);
 /* The server of dense key (DML__PS_MIRRORED: every server): from the table inside the registered
  * range, round-robin beyond. */
 int dml__ps_dense_owner(const dml__ps_dense_layout *l, uint64_t key);

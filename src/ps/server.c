@@ -669,6 +669,15 @@ static int direct_piece_segment(dml_ps_server *s, uint64_t part, size_t off, siz
   return 0;
 }
 
+/* Writes keys [lo, lo + n) straight out of the parts into worker dst's memory at addr, in one
+ * system call (n at most DML__PS_DENSE_MAX_PART). 0, or dml_comm_peer_writev's failure. */
+static int write_parts(dml_ps_server *s, int dst, uint64_t lo, uint64_t n, uint64_t addr) {
+  direct_pieces a;
+  a.n = 0;
+  int crc = for_segments(s, lo, n, direct_piece_segment, &a);
+  return crc ? crc : dml_comm_peer_writev(s->c, dst, addr, a.iov, a.n);
+}
+
 static int send_reply(dml_ps_server *s, int dst, const dml__ps_msg *req, int with_values,
                       const uint32_t *slots, dml_err *err) {
   dml__ps_msg r;
@@ -689,10 +698,7 @@ static int send_reply(dml_ps_server *s, int dst, const dml__ps_msg *req, int wit
       /* the values into the worker's output (unless written as the push was added), then a
        * header that says so */
       if (direct == 1) {
-        direct_pieces a;
-        a.n = 0;
-        int crc = for_segments(s, req->key_lo, r.nvals, direct_piece_segment, &a);
-        if (crc == 0) crc = dml_comm_peer_writev(s->c, dst, req->out_addr, a.iov, a.n);
+        int crc = write_parts(s, dst, req->key_lo, r.nvals, req->out_addr);
         if (crc) {
           dml_err e;
           direct_failed(s, dst, crc, "writing its direct pull's output", req->out_addr,
@@ -1127,6 +1133,17 @@ static void final_pull_ready(dml_ps_server *s, const dml__ps_msg *m) {
   if (s->layout.nmirrored) mirror_fold(s, 1);
 }
 
+/* *keep becomes m with keys and values of its own: m's when m owns them (taken over: m keeps
+ * none), else a copy of the frame's. 0 or DML_ENOMEM. */
+static int keep_msg(dml__ps_msg *keep, dml__ps_msg *m) {
+  *keep = *m;
+  if (m->borrowed) return dml__ps_msg_own(keep);
+  m->keys = NULL;
+  m->vals = NULL;
+  m->borrowed = 1;
+  return 0;
+}
+
 /* Keeps push m from src for its clock's aggregate (BSP sync aggregation, m's clock past the open
  * one): a copy, or its values when m owns them (m keeps none then). 0: kept; 1: no room (sum it
  * now); or an error. */
@@ -1145,14 +1162,8 @@ static int hold_push(dml_ps_server *s, int src, dml__ps_msg *m, dml_err *err) {
     return dml_err_set(err, DML_ENOMEM, "ps server: no memory to hold a push");
   held_push *h = &s->hq[s->nhq];
   h->src = src;
-  h->m = *m;
-  if (!m->borrowed) { /* values of its own (a direct push's, fetched): taken over */
-    m->keys = NULL;
-    m->vals = NULL;
-    m->borrowed = 1;
-  } else if (dml__ps_msg_own(&h->m) != 0) { /* a copy of the frame's keys and values */
+  if (keep_msg(&h->m, m) != 0) /* a direct push's fetched values, or the frame's copied */
     return dml_err_set(err, DML_ENOMEM, "ps server: no memory to hold a push");
-  }
   s->nhq++;
   s->hq_bytes += bytes;
   return 0;
@@ -1344,14 +1355,11 @@ static int sum_run(dml_ps_server *s, sum_group *g, dml_err *err) {
     }
     sum_arg a = {v, nv, out, err};
     if ((rc = for_segments(s, key, cnt, sum_segment, &a)) != 0) break;
-    direct_pieces dp;
-    dp.n = 0;
-    for_segments(s, key, cnt, direct_piece_segment, &dp); /* made just now: cannot fail */
     for (int k = 0; k < g->nm; k++) {
       sum_member *mb = &g->mem[k];
       if (mb->gone || mb->vals) continue;
       uint64_t to = mb->m.out_addr + at * sizeof(float);
-      int crc = dml_comm_peer_writev(s->c, mb->src, to, dp.iov, dp.n);
+      int crc = write_parts(s, mb->src, key, cnt, to);
       if (crc) sum_member_failed(s, mb, crc, "writing its direct pushpull's output", to, bytes);
     }
     at += cnt;
@@ -1479,13 +1487,8 @@ static int sum_hold(dml_ps_server *s, int src, dml__ps_msg *m, local_sink *sink,
       return dml_err_set(err, DML_EPROTO,
                          "ps: %s: more than %zu MB of its summed pushpulls' values waiting", peer,
                          MAX_SUM_BYTES >> 20);
-    if (dml__ps_msg_own(&mb.m) != 0)
+    if (keep_msg(&mb.m, m) != 0)
       return dml_err_set(err, DML_ENOMEM, "ps server: no memory for a summed pushpull");
-    if (mb.m.vals == m->vals) { /* owned already (not borrowed): taken over */
-      m->vals = NULL;
-      m->keys = NULL;
-      m->borrowed = 1;
-    }
     s->w[src].sum_bytes += bytes;
     mb.vals = mb.m.vals;
   }
@@ -1852,12 +1855,10 @@ int dml_ps_server_create(dml_ps_server **out, dml_comm *c, const dml_ps_config *
   if (K > 1 && (cfg->recover || cfg->restore || cfg->checkpoint_dir))
     return dml_err_set(err, DML_EUNSUPPORTED,
                        "ps: checkpoints and recovery need one handler thread per server");
-  if (cfg->summed_pushpull && (!cfg->sum_only || cfg->staleness != 0))
-    return dml_err_set(err, DML_EINVAL, "ps: summed pushpulls need BSP and a sum-only server");
-  if (cfg->summed_pushpull && (cfg->recover || cfg->restore))
-    return dml_err_set(err, DML_EUNSUPPORTED, "ps: summed pushpulls are not recovered");
+  int rc = dml__ps_summed_check(cfg, err);
+  if (rc) return rc;
   dml_ps_server *s = NULL;
-  int rc = create_handler(&s, c, cfg, 0, err);
+  rc = create_handler(&s, c, cfg, 0, err);
   if (rc) return rc;
   if (K > 1) {
     s->subs = dml__calloc((size_t)K - 1, sizeof(dml_ps_server *));
@@ -1869,6 +1870,15 @@ int dml_ps_server_create(dml_ps_server **out, dml_comm *c, const dml_ps_config *
     }
   }
   *out = s;
+  return 0;
+}
+
+int dml__ps_summed_check(const dml_ps_config *cfg, dml_err *err) {
+  if (!cfg->summed_pushpull) return 0;
+  if (!cfg->sum_only || cfg->staleness != 0)
+    return dml_err_set(err, DML_EINVAL, "ps: summed pushpulls need BSP and a sum-only server");
+  if (cfg->recover || cfg->restore)
+    return dml_err_set(err, DML_EUNSUPPORTED, "ps: summed pushpulls are not recovered");
   return 0;
 }
 
