@@ -369,9 +369,9 @@ static int send_frame(dml_ps *ps, request *r, int s, dml__ps_msg *m, const uint6
   r->fbytes[f] = bytes;
   dml__ps_encode(frame, m, keys, vals);
   int rc;
-  if (m->flags & DML__PS_FLAG_REPLY_BODY) {
-    /* posted before the request leaves: the reply's values land in out (a DIRECT frame's too:
-     * a pull its server cannot answer at once comes so) */
+  if ((m->flags & DML__PS_FLAG_REPLY_BODY) && !direct) {
+    /* posted before the request leaves: the reply's values land in out (a DIRECT frame's are
+     * written there by its server, even when it answers later) */
     size_t vbytes = (size_t)(m->key_hi - m->key_lo + 1) * sizeof(float);
     rc = dml_comm_irecv(ps->c, server_rank(ps, s), DML__PS_TAG_BODY(s / ps->Sproc, m->timestamp),
                         out, vbytes, &r->brecv[f]);
@@ -711,7 +711,9 @@ static int file_reply(dml_ps *ps, int s, void *buf, size_t bytes) {
     }
     /* DIRECT: the server wrote the values into out (a frame sent so, pulling) */
     int direct = (m.flags & DML__PS_FLAG_DIRECT) != 0;
-    if (direct && (r->brecv[f] == NULL || !(frame_flags(r, f) & DML__PS_FLAG_DIRECT))) {
+    unsigned sent = frame_flags(r, f);
+    if (direct && (sent & (DML__PS_FLAG_DIRECT | DML__PS_FLAG_REPLY_BODY)) !=
+                      (DML__PS_FLAG_DIRECT | DML__PS_FLAG_REPLY_BODY)) {
       dml__ps_msg_free(&m);
       dml_comm_buf_free(buf);
       return fail(ps, DML_EPROTO, "ps: server %s answered directly a request not made so%s", peer,
@@ -723,7 +725,7 @@ static int file_reply(dml_ps *ps, int s, void *buf, size_t bytes) {
       return fail(ps, DML_EPROTO, "ps: server %s sent a body this request did not ask for%s", peer,
                   "");
     }
-    if (r->brecv[f] && !(m.flags & DML__PS_FLAG_BODY) && (cnt || direct)) { /* no body after all */
+    if (r->brecv[f] && !(m.flags & DML__PS_FLAG_BODY) && cnt) { /* inline after all */
       dml_comm_cancel(ps->c, r->brecv[f]);
       r->brecv[f] = NULL;
     }
