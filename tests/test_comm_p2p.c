@@ -392,8 +392,8 @@ static int rank_no_cma(int rank, int n, int port, void *arg) {
 }
 
 /* dml_comm_fence: rank 1 gives rank 0 the address of a buffer, rank 0 reads it, then rank 1
- * fences rank 0: it returns once rank 0 has closed the link, and rank 0's copies fail from then
- * on. */
+ * fences rank 0: it returns once rank 0 has closed the link, rank 0's copies fail from then
+ * on, and its error on the link says why rank 1 fenced it. */
 static int rank_fence(int rank, int n, int port, void *arg) {
   (void)arg;
   dml_comm *c;
@@ -403,9 +403,9 @@ static int rank_fence(int rank, int n, int port, void *arg) {
   if (rank == 1) {
     RK_OK(dml_comm_send(c, 0, 7, &addr, sizeof addr));
     RK_OK(dml_comm_recv(c, 0, 8, &b, 1)); /* rank 0 has read it */
-    RK_OK(dml_comm_fence(c, 0));
+    RK_OK(dml_comm_fence(c, 0, "a test gave up on rank 0"));
     R_ASSERT(dml_comm_send(c, 0, 9, &b, 1) == DML_EABORTED); /* the link failed here */
-    RK_OK(dml_comm_fence(c, 0));                             /* again: nothing to do */
+    RK_OK(dml_comm_fence(c, 0, "again"));                    /* again: nothing to do */
     usleep(1500000); /* alive (its memory readable) while rank 0 finds its copies refused */
   } else {
     RK_OK(dml_comm_recv(c, 1, 7, &addr, sizeof addr));
@@ -419,6 +419,8 @@ static int rank_fence(int rank, int n, int port, void *arg) {
       if (rc == 0) usleep(1000);
     }
     R_ASSERT(rc != 0 && rc != DML_EPROTO);
+    R_ASSERT(dml_comm_recv(c, 1, 9, &b, 1) != 0);
+    R_ASSERT(strstr(dml_comm_errmsg(c), "aborted: a test gave up on rank 0") != NULL);
   }
   dml_comm_free(c);
   return 0;

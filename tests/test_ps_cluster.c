@@ -296,7 +296,9 @@ static int lost_shard(int rank, dml_comm *c, const scenario *sc) {
   char want[64];
   snprintf(want, sizeof want, "server rank %d (", sc->victim);
   /* the other survivor may notice first and leave: then this one can find every other rank gone
-   * (also within the bound); a pause before leaving makes that rare */
+   * (also within the bound); a pause before leaving makes that rare. When it notices first and
+   * fences this rank (it gives up requests this rank's shard owes), this rank's error is that
+   * link's, which says why: the other's error, naming the victim. */
   const char *msg = dml_ps_errmsg(ps);
   int ok = rc != 0 && t_fail < 10 &&
            (strstr(msg, want) != NULL || strstr(msg, "every other rank has failed") != NULL);
@@ -374,6 +376,12 @@ static int fenced_run(int rank, dml_comm *c, int deferred) {
     if (st.direct <= before) {
       fprintf(stderr, "rank 0: the shard never handled rank 1's last request (%llu direct)\n",
               (unsigned long long)st.direct);
+      rc = 1;
+    }
+    /* rank 1 said why it failed the link: the error it gave up on */
+    R_ASSERT(dml_comm_recv(c, 1, 78, &go, 1) != 0);
+    if (!strstr(dml_comm_errmsg(c), "aborted: ps worker 1 gave up a request after: ps: ")) {
+      fprintf(stderr, "rank 0: the fenced link does not say why: %s\n", dml_comm_errmsg(c));
       rc = 1;
     }
   } else {

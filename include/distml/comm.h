@@ -146,12 +146,14 @@ int dml_comm_peer_write(dml_comm *c, int peer, uint64_t addr, const void *src, s
 int dml_comm_peer_writev(dml_comm *c, int peer, uint64_t addr, const struct iovec *src, int n);
 /* Makes sure peer copies no more to or from this process's memory (a caller that gave it
  * addresses and gives up waiting for it, before it hands the buffers back): the link to peer is
- * failed here (DML_EABORTED from then on, unless it had failed already), and this waits at most
+ * failed here (DML_EABORTED from then on, unless it had failed already), why (NULL: none) is
+ * sent to it first when the link is between frames, so that its own error says why the link
+ * failed ("aborted: <why>") rather than only that it closed, and this waits at most
  * the communicator's timeout until peer has closed its side (or exited), which it does only
  * once no direct copy of it with this rank is in progress (none starts on a failed link). 0;
  * DML_ETIMEDOUT (peer stopped, say) when it did not close in time, at once on later calls.
  * Nothing to do on MPI or with oneself. */
-int dml_comm_fence(dml_comm *c, int peer);
+int dml_comm_fence(dml_comm *c, int peer, const char *why);
 
 #ifdef __cplusplus
 }

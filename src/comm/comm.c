@@ -232,10 +232,10 @@ int dml_comm_peer_writev(dml_comm *c, int peer, uint64_t addr, const struct iove
   return peer_copy(c, peer, 1, src, n, addr);
 }
 
-int dml_comm_fence(dml_comm *c, int peer) {
+int dml_comm_fence(dml_comm *c, int peer, const char *why) {
   if (c == NULL || peer < 0 || peer >= c->cfg.world_size) return DML_EINVAL;
   if (peer == c->cfg.rank || c->ops->fence == NULL) return 0;
-  return c->ops->fence(c, peer);
+  return c->ops->fence(c, peer, why);
 }
 
 const char *dml_comm_peer_name(const dml_comm *c, int peer) {

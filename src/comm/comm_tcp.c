@@ -1173,6 +1173,20 @@ static int drain_until_closed(int fd, uint64_t until) {
   return 0;
 }
 
+/* Tells p why its link fails (an ABORT frame, which the peer reports as "aborted: <reason>"),
+ * best effort and only between frames: with a frame half-written the close alone must do. Under
+ * t->mu, before fail_peer. */
+static void send_abort(peer *p, const char *reason) {
+  if (p->fd < 0 || (p->sq_head != NULL && p->sq_head->off != 0) || p->ack_off != 0) return;
+  uint8_t buf[DML__FRAME_HDR + 256];
+  size_t n = DML__MIN(strlen(reason), (size_t)256);
+  dml__frame_encode(buf, DML__F_ABORT, 0, 0, n);
+  memcpy(buf + DML__FRAME_HDR, reason, n);
+  if (send(p->fd, buf, DML__FRAME_HDR + n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
+    /* best effort: the close tells the peer anyway */
+  }
+}
+
 static void tcp_abort(dml_comm *c, const char *reason) {
   tcp *t = T(c);
   pthread_mutex_lock(&t->mu);
@@ -1187,16 +1201,7 @@ static void tcp_abort(dml_comm *c, const char *reason) {
   for (int i = 0; i < t->n; i++) {
     peer *p = &t->peers[i];
     if (i == t->me || p->err || p->fd < 0) continue;
-    /* Tell the peer why, unless a frame is half-written (then the close alone must do). */
-    if ((p->sq_head == NULL || p->sq_head->off == 0) && p->ack_off == 0) {
-      uint8_t buf[DML__FRAME_HDR + 256];
-      size_t n = DML__MIN(strlen(reason), (size_t)256);
-      dml__frame_encode(buf, DML__F_ABORT, 0, 0, n);
-      memcpy(buf + DML__FRAME_HDR, reason, n);
-      if (send(p->fd, buf, DML__FRAME_HDR + n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
-        /* best effort: the close below tells the peer anyway */
-      }
-    }
+    send_abort(p, reason);
     if (p->ack_head != NULL && !p->copying) {
       /* The peer may still copy CMA messages out of buffers the abort hands back to their
        * owners: wait (at most 1 s) until it closes the link, which it does only after reading
@@ -1765,14 +1770,15 @@ static int tcp_peer_copy(dml_comm *c, int peer_rank, int write, const struct iov
                         write ? "to" : "from", p->name, (unsigned long long)addr, len, strerror(e));
 }
 
-/* dml_comm_fence: the link failed here (unless it has already: our side is shut for writing
- * only, see fail_peer), then the peer's bytes read and dropped (nothing else reads a failed link)
- * until its end of stream or a reset -- it has closed its side, or exited -- for at most the
- * communicator's timeout. */
-static int tcp_fence(dml_comm *c, int peer_rank) {
+/* dml_comm_fence: why sent to the peer, and the link failed here (unless it has already: our
+ * side is shut for writing only, see fail_peer), then the peer's bytes read and dropped (nothing
+ * else reads a failed link) until its end of stream or a reset -- it has closed its side, or
+ * exited -- for at most the communicator's timeout. */
+static int tcp_fence(dml_comm *c, int peer_rank, const char *why) {
   tcp *t = T(c);
   peer *p = &t->peers[peer_rank];
   pthread_mutex_lock(&t->mu);
+  if (!p->err && why != NULL) send_abort(p, why);
   fail_peer(t, p, DML_EABORTED, "fenced: this rank no longer lets it copy its memory");
   int fd = p->fd, fenced = p->fenced; /* fd: closed only by fini */
   pthread_mutex_unlock(&t->mu);

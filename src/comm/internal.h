@@ -102,7 +102,7 @@ struct dml__comm_backend {
   int (*peer_copy)(dml_comm *c, int peer, int write, const struct iovec *local, int n,
                    uint64_t addr, size_t len);
   /* Optional (NULL: nothing to do, no direct copies): dml_comm_fence; peer is never this rank. */
-  int (*fence)(dml_comm *c, int peer);
+  int (*fence)(dml_comm *c, int peer, const char *why);
 };
 
 extern const dml__comm_backend dml__comm_tcp;

@@ -252,15 +252,20 @@ static int direct_owed(const request *r, int f) {
 
 /* Before r's buffers go back to the caller while servers still owe DIRECT frames of it (this
  * worker gives up on r: an error, or dml_ps_free), each such server is fenced (dml_comm_fence:
- * its link fails, and once it has closed its side it copies nothing more). */
+ * its link fails, and once it has closed its side it copies nothing more). The server is told
+ * why: this worker's error, which names the rank that failed first, so that the fenced rank's
+ * own error (colocated, it is a worker too) names that rank and not only this one. */
 static void fence_direct(dml_ps *ps, request *r) {
+  char why[sizeof ps->err.msg + 64]; /* the peer is sent its first 256 bytes */
+  snprintf(why, sizeof why, "ps worker %d gave up a request%s%s", ps->me,
+           ps->sticky ? " after: " : " (freed)", ps->sticky ? ps->err.msg : "");
   for (int f = 0; f < r->nframes; f++) {
     if (!direct_owed(r, f)) continue;
     int g = 0; /* each server once */
     while (g < f && !(direct_owed(r, g) && r->fdst[g] == r->fdst[f])) g++;
     if (g < f) continue;
     int sv = server_rank(ps, r->fdst[f]);
-    if (dml_comm_fence(ps->c, sv) == DML_ETIMEDOUT) {
+    if (dml_comm_fence(ps->c, sv, why) == DML_ETIMEDOUT) {
       dml_log(DML_LOG_ERROR,
               "ps worker %d: server %s neither answered nor closed its link in %d ms: it may "
               "still copy into buffers of a request given up",
