@@ -281,11 +281,19 @@ int dml_cli_train_main(int argc, char **argv) {
     if (train.x == NULL && ft.features == 0) ft.features = train.dim;
     load_data("train", f.test, &ft, &test, train.num_classes, train.x == NULL && f.features == 0);
   }
-  if (rank == 0 && !f.quiet)
-    dml_log(DML_LOG_INFO, "%s: %d rows x %d features, %d classes%s%s (%.1fs); %d worker%s, BLAS %s",
-            train.name, train.n, train.dim, train.num_classes, f.test ? "; test " : "",
-            f.test ? test.name : "", dml_now_s() - l0, world, world > 1 ? "s" : "",
-            dml_cli_blas_info());
+  if (rank == 0 && !f.quiet) {
+    /* under ps the processes are workers and servers (colocated: each is both) */
+    int workers = ps_mode ? dml_ps_num_workers(&psc, world) : world;
+    char servers[48] = "";
+    if (ps_mode)
+      snprintf(servers, sizeof servers,
+               psc.colocated ? " (each serving a shard)" : " and %d server%s",
+               dml_ps_num_servers(&psc, world), dml_ps_num_servers(&psc, world) > 1 ? "s" : "");
+    dml_log(DML_LOG_INFO,
+            "%s: %d rows x %d features, %d classes%s%s (%.1fs); %d worker%s%s, BLAS %s", train.name,
+            train.n, train.dim, train.num_classes, f.test ? "; test " : "", f.test ? test.name : "",
+            dml_now_s() - l0, workers, workers > 1 ? "s" : "", servers, dml_cli_blas_info());
+  }
   if (f.augment != NULL && train.x == NULL)
     dml_cli_usage_error("train",
                         "--augment shifts, flips and adds noise to images; %s is sparse (LIBSVM) "
