@@ -136,6 +136,12 @@ expect_fail 1 "hugeidx.svm" "2147483647" "row 1" "more than this machine" -- "$D
 "$DISTML" train --data fashion-mnist --epochs 1 --batch 60000 --quiet --metrics - >"$D/metrics.out" 2>/dev/null \
   && grep -q '"epoch"' "$D/metrics.out" && ok "--metrics - writes to stdout" || fail "--metrics -"
 
+# --- checkpoints by clocks are for parameter servers only, and take a count
+expect_fail 2 "--checkpoint-every 5clocks" "--strategy ps" -- "$DISTML" train --model logreg --data "$D/emptyrows.svm" --checkpoint "$D/ck" --checkpoint-every 5clocks
+expect_fail 2 "--checkpoint-every 5clocks" "--checkpoint DIR" -- "$DISTML" train --strategy ps -n 2 --model logreg --data "$D/emptyrows.svm" --checkpoint-every 5clocks
+expect_fail 2 "--checkpoint-every" "'x'" -- "$DISTML" train --strategy ps -n 2 --checkpoint-every xclocks
+expect_fail 2 "--checkpoint-every" "out of range" -- "$DISTML" train --strategy ps -n 2 --checkpoint-every 0clocks
+
 # --- a training checkpoint whose step is not a number is refused by name
 "$DISTML" train --model logreg --data "$D/emptyrows.svm" --batch 1 --epochs 1 --quiet --checkpoint "$D/ck" \
   || fail "checkpointed run"

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Parameter-server recovery through the CLI (issue 5, "Must show"): `distml train --strategy ps
 # -n 2 --servers 2 --checkpoint DIR` with a server SIGKILLed mid-run (rank 1, and rank 0, which is
-# also the job's coordinator) -- the launcher restarts it,
-# it reloads its checkpoint, the job re-forms, training completes with a sound AUC and the lost
-# pushes are reported; and a worker SIGKILLed under ASP (and under BSP) -- the others finish, the
-# run succeeds and says it went on without that worker. Processes are killed by the pids the
-# launcher announces.
+# also the job's coordinator) -- the launcher restarts it, it reloads its checkpoint, the job
+# re-forms, training completes with a sound AUC and the lost pushes are reported; servers
+# checkpoint by clocks when asked to; and a worker SIGKILLed under ASP (and under BSP) -- the
+# others finish, the run succeeds and says it went on without that worker. Processes are killed
+# by the pids the launcher announces.
 source "${DISTML_SRC:?}/tests/lib.sh"
 d="$DISTML"
 "$d" gen sparse --rows 40000 --features 100000 --nnz 20 --seed 5 --out "$TMP/train.svm" \
@@ -56,7 +56,20 @@ for v in 1 0; do
     fail "AUC $auc after server $v's restart"
 done
 
-# 2. a worker dies under ASP, and under BSP: the others finish
+# 2. checkpoints by clocks (--checkpoint-every Nclocks) rather than seconds: with 2 x 313
+# iterations per worker, every 20 clocks makes at least 20; a run checkpointing every 1000 s none
+n_ck() {
+  rm -rf "$TMP/ckc"
+  "$d" train --strategy ps -n 2 --servers 1 "${common[@]}" --epochs 2 --checkpoint "$TMP/ckc" \
+    --checkpoint-every "$1" 2>&1 >/dev/null | grep -o "[0-9]* checkpoints" | awk '{print $1}'
+}
+by_time=$(n_ck 1000)
+by_clocks=$(n_ck 20clocks)
+[[ -n $by_clocks && $by_clocks -ge 20 && -f $TMP/ckc/ps-server-0.safetensors && $by_time == 0 ]] &&
+  ok "--checkpoint-every 20clocks: $by_clocks checkpoints (every 1000 s: $by_time)" ||
+  fail "--checkpoint-every 20clocks: '$by_clocks' checkpoints, every 1000 s: '$by_time'"
+
+# 3. a worker dies under ASP, and under BSP: the others finish
 for sync in asp bsp; do
   "$d" train --strategy ps -n 3 --servers 1 --sync $sync "${common[@]}" --epochs 12 \
     >"$TMP/w.json" 2>"$TMP/w.err" &

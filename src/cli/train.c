@@ -148,6 +148,11 @@ int dml_cli_train_main(int argc, char **argv) {
   dml_cli_train_flags_parse(&f, argc, argv);
   int launched = launched_env();
   int want_ps = f.strategy != NULL && strcmp(f.strategy, "ps") == 0;
+  if (f.checkpoint_every_clocks > 0 && !(want_ps && f.checkpoint != NULL && !f.servers_colocated))
+    dml_cli_usage_error("train",
+                        "--checkpoint-every %dclocks: servers checkpoint by clocks; it needs "
+                        "--strategy ps with dedicated --servers and --checkpoint DIR",
+                        f.checkpoint_every_clocks);
   if ((f.nproc > 1 || want_ps) && !launched) {
     if (f.backend != NULL && strcmp(f.backend, "mpi") == 0)
       dml_cli_usage_error("train",
@@ -260,6 +265,7 @@ int dml_cli_train_main(int argc, char **argv) {
   cfg.trace_path = f.trace;
   cfg.checkpoint_dir = f.checkpoint;
   cfg.checkpoint_every = f.checkpoint_every;
+  cfg.checkpoint_every_clocks = f.checkpoint_every_clocks;
   cfg.resume = f.resume;
   cfg.progress = !f.quiet;
   cfg.bucket_mb = f.bucket_mb;

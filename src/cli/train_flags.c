@@ -167,7 +167,8 @@ static void usage(void) {
       "  --checkpoint DIR     write checkpoints into DIR (--strategy ps: each server's shard, and\n"
       "                       a dead server is restarted from it)\n"
       "  --checkpoint-every N checkpoint every N epochs (default 1); --strategy ps: every N\n"
-      "                       seconds per server\n"
+      "                       seconds per server, or 'Nclocks': whenever the slowest worker\n"
+      "                       has done N more iterations\n"
       "  --resume             restart from the last checkpoint in --checkpoint DIR\n");
 }
 
@@ -317,9 +318,21 @@ int dml_cli_train_flags_parse(dml_cli_train_flags *f, int argc, char **argv) {
         break;
       case OPT_AUGMENT: f->augment = optarg; break;
       case OPT_CHECKPOINT: f->checkpoint = optarg; break;
-      case OPT_CHECKPOINT_EVERY:
-        f->checkpoint_every = (int)dml_cli_int("train", "--checkpoint-every", optarg, 1, 1 << 30);
+      case OPT_CHECKPOINT_EVERY: {
+        size_t len = strlen(optarg);
+        if (len > 6 && strcmp(optarg + len - 6, "clocks") == 0) { /* ps: Nclocks */
+          char num[32];
+          if (len - 6 >= sizeof num)
+            dml_cli_usage_error("train", "--checkpoint-every %s: not a count of clocks", optarg);
+          snprintf(num, sizeof num, "%.*s", (int)(len - 6), optarg);
+          f->checkpoint_every_clocks =
+              (int)dml_cli_int("train", "--checkpoint-every (Nclocks)", num, 1, 1 << 30);
+        } else {
+          f->checkpoint_every = (int)dml_cli_int("train", "--checkpoint-every", optarg, 1, 1 << 30);
+          f->checkpoint_every_clocks = 0;
+        }
         break;
+      }
       case OPT_RESUME: f->resume = 1; break;
       case OPT_HELP: usage(); exit(0);
       case ':': dml_cli_usage_error("train", "%s needs a value", argv[optind - 1]);

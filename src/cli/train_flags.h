@@ -37,7 +37,7 @@ typedef struct dml_cli_train_flags {
   int accumulate, sync_every;
   const char *grad_compress; /* none|fp16|bf16 */
   const char *trace, *checkpoint;
-  int checkpoint_every, resume;
+  int checkpoint_every, checkpoint_every_clocks, resume;
 } dml_cli_train_flags;
 
 /* Fills f from argv (argv[0] is "train"); exits with a usage error on bad flags, 0 after --help. */

@@ -470,7 +470,8 @@ int dml_train_ps_run(const dml_train_config *cfg, const dml_dataset *train, cons
     pcfg.num_dense = 1;
   }
   if (!pcfg.colocated && cfg->checkpoint_dir != NULL) {
-    /* Recovery: servers checkpoint every checkpoint_every seconds; a server the launcher
+    /* Recovery: servers checkpoint every checkpoint_every seconds (or checkpoint_every_clocks
+     * worker clocks); a server the launcher
      * restarted (DISTML_RESTART) reloads its shard; every process re-forms the job when a peer
      * fails. */
     const char *restart = getenv("DISTML_RESTART");
@@ -478,7 +479,10 @@ int dml_train_ps_run(const dml_train_config *cfg, const dml_dataset *train, cons
       return dml_err_set(err, DML_EIO, "ps train: cannot create %s: %s", cfg->checkpoint_dir,
                          strerror(errno));
     pcfg.checkpoint_dir = cfg->checkpoint_dir;
-    pcfg.checkpoint_every_s = cfg->checkpoint_every > 0 ? cfg->checkpoint_every : 1;
+    if (cfg->checkpoint_every_clocks > 0) /* by clocks only */
+      pcfg.checkpoint_every_clocks = (uint64_t)cfg->checkpoint_every_clocks;
+    else
+      pcfg.checkpoint_every_s = cfg->checkpoint_every > 0 ? cfg->checkpoint_every : 1;
     pcfg.recover = 1;
     pcfg.restore = dml_ps_is_server(&pcfg, rank) && restart != NULL && atoi(restart) > 0;
     char path[4096];

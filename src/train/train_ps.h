@@ -42,7 +42,8 @@ int dml__train_next_batch(dml_pipe *pipe, dml_pipe_batch *held, int *holding, in
  * parameter buffer, as deltas from the seeded initialisation, see train_ps.c). comm must not be NULL. Dedicated servers never read train or test
  * (they may be NULL there); workers need the whole sparse training set (they shard it).
  * Recovery (dedicated servers with cfg->checkpoint_dir): servers write their shards into the
- * directory every cfg->checkpoint_every seconds (for this strategy N counts seconds, not epochs);
+ * directory every cfg->checkpoint_every seconds (for this strategy N counts seconds, not epochs),
+ * or every cfg->checkpoint_every_clocks clocks of the slowest worker when that is set;
  * a server process whose environment has DISTML_RESTART >= 1 (the launcher's restart) reloads
  * its shard; when a peer fails every process re-forms the job (ps.h cfg.recover) and the
  * restarted server logs the acknowledged pushes lost since its checkpoint. */
