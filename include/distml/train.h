@@ -28,21 +28,19 @@ typedef struct dml_train_config {
   dml_strategy strategy;
   dml_model_config model; /* in_dim/num_classes 0: taken from the training data */
   dml_optim_config optim;
-  int epochs;                  /* >= 1 */
-  int batch;                   /* GLOBAL batch: rows per optimizer step over all ranks, split as
+  int epochs;                 /* >= 1 */
+  int batch;                  /* GLOBAL batch: rows per optimizer step over all ranks, split as
                                 evenly as possible (lower ranks get the extra rows); the
                                 gradient is the mean over the global batch, so the learning rate
                                 means what it means in a local run with the same batch */
-  uint64_t seed;               /* initialisation and data order */
-  const char *save_path;       /* model file written by rank 0 at the end (NULL: none) */
-  const char *metrics_path;    /* JSON lines, one per epoch, rank 0 (NULL: none) */
-  const char *trace_path;      /* Chrome trace of every rank (NULL: none) */
-  const char *checkpoint_dir;  /* checkpoints by rank 0 (NULL: none) */
-  int checkpoint_every;        /* epochs between checkpoints (>= 1) */
-  int checkpoint_every_clocks; /* ps: servers checkpoint every N worker clocks, not every
-                                  checkpoint_every seconds (0: by seconds) */
-  int resume;                  /* start from the last checkpoint in checkpoint_dir */
-  int progress;                /* progress bar/lines on stderr (rank 0) */
+  uint64_t seed;              /* initialisation and data order */
+  const char *save_path;      /* model file written by rank 0 at the end (NULL: none) */
+  const char *metrics_path;   /* JSON lines, one per epoch, rank 0 (NULL: none) */
+  const char *trace_path;     /* Chrome trace of every rank (NULL: none) */
+  const char *checkpoint_dir; /* checkpoints by rank 0 (NULL: none) */
+  int checkpoint_every;       /* epochs between checkpoints (>= 1) */
+  int resume;                 /* start from the last checkpoint in checkpoint_dir */
+  int progress;               /* progress bar/lines on stderr (rank 0) */
   /* allreduce strategy */
   double bucket_mb;      /* gradient bucket cap in MB (the first bucket is at most 1/8 of it) */
   int accumulate;        /* micro-batches of `batch` rows per optimizer step (>= 1); the
@@ -64,6 +62,9 @@ typedef struct dml_train_config {
   int lr_cosine;         /* 1: the learning rate follows a cosine from optim.lr at the first
                                 step to 0 after the last (per optimizer step); 0: constant */
   int stop_after_epoch;  /* testing: return DML_ECANCELED after this epoch (0: never) */
+  /* ps strategy with checkpoint_dir: N > 0: servers checkpoint whenever the slowest worker's
+   * clock has moved N past the last checkpoint's, instead of every checkpoint_every seconds */
+  int checkpoint_every_clocks;
 } dml_train_config;
 
 /* Defaults: local, 10 epochs, batch 64, seed 1, bucket 1 MB, accumulate 1, F32, checkpoint every 1. */

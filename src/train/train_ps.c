@@ -471,9 +471,8 @@ int dml_train_ps_run(const dml_train_config *cfg, const dml_dataset *train, cons
   }
   if (!pcfg.colocated && cfg->checkpoint_dir != NULL) {
     /* Recovery: servers checkpoint every checkpoint_every seconds (or checkpoint_every_clocks
-     * worker clocks); a server the launcher
-     * restarted (DISTML_RESTART) reloads its shard; every process re-forms the job when a peer
-     * fails. */
+     * worker clocks); a server the launcher restarted (DISTML_RESTART) reloads its shard; every
+     * process re-forms the job when a peer fails. */
     const char *restart = getenv("DISTML_RESTART");
     if (mkdir(cfg->checkpoint_dir, 0755) != 0 && errno != EEXIST)
       return dml_err_set(err, DML_EIO, "ps train: cannot create %s: %s", cfg->checkpoint_dir,
