@@ -3,7 +3,8 @@
 # writes train and test files from one model, training reaches a test AUC well above chance,
 # `distml eval` reproduces it from the saved model, and two workers reach it too, with all-reduce
 # and through parameter servers (BSP, SSP:2, ASP; dedicated and colocated servers; 3 request
-# threads per server), and --server-threads is refused where it cannot apply.
+# threads per server; dedicated servers leave the data to the workers, the first of which reports
+# it), and --server-threads is refused where it cannot apply.
 source "$(dirname "$0")/lib.sh"
 "$DISTML" gen sparse --rows 40000 --features 100000 --nnz 20 --seed 5 --out "$TMP/train.svm" \
   --test-rows 10000 --test-out "$TMP/test.svm" 2>/dev/null || fail "gen failed"
@@ -25,11 +26,18 @@ for v in "--servers 1 --sync bsp" "--servers 2 --sync ssp:2" "--servers colocate
   "--servers 2 --sync bsp --server-threads 3"; do
   read -r -a flags <<<"$v"
   out3=$("$DISTML" train --strategy ps -n 2 "${flags[@]}" --model logreg --data "$TMP/train.svm" \
-    --test "$TMP/test.svm" --features 100000 --epochs 3 --json --quiet 2>"$TMP/ps.err")
+    --test "$TMP/test.svm" --features 100000 --epochs 3 --json 2>"$TMP/ps.err")
   auc3=$(json_field test_auc <<<"$out3")
   python3 -c "import sys; sys.exit(0 if $auc3 >= $auc - 0.01 else 1)" && ok "ps $v: AUC $auc3 (local $auc)" \
     || fail "ps $v: AUC $auc3 vs local $auc"
   grep -q "distml ps: rank 0 of .* role" "$TMP/ps.err" && ok "ps $v: the launcher announced the roles" || fail "no role lines: $(head -3 "$TMP/ps.err")"
+  # dedicated servers do not load the data: the first worker (rank S) says what it loaded
+  S=${flags[1]}
+  if [[ $S != colocated ]]; then
+    grep -q "^\[distml r$S INFO\] .*/train.svm: 40000 rows x 100000 features.*; 2 workers and $S server" \
+      "$TMP/ps.err" && ok "ps $v: the first worker, rank $S, loaded the data" ||
+      fail "ps $v: no data line from rank $S: $(grep 'rows x' "$TMP/ps.err")"
+  fi
 done
 # FTRL stopped after 2 of 4 epochs and resumed: the same model as an uninterrupted run, bitwise,
 # with a decaying rate too (the weights restored as saved, not recomputed at the base rate)

@@ -277,17 +277,22 @@ int dml_cli_train_main(int argc, char **argv) {
   const char *stop = getenv("DISTML_TEST_STOP_AFTER_EPOCH");
   if (stop != NULL) cfg.stop_after_epoch = atoi(stop);
 
+  /* A dedicated server of a sparse model never reads the data (dml_train_ps_run): it does not load
+   * it, and the first worker says what was loaded. Dense models need its shape everywhere. */
+  int serves_only = ps_mode && !psc.colocated && kind == DML_MODEL_LOGREG;
+  int no_data = serves_only && dml_ps_is_server(&psc, rank);
+  int data_rank = serves_only ? dml_ps_num_servers(&psc, world) : 0;
   dml_dataset train = {0}, test = {0};
   double l0 = dml_now_s();
-  load_data("train", f.data, &f, &train, 0, 0);
-  if (f.test != NULL) {
+  if (!no_data) load_data("train", f.data, &f, &train, 0, 0);
+  if (f.test != NULL && !no_data) {
     /* A sparse test set is read against the training set's feature count, so an index the model
      * has no weight for is an error that names the file and line. */
     dml_cli_train_flags ft = f;
     if (train.x == NULL && ft.features == 0) ft.features = train.dim;
     load_data("train", f.test, &ft, &test, train.num_classes, train.x == NULL && f.features == 0);
   }
-  if (rank == 0 && !f.quiet) {
+  if (rank == data_rank && !f.quiet) {
     /* under ps the processes are workers and servers (colocated: each is both) */
     int workers = ps_mode ? dml_ps_num_workers(&psc, world) : world;
     char servers[48] = "";
@@ -300,15 +305,15 @@ int dml_cli_train_main(int argc, char **argv) {
             train.n, train.dim, train.num_classes, f.test ? "; test " : "", f.test ? test.name : "",
             dml_now_s() - l0, workers, workers > 1 ? "s" : "", servers, dml_cli_blas_info());
   }
-  if (f.augment != NULL && train.x == NULL)
+  if (f.augment != NULL && train.x == NULL && !no_data)
     dml_cli_usage_error("train",
                         "--augment shifts, flips and adds noise to images; %s is sparse (LIBSVM) "
                         "data, which has no pixels: drop --augment (--loader-threads alone works)",
                         train.name);
-  if (f.test != NULL && test.dim != train.dim)
+  if (f.test != NULL && test.dim != train.dim && !no_data)
     dml_cli_fail("train", "%s has %d features but %s has %d", test.name, test.dim, train.name,
                  train.dim);
-  check_fits(&f, &cfg.model, &train, ps_mode);
+  if (!no_data) check_fits(&f, &cfg.model, &train, ps_mode);
   if (cfg.strategy == DML_STRATEGY_ALLREDUCE) { /* keep only this rank's shard in memory */
     int64_t b, en;
     cfg.shard_of_rows = train.n;
@@ -317,7 +322,8 @@ int dml_cli_train_main(int argc, char **argv) {
       dml_cli_fail("train", "keeping rank %d's shard: %s", rank, dml_err_msg(&e));
   }
   dml_train_result res;
-  int rc = ps_mode ? dml_train_ps_run(&cfg, &train, f.test ? &test : NULL, comm, &psc, &res, &e)
+  int rc = ps_mode ? dml_train_ps_run(&cfg, no_data ? NULL : &train,
+                                      f.test && !no_data ? &test : NULL, comm, &psc, &res, &e)
                    : dml_train_run(&cfg, &train, f.test ? &test : NULL, comm, &res, &e);
   if (rc != 0) {
     dml_log(DML_LOG_ERROR, "training failed: %s", dml_err_msg(&e));
