@@ -227,6 +227,9 @@ int dml_cli_train_main(int argc, char **argv) {
       dml_cli_fail("train", "--strategy ps with %d processes and %d servers leaves no worker",
                    world, psc.num_servers);
   }
+  /* under ps the processes are workers and servers (colocated: each is both); -1: not ps */
+  int nworkers = ps_mode ? dml_ps_num_workers(&psc, world) : world;
+  int nservers = !ps_mode ? -1 : psc.colocated ? world : dml_ps_num_servers(&psc, world);
   cfg.strategy =
       (world > 1 && !ps_mode && (f.strategy == NULL || strcmp(f.strategy, "allreduce") == 0))
           ? DML_STRATEGY_ALLREDUCE
@@ -281,7 +284,7 @@ int dml_cli_train_main(int argc, char **argv) {
    * it, and the first worker says what was loaded. Dense models need its shape everywhere. */
   int serves_only = ps_mode && !psc.colocated && kind == DML_MODEL_LOGREG;
   int no_data = serves_only && dml_ps_is_server(&psc, rank);
-  int data_rank = serves_only ? dml_ps_num_servers(&psc, world) : 0;
+  int data_rank = serves_only ? nservers : 0;
   dml_dataset train = {0}, test = {0};
   double l0 = dml_now_s();
   if (!no_data) load_data("train", f.data, &f, &train, 0, 0);
@@ -293,17 +296,15 @@ int dml_cli_train_main(int argc, char **argv) {
     load_data("train", f.test, &ft, &test, train.num_classes, train.x == NULL && f.features == 0);
   }
   if (rank == data_rank && !f.quiet) {
-    /* under ps the processes are workers and servers (colocated: each is both) */
-    int workers = ps_mode ? dml_ps_num_workers(&psc, world) : world;
     char servers[48] = "";
     if (ps_mode)
       snprintf(servers, sizeof servers,
-               psc.colocated ? " (each serving a shard)" : " and %d server%s",
-               dml_ps_num_servers(&psc, world), dml_ps_num_servers(&psc, world) > 1 ? "s" : "");
+               psc.colocated ? " (each serving a shard)" : " and %d server%s", nservers,
+               nservers > 1 ? "s" : "");
     dml_log(DML_LOG_INFO,
             "%s: %d rows x %d features, %d classes%s%s (%.1fs); %d worker%s%s, BLAS %s", train.name,
             train.n, train.dim, train.num_classes, f.test ? "; test " : "", f.test ? test.name : "",
-            dml_now_s() - l0, workers, workers > 1 ? "s" : "", servers, dml_cli_blas_info());
+            dml_now_s() - l0, nworkers, nworkers > 1 ? "s" : "", servers, dml_cli_blas_info());
   }
   if (f.augment != NULL && train.x == NULL && !no_data)
     dml_cli_usage_error("train",
@@ -345,9 +346,7 @@ int dml_cli_train_main(int argc, char **argv) {
       fprintf(stderr, "; %.0f samples/s, %.1fs%s%s\n", res.samples_per_s, res.wall_s,
               f.save ? "; model saved to " : "", f.save ? f.save : "");
     }
-    if (f.json)
-      print_json(&res, &f, ps_mode ? dml_ps_num_workers(&psc, world) : world,
-                 ps_mode ? (psc.colocated ? world : dml_ps_num_servers(&psc, world)) : -1);
+    if (f.json) print_json(&res, &f, nworkers, nservers);
   }
   dml_coll_detach(comm);
   dml_comm_free(comm);
